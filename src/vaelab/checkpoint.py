@@ -1,0 +1,122 @@
+"""Checkpoints that are safe to load from strangers.
+
+A run directory holds ``model.safetensors`` (weights, with the config that rebuilds
+the model in its metadata), ``config.json``, and ``checkpoint.safetensors`` (weights,
+optimizer state and the training state as JSON metadata) used to resume. Nothing is
+ever unpickled: a pickle, or any file that is not safetensors, is refused unread.
+All writes are atomic, and the resume checkpoint is one file, so weights, optimizer
+and epoch counter can never disagree after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vaelab.config import RunConfig
+from vaelab.errors import CheckpointError, ConfigError
+from vaelab.io import atomic_path
+
+WEIGHTS = "model.safetensors"
+RESUME = "checkpoint.safetensors"
+CONFIG = "config.json"
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file before any library parses it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(f"{path} is a pickle / torch.save file, which could run code; "
+                              "vaelab only loads safetensors weights")
+    if len(head) < 9 or head[8:9] != b"{":
+        raise CheckpointError(f"{path} is not a safetensors file")
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    _check_safetensors(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e})") from None
+
+
+def save_weights(run_dir: str | Path, model: torch.nn.Module, config: RunConfig) -> None:
+    _save(Path(run_dir) / WEIGHTS, model.state_dict(), {"config": config.to_json(), "format": "vaelab-1"})
+
+
+def save_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                state: dict[str, Any]) -> None:
+    """One file: weights, optimizer state, and ``state`` (epoch, history, ...) as JSON."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in opt["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"]),
+            "optim_scalars": json.dumps(scalars), "format": "vaelab-1"}
+    _save(Path(run_dir) / RESUME, tensors, meta)
+
+
+def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    tensors, meta = _load(Path(run_dir) / RESUME)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        for idx, d in json.loads(meta["optim_scalars"]).items():
+            state.setdefault(int(idx), {}).update(d)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        return json.loads(meta["state"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {str(e).splitlines()[0]}") from None
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train`")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{path} is not a valid run config: {e}") from None
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained model from a run directory: (RunConfig, model in eval mode)."""
+    from vaelab.models import build_model
+
+    config = load_config(run_dir)
+    model = build_model(config.model)
+    tensors, _ = _load(Path(run_dir) / WEIGHTS)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {str(e).splitlines()[0]}") from None
+    return config, model.to(device).eval()

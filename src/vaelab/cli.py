@@ -1,0 +1,246 @@
+"""The ``vaelab`` command: thin commands that parse, call a library function, print.
+
+Errors a user can cause end in one line ``vaelab: error: ...`` and exit code 2;
+set VAELAB_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vaelab.errors import VaelabError
+
+COMMON_FLAGS = {
+    # flag name -> (section, field)
+    "data": ("data", "name"), "data_dir": ("data", "data_dir"), "data_path": ("data", "path"),
+    "train_split": ("data", "train_split"), "val": ("data", "val"), "image_size": ("data", "image_size"),
+    "limit": ("data", "limit"), "latent_dim": ("model", "latent_dim"), "loss": ("model", "loss"),
+    "beta": ("model", "beta"), "epochs": ("train", "epochs"), "seed": ("train", "seed"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "device": ("train", "device"),
+}
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vaelab")
+def cli() -> None:
+    """Autoencoders and VAEs on images: train, evaluate, reconstruct, sample."""
+
+
+# ------------------------------------------------------------------------------ train
+@cli.command()
+@click.option("--preset", help="Named configuration (see `vaelab presets`).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
+@click.option("--data", help="Dataset: mnist, fashion-mnist, folder, npz.")
+@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
+@click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
+@click.option("--train-split", type=click.Choice(["train", "train+test"]))
+@click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
+@click.option("--classes", help="Keep only these labels, e.g. 3,5 (one-class training).")
+@click.option("--image-size", type=int, help="Resize folder images to this square size.")
+@click.option("--limit", type=int, help="Use only the first N training images.")
+@click.option("--latent-dim", type=int)
+@click.option("--loss", type=click.Choice(["bce", "mse", "euclidean"]))
+@click.option("--beta", type=float, help="Weight of the KL term.")
+@click.option("--epochs", type=int)
+@click.option("--seed", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET).")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--iw-samples", type=int, default=None, help="Importance samples for nll_iw in the final evaluation.")
+@click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
+def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, **flags) -> None:
+    """Train a model; write the run directory, eval.json and figures."""
+    from vaelab import api
+    from vaelab.checkpoint import RESUME
+
+    extra: dict = {}
+    for name, value in flags.items():
+        if value is not None:
+            section, field = COMMON_FLAGS[name]
+            extra.setdefault(section, {})[field] = value
+    if classes:
+        try:
+            extra.setdefault("data", {})["classes"] = [int(c) for c in classes.split(",") if c.strip()]
+        except ValueError:
+            raise VaelabError(f"--classes must be comma-separated integers, got {classes!r}") from None
+    overrides = [f"{s}.{k}={json.dumps(v)}" for s, d in extra.items() for k, v in d.items()] + list(overrides)
+    if resume:
+        if preset or config_file:
+            raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
+        run_dir = Path(resume)
+        run = api.train(None, run_dir, overrides=overrides, resume=True, evaluate_after=not no_eval,
+                        iw_samples=iw_samples if iw_samples is not None else api.DEFAULT_IW_SAMPLES, log=_echo)
+    else:
+        if not preset and not config_file and not overrides:
+            raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
+        run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
+        if (run_dir / RESUME).exists() and not overwrite:
+            raise VaelabError(f"{run_dir} already holds a run; --resume {run_dir} to continue it, "
+                              "--overwrite to replace it, or choose another --out")
+        from vaelab.config import build_config
+
+        config = build_config(preset, config_file, overrides)
+        run = api.train(config, run_dir, evaluate_after=not no_eval,
+                        iw_samples=iw_samples if iw_samples is not None else api.DEFAULT_IW_SAMPLES, log=_echo)
+    _echo(f"run saved in {run_dir}")
+    if not no_eval and (run_dir / "eval.json").exists():
+        _print_eval(json.loads((run_dir / "eval.json").read_text()))
+
+
+# ------------------------------------------------------------------------------ eval
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True, help="train, val or test.")
+@click.option("--iw-samples", type=int, default=50, show_default=True,
+              help="Importance samples K for nll_iw (VAEs); 0 skips it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
+    """Evaluate a run: print a table and write RUN/eval.json."""
+    from vaelab.api import Run
+
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    if iw_samples < 0:
+        raise VaelabError("--iw-samples must be >= 0")
+    _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed))
+    _echo(f"wrote {Path(run_dir) / 'eval.json'}")
+
+
+def _print_eval(result: dict) -> None:
+    rows = []
+    for k, v in result.items():
+        if k == "kl_per_dim":
+            v = "[" + ", ".join(f"{x:.2f}" for x in v[:10]) + (", ...]" if len(v) > 10 else "]")
+        elif isinstance(v, float):
+            v = f"{v:.4f}"
+        rows.append((k, str(v)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        _echo(f"  {k:<{width}}  {v}")
+
+
+# ------------------------------------------------------------------------------ reconstruct
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/reconstructions.png).")
+@click.option("--data-dir")
+@click.option("--device", default="auto", show_default=True)
+def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
+    """Save originals above their reconstructions as a PNG grid."""
+    from vaelab import plots
+    from vaelab.api import Run
+
+    if n < 1:
+        raise VaelabError("--n must be at least 1")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    data = run.split(split)
+    x = data.batch(slice(0, min(n, len(data))))
+    path = plots.plot_reconstructions(x, run.reconstruct(x), out or Path(run_dir) / "figures" / "reconstructions.png")
+    _echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/samples_prior.png).")
+@click.option("--device", default="auto", show_default=True)
+def sample(run_dir, n, seed, out, device) -> None:
+    """Decode samples from the prior N(0, I) into a PNG grid."""
+    from vaelab import plots
+    from vaelab.api import Run
+
+    if n < 1:
+        raise VaelabError("--n must be at least 1")
+    run = Run.load(run_dir, device=device)
+    path = plots.plot_grid(run.sample_prior(n, seed), out or Path(run_dir) / "figures" / "samples_prior.png",
+                           title="samples from the prior N(0, I)")
+    _echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ info
+@cli.command()
+def presets() -> None:
+    """List the named configurations and their parameter counts."""
+    from vaelab.config import build_config, load_preset, preset_names
+    from vaelab.models import build_model, count_params
+
+    for name in preset_names():
+        d = load_preset(name)
+        cfg = build_config(name)
+        shape = [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
+        cfg.model.input_shape = shape
+        params = count_params(build_model(cfg.model))
+        _echo(f"{name:<15} {cfg.model.kind}/{cfg.model.arch:<5} {params:>11,} params  "
+              f"data={d.get('data', {}).get('name')}  epochs={cfg.train.epochs}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def info(run_dir) -> None:
+    """Show a run's config summary, training summary and evaluation."""
+    from vaelab.checkpoint import load_config
+
+    cfg = load_config(run_dir)
+    m = cfg.model
+    _echo(f"run {run_dir}: {m.kind}/{m.arch}, latent {m.latent_dim}, loss {m.loss}, data {cfg.data.name}")
+    for name in ("summary.json", "eval.json"):
+        p = Path(run_dir) / name
+        if p.is_file():
+            _echo(f"{name}:")
+            _print_eval(json.loads(p.read_text()))
+
+
+@cli.command()
+@click.option("--data", default="mnist", show_default=True, type=click.Choice(["mnist", "fashion-mnist"]))
+@click.option("--data-dir", help="Where to put it (default $VAELAB_DATA, then ~/.cache/vaelab).")
+def download(data, data_dir) -> None:
+    """Download a data set (SHA-256 checked) or confirm it is in place."""
+    from vaelab.data.download import locate
+
+    for stem, path in locate(data, data_dir).items():
+        _echo(f"{stem:<24} {path}")
+
+
+# ------------------------------------------------------------------------------ entry point
+def main(argv: list[str] | None = None) -> None:
+    debug = bool(os.environ.get("VAELAB_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vaelab: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except VaelabError as e:
+        if debug:
+            raise
+        click.echo(f"vaelab: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("vaelab: interrupted; completed epochs are checkpointed, continue with --resume RUN", err=True)
+        sys.exit(130)
+    except OSError as e:  # disk full, permission denied, ...: say which file
+        if debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        click.echo(f"vaelab: error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)

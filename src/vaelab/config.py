@@ -1,0 +1,281 @@
+"""Configuration: small dataclasses for data, model and training.
+
+A run is fully described by a ``RunConfig`` (saved as ``config.json`` in the run
+directory). Configs come from a preset (``presets/NAME.yaml``), a YAML file,
+and dotted overrides such as ``model.latent_dim=16``; each dataclass validates
+itself in ``__post_init__`` and says what is wrong in words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaelab.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "none")
+OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
+LOSSES = ("bce", "mse", "euclidean")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # mnist | fashion-mnist | folder | npz
+    path: str | None = None  # image folder or .npz/.npy file (name = folder | npz)
+    data_dir: str | None = None  # root holding mnist/ and fashion-mnist/ (else $VAELAB_DATA, cache)
+    train_split: str = "train"  # train | train+test
+    val: str = "test"  # test | none | a fraction of the training images, e.g. "0.1"
+    classes: list[int] | None = None  # keep only these labels (one-class training)
+    image_size: int | None = None  # folders: resize every image to this square size
+    channels: int | None = None  # folders: 1 (grey) or 3 (RGB); default from the first image
+    limit: int | None = None  # keep only the first N training images (quick runs, tests)
+    download: bool = True  # fetch mnist / fashion-mnist when absent
+
+    def __post_init__(self) -> None:
+        _check(self.train_split in ("train", "train+test"),
+               f"data.train_split must be 'train' or 'train+test', got {self.train_split!r}")
+        self.val = str(self.val)
+        if self.val not in ("test", "none"):
+            try:
+                frac = float(self.val)
+            except ValueError:
+                frac = -1.0
+            _check(0.0 < frac < 1.0,
+                   f"data.val must be 'test', 'none' or a fraction in (0, 1), got {self.val!r}")
+        if self.train_split == "train+test" and self.val == "test":
+            # Training on the test set and validating on it would be dishonest.
+            self.val = "none"
+        _check(self.image_size is None or self.image_size > 0, "data.image_size must be positive")
+        _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
+        _check(self.limit is None or self.limit > 0, "data.limit must be a positive number of images")
+        if self.classes is not None:
+            self.classes = [int(c) for c in self.classes]
+            _check(len(self.classes) > 0, "data.classes must name at least one class")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "vae"  # registry key in vaelab.models.MODELS: ae | vae
+    arch: str = "mlp"  # mlp | conv
+    input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None
+    latent_dim: int = 20
+    hidden: list[int] = field(default_factory=lambda: [400])  # mlp encoder widths
+    decoder_hidden: list[int] | None = None  # mlp decoder widths; default: hidden reversed
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv encoder channels
+    kernel_size: list[int] | int = 3  # per conv layer, or one for all
+    strides: list[int] | int = 2  # per conv layer, or one for all
+    dense: list[int] = field(default_factory=list)  # conv: dense widths between flatten and latent
+    latent: str = "dense"  # conv only: "dense" (a vector) or "conv" (the last feature map is the code)
+    final_kernel: int | None = None  # conv decoder: extra stride-1 ConvTranspose to C channels
+    activation: str = "relu"
+    decoder_activation: str | None = None  # default: activation
+    latent_activation: str | None = None  # ae only, e.g. "tanh"
+    output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
+    loss: str = "bce"  # bce | mse | euclidean
+    beta: float = 1.0  # weight of the KL term (VAE)
+
+    def __post_init__(self) -> None:
+        from vaelab.models import MODELS  # registry; imported lazily to avoid a cycle
+
+        _check(self.kind in MODELS, f"model.kind must be one of {sorted(MODELS)}, got {self.kind!r}")
+        _check(self.arch in ("mlp", "conv"), f"model.arch must be 'mlp' or 'conv', got {self.arch!r}")
+        _check(int(self.latent_dim) >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
+        self.latent_dim = int(self.latent_dim)
+        _check(self.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        _check(self.output_activation in OUTPUT_ACTIVATIONS,
+               f"model.output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
+               f"got {self.output_activation!r}")
+        if self.loss == "bce":
+            _check(self.output_activation == "sigmoid",
+                   "model.loss=bce needs model.output_activation=sigmoid (outputs in [0, 1])")
+        for name in ("activation", "decoder_activation", "latent_activation"):
+            value = getattr(self, name)
+            _check(value is None or value in ACTIVATIONS,
+                   f"model.{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+        _check(float(self.beta) >= 0, f"model.beta must be >= 0, got {self.beta}")
+        _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
+        _check(all(int(h) > 0 for h in self.hidden), "model.hidden widths must be positive")
+        _check(all(int(c) > 0 for c in self.channels), "model.channels must be positive")
+        if self.arch == "conv":
+            _check(len(self.channels) >= 1, "model.channels needs at least one conv layer")
+            for name in ("kernel_size", "strides"):
+                v = getattr(self, name)
+                if isinstance(v, list):
+                    _check(len(v) == len(self.channels),
+                           f"model.{name} has {len(v)} entries but model.channels has {len(self.channels)}")
+        if self.input_shape is not None:
+            _check(len(self.input_shape) == 3 and all(int(s) > 0 for s in self.input_shape),
+                   f"model.input_shape must be (C, H, W), got {self.input_shape}")
+            self.input_shape = [int(s) for s in self.input_shape]
+        _check(self.final_kernel is None or (int(self.final_kernel) > 0 and int(self.final_kernel) % 2 == 1),
+               f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
+        if self.latent == "conv":
+            _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
+            _check(self.kind == "ae", "model.latent=conv is for autoencoders (kind=ae); VAEs need a dense latent")
+
+    def per_layer(self, name: str) -> list[int]:
+        v = getattr(self, name)
+        return [int(x) for x in v] if isinstance(v, list) else [int(v)] * len(self.channels)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 1
+    kl_warmup_epochs: float = 0.0  # KL weight ramps linearly from 0 to beta over this many epochs
+    grad_clip: float | None = None  # max global gradient norm
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (default: all cores)
+    eval_batch_size: int = 1000
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(int(self.epochs) >= 0, f"train.epochs must be >= 0, got {self.epochs}")
+        _check(int(self.batch_size) >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(float(self.lr) > 0, f"train.lr must be positive, got {self.lr}")
+        _check(float(self.weight_decay) >= 0, "train.weight_decay must be >= 0")
+        _check(float(self.kl_warmup_epochs) >= 0, "train.kl_warmup_epochs must be >= 0")
+        _check(self.grad_clip is None or float(self.grad_clip) > 0, "train.grad_clip must be positive")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
+        _check(self.threads is None or int(self.threads) >= 1, "train.threads must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("a config must be a mapping with keys data, model, train")
+        unknown = set(d) - {"data", "model", "train", "preset"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected data, model, train")
+        return cls(
+            data=_build(DataConfig, d.get("data") or {}, "data"),
+            model=_build(ModelConfig, d.get("model") or {}, "model"),
+            train=_build(TrainConfig, d.get("train") or {}, "train"),
+            preset=d.get("preset"),
+        )
+
+
+def _build(cls, values: dict, section: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown {section} option(s) {sorted(unknown)}; valid: {sorted(names)}")
+    try:
+        return cls(**values)
+    except TypeError as e:  # e.g. a list where a number belongs
+        raise ConfigError(f"bad value in config section {section!r}: {e}") from None
+
+
+# ---------------------------------------------------------------- presets and overrides
+
+def preset_names() -> list[str]:
+    root = resources.files("vaelab") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    text = (resources.files("vaelab") / "presets" / f"{name}.yaml").read_text()
+    d = yaml.safe_load(text) or {}
+    d["preset"] = name
+    return d
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with keys data, model, train")
+    return d
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep-merge ``update`` into a copy of ``base``."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.field=value``; the value is read as YAML (``16``, ``[32, 64]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value, e.g. model.latent_dim=16")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise ConfigError(f"override key {key!r} must be data.X, model.X or train.X")
+    section, name = parts
+    names = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+    if name not in names:
+        raise ConfigError(f"unknown option {key!r}; valid {section} options: {', '.join(sorted(names))}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    # List fields also take comma lists (model.hidden=512,256) and single numbers
+    # (data.classes=3), except those that accept a plain int too (model.kernel_size=3).
+    hint = str(typing.get_type_hints(_SECTIONS[section])[name])
+    if hint.startswith("list"):
+        if isinstance(value, str) and "," in value:
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and "| int" not in hint:
+            value = [value]
+    return section, name, value
+
+
+def build_config(preset: str | None = None, config_file: str | None = None,
+                 overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
+    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides."""
+    d: dict[str, Any] = load_preset(preset) if preset else {}
+    if config_file:
+        d = merge(d, load_yaml(config_file))
+    if extra:
+        d = merge(d, extra)
+    for text in overrides or []:
+        section, name, value = parse_override(text)
+        d = merge(d, {section: {name: value}})
+    return RunConfig.from_dict(d)

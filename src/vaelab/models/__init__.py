@@ -1,0 +1,23 @@
+"""Model registry: ``MODELS[name](cfg)`` builds a model. Adding one is a class and an entry."""
+
+from __future__ import annotations
+
+from vaelab.models.autoencoder import AE, VAE
+
+MODELS = {"ae": AE, "vae": VAE}
+
+
+def build_model(cfg):
+    """Build the model a ``ModelConfig`` describes (``cfg.input_shape`` must be set)."""
+    from vaelab.errors import ConfigError
+
+    if cfg.input_shape is None:
+        raise ConfigError("model.input_shape is unset; it is filled in from the data when training")
+    return MODELS[cfg.kind](cfg)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["AE", "MODELS", "VAE", "build_model", "count_params"]
