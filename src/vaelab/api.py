@@ -93,6 +93,9 @@ class Run:
         data = self.split(split)
         result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=seed,
                           batch_size=self.config.train.eval_batch_size, device=self.device, split=split)
+        # Honest numbers: say when the images were part of training (the Keras recipe
+        # trains on train+test, so its "test" numbers are not held-out numbers).
+        result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
         if save and self.run_dir is not None:
             write_json(self.run_dir / "eval.json", result)
         return result

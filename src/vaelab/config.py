@@ -143,6 +143,11 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (default: all cores)
     eval_batch_size: int = 1000
     progress: bool = True
+    # Arithmetic inside matmuls and convolutions while training: "fp32"; "mixed" (fp32
+    # tensors and optimizer, bf16 products in oneDNN on CPUs with native bf16, TF32 on
+    # CUDA); "auto" = mixed where the hardware does it natively, else fp32. Evaluation
+    # always runs in full fp32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check(int(self.epochs) >= 0, f"train.epochs must be >= 0, got {self.epochs}")
@@ -154,6 +159,8 @@ class TrainConfig:
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
         _check(self.threads is None or int(self.threads) >= 1, "train.threads must be >= 1")
+        _check(self.precision in ("auto", "fp32", "mixed"),
+               f"train.precision must be auto, fp32 or mixed, got {self.precision!r}")
 
 
 @dataclass

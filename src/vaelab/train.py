@@ -14,9 +14,10 @@ import io
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -43,6 +44,46 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use --device cpu or auto")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" becomes "mixed" where the hardware computes bf16/TF32 natively, else "fp32"."""
+    if precision != "auto":
+        return precision
+    native = torch.cuda.is_available() if device.type == "cuda" else _cpu_has_bf16()
+    return "mixed" if native else "fp32"
+
+
+@contextmanager
+def compute_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Set the arithmetic of fp32 matmuls/convolutions for the block; restore it after.
+
+    "mixed" keeps every tensor in fp32 but lets oneDNN (CPU) compute products in bf16
+    with fp32 accumulation, about twice the GEMM throughput on CPUs with native bf16
+    (AVX512-BF16, AMX), or TF32 on CUDA. Unlike autocast, nothing is cast in Python,
+    so small models do not pay per-op conversion overhead.
+    """
+    if resolve_precision(precision, device) == "fp32":
+        yield
+        return
+    backends = ([torch.backends.cuda.matmul, torch.backends.cudnn.conv] if device.type == "cuda"
+                else [torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv])
+    value = "tf32" if device.type == "cuda" else "bf16"
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = value
+        yield
+    finally:
+        for b, old in zip(backends, saved):
+            b.fp32_precision = old
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -112,10 +153,14 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / checkpoint.CONFIG, config.to_json())
     log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
-        f"{len(train):,} training images {tuple(shape)}; device {device}")
+        f"{len(train):,} training images {tuple(shape)}; device {device}; "
+        f"precision {resolve_precision(t.precision, device)}")
 
     n, bs = len(train), t.batch_size
     steps = math.ceil(n / bs)
+    # Channels-last activations let oneDNN pick its fast convolution kernels on CPU.
+    layout = torch.channels_last if config.model.arch == "conv" else torch.contiguous_format
+    precision = resolve_precision(t.precision, device)
     history: list[dict] = state["history"]
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
         t0 = time.perf_counter()
@@ -123,28 +168,28 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         perm = torch.randperm(n, device=device)
         sums: torch.Tensor | None = None
         bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress)
-        for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
-            x = train.batch(idx, device)
-            warm = min(1.0, ((epoch - 1) + step / steps) / t.kl_warmup_epochs) if t.kl_warmup_epochs else 1.0
-            out = model(x, kl_scale=warm)
-            loss = out["loss"].mean()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                kept = f"; the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}" if run_dir and epoch > 1 else ""
-                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch}, step {step + 1}{kept}; "
-                                       "lower --lr, set --set train.grad_clip=1.0, or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            part = torch.stack([v.detach().sum() for v in out.values()])
-            sums = part if sums is None else sums + part
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss_value:.2f}", refresh=False)
+        with compute_precision(precision, device):
+            for step in range(steps):
+                x = train.batch(perm[step * bs:(step + 1) * bs], device).contiguous(memory_format=layout)
+                warm = min(1.0, ((epoch - 1) + step / steps) / t.kl_warmup_epochs) if t.kl_warmup_epochs else 1.0
+                out = model(x, kl_scale=warm)
+                loss = out["loss"].mean()
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    kept = f"; the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}" if run_dir and epoch > 1 else ""
+                    raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch}, step {step + 1}{kept}; "
+                                           "lower --lr, set --set train.grad_clip=1.0, or check the data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                part = torch.stack([v.detach().sum() for v in out.values()])
+                sums = part if sums is None else sums + part
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix(loss=f"{loss_value:.2f}", refresh=False)
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -168,7 +213,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
             "train_seconds": round(state["train_seconds"], 3),
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "final_val_loss": history[-1]["val_loss"] if history else None,
-            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": str(device), "threads": torch.get_num_threads(), "precision": precision,
+            "torch": torch.__version__,
             "preset": config.preset,
         })
     model.eval()
