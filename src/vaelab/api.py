@@ -51,8 +51,13 @@ class Run:
             self._splits = load_data(self.config.data)
         return self._splits
 
-    def split(self, name: str) -> ImageSet:
-        return self.splits().get(name)
+    def split(self, name: str | None = None) -> ImageSet:
+        """A split by name; None picks the default (test, else val, else train)."""
+        return self.splits().get(name or self.default_split())
+
+    def default_split(self) -> str:
+        s = self.splits()
+        return "test" if s.test is not None else "val" if s.val is not None else "train"
 
     # -------------------------------------------------------------- model use
     @torch.no_grad()
@@ -88,8 +93,9 @@ class Run:
         return torch.cat([fn(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)])
 
     # -------------------------------------------------------------- evaluation and figures
-    def evaluate(self, split: str = "test", iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0,
+    def evaluate(self, split: str | None = None, iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0,
                  save: bool = True) -> dict:
+        split = split or self.default_split()
         data = self.split(split)
         result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=seed,
                           batch_size=self.config.train.eval_batch_size, device=self.device, split=split)
@@ -117,8 +123,7 @@ class Run:
         if history:
             paths.append(plots.plot_history(history, out / "loss.png",
                                             title=f"{self.config.preset or 'run'}: loss per epoch"))
-        data = self.split("test") if self.splits().test is not None else self.split("train")
-        x = data.batch(slice(0, n))
+        x = self.split().batch(slice(0, n))
         paths.append(plots.plot_reconstructions(x, self.reconstruct(x), out / "reconstructions.png"))
         if self.model.is_vae:
             paths.append(plots.plot_grid(self.sample_prior(64, seed), out / "samples_prior.png",
@@ -148,7 +153,6 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after:
-        split = "test" if result.splits.test is not None else ("val" if result.splits.val is not None else "train")
-        run.evaluate(split=split, iw_samples=iw_samples, seed=config.train.seed)
+        run.evaluate(iw_samples=iw_samples, seed=config.train.seed)
         run.figures(seed=config.train.seed)
     return run

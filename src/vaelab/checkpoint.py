@@ -93,7 +93,14 @@ def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.op
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
         return json.loads(meta["state"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
+
+
+def _torch_reason(e: Exception) -> str:
+    """torch's load_state_dict message on one line: what is missing or mismatched."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else type(e).__name__
+    return detail[:400]
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -118,5 +125,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {_torch_reason(e)}") from None
     return config, model.to(device).eval()

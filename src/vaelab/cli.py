@@ -104,7 +104,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
 # ------------------------------------------------------------------------------ eval
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--split", default="test", show_default=True, help="train, val or test.")
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
 @click.option("--iw-samples", type=int, default=50, show_default=True,
               help="Importance samples K for nll_iw (VAEs); 0 skips it.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -138,7 +138,7 @@ def _print_eval(result: dict) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/reconstructions.png).")
 @click.option("--data-dir")
 @click.option("--device", default="auto", show_default=True)

@@ -30,6 +30,65 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _coerce(obj, section: str) -> None:
+    """Convert each field to its annotated type, or say which field is wrong.
+
+    Values arrive from YAML, JSON and the command line: PyYAML reads ``1e-4`` as a
+    string and ``--set train.device=0`` gives an int, so every field is normalised here
+    once instead of being trusted downstream.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        hint = hints[f.name]
+        kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
+        try:
+            setattr(obj, f.name, _convert(value, kind))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{section}.{f.name} must be {kind.replace('list[int]', 'a list of ints')}, "
+                              f"got {value!r}") from None
+
+
+def _to_int(v) -> int:
+    if isinstance(v, bool):
+        raise TypeError
+    if isinstance(v, str):
+        v = float(v) if any(c in v for c in ".eE") else int(v)
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError
+    return int(v)
+
+
+def _convert(v, kind: str):
+    if kind == "int":
+        return _to_int(v)
+    if kind == "float":
+        if isinstance(v, bool):
+            raise TypeError
+        return float(v)
+    if kind == "bool":
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return v.lower() in ("true", "yes", "1")
+        raise ValueError
+    if kind == "str":
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        if not isinstance(v, str):
+            raise TypeError
+        return v
+    if kind.startswith("list[int]"):
+        if isinstance(v, (list, tuple)):
+            return [_to_int(x) for x in v]
+        if "| int" in kind:
+            return _to_int(v)
+        raise TypeError
+    return v
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"  # mnist | fashion-mnist | folder | npz
@@ -44,9 +103,9 @@ class DataConfig:
     download: bool = True  # fetch mnist / fashion-mnist when absent
 
     def __post_init__(self) -> None:
+        _coerce(self, "data")
         _check(self.train_split in ("train", "train+test"),
                f"data.train_split must be 'train' or 'train+test', got {self.train_split!r}")
-        self.val = str(self.val)
         if self.val not in ("test", "none"):
             try:
                 frac = float(self.val)
@@ -61,7 +120,6 @@ class DataConfig:
         _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
         _check(self.limit is None or self.limit > 0, "data.limit must be a positive number of images")
         if self.classes is not None:
-            self.classes = [int(c) for c in self.classes]
             _check(len(self.classes) > 0, "data.classes must name at least one class")
 
 
@@ -87,12 +145,12 @@ class ModelConfig:
     beta: float = 1.0  # weight of the KL term (VAE)
 
     def __post_init__(self) -> None:
+        _coerce(self, "model")
         from vaelab.models import MODELS  # registry; imported lazily to avoid a cycle
 
         _check(self.kind in MODELS, f"model.kind must be one of {sorted(MODELS)}, got {self.kind!r}")
         _check(self.arch in ("mlp", "conv"), f"model.arch must be 'mlp' or 'conv', got {self.arch!r}")
-        _check(int(self.latent_dim) >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
-        self.latent_dim = int(self.latent_dim)
+        _check(self.latent_dim >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
         _check(self.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         _check(self.output_activation in OUTPUT_ACTIVATIONS,
                f"model.output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
@@ -104,10 +162,10 @@ class ModelConfig:
             value = getattr(self, name)
             _check(value is None or value in ACTIVATIONS,
                    f"model.{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
-        _check(float(self.beta) >= 0, f"model.beta must be >= 0, got {self.beta}")
+        _check(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
-        _check(all(int(h) > 0 for h in self.hidden), "model.hidden widths must be positive")
-        _check(all(int(c) > 0 for c in self.channels), "model.channels must be positive")
+        _check(all(h > 0 for h in self.hidden), "model.hidden widths must be positive")
+        _check(all(c > 0 for c in self.channels), "model.channels must be positive")
         if self.arch == "conv":
             _check(len(self.channels) >= 1, "model.channels needs at least one conv layer")
             for name in ("kernel_size", "strides"):
@@ -116,10 +174,9 @@ class ModelConfig:
                     _check(len(v) == len(self.channels),
                            f"model.{name} has {len(v)} entries but model.channels has {len(self.channels)}")
         if self.input_shape is not None:
-            _check(len(self.input_shape) == 3 and all(int(s) > 0 for s in self.input_shape),
+            _check(len(self.input_shape) == 3 and all(s > 0 for s in self.input_shape),
                    f"model.input_shape must be (C, H, W), got {self.input_shape}")
-            self.input_shape = [int(s) for s in self.input_shape]
-        _check(self.final_kernel is None or (int(self.final_kernel) > 0 and int(self.final_kernel) % 2 == 1),
+        _check(self.final_kernel is None or (self.final_kernel > 0 and self.final_kernel % 2 == 1),
                f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
         if self.latent == "conv":
             _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
@@ -127,7 +184,7 @@ class ModelConfig:
 
     def per_layer(self, name: str) -> list[int]:
         v = getattr(self, name)
-        return [int(x) for x in v] if isinstance(v, list) else [int(v)] * len(self.channels)
+        return list(v) if isinstance(v, list) else [v] * len(self.channels)
 
 
 @dataclass
@@ -150,15 +207,16 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        _check(int(self.epochs) >= 0, f"train.epochs must be >= 0, got {self.epochs}")
-        _check(int(self.batch_size) >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(float(self.lr) > 0, f"train.lr must be positive, got {self.lr}")
-        _check(float(self.weight_decay) >= 0, "train.weight_decay must be >= 0")
-        _check(float(self.kl_warmup_epochs) >= 0, "train.kl_warmup_epochs must be >= 0")
-        _check(self.grad_clip is None or float(self.grad_clip) > 0, "train.grad_clip must be positive")
+        _coerce(self, "train")
+        _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0")
+        _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be positive")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _check(self.threads is None or int(self.threads) >= 1, "train.threads must be >= 1")
+        _check(self.threads is None or self.threads >= 1, "train.threads must be >= 1")
         _check(self.precision in ("auto", "fp32", "mixed"),
                f"train.precision must be auto, fp32 or mixed, got {self.precision!r}")
 

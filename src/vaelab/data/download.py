@@ -12,6 +12,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 from vaelab.errors import DataError
@@ -112,7 +113,7 @@ def fetch(name: str, stem: str, folder: Path) -> Path:
 def verify(blob: bytes, sha256: str, where: str) -> None:
     try:
         data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{where} sent a corrupt gzip file ({e}); try again later") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:

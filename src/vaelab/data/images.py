@@ -46,7 +46,7 @@ def load_folder(folder: str | Path, image_size: int | None = None,
                 if image_size is not None:
                     im = im.resize((image_size, image_size), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {f}: {e.__class__.__name__}; remove or replace it") from None
         sizes.setdefault(a.shape[:2], f)
         if len(sizes) > 1:
@@ -63,6 +63,8 @@ def load_folder(folder: str | Path, image_size: int | None = None,
 
 def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
     """Accept (N, H, W), (N, H, W, C) or (N, C, H, W); uint8 0-255 or float 0-1."""
+    if a.ndim >= 1 and a.shape[0] == 0:
+        raise DataError(f"{where} holds no images")
     if a.ndim == 3:
         a = a[:, None]
     elif a.ndim == 4:
@@ -102,9 +104,14 @@ def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         xkey = next((k for k in ("x", "images", "x_train", "arr_0") if k in keys), None)
         if xkey is None:
             raise DataError(f"{path} has no image array; name it 'x' or 'images' (found {sorted(keys)})")
-        x = to_uint8_nchw(obj[xkey], f"{path}[{xkey}]")
         ykey = next((k for k in ("y", "labels", "y_train") if k in keys), None)
-        y = obj[ykey].astype(np.int64).reshape(-1) if ykey else None
+        try:  # .npz members are read lazily: a pickled member is refused here
+            xa = obj[xkey]
+            ya = obj[ykey] if ykey else None
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        x = to_uint8_nchw(xa, f"{path}[{xkey}]")
+        y = ya.astype(np.int64).reshape(-1) if ya is not None else None
     if y is not None and len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y

@@ -1,0 +1,183 @@
+"""Shared fixtures for the vaelab test suite.
+
+Everything here is small on purpose: the suite must run in well under two minutes
+on a 2-core machine that is also used for benchmarks. Real MNIST / Fashion-MNIST are
+only read by tests that ask for ``mnist_dir`` / ``fashion_dir``; those skip with a
+clear message when ``$VAELAB_DATA`` is unset or does not hold the files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+# Before torch is imported anywhere: no progress bars, one thread (the machine is shared).
+os.environ["VAELAB_NO_PROGRESS"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# IDX type codes, written here from the format description (not taken from vaelab).
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
+              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+
+
+# ----------------------------------------------------------------------------- IDX writer
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of ``array``: 0, 0, type code, ndim, big-endian uint32 dims, big-endian data."""
+    a = np.asarray(array)
+    if a.dtype.itemsize > 1:
+        a = a.astype(a.dtype.newbyteorder(">"))
+    code = _IDX_CODES[a.dtype]
+    header = bytes([0, 0, code, a.ndim]) + b"".join(struct.pack(">I", d) for d in a.shape)
+    return header + a.tobytes()
+
+
+def write_idx_file(path: str | os.PathLike, array: np.ndarray, gz: bool | None = None) -> Path:
+    """Write ``array`` as an IDX file; gzip it when ``gz`` (default: when the name ends in .gz)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = idx_bytes(array)
+    if gz if gz is not None else path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def write_idx():
+    """``write_idx(path, array, gz=None)``: write an IDX file (gzip when the name ends in .gz)."""
+    return write_idx_file
+
+
+def make_idx_dataset(root: Path, name: str = "mnist", n_train: int = 20, n_test: int = 10,
+                     size: int = 28, seed: int = 0, gz: bool = True) -> dict[str, np.ndarray]:
+    """Write the four IDX files of a tiny fake ``name`` data set under ``root/name``."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for stem, a in arrays.items():
+        write_idx_file(root / name / (stem + (".gz" if gz else "")), a, gz=gz)
+    return arrays
+
+
+@pytest.fixture
+def idx_dataset():
+    """``idx_dataset(root, name='mnist', ...)``: write a tiny fake IDX data set; returns its arrays."""
+    return make_idx_dataset
+
+
+# ----------------------------------------------------------------------------- synthetic images
+def make_shapes(n: int = 256, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 (n, size, size) images of simple shapes, labels 0-3:
+    0 filled square, 1 disc, 2 plus sign, 3 horizontal bar; random position and size."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    x = np.zeros((n, size, size), dtype=np.uint8)
+    y = np.arange(n) % 4
+    rng.shuffle(y)
+    for i in range(n):
+        r = int(rng.integers(size // 8 + 1, size // 4 + 1))
+        cy, cx = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
+        if y[i] == 0:
+            m = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+        elif y[i] == 1:
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        elif y[i] == 2:
+            m = ((abs(yy - cy) <= 1) & (abs(xx - cx) <= r)) | ((abs(xx - cx) <= 1) & (abs(yy - cy) <= r))
+        else:
+            m = (abs(yy - cy) <= max(1, r // 3)) & (abs(xx - cx) <= r + 2)
+        x[i][m] = int(rng.integers(160, 256))
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def shapes_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 (256, 28, 28), y int64 (256,)) synthetic shapes, labels 0-3."""
+    return make_shapes()
+
+
+@pytest.fixture(scope="session")
+def shapes_npz(tmp_path_factory, shapes_arrays) -> Path:
+    """The synthetic shapes saved as ``shapes.npz`` with keys x and y."""
+    x, y = shapes_arrays
+    path = tmp_path_factory.mktemp("shapes") / "shapes.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+# ----------------------------------------------------------------------------- small configs
+@pytest.fixture
+def tiny_config(shapes_npz):
+    """``tiny_config(*overrides)``: a small, fast RunConfig on the synthetic shapes:
+    mlp VAE 784-32-2, 2 epochs, batch 64, no validation, CPU."""
+    from vaelab.config import build_config
+
+    def make(*overrides: str):
+        base = ["data.name=npz", f"data.path={shapes_npz}", "data.val=none",
+                "model.kind=vae", "model.arch=mlp", "model.hidden=32", "model.latent_dim=2",
+                "train.epochs=2", "train.batch_size=64", "train.device=cpu", "train.progress=false",
+                "train.eval_batch_size=128"]
+        return build_config(None, None, base + list(overrides))
+
+    return make
+
+
+# ----------------------------------------------------------------------------- environment
+@pytest.fixture
+def no_data_env(tmp_path, monkeypatch) -> Path:
+    """No $VAELAB_DATA and an empty $XDG_CACHE_HOME: nothing to find but what a test puts there.
+    Returns the cache base folder (vaelab looks in ``<it>/vaelab``)."""
+    cache = tmp_path / "xdg-cache"
+    cache.mkdir()
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
+def _real_data_dir(name: str) -> Path:
+    root = os.environ.get("VAELAB_DATA")
+    if not root:
+        pytest.skip(f"real {name} not available: set VAELAB_DATA to a folder holding {name}/ "
+                    f"with the four IDX files ({', '.join(IDX_FILES)}, .gz or raw)")
+    folder = Path(root) / name
+    missing = [s for s in IDX_FILES if not ((folder / s).is_file() or (folder / f"{s}.gz").is_file())]
+    if missing:
+        pytest.skip(f"real {name} not available: {folder} lacks {', '.join(missing)}")
+    return Path(root)
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The root (``$VAELAB_DATA``) holding real ``mnist/``; skips when absent."""
+    return _real_data_dir("mnist")
+
+
+@pytest.fixture
+def fashion_dir() -> Path:
+    """The root (``$VAELAB_DATA``) holding real ``fashion-mnist/``; skips when absent."""
+    return _real_data_dir("fashion-mnist")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for ``python -m vaelab`` subprocesses: quiet, single-threaded."""
+    env = dict(os.environ)
+    env.update({"VAELAB_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYTHONWARNINGS": "ignore"})
+    env.pop("VAELAB_DEBUG", None)
+    env.update(extra)
+    return env

@@ -1,0 +1,249 @@
+"""Configuration: presets, dotted overrides, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vaelab.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_preset,
+                           parse_override, preset_names)
+from vaelab.errors import ConfigError
+from vaelab.models import build_model, count_params
+
+
+def dense(*widths: int) -> int:
+    """Parameters of a chain of Linear layers through ``widths``."""
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def conv(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + cout
+
+
+# Parameter counts from each preset's described architecture (its YAML comment), computed
+# by hand; mlp-vae and conv-vae are the published counts of the PyTorch / Keras reference models.
+EXPECTED_PARAMS = {
+    "mlp-vae": 652_824,  # PyTorch examples/vae
+    "conv-vae": 134_165,  # keras.io/examples/generative/vae
+    "mlp-ae": dense(784, 144, 72, 48, 72, 144, 784),
+    "deep-ae": dense(784, 512, 256, 128, 64, 32, 64, 128, 256, 512, 784),
+    "fc-ae-rgb64": dense(12288, 1024, 256, 64, 256, 1024, 12288),
+    "conv-vae-deep": (conv(1, 32, 3) + conv(32, 64, 3) + conv(64, 128, 3) + dense(128 * 4 * 4, 16)
+                      + 2 * dense(16, 2) + dense(2, 128 * 4 * 4)
+                      + conv(128, 128, 3) + conv(128, 64, 3) + conv(64, 32, 3) + conv(32, 1, 3)),
+    "conv-ae-rgb64": (conv(3, 12, 4) + conv(12, 24, 4) + conv(24, 48, 4)
+                      + conv(48, 24, 4) + conv(24, 12, 4) + conv(12, 3, 4)),
+}
+
+
+def test_conv_vae_reference_count_by_hand():
+    # The Keras tutorial's summary: encoder 69,076 and decoder 65,089 parameters.
+    encoder = conv(1, 32, 3) + conv(32, 64, 3) + dense(3136, 16) + 2 * dense(16, 2)
+    decoder = dense(2, 3136) + conv(64, 64, 3) + conv(64, 32, 3) + conv(32, 1, 3)
+    assert (encoder, decoder) == (69_076, 65_089)
+    assert encoder + decoder == EXPECTED_PARAMS["conv-vae"]
+    assert dense(784, 400) + 2 * dense(400, 20) + dense(20, 400, 784) == EXPECTED_PARAMS["mlp-vae"]
+
+
+def test_preset_names():
+    assert preset_names() == sorted(EXPECTED_PARAMS)
+
+
+def _input_shape(cfg: RunConfig) -> list[int]:
+    return [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_presets_build_with_expected_parameter_counts(name):
+    cfg = build_config(name)
+    assert cfg.preset == name
+    cfg.model.input_shape = _input_shape(cfg)
+    assert count_params(build_model(cfg.model)) == EXPECTED_PARAMS[name]
+    # independent of vaelab's count_params
+    model = build_model(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name]
+
+
+def test_reference_presets_match_their_tutorials():
+    m = build_config("mlp-vae")
+    assert (m.model.hidden, m.model.latent_dim, m.model.loss, m.train.batch_size, m.train.lr, m.train.epochs) == \
+        ([400], 20, "bce", 128, 0.001, 10)
+    c = build_config("conv-vae")
+    assert (c.model.channels, c.model.dense, c.model.latent_dim, c.model.final_kernel, c.train.epochs) == \
+        ([32, 64], [16], 2, 3, 30)
+    assert c.data.train_split == "train+test" and c.data.val == "none"
+
+
+# ---------------------------------------------------------------------------- overrides
+@pytest.mark.parametrize("text, expected", [
+    ("model.latent_dim=16", ("model", "latent_dim", 16)),
+    ("train.lr=0.0005", ("train", "lr", 0.0005)),
+    ("model.hidden=512,256", ("model", "hidden", [512, 256])),
+    ("model.hidden=[32, 64]", ("model", "hidden", [32, 64])),
+    ("model.hidden=32", ("model", "hidden", [32])),
+    ("data.classes=3", ("data", "classes", [3])),
+    ("data.classes=3,5", ("data", "classes", [3, 5])),
+    ("model.kernel_size=3", ("model", "kernel_size", 3)),
+    ("model.strides=2,1", ("model", "strides", [2, 1])),
+    ("model.decoder_hidden=null", ("model", "decoder_hidden", None)),
+    ("data.classes=null", ("data", "classes", None)),
+    ("data.download=false", ("data", "download", False)),
+    ("model.loss=mse", ("model", "loss", "mse")),
+    ("data.path=/some/where/x.npz", ("data", "path", "/some/where/x.npz")),
+    ("data.val=0.1", ("data", "val", 0.1)),
+    (" model.beta = 4", ("model", "beta", 4)),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_overrides_reach_the_config():
+    cfg = build_config("mlp-vae", overrides=["model.latent_dim=16", "model.hidden=512,256", "data.classes=3",
+                                             "model.decoder_hidden=null", "data.val=0.1", "train.epochs=2"])
+    assert cfg.model.latent_dim == 16 and cfg.model.hidden == [512, 256] and cfg.data.classes == [3]
+    assert cfg.model.decoder_hidden is None and cfg.data.val == "0.1" and cfg.train.epochs == 2
+    assert cfg.train.lr == 0.001  # untouched fields keep the preset's value
+
+
+def test_precedence_preset_file_extra_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {latent_dim: 5, beta: 2.0}\ntrain: {epochs: 7, seed: 3}\n")
+    cfg = build_config("mlp-vae", str(f), overrides=["train.epochs=9"], extra={"train": {"seed": 4}})
+    assert cfg.model.hidden == [400]  # preset
+    assert cfg.model.latent_dim == 5 and cfg.model.beta == 2.0  # file over preset
+    assert cfg.train.seed == 4  # extra over file
+    assert cfg.train.epochs == 9  # override over everything
+
+
+def test_round_trip_through_json():
+    cfg = build_config("conv-vae", overrides=["data.classes=1,7", "train.epochs=3"])
+    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+
+
+def test_defaults_are_valid():
+    cfg = RunConfig()
+    assert cfg.model.kind == "vae" and cfg.data.name == "mnist"
+
+
+def test_train_plus_test_disables_test_validation():
+    assert DataConfig(train_split="train+test", val="test").val == "none"
+    assert DataConfig(train_split="train+test", val="0.2").val == "0.2"
+
+
+# ---------------------------------------------------------------------------- bad values
+BAD_OVERRIDES = {
+    "model.latent_dim=0": "latent_dim",
+    "model.latent_dim=-3": "latent_dim",
+    "model.loss=foo": "model.loss",
+    "model.kind=gan": "model.kind",
+    "model.arch=transformer": "model.arch",
+    "model.activation=swish": "model.activation",
+    "model.output_activation=softmax": "output_activation",
+    "model.beta=-1": "beta",
+    "model.hidden=0": "hidden",
+    "model.final_kernel=4": "final_kernel",
+    "model.latent=conv": "latent",
+    "model.input_shape=[28, 28]": "input_shape",
+    "data.val=2": "data.val",
+    "data.val=train": "data.val",
+    "data.train_split=all": "train_split",
+    "data.channels=2": "channels",
+    "data.limit=0": "limit",
+    "data.image_size=0": "image_size",
+    "data.classes=[]": "classes",
+    "train.epochs=-1": "epochs",
+    "train.batch_size=0": "batch_size",
+    "train.lr=0": "lr",
+    "train.device=tpu": "device",
+    "train.grad_clip=0": "grad_clip",
+    "foo.bar=1": "foo.bar",
+    "model.foo=1": "model.foo",
+    "model=1": "model",
+    "latent_dim=3": "latent_dim",
+    "model.latent_dim": "section.field=value",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_OVERRIDES))
+def test_bad_values_raise_config_error(text):
+    with pytest.raises(ConfigError) as e:
+        build_config("mlp-vae", overrides=[text])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert BAD_OVERRIDES[text] in msg, msg
+
+
+def test_bce_needs_sigmoid_output():
+    with pytest.raises(ConfigError, match="bce needs model.output_activation=sigmoid"):
+        build_config("mlp-vae", overrides=["model.output_activation=tanh"])
+    cfg = build_config("mlp-vae", overrides=["model.output_activation=tanh", "model.loss=mse"])
+    assert cfg.model.output_activation == "tanh"
+
+
+def test_conv_list_lengths_must_match_channels():
+    with pytest.raises(ConfigError, match="kernel_size has 3 entries but model.channels has 2"):
+        build_config("conv-vae", overrides=["model.kernel_size=[3, 3, 3]"])
+    with pytest.raises(ConfigError, match="VAEs need a dense latent"):
+        build_config("conv-vae", overrides=["model.latent=conv"])
+
+
+def test_unknown_sections_and_fields_in_dicts_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config section"):
+        RunConfig.from_dict({"optimizer": {"lr": 1}})
+    with pytest.raises(ConfigError, match="unknown model option"):
+        RunConfig.from_dict({"model": {"latent": "dense", "depth": 3}})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        RunConfig.from_dict({"model": [1, 2]})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        RunConfig.from_dict([1, 2])
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(None, str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {latent_dim: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(None, str(bad))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config(None, str(scalar))
+    with pytest.raises(ConfigError, match=r"model\.hidden must be a list of ints, got 5"):
+        RunConfig.from_dict({"model": {"hidden": 5}})  # not iterable
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError) as e:
+        load_preset("resnet-vae")
+    assert "resnet-vae" in str(e.value) and "mlp-vae" in str(e.value)
+
+
+def test_dataclasses_validate_directly():
+    with pytest.raises(ConfigError):
+        ModelConfig(latent_dim=0)
+    with pytest.raises(ConfigError):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError):
+        DataConfig(val="1.5")
+
+
+# ---------------------------------------------------------------------------- known bugs
+@pytest.mark.parametrize("text", ["model.latent_dim=abc", "train.lr=fast", "model.hidden=a,b", "train.epochs=x"])
+def test_non_numeric_values_raise_config_error(text):
+    with pytest.raises(ConfigError):
+        build_config("mlp-vae", overrides=[text])
+
+
+def test_non_string_device_raises_config_error():
+    with pytest.raises(ConfigError):
+        build_config("mlp-vae", overrides=["train.device=0"])
+
+
+@pytest.mark.parametrize("text, section, name", [("train.lr=1e-4", "train", "lr"),
+                                                 ("model.beta=5e-1", "model", "beta"),
+                                                 ("train.weight_decay=1e-5", "train", "weight_decay")])
+def test_scientific_notation_gives_floats(text, section, name):
+    cfg = build_config("mlp-vae", overrides=[text])
+    value = getattr(getattr(cfg, section), name)
+    assert isinstance(value, float), f"{section}.{name} is {value!r} ({type(value).__name__})"
+    assert value == float(text.split("=")[1])

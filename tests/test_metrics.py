@@ -1,0 +1,278 @@
+"""Metrics against independent references: scikit-image SSIM, numpy, scipy, analytic values."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+from skimage.metrics import structural_similarity
+
+from conftest import make_shapes
+from vaelab import metrics
+from vaelab.config import ModelConfig
+from vaelab.models import VAE
+
+
+# ---------------------------------------------------------------------------- SSIM vs scikit-image
+def sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """scikit-image SSIM of one (C, H, W) pair in [0, 1]."""
+    kw = dict(data_range=1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    if a.shape[0] == 1:
+        return structural_similarity(a[0], b[0], **kw)
+    return structural_similarity(a, b, channel_axis=0, **kw)
+
+
+def _pairs(kind: str, c: int, h: int, w: int, n: int = 3):
+    rng = np.random.default_rng({"random": 0, "noisy": 1, "shapes": 2, "checker": 3, "smooth": 4}[kind])
+    if kind == "random":
+        x, y = rng.random((n, c, h, w)), rng.random((n, c, h, w))
+    elif kind == "noisy":
+        x = rng.random((n, c, h, w))
+        y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    elif kind == "shapes":
+        s, _ = make_shapes(2 * n * c, size=max(h, w), seed=5)
+        s = s[:, :h, :w].astype(np.float64) / 255
+        x, y = s[: n * c].reshape(n, c, h, w), s[n * c:].reshape(n, c, h, w)
+        y = 0.6 * y + 0.4 * x  # partly similar
+    elif kind == "checker":
+        yy, xx = np.mgrid[0:h, 0:w]
+        board = ((yy // 3 + xx // 3) % 2).astype(np.float64)
+        x = np.broadcast_to(board, (n, c, h, w)).copy()
+        y = np.roll(x, shift=1, axis=-1) * 0.8 + 0.1
+    else:  # smooth gradients vs a brightness/contrast change of them
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        base = np.stack([np.sin(3 * xx + k) * np.cos(2 * yy - k) for k in range(n * c)]).reshape(n, c, h, w)
+        x = (base + 1) / 2
+        y = np.clip(0.7 * x + 0.2 + rng.normal(0, 0.02, x.shape), 0, 1)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["random", "noisy", "shapes", "checker", "smooth"])
+@pytest.mark.parametrize("chw", [(1, 28, 28), (3, 32, 32), (1, 20, 31), (3, 11, 16)],
+                         ids=["grey28", "rgb32", "grey20x31", "rgb11x16"])
+def test_ssim_matches_scikit_image(kind, chw):
+    x, y = _pairs(kind, *chw)
+    ours = metrics.ssim(torch.from_numpy(x).float(), torch.from_numpy(y).float())
+    assert ours.shape == (x.shape[0],) and ours.dtype == torch.float32
+    ref = np.array([sk_ssim(x[i].astype(np.float32).astype(np.float64), y[i].astype(np.float32).astype(np.float64))
+                    for i in range(x.shape[0])])
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4, rtol=0)
+
+
+def test_ssim_identical_and_constant_images():
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(2))
+    c = torch.full((1, 1, 12, 12), 0.5)
+    torch.testing.assert_close(metrics.ssim(c, c), torch.ones(1))
+    d = torch.full((1, 1, 12, 12), 0.2)
+    ref = sk_ssim(c[0].numpy().astype(np.float64), d[0].numpy().astype(np.float64))
+    assert abs(float(metrics.ssim(c, d)) - ref) < 1e-4
+
+
+def test_ssim_input_checks():
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.ssim(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 15))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        metrics.ssim(torch.rand(1, 1, 10, 16), torch.rand(1, 1, 10, 16))
+
+
+# ---------------------------------------------------------------------------- mse, psnr
+def test_mse_and_psnr_vs_numpy():
+    rng = np.random.default_rng(6)
+    x, y = rng.random((4, 3, 5, 6)), rng.random((4, 3, 5, 6))
+    x[1] = y[1] + 0.01
+    mse = ((x - y) ** 2).reshape(4, -1).mean(1)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    np.testing.assert_allclose(metrics.mse(tx, ty).numpy(), mse, rtol=1e-10)
+    np.testing.assert_allclose(metrics.psnr(tx, ty).numpy(), 10 * np.log10(1 / mse), rtol=1e-8)
+    np.testing.assert_allclose(metrics.psnr(tx * 255, ty * 255, data_range=255).numpy(), 10 * np.log10(1 / mse),
+                               rtol=1e-8)
+    assert abs(float(metrics.psnr(tx[1:2], ty[1:2])) - 40.0) < 1e-6  # an error of 0.01 everywhere: 40 dB
+    assert torch.isfinite(metrics.psnr(tx, tx)).all()
+
+
+# ---------------------------------------------------------------------------- importance-weighted NLL
+def test_iw_nll_vs_scipy_logsumexp():
+    lw = np.random.default_rng(7).normal(-300, 20, (50, 6))
+    expected = -(logsumexp(lw, axis=0) - np.log(50))
+    np.testing.assert_allclose(metrics.iw_nll(torch.from_numpy(lw)).numpy(), expected, rtol=1e-6)
+    one = torch.from_numpy(lw[:1])
+    torch.testing.assert_close(metrics.iw_nll(one), -one[0].float())
+
+
+def small_vae(seed=0, **kw) -> VAE:
+    torch.manual_seed(seed)
+    cfg = dict(kind="vae", arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3)
+    cfg.update(kw)
+    return VAE(ModelConfig(**cfg)).eval()
+
+
+def binary_images(n=16, seed=0):
+    return (torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+
+
+def test_iw_with_one_sample_is_the_single_sample_estimate():
+    m, x = small_vae(), binary_images()
+    with torch.no_grad():
+        lw = m.log_weights(x, 1, generator=torch.Generator().manual_seed(3))
+        # The same sample, by hand: recon(z) + log q(z|x) - log p(z), densities from torch.distributions.
+        h = m.encoder(x)
+        mu, lv = m.mu(h), m.logvar(h)
+        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
+        std = (0.5 * lv).exp()
+        z = mu + eps * std
+        recon = torch.nn.functional.binary_cross_entropy_with_logits(m.decoder(z), x, reduction="none").flatten(1).sum(1)
+        log_q = torch.distributions.Normal(mu, std).log_prob(z).sum(1)
+        log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    single = recon + log_q - log_p
+    torch.testing.assert_close(metrics.iw_nll(lw), single, rtol=1e-5, atol=1e-3)
+
+
+def test_iw_single_sample_averages_to_the_elbo_loss():
+    """E[-log w] over posterior samples is the negative ELBO, i.e. the loss with the analytic KL."""
+    m, x = small_vae(), binary_images(8)
+    with torch.no_grad():
+        lw = m.log_weights(x, 4000, generator=torch.Generator().manual_seed(4))  # (K, B)
+        mu, lv = m.posterior(x)
+        # negative ELBO = E_q[recon] + KL; estimate E_q[recon] separately with many samples
+        recon = torch.stack([m(x, generator=torch.Generator().manual_seed(100 + i))["recon"] for i in range(400)])
+        kl = (0.5 * (mu ** 2 + lv.exp() - 1 - lv)).sum(1)
+    neg_elbo = recon.mean(0) + kl
+    mc = (-lw).mean(0)
+    se = (-lw).std(0) / math.sqrt(lw.shape[0]) + recon.std(0) / math.sqrt(recon.shape[0])
+    assert (torch.abs(mc - neg_elbo) < 5 * se + 1e-3).all(), (mc, neg_elbo, se)
+
+
+def test_iw_bound_is_tighter_than_the_elbo_on_average():
+    m, x = small_vae(1), binary_images(32, seed=1)
+    with torch.no_grad():
+        elbo_loss = torch.stack([m(x, generator=torch.Generator().manual_seed(i))["loss"] for i in range(200)]).mean(0)
+        iw = metrics.iw_nll(m.log_weights(x, 500, generator=torch.Generator().manual_seed(9)))
+        iw1 = metrics.iw_nll(m.log_weights(x, 1, generator=torch.Generator().manual_seed(9)))
+    assert float(iw.mean()) < float(elbo_loss.mean())
+    assert (iw <= elbo_loss + 0.05).float().mean() > 0.9  # per image too, up to Monte-Carlo noise
+    assert float(iw.mean()) < float(iw1.mean())
+
+
+def _linear_gaussian_vae(w: torch.Tensor, b: torch.Tensor, exact: bool) -> VAE:
+    """z ~ N(0, 1), x | z ~ N(w z + b, 1/2 I) in 2-D: the euclidean loss ||x - x_hat||^2 is
+    -log N(x; x_hat, 1/2 I) - log(pi), so the model's log p(x) is known in closed form."""
+    m = VAE(ModelConfig(kind="vae", arch="mlp", input_shape=[1, 1, 2], hidden=[], latent_dim=1,
+                        loss="euclidean", output_activation="none"))
+    prec = 1 + 2 * float(w @ w)  # posterior precision 1 + w'w / s^2, s^2 = 1/2
+    with torch.no_grad():
+        dec = next(l for l in m.decoder if isinstance(l, torch.nn.Linear))
+        dec.weight.copy_(w.view(2, 1))
+        dec.bias.copy_(b)
+        m.mu.weight.copy_((2 * w / prec).view(1, 2))
+        m.mu.bias.fill_(float(-2 * (w @ b) / prec))
+        m.logvar.weight.zero_()
+        m.logvar.bias.fill_(-math.log(prec))
+        if not exact:
+            m.mu.bias.add_(0.3)  # shifted and too wide: a valid but imperfect proposal
+            m.logvar.bias.add_(0.5)
+    return m.eval()
+
+
+def test_iw_on_linear_gaussian_model_recovers_log_px():
+    w, b = torch.tensor([0.8, -0.5]), torch.tensor([0.4, 0.6])
+    x = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.9, 0.2], [0.0, 1.0]])
+    cov = np.outer(w.numpy(), w.numpy()) + 0.5 * np.eye(2)
+    log_px = np.array([stats.multivariate_normal(b.numpy(), cov).logpdf(xi) for xi in x.numpy()]) + np.log(np.pi)
+    xs = x.view(4, 1, 1, 2)
+    with torch.no_grad():
+        # exact posterior: every importance weight equals p(x)
+        lw = _linear_gaussian_vae(w, b, exact=True).log_weights(xs, 7, generator=torch.Generator().manual_seed(0))
+        np.testing.assert_allclose(lw.numpy(), np.broadcast_to(log_px, (7, 4)), atol=2e-4)
+        # a wrong posterior: the ELBO is below log p(x); many importance samples close the gap
+        m = _linear_gaussian_vae(w, b, exact=False)
+        lw = m.log_weights(xs, 4000, generator=torch.Generator().manual_seed(1))
+    elbo = lw.double().mean(0).numpy()
+    assert (elbo < log_px - 0.05).all()
+    # relative standard error of the mean weight (delta method) sets the tolerance on log p(x)
+    wts = torch.exp(lw.double() - lw.double().max(0).values)
+    se = (wts.std(0) / wts.mean(0) / math.sqrt(lw.shape[0])).numpy()
+    err = np.abs(-metrics.iw_nll(lw).numpy() - log_px)
+    assert (err < 5 * se + 1e-4).all(), (err, se)
+    assert (se < 0.02).all()
+
+
+# ---------------------------------------------------------------------------- latent statistics
+def test_active_units_counts_dims_with_variance_above_threshold():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5000, 5, generator=g)
+    base = (base - base.mean(0)) / base.std(0)  # unit sample variance per column exactly
+    stds = torch.tensor([0.0, 0.05, 0.2, 1.0, 0.099])  # variances 0, .0025, .04, 1, .0098
+    mu = base * stds + torch.tensor([3.0, -1.0, 0.0, 2.0, 5.0])
+    assert metrics.active_units(mu) == 2
+    assert metrics.active_units(mu, threshold=0.001) == 4
+    assert metrics.active_units(torch.zeros(10, 4)) == 0
+
+
+def test_kl_per_dim_is_the_data_mean():
+    rng = np.random.default_rng(8)
+    mu, lv = rng.normal(size=(20, 4)), rng.normal(size=(20, 4))
+    expected = (0.5 * (mu ** 2 + np.exp(lv) - 1 - lv)).mean(0)
+    np.testing.assert_allclose(metrics.kl_per_dim(torch.from_numpy(mu), torch.from_numpy(lv)).numpy(), expected)
+
+
+# ---------------------------------------------------------------------------- Frechet distance
+def _random_cov(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T + 0.1 * np.eye(d)
+
+
+def test_frechet_equal_covariances_is_squared_mean_distance():
+    rng = np.random.default_rng(9)
+    cov = _random_cov(rng, 6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    assert metrics.frechet_distance(mu1, cov, mu2, cov) == pytest.approx(float(((mu1 - mu2) ** 2).sum()), abs=1e-6)
+    assert metrics.frechet_distance(mu1, cov, mu1, cov) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_diagonal_covariances():
+    rng = np.random.default_rng(10)
+    a, b = rng.uniform(0.1, 4, 5), rng.uniform(0.1, 4, 5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_one_dimension():
+    assert metrics.frechet_distance(0.0, 4.0, 1.0, 1.0) == pytest.approx(1.0 + (2 - 1) ** 2)
+    assert metrics.frechet_distance(np.zeros(1), np.eye(1) * 9, np.ones(1), np.eye(1)) == pytest.approx(1.0 + 4.0)
+
+
+def test_frechet_general_covariances_vs_eigenvalues():
+    rng = np.random.default_rng(11)
+    c1, c2 = _random_cov(rng, 4), _random_cov(rng, 4)
+    mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+    # tr (c1 c2)^(1/2) = sum of square roots of the (real, non-negative) eigenvalues of c1 c2
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(c1 @ c2).real, 0, None)).sum()
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * tr_sqrt
+    assert metrics.frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-7)
+
+
+def test_frechet_uses_no_deprecated_scipy_api():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        metrics.frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2))
+
+
+# ---------------------------------------------------------------------------- AUROC
+def test_auroc_vs_hand_count():
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.5, 0.1, 0.7, 0.8])
+    labels = np.array([1, 1, 0, 0, 1, 0, 0, 1])
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    # P(score of a positive > score of a negative), ties count one half
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    expected = wins / (len(pos) * len(neg))
+    assert expected == pytest.approx(13 / 16)
+    assert metrics.auroc(scores, labels) == pytest.approx(expected)
+    assert metrics.auroc(-scores, labels) == pytest.approx(1 - expected)
+    assert metrics.auroc(np.arange(6), np.array([0, 0, 0, 1, 1, 1])) == 1.0

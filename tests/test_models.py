@@ -1,0 +1,239 @@
+"""Models: every preset runs; conv-vae is the Keras tutorial model; loss conventions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.config import ModelConfig, build_config, preset_names
+from vaelab.errors import ConfigError
+from vaelab.models import AE, VAE, build_model
+
+
+def preset_model(name: str, **changes):
+    cfg = build_config(name)
+    cfg.model.input_shape = [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
+    for k, v in changes.items():
+        setattr(cfg.model, k, v)
+    torch.manual_seed(0)
+    return build_model(cfg.model)
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(kind="vae", arch="mlp", input_shape=[1, 6, 5], hidden=[16], latent_dim=3)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def rand_images(shape, b=3, seed=0):
+    return torch.rand((b, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------- every preset
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_forward_and_reconstruct(name):
+    model = preset_model(name)
+    shape = tuple(model.cfg.input_shape)
+    b = 3 if shape[-1] <= 28 else 2
+    x = rand_images(shape, b)
+    with torch.no_grad():
+        out = model(x)
+        assert set(out) == ({"loss", "recon", "kl"} if model.is_vae else {"loss", "recon"})
+        for k, v in out.items():
+            assert v.shape == (b,), k
+            assert torch.isfinite(v).all(), k
+        assert (out["recon"] >= 0).all()
+        if model.is_vae:
+            assert isinstance(model, VAE) and (out["kl"] >= 0).all()
+            torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
+        else:
+            assert isinstance(model, AE) and torch.equal(out["loss"], out["recon"])
+        r = model.reconstruct(x)
+        assert r.shape == x.shape and r.min() >= 0 and r.max() <= 1
+        z = model.encode(x)
+        assert z.shape == (b, model.cfg.latent_dim)
+        d = model.decode(torch.randn(b, model.cfg.latent_dim) * 3)
+        assert d.shape == x.shape and d.min() >= 0 and d.max() <= 1
+
+
+def test_vae_kl_scale_weights_only_the_kl():
+    model = VAE(small(beta=2.0))
+    x = rand_images((1, 6, 5))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    full, half = model(x, generator=g()), model(x, kl_scale=0.5, generator=g())
+    torch.testing.assert_close(full["recon"], half["recon"])
+    torch.testing.assert_close(full["kl"], half["kl"])
+    torch.testing.assert_close(half["loss"], half["recon"] + 1.0 * half["kl"])
+    torch.testing.assert_close(full["loss"], full["recon"] + 2.0 * full["kl"])
+
+
+# ---------------------------------------------------------------------------- conv-vae = Keras tutorial
+def test_conv_vae_layers_match_keras_tutorial():
+    m = preset_model("conv-vae")
+    convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding)
+             for l in m.encoder if isinstance(l, nn.Conv2d)]
+    assert convs == [(1, 32, (3, 3), (2, 2), (1, 1)), (32, 64, (3, 3), (2, 2), (1, 1))]
+    assert [(l.in_features, l.out_features) for l in m.encoder if isinstance(l, nn.Linear)] == [(3136, 16)]
+    assert sum(isinstance(l, nn.ReLU) for l in m.encoder) == 3  # after each conv and the dense layer
+    assert (m.mu.in_features, m.mu.out_features) == (16, 2)
+    assert (m.logvar.in_features, m.logvar.out_features) == (16, 2)
+    assert [(l.in_features, l.out_features) for l in m.decoder if isinstance(l, nn.Linear)] == [(2, 7 * 7 * 64)]
+    tconvs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride)
+              for l in m.decoder if isinstance(l, nn.ConvTranspose2d)]
+    assert tconvs == [(64, 64, (3, 3), (2, 2)), (64, 32, (3, 3), (2, 2)), (32, 1, (3, 3), (1, 1))]
+    # ReLU after dense and after the two stride-2 transposed convs; none after the last (sigmoid output)
+    kinds = [type(l).__name__ for l in m.decoder]
+    assert kinds == ["Linear", "ReLU", "Unflatten", "ConvTranspose2d", "ReLU", "ConvTranspose2d", "ReLU",
+                     "ConvTranspose2d"]
+
+    # Feature-map sizes: 28 -> 14 -> 7, and 7 -> 14 -> 28 -> 28.
+    sizes = []
+    hooks = [l.register_forward_hook(lambda mod, i, o: sizes.append(tuple(o.shape[1:])))
+             for l in [*m.encoder, *m.decoder] if isinstance(l, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        m.reconstruct(torch.rand(2, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert sizes == [(32, 14, 14), (64, 7, 7), (64, 14, 14), (32, 28, 28), (1, 28, 28)]
+
+
+@pytest.mark.parametrize("shape, channels, k, s", [
+    ([1, 27, 20], [8, 16], 3, 2), ([3, 33, 33], [4, 8, 8], 4, 2), ([1, 16, 17], [4], 5, 2),
+    ([1, 12, 12], [4, 4], [3, 5], [1, 2]),
+])
+def test_conv_decoder_lands_on_the_input_size(shape, channels, k, s):
+    for kind, latent, fk in (("vae", "dense", 3), ("vae", "dense", None), ("ae", "conv", None)):
+        cfg = ModelConfig(kind=kind, arch="conv", input_shape=shape, channels=channels, kernel_size=k, strides=s,
+                          latent=latent, final_kernel=fk, dense=[8] if latent == "dense" else [], latent_dim=2)
+        m = build_model(cfg)
+        x = rand_images(shape, 2)
+        with torch.no_grad():
+            assert m.reconstruct(x).shape == x.shape, (kind, latent, fk)
+
+
+def test_conv_latent_ae_code_is_the_feature_map():
+    m = preset_model("conv-ae-rgb64")
+    x = rand_images((3, 64, 64), 2)
+    with torch.no_grad():
+        z = m.encode(x)
+    assert z.shape == (2, 48 * 8 * 8) and m.cfg.latent_dim == 3072
+
+
+# ---------------------------------------------------------------------------- loss conventions
+def test_bce_is_summed_over_pixels():
+    torch.manual_seed(0)
+    m = AE(small(kind="ae", loss="bce"))
+    x = rand_images((1, 6, 5), b=4)
+    with torch.no_grad():
+        logits = m.decode_logits(m.encode(x))
+        per_image = m.recon_loss(logits, x)
+        assert per_image.shape == (4,)
+        expected = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum") / 4
+        torch.testing.assert_close(per_image.mean(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x)["recon"], per_image)
+        for i in range(4):
+            torch.testing.assert_close(per_image[i], F.binary_cross_entropy(torch.sigmoid(logits[i]), x[i],
+                                                                            reduction="sum"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["mse", "euclidean"])
+def test_squared_error_conventions(loss):
+    torch.manual_seed(1)
+    m = AE(small(kind="ae", loss=loss))
+    x = rand_images((1, 6, 5), b=3)
+    with torch.no_grad():
+        out = torch.sigmoid(m.decode_logits(m.encode(x)))
+        sq = ((out - x) ** 2).reshape(3, -1)
+        expected = sq.mean(1) if loss == "mse" else sq.sum(1)
+        torch.testing.assert_close(m(x)["recon"], expected)
+
+
+def test_vae_forward_is_reparameterised_sample_plus_closed_form_kl():
+    torch.manual_seed(2)
+    m = VAE(small(beta=1.0))
+    x = rand_images((1, 6, 5), b=5)
+    with torch.no_grad():
+        out = m(x, generator=torch.Generator().manual_seed(7))
+        h = m.encoder(x)
+        mu, lv = m.mu(h), m.logvar(h)
+        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(7))
+        z = mu + eps * torch.exp(0.5 * lv)
+        logits = m.decoder(z)
+        recon = torch.stack([F.binary_cross_entropy(torch.sigmoid(logits[i]), x[i], reduction="sum")
+                             for i in range(5)])
+        kl = 0.5 * (mu ** 2 + lv.exp() - 1 - lv).sum(1)
+    torch.testing.assert_close(out["recon"], recon, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out["kl"], kl)
+    torch.testing.assert_close(out["loss"], recon + kl, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(m.encode(x), mu)  # codes are the posterior mean
+
+
+def test_vae_sampling_uses_the_generator():
+    m = VAE(small())
+    x = rand_images((1, 6, 5))
+    with torch.no_grad():
+        a = m(x, generator=torch.Generator().manual_seed(1))["recon"]
+        b = m(x, generator=torch.Generator().manual_seed(1))["recon"]
+        c = m(x, generator=torch.Generator().manual_seed(2))["recon"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_tanh_output_sees_signed_data_and_returns_unit_images():
+    torch.manual_seed(3)
+    m = AE(small(kind="ae", loss="mse", output_activation="tanh"))
+    seen = []
+    first = next(l for l in m.encoder if isinstance(l, nn.Linear))
+    first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    x = rand_images((1, 6, 5), b=4)
+    with torch.no_grad():
+        out = m(x)
+        torch.testing.assert_close(seen[0], (2 * x - 1).flatten(1))  # the model works in [-1, 1]
+        logits = m.decode_logits(m.encode(x))
+        torch.testing.assert_close(out["recon"], ((torch.tanh(logits) - (2 * x - 1)) ** 2).flatten(1).mean(1))
+        img = m.decode(m.encode(x))
+        torch.testing.assert_close(img, (torch.tanh(logits) + 1) / 2)
+        big = m.decode(torch.randn(50, 3) * 100)
+    assert img.min() >= 0 and img.max() <= 1 and big.min() >= 0 and big.max() <= 1
+    assert big.min() < 0.01 and big.max() > 0.99  # the whole [0, 1] range is reachable, not squeezed
+
+
+def test_sigmoid_output_is_not_rescaled():
+    torch.manual_seed(4)
+    m = AE(small(kind="ae"))
+    x = rand_images((1, 6, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(m.decode(m.encode(x)), torch.sigmoid(m.decode_logits(m.encode(x))))
+
+
+def test_ae_latent_activation():
+    m = AE(small(kind="ae", latent_activation="tanh"))
+    with torch.no_grad():
+        z = m.encode(rand_images((1, 6, 5), b=8) * 50)
+    assert z.abs().max() <= 1
+
+
+def test_mlp_decoder_hidden_and_activations():
+    m = AE(small(kind="ae", hidden=[20, 10], decoder_hidden=[7], activation="elu", decoder_activation="tanh"))
+    enc = [type(l).__name__ for l in m.encoder]
+    dec = [type(l).__name__ for l in m.decoder]
+    assert enc == ["Flatten", "Linear", "ELU", "Linear", "ELU"]
+    assert dec == ["Linear", "Tanh", "Linear", "Unflatten"]
+    assert [l.out_features for l in m.decoder if isinstance(l, nn.Linear)] == [7, 30]
+
+
+def test_log_weights_shape_and_value():
+    torch.manual_seed(5)
+    m = VAE(small())
+    x = rand_images((1, 6, 5), b=4)
+    with torch.no_grad():
+        lw = m.log_weights(x, 6, generator=torch.Generator().manual_seed(0))
+    assert lw.shape == (6, 4) and torch.isfinite(lw).all()
+
+
+def test_build_model_errors():
+    with pytest.raises(ConfigError, match="input_shape"):
+        build_model(ModelConfig())
+    with pytest.raises(ConfigError, match="too many"):
+        build_model(ModelConfig(arch="conv", input_shape=[1, 4, 4], channels=[8, 8, 8], kernel_size=4, dense=[4]))

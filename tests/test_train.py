@@ -1,0 +1,282 @@
+"""Training: the run directory, determinism, exact resume, divergence, KL warm-up, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaelab
+from vaelab import checkpoint
+from vaelab.config import RunConfig
+from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
+from vaelab.evaluate import evaluate
+from vaelab.models import VAE
+from vaelab.train import fit, resolve_device
+
+# 784-32-(2, 2)-32-784, written out by hand
+TINY_PARAMS = (784 * 32 + 32) + 2 * (32 * 2 + 2) + (2 * 32 + 32) + (32 * 784 + 784)
+
+
+def quiet(*_):
+    pass
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# ---------------------------------------------------------------------------- the run directory
+def test_fit_writes_the_run_directory(tmp_path, tiny_config):
+    cfg = tiny_config("data.val=0.25")
+    run = tmp_path / "run"
+    logs: list[str] = []
+    res = fit(cfg, run, log=logs.append)
+    for name in ("config.json", "model.safetensors", "checkpoint.safetensors", "history.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))  # no temp files left behind
+
+    with open(run / "history.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["epoch", "train_loss", "val_loss", "seconds"]
+    assert set(header[4:]) == {"train_recon", "train_kl", "val_recon", "val_kl"}
+    rows = read_history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        vals = {k: float(v) for k, v in r.items()}
+        assert all(math.isfinite(v) for v in vals.values())
+        # beta = 1, no warm-up: the loss is its two parts
+        assert vals["train_loss"] == pytest.approx(vals["train_recon"] + vals["train_kl"], rel=1e-5)
+        assert vals["val_loss"] == pytest.approx(vals["val_recon"] + vals["val_kl"], rel=1e-5)
+        assert vals["seconds"] > 0
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["params"] == TINY_PARAMS
+    assert summary["epochs"] == 2
+    assert summary["train_seconds"] > 0
+    assert summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.01)
+    assert summary["final_train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
+
+    saved = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert saved == cfg and saved.model.input_shape == [1, 28, 28]
+
+    # model.safetensors holds the final weights
+    assert_same_tensors(tensors(run / "model.safetensors"), {k: v.cpu() for k, v in res.model.state_dict().items()})
+
+    # the validation loss is the mean per-image loss over the 64 held-out images (seeded sample)
+    val = res.splits.val
+    assert len(val) == 64 and len(res.splits.train) == 192
+    with torch.no_grad():
+        out = res.model(val.float(), generator=torch.Generator().manual_seed(cfg.train.seed))
+    assert float(rows[-1]["val_loss"]) == pytest.approx(float(out["loss"].double().mean()), rel=1e-5)
+    assert any("epoch 2/2" in line for line in logs)
+
+
+def test_training_reduces_the_loss(tmp_path, tiny_config):
+    rows = fit(tiny_config("train.epochs=3", "train.batch_size=32"), tmp_path / "r", log=quiet).history
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_fit_without_run_dir_and_with_given_splits(tiny_config):
+    cfg = tiny_config("train.epochs=1")
+    splits = vaelab.load_data(cfg.data)
+    small = splits.train.subset(torch.arange(64))
+    res = fit(cfg, None, splits=vaelab.Splits(train=small, val=None, test=None), log=quiet)
+    assert len(res.history) == 1 and res.run_dir is None and len(res.splits.train) == 64
+
+
+def test_autoencoder_history_has_no_kl(tmp_path, tiny_config):
+    cfg = tiny_config("model.kind=ae", "model.arch=conv", "model.channels=4,8", "model.dense=[]",
+                      "model.loss=mse", "train.epochs=1", "data.val=0.25")
+    fit(cfg, tmp_path / "ae", log=quiet)
+    row = read_history(tmp_path / "ae")[0]
+    assert set(row) == {"epoch", "train_loss", "val_loss", "seconds", "train_recon", "val_recon"}
+    assert float(row["train_loss"]) == pytest.approx(float(row["train_recon"]))
+
+
+# ---------------------------------------------------------------------------- determinism and resume
+def test_same_seed_same_weights(tmp_path, tiny_config):
+    fit(tiny_config(), tmp_path / "a", log=quiet)
+    fit(tiny_config(), tmp_path / "b", log=quiet)
+    fit(tiny_config("train.seed=2"), tmp_path / "c", log=quiet)
+    a, b, c = (tensors(tmp_path / x / "model.safetensors") for x in "abc")
+    assert_same_tensors(a, b)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
+
+
+def test_resume_gives_exactly_the_straight_run(tmp_path, tiny_config):
+    # KL warm-up over 3 epochs crosses the resume point; a validation split runs each epoch.
+    extra = ("data.val=0.25", "train.kl_warmup_epochs=3")
+    fit(tiny_config("train.epochs=4", *extra), tmp_path / "straight", log=quiet)
+    fit(tiny_config("train.epochs=2", *extra), tmp_path / "resumed", log=quiet)
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["epochs"] == 2
+    cfg = checkpoint.load_config(tmp_path / "resumed")
+    cfg.train.epochs = 4
+    logs: list[str] = []
+    fit(cfg, tmp_path / "resumed", resume=True, log=logs.append)
+    assert any("resuming" in line and "after epoch 2" in line for line in logs)
+
+    assert_same_tensors(tensors(tmp_path / "straight" / "model.safetensors"),
+                        tensors(tmp_path / "resumed" / "model.safetensors"))
+    # optimizer state too (Adam moments and step counts)
+    assert_same_tensors(tensors(tmp_path / "straight" / "checkpoint.safetensors"),
+                        tensors(tmp_path / "resumed" / "checkpoint.safetensors"))
+    hs, hr = read_history(tmp_path / "straight"), read_history(tmp_path / "resumed")
+    assert [r["epoch"] for r in hr] == ["1", "2", "3", "4"]
+    for a, b in zip(hs, hr):
+        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["epochs"] == 4
+
+
+def test_resume_without_a_checkpoint(tmp_path, tiny_config):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        fit(tiny_config(), tmp_path / "empty", resume=True, log=quiet)
+
+
+# ---------------------------------------------------------------------------- divergence
+def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config("train.epochs=3")  # 256 images / batch 64: 4 steps per epoch
+    run = tmp_path / "run"
+    real_forward = VAE.forward
+    calls = {"n": 0}
+    snapshot: dict[str, bytes] = {}
+
+    def forward(self, x, kl_scale=1.0, generator=None):
+        calls["n"] += 1
+        out = real_forward(self, x, kl_scale, generator)
+        if calls["n"] == 5:  # first step of epoch 2: epoch 1 is on disk now
+            for name in ("model.safetensors", "checkpoint.safetensors", "history.csv", "config.json"):
+                snapshot[name] = (run / name).read_bytes()
+        if calls["n"] >= 6:  # second step of epoch 2 goes NaN
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(VAE, "forward", forward)
+    with pytest.raises(TrainingDiverged) as e:
+        fit(cfg, run, log=quiet)
+    msg = str(e.value)
+    assert "\n" not in msg and "epoch 2" in msg and "nan" in msg.lower()
+    assert "epoch 1" in msg and str(run) in msg  # says which checkpoint is kept, and where
+    monkeypatch.setattr(VAE, "forward", real_forward)
+
+    for name, blob in snapshot.items():
+        assert (run / name).read_bytes() == blob, f"{name} changed after the divergence"
+    assert not (run / "summary.json").exists()
+    assert len(read_history(run)) == 1
+    # still loadable, and it is exactly a 1-epoch run
+    _, model = checkpoint.load_model(run)
+    fit(tiny_config("train.epochs=1"), tmp_path / "one", log=quiet)
+    assert_same_tensors({k: v for k, v in model.state_dict().items()}, tensors(tmp_path / "one" / "model.safetensors"))
+    # and training continues from it
+    cfg2 = checkpoint.load_config(run)
+    cfg2.train.epochs = 2
+    fit(cfg2, run, resume=True, log=quiet)
+    fit(tiny_config("train.epochs=2"), tmp_path / "two", log=quiet)
+    assert_same_tensors(tensors(run / "model.safetensors"), tensors(tmp_path / "two" / "model.safetensors"))
+
+
+def test_nan_in_the_first_epoch(tiny_config, monkeypatch):
+    monkeypatch.setattr(VAE, "forward", lambda self, x, kl_scale=1.0, generator=None:
+                        {"loss": torch.full((len(x),), float("inf"), requires_grad=True)})
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
+        fit(tiny_config(), None, log=quiet)
+
+
+def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
+    cfg = tiny_config("model.loss=mse", "model.output_activation=none", "model.kind=ae", "train.lr=1.0e+12",
+                      "train.epochs=3")
+    with pytest.raises(TrainingDiverged):
+        fit(cfg, tmp_path / "boom", log=quiet)
+
+
+# ---------------------------------------------------------------------------- KL warm-up
+def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
+    real_forward = VAE.forward
+    scales: list[float] = []
+
+    def forward(self, x, kl_scale=1.0, generator=None):
+        if self.training:
+            scales.append(kl_scale)
+        return real_forward(self, x, kl_scale, generator)
+
+    monkeypatch.setattr(VAE, "forward", forward)
+    warm = fit(tiny_config("train.epochs=3", "train.kl_warmup_epochs=2"), tmp_path / "w", log=quiet).history
+    steps = 4
+    expected = [min(1.0, ((e - 1) + s / steps) / 2) for e in (1, 2, 3) for s in range(steps)]
+    assert scales == pytest.approx(expected)
+    assert scales[0] == 0.0 and scales[-1] == 1.0
+
+    scales.clear()
+    plain = fit(tiny_config("train.epochs=3"), tmp_path / "p", log=quiet).history
+    assert scales == [1.0] * 12
+    # with warm-up the reported loss puts less than full weight on the KL
+    assert warm[0]["train_loss"] < warm[0]["train_recon"] + warm[0]["train_kl"] - 1e-3
+    assert plain[0]["train_loss"] == pytest.approx(plain[0]["train_recon"] + plain[0]["train_kl"], rel=1e-5)
+    assert warm[0]["train_loss"] != plain[0]["train_loss"]
+
+
+# ---------------------------------------------------------------------------- errors
+def test_input_shape_must_match_the_data(tiny_config):
+    cfg = tiny_config("model.input_shape=[1, 14, 14]")
+    with pytest.raises(ConfigError, match="input_shape"):
+        fit(cfg, None, log=quiet)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------- evaluation
+def test_evaluate_numbers(tmp_path, tiny_config):
+    res = fit(tiny_config("train.epochs=1"), None, log=quiet)
+    data = res.splits.train.subset(torch.arange(100))
+    r = evaluate(res.model, data, iw_samples=10, seed=3, batch_size=40)
+    assert r["n"] == 100 and r["split"] == "test" and r["seed"] == 3 and r["iw_samples"] == 10
+    assert r["loss"] == pytest.approx(r["recon"] + r["kl"], rel=1e-5)
+    x = data.float()
+    with torch.no_grad():
+        mu, lv = res.model.posterior(x)
+        x_hat = res.model.decode(mu).numpy()
+    err = ((x_hat - x.numpy()) ** 2).reshape(100, -1).mean(1)
+    assert r["mse"] == pytest.approx(float(err.mean()), rel=1e-5)
+    assert r["psnr"] == pytest.approx(float((10 * np.log10(1 / err)).mean()), rel=1e-5)
+    assert 0 < r["ssim"] <= 1
+    assert math.isfinite(r["nll_iw"])
+    assert isinstance(r["active_units"], int) and 0 <= r["active_units"] <= 2
+    kl_dims = (0.5 * (mu ** 2 + lv.exp() - 1 - lv)).mean(0)
+    assert r["kl_per_dim"] == pytest.approx(kl_dims.tolist(), rel=1e-5)
+    assert sum(r["kl_per_dim"]) == pytest.approx(r["kl"], rel=1e-4)  # analytic KL per image, two ways
+    # same seed, same numbers; the batch size does not matter
+    r2 = evaluate(res.model, data, iw_samples=10, seed=3, batch_size=100)
+    assert r2["mse"] == pytest.approx(r["mse"], rel=1e-6)
+    assert evaluate(res.model, data, iw_samples=10, seed=3, batch_size=40) == r
+    assert "nll_iw" not in evaluate(res.model, data, iw_samples=0)
+
+
+def test_api_train_writes_eval_and_figures(tmp_path, tiny_config):
+    run = vaelab.train(tiny_config("train.epochs=1", "data.val=0.25"), tmp_path / "run", iw_samples=3, log=quiet)
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert ev["split"] == "val" and ev["n"] == 64 and ev["iw_samples"] == 3 and "nll_iw" in ev
+    for name in ("loss.png", "reconstructions.png", "samples_prior.png"):
+        assert (tmp_path / "run" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert run.history()[0]["epoch"] == "1"
