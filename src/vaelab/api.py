@@ -24,7 +24,8 @@ from vaelab.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.train import fit, resolve_device
 
-DEFAULT_IW_SAMPLES = 50
+DEFAULT_IW_SAMPLES = 50  # `vaelab eval` and Run.evaluate
+TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 4 s on MNIST
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Run:
 
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
-          iw_samples: int = DEFAULT_IW_SAMPLES, log: Callable[[str], None] = print) -> Run:
+          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig."""
     if isinstance(preset, RunConfig):
         config = preset

@@ -60,7 +60,8 @@ def cli() -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
-@click.option("--iw-samples", type=int, default=None, help="Importance samples for nll_iw in the final evaluation.")
+@click.option("--iw-samples", type=int, default=10, show_default=True,
+              help="Importance samples for nll_iw in the final evaluation.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, **flags) -> None:
     """Train a model; write the run directory, eval.json and figures."""
@@ -83,7 +84,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
         run_dir = Path(resume)
         run = api.train(None, run_dir, overrides=overrides, resume=True, evaluate_after=not no_eval,
-                        iw_samples=iw_samples if iw_samples is not None else api.DEFAULT_IW_SAMPLES, log=_echo)
+                        iw_samples=iw_samples, log=_echo)
     else:
         if not preset and not config_file and not overrides:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
@@ -95,7 +96,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
 
         config = build_config(preset, config_file, overrides)
         run = api.train(config, run_dir, evaluate_after=not no_eval,
-                        iw_samples=iw_samples if iw_samples is not None else api.DEFAULT_IW_SAMPLES, log=_echo)
+                        iw_samples=iw_samples, log=_echo)
     _echo(f"run saved in {run_dir}")
     if not no_eval and (run_dir / "eval.json").exists():
         _print_eval(json.loads((run_dir / "eval.json").read_text()))

@@ -75,7 +75,8 @@ class AE(nn.Module):
     # ------------------------------------------------------------------ loss
     def recon_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-image reconstruction loss in model space; x is in [0, 1]."""
-        return reconstruction(logits, self.to_model_space(x), self.cfg.loss, self.cfg.output_activation)
+        # .float(): under bf16 autocast the decoder returns bf16; losses are summed in fp32.
+        return reconstruction(logits.float(), self.to_model_space(x), self.cfg.loss, self.cfg.output_activation)
 
     def forward(self, x: torch.Tensor, kl_scale: float = 1.0) -> dict[str, torch.Tensor]:
         z = self.encode(x)
@@ -95,7 +96,7 @@ class VAE(AE):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(self.to_model_space(x))
-        return self.mu(h), self.logvar(h)
+        return self.mu(h).float(), self.logvar(h).float()  # fp32 even under autocast
 
     @staticmethod
     def sample_z(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
