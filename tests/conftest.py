@@ -181,3 +181,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("VAELAB_DEBUG", None)
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_npz):
+    """A small VAE (latent 4) trained for 3 epochs on the labelled shapes, with a test split."""
+    from vaelab.api import train
+    from vaelab.config import build_config
+
+    run_dir = tmp_path_factory.mktemp("runs") / "vae4"
+    cfg = build_config(None, None, [
+        "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=vae", "model.arch=mlp",
+        "model.hidden=64", "model.latent_dim=4", "train.epochs=3", "train.batch_size=32", "train.device=cpu",
+        "train.progress=false"])
+    return train(cfg, run_dir, evaluate_after=False, log=lambda *_: None)

@@ -157,25 +157,6 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     _echo(f"wrote {path}")
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--n", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/samples_prior.png).")
-@click.option("--device", default="auto", show_default=True)
-def sample(run_dir, n, seed, out, device) -> None:
-    """Decode samples from the prior N(0, I) into a PNG grid."""
-    from vaelab import plots
-    from vaelab.api import Run
-
-    if n < 1:
-        raise VaelabError("--n must be at least 1")
-    run = Run.load(run_dir, device=device)
-    path = plots.plot_grid(run.sample_prior(n, seed), out or Path(run_dir) / "figures" / "samples_prior.png",
-                           title="samples from the prior N(0, I)")
-    _echo(f"wrote {path}")
-
-
 # ------------------------------------------------------------------------------ info
 @cli.command()
 def presets() -> None:
@@ -220,9 +201,27 @@ def download(data, data_dir) -> None:
         _echo(f"{stem:<24} {path}")
 
 
+# ------------------------------------------------------------------------------ more commands
+# Each feature area keeps its commands in its own module, which adds them to `cli`
+# when imported (generation and latent pictures, inpainting / anomalies / export, ...).
+_COMMAND_MODULES = ("vaelab.cli_generate", "vaelab.cli_tools")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module
+                raise
+
+
 # ------------------------------------------------------------------------------ entry point
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("VAELAB_DEBUG"))
+    _register_commands()
     try:
         cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except click.exceptions.Abort:

@@ -96,7 +96,12 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 def _sqrtm(a: np.ndarray) -> np.ndarray:
     from scipy import linalg
 
-    out = linalg.sqrtm(a)  # older SciPy may return (root, error) for some inputs
+    import warnings
+
+    with warnings.catch_warnings():
+        # Singular products (dead ReLU features) are handled by the caller's regularised retry.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        out = linalg.sqrtm(a)  # older SciPy may return (root, error) for some inputs
     return out[0] if isinstance(out, tuple) else out
 
 

@@ -1,0 +1,151 @@
+"""Commands to generate and explore: judge, sample, plot, eval-samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from vaelab.cli import _echo, cli
+from vaelab.errors import VaelabError
+
+
+def _sampler_params(components, covariance, scale) -> dict:
+    return {"components": components, "covariance": covariance, "scale": scale}
+
+
+def _only_used(name: str, params: dict) -> dict:
+    """Pass each sampler only the options it takes."""
+    from vaelab.sampling import SAMPLERS
+
+    used = {"gmm": ("components", "covariance"), "class-gmm": ("components", "covariance"),
+            "class-gaussian": ("scale",), "prior": ()}
+    if name not in SAMPLERS:
+        raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
+    return {k: v for k, v in params.items() if k in used[name] and v is not None}
+
+
+@cli.command()
+@click.option("--data", default="mnist", show_default=True, help="Labelled data set: mnist, fashion-mnist, folder, npz.")
+@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the judge (default: the user cache).")
+@click.option("--epochs", type=int, default=6, show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even if a cached judge exists.")
+def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
+    """Train (or reuse) the judge classifier; print and save its test accuracy."""
+    from vaelab.config import DataConfig
+    from vaelab.judge import get_judge, judge_key
+    from vaelab.data.download import cache_dir
+
+    cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
+    j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
+    folder = out or cache_dir() / "judge" / judge_key(cfg)
+    _echo(f"judge for {j.meta['dataset']}: test accuracy {j.accuracy:.4f} ({j.meta['n_test']:,} images); {folder}/eval.json")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--sampler", default="prior", show_default=True, help="prior, gmm, class-gaussian, class-gmm.")
+@click.option("--n", type=int, default=100, show_default=True)
+@click.option("--class", "cls", type=int, help="Class to sample (class-gaussian, class-gmm).")
+@click.option("--components", type=int, help="Mixture components (gmm default 10, class-gmm default 3).")
+@click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]), help="GMM covariance type.")
+@click.option("--scale", type=float, help="class-gaussian: covariance scale (< 1 trades variety for fidelity).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
+@click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
+@click.option("--device", default="auto", show_default=True)
+def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, npz, device) -> None:
+    """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
+    import numpy as np
+
+    from vaelab import plots
+    from vaelab.api import Run
+    from vaelab.io import atomic_path
+    from vaelab.sampling import fitted_sampler
+
+    if n < 1:
+        raise VaelabError("--n must be at least 1")
+    run = Run.load(run_dir, device=device)
+    s = fitted_sampler(run, sampler, seed=seed, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    if s.conditional and cls is None:
+        raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
+    z = torch.from_numpy(s.sample(n, cls=cls, seed=seed)).float()
+    images = run.decode(z)
+    title = f"{sampler} samples" + (f" of class {cls}" if cls is not None else "")
+    path = plots.plot_grid(images, out or Path(run_dir) / "figures" / f"samples_{sampler}.png", title=title)
+    _echo(f"wrote {path}")
+    if npz:
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=(images.numpy() * 255).round().astype(np.uint8), codes=z.numpy())
+        _echo(f"wrote {npz}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--kind", required=True,
+              type=click.Choice(["scatter", "tsne", "pca", "traverse", "interpolate", "basis", "recon", "loss"]))
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/KIND.png).")
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@click.option("--n", type=int, help="Number of images (scatter/pca: all; tsne: 2000; recon: 16).")
+@click.option("--dims", default="0,1", show_default=True, help="scatter: latent dimensions to plot.")
+@click.option("--pairs", help="pca: class pairs to project (default 0-1,4-9 when present).")
+@click.option("--radius", type=float, help="traverse: range [-r, r] (2-D grid default 1, rows default 3).")
+@click.option("--steps", type=int, help="traverse/interpolate: points per axis or path.")
+@click.option("--index", type=int, help="traverse: vary around this image's code (default z = 0).")
+@click.option("--between", type=click.Choice(["class", "images"]), default="class", show_default=True,
+              help="interpolate: between two class means or two images.")
+@click.option("--from", "source", type=int, help="interpolate: first class (default 1 if present) or image index.")
+@click.option("--to", "target", type=int, help="interpolate: second class (default 7 if present) or image index.")
+@click.option("--scale", type=float, help="basis: length of the basis vectors (default 3).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, seed,
+         device) -> None:
+    """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, recon, loss."""
+    from vaelab.api import Run
+    from vaelab.latent import plot as draw
+
+    try:
+        dims_t = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
+    run = Run.load(run_dir, device=device)
+    path = draw(run, kind, out or Path(run_dir) / "figures" / f"{kind}.png", split=split, n=n, dims=dims_t,
+                pairs=pairs, radius=radius, steps=steps, index=index, mode=between, source=source, target=target,
+                scale=scale, seed=seed)
+    _echo(f"wrote {path}")
+
+
+@cli.command("eval-samples")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--sampler", default="prior", show_default=True)
+@click.option("--n", type=int, default=10000, show_default=True)
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
+              help="Judge folder: loaded if it holds one, else trained and saved there (default: the user cache).")
+@click.option("--components", type=int)
+@click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]))
+@click.option("--scale", type=float)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out) -> None:
+    """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances."""
+    from vaelab.api import Run
+    from vaelab.judge import get_judge
+    from vaelab.sample_eval import _summary, evaluate_samples
+
+    if n < 2:
+        raise VaelabError("--n must be at least 2")
+    run = Run.load(run_dir, device="cpu")
+    j = get_judge(run.config.data, judge_dir, log=_echo)
+    out_dir = Path(out or run_dir)
+    if out:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir,
+                              **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    for k, v in _summary(result):
+        _echo(f"  {k:<16} {v}")
+    _echo(f"wrote {out_dir / 'samples_eval.json'}")

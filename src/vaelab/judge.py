@@ -1,0 +1,181 @@
+"""The judge: a small CNN classifier that scores generated, inpainted or steered images.
+
+Trained once per labelled data set and cached under ``~/.cache/vaelab/judge/NAME``
+(safetensors weights + JSON). Its penultimate-layer features define the Frechet
+classifier distance (FCD): the Frechet distance between Gaussians fitted to the
+features of two image sets, as FID does with Inception features (an in-domain
+classifier is the usual choice for MNIST-like data, and Inception weights cannot be
+downloaded everywhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vaelab.config import DataConfig
+from vaelab.data import Splits, load_data
+from vaelab.data.download import cache_dir
+from vaelab.errors import CheckpointError, DataError
+from vaelab.io import atomic_path, write_json
+from vaelab.metrics import frechet_distance
+
+FEATURES = 128
+
+
+class JudgeNet(nn.Module):
+    """Conv 32 - pool - Conv 64 - pool - Dense 128 (features) - Dense classes."""
+
+    def __init__(self, channels: int, size: tuple[int, int], classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(64 * (size[0] // 4) * (size[1] // 4), FEATURES), nn.ReLU(),
+        )
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(FEATURES, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 2 - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.features(x)))
+
+
+@dataclass
+class Judge:
+    net: JudgeNet
+    meta: dict
+
+    @property
+    def accuracy(self) -> float:
+        return self.meta["accuracy"]
+
+    @torch.no_grad()
+    def _map(self, fn: Callable, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        self.net.eval()
+        return torch.cat([fn(x[i:i + batch_size].float()) for i in range(0, len(x), batch_size)])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._map(self.net, x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class index per image (N,); images (N, C, H, W) in [0, 1]."""
+        return self.logits(x).argmax(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (N, 128)."""
+        return self._map(self.net.features, x)
+
+    def feature_stats(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        f = self.features(x).double().numpy()
+        return f.mean(0), np.cov(f, rowvar=False)
+
+    def fcd(self, x1: torch.Tensor, x2: torch.Tensor) -> float:
+        """Frechet classifier distance between two image sets."""
+        return frechet_distance(*self.feature_stats(x1), *self.feature_stats(x2))
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels (one shift per batch: cheap, and
+    enough augmentation for a 99% MNIST classifier)."""
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 128, lr: float = 2e-3,
+                seed: int = 0, log: Callable[[str], None] = print) -> Judge:
+    """Train the judge on ``splits.train`` (labels required) and measure test accuracy."""
+    train, test = splits.train, splits.test or splits.val
+    if train.y is None:
+        raise DataError(f"the judge needs labelled data, and {name} has no labels")
+    if test is None or test.y is None:
+        raise DataError(f"the judge needs a labelled test or validation split to report accuracy ({name})")
+    classes = int(max(int(train.y.max()), int(test.y.max())) + 1)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = train.shape
+    net = JudgeNet(c, (h, w), classes)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = math.ceil(len(train) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        net.train()
+        perm = torch.randperm(len(train), generator=gen)
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            x, y = _shift(train.batch(idx), gen), train.y[idx]
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"judge epoch {epoch}/{epochs}  loss {loss.item():.4f}  ({time.perf_counter() - t0:.0f}s)")
+    judge = Judge(net.eval(), {"dataset": name, "classes": classes, "shape": [c, h, w], "epochs": epochs,
+                               "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
+    judge.meta["accuracy"] = float((judge.predict(test.float()) == test.y).float().mean())
+    judge.meta["n_test"] = len(test)
+    return judge
+
+
+def save_judge(judge: Judge, folder: str | Path) -> None:
+    folder = Path(folder)
+    with atomic_path(folder / "judge.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in judge.net.state_dict().items()}, str(tmp),
+                  metadata={"meta": json.dumps(judge.meta)})
+    write_json(folder / "eval.json", judge.meta)
+
+
+def load_judge(folder: str | Path) -> Judge:
+    from vaelab.checkpoint import _check_safetensors
+
+    path = Path(folder) / "judge.safetensors"
+    meta_path = Path(folder) / "eval.json"
+    if not path.is_file() or not meta_path.is_file():
+        raise CheckpointError(f"{folder} holds no judge (judge.safetensors + eval.json); train one with `vaelab judge`")
+    _check_safetensors(path)
+    meta = json.loads(meta_path.read_text())
+    c, h, w = meta["shape"]
+    net = JudgeNet(c, (h, w), meta["classes"])
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(f"{path} does not hold a judge for {meta.get('dataset')}: {e}") from None
+    return Judge(net.eval(), meta)
+
+
+def judge_key(data: DataConfig) -> str:
+    """Cache key: the data set name, plus a hash of the path for user data."""
+    if data.name in ("mnist", "fashion-mnist"):
+        return data.name
+    raw = f"{data.name}:{Path(data.path or '').resolve()}:{data.image_size}:{data.channels}"
+    return f"{data.name}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool = False,
+              log: Callable[[str], None] = print, epochs: int = 6) -> Judge:
+    """Load the judge from ``folder`` (default: the user cache, keyed by data set) or train it."""
+    folder = Path(folder) if folder else cache_dir() / "judge" / judge_key(data)
+    if not retrain and (folder / "judge.safetensors").is_file():
+        return load_judge(folder)
+    # The judge trains on the standard split of the data set, whatever the run used.
+    judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, image_size=data.image_size,
+                            channels=data.channels, val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
+                            download=data.download)
+    judge = train_judge(load_data(judge_data), judge_key(data), epochs=epochs, log=log)
+    save_judge(judge, folder)
+    log(f"judge test accuracy {judge.accuracy:.4f}; saved in {folder}")
+    return judge

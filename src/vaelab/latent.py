@@ -1,0 +1,243 @@
+"""Pictures of the latent space: ``PLOTS[kind](run, out, **options)`` saves a PNG.
+
+Every picture has a title, axis labels and, where colours mean classes, a legend.
+The computations (codes, projections, grids of codes) are plain functions returning
+arrays; the figure functions draw them with matplotlib.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab import plots
+from vaelab.errors import ConfigError
+
+
+def codes_and_labels(run, split: str | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    data = run.split(split)
+    idx = slice(0, min(n, len(data))) if n else slice(None)
+    x = data.batch(idx)
+    y = data.y[idx].numpy() if data.y is not None else None
+    return run.encode(x).double().numpy(), y
+
+
+def _class_names(run, labels: np.ndarray) -> dict[int, str]:
+    names = run.splits().classes
+    return {int(c): (names[int(c)] if names and int(c) < len(names) else str(int(c))) for c in np.unique(labels)}
+
+
+def _scatter_by_class(ax, pts: np.ndarray, labels: np.ndarray | None, names: dict[int, str] | None) -> None:
+    if labels is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
+        return
+    cmap = plots._plt().get_cmap("tab10" if len(np.unique(labels)) <= 10 else "tab20")
+    for i, c in enumerate(np.unique(labels)):
+        m = labels == c
+        ax.scatter(pts[m, 0], pts[m, 1], s=3, alpha=0.6, color=cmap(i % cmap.N), label=names[int(c)] if names else str(c))
+    ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
+
+
+def plot_scatter(run, out, split=None, n=None, dims=(0, 1), **_) -> Path:
+    z, y = codes_and_labels(run, split, n)
+    d = z.shape[1]
+    if d == 1:
+        z = np.concatenate([z, np.zeros_like(z)], 1)
+        dims = (0, 1)
+    elif max(dims) >= d:
+        raise ConfigError(f"--dims {dims} out of range for a {d}-D latent space")
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    _scatter_by_class(ax, z[:, list(dims)], y, _class_names(run, y) if y is not None else None)
+    ax.set_xlabel(f"z[{dims[0]}]")
+    ax.set_ylabel(f"z[{dims[1]}]" if d > 1 else "")
+    ax.set_title(f"latent means of {len(z):,} images" + (f" (dims {dims[0]}, {dims[1]} of {d})" if d > 2 else ""))
+    return plots.save_figure(fig, out)
+
+
+def plot_tsne(run, out, split=None, n=2000, seed=0, **_) -> Path:
+    from sklearn.manifold import TSNE
+
+    z, y = codes_and_labels(run, split, n or 2000)
+    pts = z if z.shape[1] <= 2 else TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1)).fit_transform(z)
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    _scatter_by_class(ax, pts, y, _class_names(run, y) if y is not None else None)
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(f"t-SNE of the latent means ({len(z):,} images)")
+    return plots.save_figure(fig, out)
+
+
+def _pairs(spec) -> list[tuple[int, int]]:
+    if isinstance(spec, (list, tuple)):
+        return [tuple(p) for p in spec]
+    try:
+        return [tuple(int(v) for v in p.split("-")) for p in str(spec).split(",") if p]
+    except ValueError:
+        raise ConfigError(f"--pairs must look like 0-1,4-9, got {spec!r}") from None
+
+
+def pca_spectrum(z: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the latent covariance, largest first."""
+    return np.sort(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))))[::-1]
+
+
+def _default_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """0 vs 1 and 4 vs 9 (the classic MNIST pairs) when present, else the first classes."""
+    present = set(np.unique(labels).tolist())
+    classic = [p for p in ((0, 1), (4, 9)) if set(p) <= present]
+    if classic:
+        return classic
+    ordered = sorted(present)
+    return [tuple(ordered[i:i + 2]) for i in range(0, min(len(ordered), 4) - 1, 2)]
+
+
+def plot_pca(run, out, split=None, n=None, pairs=None, **_) -> Path:
+    z, y = codes_and_labels(run, split, n)
+    pairs = ([] if y is None else _pairs(pairs) if pairs else _default_pairs(y))
+    plt = plots._plt()
+    fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(5 * (1 + len(pairs)), 4.2), dpi=120, squeeze=False)
+    ev = pca_spectrum(z)
+    ax = axes[0, 0]
+    ax.bar(np.arange(1, len(ev) + 1), ev)
+    ax.set_yscale("log" if ev.min() > 0 and ev.max() / max(ev.min(), 1e-12) > 100 else "linear")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("eigenvalue (variance)")
+    ax.set_title(f"spectrum of the latent covariance (D={z.shape[1]})")
+    names = _class_names(run, y) if y is not None else {}
+    for ax, (a, b) in zip(axes[0, 1:], pairs):
+        m = np.isin(y, [a, b])
+        if m.sum() < 3:
+            raise ConfigError(f"classes {a} and {b} have too few images in this split for --pairs")
+        zc = z[m] - z[m].mean(0)
+        if zc.shape[1] == 1:
+            p = np.concatenate([zc, np.zeros_like(zc)], 1)
+        else:
+            _, _, vt = np.linalg.svd(zc, full_matrices=False)
+            p = zc @ vt[:2].T
+        _scatter_by_class(ax, p, y[m], names)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.set_title(f"PCA of classes {names.get(a, a)} vs {names.get(b, b)}")
+    return plots.save_figure(fig, out)
+
+
+def _kl_per_dim(run, split=None, n=2000) -> np.ndarray | None:
+    if not run.model.is_vae:
+        return None
+    data = run.split(split)
+    mu, lv = run.posterior(data.batch(slice(0, min(n, len(data)))))
+    return (-0.5 * (1 + lv - mu.square() - lv.exp())).mean(0).numpy()
+
+
+def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, **_) -> Path:
+    d = run.config.model.latent_dim
+    plt = plots._plt()
+    if d == 2:
+        # The Keras tutorial's manifold: decode a grid over [-r, r]^2.
+        steps, radius = steps or 30, radius or 1.0
+        grid = np.linspace(-radius, radius, steps)
+        zz = torch.tensor([[xv, yv] for yv in grid[::-1] for xv in grid], dtype=torch.float32)
+        img = plots.image_grid(run.decode(zz), nrow=steps, pad=0)
+        fig, ax = plt.subplots(figsize=(9, 9), dpi=120)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(-radius, radius, -radius, radius))
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+        ax.set_title(f"decoded latent grid over [-{radius:g}, {radius:g}]^2")
+        return plots.save_figure(fig, out)
+    steps, radius = steps or 11, radius or 3.0
+    if index is not None:
+        data = run.split(split)
+        base = run.encode(data.batch(slice(int(index), int(index) + 1)))[0]
+        where = f"around test image {index}"
+    else:
+        base = torch.zeros(d)
+        where = "around z = 0"
+    offsets = torch.linspace(-radius, radius, steps)
+    z = base.repeat(d * steps, 1)
+    for i in range(d):
+        z[i * steps:(i + 1) * steps, i] = base[i] + offsets
+    imgs = run.decode(z)
+    kl = _kl_per_dim(run, split)
+    c, h, w = imgs.shape[1:]
+    fig, axes = plt.subplots(d, 1, figsize=(steps * 0.55 + 1.6, d * 0.6 + 0.8), dpi=120, squeeze=False)
+    for i in range(d):
+        ax = axes[i, 0]
+        ax.imshow(plots.image_grid(imgs[i * steps:(i + 1) * steps], nrow=steps), cmap="gray" if c == 1 else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = f"z[{i}]" + (f"  KL {kl[i]:.2f}" + (" (dead)" if kl[i] < 0.01 else "") if kl is not None else "")
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    axes[-1, 0].set_xlabel(f"each row varies one dimension from -{radius:g} to +{radius:g} {where}")
+    fig.suptitle("latent traversal" + (": rows labelled with KL per dimension" if kl is not None else ""), fontsize=10)
+    return plots.save_figure(fig, out)
+
+
+def interpolation_codes(za: torch.Tensor, zb: torch.Tensor, steps: int) -> torch.Tensor:
+    """Convex combinations (1 - t) za + t zb for t in [0, 1]: (steps, D)."""
+    t = torch.linspace(0, 1, steps)[:, None]
+    return (1 - t) * za[None] + t * zb[None]
+
+
+def plot_interpolate(run, out, split=None, steps=None, source=None, target=None, mode="class", **_) -> Path:
+    steps = steps or 10
+    data = run.split(split)
+    if mode == "class":
+        if data.y is None:
+            raise ConfigError("class interpolation needs labels; use --between images")
+        present = sorted(data.y.unique().tolist())
+        default = (1, 7) if {1, 7} <= set(present) else (present[0], present[-1])
+        a = int(source if source is not None else default[0])
+        b = int(target if target is not None else default[1])
+        z = run.encode(data.float())
+        ends = []
+        for c in (a, b):
+            m = data.y == c
+            if not m.any():
+                raise ConfigError(f"class {c} has no images in the {data.name} split")
+            ends.append(z[m].mean(0))
+        title = f"decoded interpolation between the mean codes of classes {a} and {b}"
+    else:
+        a, b = int(source or 0), int(target or 1)
+        if max(a, b) >= len(data):
+            raise ConfigError(f"image index out of range (the split has {len(data)} images)")
+        ends = list(run.encode(data.batch(torch.tensor([a, b]))))
+        title = f"decoded interpolation between images {a} and {b}"
+    imgs = run.decode(interpolation_codes(ends[0], ends[1], steps))
+    return plots.plot_grid(imgs, out, title=title, nrow=steps)
+
+
+def plot_basis(run, out, scale=None, **_) -> Path:
+    d = run.config.model.latent_dim
+    scale = scale or 3.0
+    z = torch.eye(d) * scale
+    imgs = run.decode(torch.cat([torch.zeros(1, d), z]))
+    return plots.plot_grid(imgs, out, title=f"decoded 0 (first) and standard basis vectors e_i x {scale:g}, i = 0..{d - 1}",
+                           nrow=min(d + 1, 11))
+
+
+def plot_recon(run, out, split=None, n=None, **_) -> Path:
+    x = run.split(split).batch(slice(0, n or 16))
+    return plots.plot_reconstructions(x, run.reconstruct(x), out)
+
+
+def plot_loss(run, out, **_) -> Path:
+    history = run.history()
+    if not history:
+        raise ConfigError(f"{run.run_dir} has no history.csv to plot")
+    return plots.plot_history(history, out, title=f"{run.config.preset or 'run'}: loss per epoch")
+
+
+PLOTS = {
+    "scatter": plot_scatter, "tsne": plot_tsne, "pca": plot_pca, "traverse": plot_traverse,
+    "interpolate": plot_interpolate, "basis": plot_basis, "recon": plot_recon, "loss": plot_loss,
+}
+
+
+def plot(run, kind: str, out: str | Path, **options) -> Path:
+    if kind not in PLOTS:
+        raise ConfigError(f"unknown plot kind {kind!r}; available: {', '.join(PLOTS)}")
+    return PLOTS[kind](run, out, **options)

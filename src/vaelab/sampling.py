@@ -1,0 +1,229 @@
+"""Samplers over the latent space: a registry of classes that fit once and draw codes.
+
+``SAMPLERS[name](**params).fit(codes, labels)`` then ``.sample(n, cls=None, seed=0)``
+returns latent codes (n, D); decoding them is the caller's business (``Run.decode``).
+A fitted sampler saves itself as ``RUN/samplers/NAME.npz`` (arrays only) plus
+``NAME.json`` (parameters): nothing is pickled, so a stranger's run is safe to load.
+
+- ``prior``: z ~ N(0, I).
+- ``gmm``: a Gaussian mixture (scikit-learn) fit on the training codes.
+- ``class-gaussian``: per class, N(mean_c, scale * cov_c) of that class's codes.
+- ``class-gmm``: a Gaussian mixture per class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.errors import ConfigError, DataError
+from vaelab.io import atomic_path, write_json
+
+
+def _mixture_sample(weights: np.ndarray, means: np.ndarray, chols: np.ndarray, n: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """n draws from sum_k w_k N(mu_k, L_k L_k^T); means (K, D), chols (K, D, D)."""
+    comp = rng.choice(len(weights), size=n, p=weights / weights.sum())
+    eps = rng.standard_normal((n, means.shape[1]))
+    return means[comp] + np.einsum("nij,nj->ni", chols[comp], eps)
+
+
+def _chol(cov: np.ndarray) -> np.ndarray:
+    """Cholesky factor with a small jitter for near-singular covariances (dead latent dims)."""
+    d = cov.shape[-1]
+    jitter = 1e-6 * max(float(np.trace(cov)) / d, 1e-12)
+    return np.linalg.cholesky(cov + jitter * np.eye(d))
+
+
+def _full_covariances(gm) -> np.ndarray:
+    """scikit-learn's covariances in any covariance_type, as (K, D, D)."""
+    k, d = gm.means_.shape
+    c = gm.covariances_
+    if gm.covariance_type == "full":
+        return c
+    if gm.covariance_type == "tied":
+        return np.broadcast_to(c, (k, d, d)).copy()
+    if gm.covariance_type == "diag":
+        return np.stack([np.diag(v) for v in c])
+    return np.stack([np.eye(d) * v for v in c])  # spherical
+
+
+class Sampler:
+    """Base: parameters in ``params`` (JSON), fitted state in ``arrays`` (npz)."""
+
+    name = ""
+    conditional = False
+
+    def __init__(self, **params):
+        self.params = params
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def fit(self, codes: np.ndarray, labels: np.ndarray | None = None, seed: int = 0) -> "Sampler":
+        return self
+
+    def sample(self, n: int, cls: int | None = None, seed: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- persistence: arrays + JSON, never pickle
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        path = folder / f"{self.name}.npz"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.arrays)
+        write_json(folder / f"{self.name}.json", {"sampler": self.name, "params": self.params,
+                                                  "seed": getattr(self, "fit_seed", None)})
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, name: str) -> "Sampler":
+        folder = Path(folder)
+        meta = json.loads((folder / f"{name}.json").read_text())
+        s = SAMPLERS[name](**meta["params"])
+        with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
+            s.arrays = {k: z[k] for k in z.files}
+        return s
+
+    def _check_class(self, cls: int | None) -> int:
+        classes = self.arrays["classes"].tolist()
+        if cls is None:
+            raise ConfigError(f"sampler {self.name} is class-conditional: pass --class C (one of {classes})")
+        if cls not in classes:
+            raise ConfigError(f"class {cls} was not in the training codes of sampler {self.name}; known: {classes}")
+        return classes.index(cls)
+
+
+class PriorSampler(Sampler):
+    name = "prior"
+
+    def fit(self, codes, labels=None, seed=0):
+        self.arrays = {"dim": np.array(codes.shape[1])}
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        if cls is not None:
+            raise ConfigError("the prior sampler is unconditional; use class-gaussian or class-gmm for --class")
+        return np.random.default_rng(seed).standard_normal((n, int(self.arrays["dim"])))
+
+
+class GMMSampler(Sampler):
+    name = "gmm"
+
+    def __init__(self, components: int = 10, covariance: str = "full", **params):
+        if covariance not in ("full", "tied", "diag", "spherical"):
+            raise ConfigError(f"covariance must be full, tied, diag or spherical, got {covariance!r}")
+        if int(components) < 1:
+            raise ConfigError(f"components must be >= 1, got {components}")
+        super().__init__(components=int(components), covariance=covariance, **params)
+
+    def _fit_gmm(self, codes: np.ndarray, seed: int):
+        from sklearn.mixture import GaussianMixture
+
+        k = min(self.params["components"], len(codes))
+        gm = GaussianMixture(k, covariance_type=self.params["covariance"], random_state=seed, reg_covar=1e-5)
+        gm.fit(codes.astype(np.float64))
+        return gm.weights_, gm.means_, np.stack([_chol(c) for c in _full_covariances(gm)])
+
+    def fit(self, codes, labels=None, seed=0):
+        w, m, l = self._fit_gmm(codes, seed)
+        self.arrays = {"weights": w, "means": m, "chols": l}
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        if cls is not None:
+            raise ConfigError("the gmm sampler is unconditional; use class-gmm for --class")
+        a = self.arrays
+        return _mixture_sample(a["weights"], a["means"], a["chols"], n, np.random.default_rng(seed))
+
+
+class ClassGaussianSampler(Sampler):
+    name = "class-gaussian"
+    conditional = True
+
+    def __init__(self, scale: float = 1.0, **params):
+        if float(scale) <= 0:
+            raise ConfigError(f"scale must be positive, got {scale}")
+        super().__init__(scale=float(scale), **params)
+
+    def fit(self, codes, labels=None, seed=0):
+        classes = _classes(labels)
+        means, chols = [], []
+        for c in classes:
+            zc = codes[labels == c].astype(np.float64)
+            means.append(zc.mean(0))
+            cov = np.cov(zc, rowvar=False).reshape(codes.shape[1], codes.shape[1]) if len(zc) > 1 else np.eye(codes.shape[1])
+            chols.append(_chol(cov))
+        self.arrays = {"classes": np.array(classes), "means": np.stack(means), "chols": np.stack(chols)}
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        i = self._check_class(cls)
+        a, rng = self.arrays, np.random.default_rng(seed)
+        # Scaling the covariance by s scales the Cholesky factor by sqrt(s).
+        return a["means"][i] + rng.standard_normal((n, a["means"].shape[1])) @ (a["chols"][i] * np.sqrt(self.params["scale"])).T
+
+
+class ClassGMMSampler(GMMSampler):
+    name = "class-gmm"
+    conditional = True
+
+    def __init__(self, components: int = 3, covariance: str = "full", **params):
+        super().__init__(components=components, covariance=covariance, **params)
+
+    def fit(self, codes, labels=None, seed=0):
+        classes = _classes(labels)
+        k = self.params["components"]
+        d = codes.shape[1]
+        weights, means, chols = np.zeros((len(classes), k)), np.zeros((len(classes), k, d)), np.zeros((len(classes), k, d, d))
+        for i, c in enumerate(classes):
+            w, m, l = self._fit_gmm(codes[labels == c], seed)
+            weights[i, :len(w)], means[i, :len(w)], chols[i, :len(w)] = w, m, l  # unused slots keep weight 0
+        self.arrays = {"classes": np.array(classes), "weights": weights, "means": means, "chols": chols}
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        i = self._check_class(cls)
+        a = self.arrays
+        return _mixture_sample(a["weights"][i], a["means"][i], a["chols"][i], n, np.random.default_rng(seed))
+
+
+def _classes(labels: np.ndarray | None) -> list[int]:
+    if labels is None:
+        raise DataError("class-conditional samplers need labelled training data")
+    return sorted(int(c) for c in np.unique(labels))
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler)
+}
+
+
+def make_sampler(name: str, **params) -> Sampler:
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
+    params = {k: v for k, v in params.items() if v is not None}
+    try:
+        return SAMPLERS[name](**params)
+    except TypeError as e:
+        raise ConfigError(f"sampler {name}: {e}") from None
+
+
+def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, **params) -> Sampler:
+    """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
+    it was fit before with the same parameters (fit once, reuse)."""
+    sampler = make_sampler(name, **params)
+    folder = Path(run.run_dir) / "samplers" if run.run_dir else None
+    if folder and not refit and (folder / f"{name}.json").is_file():
+        meta = json.loads((folder / f"{name}.json").read_text())
+        if meta["params"] == sampler.params and meta.get("seed") == seed:
+            return Sampler.load(folder, name)
+    train = run.split("train")
+    codes = run.encode(train.float()).double().numpy()
+    labels = train.y.numpy() if train.y is not None else None
+    sampler.fit(codes, labels, seed=seed)
+    sampler.fit_seed = seed
+    if folder:
+        sampler.save(folder)
+    return sampler
