@@ -195,3 +195,31 @@ def trained_run(tmp_path_factory, shapes_npz):
         "model.hidden=64", "model.latent_dim=4", "train.epochs=3", "train.batch_size=32", "train.device=cpu",
         "train.progress=false"])
     return train(cfg, run_dir, evaluate_after=False, log=lambda *_: None)
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+def assert_one_line_error(rc: int, out: str, err: str) -> str:
+    """A user error: exit code 2 and exactly one line ``vaelab: error: ...``, no traceback."""
+    assert "Traceback" not in out + err, out + err
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vaelab: error: "), err
+    return lines[0]
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """Run ``vaelab ARGS`` in-process; (exit code, stdout, stderr)."""
+    from vaelab.cli import main
+
+    try:
+        main([str(a) for a in args])
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def cli_error(capsys, *args) -> str:
+    return assert_one_line_error(*run_main(capsys, *args))

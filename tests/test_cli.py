@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_idx_dataset, subprocess_env
-from vaelab.cli import main
+from conftest import assert_one_line_error, cli_error, make_idx_dataset, run_main, subprocess_env
 from vaelab.config import preset_names
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,28 +28,6 @@ def vaelab_subprocess(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
                           env=env or subprocess_env(), cwd=cwd, timeout=180)
 
 
-def assert_one_line_error(rc: int, out: str, err: str) -> str:
-    assert "Traceback" not in out + err, out + err
-    assert rc == 2, (rc, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("vaelab: error: "), err
-    return lines[0]
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """Run ``vaelab ARGS`` in-process; (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def cli_error(capsys, *args) -> str:
-    return assert_one_line_error(*run_main(capsys, *args))
 
 
 TRAIN_TINY = ["--set", "model.hidden=32", "--latent-dim", "2", "--epochs", "1"]

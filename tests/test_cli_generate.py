@@ -7,25 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vaelab.cli import main
-
-
-def run_main(capsys, *args):
-    try:
-        main([str(a) for a in args])
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def one_line_error(rc, out, err):
-    assert rc == 2, (rc, out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("vaelab: error:"), err
-    assert "Traceback" not in out + err
-    return lines[0]
+from conftest import assert_one_line_error as one_line_error, run_main
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         if preset or config_file:
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
         run_dir = Path(resume)
-        run = api.train(None, run_dir, overrides=overrides, resume=True, evaluate_after=not no_eval,
+        api.train(None, run_dir, overrides=overrides, resume=True, evaluate_after=not no_eval,
                         iw_samples=iw_samples, log=_echo)
     else:
         if not preset and not config_file and not overrides:
@@ -95,7 +95,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides)
-        run = api.train(config, run_dir, evaluate_after=not no_eval,
+        api.train(config, run_dir, evaluate_after=not no_eval,
                         iw_samples=iw_samples, log=_echo)
     _echo(f"run saved in {run_dir}")
     if not no_eval and (run_dir / "eval.json").exists():

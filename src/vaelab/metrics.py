@@ -81,8 +81,6 @@ def iw_nll(log_w: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Frechet distance between N(mu1, cov1) and N(mu2, cov2), as in FID:
     |mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))."""
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
     covmean = _sqrtm(cov1 @ cov2)
