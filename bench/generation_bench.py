@@ -34,7 +34,7 @@ def main() -> int:
         print(f"MNIST not found under {os.environ['VAELAB_DATA']}; set VAELAB_DATA", file=sys.stderr)
         return 1
     from vaelab.api import Run, train
-    from vaelab.config import DataConfig, build_config
+    from vaelab.config import DataConfig
     from vaelab.judge import get_judge
     from vaelab.sample_eval import evaluate_samples
 

@@ -400,7 +400,6 @@ def test_folder_channels_forced(tmp_path):
 
 
 def test_folder_class_subfolders_give_labels(tmp_path):
-    rng = np.random.default_rng(3)
     layout = {"cat": 2, "ant": 1, "dog": 3}
     for cls, n in layout.items():
         for i in range(n):

@@ -8,6 +8,7 @@ The public Python API::
     codes = run.encode(images); images = run.decode(codes)
 """
 
+from vaelab.anomaly import AnomalyDetector
 from vaelab.api import Run, train
 from vaelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, preset_names
 from vaelab.data import ImageSet, Splits, load_data
@@ -19,7 +20,7 @@ from vaelab.train import fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "AE", "MODELS", "VAE", "DataConfig", "ImageSet", "ModelConfig", "Run", "RunConfig", "Splits",
+    "AE", "AnomalyDetector", "MODELS", "VAE", "DataConfig", "ImageSet", "ModelConfig", "Run", "RunConfig", "Splits",
     "TrainConfig", "VaelabError", "build_config", "build_model", "evaluate", "fit", "load_data",
     "preset_names", "train", "__version__",
 ]

@@ -211,11 +211,7 @@ def _register_commands() -> None:
     import importlib
 
     for name in _COMMAND_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency inside the module
-                raise
+        importlib.import_module(name)
 
 
 # ------------------------------------------------------------------------------ entry point

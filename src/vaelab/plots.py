@@ -99,3 +99,50 @@ def plot_history(history: list[dict], path: str | Path, title: str = "loss per e
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ inpainting and anomalies
+def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
+    """One labelled row per (label, images (n, C, H, W)) pair, e.g. original / masked / inpainted."""
+    plt = _plt()
+    n = max(len(x) for _, x in rows)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.75 + 1.2, len(rows) * 0.85 + 0.6), dpi=120,
+                             squeeze=False)
+    for ax, (label, imgs) in zip(axes[:, 0], rows):
+        _show(ax, image_grid(imgs.cpu(), nrow=n))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_score_histogram(scores: np.ndarray, threshold: float, path: str | Path, title: str = "",
+                         xlabel: str = "anomaly score") -> Path:
+    """Histogram of anomaly scores (higher = more anomalous) with the threshold as a red line."""
+    plt = _plt()
+    scores = np.asarray(scores, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="0.55")
+    ax.axvline(threshold, color="red", lw=1.5,
+               label=f"threshold {threshold:.4g} ({int((scores > threshold).sum())} of {len(scores)} above)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.set_title(title or "anomaly scores")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path,
+                    title: str = "ROC per normal class") -> Path:
+    """One ROC curve per entry label -> (false positive rates, true positive rates, AUROC)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    for label, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.2, label=f"{label}: {auc:.3f}")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right", title="normal class: AUROC", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -1,0 +1,174 @@
+"""Commands for using a trained run: ``inpaint``, ``detect``, ``anomaly-bench``, ``export``.
+
+Thin, as the rest of the CLI: parse, call a function of vaelab.inpaint / vaelab.anomaly /
+vaelab.export, print. Importing this module adds the commands to ``vaelab.cli.cli``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vaelab.cli import _echo, cli
+from vaelab.errors import VaelabError
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------------------ inpaint
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--mask", default="center:10", show_default=True,
+              help="center:K, center:HxW, random:K (one KxK patch per image), top, bottom, left, right, "
+                   "or file:PATH.png (white = hidden).")
+@click.option("--method", default="iterative", show_default=True, help="single, iterative or latent-opt.")
+@click.option("--n", type=int, default=1000, show_default=True, help="Inpaint the first N images of the split.")
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@click.option("--iterations", type=int, help="iterative: passes through the model (default 50).")
+@click.option("--steps", type=int, help="latent-opt: Adam steps (default 300).")
+@click.option("--lr", type=float, help="latent-opt: Adam learning rate (default 0.05).")
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
+              help="Judge folder (default: the cached judge for the data set; trained on first use).")
+@click.option("--no-judge", is_flag=True, help="Skip the judge accuracies.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random masks.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/inpaint-METHOD).")
+@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, no_judge, seed, out, data_dir,
+            device) -> None:
+    """Fill hidden pixels with the model; write inpaint_eval.json and inpaint.png."""
+    from vaelab.api import Run
+    from vaelab.inpaint import METHODS, evaluate_inpainting, parse_mask
+
+    if method not in METHODS:
+        raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
+    if n < 1:
+        raise VaelabError("--n must be at least 1")
+    options = {"iterative": {"iterations": iterations}, "latent-opt": {"steps": steps, "lr": lr}}.get(method, {})
+    given = {k: v for k, v in (("--iterations", iterations), ("--steps", steps), ("--lr", lr)) if v is not None}
+    unused = [k for k in given if k.lstrip("-") not in options]
+    if unused:
+        raise VaelabError(f"{', '.join(unused)} does not apply to --method {method}")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    parse_mask(mask, run.config.model.input_shape)  # a bad mask fails before any data is read
+    out = Path(out or Path(run_dir) / f"inpaint-{method}")
+    result = evaluate_inpainting(run, mask=mask, n=n, method=method, split=split, judge=judge_dir,
+                                 use_judge=not no_judge, seed=seed, out=out, log=_echo,
+                                 **{k: v for k, v in options.items() if v is not None})
+    for k in ("method", "mask", "n", "masked_mse", "masked_mse_input", "ssim", "ssim_input", "judge_accuracy",
+              "judge_accuracy_masked", "judge_accuracy_original"):
+        _echo(f"  {k:<24} {_fmt(result[k])}")
+    _echo(f"wrote {out / 'inpaint_eval.json'} and {out / 'inpaint.png'}")
+
+
+# ------------------------------------------------------------------------------ detect
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
+                   "or .npz/.npy array.")
+@click.option("--score", default="mse", show_default=True,
+              help="mse, bce, ssim (1 - SSIM), elbo (VAEs) or iwnll (VAEs).")
+@click.option("--contamination", type=float, default=0.05, show_default=True,
+              help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
+                   "their (1 - contamination) score quantile.")
+@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
+@click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
+              help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
+    """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
+    from vaelab.anomaly import check_contamination, check_score, detect as detect_fn
+    from vaelab.api import Run
+
+    check_score(score)
+    check_contamination(contamination)
+    if samples < 1:
+        raise VaelabError("--samples must be at least 1")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed)
+    _echo(f"{r['anomalies']} of {r['n']} images above the threshold {r['threshold']:.6g} "
+          f"({score}; {contamination:g} of the training images lie above it)")
+    parent = Path(out).parent
+    _echo(f"wrote {out}, {parent / 'scores_hist.png'} and {parent / 'most_anomalous.png'}")
+
+
+# ------------------------------------------------------------------------------ anomaly-bench
+@cli.command("anomaly-bench")
+@click.option("--data", default="mnist", show_default=True,
+              help="mnist, fashion-mnist, or folder (with train/ and test/ sub-folders).")
+@click.option("--normal", default="all", show_default=True, help="Normal classes to run: all, or e.g. 3,5.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for results.csv, results.md, results.json and roc.png.")
+@click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; see bench/README.md).")
+@click.option("--epochs", type=int, help="Training epochs per class (default: 30, or the --preset's own).")
+@click.option("--score", help="mse (default), bce, ssim (1 - SSIM), elbo (VAEs) or iwnll (VAEs).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
+@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
+@click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
+@click.option("--test-limit", type=int, help="Score only the first N test images (quick checks).")
+@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-path", help="Image folder, for --data folder.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--keep-runs", is_flag=True, help="Keep each class's run directory under OUT/runs/.")
+@click.option("--verbose", is_flag=True, help="Print every training epoch.")
+def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, limit, test_limit, data_dir,
+                  data_path, seed, keep_runs, verbose) -> None:
+    """One-class protocol: train on each class, AUROC on the whole test set."""
+    from vaelab.anomaly import DEFAULT_SCORE, check_score, one_class_benchmark
+
+    score = score or DEFAULT_SCORE
+    check_score(score)
+    if normal.strip().lower() == "all":
+        classes = None
+    else:
+        try:
+            classes = [int(c) for c in normal.split(",") if c.strip()]
+        except ValueError:
+            raise VaelabError(f"--normal must be 'all' or comma-separated class numbers, got {normal!r}") from None
+        if not classes:
+            raise VaelabError("--normal names no class")
+    for name, v in (("--epochs", epochs), ("--limit", limit), ("--test-limit", test_limit), ("--samples", samples)):
+        if v is not None and v < 1:
+            raise VaelabError(f"{name} must be at least 1")
+    r = one_class_benchmark(data, classes, out=out, preset=preset, epochs=epochs, score=score,
+                            overrides=list(overrides), data_dir=data_dir, data_path=data_path, limit=limit,
+                            test_limit=test_limit, samples=samples, seed=seed, keep_runs=keep_runs, log=_echo,
+                            verbose=verbose)
+    _echo(f"mean AUROC {r['mean_auroc']:.4f} over {len(r['per_class'])} classes ({r['seconds']:.0f}s)")
+    _echo(f"wrote {Path(out) / 'results.csv'}, results.md, results.json and roc.png")
+
+
+# ------------------------------------------------------------------------------ export
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--what", type=click.Choice(["reconstructions", "latents"]), default="reconstructions",
+              show_default=True)
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@click.option("--n", type=int, help="First N images (default: 100 reconstructions, every latent code).")
+@click.option("--out", type=click.Path(dir_okay=False), help="CSV path (default RUN/WHAT.csv).")
+@click.option("--decimals", type=int, help="Digits after the decimal point (default 4 for pixels, 6 for codes).")
+@click.option("--chunk-size", type=int, default=1000, show_default=True, help="Images per written chunk.")
+@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def export(run_dir, what, split, n, out, decimals, chunk_size, data_dir, device) -> None:
+    """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV."""
+    from vaelab.api import Run
+    from vaelab.export import export as export_fn
+
+    if n is not None and n < 1:
+        raise VaelabError("--n must be at least 1")
+    if chunk_size < 1:
+        raise VaelabError("--chunk-size must be at least 1")
+    if decimals is not None and not 0 <= decimals <= 12:
+        raise VaelabError("--decimals must be between 0 and 12")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    out = out or Path(run_dir) / f"{what}.csv"
+    kw = {"decimals": decimals} if decimals is not None else {}
+    r = export_fn(run, what, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    _echo(f"wrote {r['rows']} rows x {r['columns']} columns to {out}")

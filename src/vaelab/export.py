@@ -1,0 +1,113 @@
+"""CSV export of reconstructions and latent codes, streamed to disk in chunks.
+
+Layouts (the ones users already exchange):
+
+- reconstructions: ``row_id, orig_px0, recon_px0, orig_px1, recon_px1, ...`` -- one row
+  per image, pixel i in C-order over (C, H, W), values in [0, 1] with ``decimals`` digits;
+- latents: ``row_id, label, mu0.., logvar0..`` -- posterior means, and log-variances for
+  VAEs; ``label`` is empty when the data has no labels.
+
+``row_id`` is the image's index in the split. Rows are computed and written one chunk
+at a time into a temporary file that is renamed over the target at the end, so memory
+stays bounded by one chunk and a crash never leaves a half-written CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from vaelab.errors import VaelabError
+from vaelab.io import atomic_path
+
+DEFAULT_DECIMALS = 4  # 1/255 = 0.0039, so 4 decimals still tell all 256 grey levels apart
+DEFAULT_CHUNK = 1000
+
+
+def reconstruction_header(pixels: int) -> list[str]:
+    return ["row_id"] + [f"{kind}_px{i}" for i in range(pixels) for kind in ("orig", "recon")]
+
+
+def latent_header(latent_dim: int, vae: bool) -> list[str]:
+    return (["row_id", "label"] + [f"mu{i}" for i in range(latent_dim)]
+            + ([f"logvar{i}" for i in range(latent_dim)] if vae else []))
+
+
+def _write_rows(f, first_cols: list[np.ndarray], values: np.ndarray, decimals: int) -> None:
+    """Write rows of integer/str leading columns then floats (B, K) with fixed decimals.
+
+    One ``%`` format per row over a preformatted template: several times faster than the
+    csv module for thousands of float columns, and byte-identical whatever the chunking.
+    """
+    lead = "".join("%s," for _ in first_cols)
+    row_fmt = lead + ",".join([f"%.{decimals}f"] * values.shape[1]) + "\n"
+    for i in range(values.shape[0]):
+        f.write(row_fmt % (*(c[i] for c in first_cols), *values[i].tolist()))
+
+
+def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
+    if chunk_size < 1:
+        raise VaelabError("chunk size must be at least 1")
+    for i in range(0, n, chunk_size):
+        yield slice(i, min(i + chunk_size, n))
+
+
+def export_reconstructions(run, out: str | Path, split: str | None = None, n: int | None = 100,
+                           decimals: int = DEFAULT_DECIMALS, chunk_size: int = DEFAULT_CHUNK) -> dict:
+    """Write originals and reconstructions of the first ``n`` images of a split (all when None)."""
+    data = run.split(split)
+    n = len(data) if n is None else min(_check_n(n), len(data))
+    pixels = int(np.prod(data.shape))
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        f.write(",".join(reconstruction_header(pixels)) + "\n")
+        for sl in _chunks(n, chunk_size):
+            x = data.batch(sl)  # (B, C, H, W) in [0, 1]
+            r = run.reconstruct(x)
+            # (B, P, 2) -> (B, 2P): orig_px0, recon_px0, orig_px1, ... as the header says
+            values = torch.stack([x.flatten(1), r.flatten(1)], dim=2).flatten(1).double().numpy()
+            _write_rows(f, [np.arange(sl.start, sl.stop)], values, decimals)
+    return {"what": "reconstructions", "rows": n, "columns": 1 + 2 * pixels, "out": str(out)}
+
+
+def export_latents(run, out: str | Path, split: str | None = None, n: int | None = None,
+                   chunk_size: int = DEFAULT_CHUNK, decimals: int = 6) -> dict:
+    """Write the posterior means (and log-variances for VAEs) of a split's images."""
+    data = run.split(split)
+    n = len(data) if n is None else min(_check_n(n), len(data))
+    vae = bool(run.model.is_vae)
+    dim = int(run.config.model.latent_dim)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        f.write(",".join(latent_header(dim, vae)) + "\n")
+        for sl in _chunks(n, chunk_size):
+            mu, logvar = run.posterior(data.batch(sl))  # (B, D) each; logvar None for AEs
+            values = torch.cat([mu, logvar], 1) if vae else mu
+            labels = data.y[sl].numpy() if data.y is not None else np.array([""] * (sl.stop - sl.start))
+            _write_rows(f, [np.arange(sl.start, sl.stop), labels], values.double().numpy(), decimals)
+    return {"what": "latents", "rows": n, "columns": len(latent_header(dim, vae)), "out": str(out)}
+
+
+def _check_n(n: int) -> int:
+    if n < 1:
+        raise VaelabError(f"--n must be at least 1, got {n}")
+    return n
+
+
+# Registry: what -> exporter(run, out, split, n, chunk_size=...).
+EXPORTS = {"reconstructions": export_reconstructions, "latents": export_latents}
+
+
+def export(run, what: str, out: str | Path, split: str | None = None, n: int | None = None,
+           chunk_size: int = DEFAULT_CHUNK, **kw) -> dict:
+    """Dispatch on ``what``; ``n`` None means 100 reconstructions or every latent code."""
+    if what not in EXPORTS:
+        raise VaelabError(f"unknown export {what!r}; known: {', '.join(EXPORTS)}")
+    if n is None and what == "reconstructions":
+        n = 100
+    return EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)
+
+
+__all__ = ["EXPORTS", "export", "export_latents", "export_reconstructions", "latent_header",
+           "reconstruction_header"]
