@@ -65,6 +65,21 @@ def test_gmm_recovers_clusters_and_class_gmm_stays_in_class():
     assert np.mean(np.argmin(((d2[:, None, :] - means[None]) ** 2).sum(-1), 1) == 2) > 0.97
 
 
+def test_mixture_scale_shrinks_each_component():
+    z, y, means = clustered()
+    full = make_sampler("class-gmm", components=1).fit(z, y, seed=0)
+    half = make_sampler("class-gmm", components=1, scale=0.25).fit(z, y, seed=0)
+    a, b = full.sample(20000, cls=2, seed=0), half.sample(20000, cls=2, seed=0)
+    np.testing.assert_allclose(b.std(0), a.std(0) / 2, rtol=0.05)
+    np.testing.assert_allclose(b.mean(0), a.mean(0), atol=0.05)
+    g = make_sampler("gmm", components=3, scale=0.25).fit(z, y, seed=0).sample(6000, seed=0)
+    nearest = means[np.argmin(((g[:, None, :] - means[None]) ** 2).sum(-1), 1)]
+    spread = np.abs(g - nearest).mean(0)
+    base = make_sampler("gmm", components=3).fit(z, y, seed=0).sample(6000, seed=0)
+    spread_base = np.abs(base - means[np.argmin(((base[:, None, :] - means[None]) ** 2).sum(-1), 1)]).mean(0)
+    np.testing.assert_allclose(spread, spread_base / 2, rtol=0.1)
+
+
 @pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
 def test_gmm_covariance_types(cov):
     z, y, _ = clustered(300)

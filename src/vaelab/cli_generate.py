@@ -19,7 +19,7 @@ def _only_used(name: str, params: dict) -> dict:
     """Pass each sampler only the options it takes."""
     from vaelab.sampling import SAMPLERS
 
-    used = {"gmm": ("components", "covariance"), "class-gmm": ("components", "covariance"),
+    used = {"gmm": ("components", "covariance", "scale"), "class-gmm": ("components", "covariance", "scale"),
             "class-gaussian": ("scale",), "prior": ()}
     if name not in SAMPLERS:
         raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
@@ -52,7 +52,8 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--class", "cls", type=int, help="Class to sample (class-gaussian, class-gmm).")
 @click.option("--components", type=int, help="Mixture components (gmm default 10, class-gmm default 3).")
 @click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]), help="GMM covariance type.")
-@click.option("--scale", type=float, help="class-gaussian: covariance scale (< 1 trades variety for fidelity).")
+@click.option("--scale", type=float, help="Covariance scale for gmm, class-gaussian, class-gmm "
+                                        "(< 1 trades variety for fidelity; default 1).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")

@@ -9,6 +9,8 @@ A fitted sampler saves itself as ``RUN/samplers/NAME.npz`` (arrays only) plus
 - ``gmm``: a Gaussian mixture (scikit-learn) fit on the training codes.
 - ``class-gaussian``: per class, N(mean_c, scale * cov_c) of that class's codes.
 - ``class-gmm``: a Gaussian mixture per class.
+Every sampler but the prior takes ``scale``: covariances are multiplied by it when
+sampling, so a scale below 1 trades variety for fidelity.
 """
 
 from __future__ import annotations
@@ -111,12 +113,14 @@ class PriorSampler(Sampler):
 class GMMSampler(Sampler):
     name = "gmm"
 
-    def __init__(self, components: int = 10, covariance: str = "full", **params):
+    def __init__(self, components: int = 10, covariance: str = "full", scale: float = 1.0, **params):
         if covariance not in ("full", "tied", "diag", "spherical"):
             raise ConfigError(f"covariance must be full, tied, diag or spherical, got {covariance!r}")
         if int(components) < 1:
             raise ConfigError(f"components must be >= 1, got {components}")
-        super().__init__(components=int(components), covariance=covariance, **params)
+        if float(scale) <= 0:
+            raise ConfigError(f"scale must be positive, got {scale}")
+        super().__init__(components=int(components), covariance=covariance, scale=float(scale), **params)
 
     def _fit_gmm(self, codes: np.ndarray, seed: int):
         from sklearn.mixture import GaussianMixture
@@ -135,7 +139,11 @@ class GMMSampler(Sampler):
         if cls is not None:
             raise ConfigError("the gmm sampler is unconditional; use class-gmm for --class")
         a = self.arrays
-        return _mixture_sample(a["weights"], a["means"], a["chols"], n, np.random.default_rng(seed))
+        return _mixture_sample(a["weights"], a["means"], a["chols"] * self._root_scale(), n, np.random.default_rng(seed))
+
+    def _root_scale(self) -> float:
+        # Each component's covariance times `scale`: its Cholesky factor times sqrt(scale).
+        return float(np.sqrt(self.params.get("scale", 1.0)))
 
 
 class ClassGaussianSampler(Sampler):
@@ -169,8 +177,8 @@ class ClassGMMSampler(GMMSampler):
     name = "class-gmm"
     conditional = True
 
-    def __init__(self, components: int = 3, covariance: str = "full", **params):
-        super().__init__(components=components, covariance=covariance, **params)
+    def __init__(self, components: int = 3, covariance: str = "full", scale: float = 1.0, **params):
+        super().__init__(components=components, covariance=covariance, scale=scale, **params)
 
     def fit(self, codes, labels=None, seed=0):
         classes = _classes(labels)
@@ -186,7 +194,8 @@ class ClassGMMSampler(GMMSampler):
     def sample(self, n, cls=None, seed=0):
         i = self._check_class(cls)
         a = self.arrays
-        return _mixture_sample(a["weights"][i], a["means"][i], a["chols"][i], n, np.random.default_rng(seed))
+        return _mixture_sample(a["weights"][i], a["means"][i], a["chols"][i] * self._root_scale(), n,
+                               np.random.default_rng(seed))
 
 
 def _classes(labels: np.ndarray | None) -> list[int]:
