@@ -24,7 +24,8 @@ def _fmt(v) -> str:
 @click.option("--mask", default="center:10", show_default=True,
               help="center:K, center:HxW, random:K (one KxK patch per image), top, bottom, left, right, "
                    "or file:PATH.png (white = hidden).")
-@click.option("--method", default="iterative", show_default=True, help="single, iterative or latent-opt.")
+@click.option("--method", default="latent-opt", show_default=True,
+              help="single, iterative or latent-opt (best in bench/: 93% judge accuracy on MNIST).")
 @click.option("--n", type=int, default=1000, show_default=True, help="Inpaint the first N images of the split.")
 @click.option("--split", help="train, val or test (default: test, else val, else train).")
 @click.option("--iterations", type=int, help="iterative: passes through the model (default 50).")

@@ -209,7 +209,7 @@ def latent_opt(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr:
 METHODS: dict[str, Callable] = {"single": single, "iterative": iterative, "latent-opt": latent_opt}
 
 
-def inpaint(run_or_model, x: torch.Tensor, mask, method: str = "iterative", batch_size: int = 2000,
+def inpaint(run_or_model, x: torch.Tensor, mask, method: str = "latent-opt", batch_size: int = 2000,
             seed: int = 0, **kw) -> torch.Tensor:
     """Inpaint ``x`` (N, C, H, W) in [0, 1] where ``mask`` is True; returns (N, C, H, W) on the CPU.
 
@@ -247,7 +247,7 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
     return float((x - y)[m].double().square().mean()) if m.any() else 0.0
 
 
-def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str = "iterative",
+def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str = "latent-opt",
                         split: str | None = None, judge=None, use_judge: bool = True, seed: int = 0,
                         out: str | Path | None = None, log: Callable[[str], None] = print, **kw) -> dict:
     """Inpaint the first ``n`` images of a split and measure the result.
