@@ -237,3 +237,29 @@ def test_build_model_errors():
         build_model(ModelConfig())
     with pytest.raises(ConfigError, match="too many"):
         build_model(ModelConfig(arch="conv", input_shape=[1, 4, 4], channels=[8, 8, 8], kernel_size=4, dense=[4]))
+
+
+def test_glorot_init_is_keras_default_and_set_by_the_keras_presets():
+    import math
+
+    from torch import nn
+
+    from vaelab.config import build_config
+    from vaelab.models import build_model
+
+    cfg = build_config("conv-vae", overrides=["model.input_shape=[1,28,28]"])
+    assert cfg.model.init == "glorot"
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            assert torch.count_nonzero(m.bias) == 0
+            w = m.weight
+            rf = w[0, 0].numel() if w.dim() > 2 else 1
+            fan_in, fan_out = w.shape[1] * rf, w.shape[0] * rf
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert w.abs().max() <= bound + 1e-6
+            assert w.abs().max() > 0.8 * bound  # uniform over the whole range, not PyTorch's narrower one
+    torch.manual_seed(0)
+    default = build_model(build_config("mlp-vae", overrides=["model.input_shape=[1,28,28]"]).model)
+    assert torch.count_nonzero(default.encoder[1].bias) > 0  # PyTorch's own init stays the default

@@ -143,6 +143,10 @@ class ModelConfig:
     output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
     loss: str = "bce"  # bce | mse | euclidean
     beta: float = 1.0  # weight of the KL term (VAE)
+    # Weight init: "torch" (PyTorch's defaults) or "glorot" (Keras's defaults: Glorot-uniform
+    # weights, zero biases). The Keras conv VAE needs "glorot": with PyTorch's smaller
+    # default weights its Dense-16 bottleneck dies and the posterior collapses (KL ~ 0).
+    init: str = "torch"
 
     def __post_init__(self) -> None:
         _coerce(self, "model")
@@ -164,6 +168,7 @@ class ModelConfig:
                    f"model.{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
         _check(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
+        _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
         _check(all(h > 0 for h in self.hidden), "model.hidden widths must be positive")
         _check(all(c > 0 for c in self.channels), "model.channels must be positive")
         if self.arch == "conv":

@@ -13,7 +13,21 @@ def build_model(cfg):
 
     if cfg.input_shape is None:
         raise ConfigError("model.input_shape is unset; it is filled in from the data when training")
-    return MODELS[cfg.kind](cfg)
+    model = MODELS[cfg.kind](cfg)
+    if cfg.init == "glorot":
+        glorot_init(model)
+    return model
+
+
+def glorot_init(model) -> None:
+    """Keras's default initialisation: Glorot-uniform weights, zero biases."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def count_params(model) -> int:
