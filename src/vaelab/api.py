@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from vaelab import checkpoint
-from vaelab.config import RunConfig, build_config
+from vaelab.config import RunConfig, apply_overrides, build_config
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.evaluate import evaluate
 from vaelab.io import write_json
@@ -134,22 +134,15 @@ class Run:
 
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
-          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print) -> Run:
-    """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig."""
+          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None) -> Run:
+    """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
+    ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``."""
     if isinstance(preset, RunConfig):
         config = preset
     elif resume:
-        config = checkpoint.load_config(run_dir)
-        if overrides:
-            from vaelab.config import merge, parse_override
-
-            d = config.to_dict()
-            for text in overrides:
-                section, name, value = parse_override(text)
-                d = merge(d, {section: {name: value}})
-            config = RunConfig.from_dict(d)
+        config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
     else:
-        config = build_config(preset, config_file, overrides)
+        config = build_config(preset, config_file, overrides, extra)
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)

@@ -78,15 +78,16 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
             extra.setdefault("data", {})["classes"] = [int(c) for c in classes.split(",") if c.strip()]
         except ValueError:
             raise VaelabError(f"--classes must be comma-separated integers, got {classes!r}") from None
-    overrides = [f"{s}.{k}={json.dumps(v)}" for s, d in extra.items() for k, v in d.items()] + list(overrides)
+    # Flags travel as typed values (extra), never as text to be re-parsed.
+    overrides = list(overrides)
     if resume:
         if preset or config_file:
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
         run_dir = Path(resume)
-        api.train(None, run_dir, overrides=overrides, resume=True, evaluate_after=not no_eval,
-                        iw_samples=iw_samples, log=_echo)
+        api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
+                  iw_samples=iw_samples, log=_echo)
     else:
-        if not preset and not config_file and not overrides:
+        if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
         run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
         if (run_dir / RESUME).exists() and not overwrite:
@@ -94,9 +95,8 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
                               "--overwrite to replace it, or choose another --out")
         from vaelab.config import build_config
 
-        config = build_config(preset, config_file, overrides)
-        api.train(config, run_dir, evaluate_after=not no_eval,
-                        iw_samples=iw_samples, log=_echo)
+        config = build_config(preset, config_file, overrides, extra)
+        api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
     _echo(f"run saved in {run_dir}")
     if not no_eval and (run_dir / "eval.json").exists():
         _print_eval(json.loads((run_dir / "eval.json").read_text()))

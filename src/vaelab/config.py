@@ -337,15 +337,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
+def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:
+    """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts."""
+    if extra:
+        d = merge(d, extra)
+    for text in overrides or []:
+        section, name, value = parse_override(text)
+        d = merge(d, {section: {name: value}})
+    return d
+
+
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
     """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides."""
     d: dict[str, Any] = load_preset(preset) if preset else {}
     if config_file:
         d = merge(d, load_yaml(config_file))
-    if extra:
-        d = merge(d, extra)
-    for text in overrides or []:
-        section, name, value = parse_override(text)
-        d = merge(d, {section: {name: value}})
-    return RunConfig.from_dict(d)
+    return RunConfig.from_dict(apply_overrides(d, extra, overrides))
