@@ -251,3 +251,18 @@ def test_saves_are_atomic(run_copy, monkeypatch):
         checkpoint.save_weights(run_copy, model, cfg)
     assert (run_copy / checkpoint.WEIGHTS).read_bytes() == before
     assert not list(run_copy.glob(".*.tmp"))
+
+
+def test_safetensors_whose_header_length_starts_with_pickle_byte_loads(tmp_path):
+    """A real safetensors file whose 8-byte header length has 0x80 as its low byte (the first
+    byte of a pickle) is still a safetensors file: it must load, not be refused as a pickle."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):
+        save_file({"w": torch.arange(3.0)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    tensors, meta = checkpoint._load(path)
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and meta["pad"]

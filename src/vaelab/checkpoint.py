@@ -39,11 +39,14 @@ def _check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{path} not found")
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+    # safetensors: an 8-byte little-endian header length, then a JSON header. Test that
+    # first: the length's low byte may be 0x80, the first byte of a pickle.
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return
+    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:2] == b"PK":
         raise CheckpointError(f"{path} is a pickle / torch.save file, which could run code; "
                               "vaelab only loads safetensors weights")
-    if len(head) < 9 or head[8:9] != b"{":
-        raise CheckpointError(f"{path} is not a safetensors file")
+    raise CheckpointError(f"{path} is not a safetensors file")
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
