@@ -1,0 +1,21 @@
+"""The `report` command: one self-contained HTML page about a run or a sweep."""
+
+from __future__ import annotations
+
+import click
+
+from vaelab.cli import _echo, cli
+
+
+@cli.command()
+@click.argument("folder", metavar="RUN_OR_SWEEP_DIR", type=click.Path())
+@click.option("--out", type=click.Path(), help="HTML file to write (default DIR/report.html).")
+@click.option("--no-generate", is_flag=True,
+              help="Do not draw missing figures (reconstructions, samples, a latent picture) first.")
+@click.option("--data-dir", help="Where the data set lives, for drawing missing figures.")
+def report(folder, out, no_generate, data_dir) -> None:
+    """Write report.html: config, metrics, loss curves and every figure, images embedded."""
+    from vaelab.report import write_report
+
+    path = write_report(folder, out, generate=not no_generate, data_dir=data_dir, log=_echo)
+    _echo(f"wrote {path}")
