@@ -37,18 +37,8 @@ def _coerce(obj, section: str) -> None:
     string and ``--set train.device=0`` gives an int, so every field is normalised here
     once instead of being trusted downstream.
     """
-    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if value is None:
-            continue
-        hint = hints[f.name]
-        kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
-        try:
-            setattr(obj, f.name, _convert(value, kind))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{section}.{f.name} must be {kind.replace('list[int]', 'a list of ints')}, "
-                              f"got {value!r}") from None
+        setattr(obj, f.name, typed_value(section, f.name, getattr(obj, f.name)))
 
 
 def _to_int(v) -> int:
@@ -335,6 +325,19 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         elif isinstance(value, (int, float)) and "| int" not in hint:
             value = [value]
     return section, name, value
+
+
+def typed_value(section: str, name: str, value: Any) -> Any:
+    """``value`` converted to the type of ``section.name`` (``"1e-3"`` -> 0.001 for a float field)."""
+    if value is None:
+        return None
+    hint = typing.get_type_hints(_SECTIONS[section])[name]
+    kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
+    try:
+        return _convert(value, kind)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{section}.{name} must be {kind.replace('list[int]', 'a list of ints')}, "
+                          f"got {value!r}") from None
 
 
 def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:

@@ -101,6 +101,87 @@ def plot_history(history: list[dict], path: str | Path, title: str = "loss per e
     return save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------ sweeps
+def _num(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _label(v) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def plot_metrics_vs(rows: list[dict], key: str, others: list[str], metrics: tuple[str, ...],
+                    path: str | Path) -> Path:
+    """One panel per metric against the swept ``key``; one line per setting of the ``others``.
+    Numeric values go on a numeric axis; anything else (losses, layer lists) is categorical."""
+    plt = _plt()
+    values = []
+    for r in rows:
+        if _label(r[key]) not in [_label(v) for v in values]:
+            values.append(r[key])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        values = sorted(values)
+    pos = {_label(v): (float(v) if numeric else i) for i, v in enumerate(values)}
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(", ".join(f"{o.split('.', 1)[1]}={_label(r.get(o))}" for o in others), []).append(r)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), dpi=110, squeeze=False)
+    name = key.split(".", 1)[-1]
+    for ax, m in zip(axes[0], metrics):
+        for label, grp in groups.items():
+            pts = sorted((pos[_label(r[key])], _num(r.get(m))) for r in grp if _num(r.get(m)) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=label or None)
+        if not numeric:
+            ax.set_xticks(list(pos.values()), list(pos), rotation=30 if len(pos) > 3 else 0, fontsize=7)
+        ax.set_xlabel(name)
+        ax.set_title(m)
+        ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        axes[0, -1].legend(fontsize=7)
+    fig.suptitle(f"test metrics against {name}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_metrics_by_trial(rows: list[dict], metrics: tuple[str, ...], path: str | Path) -> Path:
+    """One bar panel per metric, one bar per trial (for trials that are not a grid)."""
+    plt = _plt()
+    names = [r["trial"] for r in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 0.55 * len(names) + 1.2) * len(metrics), 3.6),
+                             dpi=110, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        vals = [_num(r.get(m)) or 0.0 for r in rows]
+        ax.bar(range(len(names)), vals, color="0.45")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(m)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("test metrics per trial", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_image_blocks(blocks: list[tuple[str, torch.Tensor]], path: str | Path, nrow: int = 10,
+                      title: str = "", per_row: int = 4) -> Path:
+    """Labelled image grids side by side (e.g. the same test images reconstructed by each trial)."""
+    plt = _plt()
+    cols = min(per_row, len(blocks))
+    rows = math.ceil(len(blocks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows + 0.4), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, x) in zip(axes.flat, blocks):
+        _show(ax, image_grid(x.cpu(), nrow=nrow))
+        ax.set_title(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 # ------------------------------------------------------------------------------ inpainting and anomalies
 def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
     """One labelled row per (label, images (n, C, H, W)) pair, e.g. original / masked / inpainted."""

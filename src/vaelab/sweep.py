@@ -1,0 +1,507 @@
+"""Sweeps: train one run per point of a grid (or per listed trial), resumably, in parallel.
+
+A sweep directory holds::
+
+    sweep.json            what was swept (preset, base overrides, trials)
+    trials/<id>/          one normal run directory per trial, plus trial.json (done | failed)
+    results.csv, results.md   one row per trial: swept values, test metrics, size, time
+    figures/              each metric against each swept value; the same test images
+                          reconstructed by every trial
+
+Re-running the same sweep skips finished trials, retries failed ones, and resumes a
+trial that was killed mid-training from its last checkpoint. A failing trial is
+recorded in its row and does not stop the others.
+
+Trials run in this process (one worker), in local worker processes (``workers > 1``,
+torch threads split so that workers x threads <= cores), or as Ray tasks
+(``executor="ray"``, locally or on a cluster that shares the sweep directory).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import re
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+from vaelab.config import build_config, parse_override, typed_value
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.io import write_json, write_text
+
+METRICS = ("loss", "mse", "ssim", "psnr", "active_units")
+COLUMNS_AFTER = ("status", *METRICS, "params", "train_seconds", "error")
+TRIAL_FILE = "trial.json"
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class Trial:
+    id: str
+    params: dict[str, Any]  # dotted key -> typed value, e.g. {"model.latent_dim": 2}
+    preset: str | None = None  # this trial's preset, when it differs from the sweep's
+
+    @property
+    def dir(self) -> str:
+        return f"trials/{self.id}"
+
+
+@dataclass
+class SweepSpec:
+    """Everything that defines a sweep; saved as ``sweep.json``."""
+
+    trials: list[Trial]
+    preset: str | None = None
+    config_file: str | None = None
+    base: list[str] = field(default_factory=list)  # dotted overrides for every trial
+    epochs: int | None = None
+    name: str = "sweep"
+    grid: bool = True  # trials are the cartesian product of the swept values
+    iw_samples: int = 0  # importance samples for nll_iw in each trial's evaluation (0: skip)
+
+    @property
+    def params(self) -> list[str]:
+        keys: list[str] = []
+        for t in self.trials:
+            keys += [k for k in t.params if k not in keys]
+        return keys
+
+    def settings(self) -> dict:
+        """The parts that must match when a sweep directory is re-used."""
+        return {"preset": self.preset, "config_file": self.config_file, "base": list(self.base),
+                "epochs": self.epochs}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **self.settings(), "grid": self.grid, "iw_samples": self.iw_samples,
+                "params": self.params,
+                "trials": [{**asdict(t), "dir": t.dir} for t in self.trials]}
+
+
+# ------------------------------------------------------------------------------ grid
+def split_values(text: str) -> list[str]:
+    """Split ``1,2,4`` or ``[32],[512,128]`` at top-level commas (or at ``;`` when present)."""
+    if ";" in text:
+        return [v.strip() for v in text.split(";") if v.strip()]
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[(" and 1 or (-1 if ch in "])" else 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_grid(specs: list[str]) -> dict[str, list]:
+    """``["model.latent_dim=1,2,4", "model.loss=bce,mse"]`` -> {key: [typed values]}."""
+    grid: dict[str, list] = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise ConfigError(f"--grid {spec!r} must look like section.field=v1,v2,..., e.g. model.latent_dim=2,4,8")
+        key, raw = spec.split("=", 1)
+        key = key.strip()
+        values = []
+        for v in split_values(raw):
+            section, name, value = parse_override(f"{key}={v}")
+            values.append(typed_value(section, name, value))
+        if not values:
+            raise ConfigError(f"--grid {key} has no values; give them as {key}=v1,v2")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; list all its values once")
+        grid[key] = values
+    return grid
+
+
+def _value_text(v: Any) -> str:
+    return "-".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def trial_id(params: dict[str, Any]) -> str:
+    """A readable, filesystem-safe id: ``latent_dim=2,loss=bce``."""
+    text = ",".join(f"{k.split('.', 1)[1]}={_value_text(v)}" for k, v in params.items())
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text) or "default"
+
+
+def expand_grid(grid: dict[str, list]) -> list[Trial]:
+    keys = list(grid)
+    trials = [Trial(trial_id(dict(zip(keys, combo))), dict(zip(keys, combo)))
+              for combo in itertools.product(*(grid[k] for k in keys))]
+    if len({t.id for t in trials}) != len(trials):
+        raise ConfigError("two grid points give the same trial name; make the values distinct")
+    return trials
+
+
+def _extra(params: dict[str, Any]) -> dict:
+    extra: dict = {}
+    for key, value in params.items():
+        section, name = key.split(".", 1)
+        extra.setdefault(section, {})[name] = value
+    return extra
+
+
+def trial_config(spec: SweepSpec, trial: Trial, threads: int | None = None):
+    """The RunConfig a trial trains: preset, config file, base overrides, swept values."""
+    extra = _extra(trial.params)
+    train = extra.setdefault("train", {})
+    train["progress"] = False
+    if spec.epochs is not None:
+        train.setdefault("epochs", spec.epochs)
+    if threads:
+        train["threads"] = threads
+    return build_config(trial.preset or spec.preset, spec.config_file, list(spec.base), extra)
+
+
+# ------------------------------------------------------------------------------ one trial
+def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> dict:
+    """Train and evaluate one trial; return its results row. Never raises for a failed trial:
+    the error is returned (and written to ``trial.json``) so the other trials go on.
+    A top-level function taking plain dicts, so processes and Ray tasks can run it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    s = _spec_from_dict(spec)
+    t = Trial(trial["id"], trial["params"], trial.get("preset"))
+    run_dir = Path(out) / t.dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    logfile = run_dir / "train.log"
+    try:
+        from vaelab import api
+        from vaelab.checkpoint import RESUME
+
+        with open(logfile, "a") as f:
+            def log(msg: str) -> None:
+                f.write(msg + "\n")
+                f.flush()
+
+            if (run_dir / RESUME).is_file() and (run_dir / "config.json").is_file():
+                # A trial killed mid-training continues from its last checkpoint.
+                run = api.train(None, run_dir, resume=True, iw_samples=s.iw_samples, log=log)
+            else:
+                run = api.train(trial_config(s, t, threads), run_dir, iw_samples=s.iw_samples, log=log)
+        row = _row_from_run(run_dir, t)
+        del run
+    except Exception as e:  # noqa: BLE001 - any failure is the trial's, recorded, not fatal
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, VaelabError):
+            msg = f"{type(e).__name__}: {msg}"
+        row = {"trial": t.id, **t.params, "status": "failed", "error": msg}
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(run_dir / TRIAL_FILE, row)
+    return row
+
+
+def _row_from_run(run_dir: Path, trial: Trial) -> dict:
+    ev = json.loads((run_dir / "eval.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    row: dict[str, Any] = {"trial": trial.id, **trial.params, "status": "done"}
+    for m in METRICS:
+        row[m] = ev.get(m)
+    row["params"] = summary.get("params")
+    row["train_seconds"] = summary.get("train_seconds")
+    row["error"] = ""
+    return row
+
+
+def _spec_from_dict(d: dict) -> SweepSpec:
+    trials = [Trial(t["id"], t["params"], t.get("preset")) for t in d["trials"]]
+    return SweepSpec(trials=trials, preset=d.get("preset"), config_file=d.get("config_file"),
+                     base=list(d.get("base") or []), epochs=d.get("epochs"), name=d.get("name", "sweep"),
+                     grid=d.get("grid", True), iw_samples=d.get("iw_samples", 0))
+
+
+def trial_status(out: Path, trial: Trial) -> dict | None:
+    """The saved row of a finished or failed trial, or None when it has not finished."""
+    path = out / trial.dir / TRIAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------------------ the sweep
+def cpu_cores() -> int:
+    """Cores this process may use (respects CPU affinity and container limits on Linux)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """Torch threads per worker so that workers x threads never exceeds the cores."""
+    return max(1, (cores or cpu_cores()) // max(1, workers))
+
+
+def run_sweep(spec: SweepSpec, out: str | Path, workers: int = 1, executor: str = "local",
+              ray_address: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every unfinished trial of ``spec`` into ``out``; write results and figures; return the rows."""
+    out = Path(out)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if not spec.trials:
+        raise ConfigError("the sweep has no trials; give at least one --grid section.field=v1,v2")
+    # Validate every trial's config up front: a typo fails here, before hours of training.
+    for t in spec.trials:
+        trial_config(spec, t)
+    _claim(out, spec)
+
+    rows: dict[str, dict] = {}
+    pending = []
+    for t in spec.trials:
+        saved = trial_status(out, t)
+        if saved is not None and saved.get("status") == "done":
+            rows[t.id] = saved
+        else:
+            pending.append(t)
+    skipped = len(spec.trials) - len(pending)
+    cores = cpu_cores()
+    if executor == "local" and workers > cores:
+        log(f"note: {workers} workers on {cores} cores; using {cores}")
+        workers = cores
+    workers = min(workers, max(1, len(pending)))
+    threads = worker_threads(workers, cores)
+    log(f"sweep {out}: {len(spec.trials)} trials, {skipped} already done, {len(pending)} to run "
+        f"({executor}, {workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)})")
+
+    done_count = [skipped]
+
+    def record(row: dict) -> None:
+        rows[row["trial"]] = row
+        done_count[0] += 1
+        what = (f"loss {row['loss']:.4g}, ssim {row['ssim']:.4f}" if row["status"] == "done"
+                else f"FAILED: {row['error']}")
+        log(f"[{done_count[0]}/{len(spec.trials)}] {row['trial']}: {what} ({row.get('seconds', 0):.1f} s)")
+
+    d = spec.to_dict()
+    if executor == "ray":
+        _run_ray(d, pending, out, threads, ray_address, record)
+    elif workers == 1:
+        for t in pending:
+            record(run_trial(d, _trial_dict(t), str(out), None))
+    else:
+        _run_processes(d, pending, out, workers, threads, record)
+
+    ordered = [rows.get(t.id) or {"trial": t.id, **t.params, "status": "pending"} for t in spec.trials]
+    write_results(out, spec, ordered)
+    write_figures(out, spec, ordered, log)
+    return ordered
+
+
+def _trial_dict(t: Trial) -> dict:
+    return {"id": t.id, "params": t.params, "preset": t.preset}
+
+
+def _claim(out: Path, spec: SweepSpec) -> None:
+    """Write sweep.json, or check that an existing sweep directory was made with the same settings."""
+    path = out / "sweep.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise VaelabError(f"{path} is not valid JSON; remove it or choose another --out") from None
+        old_settings = {k: old.get(k) for k in spec.settings()}
+        if old_settings != spec.settings():
+            diff = ", ".join(f"{k}: {old_settings[k]!r} -> {v!r}" for k, v in spec.settings().items()
+                             if old_settings[k] != v)
+            raise VaelabError(f"{out} holds a sweep made with other settings ({diff}); "
+                              "choose another --out to start a new sweep")
+        trials = {t["id"]: t for t in old.get("trials", [])}
+        # Trials of earlier runs of this sweep stay listed: their directories are still here.
+        for t in spec.to_dict()["trials"]:
+            trials[t["id"]] = t
+        merged = {**spec.to_dict(), "trials": list(trials.values())}
+        merged["params"] = _spec_from_dict(merged).params
+        write_json(path, merged)
+    elif out.exists() and any(out.iterdir()):
+        raise VaelabError(f"{out} exists and is not a sweep directory; choose another --out")
+    else:
+        write_json(path, spec.to_dict())
+
+
+def _run_processes(spec: dict, pending: list[Trial], out: Path, workers: int, threads: int,
+                   record: Callable[[dict], None]) -> None:
+    # Spawned (not forked) workers: forking a process that has started torch's thread
+    # pools can deadlock. Each worker limits its own torch threads before training.
+    queue = list(pending)
+    while queue:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(run_trial, spec, _trial_dict(t), str(out), threads): t for t in queue}
+            queue = []
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    t = futures[fut]
+                    try:
+                        record(fut.result())
+                    except BrokenProcessPool:
+                        # A worker died (killed, out of memory). Record the trials that were lost
+                        # with it and carry on with a fresh pool for the rest.
+                        queue = [futures[f] for f in remaining]
+                        record(_lost(out, t))
+                        remaining = set()
+                        break
+
+
+def _lost(out: Path, t: Trial) -> dict:
+    row = {"trial": t.id, **t.params, "status": "failed",
+           "error": "its worker process died (killed or out of memory); re-run the sweep to retry it"}
+    write_json(out / t.dir / TRIAL_FILE, row)
+    return row
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["VAELAB_NO_PROGRESS"] = "1"
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_ray(spec: dict, pending: list[Trial], out: Path, threads: int, address: str | None,
+             record: Callable[[dict], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise VaelabError("--executor ray needs Ray: pip install 'vaelab[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray's connection errors vary by version
+            raise VaelabError(f"cannot start or reach Ray at {address or 'a new local instance'}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        task = ray.remote(num_cpus=threads)(run_trial)
+        # The sweep directory must be visible to every Ray node (a shared file system);
+        # results come back with the task, so results.csv does not depend on it.
+        refs = {task.remote(spec, _trial_dict(t), str(out.resolve()), threads): t for t in pending}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                t = refs.pop(ref)
+                try:
+                    record(ray.get(ref))
+                except Exception as e:  # noqa: BLE001 - a task that died (node lost, killed)
+                    row = {"trial": t.id, **t.params, "status": "failed",
+                           "error": f"Ray task failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
+                    record(row)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------------ results
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def write_results(out: Path, spec: SweepSpec, rows: list[dict]) -> None:
+    cols = ["trial", *spec.params, *COLUMNS_AFTER]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in cols])
+    write_text(out / "results.csv", buf.getvalue())
+
+    md_cols = ["trial", *spec.params, "status", *METRICS, "params", "train_seconds"]
+    lines = [f"# {spec.name}: {len(rows)} trials", "",
+             "| " + " | ".join(_short(c) for c in md_cols) + " |",
+             "|" + "|".join("---" if c in ("trial", "status") or c in spec.params else "---:" for c in md_cols) + "|"]
+    for r in rows:
+        cells = [_md_cell(r.get(c), c) for c in md_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "Failed trials:", ""] + [f"- `{r['trial']}`: {r.get('error', '')}" for r in failed]
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def _short(col: str) -> str:
+    """``model.latent_dim`` -> ``latent_dim``, unless that clashes with a column (``model.loss``)."""
+    short = col.split(".", 1)[-1]
+    return col if "." in col and short in ("trial", *COLUMNS_AFTER) else short
+
+
+def _md_cell(v: Any, col: str) -> str:
+    if v is None:
+        return ""
+    if col in ("loss", "psnr", "train_seconds") and isinstance(v, (int, float)):
+        return f"{v:.2f}"
+    if col in ("mse", "ssim") and isinstance(v, (int, float)):
+        return f"{v:.4f}"
+    if col == "params" and isinstance(v, int):
+        return f"{v:,}"
+    return _cell(v).replace("|", "/")
+
+
+def read_results(out: str | Path) -> list[dict]:
+    with open(Path(out) / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[str], None] = print,
+                  n_images: int = 100) -> list[Path]:
+    """Metric figures and the side-by-side reconstructions of the same test images."""
+    from vaelab import plots
+
+    done = [r for r in rows if r.get("status") == "done"]
+    paths: list[Path] = []
+    if not done:
+        return paths
+    fig_dir = out / "figures"
+    if spec.grid:
+        for key in spec.params:
+            paths.append(plots.plot_metrics_vs(done, key, [k for k in spec.params if k != key], METRICS,
+                                               fig_dir / f"metrics_vs_{key.split('.', 1)[1]}.png"))
+    else:
+        paths.append(plots.plot_metrics_by_trial(done, METRICS, fig_dir / "metrics_by_trial.png"))
+    try:
+        paths.append(_reconstruction_figure(out, spec, done, fig_dir / "reconstructions.png", n_images))
+    except VaelabError as e:  # e.g. the data set moved since training: the table is still written
+        log(f"note: no reconstruction figure: {e}")
+    return paths
+
+
+def _reconstruction_figure(out: Path, spec: SweepSpec, done: list[dict], path: Path, n: int) -> Path:
+    from vaelab import plots
+    from vaelab.api import Run
+
+    blocks: list[tuple[str, Any]] = []
+    originals = None
+    by_id = {t.id: t for t in spec.trials}
+    for r in done:
+        run = Run.load(out / by_id[r["trial"]].dir, device="cpu")
+        x = run.split().batch(slice(0, n))
+        if originals is None:
+            originals = x
+            blocks.append(("original", x))
+        elif x.shape != originals.shape or not bool((x == originals).all()):
+            # Swept data settings (e.g. data.classes) give trials different test images.
+            blocks.append((f"{r['trial']} (own test images)", run.reconstruct(x)))
+            continue
+        blocks.append((r["trial"], run.reconstruct(x)))
+    return plots.plot_image_blocks(blocks, path, nrow=math.ceil(math.sqrt(len(originals))),
+                                   title=f"the same {len(originals)} test images reconstructed by every trial")
