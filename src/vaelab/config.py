@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -137,6 +138,12 @@ class ModelConfig:
     # weights, zero biases). The Keras conv VAE needs "glorot": with PyTorch's smaller
     # default weights its Dense-16 bottleneck dies and the posterior collapses (KL ~ 0).
     init: str = "torch"
+    # Label predictor on the latent mean (an MLP), trained jointly: the loss gains
+    # predictor_weight * cross-entropy per image, which organises the latent space by
+    # label (and lets `vaelab steer` move codes towards a class). 0 = no predictor.
+    predictor_weight: float = 0.0
+    predictor_hidden: list[int] = field(default_factory=lambda: [64, 64])  # its hidden widths
+    num_classes: int | None = None  # predictor outputs; filled in from the data labels when None
 
     def __post_init__(self) -> None:
         _coerce(self, "model")
@@ -176,6 +183,12 @@ class ModelConfig:
         if self.latent == "conv":
             _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
             _check(self.kind == "ae", "model.latent=conv is for autoencoders (kind=ae); VAEs need a dense latent")
+        _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
+               f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")
+        _check(len(self.predictor_hidden) >= 1 and all(h > 0 for h in self.predictor_hidden),
+               f"model.predictor_hidden must be one or more positive widths, got {self.predictor_hidden}")
+        _check(self.num_classes is None or self.num_classes >= 2,
+               f"model.num_classes must be at least 2, got {self.num_classes}")
 
     def per_layer(self, name: str) -> list[int]:
         v = getattr(self, name)

@@ -6,6 +6,7 @@ import torch
 
 from vaelab import metrics
 from vaelab.data import ImageSet
+from vaelab.losses import classification
 
 
 @torch.no_grad()
@@ -18,9 +19,15 @@ def evaluate(model: torch.nn.Module, data: ImageSet, iw_samples: int = 0, seed: 
     ``psnr`` compare images with their deterministic reconstruction through the
     posterior mean. ``nll_iw`` is the importance-weighted bound with ``iw_samples``
     samples (VAEs, when iw_samples > 0).
+
+    With a label predictor and labelled ``data``: ``predictor`` (its cross-entropy on the
+    posterior mean, nats per image) and ``predictor_accuracy``. ``loss`` stays the model's
+    own loss (recon + beta * kl), without the weighted predictor term, so it compares
+    directly with runs trained without a predictor.
     """
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
+    labels = data.y if getattr(model, "has_predictor", False) and data.y is not None else None
     sums: dict[str, float] = {}
     mus, logvars = [], []
     for i in range(0, len(data), batch_size):
@@ -34,6 +41,11 @@ def evaluate(model: torch.nn.Module, data: ImageSet, iw_samples: int = 0, seed: 
         parts["ssim"] = metrics.ssim(x_hat, x)
         if model.is_vae and iw_samples > 0:
             parts["nll_iw"] = metrics.iw_nll(model.log_weights(x, iw_samples, generator=gen))
+        if labels is not None:
+            y = labels[i:i + batch_size].to(mu.device)
+            logits = model.predict_logits(mu)
+            parts["predictor"] = classification(logits, y)
+            parts["predictor_accuracy"] = (logits.argmax(1) == y).double()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
         mus.append(mu.float().cpu())
@@ -47,6 +59,6 @@ def evaluate(model: torch.nn.Module, data: ImageSet, iw_samples: int = 0, seed: 
         result["kl_per_dim"] = metrics.kl_per_dim(mu_all, torch.cat(logvars)).tolist()
     result["iw_samples"] = iw_samples if model.is_vae and iw_samples > 0 else None
     result.update({"n": n, "split": split, "seed": seed})
-    order = ["loss", "recon", "kl", "mse", "ssim", "psnr", "nll_iw", "active_units", "kl_per_dim",
-             "iw_samples", "n", "split", "seed"]
+    order = ["loss", "recon", "kl", "predictor", "predictor_accuracy", "mse", "ssim", "psnr", "nll_iw",
+             "active_units", "kl_per_dim", "iw_samples", "n", "split", "seed"]
     return {k: result[k] for k in order if k in result}

@@ -4,7 +4,8 @@ Conventions (users compare numbers across tools with these):
 - ``bce``: binary cross-entropy summed over pixels (computed from logits);
 - ``mse``: squared error averaged over pixels;
 - ``euclidean``: squared error summed over pixels (the squared Euclidean distance);
-- ``kl``: KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions.
+- ``kl``: KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions;
+- ``predictor``: the label predictor's cross-entropy, in nats per image.
 The VAE loss is ``recon + beta * kl`` per image: the negative ELBO when beta = 1 and
 the loss is bce, which is the PyTorch tutorial VAE's "test loss".
 """
@@ -35,6 +36,11 @@ def apply_output(logits: torch.Tensor, output_activation: str) -> torch.Tensor:
     if output_activation == "tanh":
         return torch.tanh(logits)
     return logits
+
+
+def classification(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-entropy (B,) in nats of class logits (B, K) against labels (B,)."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
 
 
 def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from vaelab import checkpoint
 from vaelab.config import RunConfig
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
+from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from vaelab.io import write_json, write_text
 from vaelab.models import build_model, count_params
 
@@ -113,13 +113,19 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.devi
 @torch.no_grad()
 def evaluate_losses(model: torch.nn.Module, data: ImageSet, batch_size: int, device: torch.device,
                     seed: int = 0) -> dict[str, float]:
-    """Mean per-image loss parts over ``data`` (posterior sampled with a fixed seed)."""
+    """Mean per-image loss parts over ``data`` (posterior sampled with a fixed seed).
+
+    With a label predictor and labelled ``data`` the loss includes the predictor term, as
+    in training, so ``val_loss`` and ``train_loss`` in history.csv measure the same thing.
+    """
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
+    labels = data.y.to(device) if getattr(model, "has_predictor", False) and data.y is not None else None
     sums: dict[str, float] = {}
     for i in range(0, len(data), batch_size):
         x = data.batch(slice(i, i + batch_size), device)
-        out = model(x, generator=gen) if model.is_vae else model(x)
+        kw = {} if labels is None else {"y": labels[i:i + batch_size]}
+        out = model(x, generator=gen, **kw) if model.is_vae else model(x, **kw)
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
     model.train()
@@ -151,6 +157,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         config.model.input_shape = shape
     elif list(config.model.input_shape) != shape:
         raise ConfigError(f"model.input_shape is {config.model.input_shape} but the data has images of {shape}")
+    # Labels ride along only when the model has a label predictor to train.
+    labels = _predictor_labels(config, splits, train) if config.model.predictor_weight > 0 else None
 
     torch.manual_seed(t.seed)
     model = build_model(config.model).to(device)
@@ -181,7 +189,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         perm = torch.randperm(n, device=device)
         # One gather per epoch (uint8, cheap), then each batch is a contiguous slice:
         # no per-step index gather in the hot loop.
-        shuffled = ImageSet(train.x[perm], None)
+        shuffled = ImageSet(train.x[perm], None if labels is None else labels[perm])
         sums: torch.Tensor | None = None
         bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress)
         with compute_precision(precision, device):
@@ -189,7 +197,10 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
                 x = shuffled.batch(slice(step * bs, (step + 1) * bs)).contiguous(memory_format=layout)
                 warm = min(1.0, ((epoch - 1) + step / steps) / t.kl_warmup_epochs) if t.kl_warmup_epochs else 1.0
                 with forward_context(precision, device, conv=config.model.arch == "conv"):
-                    out = model(x, kl_scale=warm)
+                    if labels is None:
+                        out = model(x, kl_scale=warm)
+                    else:
+                        out = model(x, kl_scale=warm, y=shuffled.y[step * bs:(step + 1) * bs])
                 loss = out["loss"].mean()
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
@@ -236,6 +247,27 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         })
     model.eval()
     return FitResult(model=model, config=config, history=history, run_dir=run_dir, splits=splits)
+
+
+def _predictor_labels(config: RunConfig, splits: Splits, train: ImageSet) -> torch.Tensor:
+    """Training labels (N,) for the label predictor; fills in ``model.num_classes``."""
+    if train.y is None:
+        where = config.data.path or config.data.name
+        raise DataError(f"model.predictor_weight={config.model.predictor_weight:g} needs labelled training data, "
+                        f"and {where} has no labels (use image sub-folders per class, or y in the .npz), "
+                        "or set model.predictor_weight=0")
+    seen = int(train.y.max()) + 1
+    for s in (splits.val, splits.test):
+        if s is not None and s.y is not None and len(s):
+            seen = max(seen, int(s.y.max()) + 1)
+    if int(train.y.min()) < 0:
+        raise DataError(f"labels must be 0, 1, 2, ... for the label predictor; {config.data.name} has "
+                        f"{int(train.y.min())}")
+    if config.model.num_classes is None:
+        config.model.num_classes = max(seen, len(splits.classes or []), 2)
+    elif seen > config.model.num_classes:
+        raise ConfigError(f"model.num_classes is {config.model.num_classes} but the data has labels up to {seen - 1}")
+    return train.y
 
 
 def save_epoch(run_dir: Path, model, opt, config: RunConfig, state: dict) -> None:

@@ -5,6 +5,11 @@ returns a dict of per-image tensors (B,) holding ``loss`` and its named parts
 (``recon``, and ``kl`` for VAEs), so one training loop and one evaluation drive
 every model. The VAE differs from the AE only in its heads and in how a code is
 drawn, so it subclasses the AE and overrides just those.
+
+With ``model.predictor_weight > 0`` either model also holds a label predictor, an
+MLP on the code (the posterior mean for VAEs); ``model(x, y=labels)`` then adds the
+part ``predictor`` (cross-entropy in nats per image) to the loss, times the weight.
+Without labels the forward pass is the plain model's.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
-from vaelab.losses import apply_output, kl_normal, reconstruction
-from vaelab.models.blocks import activation, build_decoder, build_encoder
+from vaelab.losses import apply_output, classification, kl_normal, reconstruction
+from vaelab.models.blocks import activation, build_decoder, build_encoder, build_predictor
 
 
 class AE(nn.Module):
@@ -30,6 +35,9 @@ class AE(nn.Module):
         self.encoder, features = build_encoder(cfg)
         self._build_heads(features)
         self.decoder = build_decoder(cfg)
+        # Built last, so the encoder and decoder start from the same weights with or
+        # without it (same seed); absent (None, no weights) when predictor_weight is 0.
+        self.predictor = build_predictor(cfg) if cfg.predictor_weight > 0 else None
         # Models with a tanh output work on data scaled to [-1, 1]; users always see [0, 1].
         self.signed = cfg.output_activation == "tanh"
 
@@ -72,16 +80,37 @@ class AE(nn.Module):
         """Deterministic reconstruction through the posterior mean."""
         return self.decode(self.encode(x))
 
+    # ------------------------------------------------------------------ label predictor
+    @property
+    def has_predictor(self) -> bool:
+        return self.predictor is not None
+
+    def predict_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) of the label predictor for codes (B, latent_dim)."""
+        if self.predictor is None:
+            raise RuntimeError("this model has no label predictor (model.predictor_weight is 0)")
+        return self.predictor(z).float()
+
+    def _with_predictor(self, parts: dict[str, torch.Tensor], z: torch.Tensor,
+                        y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Add the weighted predictor cross-entropy to the loss when there are labels."""
+        if y is None or self.predictor is None:
+            return parts
+        ce = classification(self.predict_logits(z), y)
+        parts["loss"] = parts["loss"] + self.cfg.predictor_weight * ce
+        parts["predictor"] = ce
+        return parts
+
     # ------------------------------------------------------------------ loss
     def recon_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-image reconstruction loss in model space; x is in [0, 1]."""
         # .float(): under bf16 autocast the decoder returns bf16; losses are summed in fp32.
         return reconstruction(logits.float(), self.to_model_space(x), self.cfg.loss, self.cfg.output_activation)
 
-    def forward(self, x: torch.Tensor, kl_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, kl_scale: float = 1.0, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         z = self.encode(x)
         recon = self.recon_loss(self.decode_logits(z), x)
-        return {"loss": recon, "recon": recon}
+        return self._with_predictor({"loss": recon, "recon": recon}, z, y)
 
 
 class VAE(AE):
@@ -103,13 +132,15 @@ class VAE(AE):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + eps * torch.exp(0.5 * logvar)
 
-    def forward(self, x: torch.Tensor, kl_scale: float = 1.0,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, kl_scale: float = 1.0, generator: torch.Generator | None = None,
+                y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.posterior(x)
         z = self.sample_z(mu, logvar, generator)
         recon = self.recon_loss(self.decode_logits(z), x)
         kl = kl_normal(mu, logvar).sum(1)
-        return {"loss": recon + (self.cfg.beta * kl_scale) * kl, "recon": recon, "kl": kl}
+        # The predictor reads the posterior mean, the code that steering later moves.
+        return self._with_predictor({"loss": recon + (self.cfg.beta * kl_scale) * kl, "recon": recon, "kl": kl},
+                                    mu, y)
 
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for K posterior samples: (K, B).

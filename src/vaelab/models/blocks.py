@@ -3,6 +3,7 @@
 The encoder body maps images (B, C, H, W) to features (B, F); the heads that map
 features to the latent live in the model classes. The decoder maps a latent
 (B, latent_dim) to output *logits* (B, C, H, W), before the output activation.
+The optional label predictor maps a latent to class logits (B, num_classes).
 """
 
 from __future__ import annotations
@@ -111,3 +112,11 @@ def build_decoder(cfg: ModelConfig) -> nn.Sequential:
         k = int(cfg.final_kernel)
         layers.append(nn.ConvTranspose2d(cin, c, k, 1, conv_padding(k)))
     return nn.Sequential(*layers)
+
+
+def build_predictor(cfg: ModelConfig) -> nn.Sequential:
+    """Label predictor: latent (B, latent_dim) -> hidden widths -> class logits (B, num_classes)."""
+    if cfg.num_classes is None:
+        raise ConfigError("model.num_classes is unset; it is filled in from the data labels when training")
+    widths = [cfg.latent_dim] + [int(h) for h in cfg.predictor_hidden] + [cfg.num_classes]
+    return nn.Sequential(*mlp(widths, cfg.activation, last_act=False))
