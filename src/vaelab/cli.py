@@ -204,7 +204,7 @@ def download(data, data_dir) -> None:
 # ------------------------------------------------------------------------------ more commands
 # Each feature area keeps its commands in its own module, which adds them to `cli`
 # when imported (generation and latent pictures, inpainting / anomalies / export, ...).
-_COMMAND_MODULES = ("vaelab.cli_generate", "vaelab.cli_tools", "vaelab.cli_report", "vaelab.cli_sweep")
+_COMMAND_MODULES = ("vaelab.cli_generate", "vaelab.cli_tools", "vaelab.cli_report", "vaelab.cli_sweep", "vaelab.cli_steer")
 
 
 def _register_commands() -> None:

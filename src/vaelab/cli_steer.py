@@ -1,0 +1,115 @@
+"""Commands to steer codes with the label predictor: ``steer`` and ``steer-bench``.
+
+Thin, as the rest of the CLI: parse, call a function of vaelab.steer, print. Importing
+this module adds the commands to ``vaelab.cli.cli``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vaelab.cli import _echo, cli
+from vaelab.errors import VaelabError
+from vaelab.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+
+
+def _check_options(steps: int, lr: float, prior_weight: float, temperature: float) -> None:
+    if steps < 1:
+        raise VaelabError("--steps must be at least 1")
+    if lr <= 0:
+        raise VaelabError("--lr must be positive")
+    if prior_weight < 0:
+        raise VaelabError("--prior-weight must be >= 0")
+    if temperature <= 0:
+        raise VaelabError("--temperature must be positive")
+
+
+_STEPS = click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Adam steps on the code.")
+_LR = click.option("--lr", type=float, default=DEFAULT_LR, show_default=True, help="Adam step size.")
+_PRIOR = click.option("--prior-weight", type=float, default=DEFAULT_PRIOR_WEIGHT, show_default=True,
+                      help="Weight of the -0.5 |z|^2 prior term that keeps the code in the data region.")
+_TEMP = click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
+                     help="Soften the predictor in the objective (1 = its own log-probability; > 1 keeps "
+                          "pulling into the class after the predictor is sure).")
+
+
+# ------------------------------------------------------------------------------ steer
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--from", "index", type=int, required=True, help="Index of the image in the split.")
+@click.option("--to", "target", type=int, required=True, help="Target class.")
+@_STEPS
+@_LR
+@_PRIOR
+@_TEMP
+@click.option("--frames", type=int, default=DEFAULT_FRAMES, show_default=True,
+              help="Images shown along the path (start and end included).")
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG strip (default RUN/figures/steer_INDEX_to_CLASS.png).")
+@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, split, out, data_dir,
+          device) -> None:
+    """Move one image's code towards a class; save the decoded path as a PNG strip."""
+    from vaelab.api import Run
+    from vaelab.steer import check_predictor, check_target, plot_examples, steer as steer_fn
+
+    _check_options(steps, lr, prior_weight, temperature)
+    if frames < 2:
+        raise VaelabError("--frames must be at least 2")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    check_target(target, check_predictor(run.model))  # before any data is read
+    data = run.split(split)
+    if not 0 <= index < len(data):
+        raise VaelabError(f"--from {index} is out of range: the {split or run.default_split()} split has "
+                          f"{len(data)} images (0..{len(data) - 1})")
+    x = data.batch(slice(index, index + 1))
+    r = steer_fn(run, x, target, steps=steps, lr=lr, prior_weight=prior_weight, temperature=temperature,
+                 frames=frames)
+    label = None if data.y is None else data.y[index:index + 1]
+    path = out or Path(run_dir) / "figures" / f"steer_{index}_to_{target}.png"
+    plot_examples(x, r, None, label, path, n=1,
+                  title=f"image {index} steered to class {target}: p {r.start_prob[0]:.3f} -> {r.end_prob[0]:.3f}")
+    _echo(f"predictor p(class {target}): {float(r.start_prob[0]):.4f} at the start -> "
+          f"{float(r.end_prob[0]):.4f} after {steps} steps")
+    _echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ steer-bench
+@cli.command("steer-bench")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--pairs", type=int, default=100, show_default=True,
+              help="Random (image, other class) pairs to steer.")
+@_STEPS
+@_LR
+@_PRIOR
+@_TEMP
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
+              help="Judge folder: loaded if it holds one, else trained and saved there (default: the user cache).")
+@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the pairs.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for steer_eval.json and figures/steer_examples.png (default RUN).")
+@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+@click.option("--device", default="auto", show_default=True)
+def steer_bench(run_dir, pairs, steps, lr, prior_weight, temperature, judge_dir, split, seed, out, data_dir,
+                device) -> None:
+    """Steer random pairs to other classes; the judge decides the success rate."""
+    from vaelab.api import Run
+    from vaelab.steer import check_predictor, steer_benchmark
+
+    _check_options(steps, lr, prior_weight, temperature)
+    if pairs < 1:
+        raise VaelabError("--pairs must be at least 1")
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    check_predictor(run.model)
+    out = Path(out or run_dir)
+    r = steer_benchmark(run, pairs=pairs, judge=judge_dir, seed=seed, split=split, steps=steps, lr=lr,
+                        prior_weight=prior_weight, temperature=temperature, out=out, log=_echo)
+    for k in ("pairs", "steps", "prior_weight", "temperature", "success_rate", "predictor_success_rate", "success_rate_start",
+              "target_prob_start", "target_prob_end", "judge_accuracy_original"):
+        v = r[k]
+        _echo(f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}")
+    _echo(f"wrote {out / 'steer_eval.json'} and {out / 'figures' / 'steer_examples.png'}")
