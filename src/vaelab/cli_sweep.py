@@ -82,7 +82,7 @@ def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_sam
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--quick", is_flag=True, help="3,000 training digits, 2 epochs: minutes, not hours.")
+@click.option("--quick", is_flag=True, help="10,000 training digits, 2 epochs: minutes, not hours.")
 @click.option("--list", "list_", is_flag=True, help="List the experiments and exit.")
 @click.option("--epochs", type=int, help="Epochs per trial (default: 5, or 2 with --quick).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",

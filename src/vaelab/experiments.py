@@ -4,7 +4,7 @@
 
 Every experiment trains on the 60,000 MNIST training digits and reports metrics on
 the 10,000 test digits (never seen in training), so the numbers are held-out numbers.
-``--quick`` trains on the first 3,000 digits for 2 epochs: a few minutes on two CPU
+``--quick`` trains on the first 10,000 digits for 2 epochs: a few minutes on two CPU
 cores, enough to see the pipeline work, not to draw conclusions.
 """
 
@@ -20,7 +20,7 @@ from vaelab.sweep import SweepSpec, Trial, expand_grid, run_sweep
 # Train on the training split, measure on the held-out test split (the conv-vae preset
 # itself trains on train+test, as the Keras tutorial does).
 HELD_OUT = ["data.train_split=train", "data.val=test"]
-QUICK = ["data.limit=3000"]
+QUICK = ["data.limit=10000"]
 QUICK_EPOCHS = 2
 
 
