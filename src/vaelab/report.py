@@ -33,6 +33,10 @@ FIGURE_CAPTIONS = {
     "interpolate": "decoded interpolation between two codes",
     "basis": "decoded origin and standard basis vectors",
 }
+SWEEP_CAPTIONS = {
+    "reconstructions": "the same test images (first block) reconstructed by every trial",
+    "metrics_by_trial": "test metrics of every trial",
+}
 LATENT_FIGURES = ("scatter", "tsne", "pca", "traverse", "interpolate", "basis")
 LATENT_FIGURE_N = 1000  # images encoded for a generated latent picture: fast, still readable
 
@@ -265,7 +269,7 @@ def sweep_report_html(sweep_dir: Path, out_dir: Path) -> str:
     parts.append("<h2>Results</h2>")
     parts.append(_results_table(results) if results else "<p class=note>No results.csv yet.</p>")
     parts.append("<h2>Comparison figures</h2>")
-    parts += [_figure(p, sweep_dir) for p in figure_paths(sweep_dir / "figures")] or [
+    parts += [_figure(p, sweep_dir, SWEEP_CAPTIONS) for p in figure_paths(sweep_dir / "figures")] or [
         "<p class=note>No figures in figures/.</p>"]
     by_id = {r.get("trial"): r for r in results or []}
     parts.append("<h2>Trials</h2>")
@@ -324,7 +328,7 @@ def _page(title: str, parts: list[str]) -> str:
             f"<p class=sub>written by vaelab report</p>\n</body></html>\n")
 
 
-def _figure(path: Path, base: Path) -> str:
+def _figure(path: Path, base: Path, captions: dict = FIGURE_CAPTIONS) -> str:
     rel = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
     try:
         data = path.read_bytes()
@@ -333,7 +337,9 @@ def _figure(path: Path, base: Path) -> str:
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return f"<p class=note>{_e(rel)} is not a PNG image; skipped.</p>"
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    caption = FIGURE_CAPTIONS.get(path.stem, "")
+    caption = captions.get(path.stem, "")
+    if path.stem.startswith("metrics_vs_"):
+        caption = f"test metrics against {path.stem[len('metrics_vs_'):]}"
     cap = f"<b>{_e(rel)}</b>" + (f": {_e(caption)}" if caption else "")
     return f'<figure><img src="{uri}" alt="{_e(rel)}"><figcaption>{cap}</figcaption></figure>'
 
