@@ -85,7 +85,7 @@ def test_conv_vae_layers_match_keras_tutorial():
     assert tconvs == [(64, 64, (3, 3), (2, 2)), (64, 32, (3, 3), (2, 2)), (32, 1, (3, 3), (1, 1))]
     # ReLU after dense and after the two stride-2 transposed convs; none after the last (sigmoid output)
     kinds = [type(l).__name__ for l in m.decoder]
-    assert kinds == ["Linear", "ReLU", "Unflatten", "ConvTranspose2d", "ReLU", "ConvTranspose2d", "ReLU",
+    assert kinds == ["Linear", "ReLU", "ChannelsLastUnflatten", "ConvTranspose2d", "ReLU", "ConvTranspose2d", "ReLU",
                      "ConvTranspose2d"]
 
     # Feature-map sizes: 28 -> 14 -> 7, and 7 -> 14 -> 28 -> 28.
@@ -263,3 +263,24 @@ def test_glorot_init_is_keras_default_and_set_by_the_keras_presets():
     torch.manual_seed(0)
     default = build_model(build_config("mlp-vae", overrides=["model.input_shape=[1,28,28]"]).model)
     assert torch.count_nonzero(default.encoder[1].bias) > 0  # PyTorch's own init stays the default
+
+
+def test_channels_last_layout_changes_speed_not_values():
+    """Conv models run NHWC (fast oneDNN kernels); the numbers equal a plain NCHW run."""
+    import copy
+
+    cfg = build_config("conv-vae-deep", None, ["model.latent_dim=4"]).model
+    cfg.input_shape = [1, 28, 28]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert isinstance(model.decoder[2], nn.Unflatten)
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    plain.decoder[2] = nn.Unflatten(1, model.decoder[2].unflattened_size)
+    plain._layout = lambda x: x
+    x, z = torch.rand(5, 1, 28, 28), torch.randn(5, 4)
+    with torch.no_grad():
+        assert model.decoder[:3](z).is_contiguous(memory_format=torch.channels_last)
+        assert not plain.decoder[:3](z).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model.decode(z), plain.decode(z), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.posterior(x), plain.posterior(x), rtol=1e-5, atol=1e-6)
+    assert list(model.state_dict()) == list(plain.state_dict())

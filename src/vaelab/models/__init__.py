@@ -16,6 +16,11 @@ def build_model(cfg):
     model = MODELS[cfg.kind](cfg)
     if cfg.init == "glorot":
         glorot_init(model)
+    if cfg.arch == "conv":
+        # Channels-last conv weights match the channels-last activations (no reorder per call).
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -60,10 +60,14 @@ class AE(nn.Module):
     def output(self, logits: torch.Tensor) -> torch.Tensor:
         return apply_output(logits, self.cfg.output_activation)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        # Convolutions run channels-last (NHWC): oneDNN's fast kernels on CPU (see blocks.py).
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.arch == "conv" and x.dim() == 4 else x
+
     # ------------------------------------------------------------------ encode/decode
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log-variance) of q(z|x); the AE has no variance (None)."""
-        return self.latent_act(self.head(self.encoder(self.to_model_space(x)))), None
+        return self.latent_act(self.head(self.encoder(self._layout(self.to_model_space(x))))), None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent codes (B, latent_dim): the posterior mean for VAEs."""
@@ -124,7 +128,7 @@ class VAE(AE):
         self.logvar = nn.Linear(features, self.cfg.latent_dim)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(self.to_model_space(x))
+        h = self.encoder(self._layout(self.to_model_space(x)))
         return self.mu(h).float(), self.logvar(h).float()  # fp32 even under autocast
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
@@ -33,6 +34,18 @@ def mlp(widths: list[int], act: str, last_act: bool = True) -> list[nn.Module]:
         if last_act or i < len(widths) - 2:
             layers.append(activation(act))
     return layers
+
+
+class ChannelsLastUnflatten(nn.Unflatten):
+    """Unflatten to a channels-last (NHWC) feature map, for the transposed convolutions.
+
+    oneDNN's transposed convolutions are much faster on channels-last input: measured on
+    this 2-core CPU with bf16 autocast, the conv-vae's final ConvTranspose 32->1 took 70 ms
+    forward+backward per batch of 128 from NCHW against 14 ms from NHWC. Same parameters
+    and state-dict keys as nn.Unflatten; only the memory layout differs, never the values."""
+
+    def forward(self, x):
+        return super().forward(x).contiguous(memory_format=torch.channels_last)
 
 
 def conv_padding(k: int) -> int:
@@ -89,7 +102,7 @@ def build_decoder(cfg: ModelConfig) -> nn.Sequential:
     if cfg.latent == "dense":
         # As in the Keras tutorial: one dense layer from the code straight to the last feature map.
         layers += [nn.Linear(cfg.latent_dim, last_c * lh * lw), activation(act)]
-    layers.append(nn.Unflatten(1, (last_c, lh, lw)))
+    layers.append(ChannelsLastUnflatten(1, (last_c, lh, lw)))
     # Mirror the encoder. With a final stride-1 layer (Keras), the transposed convs keep the
     # encoder's channels and the final layer maps to C; without it, the last one maps to C.
     outs = list(reversed(cfg.channels))
