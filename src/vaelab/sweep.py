@@ -274,6 +274,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, workers: int = 1, executor: str 
         workers = cores
     workers = min(workers, max(1, len(pending)))
     threads = worker_threads(workers, cores)
+    if executor == "local" and workers == 1:
+        import torch
+
+        threads = torch.get_num_threads()  # one trial at a time, in this process, as configured
     log(f"sweep {out}: {len(spec.trials)} trials, {skipped} already done, {len(pending)} to run "
         f"({executor}, {workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)})")
 
