@@ -223,9 +223,10 @@ def test_ray_executor_runs_trials_as_ray_tasks(tmp_path, shapes_npz):
     pytest.importorskip("ray", reason="Ray not installed: pip install 'vaelab[ray]' to test the Ray executor")
     spec = _spec(shapes_npz, {"model.latent_dim": [2, 3]})
     lines = []
-    rows = sw.run_sweep(spec, tmp_path / "r", executor="ray", log=lines.append)
+    # Two one-thread tasks at once: never more threads than the two cores CI has.
+    rows = sw.run_sweep(spec, tmp_path / "r", executor="ray", workers=2, log=lines.append)
     assert [r["status"] for r in rows] == ["done", "done"]
-    assert "(ray, 1 worker" in lines[0]
+    assert "(ray, 2 workers x 1 thread)" in lines[0]
     assert (tmp_path / "r" / "results.csv").is_file()
     for t in spec.trials:
         assert (tmp_path / "r" / t.dir / "model.safetensors").is_file()
