@@ -206,6 +206,59 @@ def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(tmp_path, shape
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
+def test_a_second_sweep_on_the_same_folder_is_refused_while_one_runs(tmp_path, shapes_npz):
+    out = tmp_path / "s"
+    spec = _spec(shapes_npz, {"model.latent_dim": [2]})
+    with sw._exclusive(out):  # what a running sweep holds
+        with pytest.raises(VaelabError, match="another vaelab sweep is running"):
+            sw.run_sweep(spec, out, log=_quiet)
+    assert sw.run_sweep(spec, out, log=_quiet)[0]["status"] == "done"
+
+
+def test_workers_end_when_the_sweep_process_is_killed(tmp_path):
+    """A killed sweep leaves no orphan worker training on (a re-run would train it twice)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    script = f"""
+import os, time
+from multiprocessing import get_context
+from concurrent.futures import ProcessPoolExecutor
+from vaelab.sweep import _init_worker
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(60)
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)) as p:
+        p.submit(work, {str(pidfile)!r}).result()
+"""
+    (tmp_path / "parent.py").write_text(script)  # a file: spawned workers re-import __main__ from it
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")])
+    try:
+        for _ in range(600):
+            if (pidfile.is_file() and pidfile.read_text()) or parent.poll() is not None:
+                break
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived the killed sweep process")
+    finally:
+        parent.kill()
+
+
 # ------------------------------------------------------------------------------ executors
 def test_worker_processes_give_the_same_results_as_one_process(tmp_path, shapes_npz, small_sweep):
     _, _, rows = small_sweep

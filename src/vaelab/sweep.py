@@ -29,10 +29,11 @@ import re
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vaelab.config import build_config, parse_override, typed_value
 from vaelab.errors import ConfigError, VaelabError
@@ -41,6 +42,7 @@ from vaelab.io import write_json, write_text
 METRICS = ("loss", "mse", "ssim", "psnr", "active_units")
 COLUMNS_AFTER = ("status", *METRICS, "params", "train_seconds", "error")
 TRIAL_FILE = "trial.json"
+LOCK = ".sweep.lock"
 EXECUTORS = ("local", "ray")
 
 
@@ -257,8 +259,36 @@ def run_sweep(spec: SweepSpec, out: str | Path, workers: int = 1, executor: str 
     # Validate every trial's config up front: a typo fails here, before hours of training.
     for t in spec.trials:
         trial_config(spec, t)
-    _claim(out, spec)
+    if out.exists() and not (out / "sweep.json").is_file() and any(p.name != LOCK for p in out.iterdir()):
+        raise VaelabError(f"{out} exists and is not a sweep directory; choose another --out")
+    with _exclusive(out):
+        _claim(out, spec)
+        return _run(spec, out, workers, executor, ray_address, log)
 
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One sweep process per folder: a second one would train the same trials twice."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    with open(out / LOCK, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VaelabError(f"another vaelab sweep is running in {out}; let it finish or stop it, "
+                              "then run this command again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(spec: SweepSpec, out: Path, workers: int, executor: str, ray_address: str | None,
+         log: Callable[[str], None]) -> list[dict]:
     rows: dict[str, dict] = {}
     pending = []
     for t in spec.trials:
@@ -330,8 +360,6 @@ def _claim(out: Path, spec: SweepSpec) -> None:
         merged = {**spec.to_dict(), "trials": list(trials.values())}
         merged["params"] = _spec_from_dict(merged).params
         write_json(path, merged)
-    elif out.exists() and any(out.iterdir()):
-        raise VaelabError(f"{out} exists and is not a sweep directory; choose another --out")
     else:
         write_json(path, spec.to_dict())
 
@@ -371,9 +399,22 @@ def _lost(out: Path, t: Trial) -> dict:
 
 def _init_worker(threads: int) -> None:
     os.environ["VAELAB_NO_PROGRESS"] = "1"
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: end this worker when the sweep process dies (killed, not just interrupted);
+    an orphaned worker would go on training a trial that a re-run then starts again."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _run_ray(spec: dict, pending: list[Trial], out: Path, threads: int, address: str | None,
