@@ -228,7 +228,7 @@ def test_workers_end_when_the_sweep_process_is_killed(tmp_path):
 import os, time
 from multiprocessing import get_context
 from concurrent.futures import ProcessPoolExecutor
-from vaelab.sweep import _init_worker
+from vaelab.executors import init_worker as _init_worker
 def work(path):
     open(path, "w").write(str(os.getpid()))
     time.sleep(60)
@@ -260,6 +260,32 @@ if __name__ == "__main__":
 
 
 # ------------------------------------------------------------------------------ executors
+def _dies_on_zero(x: int) -> dict:
+    """A job for worker processes: the one given 0 kills its own worker, like an OOM kill."""
+    import os
+
+    if x == 0:
+        os._exit(9)
+    return {"trial": f"job{x}", "status": "done"}
+
+
+def test_a_worker_that_dies_is_recorded_lost_and_the_other_jobs_finish():
+    from vaelab import executors
+
+    rows, lost = [], []
+
+    def on_lost(key, reason):
+        lost.append(key)
+        return {"trial": key, "status": "failed", "error": reason}
+
+    jobs = [("job1", (1,)), ("job0", (0,)), ("job2", (2,))]
+    executors.run_in_processes(_dies_on_zero, jobs, workers=2, threads=1, record=rows.append, lost=on_lost)
+    assert lost == ["job0"]
+    assert sorted(r["trial"] for r in rows) == ["job0", "job1", "job2"]
+    assert [r["status"] for r in rows if r["trial"] != "job0"] == ["done", "done"]
+    assert "worker process died" in next(r["error"] for r in rows if r["trial"] == "job0")
+
+
 def test_worker_processes_give_the_same_results_as_one_process(tmp_path, shapes_npz, small_sweep):
     _, _, rows = small_sweep
     spec = _spec(shapes_npz, {"model.latent_dim": [2, 3], "model.loss": ["bce", "euclidean"]})

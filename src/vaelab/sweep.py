@@ -19,28 +19,24 @@ torch threads split so that workers x threads <= cores), or as Ray tasks
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
-import math
 import os
 import re
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vaelab import executors
 from vaelab.config import build_config, parse_override, typed_value
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.io import write_json, write_text
+from vaelab.io import write_json
+from vaelab.sweep_results import METRICS, read_results, write_figures, write_results
 
-METRICS = ("loss", "mse", "ssim", "psnr", "active_units")
-COLUMNS_AFTER = ("status", *METRICS, "params", "train_seconds", "error")
+__all__ = ["SweepSpec", "Trial", "expand_grid", "parse_grid", "read_results", "run_sweep", "trial_config"]
+
 TRIAL_FILE = "trial.json"
 LOCK = ".sweep.lock"
 EXECUTORS = ("local", "ray")
@@ -321,13 +317,25 @@ def _run(spec: SweepSpec, out: Path, workers: int, executor: str, ray_address: s
         log(f"[{done_count[0]}/{len(spec.trials)}] {row['trial']}: {what} ({row.get('seconds', 0):.1f} s)")
 
     d = spec.to_dict()
+    by_id = {t.id: t for t in pending}
+
+    def lost(key: str, reason: str) -> dict:
+        t = by_id[key]
+        row = {"trial": t.id, **t.params, "status": "failed", "error": reason}
+        write_json(out / t.dir / TRIAL_FILE, row)
+        return row
+
     if executor == "ray":
-        _run_ray(d, pending, out, threads, ray_address, record)
+        # The sweep folder must be visible to every Ray node (a shared file system);
+        # results come back with the task, so results.csv does not depend on it.
+        jobs = [(t.id, (d, _trial_dict(t), str(out.resolve()), threads)) for t in pending]
+        executors.run_on_ray(run_trial, jobs, threads, ray_address, record, lost)
     elif workers == 1:
         for t in pending:
             record(run_trial(d, _trial_dict(t), str(out), None))
     else:
-        _run_processes(d, pending, out, workers, threads, record)
+        jobs = [(t.id, (d, _trial_dict(t), str(out), threads)) for t in pending]
+        executors.run_in_processes(run_trial, jobs, workers, threads, record, lost)
 
     ordered = [rows.get(t.id) or {"trial": t.id, **t.params, "status": "pending"} for t in spec.trials]
     write_results(out, spec, ordered)
@@ -362,196 +370,3 @@ def _claim(out: Path, spec: SweepSpec) -> None:
         write_json(path, merged)
     else:
         write_json(path, spec.to_dict())
-
-
-def _run_processes(spec: dict, pending: list[Trial], out: Path, workers: int, threads: int,
-                   record: Callable[[dict], None]) -> None:
-    # Spawned (not forked) workers: forking a process that has started torch's thread
-    # pools can deadlock. Each worker limits its own torch threads before training.
-    queue = list(pending)
-    while queue:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(run_trial, spec, _trial_dict(t), str(out), threads): t for t in queue}
-            queue = []
-            remaining = set(futures)
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    t = futures[fut]
-                    try:
-                        record(fut.result())
-                    except BrokenProcessPool:
-                        # A worker died (killed, out of memory). Record the trials that were lost
-                        # with it and carry on with a fresh pool for the rest.
-                        queue = [futures[f] for f in remaining]
-                        record(_lost(out, t))
-                        remaining = set()
-                        break
-
-
-def _lost(out: Path, t: Trial) -> dict:
-    row = {"trial": t.id, **t.params, "status": "failed",
-           "error": "its worker process died (killed or out of memory); re-run the sweep to retry it"}
-    write_json(out / t.dir / TRIAL_FILE, row)
-    return row
-
-
-def _init_worker(threads: int) -> None:
-    os.environ["VAELAB_NO_PROGRESS"] = "1"
-    _die_with_parent()
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _die_with_parent() -> None:
-    """Linux: end this worker when the sweep process dies (killed, not just interrupted);
-    an orphaned worker would go on training a trial that a re-run then starts again."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _run_ray(spec: dict, pending: list[Trial], out: Path, threads: int, address: str | None,
-             record: Callable[[dict], None]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise VaelabError("--executor ray needs Ray: pip install 'vaelab[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
-        if address is None:
-            # Ray runs its workers at niceness 15 by default; on a machine with any other
-            # load a trial then crawled (measured: 205 s instead of 10 s for a tiny trial).
-            # Trials are the work here, so they get the priority local processes get.
-            kwargs["_system_config"] = {"worker_niceness": 0}
-        try:
-            ray.init(address=address, **kwargs)
-        except Exception as e:  # noqa: BLE001 - Ray's connection errors vary by version
-            raise VaelabError(f"cannot start or reach Ray at {address or 'a new local instance'}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    try:
-        task = ray.remote(num_cpus=threads)(run_trial)
-        # The sweep directory must be visible to every Ray node (a shared file system);
-        # results come back with the task, so results.csv does not depend on it.
-        refs = {task.remote(spec, _trial_dict(t), str(out.resolve()), threads): t for t in pending}
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                t = refs.pop(ref)
-                try:
-                    record(ray.get(ref))
-                except Exception as e:  # noqa: BLE001 - a task that died (node lost, killed)
-                    row = {"trial": t.id, **t.params, "status": "failed",
-                           "error": f"Ray task failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
-                    record(row)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-# ------------------------------------------------------------------------------ results
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    return str(v)
-
-
-def write_results(out: Path, spec: SweepSpec, rows: list[dict]) -> None:
-    cols = ["trial", *spec.params, *COLUMNS_AFTER]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([_cell(r.get(c)) for c in cols])
-    write_text(out / "results.csv", buf.getvalue())
-
-    md_cols = ["trial", *spec.params, "status", *METRICS, "params", "train_seconds"]
-    lines = [f"# {spec.name}: {len(rows)} trials", "",
-             "| " + " | ".join(_short(c) for c in md_cols) + " |",
-             "|" + "|".join("---" if c in ("trial", "status") or c in spec.params else "---:" for c in md_cols) + "|"]
-    for r in rows:
-        cells = [_md_cell(r.get(c), c) for c in md_cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = [r for r in rows if r.get("status") == "failed"]
-    if failed:
-        lines += ["", "Failed trials:", ""] + [f"- `{r['trial']}`: {r.get('error', '')}" for r in failed]
-    write_text(out / "results.md", "\n".join(lines) + "\n")
-
-
-def _short(col: str) -> str:
-    """``model.latent_dim`` -> ``latent_dim``, unless that clashes with a column (``model.loss``)."""
-    short = col.split(".", 1)[-1]
-    return col if "." in col and short in ("trial", *COLUMNS_AFTER) else short
-
-
-def _md_cell(v: Any, col: str) -> str:
-    if v is None:
-        return ""
-    if col in ("loss", "psnr", "train_seconds") and isinstance(v, (int, float)):
-        return f"{v:.2f}"
-    if col in ("mse", "ssim") and isinstance(v, (int, float)):
-        return f"{v:.4f}"
-    if col == "params" and isinstance(v, int):
-        return f"{v:,}"
-    return _cell(v).replace("|", "/")
-
-
-def read_results(out: str | Path) -> list[dict]:
-    with open(Path(out) / "results.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[str], None] = print,
-                  n_images: int = 100) -> list[Path]:
-    """Metric figures and the side-by-side reconstructions of the same test images."""
-    from vaelab import plots
-
-    done = [r for r in rows if r.get("status") == "done"]
-    paths: list[Path] = []
-    if not done:
-        return paths
-    fig_dir = out / "figures"
-    if spec.grid:
-        for key in spec.params:
-            paths.append(plots.plot_metrics_vs(done, key, [k for k in spec.params if k != key], METRICS,
-                                               fig_dir / f"metrics_vs_{key.split('.', 1)[1]}.png"))
-    else:
-        paths.append(plots.plot_metrics_by_trial(done, METRICS, fig_dir / "metrics_by_trial.png"))
-    try:
-        paths.append(_reconstruction_figure(out, spec, done, fig_dir / "reconstructions.png", n_images))
-    except VaelabError as e:  # e.g. the data set moved since training: the table is still written
-        log(f"note: no reconstruction figure: {e}")
-    return paths
-
-
-def _reconstruction_figure(out: Path, spec: SweepSpec, done: list[dict], path: Path, n: int) -> Path:
-    from vaelab import plots
-    from vaelab.api import Run
-
-    blocks: list[tuple[str, Any]] = []
-    originals = None
-    by_id = {t.id: t for t in spec.trials}
-    for r in done:
-        run = Run.load(out / by_id[r["trial"]].dir, device="cpu")
-        x = run.split().batch(slice(0, n))
-        if originals is None:
-            originals = x
-            blocks.append(("original", x))
-        elif x.shape != originals.shape or not bool((x == originals).all()):
-            # Swept data settings (e.g. data.classes) give trials different test images.
-            blocks.append((f"{r['trial']} (own test images)", run.reconstruct(x)))
-            continue
-        blocks.append((r["trial"], run.reconstruct(x)))
-    return plots.plot_image_blocks(blocks, path, nrow=math.ceil(math.sqrt(len(originals))),
-                                   title=f"the same {len(originals)} test images reconstructed by every trial")
