@@ -179,8 +179,6 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     n, bs = len(train), t.batch_size
     steps = math.ceil(n / bs)
-    # Channels-last activations let oneDNN pick its fast convolution kernels on CPU.
-    layout = torch.channels_last if config.model.arch == "conv" else torch.contiguous_format
     precision = resolve_precision(t.precision, device)
     history: list[dict] = state["history"]
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
@@ -194,7 +192,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress)
         with compute_precision(precision, device):
             for step in range(steps):
-                x = shuffled.batch(slice(step * bs, (step + 1) * bs)).contiguous(memory_format=layout)
+                x = shuffled.batch(slice(step * bs, (step + 1) * bs))
                 warm = min(1.0, ((epoch - 1) + step / steps) / t.kl_warmup_epochs) if t.kl_warmup_epochs else 1.0
                 with forward_context(precision, device, conv=config.model.arch == "conv"):
                     if labels is None:
