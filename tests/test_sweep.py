@@ -314,6 +314,24 @@ def test_ray_executor_runs_trials_as_ray_tasks(tmp_path, shapes_npz):
     assert not ray.is_initialized()  # the instance the sweep started is shut down
 
 
+def test_an_unreachable_ray_cluster_is_one_line_in_seconds(tmp_path, shapes_npz, capsys):
+    pytest.importorskip("ray", reason="Ray not installed: pip install 'vaelab[ray]' to test the Ray executor")
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for x in _base(shapes_npz) for a in ("--set", x)]
+    t0 = time.perf_counter()
+    err = cli_error(capsys, "sweep", "--preset", "mlp-vae", *sets, "--grid", "model.latent_dim=2", "--epochs", "1",
+                    "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", tmp_path / "s")
+    assert "cannot reach Ray at 127.0.0.1:" in err and time.perf_counter() - t0 < 30
+    assert "must look like" in cli_error(capsys, "sweep", "--preset", "mlp-vae", *sets, "--grid",
+                                         "model.latent_dim=2", "--executor", "ray", "--ray-address", "nohost",
+                                         "--out", tmp_path / "s2")
+
+
 def test_unknown_executor_and_bad_workers(tmp_path, shapes_npz):
     spec = _spec(shapes_npz, {"model.latent_dim": [2]})
     with pytest.raises(ConfigError, match="executor"):

@@ -74,6 +74,8 @@ def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: 
     except ImportError:
         raise VaelabError("--executor ray needs Ray: pip install 'vaelab[ray]'") from None
     started = not ray.is_initialized()
+    if started and address not in (None, "auto", "local"):
+        _check_reachable(address)
     if started:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
         if address is None:
@@ -100,6 +102,22 @@ def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: 
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds with one line when nothing listens at a Ray address: ray.init
+    itself retries an unreachable address for minutes."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise VaelabError(f"--ray-address {address!r} must look like HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise VaelabError(f"cannot reach Ray at {address} ({e.strerror or e}); start the cluster "
+                          "(ray start --head) or check --ray-address") from None
 
 
 def _first_line(e: Exception) -> str:
