@@ -110,6 +110,12 @@ def test_every_trial_is_a_run_and_results_match_its_eval(small_sweep):
     assert table[0]["loss"] != table[1]["loss"]
 
 
+def test_list_values_in_the_table_and_an_empty_list_shows():
+    from vaelab.sweep_results import _cell
+
+    assert (_cell([512, 128]), _cell([]), _cell(None), _cell(0.001234567)) == ("512,128", "[]", "", "0.00123457")
+
+
 def test_results_md_and_figures(small_sweep):
     out, spec, _ = small_sweep
     md = (out / "results.md").read_text()

@@ -24,7 +24,7 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
+        return ",".join(str(x) for x in v) or "[]"  # an empty list (no hidden layers) is a value
     return str(v)
 
 
