@@ -13,16 +13,16 @@ and a mask, and returns the filled images, with every known pixel kept exactly::
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from vaelab import metrics
 from vaelab.errors import DataError, VaelabError
+from vaelab.models import frozen
 
 MASK_HELP = "center:K, center:HxW, random:K, top, bottom, left, right or file:PATH.png"
 
@@ -154,19 +154,6 @@ def iterative(model, x: torch.Tensor, mask: torch.Tensor, iterations: int = 50) 
     return cur
 
 
-@contextmanager
-def _frozen(model) -> Iterator[None]:
-    """Weights need no gradients while only the codes are optimised; restore the flags after."""
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-
-
 def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr: float = 0.05,
                    init_iterations: int = 0) -> torch.Tensor:
     """Codes z (B, D) fitted with Adam so that the decoded images match the known pixels.
@@ -185,7 +172,7 @@ def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300,
         z = model.encode(start).float().clone()
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    with _frozen(model), torch.enable_grad():
+    with frozen(model), torch.enable_grad():
         for _ in range(steps):
             logits = model.decode_logits(z)  # (B, C, H, W)
             logits = torch.where(mask, logits.detach(), logits)
@@ -281,7 +268,9 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
               "judge_accuracy": None, "judge_accuracy_masked": None, "judge_accuracy_original": None,
               "seconds": round(seconds, 3)}
     if use_judge and data.y is not None:
-        j = _get_judge(run, judge, log)
+        from vaelab.judge import resolve_judge
+
+        j = resolve_judge(run.config.data, judge, log)
         y = data.y[:n]
         for key, imgs in (("judge_accuracy", filled), ("judge_accuracy_masked", masked),
                           ("judge_accuracy_original", x)):
@@ -298,14 +287,6 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
         plots.plot_image_rows([("original", x[:k]), ("masked", shown), ("inpainted", filled[:k])],
                               out / "inpaint.png", title=f"inpainting: {method}, mask {mask}")
     return result
-
-
-def _get_judge(run, judge, log):
-    from vaelab.judge import get_judge
-
-    if judge is not None and hasattr(judge, "predict"):
-        return judge
-    return get_judge(run.config.data, folder=judge, log=log)
 
 
 __all__ = ["MASKS", "METHODS", "MaskBuilder", "evaluate_inpainting", "inpaint", "masked_mse", "optimise_codes",

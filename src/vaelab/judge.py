@@ -179,3 +179,10 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
     save_judge(judge, folder)
     log(f"judge test accuracy {judge.accuracy:.4f}; saved in {folder}")
     return judge
+
+
+def resolve_judge(data: DataConfig, judge=None, log: Callable[[str], None] = print) -> Judge:
+    """``judge`` may be a loaded Judge, a judge folder, or None (the cached default for ``data``)."""
+    if judge is not None and hasattr(judge, "predict"):
+        return judge
+    return get_judge(data, folder=judge, log=log)

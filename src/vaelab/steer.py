@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from vaelab.errors import DataError, VaelabError
+from vaelab.models import frozen
 
 DEFAULT_STEPS = 100
 DEFAULT_LR = 0.05
@@ -106,14 +107,13 @@ def _steer_chunk(model, x: torch.Tensor, target: torch.Tensor, steps: int, lr: f
                  temperature: float, keep: list[int]) -> torch.Tensor:
     """Codes (F, B, D) after each step count in ``keep``. The objective is summed over
     images and Adam is element-wise, so every image moves independently of the batch."""
-    from vaelab.inpaint import _frozen  # weights stay fixed while the codes move
 
     with torch.no_grad():
         z = model.encode(x).float().clone()
     saved = [z.clone()] if 0 in keep else []
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    with _frozen(model), torch.enable_grad():
+    with frozen(model), torch.enable_grad():
         for step in range(1, steps + 1):
             logits = model.predict_logits(z) / temperature  # (B, K)
             logp = torch.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]  # (B,)
@@ -205,6 +205,8 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
     ``judge``: a ``vaelab.judge.Judge``, a folder for ``get_judge``, or None for the
     cached judge of the run's data set (trained on first use).
     """
+    from vaelab.judge import resolve_judge
+
     model = run.model
     num_classes = check_predictor(model)
     split = split or run.default_split()
@@ -214,7 +216,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
     index, target = draw_pairs(data.y.cpu(), pairs, num_classes, seed)
     x = data.batch(index.to(data.x.device)).cpu()  # (P, C, H, W)
     true = data.y.cpu()[index]
-    j = _get_judge(run, judge, log)
+    j = resolve_judge(run.config.data, judge, log)
     if list(j.meta.get("shape", [])) != list(x.shape[1:]) or int(j.meta.get("classes", 0)) < num_classes:
         raise VaelabError(f"the judge ({j.meta.get('dataset')}, images {j.meta.get('shape')}, "
                           f"{j.meta.get('classes')} classes) does not fit this run ({list(x.shape[1:])}, "
@@ -271,14 +273,6 @@ def plot_examples(x: torch.Tensor, r: SteerResult, judged: torch.Tensor | None, 
             name += " ok" if int(judged[i]) == int(r.target[i]) else f" (judge: {int(judged[i])})"
         rows.append((name, torch.cat([x[i:i + 1].cpu(), r.path_images[:, i]])))
     return plots.plot_image_rows(rows, path, title=title)
-
-
-def _get_judge(run, judge, log):
-    from vaelab.judge import get_judge
-
-    if judge is not None and hasattr(judge, "predict"):
-        return judge
-    return get_judge(run.config.data, folder=judge, log=log)
 
 
 __all__ = ["SteerResult", "draw_pairs", "frame_steps", "plot_examples", "steer", "steer_benchmark", "success_rate"]

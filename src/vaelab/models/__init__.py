@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from vaelab.models.autoencoder import AE, VAE
 
 MODELS = {"ae": AE, "vae": VAE}
@@ -39,4 +42,18 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["AE", "MODELS", "VAE", "build_model", "count_params"]
+__all__ = ["AE", "MODELS", "VAE", "build_model", "count_params", "frozen"]
+
+
+@contextmanager
+def frozen(model) -> Iterator[None]:
+    """Weights need no gradients while only the codes are optimised (inpainting, steering);
+    the flags are restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
