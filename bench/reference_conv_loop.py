@@ -5,11 +5,14 @@ tricks:
 
 * the model from plain ``nn.Sequential`` layers, the same layers (and the same
   134,165 parameters) as vaelab's ``conv-vae`` preset: Conv 32 and 64 (kernel 3,
-  stride 2, padding 1, ReLU), Flatten, Linear 3136-16 ReLU, two Linear 16-2 heads
+  stride 2, TensorFlow's "same" padding: zero-pad one pixel right and bottom, then a
+  padding-0 conv; ReLU), Flatten, Linear 3136-16 ReLU, two Linear 16-2 heads
   (z_mean, z_log_var); decoder Linear 2-3136 ReLU, Unflatten (64, 7, 7),
-  ConvTranspose 64 and 32 (kernel 3, stride 2, ReLU), ConvTranspose 1 (kernel 3) and a
+  ConvTranspose 64 and 32 (kernel 3, stride 2, padding 0, the last row and column
+  cropped as TensorFlow's "same" does; ReLU), ConvTranspose 1 (kernel 3, padding 1) and a
   Sigmoid, as the Keras decoder ends in ``activation="sigmoid"``. PyTorch's default
-  initialisation (Keras uses Glorot-uniform).
+  initialisation (Keras uses Glorot-uniform). ``tests/test_bench_reference.py`` checks
+  that these layers compute what vaelab's preset computes for the same weights.
 * data: all 70,000 digits (train + test, as the tutorial's ``mnist_digits``) in memory
   as one float32 tensor (N, 1, 28, 28) in [0, 1]; each epoch a fresh
   ``torch.randperm`` and batches of 128 taken by indexing (Keras ``fit`` shuffles each
@@ -64,13 +67,22 @@ def load_digits() -> torch.Tensor:
     return torch.from_numpy(digits)
 
 
+class CropLast(nn.Module):
+    """Drop the last row and column: TensorFlow's 'same' crop of a stride-2 transposed conv."""
+
+    def forward(self, x):
+        return x[:, :, :-1, :-1]
+
+
 class ConvVAE(nn.Module):
     def __init__(self, latent_dim: int = 2):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, kernel_size=3, stride=2, padding=1),
+            nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(1, 32, kernel_size=3, stride=2),
             nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(32, 64, kernel_size=3, stride=2),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(7 * 7 * 64, 16),
@@ -82,9 +94,11 @@ class ConvVAE(nn.Module):
             nn.Linear(latent_dim, 7 * 7 * 64),
             nn.ReLU(),
             nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 64, kernel_size=3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(64, 64, kernel_size=3, stride=2),
+            CropLast(),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2),
+            CropLast(),
             nn.ReLU(),
             nn.ConvTranspose2d(32, 1, kernel_size=3, stride=1, padding=1),
             nn.Sigmoid(),

@@ -72,9 +72,10 @@ def test_vae_kl_scale_weights_only_the_kl():
 # ---------------------------------------------------------------------------- conv-vae = Keras tutorial
 def test_conv_vae_layers_match_keras_tutorial():
     m = preset_model("conv-vae")
-    convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding)
+    convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.pads)
              for l in m.encoder if isinstance(l, nn.Conv2d)]
-    assert convs == [(1, 32, (3, 3), (2, 2), (1, 1)), (32, 64, (3, 3), (2, 2), (1, 1))]
+    # TensorFlow 'same' at stride 2 over 28 and 14 pixels: no pad before, one after.
+    assert convs == [(1, 32, (3, 3), (2, 2), (0, 1, 0, 1)), (32, 64, (3, 3), (2, 2), (0, 1, 0, 1))]
     assert [(l.in_features, l.out_features) for l in m.encoder if isinstance(l, nn.Linear)] == [(3136, 16)]
     assert sum(isinstance(l, nn.ReLU) for l in m.encoder) == 3  # after each conv and the dense layer
     assert (m.mu.in_features, m.mu.out_features) == (16, 2)
@@ -85,8 +86,8 @@ def test_conv_vae_layers_match_keras_tutorial():
     assert tconvs == [(64, 64, (3, 3), (2, 2)), (64, 32, (3, 3), (2, 2)), (32, 1, (3, 3), (1, 1))]
     # ReLU after dense and after the two stride-2 transposed convs; none after the last (sigmoid output)
     kinds = [type(l).__name__ for l in m.decoder]
-    assert kinds == ["Linear", "ReLU", "ChannelsLastUnflatten", "ConvTranspose2d", "ReLU", "ConvTranspose2d", "ReLU",
-                     "ConvTranspose2d"]
+    assert kinds == ["Linear", "ReLU", "ChannelsLastUnflatten", "FrontPaddedConvTranspose2d", "ReLU",
+                     "FrontPaddedConvTranspose2d", "ReLU", "ConvTranspose2d"]
 
     # Feature-map sizes: 28 -> 14 -> 7, and 7 -> 14 -> 28 -> 28.
     sizes = []
@@ -104,13 +105,102 @@ def test_conv_vae_layers_match_keras_tutorial():
     ([1, 12, 12], [4, 4], [3, 5], [1, 2]),
 ])
 def test_conv_decoder_lands_on_the_input_size(shape, channels, k, s):
-    for kind, latent, fk in (("vae", "dense", 3), ("vae", "dense", None), ("ae", "conv", None)):
+    for kind, latent, fk, padding in (("vae", "dense", 3, "symmetric"), ("vae", "dense", None, "symmetric"),
+                                      ("ae", "conv", None, "symmetric"), ("vae", "dense", 3, "same")):
         cfg = ModelConfig(kind=kind, arch="conv", input_shape=shape, channels=channels, kernel_size=k, strides=s,
-                          latent=latent, final_kernel=fk, dense=[8] if latent == "dense" else [], latent_dim=2)
+                          latent=latent, final_kernel=fk, dense=[8] if latent == "dense" else [], latent_dim=2,
+                          padding=padding)
         m = build_model(cfg)
         x = rand_images(shape, 2)
         with torch.no_grad():
-            assert m.reconstruct(x).shape == x.shape, (kind, latent, fk)
+            assert m.reconstruct(x).shape == x.shape, (kind, latent, fk, padding)
+
+
+def _tf_same_conv_oracle(x, w, s):
+    """TensorFlow's 'same' convolution from its definition, by explicit loops over windows:
+    out[i, j] = sum_ab x[i*s + a - top, j*s + b - left] * w[a, b] with out size ceil(n/s),
+    pad total max((out-1)*s + k - n, 0), top = total // 2 (the odd pixel goes after)."""
+    b, c, h, wd = x.shape
+    k = w.shape[-1]
+    oh, ow = -(-h // s), -(-wd // s)
+    top = max((oh - 1) * s + k - h, 0) // 2
+    left = max((ow - 1) * s + k - wd, 0) // 2
+    out = torch.zeros(b, w.shape[0], oh, ow, dtype=torch.float64)
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(k):
+                for bb in range(k):
+                    r, q = i * s + a - top, j * s + bb - left
+                    if 0 <= r < h and 0 <= q < wd:
+                        out[:, :, i, j] += x[:, :, r, q].double() @ w[:, :, a, bb].double().T
+    return out
+
+
+@pytest.mark.parametrize("shape, k, s", [((1, 28, 28), 3, 2), ((2, 14, 9), 3, 2), ((1, 7, 8), 4, 2),
+                                         ((1, 9, 9), 5, 3), ((1, 6, 6), 3, 1)])
+def test_same_padding_matches_tensorflows_definition(shape, k, s):
+    from vaelab.models.blocks import conv_layer
+
+    torch.manual_seed(0)
+    layer = conv_layer(shape[0], 3, k, s, shape[1:], "same").double()
+    nn.init.zeros_(layer.bias)
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _tf_same_conv_oracle(x, layer.weight, s))
+
+
+def test_same_padding_windows_start_at_pixel_zero():
+    """One lit pixel at (2, 2), a 3x3 all-ones stride-2 kernel: TensorFlow's windows cover
+    0-2 and 2-4, so four outputs see it; PyTorch's symmetric ones cover -1..1 and 1..3 (one)."""
+    from vaelab.models.blocks import conv_layer
+
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 2, 2] = 1
+    seen = {}
+    for padding in ("same", "symmetric"):
+        layer = conv_layer(1, 1, 3, 2, (28, 28), padding)
+        nn.init.ones_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        with torch.no_grad():
+            seen[padding] = layer(x)[0, 0].nonzero().tolist()
+    assert seen["same"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert seen["symmetric"] == [[1, 1]]
+
+
+@pytest.mark.parametrize("n_in, n_out, k, s, kind", [
+    (7, 14, 3, 2, "FrontPaddedConvTranspose2d"), (14, 28, 3, 2, "FrontPaddedConvTranspose2d"),
+    (4, 7, 3, 2, "ConvTranspose2d"), (4, 8, 4, 2, "ConvTranspose2d"), (28, 28, 3, 1, "ConvTranspose2d"),
+    (3, 9, 5, 3, "ConvTranspose2d"), (7, 14, 5, 2, "FrontPaddedConvTranspose2d"),
+    (4, 11, 3, 3, "CroppedConvTranspose2d"), (4, 12, 4, 3, "FrontPaddedConvTranspose2d"),
+    (5, 9, 4, 2, "FrontPaddedConvTranspose2d"),
+])
+def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s, kind):
+    """TensorFlow defines conv2d_transpose as the gradient of conv2d: with shared weights,
+    <conv(x), y> = <x, conv_transpose(y)> for every x, y, which fixes the crop."""
+    from vaelab.models.blocks import conv_layer, conv_transpose_layer
+
+    torch.manual_seed(0)
+    conv = conv_layer(3, 5, k, s, (n_out, n_out), "same").double()
+    tconv = conv_transpose_layer(5, 3, k, s, (n_in, n_in), (n_out, n_out), "same").double()
+    assert type(tconv).__name__ == kind
+    with torch.no_grad():
+        tconv.weight.copy_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    nn.init.zeros_(tconv.bias)
+    x = torch.rand(2, 3, n_out, n_out, dtype=torch.float64)
+    y = torch.rand(2, 5, n_in, n_in, dtype=torch.float64)
+    cx, ty = conv(x), tconv(y)
+    assert cx.shape == y.shape and ty.shape == x.shape
+    torch.testing.assert_close((cx * y).sum(), (x * ty).sum())
+
+
+def test_padding_option_keeps_parameters_and_checks_its_value():
+    same, sym = preset_model("conv-vae"), preset_model("conv-vae", padding="symmetric")
+    assert same.cfg.padding == "same"
+    assert list(same.state_dict()) == list(sym.state_dict())
+    assert all(a.shape == b.shape for a, b in zip(same.state_dict().values(), sym.state_dict().values()))
+    with pytest.raises(ConfigError, match="model.padding must be"):
+        ModelConfig(padding="valid")
+    assert build_config("conv-vae").train.adam_eps == 1e-7 and build_config("mlp-vae").train.adam_eps == 1e-8
 
 
 def test_conv_latent_ae_code_is_the_feature_map():

@@ -128,6 +128,11 @@ class ModelConfig:
     dense: list[int] = field(default_factory=list)  # conv: dense widths between flatten and latent
     latent: str = "dense"  # conv only: "dense" (a vector) or "conv" (the last feature map is the code)
     final_kernel: int | None = None  # conv decoder: extra stride-1 ConvTranspose to C channels
+    # Conv padding: "symmetric" (PyTorch's (k-1)//2 on every side) or "same" (TensorFlow's:
+    # ceil(H/stride) outputs, an odd pad pixel goes after, so a stride-2 kernel-3 conv's
+    # windows start at pixel 0, not -1; transposed convs crop to match). The Keras presets
+    # use "same", as the Keras tutorial does. Both give the same shapes for the presets.
+    padding: str = "symmetric"
     activation: str = "relu"
     decoder_activation: str | None = None  # default: activation
     latent_activation: str | None = None  # ae only, e.g. "tanh"
@@ -166,6 +171,8 @@ class ModelConfig:
         _check(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
+        _check(self.padding in ("symmetric", "same"),
+               f"model.padding must be 'symmetric' or 'same', got {self.padding!r}")
         _check(all(h > 0 for h in self.hidden), "model.hidden widths must be positive")
         _check(all(c > 0 for c in self.channels), "model.channels must be positive")
         if self.arch == "conv":
@@ -201,6 +208,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # Adam's epsilon. PyTorch's default is 1e-8; the Keras presets use Keras's 1e-7.
+    adam_eps: float = 1e-8
     seed: int = 1
     kl_warmup_epochs: float = 0.0  # KL weight ramps linearly from 0 to beta over this many epochs
     grad_clip: float | None = None  # max global gradient norm
@@ -220,6 +229,7 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.adam_eps > 0, f"train.adam_eps must be positive, got {self.adam_eps}")
         _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0")
         _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be positive")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
