@@ -72,10 +72,9 @@ def test_vae_kl_scale_weights_only_the_kl():
 # ---------------------------------------------------------------------------- conv-vae = Keras tutorial
 def test_conv_vae_layers_match_keras_tutorial():
     m = preset_model("conv-vae")
-    convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.pads)
-             for l in m.encoder if isinstance(l, nn.Conv2d)]
-    # TensorFlow 'same' at stride 2 over 28 and 14 pixels: no pad before, one after.
-    assert convs == [(1, 32, (3, 3), (2, 2), (0, 1, 0, 1)), (32, 64, (3, 3), (2, 2), (0, 1, 0, 1))]
+    convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride) for l in m.encoder if isinstance(l, nn.Conv2d)]
+    assert convs == [(1, 32, (3, 3), (2, 2)), (32, 64, (3, 3), (2, 2))]
+    assert m.cfg.padding == "same"  # TensorFlow's (tested against its definition below)
     assert [(l.in_features, l.out_features) for l in m.encoder if isinstance(l, nn.Linear)] == [(3136, 16)]
     assert sum(isinstance(l, nn.ReLU) for l in m.encoder) == 3  # after each conv and the dense layer
     assert (m.mu.in_features, m.mu.out_features) == (16, 2)
@@ -86,8 +85,8 @@ def test_conv_vae_layers_match_keras_tutorial():
     assert tconvs == [(64, 64, (3, 3), (2, 2)), (64, 32, (3, 3), (2, 2)), (32, 1, (3, 3), (1, 1))]
     # ReLU after dense and after the two stride-2 transposed convs; none after the last (sigmoid output)
     kinds = [type(l).__name__ for l in m.decoder]
-    assert kinds == ["Linear", "ReLU", "ChannelsLastUnflatten", "FrontPaddedConvTranspose2d", "ReLU",
-                     "FrontPaddedConvTranspose2d", "ReLU", "ConvTranspose2d"]
+    assert kinds == ["Linear", "ReLU", "ChannelsLastUnflatten", "FlippedConvTranspose2d", "ReLU",
+                     "FlippedConvTranspose2d", "ReLU", "FlippedConvTranspose2d"]
 
     # Feature-map sizes: 28 -> 14 -> 7, and 7 -> 14 -> 28 -> 28.
     sizes = []
@@ -142,7 +141,7 @@ def test_same_padding_matches_tensorflows_definition(shape, k, s):
     from vaelab.models.blocks import conv_layer
 
     torch.manual_seed(0)
-    layer = conv_layer(shape[0], 3, k, s, shape[1:], "same").double()
+    layer = conv_layer(shape[0], 3, k, s, shape[1:], "same", flip_in=True, flip_out=True).double()
     nn.init.zeros_(layer.bias)
     x = torch.rand(2, *shape, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _tf_same_conv_oracle(x, layer.weight, s))
@@ -157,7 +156,7 @@ def test_same_padding_windows_start_at_pixel_zero():
     x[0, 0, 2, 2] = 1
     seen = {}
     for padding in ("same", "symmetric"):
-        layer = conv_layer(1, 1, 3, 2, (28, 28), padding)
+        layer = conv_layer(1, 1, 3, 2, (28, 28), padding, flip_in=True, flip_out=True)
         nn.init.ones_(layer.weight)
         nn.init.zeros_(layer.bias)
         with torch.no_grad():
@@ -166,22 +165,17 @@ def test_same_padding_windows_start_at_pixel_zero():
     assert seen["symmetric"] == [[1, 1]]
 
 
-@pytest.mark.parametrize("n_in, n_out, k, s, kind", [
-    (7, 14, 3, 2, "FrontPaddedConvTranspose2d"), (14, 28, 3, 2, "FrontPaddedConvTranspose2d"),
-    (4, 7, 3, 2, "ConvTranspose2d"), (4, 8, 4, 2, "ConvTranspose2d"), (28, 28, 3, 1, "ConvTranspose2d"),
-    (3, 9, 5, 3, "ConvTranspose2d"), (7, 14, 5, 2, "FrontPaddedConvTranspose2d"),
-    (4, 11, 3, 3, "CroppedConvTranspose2d"), (4, 12, 4, 3, "FrontPaddedConvTranspose2d"),
-    (5, 9, 4, 2, "FrontPaddedConvTranspose2d"),
-])
-def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s, kind):
+@pytest.mark.parametrize("n_in, n_out, k, s", [(7, 14, 3, 2), (14, 28, 3, 2), (4, 7, 3, 2), (4, 8, 4, 2),
+                                               (28, 28, 3, 1), (3, 9, 5, 3), (7, 14, 5, 2), (4, 11, 3, 3),
+                                               (4, 12, 4, 3), (5, 9, 4, 2)])
+def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s):
     """TensorFlow defines conv2d_transpose as the gradient of conv2d: with shared weights,
     <conv(x), y> = <x, conv_transpose(y)> for every x, y, which fixes the crop."""
     from vaelab.models.blocks import conv_layer, conv_transpose_layer
 
     torch.manual_seed(0)
-    conv = conv_layer(3, 5, k, s, (n_out, n_out), "same").double()
-    tconv = conv_transpose_layer(5, 3, k, s, (n_in, n_in), (n_out, n_out), "same").double()
-    assert type(tconv).__name__ == kind
+    conv = conv_layer(3, 5, k, s, (n_out, n_out), "same", flip_in=True, flip_out=True).double()
+    tconv = conv_transpose_layer(5, 3, k, s, (n_in, n_in), (n_out, n_out), "same", flip_in=True, flip_out=True).double()
     with torch.no_grad():
         tconv.weight.copy_(conv.weight)
     nn.init.zeros_(conv.bias)
@@ -200,6 +194,9 @@ def test_padding_option_keeps_parameters_and_checks_its_value():
     assert all(a.shape == b.shape for a, b in zip(same.state_dict().values(), sym.state_dict().values()))
     with pytest.raises(ConfigError, match="model.padding must be"):
         ModelConfig(padding="valid")
+    with pytest.raises(ConfigError, match="stride 1 needs an odd kernel"):
+        build_model(ModelConfig(arch="conv", input_shape=[1, 8, 8], channels=[4], kernel_size=4, strides=1,
+                                padding="same"))
     assert build_config("conv-vae").train.adam_eps == 1e-7 and build_config("mlp-vae").train.adam_eps == 1e-8
 
 

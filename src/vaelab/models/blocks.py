@@ -65,68 +65,67 @@ def same_pads(n: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow's asymmetric 'same' padding (see ``same_pads``).
-
-    Same parameters and state-dict keys as nn.Conv2d; the input is zero-padded
-    (left, right, top, bottom) before a padding-0 convolution."""
-
-    def __init__(self, cin: int, cout: int, k: int, s: int, pads: tuple[int, int, int, int]):
-        super().__init__(cin, cout, k, s, 0)
-        self.pads = pads
-
-    def forward(self, x):
-        return super().forward(F.pad(x, self.pads))
+def _flip(x: torch.Tensor, on: bool) -> torch.Tensor:
+    return x.flip(-2, -1) if on else x
 
 
-class CroppedConvTranspose2d(nn.ConvTranspose2d):
-    """ConvTranspose2d that drops its last ``crop`` = (rows, cols) of output.
+class FlippedConv2d(nn.Conv2d):
+    """A TensorFlow 'same' conv computed on flipped feature maps, with PyTorch's fast kernels.
 
-    PyTorch crops a transposed convolution's output symmetrically (``padding``); TensorFlow's
-    'same' crops the odd pixel at the end only. Same parameters and state-dict keys as
-    nn.ConvTranspose2d. Used only where ``FrontPaddedConvTranspose2d`` cannot express the
-    crop: oneDNN runs these uncropped odd-sized outputs about 10x slower."""
+    Flipping the image top-bottom and left-right moves TensorFlow's odd pad pixel from after
+    to before, where a PyTorch conv with symmetric ``padding`` (= TensorFlow's pad after) and
+    the kernel flipped computes exactly the same windows (its extra pad pixel after is never
+    reached when the stride is 2 or more). So a stack of these runs on flipped maps: the
+    first flips its input (``flip_in``), the last its output back (``flip_out``). Weights,
+    parameter names and results are those of the TensorFlow layer.
 
-    def __init__(self, cin: int, cout: int, k: int, s: int, p: tuple[int, int], crop: tuple[int, int]):
+    Why not pad explicitly: F.pad + a padding-0 conv, and for the transposed convs a front
+    pad or a crop, compute the same numbers, but oneDNN's backward kernels for those shapes
+    made the conv-vae step 1.3x slower (114 against 85 ms at one thread, bf16)."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, p: tuple[int, int], flip_in: bool, flip_out: bool):
         super().__init__(cin, cout, k, s, p)
-        self.crop = crop
+        self.flip_in, self.flip_out = flip_in, flip_out
 
     def forward(self, x):
-        out = super().forward(x)
-        return out[..., :out.shape[-2] - self.crop[0], :out.shape[-1] - self.crop[1]]
+        y = self._conv_forward(_flip(x, self.flip_in), self.weight.flip(-2, -1), self.bias)
+        return _flip(y, self.flip_out)
 
 
-class FrontPaddedConvTranspose2d(nn.ConvTranspose2d):
-    """TensorFlow's 'same' transposed conv as a fast PyTorch one: zero rows/cols in front.
+class FlippedConvTranspose2d(nn.ConvTranspose2d):
+    """A TensorFlow 'same' transposed conv on flipped maps (see ``FlippedConv2d``).
 
-    A transposed conv shifts its output by ``stride`` pixels per input pixel, so ``front``
-    zero pixels before the input move the uncropped output ``front * stride`` further in,
-    and ``padding`` / ``output_padding`` then cut exactly TensorFlow's window out of it. The
-    direct form (padding 0, then drop the last row and column) computes the same numbers, but
-    oneDNN ran it 10x slower (43 ms against 4.7 ms forward for the conv-vae's 64->32 layer,
-    batch 128, bf16). Same parameters and state-dict keys as nn.ConvTranspose2d."""
+    TensorFlow crops the uncropped output (size (n-1)*stride + k) with the odd pixel at the
+    end; flipped, that odd pixel is at the front, which is PyTorch's ``padding`` = the crop
+    after and ``output_padding`` = the difference."""
 
     def __init__(self, cin: int, cout: int, k: int, s: int, p: tuple[int, int], out_pad: tuple[int, int],
-                 front: tuple[int, int]):
+                 flip_in: bool, flip_out: bool):
         super().__init__(cin, cout, k, s, p, output_padding=out_pad)
-        self.front = front
+        self.flip_in, self.flip_out = flip_in, flip_out
 
     def forward(self, x):
-        return super().forward(F.pad(x, (self.front[1], 0, self.front[0], 0)))
+        y = F.conv_transpose2d(_flip(x, self.flip_in), self.weight.flip(-2, -1), self.bias, self.stride,
+                               self.padding, self.output_padding, self.groups, self.dilation)
+        return _flip(y, self.flip_out)
 
 
-def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding: str) -> nn.Conv2d:
-    """Encoder conv over an (H, W) map with model.padding 'symmetric' or 'same' (TensorFlow's)."""
+def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding: str,
+               flip_in: bool = False, flip_out: bool = False) -> nn.Conv2d:
+    """Encoder conv over an (H, W) map with model.padding 'symmetric' or 'same' (TensorFlow's).
+
+    'same' layers work on flipped maps; ``flip_in`` / ``flip_out`` mark the first and
+    last of a stack (see ``FlippedConv2d``)."""
     if padding == "symmetric":
         return nn.Conv2d(cin, cout, k, s, conv_padding(k))
-    (t, b), (l, r) = same_pads(hw[0], k, s), same_pads(hw[1], k, s)
-    if t == b and l == r:
-        return nn.Conv2d(cin, cout, k, s, (t, l))
-    return SameConv2d(cin, cout, k, s, (l, r, t, b))
+    if s == 1 and k % 2 == 0:
+        raise ConfigError(f"model.padding=same with stride 1 needs an odd kernel size, got {k}")
+    after = tuple(same_pads(n, k, s)[1] for n in hw)
+    return FlippedConv2d(cin, cout, k, s, after, flip_in, flip_out)
 
 
 def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, int], thw: tuple[int, int],
-                         padding: str) -> nn.ConvTranspose2d:
+                         padding: str, flip_in: bool = False, flip_out: bool = False) -> nn.ConvTranspose2d:
     """Transposed conv from an (H, W) map ``ihw`` to exactly ``thw`` (the mirrored encoder size)."""
     full = [(i - 1) * s + k for i in ihw]  # output size before any cropping
     if padding == "symmetric":
@@ -137,19 +136,13 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
         return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=tuple(out_pad))
     # TensorFlow 'same': crop (full - target) pixels, the odd one at the end.
     total = [f - t for f, t in zip(full, thw)]
-    if any(tot < 0 for tot in total):
+    before = [tot // 2 for tot in total]
+    after = [tot - b for tot, b in zip(total, before)]
+    if any(tot < 0 for tot in total) or any(a - b >= max(s, 1) and a != b for a, b in zip(after, before)):
         raise ConfigError(f"cannot mirror a conv layer (kernel {k}, stride {s}) for size {thw[0]}x{thw[1]} "
                           "with model.padding=same; use model.padding=symmetric")
-    before = tuple(tot // 2 for tot in total)
-    after = tuple(tot - b for tot, b in zip(total, before))
-    if before == after:
-        return nn.ConvTranspose2d(cin, cout, k, s, before)
-    # One zero pixel in front where a pixel more is cropped after than before (see the class).
-    front = tuple(int(a > b) for a, b in zip(after, before))
-    pad = tuple(b + q * s for b, q in zip(before, front))
-    if all(p <= k - 1 for p in pad):
-        return FrontPaddedConvTranspose2d(cin, cout, k, s, pad, tuple(q * (s - 1) for q in front), front)
-    return CroppedConvTranspose2d(cin, cout, k, s, before, tuple(a - b for a, b in zip(after, before)))
+    return FlippedConvTranspose2d(cin, cout, k, s, tuple(after), tuple(a - b for a, b in zip(after, before)),
+                                   flip_in, flip_out)
 
 
 def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
@@ -176,9 +169,11 @@ def build_encoder(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
         return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation)), widths[-1]
     layers: list[nn.Module] = []
     sizes = conv_sizes(cfg)
-    for cin, cout, k, s, hw in zip([c] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
-                                   cfg.per_layer("strides"), sizes):
-        layers += [conv_layer(cin, cout, k, s, hw, cfg.padding), activation(cfg.activation)]
+    n = len(cfg.channels)
+    for i, (cin, cout, k, s, hw) in enumerate(zip([c] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
+                                                  cfg.per_layer("strides"), sizes)):
+        layers += [conv_layer(cin, cout, k, s, hw, cfg.padding, flip_in=i == 0, flip_out=i == n - 1),
+                   activation(cfg.activation)]
     if cfg.latent == "conv":
         layers.pop()  # the last conv map is the code: no activation on it (latent_activation applies)
         layers.append(nn.Flatten())
@@ -214,13 +209,14 @@ def build_decoder(cfg: ModelConfig) -> nn.Sequential:
     for i in range(n):
         j = n - 1 - i  # encoder layer this one mirrors
         # Each transposed conv lands exactly on the encoder's input size for that layer.
-        layers.append(conv_transpose_layer(cin, outs[i], kernels[j], strides[j], sizes[j + 1], sizes[j], cfg.padding))
+        layers.append(conv_transpose_layer(cin, outs[i], kernels[j], strides[j], sizes[j + 1], sizes[j], cfg.padding,
+                                           flip_in=i == 0, flip_out=i == n - 1 and not cfg.final_kernel))
         if cfg.final_kernel or i < n - 1:
             layers.append(activation(act))
         cin = outs[i]
     if cfg.final_kernel:
         k = int(cfg.final_kernel)
-        layers.append(conv_transpose_layer(cin, c, k, 1, (h, w), (h, w), cfg.padding))
+        layers.append(conv_transpose_layer(cin, c, k, 1, (h, w), (h, w), cfg.padding, flip_out=True))
     return nn.Sequential(*layers)
 
 
