@@ -69,45 +69,56 @@ def _flip(x: torch.Tensor, on: bool) -> torch.Tensor:
     return x.flip(-2, -1) if on else x
 
 
-class FlippedConv2d(nn.Conv2d):
-    """A TensorFlow 'same' conv computed on flipped feature maps, with PyTorch's fast kernels.
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # The bias is added after the convolution, not inside it: oneDNN's convolution backward
+    # computes the bias gradient of a bf16 channels-last map very slowly (17 ms for the
+    # conv-vae's 64->32 transposed conv at batch 128, against 0.1 ms for autograd's sum
+    # here); this made the whole conv-vae step 1.28x faster (68 against 87 ms, one thread).
+    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)
 
-    Flipping the image top-bottom and left-right moves TensorFlow's odd pad pixel from after
-    to before, where a PyTorch conv with symmetric ``padding`` (= TensorFlow's pad after) and
-    the kernel flipped computes exactly the same windows (its extra pad pixel after is never
-    reached when the stride is 2 or more). So a stack of these runs on flipped maps: the
-    first flips its input (``flip_in``), the last its output back (``flip_out``). Weights,
-    parameter names and results are those of the TensorFlow layer.
 
-    Why not pad explicitly: F.pad + a padding-0 conv, and for the transposed convs a front
-    pad or a crop, compute the same numbers, but oneDNN's backward kernels for those shapes
-    made the conv-vae step 1.3x slower (114 against 85 ms at one thread, bf16)."""
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, names and results) with the bias added after the convolution
+    (see ``_add_bias``) and, for TensorFlow's 'same' padding, a flipped frame.
 
-    def __init__(self, cin: int, cout: int, k: int, s: int, p: tuple[int, int], flip_in: bool, flip_out: bool):
+    TensorFlow's 'same' puts an odd pad pixel after the image (a stride-2 kernel-3 conv over
+    28 pixels pads 0 before and 1 after, so its windows start at pixel 0; PyTorch's
+    symmetric padding=1 starts them at -1). Flipping the image top-bottom and left-right
+    moves that pixel before, where a PyTorch conv with symmetric ``padding`` (TensorFlow's pad
+    after) and the kernel flipped (``flipped``) computes exactly TensorFlow's windows; the
+    extra pad pixel after is never reached at stride 2 or more. So a stack of such layers
+    runs on flipped maps: the first flips its input (``flip_in``), the last its output back
+    (``flip_out``). Explicit pads and crops compute the same numbers, but oneDNN's backward
+    kernels for those shapes made the conv-vae step 1.3x slower (114 against 85 ms, one thread).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, p, flipped: bool = False,
+                 flip_in: bool = False, flip_out: bool = False):
         super().__init__(cin, cout, k, s, p)
-        self.flip_in, self.flip_out = flip_in, flip_out
+        self.flipped, self.flip_in, self.flip_out = flipped, flip_in, flip_out
 
     def forward(self, x):
-        y = self._conv_forward(_flip(x, self.flip_in), self.weight.flip(-2, -1), self.bias)
-        return _flip(y, self.flip_out)
+        w = self.weight.flip(-2, -1) if self.flipped else self.weight
+        y = self._conv_forward(_flip(x, self.flip_in), w, None)
+        return _flip(_add_bias(y, self.bias), self.flip_out)
 
 
-class FlippedConvTranspose2d(nn.ConvTranspose2d):
-    """A TensorFlow 'same' transposed conv on flipped maps (see ``FlippedConv2d``).
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with the bias added after it and TensorFlow's 'same' on flipped maps
+    (see ``Conv2d``). TensorFlow crops the uncropped output ((n-1)*stride + k pixels) with the
+    odd pixel at the end; flipped, that pixel is at the front, which is PyTorch's ``padding``
+    = TensorFlow's crop after and ``output_padding`` = the difference."""
 
-    TensorFlow crops the uncropped output (size (n-1)*stride + k) with the odd pixel at the
-    end; flipped, that odd pixel is at the front, which is PyTorch's ``padding`` = the crop
-    after and ``output_padding`` = the difference."""
-
-    def __init__(self, cin: int, cout: int, k: int, s: int, p: tuple[int, int], out_pad: tuple[int, int],
-                 flip_in: bool, flip_out: bool):
+    def __init__(self, cin: int, cout: int, k: int, s: int, p, out_pad=0, flipped: bool = False,
+                 flip_in: bool = False, flip_out: bool = False):
         super().__init__(cin, cout, k, s, p, output_padding=out_pad)
-        self.flip_in, self.flip_out = flip_in, flip_out
+        self.flipped, self.flip_in, self.flip_out = flipped, flip_in, flip_out
 
     def forward(self, x):
-        y = F.conv_transpose2d(_flip(x, self.flip_in), self.weight.flip(-2, -1), self.bias, self.stride,
-                               self.padding, self.output_padding, self.groups, self.dilation)
-        return _flip(y, self.flip_out)
+        w = self.weight.flip(-2, -1) if self.flipped else self.weight
+        y = F.conv_transpose2d(_flip(x, self.flip_in), w, None, self.stride, self.padding, self.output_padding,
+                               self.groups, self.dilation)
+        return _flip(_add_bias(y, self.bias), self.flip_out)
 
 
 def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding: str,
@@ -115,13 +126,13 @@ def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding
     """Encoder conv over an (H, W) map with model.padding 'symmetric' or 'same' (TensorFlow's).
 
     'same' layers work on flipped maps; ``flip_in`` / ``flip_out`` mark the first and
-    last of a stack (see ``FlippedConv2d``)."""
+    last of a stack (see ``Conv2d``)."""
     if padding == "symmetric":
-        return nn.Conv2d(cin, cout, k, s, conv_padding(k))
+        return Conv2d(cin, cout, k, s, conv_padding(k))
     if s == 1 and k % 2 == 0:
         raise ConfigError(f"model.padding=same with stride 1 needs an odd kernel size, got {k}")
     after = tuple(same_pads(n, k, s)[1] for n in hw)
-    return FlippedConv2d(cin, cout, k, s, after, flip_in, flip_out)
+    return Conv2d(cin, cout, k, s, after, flipped=True, flip_in=flip_in, flip_out=flip_out)
 
 
 def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, int], thw: tuple[int, int],
@@ -133,7 +144,7 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
         out_pad = [t - (f - 2 * p) for f, t in zip(full, thw)]
         if not all(0 <= op < max(s, 1) for op in out_pad):
             raise ConfigError(f"cannot mirror a conv layer (kernel {k}, stride {s}) for size {thw[0]}x{thw[1]}")
-        return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=tuple(out_pad))
+        return ConvTranspose2d(cin, cout, k, s, p, tuple(out_pad))
     # TensorFlow 'same': crop (full - target) pixels, the odd one at the end.
     total = [f - t for f, t in zip(full, thw)]
     before = [tot // 2 for tot in total]
@@ -141,8 +152,8 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
     if any(tot < 0 for tot in total) or any(a - b >= max(s, 1) and a != b for a, b in zip(after, before)):
         raise ConfigError(f"cannot mirror a conv layer (kernel {k}, stride {s}) for size {thw[0]}x{thw[1]} "
                           "with model.padding=same; use model.padding=symmetric")
-    return FlippedConvTranspose2d(cin, cout, k, s, tuple(after), tuple(a - b for a, b in zip(after, before)),
-                                   flip_in, flip_out)
+    return ConvTranspose2d(cin, cout, k, s, tuple(after), tuple(a - b for a, b in zip(after, before)),
+                           flipped=True, flip_in=flip_in, flip_out=flip_out)
 
 
 def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
