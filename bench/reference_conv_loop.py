@@ -23,7 +23,7 @@ tricks:
 * ``torch.optim.Adam(lr=1e-3)`` with its default (for-each, not fused) implementation,
   standard NCHW (contiguous) memory format, default torch threads, float32.
 
-Options: --epochs N (default 1), --steps N (stop after N optimiser steps and project
+Options: --padding same|symmetric (default same, the preset's function), --epochs N (default 1), --steps N (stop after N optimiser steps and project
 the seconds per epoch from the time per step; for quick checks), --json PATH (append
 one JSON line with the timings). The data root is $VAELAB_DATA (default
 ../shared/data from the repository root) and must hold mnist/*-ubyte.gz.
@@ -74,15 +74,25 @@ class CropLast(nn.Module):
         return x[:, :, :-1, :-1]
 
 
+def down(cin: int, cout: int, padding: str) -> list[nn.Module]:
+    if padding == "symmetric":
+        return [nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1)]
+    return [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(cin, cout, kernel_size=3, stride=2)]
+
+
+def up(cin: int, cout: int, padding: str) -> list[nn.Module]:
+    if padding == "symmetric":
+        return [nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)]
+    return [nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2), CropLast()]
+
+
 class ConvVAE(nn.Module):
-    def __init__(self, latent_dim: int = 2):
+    def __init__(self, latent_dim: int = 2, padding: str = "same"):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.ZeroPad2d((0, 1, 0, 1)),
-            nn.Conv2d(1, 32, kernel_size=3, stride=2),
+            *down(1, 32, padding),
             nn.ReLU(),
-            nn.ZeroPad2d((0, 1, 0, 1)),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2),
+            *down(32, 64, padding),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(7 * 7 * 64, 16),
@@ -94,11 +104,9 @@ class ConvVAE(nn.Module):
             nn.Linear(latent_dim, 7 * 7 * 64),
             nn.ReLU(),
             nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 64, kernel_size=3, stride=2),
-            CropLast(),
+            *up(64, 64, padding),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2),
-            CropLast(),
+            *up(64, 32, padding),
             nn.ReLU(),
             nn.ConvTranspose2d(32, 1, kernel_size=3, stride=1, padding=1),
             nn.Sigmoid(),
@@ -125,12 +133,15 @@ def main() -> None:
                    help="stop after N optimiser steps and project seconds per epoch (quick checks)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--padding", choices=["same", "symmetric"], default="same",
+                   help="same: TensorFlow's, as the preset (default); symmetric: PyTorch's padding=1, the "
+                        "preset's layers before 2026-11-22 (same shapes and work, windows one pixel apart)")
     p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line with the timings")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     digits = load_digits()
-    model = ConvVAE()
+    model = ConvVAE(padding=args.padding)
     params = sum(q.numel() for q in model.parameters())
     assert params == 134_165, params
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -181,6 +192,7 @@ def main() -> None:
             "seconds_per_epoch": round(sec_per_epoch, 3), "projected": projected is not None,
             "train_loss": epoch_losses, "wall_seconds_in_process": round(wall, 3),
             "params": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "padding": args.padding,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "a") as f:

@@ -106,14 +106,14 @@ def bench_mlp(env: dict, repeat: int, quick: bool, vaelab_set: list[str]) -> dic
     }
 
 
-def bench_conv(env: dict, repeat: int, quick: bool, vaelab_set: list[str]) -> dict:
+def bench_conv(env: dict, repeat: int, quick: bool, vaelab_set: list[str], ref_padding: str = "same") -> dict:
     steps_per_epoch = math.ceil(CONV_IMAGES / BATCH)
     quick_steps = 50
     ref_extra = ["--steps", str(quick_steps)] if quick else []
     vl_extra = ["--limit", str(quick_steps * BATCH)] if quick else []
     run_dir = Path("bench/out/quick-conv-vae-1ep" if quick else "bench/out/conv-vae-1ep")
     ref_json = OUT / "logs" / "ref-conv.jsonl"
-    ref_cmd = [PY, "bench/reference_conv_loop.py", "--epochs", "1", *ref_extra,
+    ref_cmd = [PY, "bench/reference_conv_loop.py", "--epochs", "1", "--padding", ref_padding, *ref_extra,
                "--json", str(ref_json.relative_to(REPO))]
     vl_cmd = [PY, "-m", "vaelab", "train", "--preset", "conv-vae", "--epochs", "1", "--no-eval",
               "--out", str(run_dir), "--overwrite", *vl_extra, *_sets(vaelab_set)]
@@ -211,17 +211,21 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each side (alternating); medians reported")
     p.add_argument("--vaelab-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra --set for the vaelab runs, e.g. train.precision=fp32 (repeatable)")
+    p.add_argument("--conv-ref-padding", choices=["same", "symmetric"], default="same",
+                   help="padding of the conv reference loop: same (TensorFlow's, the preset's function; default) "
+                        "or symmetric (PyTorch's padding=1, a one-pixel-shifted variant without the pad/crop ops)")
     p.add_argument("--out", default=str(OUT / "speed.json"), help="results JSON (default bench/out/speed.json)")
     args = p.parse_args()
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     env = child_env(data_root("speed.py"))
     results: dict = {"machine": machine_info(), "quick": args.quick, "repeat": args.repeat,
+                     "conv_ref_padding": args.conv_ref_padding,
                      "data_root": env["VAELAB_DATA"], "python": PY, "vaelab_set": args.vaelab_set}
     if args.only in (None, "mlp"):
         results["mlp"] = bench_mlp(env, args.repeat, args.quick, args.vaelab_set)
     if args.only in (None, "conv"):
-        results["conv"] = bench_conv(env, args.repeat, args.quick, args.vaelab_set)
+        results["conv"] = bench_conv(env, args.repeat, args.quick, args.vaelab_set, args.conv_ref_padding)
     table = markdown(results)
     results["table_markdown"] = table
     out = Path(args.out)

@@ -282,15 +282,17 @@ def test_api_train_writes_eval_and_figures(tmp_path, tiny_config):
     assert run.history()[0]["epoch"] == "1"
 
 
-def test_mixed_precision_conv_training_follows_fp32(tiny_config):
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+def test_mixed_precision_training_follows_fp32(tiny_config, arch):
     """Regression: bf16 autocast wrapped around a whole epoch kept using the first step's
     cached bf16 weights, so the loss stayed flat (then went inf). Mixed precision must
     track fp32 training step for step, up to bf16 rounding."""
-    conv = ("model.arch=conv", "model.channels=[8,16]", "model.dense=[16]", "model.final_kernel=3",
-            "train.epochs=3", "train.lr=0.003")
+    extra = (("model.arch=conv", "model.channels=[8,16]", "model.dense=[16]", "model.final_kernel=3")
+             if arch == "conv" else ("model.arch=mlp", "model.hidden=[64]"))
     losses = {}
     for precision in ("fp32", "mixed"):
-        result = fit(tiny_config(*conv, f"train.precision={precision}"), None, log=quiet)
+        result = fit(tiny_config(*extra, "train.epochs=3", "train.lr=0.003", f"train.precision={precision}"),
+                     None, log=quiet)
         losses[precision] = [row["train_loss"] for row in result.history]
     fp32, mixed = losses["fp32"], losses["mixed"]
     assert fp32[-1] < 0.9 * fp32[0]  # the setting learns at all

@@ -217,10 +217,10 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (default: all cores)
     eval_batch_size: int = 1000
     progress: bool = True
-    # Arithmetic inside matmuls and convolutions while training: "fp32"; "mixed" (fp32
-    # tensors and optimizer, bf16 products in oneDNN on CPUs with native bf16, TF32 on
-    # CUDA); "auto" = mixed where the hardware does it natively, else fp32. Evaluation
-    # always runs in full fp32.
+    # Arithmetic while training: "fp32"; "mixed" (fp32 weights, optimizer and losses; the
+    # forward pass under bf16 autocast on CPU, TF32 matmuls/convolutions on CUDA); "auto" =
+    # mixed where the hardware does it natively (AVX512-BF16/AMX CPUs, CUDA), else fp32.
+    # Evaluation always runs in full fp32.
     precision: str = "auto"
 
     def __post_init__(self) -> None:
