@@ -325,8 +325,10 @@ def test_steer_benchmark_in_python_without_writing(pred_run, shapes_judge):
 # ---------------------------------------------------------------------------- steer CLI
 def test_steer_cli_writes_the_strip(pred_run, tmp_path, capsys):
     png = tmp_path / "strip.png"
-    rc, text, err = run_main(capsys, "steer", pred_run.run_dir, "--from", 3, "--to", 1, "--steps", 40, "--out", png,
-                             "--device", "cpu")
+    # A val image of another class than the target, so the predictor starts well below 1.
+    source = next(i for i, label in enumerate(pred_run.splits().val.y.tolist()) if label != 1)
+    rc, text, err = run_main(capsys, "steer", pred_run.run_dir, "--from", source, "--to", 1, "--steps", 40,
+                             "--out", png, "--device", "cpu")
     assert rc == 0, err
     assert png.stat().st_size > 1000 and "wrote" in text
     start, end = (float(v) for v in text.split("p(class 1): ")[1].split(" at the start -> ")[0:1] +
