@@ -188,7 +188,7 @@ def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s)
 
 
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
-def test_conv_layers_with_the_bias_after_equal_torchs_layers(padding):
+def test_conv_layers_equal_torchs_layers_in_values_and_gradients(padding):
     """vaelab adds conv biases after the convolution (a faster backward on CPU); values and
     gradients equal nn.Conv2d / nn.ConvTranspose2d with the same weights."""
     from vaelab.models.blocks import conv_layer, conv_transpose_layer
