@@ -77,7 +77,20 @@ def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)
 
 
-class Conv2d(nn.Conv2d):
+class _FlippedBiasAfter:
+    """What vaelab's two conv layers share: the kernel flipped for 'same' padding, the maps
+    flipped at the ends of a stack, and the bias added after the convolution."""
+
+    def _setup(self, flipped: bool, flip_in: bool, flip_out: bool) -> None:
+        self.flipped, self.flip_in, self.flip_out = flipped, flip_in, flip_out
+
+    def _run(self, x, conv):
+        w = self.weight.flip(-2, -1) if self.flipped else self.weight
+        y = conv(_flip(x, self.flip_in), w)
+        return _flip(_add_bias(y, self.bias), self.flip_out)
+
+
+class Conv2d(_FlippedBiasAfter, nn.Conv2d):
     """nn.Conv2d (same parameters, names and results) with the bias added after the convolution
     (see ``_add_bias``) and, for TensorFlow's 'same' padding, a flipped frame.
 
@@ -95,15 +108,13 @@ class Conv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int, k: int, s: int, p, flipped: bool = False,
                  flip_in: bool = False, flip_out: bool = False):
         super().__init__(cin, cout, k, s, p)
-        self.flipped, self.flip_in, self.flip_out = flipped, flip_in, flip_out
+        self._setup(flipped, flip_in, flip_out)
 
     def forward(self, x):
-        w = self.weight.flip(-2, -1) if self.flipped else self.weight
-        y = self._conv_forward(_flip(x, self.flip_in), w, None)
-        return _flip(_add_bias(y, self.bias), self.flip_out)
+        return self._run(x, lambda x, w: self._conv_forward(x, w, None))
 
 
-class ConvTranspose2d(nn.ConvTranspose2d):
+class ConvTranspose2d(_FlippedBiasAfter, nn.ConvTranspose2d):
     """nn.ConvTranspose2d with the bias added after it and TensorFlow's 'same' on flipped maps
     (see ``Conv2d``). TensorFlow crops the uncropped output ((n-1)*stride + k pixels) with the
     odd pixel at the end; flipped, that pixel is at the front, which is PyTorch's ``padding``
@@ -112,13 +123,11 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def __init__(self, cin: int, cout: int, k: int, s: int, p, out_pad=0, flipped: bool = False,
                  flip_in: bool = False, flip_out: bool = False):
         super().__init__(cin, cout, k, s, p, output_padding=out_pad)
-        self.flipped, self.flip_in, self.flip_out = flipped, flip_in, flip_out
+        self._setup(flipped, flip_in, flip_out)
 
     def forward(self, x):
-        w = self.weight.flip(-2, -1) if self.flipped else self.weight
-        y = F.conv_transpose2d(_flip(x, self.flip_in), w, None, self.stride, self.padding, self.output_padding,
-                               self.groups, self.dilation)
-        return _flip(_add_bias(y, self.bias), self.flip_out)
+        return self._run(x, lambda x, w: F.conv_transpose2d(x, w, None, self.stride, self.padding,
+                                                            self.output_padding, self.groups, self.dilation))
 
 
 def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding: str,
@@ -149,7 +158,7 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
     total = [f - t for f, t in zip(full, thw)]
     before = [tot // 2 for tot in total]
     after = [tot - b for tot, b in zip(total, before)]
-    if any(tot < 0 for tot in total) or any(a - b >= max(s, 1) and a != b for a, b in zip(after, before)):
+    if any(tot < 0 for tot in total) or any(a - b >= s for a, b in zip(after, before)):
         raise ConfigError(f"cannot mirror a conv layer (kernel {k}, stride {s}) for size {thw[0]}x{thw[1]} "
                           "with model.padding=same; use model.padding=symmetric")
     return ConvTranspose2d(cin, cout, k, s, tuple(after), tuple(a - b for a, b in zip(after, before)),
