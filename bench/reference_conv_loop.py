@@ -23,9 +23,10 @@ tricks:
 * ``torch.optim.Adam(lr=1e-3)`` with its default (for-each, not fused) implementation,
   standard NCHW (contiguous) memory format, default torch threads, float32.
 
-Options: --padding same|symmetric (default same, the preset's function), --epochs N (default 1), --steps N (stop after N optimiser steps and project
-the seconds per epoch from the time per step; for quick checks), --json PATH (append
-one JSON line with the timings). The data root is $VAELAB_DATA (default
+Options: --padding same|symmetric (default same, the preset's function; symmetric is
+PyTorch's padding=1, the preset's layers before 2026-11-22), --epochs N (default 1),
+--steps N (stop after N optimiser steps and project the seconds per epoch from the time
+per step; for quick checks), --json PATH (append one JSON line with the timings). The data root is $VAELAB_DATA (default
 ../shared/data from the repository root) and must hold mnist/*-ubyte.gz.
 """
 

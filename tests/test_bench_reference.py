@@ -26,17 +26,17 @@ def _reference_module():
 
 
 def test_reference_conv_loop_is_the_conv_vae_preset():
-    ref = _reference_module().ConvVAE().eval()
+    reference = _reference_module()
+    ref = reference.ConvVAE().eval()
     cfg = build_config("conv-vae").model
     cfg.input_shape = [1, 28, 28]
     model = build_model(cfg).eval()
-    ours = [p for p in model.state_dict().values()]
-    theirs = [p for p in ref.state_dict().values()]
-    assert sum(p.numel() for p in ours) == sum(p.numel() for p in theirs) == 134_165
-    # Same layers in the same order: copy the reference's weights into the preset model.
-    names = list(model.state_dict())
-    order = [n for n in names if n.startswith("encoder")] + [n for n in names if n.startswith("mu")] + \
-            [n for n in names if n.startswith("logvar")] + [n for n in names if n.startswith("decoder")]
+    theirs = list(ref.state_dict().values())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in theirs) == 134_165
+    # Same layers in the same order (encoder, z_mean, z_log_var, decoder): copy the
+    # reference's weights into the preset model.
+    rank = {"encoder": 0, "mu": 1, "logvar": 2, "decoder": 3}
+    order = sorted(model.state_dict(), key=lambda n: rank[n.split(".")[0]])  # stable: keeps layer order
     assert [model.state_dict()[n].shape for n in order] == [p.shape for p in theirs]
     model.load_state_dict({n: p for n, p in zip(order, theirs)})
 
@@ -44,7 +44,7 @@ def test_reference_conv_loop_is_the_conv_vae_preset():
     with torch.no_grad():
         h = ref.encoder(x)
         # The symmetric variant (the benchmark's --padding symmetric) is a different function.
-        sym = _reference_module().ConvVAE(padding="symmetric").eval()
+        sym = reference.ConvVAE(padding="symmetric").eval()
         sym.load_state_dict(dict(zip(sym.state_dict(), ref.state_dict().values())))
         assert not torch.allclose(sym.encoder(x), h)
         mu, logvar = model.posterior(x)
