@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 
 import numpy as np
@@ -18,7 +17,7 @@ from vaelab.anomaly import (SCORES, AnomalyDetector, as_images, load_input, one_
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
-from vaelab.train import fit
+from vaelab.training import fit
 
 TINY = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.lr=0.005", "train.device=cpu",
         "train.progress=false", "train.precision=fp32"]
@@ -157,8 +156,7 @@ def test_detector_saves_a_run_and_reuses_it(squares, tmp_path, monkeypatch):
     run = Run.load(run_dir, device="cpu")
     assert np.allclose(score_images(run.model, run.split("train").float()), d.decision_scores_, rtol=1e-5)
     # an existing run is used as it is: nothing is trained
-    # (importlib: the attribute vaelab.train is the train() function, which shadows the module)
-    monkeypatch.setattr(importlib.import_module("vaelab.train"), "fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("vaelab.training.fit", lambda *a, **k: pytest.fail("trained again"))
     d2 = AnomalyDetector(contamination=0.2, run_dir=run_dir).fit(squares)
     assert np.allclose(d2.decision_scores_, d.decision_scores_, rtol=1e-5)
     assert d2.threshold_ == pytest.approx(d.threshold_, rel=1e-5)

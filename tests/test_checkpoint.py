@@ -16,7 +16,7 @@ from vaelab import checkpoint
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import CheckpointError
-from vaelab.train import fit, make_optimizer
+from vaelab.training import fit, make_optimizer
 
 
 @pytest.fixture(scope="module")

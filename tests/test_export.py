@@ -12,7 +12,7 @@ from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import VaelabError
 from vaelab.export import export, export_latents, export_reconstructions, latent_header, reconstruction_header
-from vaelab.train import fit
+from vaelab.training import fit
 
 
 def _run(shapes_npz, kind: str) -> Run:

@@ -13,7 +13,7 @@ from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
 from vaelab.inpaint import METHODS, evaluate_inpainting, inpaint, masked_mse, optimise_codes, parse_mask
-from vaelab.train import fit
+from vaelab.training import fit
 
 
 def _tiny_run(shapes_npz, kind: str, epochs: int = 20):

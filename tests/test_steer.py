@@ -18,7 +18,7 @@ from vaelab.config import ModelConfig, build_config
 from vaelab.errors import ConfigError, DataError, VaelabError
 from vaelab.models import build_model
 from vaelab.steer import draw_pairs, frame_steps, steer, steer_benchmark, success_rate
-from vaelab.train import fit
+from vaelab.training import fit
 
 
 def quiet(*_):

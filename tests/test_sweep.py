@@ -192,7 +192,7 @@ def test_a_real_training_failure_is_recorded(tmp_path, shapes_npz):
 
 
 def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(tmp_path, shapes_npz):
-    from vaelab.train import fit
+    from vaelab.training import fit
 
     out = tmp_path / "s"
     spec = _spec(shapes_npz, {"model.latent_dim": [2]}, epochs=2)

@@ -18,7 +18,7 @@ from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaelab.evaluate import evaluate
 from vaelab.models import VAE
-from vaelab.train import fit, resolve_device
+from vaelab.training import fit, resolve_device
 
 # 784-32-(2, 2)-32-784, written out by hand
 TINY_PARAMS = (784 * 32 + 32) + 2 * (32 * 2 + 2) + (2 * 32 + 32) + (32 * 784 + 784)

@@ -15,7 +15,7 @@ from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate
 from vaelab.models import AE, MODELS, VAE, build_model
-from vaelab.train import fit
+from vaelab.training import fit
 
 __version__ = "0.1.0"
 

@@ -217,7 +217,7 @@ class AnomalyDetector:
         from vaelab.config import build_config
         from vaelab.data import ImageSet, Splits
         from vaelab.io import atomic_path
-        from vaelab.train import fit
+        from vaelab.training import fit
 
         x8 = torch.round(X * 255).to(torch.uint8)  # (N, C, H, W): training data lives as uint8
         preset = self.preset or DEFAULT_PRESET
@@ -334,7 +334,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int] | None = None, ou
     from vaelab import plots
     from vaelab.config import DataConfig, build_config
     from vaelab.data import Splits, load_data
-    from vaelab.train import fit
+    from vaelab.training import fit
 
     check_score(score)
     splits = load_data(DataConfig(name=data, data_dir=data_dir, path=data_path, val="none"))

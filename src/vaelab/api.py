@@ -22,7 +22,7 @@ from vaelab.config import RunConfig, apply_overrides, build_config
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.evaluate import evaluate
 from vaelab.io import write_json
-from vaelab.train import fit, resolve_device
+from vaelab.training import fit, resolve_device
 
 DEFAULT_IW_SAMPLES = 50  # `vaelab eval` and Run.evaluate
 TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 4 s on MNIST
