@@ -112,10 +112,14 @@ def shapes_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def shapes_npz(tmp_path_factory, shapes_arrays) -> Path:
-    """The synthetic shapes saved as ``shapes.npz`` with keys x and y."""
-    x, y = shapes_arrays
-    path = tmp_path_factory.mktemp("shapes") / "shapes.npz"
+def shapes_npz(tmp_path_factory) -> Path:
+    """The synthetic shapes (``shapes_arrays``) saved as ``shapes.npz`` with keys x and y."""
+    return save_shapes(tmp_path_factory.mktemp("shapes") / "shapes.npz", 256, seed=0)
+
+
+def save_shapes(path: Path, n: int, seed: int) -> Path:
+    """``make_shapes(n, seed=seed)`` saved as an .npz with keys x and y."""
+    x, y = make_shapes(n, seed=seed)
     np.savez(path, x=x, y=y)
     return path
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_error, make_shapes, run_main, write_idx_file
+from conftest import cli_error, make_shapes, run_main, save_shapes, write_idx_file
 from vaelab import api
 from vaelab.anomaly import score_images, threshold_at
 from vaelab.api import Run
@@ -46,10 +46,7 @@ def run_dir(tmp_path_factory, shapes_npz) -> Path:
 
 @pytest.fixture(scope="module")
 def test_npz(tmp_path_factory) -> Path:
-    x, y = make_shapes(40, seed=5)
-    path = tmp_path_factory.mktemp("inputs") / "new.npz"
-    np.savez(path, x=x, y=y)
-    return path
+    return save_shapes(tmp_path_factory.mktemp("inputs") / "new.npz", 40, seed=5)
 
 
 def test_commands_are_registered(capsys):

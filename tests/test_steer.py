@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import vaelab
-from conftest import cli_error, make_shapes, run_main
+from conftest import cli_error, run_main, save_shapes
 from vaelab import checkpoint
 from vaelab.config import ModelConfig, build_config
 from vaelab.errors import ConfigError, DataError, VaelabError
@@ -34,10 +34,7 @@ def history(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def shapes1k(tmp_path_factory) -> Path:
     """1,024 labelled shapes (4 classes): enough for the predictor to generalise."""
-    x, y = make_shapes(1024, seed=5)
-    path = tmp_path_factory.mktemp("shapes1k") / "shapes.npz"
-    np.savez(path, x=x, y=y)
-    return path
+    return save_shapes(tmp_path_factory.mktemp("shapes1k") / "shapes.npz", 1024, seed=5)
 
 
 def pred_config(npz: Path, *overrides: str):

@@ -25,6 +25,12 @@ COMMON_FLAGS = {
 }
 
 
+# Options of the commands that work on a saved run.
+split_option = click.option("--split", help="train, val or test (default: test, else val, else train).")
+run_data_dir_option = click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
+device_option = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+
+
 def _echo(msg: str) -> None:
     click.echo(msg)
 
@@ -105,12 +111,12 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
 # ------------------------------------------------------------------------------ eval
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--iw-samples", type=int, default=50, show_default=True,
               help="Importance samples K for nll_iw (VAEs); 0 skips it.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
     """Evaluate a run: print a table and write RUN/eval.json."""
     from vaelab.api import Run
@@ -139,10 +145,10 @@ def _print_eval(result: dict) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/reconstructions.png).")
-@click.option("--data-dir")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     """Save originals above their reconstructions as a PNG grid."""
     from vaelab import plots

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from vaelab.cli import _echo, cli
+from vaelab.cli import _echo, cli, device_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -57,7 +57,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, npz, device) -> None:
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
@@ -90,7 +90,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 @click.option("--kind", required=True,
               type=click.Choice(["scatter", "tsne", "pca", "traverse", "interpolate", "basis", "recon", "loss"]))
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/KIND.png).")
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--n", type=int, help="Number of images (scatter/pca: all; tsne: 2000; recon: 16).")
 @click.option("--dims", default="0,1", show_default=True, help="scatter: latent dimensions to plot.")
 @click.option("--pairs", help="pca: class pairs to project (default 0-1,4-9 when present).")
@@ -103,7 +103,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 @click.option("--to", "target", type=int, help="interpolate: second class (default 7 if present) or image index.")
 @click.option("--scale", type=float, help="basis: length of the basis vectors (default 3).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, seed,
          device) -> None:
     """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, recon, loss."""

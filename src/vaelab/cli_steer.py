@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli import _echo, cli
+from vaelab.cli import _echo, cli, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
 from vaelab.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
@@ -35,21 +35,25 @@ _TEMP = click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, s
                           "pulling into the class after the predictor is sure).")
 
 
+def _objective_options(command):
+    """--steps, --lr, --prior-weight and --temperature: the steering objective, shared by both commands."""
+    for option in (_TEMP, _PRIOR, _LR, _STEPS):
+        command = option(command)
+    return command
+
+
 # ------------------------------------------------------------------------------ steer
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--from", "index", type=int, required=True, help="Index of the image in the split.")
 @click.option("--to", "target", type=int, required=True, help="Target class.")
-@_STEPS
-@_LR
-@_PRIOR
-@_TEMP
+@_objective_options
 @click.option("--frames", type=int, default=DEFAULT_FRAMES, show_default=True,
               help="Images shown along the path (start and end included).")
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG strip (default RUN/figures/steer_INDEX_to_CLASS.png).")
-@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, split, out, data_dir,
           device) -> None:
     """Move one image's code towards a class; save the decoded path as a PNG strip."""
@@ -82,18 +86,15 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--pairs", type=int, default=100, show_default=True,
               help="Random (image, other class) pairs to steer.")
-@_STEPS
-@_LR
-@_PRIOR
-@_TEMP
+@_objective_options
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
               help="Judge folder: loaded if it holds one, else trained and saved there (default: the user cache).")
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the pairs.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for steer_eval.json and figures/steer_examples.png (default RUN).")
-@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def steer_bench(run_dir, pairs, steps, lr, prior_weight, temperature, judge_dir, split, seed, out, data_dir,
                 device) -> None:
     """Steer random pairs to other classes; the judge decides the success rate."""

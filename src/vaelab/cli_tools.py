@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli import _echo, cli
+from vaelab.cli import _echo, cli, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -27,7 +27,7 @@ def _fmt(v) -> str:
 @click.option("--method", default="latent-opt", show_default=True,
               help="single, iterative or latent-opt (best in bench/: 93% judge accuracy on MNIST).")
 @click.option("--n", type=int, default=1000, show_default=True, help="Inpaint the first N images of the split.")
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--iterations", type=int, help="iterative: passes through the model (default 50).")
 @click.option("--steps", type=int, help="latent-opt: Adam steps (default 300).")
 @click.option("--lr", type=float, help="latent-opt: Adam learning rate (default 0.05).")
@@ -36,8 +36,8 @@ def _fmt(v) -> str:
 @click.option("--no-judge", is_flag=True, help="Skip the judge accuracies.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random masks.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/inpaint-METHOD).")
-@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, no_judge, seed, out, data_dir,
             device) -> None:
     """Fill hidden pixels with the model; write inpaint_eval.json and inpaint.png."""
@@ -81,7 +81,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
     from vaelab.anomaly import check_contamination, check_score, detect as detect_fn
@@ -150,13 +150,13 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, 
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=click.Choice(["reconstructions", "latents"]), default="reconstructions",
               show_default=True)
-@click.option("--split", help="train, val or test (default: test, else val, else train).")
+@split_option
 @click.option("--n", type=int, help="First N images (default: 100 reconstructions, every latent code).")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV path (default RUN/WHAT.csv).")
 @click.option("--decimals", type=int, help="Digits after the decimal point (default 4 for pixels, 6 for codes).")
 @click.option("--chunk-size", type=int, default=1000, show_default=True, help="Images per written chunk.")
-@click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-@click.option("--device", default="auto", show_default=True)
+@run_data_dir_option
+@device_option
 def export(run_dir, what, split, n, out, decimals, chunk_size, data_dir, device) -> None:
     """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV."""
     from vaelab.api import Run
