@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from conftest import make_shapes, write_idx_file
 from vaelab import metrics
-from vaelab.anomaly import (SCORES, AnomalyDetector, as_images, load_input, one_class_benchmark, score_images,
-                            threshold_at)
+from vaelab.anomaly import SCORES, AnomalyDetector, as_images, load_input, score_images, threshold_at
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
+from vaelab.one_class import one_class_benchmark
 from vaelab.training import fit
 
 TINY = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.lr=0.005", "train.device=cpu",

@@ -121,7 +121,8 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
 def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, limit, test_limit, data_dir,
                   data_path, seed, keep_runs, verbose) -> None:
     """One-class protocol: train on each class, AUROC on the whole test set."""
-    from vaelab.anomaly import DEFAULT_SCORE, check_score, one_class_benchmark
+    from vaelab.anomaly import DEFAULT_SCORE, check_score
+    from vaelab.one_class import one_class_benchmark
 
     score = score or DEFAULT_SCORE
     check_score(score)
