@@ -62,10 +62,9 @@ def init_params(seed: int = 1) -> list[torch.Tensor]:
     """fp32 master parameters in nn.Linear's default initialisation."""
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for shape in SHAPES:
-        fan_in = SHAPES[len(out) - (len(out) % 2)][1]  # the weight's input width, for weight and bias
-        bound = 1 / math.sqrt(fan_in)
-        out.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
+    for weight, bias in zip(SHAPES[::2], SHAPES[1::2]):
+        bound = 1 / math.sqrt(weight[1])  # 1/sqrt(fan_in), for the weight and its bias
+        out += [(torch.rand(shape, generator=gen) * 2 - 1) * bound for shape in (weight, bias)]
     return out
 
 
@@ -117,11 +116,28 @@ def gemm_step(p: list[torch.Tensor], xc: torch.Tensor, acts: dict[str, torch.Ten
     torch.mm(dheads.t(), h1), torch.mm(dheads, w2), torch.mm(dh1.t(), xc)
 
 
-def batches(n: int, epochs: int):
-    """(epoch, start, stop) of every training step: the tutorial's 469 batches per epoch."""
-    for epoch in range(epochs):
-        for i in range(0, n, BATCH):
-            yield epoch, i, min(i + BATCH, n)
+def batches(n: int):
+    """(start, stop) of each step of one epoch: the tutorial's 469 batches."""
+    for i in range(0, n, BATCH):
+        yield i, min(i + BATCH, n)
+
+
+def train_loop(train: torch.Tensor, epochs: int, step) -> tuple[float, float, float]:
+    """Shuffle each epoch and batch as the tutorial does; ``step(x)`` trains on one batch
+    (B, 784) in [0, 1] and returns its summed loss. (seconds of the first step, seconds in
+    all, last epoch's mean loss)."""
+    torch.manual_seed(1)
+    first, last = None, math.nan
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        shuffled = train[torch.randperm(len(train))]
+        total = 0.0
+        for lo, hi in batches(len(train)):
+            total += step(shuffled[lo:hi].float().div_(255))
+            if first is None:
+                first = time.perf_counter() - t0
+        last = total / len(train)
+    return first, time.perf_counter() - t0, last
 
 
 def load_mnist(root: Path, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,9 +159,10 @@ def time_gemm(train: torch.Tensor, test: torch.Tensor, epochs: int) -> float:
     test_b = test.bfloat16()
     z_test = torch.randn(EVAL_BATCH, Z).bfloat16()
     t0 = time.perf_counter()
-    for _, lo, hi in batches(len(train), epochs):
-        acts = acts_full if hi - lo == BATCH else {k: v[:hi - lo] for k, v in acts_full.items()}
-        gemm_step(p, xb[lo:hi], acts)
+    for _ in range(epochs):
+        for lo, hi in batches(len(train)):
+            acts = acts_full if hi - lo == BATCH else {k: v[:hi - lo] for k, v in acts_full.items()}
+            gemm_step(p, xb[lo:hi], acts)
     for _ in range(epochs):  # the test pass: forward products only
         for i in range(0, len(test), EVAL_BATCH):
             x = test_b[i:i + EVAL_BATCH]
@@ -188,27 +205,22 @@ def time_import(code: str, repeat: int = 3) -> float:
 
 def run_hand(train: torch.Tensor, epochs: int) -> tuple[float, float]:
     """Train with hand_step; (seconds, last epoch's mean training loss)."""
-    torch.manual_seed(1)
     params = [torch.nn.Parameter(t) for t in init_params()]
     low = [t.detach().bfloat16() for t in params]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
-    last = math.nan
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        x_all = train[torch.randperm(len(train))]
-        total = 0.0
-        for _, lo, hi in batches(len(train), 1):
-            x = x_all[lo:hi].float().div_(255)
-            loss, grads = hand_step(low, x, torch.randn(hi - lo, Z))
-            total += float(loss.sum())
-            for q, g in zip(params, grads):
-                q.grad = g
-            opt.step()
-            with torch.no_grad():
-                for lo_p, q in zip(low, params):
-                    lo_p.copy_(q)
-        last = total / len(train)
-    return time.perf_counter() - t0, last
+
+    def step(x: torch.Tensor) -> float:
+        loss, grads = hand_step(low, x, torch.randn(len(x), Z))
+        for q, g in zip(params, grads):
+            q.grad = g
+        opt.step()
+        with torch.no_grad():
+            for q_low, q in zip(low, params):
+                q_low.copy_(q)
+        return float(loss.sum())
+
+    _, seconds, last = train_loop(train, epochs, step)
+    return seconds, last
 
 
 def run_vaelab(train: torch.Tensor, epochs: int) -> tuple[float, float]:
@@ -243,24 +255,19 @@ def run_compiled(train: torch.Tensor, epochs: int) -> tuple[float, float, float]
 
     def forward(x):
         with forward_context("mixed", device):
-            return model(x)["loss"].mean()
+            return model(x.view(-1, 1, 28, 28))["loss"].mean()
 
     compiled = torch.compile(forward, dynamic=False)
-    first, last = None, math.nan
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        x_all = train[torch.randperm(len(train))].view(-1, 1, 28, 28)
-        total = 0.0
-        for _, lo, hi in batches(len(train), 1):
-            loss = compiled(x_all[lo:hi].float().div_(255))
-            total += loss.item() * (hi - lo)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if first is None:
-                first = time.perf_counter() - t0
-        last = total / len(train)
-    return first, time.perf_counter() - t0 - first, last
+
+    def step(x: torch.Tensor) -> float:
+        loss = compiled(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item() * len(x)
+
+    first, seconds, last = train_loop(train, epochs, step)
+    return first, seconds - first, last
 
 
 def main() -> None:
@@ -300,7 +307,8 @@ def main() -> None:
         res["hand_ms_per_step"] = 1000 * res["hand_s"] / steps
         res["vaelab_ms_per_step"] = 1000 * res["vaelab_s"] / steps
     if args.compile:
-        res["compile_first_step_s"], res["compiled_rest_s"], res["compiled_last_epoch_loss"] = run_compiled(train, epochs)
+        first, rest, loss = run_compiled(train, epochs)
+        res["compile_first_step_s"], res["compiled_rest_s"], res["compiled_last_epoch_loss"] = first, rest, loss
         res["compiled_ms_per_step"] = 1000 * res["compiled_rest_s"] / (steps - 1)
     if args.reference_seconds:
         res["reference_s"] = args.reference_seconds
@@ -310,7 +318,8 @@ def main() -> None:
 
     print(f"\nmlp-vae floor, {epochs} epochs = {steps} steps, {torch.get_num_threads()} threads"
           f"{'  (QUICK: not a measurement)' if args.quick else ''}")
-    print(f"  import torch             {res['import_torch_s']:7.2f} s   (+torch._dynamo: {res['import_torch_dynamo_s']:.2f} s)")
+    print(f"  import torch             {res['import_torch_s']:7.2f} s   "
+          f"(+torch._dynamo: {res['import_torch_dynamo_s']:.2f} s)")
     for k in ("gemm", "adam", "casts"):
         print(f"  {k:24s} {res[f'{k}_s']:7.2f} s   ({res[f'{k}_ms_per_step']:.3f} ms/step)")
     print(f"  floor (sum)              {res['floor_s']:7.2f} s")

@@ -28,7 +28,8 @@ COMMON_FLAGS = {
 # Options of the commands that work on a saved run.
 split_option = click.option("--split", help="train, val or test (default: test, else val, else train).")
 run_data_dir_option = click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-device_option = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto (CUDA when present), cpu, cuda, cuda:N.")
 
 
 def _echo(msg: str) -> None:
