@@ -35,8 +35,8 @@ def main() -> int:
         return 1
     from vaelab.api import Run, train
     from vaelab.config import DataConfig
-    from vaelab.judge import get_judge
-    from vaelab.sample_eval import evaluate_samples
+    from vaelab.evaluation.judge import get_judge
+    from vaelab.latent.sample_eval import evaluate_samples
 
     epochs, n = (1, 500) if args.quick else (args.epochs, args.n)
     tag = "quick" if args.quick else "full"

@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root("inpaint_bench")
 
     import vaelab
-    from vaelab.inpaint import evaluate_inpainting
-    from vaelab.judge import get_judge
+    from vaelab.latent.inpaint import evaluate_inpainting
+    from vaelab.evaluation.judge import get_judge
 
     out = Path(args.out)
     info = machine_info()

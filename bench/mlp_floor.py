@@ -227,7 +227,7 @@ def run_vaelab(train: torch.Tensor, epochs: int) -> tuple[float, float]:
     """vaelab's own loop (``vaelab.training.fit``) on the mlp-vae preset, precision mixed, no test pass."""
     from vaelab.config import build_config
     from vaelab.data import ImageSet, Splits
-    from vaelab.training import fit
+    from vaelab.training.loop import fit
 
     cfg = build_config("mlp-vae", extra={"train": {"precision": "mixed", "epochs": epochs, "progress": False},
                                          "data": {"val": "none"}})
@@ -244,7 +244,7 @@ def run_compiled(train: torch.Tensor, epochs: int) -> tuple[float, float, float]
     os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"  # time a cold compile, not a cache hit
     from vaelab.config import build_config
     from vaelab.models import build_model
-    from vaelab.training import forward_context, make_optimizer
+    from vaelab.training.loop import forward_context, make_optimizer
 
     cfg = build_config("mlp-vae", extra={"train": {"precision": "mixed"}})
     cfg.model.input_shape = [1, 28, 28]

@@ -38,7 +38,7 @@ def train(preset: str, run_dir: Path, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vaelab.steer import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+    from vaelab.latent.steer import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mlp-vae")
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root("steer_bench")
 
     import vaelab
-    from vaelab.judge import get_judge, load_judge
-    from vaelab.steer import steer_benchmark
+    from vaelab.evaluation.judge import get_judge, load_judge
+    from vaelab.latent.steer import steer_benchmark
 
     out = Path(args.out)
     info = machine_info()

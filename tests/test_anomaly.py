@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_shapes, write_idx_file
-from vaelab import metrics
-from vaelab.anomaly import SCORES, AnomalyDetector, as_images, load_input, score_images, threshold_at
+from vaelab.evaluation import metrics
+from vaelab.anomaly.detector import SCORES, AnomalyDetector, as_images, load_input, score_images, threshold_at
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
-from vaelab.one_class import one_class_benchmark
-from vaelab.training import fit
+from vaelab.anomaly.one_class import one_class_benchmark
+from vaelab.training.loop import fit
 
 TINY = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.lr=0.005", "train.device=cpu",
         "train.progress=false", "train.precision=fp32"]
@@ -156,7 +156,7 @@ def test_detector_saves_a_run_and_reuses_it(squares, tmp_path, monkeypatch):
     run = Run.load(run_dir, device="cpu")
     assert np.allclose(score_images(run.model, run.split("train").float()), d.decision_scores_, rtol=1e-5)
     # an existing run is used as it is: nothing is trained
-    monkeypatch.setattr("vaelab.training.fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("vaelab.training.loop.fit", lambda *a, **k: pytest.fail("trained again"))
     d2 = AnomalyDetector(contamination=0.2, run_dir=run_dir).fit(squares)
     assert np.allclose(d2.decision_scores_, d.decision_scores_, rtol=1e-5)
     assert d2.threshold_ == pytest.approx(d.threshold_, rel=1e-5)

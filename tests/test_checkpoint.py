@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vaelab import checkpoint
+from vaelab.training import checkpoint
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import CheckpointError
-from vaelab.training import fit, make_optimizer
+from vaelab.training.loop import fit, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_run_evaluate_and_history(run_copy):
 
 def test_saves_are_atomic(run_copy, monkeypatch):
     """A save that fails half-way leaves the previous file intact and no temp file."""
-    import vaelab.checkpoint as ck
+    import vaelab.training.checkpoint as ck
 
     before = (run_copy / checkpoint.WEIGHTS).read_bytes()
     cfg, model = checkpoint.load_model(run_copy)

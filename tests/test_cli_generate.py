@@ -14,7 +14,7 @@ from conftest import assert_one_line_error as one_line_error, run_main
 def judge_dir(tmp_path_factory, shapes_npz):
     from vaelab.config import DataConfig
     from vaelab.data import load_data
-    from vaelab.judge import save_judge, train_judge
+    from vaelab.evaluation.judge import save_judge, train_judge
 
     folder = tmp_path_factory.mktemp("judge")
     splits = load_data(DataConfig(name="npz", path=str(shapes_npz), val="0.25"))

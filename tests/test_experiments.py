@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import cli_error, run_main
-from vaelab import experiments
-from vaelab.sweep import read_results, trial_config
+from vaelab.sweep import experiments
+from vaelab.sweep.runner import read_results, trial_config
 
 
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))

@@ -11,8 +11,8 @@ import torch
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import VaelabError
-from vaelab.export import export, export_latents, export_reconstructions, latent_header, reconstruction_header
-from vaelab.training import fit
+from vaelab.export.table import export, export_latents, export_reconstructions, latent_header, reconstruction_header
+from vaelab.training.loop import fit
 
 
 def _run(shapes_npz, kind: str) -> Run:

@@ -12,8 +12,8 @@ from PIL import Image
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
-from vaelab.inpaint import METHODS, evaluate_inpainting, inpaint, masked_mse, optimise_codes, parse_mask
-from vaelab.training import fit
+from vaelab.latent.inpaint import METHODS, evaluate_inpainting, inpaint, masked_mse, optimise_codes, parse_mask
+from vaelab.training.loop import fit
 
 
 def _tiny_run(shapes_npz, kind: str, epochs: int = 20):

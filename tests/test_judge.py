@@ -9,8 +9,8 @@ import torch
 from vaelab.config import DataConfig
 from vaelab.data import load_data
 from vaelab.errors import CheckpointError
-from vaelab.judge import load_judge, save_judge, train_judge
-from vaelab.metrics import frechet_distance
+from vaelab.evaluation.judge import load_judge, save_judge, train_judge
+from vaelab.evaluation.metrics import frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vaelab.errors import ConfigError
-from vaelab.latent import PLOTS, interpolation_codes, pca_spectrum, plot
+from vaelab.latent.pictures import PLOTS, interpolation_codes, pca_spectrum, plot
 
 
 @pytest.mark.parametrize("kind", sorted(PLOTS))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from vaelab.losses import apply_output, kl_normal, reconstruction
+from vaelab.models.losses import apply_output, kl_normal, reconstruction
 
 
 def test_kl_closed_form_vs_torch_distributions():

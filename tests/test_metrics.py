@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from skimage.metrics import structural_similarity
 
 from conftest import make_shapes
-from vaelab import metrics
+from vaelab.evaluation import metrics
 from vaelab.config import ModelConfig
 from vaelab.models import VAE
 

@@ -138,7 +138,7 @@ def _tf_same_conv_oracle(x, w, s):
 @pytest.mark.parametrize("shape, k, s", [((1, 28, 28), 3, 2), ((2, 14, 9), 3, 2), ((1, 7, 8), 4, 2),
                                          ((1, 9, 9), 5, 3), ((1, 6, 6), 3, 1)])
 def test_same_padding_matches_tensorflows_definition(shape, k, s):
-    from vaelab.models.blocks import conv_layer
+    from vaelab.models.bodies import conv_layer
 
     torch.manual_seed(0)
     layer = conv_layer(shape[0], 3, k, s, shape[1:], "same", flip_in=True, flip_out=True).double()
@@ -150,7 +150,7 @@ def test_same_padding_matches_tensorflows_definition(shape, k, s):
 def test_same_padding_windows_start_at_pixel_zero():
     """One lit pixel at (2, 2), a 3x3 all-ones stride-2 kernel: TensorFlow's windows cover
     0-2 and 2-4, so four outputs see it; PyTorch's symmetric ones cover -1..1 and 1..3 (one)."""
-    from vaelab.models.blocks import conv_layer
+    from vaelab.models.bodies import conv_layer
 
     x = torch.zeros(1, 1, 28, 28)
     x[0, 0, 2, 2] = 1
@@ -171,7 +171,7 @@ def test_same_padding_windows_start_at_pixel_zero():
 def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s):
     """TensorFlow defines conv2d_transpose as the gradient of conv2d: with shared weights,
     <conv(x), y> = <x, conv_transpose(y)> for every x, y, which fixes the crop."""
-    from vaelab.models.blocks import conv_layer, conv_transpose_layer
+    from vaelab.models.bodies import conv_layer, conv_transpose_layer
 
     torch.manual_seed(0)
     conv = conv_layer(3, 5, k, s, (n_out, n_out), "same", flip_in=True, flip_out=True).double()
@@ -191,7 +191,7 @@ def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(n_in, n_out, k, s)
 def test_conv_layers_equal_torchs_layers_in_values_and_gradients(padding):
     """vaelab adds conv biases after the convolution (a faster backward on CPU); values and
     gradients equal nn.Conv2d / nn.ConvTranspose2d with the same weights."""
-    from vaelab.models.blocks import conv_layer, conv_transpose_layer
+    from vaelab.models.bodies import conv_layer, conv_transpose_layer
 
     torch.manual_seed(0)
     conv = conv_layer(3, 5, 3, 2, (8, 8), padding, flip_in=True, flip_out=True).double()

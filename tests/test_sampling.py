@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab.errors import ConfigError, DataError
-from vaelab.sampling import SAMPLERS, Sampler, make_sampler
+from vaelab.latent.sampling import SAMPLERS, Sampler, make_sampler
 
 
 def clustered(n=600, d=3, seed=0):
@@ -118,7 +118,7 @@ def test_same_seed_same_samples_different_seed_different():
 
 
 def test_fitted_sampler_is_reused_from_the_run(trained_run):
-    from vaelab.sampling import fitted_sampler
+    from vaelab.latent.sampling import fitted_sampler
 
     s1 = fitted_sampler(trained_run, "class-gaussian", scale=0.5)
     stamp = (trained_run.run_dir / "samplers" / "class-gaussian.npz").stat().st_mtime_ns

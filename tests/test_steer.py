@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 import vaelab
 from conftest import cli_error, run_main, save_shapes
-from vaelab import checkpoint
+from vaelab.training import checkpoint
 from vaelab.config import ModelConfig, build_config
 from vaelab.errors import ConfigError, DataError, VaelabError
 from vaelab.models import build_model
-from vaelab.steer import draw_pairs, frame_steps, steer, steer_benchmark, success_rate
-from vaelab.training import fit
+from vaelab.latent.steer import draw_pairs, frame_steps, steer, steer_benchmark, success_rate
+from vaelab.training.loop import fit
 
 
 def quiet(*_):
@@ -57,7 +57,7 @@ def pred_run(tmp_path_factory, shapes1k):
 @pytest.fixture(scope="module")
 def shapes_judge(tmp_path_factory, pred_run):
     """A judge trained on the run's own shapes (2 epochs) and saved to a folder."""
-    from vaelab.judge import save_judge, train_judge
+    from vaelab.evaluation.judge import save_judge, train_judge
 
     folder = tmp_path_factory.mktemp("judge") / "shapes"
     j = train_judge(pred_run.splits(), "shapes", epochs=2, log=quiet)
@@ -288,7 +288,7 @@ def test_success_rate_and_pair_drawing():
 
 
 def test_steer_bench_cli_writes_honest_numbers(pred_run, shapes_judge, tmp_path, capsys):
-    from vaelab.judge import load_judge
+    from vaelab.evaluation.judge import load_judge
 
     out = tmp_path / "bench"
     rc, text, err = run_main(capsys, "steer-bench", pred_run.run_dir, "--pairs", 40, "--steps", 50, "--seed", 4,
@@ -313,7 +313,7 @@ def test_steer_bench_cli_writes_honest_numbers(pred_run, shapes_judge, tmp_path,
 
 
 def test_steer_benchmark_in_python_without_writing(pred_run, shapes_judge):
-    from vaelab.judge import load_judge
+    from vaelab.evaluation.judge import load_judge
 
     r = steer_benchmark(pred_run, pairs=8, judge=load_judge(shapes_judge), steps=5, log=quiet)
     assert r["pairs"] == 8 and 0 <= r["success_rate"] <= 1 and set(r["per_target"]) == {"0", "1", "2", "3"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_error, run_main
-from vaelab import sweep as sw
+from vaelab.sweep import runner as sw
 from vaelab.errors import ConfigError, VaelabError
 
 
@@ -111,7 +111,7 @@ def test_every_trial_is_a_run_and_results_match_its_eval(small_sweep):
 
 
 def test_list_values_in_the_table_and_an_empty_list_shows():
-    from vaelab.sweep_results import _cell
+    from vaelab.sweep.results import _cell
 
     assert (_cell([512, 128]), _cell([]), _cell(None), _cell(0.001234567)) == ("512,128", "[]", "", "0.00123457")
 
@@ -192,7 +192,7 @@ def test_a_real_training_failure_is_recorded(tmp_path, shapes_npz):
 
 
 def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(tmp_path, shapes_npz):
-    from vaelab.training import fit
+    from vaelab.training.loop import fit
 
     out = tmp_path / "s"
     spec = _spec(shapes_npz, {"model.latent_dim": [2]}, epochs=2)
@@ -234,7 +234,7 @@ def test_workers_end_when_the_sweep_process_is_killed(tmp_path):
 import os, time
 from multiprocessing import get_context
 from concurrent.futures import ProcessPoolExecutor
-from vaelab.executors import init_worker as _init_worker
+from vaelab.sweep.executors import init_worker as _init_worker
 def work(path):
     open(path, "w").write(str(os.getpid()))
     time.sleep(60)
@@ -276,7 +276,7 @@ def _dies_on_zero(x: int) -> dict:
 
 
 def test_a_worker_that_dies_is_recorded_lost_and_the_other_jobs_finish():
-    from vaelab import executors
+    from vaelab.sweep import executors
 
     rows, lost = [], []
 

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
-from vaelab import checkpoint
+from vaelab.training import checkpoint
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
-from vaelab.evaluate import evaluate
+from vaelab.evaluation.evaluate import evaluate
 from vaelab.models import VAE
-from vaelab.training import fit, resolve_device
+from vaelab.training.loop import fit, resolve_device
 
 # 784-32-(2, 2)-32-784, written out by hand
 TINY_PARAMS = (784 * 32 + 32) + 2 * (32 * 2 + 2) + (2 * 32 + 32) + (32 * 784 + 784)

@@ -6,21 +6,39 @@ The public Python API::
     run = vaelab.train("mlp-vae", "runs/mlp-vae")      # train, evaluate, draw figures
     run = vaelab.Run.load("runs/mlp-vae")
     codes = run.encode(images); images = run.decode(codes)
+
+Names are imported on first use (PEP 562), so ``import vaelab`` loads no feature module.
 """
 
-from vaelab.anomaly import AnomalyDetector
-from vaelab.api import Run, train
-from vaelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, preset_names
-from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import VaelabError
-from vaelab.evaluate import evaluate
-from vaelab.models import AE, MODELS, VAE, build_model
-from vaelab.training import fit
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AE", "AnomalyDetector", "MODELS", "VAE", "DataConfig", "ImageSet", "ModelConfig", "Run", "RunConfig", "Splits",
-    "TrainConfig", "VaelabError", "build_config", "build_model", "evaluate", "fit", "load_data",
-    "preset_names", "train", "__version__",
-]
+# name -> module that defines it
+_API = {
+    "AnomalyDetector": "vaelab.anomaly.detector",
+    "Run": "vaelab.api", "train": "vaelab.api",
+    "DataConfig": "vaelab.config", "ModelConfig": "vaelab.config", "RunConfig": "vaelab.config",
+    "TrainConfig": "vaelab.config", "build_config": "vaelab.config", "preset_names": "vaelab.config",
+    "ImageSet": "vaelab.data", "Splits": "vaelab.data", "load_data": "vaelab.data",
+    "VaelabError": "vaelab.errors",
+    "evaluate": "vaelab.evaluation.evaluate",
+    "MODELS": "vaelab.models", "build_model": "vaelab.models",
+    "fit": "vaelab.training.loop",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'vaelab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # cache: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

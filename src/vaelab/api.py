@@ -17,12 +17,12 @@ from typing import Callable
 
 import torch
 
-from vaelab import checkpoint
+from vaelab.training import checkpoint
 from vaelab.config import RunConfig, apply_overrides, build_config
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.evaluate import evaluate
+from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
-from vaelab.training import fit, resolve_device
+from vaelab.training.loop import fit, resolve_device
 
 DEFAULT_IW_SAMPLES = 50  # `vaelab eval` and Run.evaluate
 TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 4 s on MNIST
@@ -116,7 +116,7 @@ class Run:
 
     def figures(self, n: int = 16, seed: int = 0) -> list[Path]:
         """Write the standard figures into ``RUN/figures``: loss curves, reconstructions, prior samples."""
-        from vaelab import plots
+        from vaelab.viz import plots
 
         out = self.run_dir / "figures"
         paths = []

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
-from vaelab.losses import apply_output, classification, kl_normal, reconstruction
-from vaelab.models.blocks import activation, build_decoder, build_encoder, build_predictor
+from vaelab.models.losses import apply_output, classification, kl_normal, reconstruction
+from vaelab.models.bodies import activation, build_decoder, build_encoder, build_predictor
 
 
 class AE(nn.Module):

@@ -29,7 +29,7 @@ from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError
 from vaelab.io import atomic_path, write_json
-from vaelab.metrics import frechet_distance
+from vaelab.evaluation.metrics import frechet_distance
 
 FEATURES = 128
 
@@ -140,7 +140,7 @@ def save_judge(judge: Judge, folder: str | Path) -> None:
 
 
 def load_judge(folder: str | Path) -> Judge:
-    from vaelab.checkpoint import _check_safetensors
+    from vaelab.training.checkpoint import _check_safetensors
 
     path = Path(folder) / "judge.safetensors"
     meta_path = Path(folder) / "eval.json"

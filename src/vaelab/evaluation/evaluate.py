@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from vaelab import metrics
+from vaelab.evaluation import metrics
 from vaelab.data import ImageSet
-from vaelab.losses import classification
+from vaelab.models.losses import classification
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vaelab import metrics
-from vaelab.anomaly import DEFAULT_EPOCHS, DEFAULT_OVERRIDES, DEFAULT_PRESET, DEFAULT_SCORE, check_score, score_images
+from vaelab.evaluation import metrics
+from vaelab.anomaly.detector import DEFAULT_EPOCHS, DEFAULT_OVERRIDES, DEFAULT_PRESET, DEFAULT_SCORE, check_score, score_images
 from vaelab.errors import DataError, VaelabError
 
 CLASS_NAMES = {
@@ -39,10 +39,10 @@ def one_class_benchmark(data: str = "mnist", normal: list[int] | None = None, ou
     test images (quick checks only)."""
     from sklearn.metrics import roc_curve
 
-    from vaelab import plots
+    from vaelab.viz import plots
     from vaelab.config import DataConfig, build_config
     from vaelab.data import Splits, load_data
-    from vaelab.training import fit
+    from vaelab.training.loop import fit
 
     check_score(score)
     splits = load_data(DataConfig(name=data, data_dir=data_dir, path=data_path, val="none"))

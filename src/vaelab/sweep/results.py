@@ -12,7 +12,7 @@ from vaelab.errors import VaelabError
 from vaelab.io import write_text
 
 if TYPE_CHECKING:
-    from vaelab.sweep import SweepSpec
+    from vaelab.sweep.runner import SweepSpec
 
 METRICS = ("loss", "mse", "ssim", "psnr", "active_units")
 COLUMNS_AFTER = ("status", *METRICS, "params", "train_seconds", "error")
@@ -76,7 +76,7 @@ def read_results(out: str | Path) -> list[dict]:
 def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[str], None] = print,
                   n_images: int = 100) -> list[Path]:
     """Metric figures and the side-by-side reconstructions of the same test images."""
-    from vaelab import plots
+    from vaelab.viz import plots
 
     done = [r for r in rows if r.get("status") == "done"]
     paths: list[Path] = []
@@ -97,7 +97,7 @@ def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[s
 
 
 def _reconstruction_figure(out: Path, spec: SweepSpec, done: list[dict], path: Path, n: int) -> Path:
-    from vaelab import plots
+    from vaelab.viz import plots
     from vaelab.api import Run
 
     blocks: list[tuple[str, Any]] = []

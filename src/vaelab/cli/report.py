@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from vaelab.cli import _echo, cli
+from vaelab.cli.options import _echo
 
 
-@cli.command()
+@click.command()
 @click.argument("folder", metavar="RUN_OR_SWEEP_DIR", type=click.Path())
 @click.option("--out", type=click.Path(), help="HTML file to write (default DIR/report.html).")
 @click.option("--no-generate", is_flag=True,
@@ -15,7 +15,7 @@ from vaelab.cli import _echo, cli
 @click.option("--data-dir", help="Where the data set lives, for drawing missing figures.")
 def report(folder, out, no_generate, data_dir) -> None:
     """Write report.html: config, metrics, loss curves and every figure, images embedded."""
-    from vaelab.report import write_report
+    from vaelab.viz.report import write_report
 
     path = write_report(folder, out, generate=not no_generate, data_dir=data_dir, log=_echo)
     _echo(f"wrote {path}")

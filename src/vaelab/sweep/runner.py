@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from vaelab import executors
+from vaelab.sweep import executors
 from vaelab.config import build_config, parse_override, typed_value
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.io import write_json
-from vaelab.sweep_results import METRICS, read_results, write_figures, write_results
+from vaelab.sweep.results import METRICS, read_results, write_figures, write_results
 
 __all__ = ["SweepSpec", "Trial", "expand_grid", "parse_grid", "read_results", "run_sweep", "trial_config"]
 
@@ -177,7 +177,7 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
     logfile = run_dir / "train.log"
     try:
         from vaelab import api
-        from vaelab.checkpoint import RESUME
+        from vaelab.training.checkpoint import RESUME
 
         with open(logfile, "a") as f:
             def log(msg: str) -> None:

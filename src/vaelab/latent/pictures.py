@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab import plots
+from vaelab.viz import plots
 from vaelab.errors import ConfigError
 
 

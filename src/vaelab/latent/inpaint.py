@@ -5,7 +5,7 @@ Masks are bool tensors (N, 1, H, W), True = hidden, built from a short text spec
 live in the ``METHODS`` registry; each takes the model, images (B, C, H, W) in [0, 1]
 and a mask, and returns the filled images, with every known pixel kept exactly::
 
-    from vaelab.inpaint import inpaint, parse_mask
+    from vaelab.latent.inpaint import inpaint, parse_mask
     mask = parse_mask("center:10", x.shape[1:])(len(x), seed=0)   # (N, 1, H, W) bool
     filled = inpaint(run, x, mask, method="latent-opt")
 """
@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vaelab import metrics
+from vaelab.evaluation import metrics
 from vaelab.errors import DataError, VaelabError
 from vaelab.models import frozen
 
@@ -268,7 +268,7 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
               "judge_accuracy": None, "judge_accuracy_masked": None, "judge_accuracy_original": None,
               "seconds": round(seconds, 3)}
     if use_judge and data.y is not None:
-        from vaelab.judge import resolve_judge
+        from vaelab.evaluation.judge import resolve_judge
 
         j = resolve_judge(run.config.data, judge, log)
         y = data.y[:n]
@@ -277,7 +277,7 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
             result[key] = float((j.predict(imgs) == y).float().mean())
         result["judge"] = j.meta.get("dataset")
     if out is not None:
-        from vaelab import plots
+        from vaelab.viz import plots
         from vaelab.io import write_json
 
         out = Path(out)

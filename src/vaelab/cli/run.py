@@ -1,49 +1,18 @@
-"""The ``vaelab`` command: thin commands that parse, call a library function, print.
-
-Errors a user can cause end in one line ``vaelab: error: ...`` and exit code 2;
-set VAELAB_DEBUG=1 to see the traceback instead.
-"""
+"""Commands on one run: train, eval, reconstruct, presets, info, download."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
 
+from vaelab.cli.options import COMMON_FLAGS, _echo, _print_eval, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
-
-COMMON_FLAGS = {
-    # flag name -> (section, field)
-    "data": ("data", "name"), "data_dir": ("data", "data_dir"), "data_path": ("data", "path"),
-    "train_split": ("data", "train_split"), "val": ("data", "val"), "image_size": ("data", "image_size"),
-    "limit": ("data", "limit"), "latent_dim": ("model", "latent_dim"), "loss": ("model", "loss"),
-    "beta": ("model", "beta"), "epochs": ("train", "epochs"), "seed": ("train", "seed"),
-    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "device": ("train", "device"),
-}
-
-
-# Options of the commands that work on a saved run.
-split_option = click.option("--split", help="train, val or test (default: test, else val, else train).")
-run_data_dir_option = click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="auto (CUDA when present), cpu, cuda, cuda:N.")
-
-
-def _echo(msg: str) -> None:
-    click.echo(msg)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="vaelab")
-def cli() -> None:
-    """Autoencoders and VAEs on images: train, evaluate, reconstruct, sample."""
 
 
 # ------------------------------------------------------------------------------ train
-@cli.command()
+@click.command()
 @click.option("--preset", help="Named configuration (see `vaelab presets`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
@@ -73,7 +42,7 @@ def cli() -> None:
 def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, **flags) -> None:
     """Train a model; write the run directory, eval.json and figures."""
     from vaelab import api
-    from vaelab.checkpoint import RESUME
+    from vaelab.training.checkpoint import RESUME
 
     extra: dict = {}
     for name, value in flags.items():
@@ -110,7 +79,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
 
 
 # ------------------------------------------------------------------------------ eval
-@cli.command("eval")
+@click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @split_option
 @click.option("--iw-samples", type=int, default=50, show_default=True,
@@ -129,21 +98,8 @@ def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
     _echo(f"wrote {Path(run_dir) / 'eval.json'}")
 
 
-def _print_eval(result: dict) -> None:
-    rows = []
-    for k, v in result.items():
-        if k == "kl_per_dim":
-            v = "[" + ", ".join(f"{x:.2f}" for x in v[:10]) + (", ...]" if len(v) > 10 else "]")
-        elif isinstance(v, float):
-            v = f"{v:.4f}"
-        rows.append((k, str(v)))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        _echo(f"  {k:<{width}}  {v}")
-
-
 # ------------------------------------------------------------------------------ reconstruct
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
 @split_option
@@ -152,7 +108,7 @@ def _print_eval(result: dict) -> None:
 @device_option
 def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     """Save originals above their reconstructions as a PNG grid."""
-    from vaelab import plots
+    from vaelab.viz import plots
     from vaelab.api import Run
 
     if n < 1:
@@ -165,7 +121,7 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
 
 
 # ------------------------------------------------------------------------------ info
-@cli.command()
+@click.command()
 def presets() -> None:
     """List the named configurations and their parameter counts."""
     from vaelab.config import build_config, load_preset, preset_names
@@ -181,11 +137,11 @@ def presets() -> None:
               f"data={d.get('data', {}).get('name')}  epochs={cfg.train.epochs}")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def info(run_dir) -> None:
     """Show a run's config summary, training summary and evaluation."""
-    from vaelab.checkpoint import load_config
+    from vaelab.training.checkpoint import load_config
 
     cfg = load_config(run_dir)
     m = cfg.model
@@ -197,7 +153,7 @@ def info(run_dir) -> None:
             _print_eval(json.loads(p.read_text()))
 
 
-@cli.command()
+@click.command()
 @click.option("--data", default="mnist", show_default=True, type=click.Choice(["mnist", "fashion-mnist"]))
 @click.option("--data-dir", help="Where to put it (default $VAELAB_DATA, then ~/.cache/vaelab).")
 def download(data, data_dir) -> None:
@@ -206,44 +162,3 @@ def download(data, data_dir) -> None:
 
     for stem, path in locate(data, data_dir).items():
         _echo(f"{stem:<24} {path}")
-
-
-# ------------------------------------------------------------------------------ more commands
-# Each feature area keeps its commands in its own module, which adds them to `cli`
-# when imported (generation and latent pictures, inpainting / anomalies / export, ...).
-_COMMAND_MODULES = ("vaelab.cli_generate", "vaelab.cli_tools", "vaelab.cli_report", "vaelab.cli_sweep", "vaelab.cli_steer")
-
-
-def _register_commands() -> None:
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name)
-
-
-# ------------------------------------------------------------------------------ entry point
-def main(argv: list[str] | None = None) -> None:
-    debug = bool(os.environ.get("VAELAB_DEBUG"))
-    _register_commands()
-    try:
-        cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("vaelab: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except VaelabError as e:
-        if debug:
-            raise
-        click.echo(f"vaelab: error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("vaelab: interrupted; completed epochs are checkpointed, continue with --resume RUN", err=True)
-        sys.exit(130)
-    except OSError as e:  # disk full, permission denied, ...: say which file
-        if debug:
-            raise
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        click.echo(f"vaelab: error: {e.strerror or e}{where}", err=True)
-        sys.exit(2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli import _echo, cli
+from vaelab.cli.options import _echo
 from vaelab.errors import VaelabError
 
 _PARALLEL = [
@@ -44,7 +44,7 @@ def _finish(rows: list[dict], out: Path) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.option("--preset", help="Base configuration for every trial (see `vaelab presets`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Base YAML config file.")
 @click.option("--grid", "grids", multiple=True, metavar="SECTION.FIELD=V1,V2,...",
@@ -62,7 +62,7 @@ def _finish(rows: list[dict], out: Path) -> None:
 def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_samples, out, workers, executor,
           ray_address) -> None:
     """Train one run per grid point; resumable; results.csv/md and comparison figures."""
-    from vaelab.sweep import SweepSpec, expand_grid, parse_grid, run_sweep
+    from vaelab.sweep.runner import SweepSpec, expand_grid, parse_grid, run_sweep
 
     if not grids:
         raise VaelabError("say what to sweep: --grid section.field=v1,v2 (e.g. --grid model.latent_dim=2,4,8)")
@@ -80,7 +80,7 @@ def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_sam
     _finish(rows, out)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False)
 @click.option("--quick", is_flag=True, help="10,000 training digits, 2 epochs: minutes, not hours.")
 @click.option("--list", "list_", is_flag=True, help="List the experiments and exit.")
@@ -95,8 +95,8 @@ def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_sam
 def experiment(name, quick, list_, epochs, overrides, data_dir, out, no_report, workers, executor,
                ray_address) -> None:
     """Run a built-in study (latent-dim, depth, loss, architecture) with its report."""
-    from vaelab.experiments import EXPERIMENTS, run_experiment
-    from vaelab.sweep import read_results
+    from vaelab.sweep.experiments import EXPERIMENTS, run_experiment
+    from vaelab.sweep.runner import read_results
 
     if list_ or not name:
         for exp in EXPERIMENTS.values():

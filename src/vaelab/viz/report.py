@@ -123,7 +123,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
     """Draw what a report needs and ``RUN/figures`` lacks: the standard figures (Run.figures)
     and one latent picture (scatter for a latent of 1-2 dims, PCA otherwise). Without the
     model or the data this says so and draws only the loss curve, which needs neither."""
-    from vaelab import checkpoint
+    from vaelab.training import checkpoint
 
     figures = Path(run_dir) / "figures"
     have = {p.stem for p in figures.glob("*.png")}
@@ -146,7 +146,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
 
 def _draw_with_model(run_dir: Path, needs_std: bool, needs_latent: bool, data_dir: str | None) -> list[Path]:
     from vaelab.api import Run
-    from vaelab.latent import PLOTS
+    from vaelab.latent.pictures import PLOTS
 
     run = Run.load(run_dir, device="cpu", data_dir=data_dir)
     run.config.data.download = False  # a report never downloads a data set
@@ -159,7 +159,7 @@ def _draw_with_model(run_dir: Path, needs_std: bool, needs_latent: bool, data_di
 
 
 def _draw_loss(run_dir: Path, preset: str | None) -> Path:
-    from vaelab import plots
+    from vaelab.viz import plots
 
     return plots.plot_history(_read_csv(Path(run_dir) / "history.csv"), Path(run_dir) / "figures" / "loss.png",
                               title=f"{preset or 'run'}: loss per epoch")

@@ -1,7 +1,7 @@
 """Commands to steer codes with the label predictor: ``steer`` and ``steer-bench``.
 
 Thin, as the rest of the CLI: parse, call a function of vaelab.steer, print. Importing
-this module adds the commands to ``vaelab.cli.cli``.
+``vaelab.cli`` adds these commands to its group.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli import _echo, cli, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
-from vaelab.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+from vaelab.latent.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 
 def _check_options(steps: int, lr: float, prior_weight: float, temperature: float) -> None:
@@ -43,7 +43,7 @@ def _objective_options(command):
 
 
 # ------------------------------------------------------------------------------ steer
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--from", "index", type=int, required=True, help="Index of the image in the split.")
 @click.option("--to", "target", type=int, required=True, help="Target class.")
@@ -58,7 +58,7 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
           device) -> None:
     """Move one image's code towards a class; save the decoded path as a PNG strip."""
     from vaelab.api import Run
-    from vaelab.steer import check_predictor, check_target, plot_examples, steer as steer_fn
+    from vaelab.latent.steer import check_predictor, check_target, plot_examples, steer as steer_fn
 
     _check_options(steps, lr, prior_weight, temperature)
     if frames < 2:
@@ -82,7 +82,7 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
 
 
 # ------------------------------------------------------------------------------ steer-bench
-@cli.command("steer-bench")
+@click.command("steer-bench")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--pairs", type=int, default=100, show_default=True,
               help="Random (image, other class) pairs to steer.")
@@ -99,7 +99,7 @@ def steer_bench(run_dir, pairs, steps, lr, prior_weight, temperature, judge_dir,
                 device) -> None:
     """Steer random pairs to other classes; the judge decides the success rate."""
     from vaelab.api import Run
-    from vaelab.steer import check_predictor, steer_benchmark
+    from vaelab.latent.steer import check_predictor, steer_benchmark
 
     _check_options(steps, lr, prior_weight, temperature)
     if pairs < 1:

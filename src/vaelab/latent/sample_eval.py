@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from vaelab import plots
+from vaelab.viz import plots
 from vaelab.errors import DataError
 from vaelab.io import write_json
-from vaelab.sampling import fitted_sampler
+from vaelab.latent.sampling import fitted_sampler
 
 
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:

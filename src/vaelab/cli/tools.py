@@ -1,7 +1,7 @@
 """Commands for using a trained run: ``inpaint``, ``detect``, ``anomaly-bench``, ``export``.
 
 Thin, as the rest of the CLI: parse, call a function of vaelab.inpaint / vaelab.anomaly /
-vaelab.export, print. Importing this module adds the commands to ``vaelab.cli.cli``.
+vaelab.export, print. Importing ``vaelab.cli`` adds these commands to its group.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli import _echo, cli, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -19,7 +19,7 @@ def _fmt(v) -> str:
 
 
 # ------------------------------------------------------------------------------ inpaint
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--mask", default="center:10", show_default=True,
               help="center:K, center:HxW, random:K (one KxK patch per image), top, bottom, left, right, "
@@ -42,7 +42,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
             device) -> None:
     """Fill hidden pixels with the model; write inpaint_eval.json and inpaint.png."""
     from vaelab.api import Run
-    from vaelab.inpaint import METHODS, evaluate_inpainting, parse_mask
+    from vaelab.latent.inpaint import METHODS, evaluate_inpainting, parse_mask
 
     if method not in METHODS:
         raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
@@ -66,7 +66,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 
 
 # ------------------------------------------------------------------------------ detect
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
@@ -84,7 +84,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
-    from vaelab.anomaly import check_contamination, check_score, detect as detect_fn
+    from vaelab.anomaly.detector import check_contamination, check_score, detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
@@ -100,7 +100,7 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
 
 
 # ------------------------------------------------------------------------------ anomaly-bench
-@cli.command("anomaly-bench")
+@click.command("anomaly-bench")
 @click.option("--data", default="mnist", show_default=True,
               help="mnist, fashion-mnist, or folder (with train/ and test/ sub-folders).")
 @click.option("--normal", default="all", show_default=True, help="Normal classes to run: all, or e.g. 3,5.")
@@ -121,8 +121,8 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
 def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, limit, test_limit, data_dir,
                   data_path, seed, keep_runs, verbose) -> None:
     """One-class protocol: train on each class, AUROC on the whole test set."""
-    from vaelab.anomaly import DEFAULT_SCORE, check_score
-    from vaelab.one_class import one_class_benchmark
+    from vaelab.anomaly.detector import DEFAULT_SCORE, check_score
+    from vaelab.anomaly.one_class import one_class_benchmark
 
     score = score or DEFAULT_SCORE
     check_score(score)
@@ -147,7 +147,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, 
 
 
 # ------------------------------------------------------------------------------ export
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=click.Choice(["reconstructions", "latents"]), default="reconstructions",
               show_default=True)
@@ -161,7 +161,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, 
 def export(run_dir, what, split, n, out, decimals, chunk_size, data_dir, device) -> None:
     """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV."""
     from vaelab.api import Run
-    from vaelab.export import export as export_fn
+    from vaelab.export.table import export as export_fn
 
     if n is not None and n < 1:
         raise VaelabError("--n must be at least 1")

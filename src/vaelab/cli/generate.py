@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from vaelab.cli import _echo, cli, device_option, split_option
+from vaelab.cli.options import _echo, device_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -17,7 +17,7 @@ def _sampler_params(components, covariance, scale) -> dict:
 
 def _only_used(name: str, params: dict) -> dict:
     """Pass each sampler only the options it takes."""
-    from vaelab.sampling import SAMPLERS
+    from vaelab.latent.sampling import SAMPLERS
 
     used = {"gmm": ("components", "covariance", "scale"), "class-gmm": ("components", "covariance", "scale"),
             "class-gaussian": ("scale",), "prior": ()}
@@ -26,7 +26,7 @@ def _only_used(name: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in used[name] and v is not None}
 
 
-@cli.command()
+@click.command()
 @click.option("--data", default="mnist", show_default=True, help="Labelled data set: mnist, fashion-mnist, folder, npz.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
@@ -36,7 +36,7 @@ def _only_used(name: str, params: dict) -> dict:
 def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     """Train (or reuse) the judge classifier; print and save its test accuracy."""
     from vaelab.config import DataConfig
-    from vaelab.judge import get_judge, judge_key
+    from vaelab.evaluation.judge import get_judge, judge_key
     from vaelab.data.download import cache_dir
 
     cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
@@ -45,7 +45,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     _echo(f"judge for {j.meta['dataset']}: test accuracy {j.accuracy:.4f} ({j.meta['n_test']:,} images); {folder}/eval.json")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--sampler", default="prior", show_default=True, help="prior, gmm, class-gaussian, class-gmm.")
 @click.option("--n", type=int, default=100, show_default=True)
@@ -62,10 +62,10 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
-    from vaelab import plots
+    from vaelab.viz import plots
     from vaelab.api import Run
     from vaelab.io import atomic_path
-    from vaelab.sampling import fitted_sampler
+    from vaelab.latent.sampling import fitted_sampler
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
@@ -85,7 +85,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
         _echo(f"wrote {npz}")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--kind", required=True,
               type=click.Choice(["scatter", "tsne", "pca", "traverse", "interpolate", "basis", "recon", "loss"]))
@@ -108,7 +108,7 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
          device) -> None:
     """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, recon, loss."""
     from vaelab.api import Run
-    from vaelab.latent import plot as draw
+    from vaelab.latent.pictures import plot as draw
 
     try:
         dims_t = tuple(int(d) for d in dims.split(","))
@@ -121,7 +121,7 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     _echo(f"wrote {path}")
 
 
-@cli.command("eval-samples")
+@click.command("eval-samples")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--sampler", default="prior", show_default=True)
 @click.option("--n", type=int, default=10000, show_default=True)
@@ -135,8 +135,8 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out) -> None:
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances."""
     from vaelab.api import Run
-    from vaelab.judge import get_judge
-    from vaelab.sample_eval import _summary, evaluate_samples
+    from vaelab.evaluation.judge import get_judge
+    from vaelab.latent.sample_eval import _summary, evaluate_samples
 
     if n < 2:
         raise VaelabError("--n must be at least 2")

@@ -6,7 +6,7 @@ Every score is per image and **higher means more anomalous** (``SCORES`` registr
 ELBO and ``iwnll`` the importance-weighted negative log-likelihood (VAEs only); ``ssim``
 is 1 - SSIM between an image and its reconstruction::
 
-    from vaelab.anomaly import AnomalyDetector
+    from vaelab.anomaly.detector import AnomalyDetector
     det = AnomalyDetector(score="mse", contamination=0.05).fit(x_train)   # (N, H, W) uint8
     det.predict(x_new)          # 1 = anomaly, 0 = normal
 """
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaelab import metrics
+from vaelab.evaluation import metrics
 from vaelab.errors import DataError, VaelabError
-from vaelab.losses import kl_normal
+from vaelab.models.losses import kl_normal
 
 # The default model of the detector and of `vaelab anomaly-bench`: the mlp-vae preset
 # (784-400-20, BCE + KL) for 30 epochs, scored by the MSE of its reconstruction through the
@@ -211,7 +211,7 @@ class AnomalyDetector:
         from vaelab.config import build_config
         from vaelab.data import ImageSet, Splits
         from vaelab.io import atomic_path
-        from vaelab.training import fit
+        from vaelab.training.loop import fit
 
         x8 = torch.round(X * 255).to(torch.uint8)  # (N, C, H, W): training data lives as uint8
         preset = self.preset or DEFAULT_PRESET
@@ -239,7 +239,7 @@ class AnomalyDetector:
         """Train on (or load a run for) X, then set ``decision_scores_``, ``threshold_``, ``labels_``.
         ``y`` is ignored (unsupervised), as in scikit-learn and PyOD."""
         from vaelab.api import Run
-        from vaelab.checkpoint import WEIGHTS
+        from vaelab.training.checkpoint import WEIGHTS
 
         x = as_images(X)
         if self.run_dir is not None and (Path(self.run_dir) / WEIGHTS).is_file():
@@ -279,7 +279,7 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     path, score, anomaly, label when known) with ``scores_hist.png`` and ``most_anomalous.png``
     beside it. The threshold is the (1 - contamination) quantile of the scores of the run's
     own training split, so ``contamination`` is the fraction of *training* images it flags."""
-    from vaelab import plots
+    from vaelab.viz import plots
     from vaelab.io import write_text
 
     check_score(score, run.model)

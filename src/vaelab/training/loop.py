@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from vaelab import checkpoint
+from vaelab.training import checkpoint
 from vaelab.config import RunConfig
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged

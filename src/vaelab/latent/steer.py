@@ -17,7 +17,7 @@ the image turning into the target class. ``steer_benchmark`` steers random (imag
 other class) pairs and lets an independent judge classifier say whether the final
 images show the target class::
 
-    from vaelab.steer import steer
+    from vaelab.latent.steer import steer
     r = steer(run, x, target=7, steps=100)     # x (N, C, H, W) in [0, 1]
     r.final_images, r.start_prob, r.end_prob   # (N, C, H, W), (N,), (N,)
 """
@@ -205,7 +205,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
     ``judge``: a ``vaelab.judge.Judge``, a folder for ``get_judge``, or None for the
     cached judge of the run's data set (trained on first use).
     """
-    from vaelab.judge import resolve_judge
+    from vaelab.evaluation.judge import resolve_judge
 
     model = run.model
     num_classes = check_predictor(model)
@@ -264,7 +264,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
 def plot_examples(x: torch.Tensor, r: SteerResult, judged: torch.Tensor | None, labels: torch.Tensor | None,
                   path: str | Path, n: int = 8, title: str = "") -> Path:
     """One row per image: the original, then the decoded path from start to end."""
-    from vaelab import plots
+    from vaelab.viz import plots
 
     rows = []
     for i in range(min(n, len(x))):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from vaelab.errors import ConfigError
-from vaelab.sweep import SweepSpec, Trial, expand_grid, run_sweep
+from vaelab.sweep.runner import SweepSpec, Trial, expand_grid, run_sweep
 
 # Train on the training split, measure on the held-out test split (the conv-vae preset
 # itself trains on train+test, as the Keras tutorial does).
@@ -88,7 +88,7 @@ def run_experiment(name: str, out: str | Path | None = None, quick: bool = False
     run_sweep(exp.spec(quick, epochs, extra), out, workers=workers, executor=executor,
               ray_address=ray_address, log=log)
     if report:
-        from vaelab.report import write_report
+        from vaelab.viz.report import write_report
 
         log(f"wrote {write_report(out)}")
     return out

@@ -1,0 +1,1 @@
+"""Anomaly detection: scores, a PyOD-style detector, the one-class benchmark."""

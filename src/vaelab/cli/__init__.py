@@ -1,0 +1,58 @@
+"""The ``vaelab`` command line: thin commands over library functions.
+
+The group ``cli`` is complete on import: every command module is listed here. Errors a
+user can cause end in one line ``vaelab: error: ...`` and exit code 2; set VAELAB_DEBUG=1
+to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from vaelab.cli import generate, report, run, steer, sweep, tools
+from vaelab.errors import VaelabError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vaelab")
+def cli() -> None:
+    """Autoencoders and VAEs on images: train, evaluate, reconstruct, sample."""
+
+
+COMMANDS = [
+    run.train, run.eval_cmd, run.reconstruct, run.presets, run.info, run.download,
+    generate.judge, generate.sample, generate.plot, generate.eval_samples,
+    tools.inpaint, tools.detect, tools.anomaly_bench, tools.export,
+    report.report, sweep.sweep, sweep.experiment, steer.steer, steer.steer_bench,
+]
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = bool(os.environ.get("VAELAB_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vaelab: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except VaelabError as e:
+        if debug:
+            raise
+        click.echo(f"vaelab: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("vaelab: interrupted; completed epochs are checkpointed, continue with --resume RUN", err=True)
+        sys.exit(130)
+    except OSError as e:  # disk full, permission denied, ...: say which file
+        if debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        click.echo(f"vaelab: error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure functions), the evaluation of a run, the judge classifier."""

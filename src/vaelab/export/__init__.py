@@ -1,0 +1,1 @@
+"""Exporting a run: CSV tables of reconstructions and codes."""

@@ -1,0 +1,1 @@
+"""Working in the latent space: samplers, pictures, inpainting, steering, scoring samples."""

@@ -1,0 +1,5 @@
+"""Training: the one loop (``fit``), precision, checkpoints."""
+
+from vaelab.training.loop import fit
+
+__all__ = ["fit"]

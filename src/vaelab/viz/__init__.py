@@ -1,0 +1,1 @@
+"""Pictures: plots (the only matplotlib user) and report.html."""
