@@ -201,6 +201,20 @@ def trained_run(tmp_path_factory, shapes_npz):
     return train(cfg, run_dir, evaluate_after=False, log=lambda *_: None)
 
 
+@pytest.fixture(scope="session")
+def trained_cvae(tmp_path_factory, shapes_npz):
+    """A small conditional VAE (latent 4, one-hot labels) trained for 3 epochs on the labelled shapes."""
+    from vaelab.api import train
+    from vaelab.config import build_config
+
+    run_dir = tmp_path_factory.mktemp("runs") / "cvae4"
+    cfg = build_config(None, None, [
+        "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=cvae", "model.arch=mlp",
+        "model.hidden=64", "model.latent_dim=4", "train.epochs=3", "train.batch_size=32", "train.device=cpu",
+        "train.progress=false"])
+    return train(cfg, run_dir, evaluate_after=False, log=lambda *_: None)
+
+
 # ----------------------------------------------------------------------------- CLI helpers
 def assert_one_line_error(rc: int, out: str, err: str) -> str:
     """A user error: exit code 2 and exactly one line ``vaelab: error: ...``, no traceback."""

@@ -40,8 +40,9 @@ def test_reference_conv_loop_is_the_conv_vae_preset():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in theirs) == 134_165
     # Same layers in the same order (encoder, z_mean, z_log_var, decoder): copy the
     # reference's weights into the preset model.
-    rank = {"encoder": 0, "mu": 1, "logvar": 2, "decoder": 3}
-    order = sorted(model.state_dict(), key=lambda n: rank[n.split(".")[0]])  # stable: keeps layer order
+    rank = {"encoder": 0, "posterior_head.mu": 1, "posterior_head.logvar": 2, "decoder": 3}
+    order = sorted(model.state_dict(), key=lambda n: rank[n.split(".")[0] if n.startswith(("encoder", "decoder"))
+                                                          else ".".join(n.split(".")[:2])])  # stable: keeps layer order
     assert [model.state_dict()[n].shape for n in order] == [p.shape for p in theirs]
     model.load_state_dict({n: p for n, p in zip(order, theirs)})
 
@@ -52,7 +53,8 @@ def test_reference_conv_loop_is_the_conv_vae_preset():
         sym = reference.ConvVAE(padding="symmetric").eval()
         sym.load_state_dict(dict(zip(sym.state_dict(), ref.state_dict().values())))
         assert not torch.allclose(sym.encoder(x), h)
-        mu, logvar = model.posterior(x)
+        q = model.posterior(x)
+        mu, logvar = q.mean, q.logvar
         torch.testing.assert_close(mu, ref.z_mean(h))
         torch.testing.assert_close(logvar, ref.z_log_var(h))
         z = torch.randn(4, 2)

@@ -147,7 +147,8 @@ def test_sample(run_copy, tmp_path, capsys):
 def test_info(run_copy, capsys):
     rc, out, err = run_main(capsys, "info", run_copy)
     assert rc == 0, err
-    assert out.startswith(f"run {run_copy}: vae/mlp, latent 2, loss bce, data npz")
+    assert out.startswith(f"run {run_copy}: vae/mlp (gaussian posterior, normal prior, elbo objective), "
+                          "latent 2, loss bce, data npz")
     assert "summary.json:" in out and "eval.json:" in out and "params" in out and "nll_iw" in out
 
 

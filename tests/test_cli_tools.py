@@ -80,7 +80,7 @@ def test_inpaint_latent_opt_to_out(capsys, run_dir, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--mask", "center:30"], "mask 'center:30' (30x30) is larger than the 28x28 images"),
     (["--mask", "blob:3"], "unknown mask 'blob:3'; use center:K"),
-    (["--method", "magic"], "unknown inpainting method 'magic'; known: single, iterative, latent-opt"),
+    (["--method", "magic"], "'--method': 'magic' is not one of 'single', 'iterative', 'latent-opt'"),
     (["--method", "single", "--steps", "5"], "--steps does not apply to --method single"),
     (["--n", "0"], "--n must be at least 1"),
 ])
@@ -139,7 +139,7 @@ def test_detect_errors(capsys, run_dir, tmp_path):
     msg = cli_error(capsys, "detect", run_dir, "--input", tmp_path / "empty", "--out", tmp_path / "s.csv")
     assert "holds no images" in msg and "empty" in msg
     msg = cli_error(capsys, "detect", run_dir, "--input", tmp_path / "big.npy", "--score", "l2")
-    assert "unknown anomaly score 'l2'; known: mse, bce, ssim, elbo, iwnll" in msg
+    assert "'--score': 'l2' is not one of 'mse', 'bce', 'ssim', 'elbo', 'iwnll'" in msg
     msg = cli_error(capsys, "detect", run_dir, "--input", tmp_path / "nope.npz", "--out", tmp_path / "s.csv")
     assert "does not exist" in msg
     msg = cli_error(capsys, "detect", run_dir, "--input", tmp_path / "big.npy", "--contamination", "0.7")
@@ -165,7 +165,7 @@ def test_anomaly_bench_command(capsys, tmp_path):
     msg = cli_error(capsys, "anomaly-bench", "--data-dir", root, "--normal", "one", "--out", tmp_path / "c")
     assert "--normal must be 'all' or comma-separated class numbers" in msg
     msg = cli_error(capsys, "anomaly-bench", "--data-dir", root, "--score", "nope", "--out", tmp_path / "c")
-    assert "unknown anomaly score 'nope'" in msg
+    assert "'--score': 'nope' is not one of" in msg
 
 
 # ------------------------------------------------------------------------------------ export

@@ -11,13 +11,37 @@ from vaelab.errors import ConfigError
 from vaelab.latent.pictures import PLOTS, interpolation_codes, pca_spectrum, plot
 
 
-@pytest.mark.parametrize("kind", sorted(PLOTS))
-def test_every_kind_writes_a_png(trained_run, tmp_path, kind):
-    out = plot(trained_run, kind, tmp_path / f"{kind}.png", n=64)
-    with Image.open(out) as im:
+def assert_picture(path) -> None:
+    with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 100
         # Not a blank canvas: the picture has structure.
         assert np.asarray(im.convert("L")).std() > 5
+
+
+@pytest.mark.parametrize("kind", sorted(set(PLOTS) - {"styles"}))
+def test_every_kind_writes_a_png(trained_run, tmp_path, kind):
+    assert_picture(plot(trained_run, kind, tmp_path / f"{kind}.png", n=64))
+
+
+@pytest.mark.parametrize("kind", sorted(PLOTS))
+def test_every_kind_serves_a_conditional_model(trained_cvae, tmp_path, kind):
+    assert_picture(plot(trained_cvae, kind, tmp_path / f"{kind}.png", n=64))
+
+
+def test_styles_decode_one_code_under_every_class(trained_cvae, trained_run, tmp_path):
+    from vaelab.errors import VaelabError
+    from vaelab.latent.pictures import style_grid
+
+    data = trained_cvae.split("val")
+    x, y = data.batch(slice(0, 3)), data.y[:3]
+    grid = style_grid(trained_cvae, x, y)  # (3, 4 classes, C, H, W)
+    assert grid.shape == (3, 4, 1, 28, 28)
+    z = trained_cvae.encode(x, y)
+    for c in range(4):  # column c is the decoder's image of each code under class c
+        torch.testing.assert_close(grid[:, c], trained_cvae.decode(z, torch.full((3,), c)))
+    assert not torch.allclose(grid[:, 0], grid[:, 1])  # the label changes the picture
+    with pytest.raises(VaelabError, match="plot styles needs a conditional model"):
+        plot(trained_run, "styles", tmp_path / "s.png")
 
 
 def test_traverse_of_a_2d_latent_is_a_grid(tmp_path, shapes_npz):

@@ -1,4 +1,4 @@
-"""Models: every preset runs; conv-vae is the Keras tutorial model; loss conventions."""
+"""Models: every preset runs; conv-vae is the Keras tutorial model; parts, capabilities, conditioning."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from vaelab.config import ModelConfig, build_config, preset_names
 from vaelab.errors import ConfigError
-from vaelab.models import AE, VAE, build_model
+from vaelab.models import CAPABILITIES, MODELS, build_model, require
 
 
 def preset_model(name: str, **changes):
@@ -40,33 +40,23 @@ def test_preset_forward_and_reconstruct(name):
     x = rand_images(shape, b)
     with torch.no_grad():
         out = model(x)
-        assert set(out) == ({"loss", "recon", "kl"} if model.is_vae else {"loss", "recon"})
+        objective = model.cfg.objective
+        assert set(out) == {"recon": {"loss", "recon"}, "elbo": {"loss", "recon", "kl"}}[objective]
         for k, v in out.items():
             assert v.shape == (b,), k
             assert torch.isfinite(v).all(), k
         assert (out["recon"] >= 0).all()
-        if model.is_vae:
-            assert isinstance(model, VAE) and (out["kl"] >= 0).all()
+        if objective == "elbo":
+            assert (out["kl"] >= 0).all() and "density" in model.capabilities
             torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
         else:
-            assert isinstance(model, AE) and torch.equal(out["loss"], out["recon"])
+            assert torch.equal(out["loss"], out["recon"]) and "density" not in model.capabilities
         r = model.reconstruct(x)
         assert r.shape == x.shape and r.min() >= 0 and r.max() <= 1
         z = model.encode(x)
         assert z.shape == (b, model.cfg.latent_dim)
         d = model.decode(torch.randn(b, model.cfg.latent_dim) * 3)
         assert d.shape == x.shape and d.min() >= 0 and d.max() <= 1
-
-
-def test_vae_kl_scale_weights_only_the_kl():
-    model = VAE(small(beta=2.0))
-    x = rand_images((1, 6, 5))
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    full, half = model(x, generator=g()), model(x, kl_scale=0.5, generator=g())
-    torch.testing.assert_close(full["recon"], half["recon"])
-    torch.testing.assert_close(full["kl"], half["kl"])
-    torch.testing.assert_close(half["loss"], half["recon"] + 1.0 * half["kl"])
-    torch.testing.assert_close(full["loss"], full["recon"] + 2.0 * full["kl"])
 
 
 # ---------------------------------------------------------------------------- conv-vae = Keras tutorial
@@ -77,8 +67,8 @@ def test_conv_vae_layers_match_keras_tutorial():
     assert m.cfg.padding == "same"  # TensorFlow's (tested against its definition below)
     assert [(l.in_features, l.out_features) for l in m.encoder if isinstance(l, nn.Linear)] == [(3136, 16)]
     assert sum(isinstance(l, nn.ReLU) for l in m.encoder) == 3  # after each conv and the dense layer
-    assert (m.mu.in_features, m.mu.out_features) == (16, 2)
-    assert (m.logvar.in_features, m.logvar.out_features) == (16, 2)
+    assert (m.posterior_head.mu.in_features, m.posterior_head.mu.out_features) == (16, 2)
+    assert (m.posterior_head.logvar.in_features, m.posterior_head.logvar.out_features) == (16, 2)
     assert [(l.in_features, l.out_features) for l in m.decoder if isinstance(l, nn.Linear)] == [(2, 7 * 7 * 64)]
     tconvs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride)
               for l in m.decoder if isinstance(l, nn.ConvTranspose2d)]
@@ -234,57 +224,9 @@ def test_conv_latent_ae_code_is_the_feature_map():
     assert z.shape == (2, 48 * 8 * 8) and m.cfg.latent_dim == 3072
 
 
-# ---------------------------------------------------------------------------- loss conventions
-def test_bce_is_summed_over_pixels():
-    torch.manual_seed(0)
-    m = AE(small(kind="ae", loss="bce"))
-    x = rand_images((1, 6, 5), b=4)
-    with torch.no_grad():
-        logits = m.decode_logits(m.encode(x))
-        per_image = m.recon_loss(logits, x)
-        assert per_image.shape == (4,)
-        expected = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum") / 4
-        torch.testing.assert_close(per_image.mean(), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(m(x)["recon"], per_image)
-        for i in range(4):
-            torch.testing.assert_close(per_image[i], F.binary_cross_entropy(torch.sigmoid(logits[i]), x[i],
-                                                                            reduction="sum"), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("loss", ["mse", "euclidean"])
-def test_squared_error_conventions(loss):
-    torch.manual_seed(1)
-    m = AE(small(kind="ae", loss=loss))
-    x = rand_images((1, 6, 5), b=3)
-    with torch.no_grad():
-        out = torch.sigmoid(m.decode_logits(m.encode(x)))
-        sq = ((out - x) ** 2).reshape(3, -1)
-        expected = sq.mean(1) if loss == "mse" else sq.sum(1)
-        torch.testing.assert_close(m(x)["recon"], expected)
-
-
-def test_vae_forward_is_reparameterised_sample_plus_closed_form_kl():
-    torch.manual_seed(2)
-    m = VAE(small(beta=1.0))
-    x = rand_images((1, 6, 5), b=5)
-    with torch.no_grad():
-        out = m(x, generator=torch.Generator().manual_seed(7))
-        h = m.encoder(x)
-        mu, lv = m.mu(h), m.logvar(h)
-        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(7))
-        z = mu + eps * torch.exp(0.5 * lv)
-        logits = m.decoder(z)
-        recon = torch.stack([F.binary_cross_entropy(torch.sigmoid(logits[i]), x[i], reduction="sum")
-                             for i in range(5)])
-        kl = 0.5 * (mu ** 2 + lv.exp() - 1 - lv).sum(1)
-    torch.testing.assert_close(out["recon"], recon, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(out["kl"], kl)
-    torch.testing.assert_close(out["loss"], recon + kl, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(m.encode(x), mu)  # codes are the posterior mean
-
-
+# ---------------------------------------------------------------------------- parts
 def test_vae_sampling_uses_the_generator():
-    m = VAE(small())
+    m = build_model(small())
     x = rand_images((1, 6, 5))
     with torch.no_grad():
         a = m(x, generator=torch.Generator().manual_seed(1))["recon"]
@@ -295,7 +237,7 @@ def test_vae_sampling_uses_the_generator():
 
 def test_tanh_output_sees_signed_data_and_returns_unit_images():
     torch.manual_seed(3)
-    m = AE(small(kind="ae", loss="mse", output_activation="tanh"))
+    m = build_model(small(kind="ae", loss="mse", output_activation="tanh"))
     seen = []
     first = next(l for l in m.encoder if isinstance(l, nn.Linear))
     first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
@@ -314,35 +256,26 @@ def test_tanh_output_sees_signed_data_and_returns_unit_images():
 
 def test_sigmoid_output_is_not_rescaled():
     torch.manual_seed(4)
-    m = AE(small(kind="ae"))
+    m = build_model(small(kind="ae"))
     x = rand_images((1, 6, 5))
     with torch.no_grad():
         torch.testing.assert_close(m.decode(m.encode(x)), torch.sigmoid(m.decode_logits(m.encode(x))))
 
 
 def test_ae_latent_activation():
-    m = AE(small(kind="ae", latent_activation="tanh"))
+    m = build_model(small(kind="ae", latent_activation="tanh"))
     with torch.no_grad():
         z = m.encode(rand_images((1, 6, 5), b=8) * 50)
     assert z.abs().max() <= 1
 
 
 def test_mlp_decoder_hidden_and_activations():
-    m = AE(small(kind="ae", hidden=[20, 10], decoder_hidden=[7], activation="elu", decoder_activation="tanh"))
+    m = build_model(small(kind="ae", hidden=[20, 10], decoder_hidden=[7], activation="elu", decoder_activation="tanh"))
     enc = [type(l).__name__ for l in m.encoder]
     dec = [type(l).__name__ for l in m.decoder]
     assert enc == ["Flatten", "Linear", "ELU", "Linear", "ELU"]
     assert dec == ["Linear", "Tanh", "Linear", "Unflatten"]
     assert [l.out_features for l in m.decoder if isinstance(l, nn.Linear)] == [7, 30]
-
-
-def test_log_weights_shape_and_value():
-    torch.manual_seed(5)
-    m = VAE(small())
-    x = rand_images((1, 6, 5), b=4)
-    with torch.no_grad():
-        lw = m.log_weights(x, 6, generator=torch.Generator().manual_seed(0))
-    assert lw.shape == (6, 4) and torch.isfinite(lw).all()
 
 
 def test_build_model_errors():
@@ -395,5 +328,5 @@ def test_channels_last_layout_changes_speed_not_values():
         assert model.decoder[:3](z).is_contiguous(memory_format=torch.channels_last)
         assert not plain.decoder[:3](z).is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(model.decode(z), plain.decode(z), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(model.posterior(x), plain.posterior(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.posterior(x).params(), plain.posterior(x).params(), rtol=1e-5, atol=1e-6)
     assert list(model.state_dict()) == list(plain.state_dict())

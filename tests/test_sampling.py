@@ -27,15 +27,27 @@ def test_registry_names():
         make_sampler("flow")
 
 
-def test_prior_is_standard_normal():
-    z, y, _ = clustered()
-    s = make_sampler("prior").fit(z, y)
+def test_prior_draws_from_the_models_prior(trained_run):
+    s = make_sampler("prior", model=trained_run.model)
     draws = s.sample(20000, seed=1)
-    assert draws.shape == (20000, 3)
+    assert draws.shape == (20000, 4)  # the run's N(0, I) over its 4 latent dimensions
     assert np.abs(draws.mean(0)).max() < 0.05
     assert np.abs(draws.std(0) - 1).max() < 0.05
-    with pytest.raises(ConfigError, match="unconditional"):
+    np.testing.assert_array_equal(draws, s.sample(20000, seed=1))
+    with pytest.raises(ConfigError, match="not conditional"):
         s.sample(5, cls=1)
+    with pytest.raises(ConfigError, match="model's prior"):
+        make_sampler("prior")
+
+
+def test_an_autoencoder_has_no_prior_to_sample(tmp_path, tiny_config):
+    from vaelab.errors import VaelabError
+    from vaelab.models import build_model
+
+    cfg = tiny_config("model.kind=ae").model
+    cfg.input_shape = [1, 28, 28]
+    with pytest.raises(VaelabError, match="the prior sampler needs a prior"):
+        make_sampler("prior", model=build_model(cfg))
 
 
 def test_class_gaussian_matches_class_statistics_and_scale():
@@ -96,7 +108,7 @@ def test_bad_parameters():
         make_sampler("class-gmm").fit(np.zeros((10, 2)), None)
 
 
-@pytest.mark.parametrize("name", ["prior", "gmm", "class-gaussian", "class-gmm"])
+@pytest.mark.parametrize("name", ["gmm", "class-gaussian", "class-gmm"])
 def test_save_load_round_trip_without_pickle(tmp_path, name):
     z, y, _ = clustered(300)
     s = make_sampler(name).fit(z, y, seed=0)

@@ -50,7 +50,7 @@ def pred_run(tmp_path_factory, shapes1k):
     """An mlp VAE (latent 8) with a label predictor, trained on the shapes; eval.json written (about 2 s)."""
     run_dir = tmp_path_factory.mktemp("runs") / "pred"
     run = vaelab.train(pred_config(shapes1k), run_dir, evaluate_after=False, log=quiet)
-    run.evaluate(iw_samples=0)  # eval.json, as `vaelab train` writes it (without the figures)
+    run.evaluate(iw_samples=0, save=True)  # eval.json, as `vaelab train` writes it (without the figures)
     return run
 
 
@@ -98,7 +98,7 @@ def test_predictor_trains_and_reports_accuracy(pred_run):
     # eval.json against an independent computation on the posterior means
     val = pred_run.split("val")
     with torch.no_grad():
-        logits = pred_run.model.predictor(pred_run.model.posterior(val.float())[0])
+        logits = pred_run.model.predictor(pred_run.model.posterior(val.float()).mean)
     assert ev["predictor_accuracy"] == pytest.approx(float((logits.argmax(1) == val.y).float().mean()), abs=1e-6)
     assert ev["predictor"] == pytest.approx(float(F.cross_entropy(logits, val.y)), rel=1e-4)
     # eval's loss is the VAE's own loss, without the predictor term
@@ -254,7 +254,7 @@ def test_steer_errors(pred_run, trained_run):
         steer(pred_run, x, 4)
     with pytest.raises(VaelabError, match="2 targets for 3 images|3 targets for 2 images"):
         steer(pred_run, x, [0, 1, 2])
-    with pytest.raises(VaelabError, match="no label predictor.*predictor_weight"):
+    with pytest.raises(VaelabError, match="steer needs a label predictor.*predictor_weight"):
         steer(trained_run, x, 1)
     with pytest.raises(DataError, match="needs images"):
         steer(pred_run, x[0], 1)
@@ -356,7 +356,7 @@ def test_steer_commands_need_a_predictor(trained_run, capsys):
     for cmd in (("steer", trained_run.run_dir, "--from", 0, "--to", 1),
                 ("steer-bench", trained_run.run_dir, "--pairs", 5)):
         err = cli_error(capsys, *cmd)
-        assert "no label predictor" in err and "model.predictor_weight" in err
+        assert "needs a label predictor" in err and "model.predictor_weight" in err
 
 
 def test_steer_bench_cli_errors(pred_run, shapes_judge, tmp_path, capsys):

@@ -17,7 +17,7 @@ from vaelab.training import checkpoint
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaelab.evaluation.evaluate import evaluate
-from vaelab.models import VAE
+from vaelab.models import LatentModel
 from vaelab.training.loop import fit, resolve_device
 
 # 784-32-(2, 2)-32-784, written out by hand
@@ -56,7 +56,7 @@ def test_fit_writes_the_run_directory(tmp_path, tiny_config):
     with open(run / "history.csv") as f:
         header = next(csv.reader(f))
     assert header[:4] == ["epoch", "train_loss", "val_loss", "seconds"]
-    assert set(header[4:]) == {"train_recon", "train_kl", "val_recon", "val_kl"}
+    assert set(header[4:]) == {"lr", "train_recon", "train_kl", "val_recon", "val_kl"}
     rows = read_history(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
@@ -75,7 +75,8 @@ def test_fit_writes_the_run_directory(tmp_path, tiny_config):
     assert summary["final_train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
 
     saved = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
-    assert saved == cfg and saved.model.input_shape == [1, 28, 28]
+    assert saved == res.config and saved.model.input_shape == [1, 28, 28]
+    assert cfg.model.input_shape is None  # fit() resolves a copy; the caller's config is left alone
 
     # model.safetensors holds the final weights
     assert_same_tensors(tensors(run / "model.safetensors"), {k: v.cpu() for k, v in res.model.state_dict().items()})
@@ -107,7 +108,7 @@ def test_autoencoder_history_has_no_kl(tmp_path, tiny_config):
                       "model.loss=mse", "train.epochs=1", "data.val=0.25")
     fit(cfg, tmp_path / "ae", log=quiet)
     row = read_history(tmp_path / "ae")[0]
-    assert set(row) == {"epoch", "train_loss", "val_loss", "seconds", "train_recon", "val_recon"}
+    assert set(row) == {"epoch", "train_loss", "val_loss", "seconds", "lr", "train_recon", "val_recon"}
     assert float(row["train_loss"]) == pytest.approx(float(row["train_recon"]))
 
 
@@ -154,13 +155,13 @@ def test_resume_without_a_checkpoint(tmp_path, tiny_config):
 def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config, monkeypatch):
     cfg = tiny_config("train.epochs=3")  # 256 images / batch 64: 4 steps per epoch
     run = tmp_path / "run"
-    real_forward = VAE.forward
+    real_forward = LatentModel.forward
     calls = {"n": 0}
     snapshot: dict[str, bytes] = {}
 
-    def forward(self, x, kl_scale=1.0, generator=None):
+    def forward(self, x, y=None, *, generator=None, progress=1.0):
         calls["n"] += 1
-        out = real_forward(self, x, kl_scale, generator)
+        out = real_forward(self, x, y, generator=generator, progress=progress)
         if calls["n"] == 5:  # first step of epoch 2: epoch 1 is on disk now
             for name in ("model.safetensors", "checkpoint.safetensors", "history.csv", "config.json"):
                 snapshot[name] = (run / name).read_bytes()
@@ -168,13 +169,13 @@ def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config,
             out = {k: v * float("nan") for k, v in out.items()}
         return out
 
-    monkeypatch.setattr(VAE, "forward", forward)
+    monkeypatch.setattr(LatentModel, "forward", forward)
     with pytest.raises(TrainingDiverged) as e:
         fit(cfg, run, log=quiet)
     msg = str(e.value)
     assert "\n" not in msg and "epoch 2" in msg and "nan" in msg.lower()
     assert "epoch 1" in msg and str(run) in msg  # says which checkpoint is kept, and where
-    monkeypatch.setattr(VAE, "forward", real_forward)
+    monkeypatch.setattr(LatentModel, "forward", real_forward)
 
     for name, blob in snapshot.items():
         assert (run / name).read_bytes() == blob, f"{name} changed after the divergence"
@@ -193,10 +194,22 @@ def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config,
 
 
 def test_nan_in_the_first_epoch(tiny_config, monkeypatch):
-    monkeypatch.setattr(VAE, "forward", lambda self, x, kl_scale=1.0, generator=None:
+    monkeypatch.setattr(LatentModel, "forward", lambda self, x, y=None, *, generator=None, progress=1.0:
                         {"loss": torch.full((len(x),), float("inf"), requires_grad=True)})
-    with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
+    with pytest.raises(TrainingDiverged, match="became inf at epoch 1"):
         fit(tiny_config(), None, log=quiet)
+
+
+def test_the_loss_is_read_back_once_per_interval_not_per_step(tiny_config, monkeypatch):
+    """A per-step .item() stalls a GPU; the loop syncs once per CHECK_EVERY steps (and at an epoch's end)."""
+    from vaelab.training import loop
+
+    reads = []
+    real = loop._check_finite
+    monkeypatch.setattr(loop, "_check_finite", lambda s, e, st, rd: (reads.append(st), real(s, e, st, rd)))
+    monkeypatch.setattr(loop, "CHECK_EVERY", 3)
+    fit(tiny_config("train.epochs=2", "train.batch_size=16"), None, log=quiet)  # 16 steps per epoch
+    assert reads == [2, 5, 8, 11, 14, 15] * 2
 
 
 def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
@@ -208,24 +221,30 @@ def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
 
 # ---------------------------------------------------------------------------- KL warm-up
 def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
-    real_forward = VAE.forward
-    scales: list[float] = []
+    """train.kl_warmup_epochs becomes model.kl_warmup, a fraction of training; the loop passes
+    the objective its progress, so the KL weight ramps per step as it did per epoch."""
+    from vaelab.objectives import kl_weight
 
-    def forward(self, x, kl_scale=1.0, generator=None):
+    real_forward = LatentModel.forward
+    weights: list[float] = []
+
+    def forward(self, x, y=None, *, generator=None, progress=1.0):
         if self.training:
-            scales.append(kl_scale)
-        return real_forward(self, x, kl_scale, generator)
+            weights.append(kl_weight(self.cfg, progress))
+        return real_forward(self, x, y, generator=generator, progress=progress)
 
-    monkeypatch.setattr(VAE, "forward", forward)
-    warm = fit(tiny_config("train.epochs=3", "train.kl_warmup_epochs=2"), tmp_path / "w", log=quiet).history
+    monkeypatch.setattr(LatentModel, "forward", forward)
+    warm_cfg = tiny_config("train.epochs=3", "train.kl_warmup_epochs=2")
+    assert warm_cfg.model.kl_warmup == pytest.approx(2 / 3)
+    warm = fit(warm_cfg, tmp_path / "w", log=quiet).history
     steps = 4
     expected = [min(1.0, ((e - 1) + s / steps) / 2) for e in (1, 2, 3) for s in range(steps)]
-    assert scales == pytest.approx(expected)
-    assert scales[0] == 0.0 and scales[-1] == 1.0
+    assert weights == pytest.approx(expected)
+    assert weights[0] == 0.0 and weights[-1] == 1.0
 
-    scales.clear()
+    weights.clear()
     plain = fit(tiny_config("train.epochs=3"), tmp_path / "p", log=quiet).history
-    assert scales == [1.0] * 12
+    assert weights == [1.0] * 12
     # with warm-up the reported loss puts less than full weight on the KL
     assert warm[0]["train_loss"] < warm[0]["train_recon"] + warm[0]["train_kl"] - 1e-3
     assert plain[0]["train_loss"] == pytest.approx(plain[0]["train_recon"] + plain[0]["train_kl"], rel=1e-5)
@@ -255,7 +274,8 @@ def test_evaluate_numbers(tmp_path, tiny_config):
     assert r["loss"] == pytest.approx(r["recon"] + r["kl"], rel=1e-5)
     x = data.float()
     with torch.no_grad():
-        mu, lv = res.model.posterior(x)
+        q = res.model.posterior(x)
+        mu, lv = q.mean, q.logvar
         x_hat = res.model.decode(mu).numpy()
     err = ((x_hat - x.numpy()) ** 2).reshape(100, -1).mean(1)
     assert r["mse"] == pytest.approx(float(err.mean()), rel=1e-5)

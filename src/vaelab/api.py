@@ -5,7 +5,10 @@
     run = vaelab.Run.load("runs/mlp-vae")
     z = run.encode(images)          # (N, latent_dim)
     x_hat = run.decode(z)           # (N, C, H, W) in [0, 1]
-    run.evaluate(split="test")      # dict, as in eval.json
+    run.evaluate(split="test")      # dict, as in eval.json (save=True writes it)
+
+Conditional models take labels: ``run.encode(x, y)``, ``run.decode(z, y)``; without
+them ``encode`` uses the most probable class and ``decode`` asks for one.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from typing import Callable
 
 import torch
 
-from vaelab.training import checkpoint
+from vaelab import distributions
 from vaelab.config import RunConfig, apply_overrides, build_config
 from vaelab.data import ImageSet, Splits, load_data
+from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
-from vaelab.training.loop import fit, resolve_device
+from vaelab.rundir import RunDir
+from vaelab.training import checkpoint
+from vaelab.training.loop import fit
+from vaelab.training.precision import resolve_device
 
 DEFAULT_IW_SAMPLES = 50  # `vaelab eval` and Run.evaluate
 TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 4 s on MNIST
@@ -46,6 +53,16 @@ class Run:
             config.data.data_dir = data_dir
         return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
 
+    @property
+    def dir(self) -> RunDir:
+        if self.run_dir is None:
+            raise VaelabError("this run has no run directory")
+        return RunDir(self.run_dir)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.model.capabilities
+
     # -------------------------------------------------------------- data
     def splits(self) -> Splits:
         if self._splits is None:
@@ -61,41 +78,72 @@ class Run:
         return "test" if s.test is not None else "val" if s.val is not None else "train"
 
     # -------------------------------------------------------------- model use
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Latent codes (posterior means) for images (N, C, H, W) in [0, 1]."""
-        return self._batched(lambda b: self.model.encode(b), x, batch_size)
+    def _chunks(self, n: int, batch_size: int):
+        return ((i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+
+    def _y(self, y, a: int, b: int):
+        return None if y is None else torch.as_tensor(y)[a:b].to(self.device)
 
     @torch.no_grad()
-    def posterior(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mus, lvs = [], []
-        for i in range(0, len(x), batch_size):
-            mu, lv = self.model.posterior(x[i:i + batch_size].to(self.device))
-            mus.append(mu.cpu())
-            lvs.append(None if lv is None else lv.cpu())
-        return torch.cat(mus), (None if lvs[0] is None else torch.cat(lvs))
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Images in [0, 1] from codes (N, latent_dim)."""
-        return self._batched(lambda b: self.model.decode(b), z, batch_size)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        return self._batched(lambda b: self.model.reconstruct(b), x, batch_size)
-
-    @torch.no_grad()
-    def sample_prior(self, n: int, seed: int = 0) -> torch.Tensor:
-        z = torch.randn(n, self.config.model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        return self.decode(z)
-
-    def _batched(self, fn: Callable, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000):
+        """q(z|x, y) for images (N, C, H, W) in [0, 1], as one distribution on the CPU
+        (``.mean``, ``.params()``; a conditional model without ``y`` uses the most probable class)."""
         self.model.eval()
-        return torch.cat([fn(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)])
+        parts = []
+        for a, b in self._chunks(len(x), batch_size):
+            xb = x[a:b].to(self.device)
+            parts.append(distributions.to(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))), "cpu"))
+        return distributions.cat(parts)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
+        """Latent codes (posterior means) (N, D) for images (N, C, H, W) in [0, 1]."""
+        return self.posterior(x, y, batch_size).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
+        """Images in [0, 1] from codes (N, D); a conditional model needs classes ``y`` (N,) or one int."""
+        self.model.eval()
+        if self.model.conditional:
+            if y is None:
+                raise VaelabError("this run's model is conditional: decoding needs a class for every code "
+                                  f"(classes 0..{self.model.cfg.num_classes - 1})")
+            y = torch.as_tensor(y, dtype=torch.long).expand(len(z)) if torch.as_tensor(y).dim() == 0 else y
+        out = [self.model.decode(z[a:b].to(self.device), self._y(y, a, b)).cpu()
+               for a, b in self._chunks(len(z), batch_size)]
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        for a, b in self._chunks(len(x), batch_size):
+            xb = x[a:b].to(self.device)
+            out.append(self.model.reconstruct(xb, self._labels_for(xb, self._y(y, a, b))).cpu())
+        return torch.cat(out)
+
+    def _labels_for(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.model.conditional:
+            return None
+        return y if y is not None else self.model.infer_labels(x)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, seed: int = 0, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Images decoded from n prior draws; a conditional model draws for class ``y``
+        (an int or (n,) labels), or cycles through the classes when it is None."""
+        from vaelab.models import require
+
+        require(self.model, "prior", "sampling from the prior")
+        if self.model.conditional and y is None:
+            y = torch.arange(n) % self.model.cfg.num_classes
+        yy = None if y is None else torch.as_tensor(y, dtype=torch.long).expand(n).to(self.device)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        z = self.model.prior(yy, n).sample(generator=g)
+        return self.decode(z.cpu(), None if yy is None else yy.cpu())
 
     # -------------------------------------------------------------- evaluation and figures
     def evaluate(self, split: str | None = None, iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0,
-                 save: bool = True) -> dict:
+                 save: bool = False) -> dict:
+        """The evaluation as a dict; ``save=True`` also writes ``RUN/eval.json``."""
         split = split or self.default_split()
         data = self.split(split)
         result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=seed,
@@ -103,12 +151,12 @@ class Run:
         # Honest numbers: say when the images were part of training (the Keras recipe
         # trains on train+test, so its "test" numbers are not held-out numbers).
         result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
-        if save and self.run_dir is not None:
-            write_json(self.run_dir / "eval.json", result)
+        if save:
+            write_json(self.dir.eval, result)
         return result
 
     def history(self) -> list[dict]:
-        path = self.run_dir / "history.csv" if self.run_dir else None
+        path = self.dir.history if self.run_dir else None
         if path is None or not path.is_file():
             return []
         with open(path) as f:
@@ -118,17 +166,24 @@ class Run:
         """Write the standard figures into ``RUN/figures``: loss curves, reconstructions, prior samples."""
         from vaelab.viz import plots
 
-        out = self.run_dir / "figures"
+        rd = self.dir
         paths = []
         history = self.history()
         if history:
-            paths.append(plots.plot_history(history, out / "loss.png",
+            paths.append(plots.plot_history(history, rd.figure("loss"),
                                             title=f"{self.config.preset or 'run'}: loss per epoch"))
-        x = self.split().batch(slice(0, n))
-        paths.append(plots.plot_reconstructions(x, self.reconstruct(x), out / "reconstructions.png"))
-        if self.model.is_vae:
-            paths.append(plots.plot_grid(self.sample_prior(64, seed), out / "samples_prior.png",
-                                         title="samples from the prior N(0, I)"))
+        data = self.split()
+        x = data.batch(slice(0, n))
+        y = None if data.y is None else data.y[:n]
+        paths.append(plots.plot_reconstructions(x, self.reconstruct(x, y), rd.figure("reconstructions")))
+        if "prior" in self.capabilities:
+            k = self.model.cfg.num_classes if self.model.conditional else None
+            title = (f"samples from the prior, one class per column (classes 0..{k - 1})" if k
+                     else "samples from the prior N(0, I)" if self.config.model.prior == "normal"
+                     else f"samples from the {self.config.model.prior} prior")
+            nrow = min(k, 10) if k else 8
+            paths.append(plots.plot_grid(self.sample_prior(nrow * 8, seed), rd.figure("samples_prior"),
+                                         title=title, nrow=nrow))
         return paths
 
 
@@ -136,17 +191,21 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
           iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
-    ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``."""
-    if isinstance(preset, RunConfig):
-        config = preset
-    elif resume:
+    ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
+    ``resume=True`` continues the run in ``run_dir`` with its saved config (plus overrides)."""
+    if resume:
+        if preset is not None or config_file is not None:
+            raise VaelabError("resume continues a run with its saved config; give no preset or config file "
+                              "(change settings with overrides, e.g. train.epochs=20)")
         config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
+    elif isinstance(preset, RunConfig):
+        config = preset
     else:
         config = build_config(preset, config_file, overrides, extra)
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after:
-        run.evaluate(iw_samples=iw_samples, seed=config.train.seed)
-        run.figures(seed=config.train.seed)
+        run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
+        run.figures(seed=result.config.train.seed)
     return run

@@ -23,12 +23,16 @@ from vaelab.errors import ConfigError
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "none")
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
-LOSSES = ("bce", "mse", "euclidean")
+LR_SCHEDULES = ("constant", "cosine", "iwae")
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _check_name(key: str, value: str, registry) -> None:
+    _check(value in registry, f"{key} must be one of {', '.join(sorted(registry))}, got {value!r}")
 
 
 def _coerce(obj, section: str) -> None:
@@ -92,6 +96,10 @@ class DataConfig:
     channels: int | None = None  # folders: 1 (grey) or 3 (RGB); default from the first image
     limit: int | None = None  # keep only the first N training images (quick runs, tests)
     download: bool = True  # fetch mnist / fashion-mnist when absent
+    # Binary images from grey levels: "none"; "dynamic" (a fresh Bernoulli draw of every
+    # training image each epoch, seeded by (train.seed, epoch), so a resumed run draws the
+    # same); "static" (one fixed draw). Either way val/test are drawn once with a fixed seed.
+    binarize: str = "none"
 
     def __post_init__(self) -> None:
         _coerce(self, "data")
@@ -112,12 +120,20 @@ class DataConfig:
         _check(self.limit is None or self.limit > 0, "data.limit must be a positive number of images")
         if self.classes is not None:
             _check(len(self.classes) > 0, "data.classes must name at least one class")
+        _check(self.binarize in ("none", "dynamic", "static"),
+               f"data.binarize must be none, dynamic or static, got {self.binarize!r}")
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "vae"  # registry key in vaelab.models.MODELS: ae | vae
-    arch: str = "mlp"  # mlp | conv
+    kind: str = "vae"  # the family, a key of vaelab.models.MODELS (ae, vae, cvae, ...): default parts
+    arch: str = "mlp"  # encoder/decoder body, a key of vaelab.models.BODIES: mlp | conv
+    # Parts; None = the family's choice (written out in the run's config.json).
+    posterior: str | None = None  # vaelab.models.POSTERIORS: point | gaussian
+    prior: str | None = None  # vaelab.models.PRIORS: none | normal | conditional (learned p(z|y))
+    objective: str | None = None  # vaelab.objectives.OBJECTIVES: recon | elbo | iwae
+    condition: str | None = None  # feed the label to encoder and decoder: none | onehot | embedding
+    condition_dim: int = 16  # width of the learned label embedding (condition=embedding)
     input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None
     latent_dim: int = 20
     hidden: list[int] = field(default_factory=lambda: [400])  # mlp encoder widths
@@ -137,8 +153,15 @@ class ModelConfig:
     decoder_activation: str | None = None  # default: activation
     latent_activation: str | None = None  # ae only, e.g. "tanh"
     output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
-    loss: str = "bce"  # bce | mse | euclidean
-    beta: float = 1.0  # weight of the KL term (VAE)
+    loss: str = "bce"  # the likelihood, a key of vaelab.models.LIKELIHOODS: bce | mse | euclidean
+    beta: float = 1.0  # weight of the KL term (elbo)
+    # KL warm-up (elbo): the KL weight ramps from 0 to beta over this fraction of training
+    # (above 1: the ramp outlasts the run). train.kl_warmup_epochs, when set, fills it in
+    # as kl_warmup_epochs / epochs, so a run resumed for more epochs keeps its ramp in epochs.
+    kl_warmup: float = 0.0
+    capacity: float | None = None  # elbo: target KL C in nats, annealed from 0 (Burgess et al. 2018)
+    capacity_gamma: float = 1000.0  # elbo with capacity: weight gamma of |KL - C progress|
+    k: int = 5  # iwae: importance samples per image
     # Weight init: "torch" (PyTorch's defaults) or "glorot" (Keras's defaults: Glorot-uniform
     # weights, zero biases). The Keras conv VAE needs "glorot": with PyTorch's smaller
     # default weights its Dense-16 bottleneck dies and the posterior collapses (KL ~ 0).
@@ -152,12 +175,26 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _coerce(self, "model")
-        from vaelab.models import MODELS  # registry; imported lazily to avoid a cycle
+        # The registries live with the code they name; imported here, when a config is built.
+        from vaelab.models import BODIES, CAPABILITIES, LIKELIHOODS, MODELS, OBJECTIVES, POSTERIORS, PRIORS, capabilities
 
-        _check(self.kind in MODELS, f"model.kind must be one of {sorted(MODELS)}, got {self.kind!r}")
-        _check(self.arch in ("mlp", "conv"), f"model.arch must be 'mlp' or 'conv', got {self.arch!r}")
+        _check_name("model.kind", self.kind, MODELS)
+        family = MODELS[self.kind]
+        for part in ("posterior", "prior", "objective", "condition"):
+            if getattr(self, part) is None:
+                setattr(self, part, getattr(family, part))
+        _check_name("model.arch", self.arch, BODIES)
+        _check_name("model.posterior", self.posterior, POSTERIORS)
+        _check_name("model.prior", self.prior, PRIORS)
+        _check_name("model.objective", self.objective, OBJECTIVES)
+        _check_name("model.loss", self.loss, LIKELIHOODS)
+        _check(self.condition in ("none", "onehot", "embedding"),
+               f"model.condition must be none, onehot or embedding, got {self.condition!r}")
+        if self.prior == "conditional":
+            _check(self.condition != "none", "model.prior=conditional learns p(z|y) and needs a conditional model "
+                   "(model.kind=cvae, or model.condition=onehot)")
         _check(self.latent_dim >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
-        _check(self.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        _check(self.condition_dim >= 1, f"model.condition_dim must be at least 1, got {self.condition_dim}")
         _check(self.output_activation in OUTPUT_ACTIVATIONS,
                f"model.output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
                f"got {self.output_activation!r}")
@@ -169,6 +206,12 @@ class ModelConfig:
             _check(value is None or value in ACTIVATIONS,
                    f"model.{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
         _check(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
+        _check(self.kl_warmup >= 0, f"model.kl_warmup must be >= 0 (a fraction of training), got {self.kl_warmup}")
+        _check(self.capacity is None or self.capacity >= 0, f"model.capacity must be >= 0 nats, got {self.capacity}")
+        _check(self.capacity_gamma > 0, f"model.capacity_gamma must be positive, got {self.capacity_gamma}")
+        _check(self.k >= 1, f"model.k (importance samples) must be at least 1, got {self.k}")
+        _check(self.objective != "iwae" or self.beta == 1.0,
+               f"model.objective=iwae bounds log p(x) and has no beta; leave model.beta at 1 (got {self.beta})")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
         _check(self.padding in ("symmetric", "same"),
@@ -189,13 +232,24 @@ class ModelConfig:
                f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
         if self.latent == "conv":
             _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
-            _check(self.kind == "ae", "model.latent=conv is for autoencoders (kind=ae); VAEs need a dense latent")
+            _check(self.posterior == "point", "model.latent=conv (the feature map is the code) is for autoencoders "
+                   "(model.posterior=point); VAEs need a dense latent")
+            _check(self.condition == "none", "a conditional model needs a vector code (model.latent=dense)")
         _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
                f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")
         _check(len(self.predictor_hidden) >= 1 and all(h > 0 for h in self.predictor_hidden),
                f"model.predictor_hidden must be one or more positive widths, got {self.predictor_hidden}")
         _check(self.num_classes is None or self.num_classes >= 2,
                f"model.num_classes must be at least 2, got {self.num_classes}")
+        missing = OBJECTIVES[self.objective].requires - capabilities(self)
+        _check(not missing, f"model.objective={self.objective} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, "
+               f"and model.kind={self.kind} (posterior {self.posterior}, prior {self.prior}) has none; "
+               "choose another objective or model")
+
+    @property
+    def uses_labels(self) -> bool:
+        """Training needs the images' labels: a conditional model, or a label predictor."""
+        return self.condition != "none" or self.predictor_weight > 0
 
     def per_layer(self, name: str) -> list[int]:
         v = getattr(self, name)
@@ -210,8 +264,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Adam's epsilon. PyTorch's default is 1e-8; the Keras presets use Keras's 1e-7.
     adam_eps: float = 1e-8
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    # Learning rate per epoch: "constant"; "cosine" (from lr down to 0 over the epochs, per
+    # step); "iwae" (Burda et al. 2016: lr * 10^(-i/7) for stage i of 3^i epochs, i = 0, 1, ...).
+    lr_schedule: str = "constant"
     seed: int = 1
-    kl_warmup_epochs: float = 0.0  # KL weight ramps linearly from 0 to beta over this many epochs
+    kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.kl_warmup)
     grad_clip: float | None = None  # max global gradient norm
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (default: all cores)
@@ -230,6 +289,10 @@ class TrainConfig:
         _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
         _check(self.adam_eps > 0, f"train.adam_eps must be positive, got {self.adam_eps}")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0")
         _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be positive")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -245,6 +308,15 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None
+
+    def __post_init__(self) -> None:
+        t = self.train
+        if t.kl_warmup_epochs:
+            # The objective sees progress as a fraction of training; warm-up in epochs becomes one.
+            self.model.kl_warmup = t.kl_warmup_epochs / t.epochs if t.epochs else 1.0
+
+    def copy(self) -> "RunConfig":
+        return RunConfig.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,10 @@ import torch.nn.functional as F
 
 from vaelab.evaluation import metrics
 from vaelab.errors import DataError, VaelabError
-from vaelab.models.losses import kl_normal
+from vaelab.distributions import kl_per_dim
+from vaelab.evaluation.evaluate import iw_log_likelihood
+from vaelab.models import require
+from vaelab.rundir import RunDir
 
 # The default model of the detector and of `vaelab anomaly-bench`: the mlp-vae preset
 # (784-400-20, BCE + KL) for 30 epochs, scored by the MSE of its reconstruction through the
@@ -39,62 +43,92 @@ DEFAULT_EPOCHS = 30
 
 
 # ------------------------------------------------------------------------------------ scores
-def _mse(model, x, samples, gen):
-    return metrics.mse(model.reconstruct(x), x)
+def _mse(model, x, y, samples, gen):
+    return metrics.mse(model.reconstruct(x, y), x)
 
 
-def _bce(model, x, samples, gen):
+def _bce(model, x, y, samples, gen):
     # In image space, so it means the same for sigmoid and tanh models; summed over pixels.
-    r = model.reconstruct(x).float()
+    r = model.reconstruct(x, y).float()
     return F.binary_cross_entropy(r, x, reduction="none").flatten(1).sum(1)
 
 
-def _ssim(model, x, samples, gen):
+def _ssim(model, x, y, samples, gen):
     # 1 - SSIM: structure rather than ink; often better than mse on MNIST digits.
     if min(x.shape[-2:]) < 11:
         raise VaelabError(f"score 'ssim' needs images of at least 11x11, got {tuple(x.shape[-2:])}")
-    return 1 - metrics.ssim(model.reconstruct(x), x)
+    return 1 - metrics.ssim(model.reconstruct(x, y), x)
 
 
-def _elbo(model, x, samples, gen):
-    """-ELBO with beta = 1 whatever the model was trained with, averaged over ``samples`` draws."""
-    mu, logvar = model.posterior(x)
-    kl = kl_normal(mu, logvar).sum(1)
-    recon = torch.stack([model.recon_loss(model.decode_logits(model.sample_z(mu, logvar, gen)), x)
-                         for _ in range(samples)]).mean(0)
+def _neg_elbo(model, x, y, samples, gen):
+    """-ELBO with beta = 1 (whatever the model was trained with), the reconstruction term
+    averaged over ``samples`` draws, the KL in closed form where there is one."""
+    q = model.posterior(x, y)
+    z = q.rsample((samples,), generator=gen)  # (S, B, D)
+    recon = model.recon_loss(model.decode_logits(z, y), x).mean(0)
+    p = model.prior(y, len(x))
+    per_dim = kl_per_dim(q, p)
+    kl = per_dim.sum(-1) if per_dim is not None else (q.log_prob(z) - p.log_prob(z)).mean(0)
     return recon + kl
 
 
-def _iwnll(model, x, samples, gen):
-    return metrics.iw_nll(model.log_weights(x, samples, generator=gen))
+def _elbo(model, x, y, samples, gen):
+    if model.conditional and y is None:
+        # -log sum_y p(y) exp(ELBO(x, y)): a bound on -log p(x) for unlabelled images
+        per_class = [model.class_log_prior[c] - _neg_elbo(model, x, torch.full((len(x),), c, device=x.device),
+                                                           samples, gen) for c in range(model.cfg.num_classes)]
+        return -torch.logsumexp(torch.stack(per_class), 0)
+    return _neg_elbo(model, x, y, samples, gen)
 
 
-# Registry: name -> (fn(model, x (B, C, H, W), samples, generator) -> (B,), needs a VAE).
-SCORES: dict[str, tuple[Callable, bool]] = {
-    "mse": (_mse, False), "bce": (_bce, False), "ssim": (_ssim, False), "elbo": (_elbo, True),
-    "iwnll": (_iwnll, True),
+def _iwnll(model, x, y, samples, gen):
+    return model.nll_offset() - iw_log_likelihood(model, x, y, samples, gen)
+
+
+@dataclass(frozen=True)
+class Score:
+    fn: Callable  # (model, x (B, C, H, W), y (B,) or None, samples, generator) -> (B,)
+    needs: str | None  # model capability, vaelab.models.CAPABILITIES
+    description: str
+
+
+# Registry: name -> Score. Higher = more anomalous.
+SCORES: dict[str, Score] = {
+    "mse": Score(_mse, None, "mean squared error of the reconstruction"),
+    "bce": Score(_bce, None, "binary cross-entropy of the reconstruction, summed over pixels"),
+    "ssim": Score(_ssim, None, "1 - SSIM of the reconstruction"),
+    "elbo": Score(_elbo, "density", "negative ELBO (beta 1)"),
+    "iwnll": Score(_iwnll, "density", "importance-weighted negative log-likelihood, nats"),
 }
 
 
 def check_score(score: str, model=None) -> None:
     if score not in SCORES:
         raise VaelabError(f"unknown anomaly score {score!r}; known: {', '.join(SCORES)}")
-    if model is not None and SCORES[score][1] and not model.is_vae:
-        raise VaelabError(f"score {score!r} needs a VAE and this model is an autoencoder; use mse or bce")
+    if model is not None and SCORES[score].needs is not None:
+        require(model, SCORES[score].needs, f"anomaly score {score!r}")
 
 
 @torch.no_grad()
 def score_images(model, x: torch.Tensor, score: str = DEFAULT_SCORE, samples: int = 10, seed: int = 0,
-                 batch_size: int = 1000) -> np.ndarray:
+                 batch_size: int = 1000, y: torch.Tensor | None = None) -> np.ndarray:
     """Anomaly score per image (N,) float64 for images (N, C, H, W) in [0, 1]; higher = more anomalous.
-    ``samples``: posterior draws for ``elbo`` and ``iwnll`` (K), seeded by ``seed``."""
+    ``samples``: posterior draws for ``elbo`` and ``iwnll`` (K), seeded by ``seed``. ``y``: labels a
+    conditional model reads; without them it marginalises over classes (elbo, iwnll) or uses the
+    most probable class (reconstruction scores)."""
     check_score(score, model)
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    fn = SCORES[score][0]
-    out = [fn(model, x[i:i + batch_size].float().to(device), samples, gen).double().cpu()
-           for i in range(0, len(x), batch_size)]
+    fn = SCORES[score].fn
+    density = SCORES[score].needs == "density"
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].float().to(device)
+        yb = None if y is None or not model.conditional else y[i:i + batch_size].to(device)
+        if model.conditional and yb is None and not density:
+            yb = model.infer_labels(xb)
+        out.append(fn(model, xb, yb, samples, gen).double().cpu())
     return torch.cat(out).numpy()
 
 
@@ -239,10 +273,9 @@ class AnomalyDetector:
         """Train on (or load a run for) X, then set ``decision_scores_``, ``threshold_``, ``labels_``.
         ``y`` is ignored (unsupervised), as in scikit-learn and PyOD."""
         from vaelab.api import Run
-        from vaelab.training.checkpoint import WEIGHTS
 
         x = as_images(X)
-        if self.run_dir is not None and (Path(self.run_dir) / WEIGHTS).is_file():
+        if self.run_dir is not None and RunDir(self.run_dir).weights.is_file():
             self.run_ = Run.load(self.run_dir, device=self.device)
         else:
             self.run_ = self._train(x)

@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("vaelab: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad option or argument: one line, and where to read more
+        command = e.ctx.command_path if e.ctx is not None else "vaelab"
+        click.echo(f"vaelab: error: {e.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
-from vaelab.cli.options import _echo, device_option, split_option
+from vaelab.cli.options import RegistryChoice, _echo, device_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -27,7 +26,8 @@ def _only_used(name: str, params: dict) -> dict:
 
 
 @click.command()
-@click.option("--data", default="mnist", show_default=True, help="Labelled data set: mnist, fashion-mnist, folder, npz.")
+@click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data:DATASETS"),
+              help="Labelled data set.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the judge (default: the user cache).")
@@ -47,7 +47,8 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--sampler", default="prior", show_default=True, help="prior, gmm, class-gaussian, class-gmm.")
+@click.option("--sampler", default="prior", show_default=True, type=RegistryChoice("vaelab.latent.sampling:SAMPLERS"),
+              help="Where codes come from: the model's prior, or a density fit on the training codes.")
 @click.option("--n", type=int, default=100, show_default=True)
 @click.option("--class", "cls", type=int, help="Class to sample (class-gaussian, class-gmm).")
 @click.option("--components", type=int, help="Mixture components (gmm default 10, class-gmm default 3).")
@@ -65,30 +66,32 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
     from vaelab.viz import plots
     from vaelab.api import Run
     from vaelab.io import atomic_path
-    from vaelab.latent.sampling import fitted_sampler
+    from vaelab.latent.sampling import fitted_sampler, sample_images
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
     s = fitted_sampler(run, sampler, seed=seed, **_only_used(sampler, _sampler_params(components, covariance, scale)))
-    if s.conditional and cls is None:
+    if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
-    z = torch.from_numpy(s.sample(n, cls=cls, seed=seed)).float()
-    images = run.decode(z)
-    title = f"{sampler} samples" + (f" of class {cls}" if cls is not None else "")
-    path = plots.plot_grid(images, out or Path(run_dir) / "figures" / f"samples_{sampler}.png", title=title)
+    images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
+    title = f"{sampler} samples" + (f" of class {cls}" if cls is not None else
+                                    " (one class per position, cycling)" if asked is not None else "")
+    path = plots.plot_grid(images, out or run.dir.figure(f"samples_{sampler}"), title=title)
     _echo(f"wrote {path}")
     if npz:
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, images=(images.numpy() * 255).round().astype(np.uint8), codes=z.numpy())
+                arrays = {"images": (images.numpy() * 255).round().astype(np.uint8), "codes": codes.numpy()}
+                if asked is not None:
+                    arrays["labels"] = asked.numpy()
+                np.savez_compressed(f, **arrays)
         _echo(f"wrote {npz}")
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--kind", required=True,
-              type=click.Choice(["scatter", "tsne", "pca", "traverse", "interpolate", "basis", "recon", "loss"]))
+@click.option("--kind", required=True, type=RegistryChoice("vaelab.latent.pictures:PLOTS"))
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/KIND.png).")
 @split_option
 @click.option("--n", type=int, help="Number of images (scatter/pca: all; tsne: 2000; recon: 16).")
@@ -102,11 +105,13 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 @click.option("--from", "source", type=int, help="interpolate: first class (default 1 if present) or image index.")
 @click.option("--to", "target", type=int, help="interpolate: second class (default 7 if present) or image index.")
 @click.option("--scale", type=float, help="basis: length of the basis vectors (default 3).")
+@click.option("--class", "cls", type=int, help="Conditional models: the class codes are decoded under "
+                                                "(traverse, interpolate, basis; default: the image's class, else 0).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, seed,
+def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, cls, seed,
          device) -> None:
-    """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, recon, loss."""
+    """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, styles, recon, loss."""
     from vaelab.api import Run
     from vaelab.latent.pictures import plot as draw
 
@@ -115,15 +120,15 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
     run = Run.load(run_dir, device=device)
-    path = draw(run, kind, out or Path(run_dir) / "figures" / f"{kind}.png", split=split, n=n, dims=dims_t,
+    path = draw(run, kind, out or run.dir.figure(kind), split=split, n=n, dims=dims_t,
                 pairs=pairs, radius=radius, steps=steps, index=index, mode=between, source=source, target=target,
-                scale=scale, seed=seed)
+                scale=scale, cls=cls, seed=seed)
     _echo(f"wrote {path}")
 
 
 @click.command("eval-samples")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--sampler", default="prior", show_default=True)
+@click.option("--sampler", default="prior", show_default=True, type=RegistryChoice("vaelab.latent.sampling:SAMPLERS"))
 @click.option("--n", type=int, default=10000, show_default=True)
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
               help="Judge folder: loaded if it holds one, else trained and saved there (default: the user cache).")
@@ -137,6 +142,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     from vaelab.api import Run
     from vaelab.evaluation.judge import get_judge
     from vaelab.latent.sample_eval import _summary, evaluate_samples
+    from vaelab.rundir import RunDir
 
     if n < 2:
         raise VaelabError("--n must be at least 2")
@@ -149,4 +155,4 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
                               **_only_used(sampler, _sampler_params(components, covariance, scale)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
-    _echo(f"wrote {out_dir / 'samples_eval.json'}")
+    _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")

@@ -16,6 +16,7 @@ COMMON_FLAGS = {
     "data": ("data", "name"), "data_dir": ("data", "data_dir"), "data_path": ("data", "path"),
     "train_split": ("data", "train_split"), "val": ("data", "val"), "image_size": ("data", "image_size"),
     "limit": ("data", "limit"), "latent_dim": ("model", "latent_dim"), "loss": ("model", "loss"),
+    "kind": ("model", "kind"), "objective": ("model", "objective"), "prior": ("model", "prior"),
     "beta": ("model", "beta"), "epochs": ("train", "epochs"), "seed": ("train", "seed"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "device": ("train", "device"),
 }
@@ -26,6 +27,30 @@ split_option = click.option("--split", help="train, val or test (default: test, 
 run_data_dir_option = click.option("--data-dir", help="Where the data set lives, if not where it was at training time.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (CUDA when present), cpu, cuda, cuda:N.")
+
+
+class RegistryChoice(click.Choice):
+    """A choice among the keys of a registry (``"vaelab.latent.pictures:PLOTS"``), read when
+    first needed: adding a registry entry needs no CLI edit, and ``vaelab --help`` does not
+    import the registries' modules (torch among them)."""
+
+    def __init__(self, source: str, case_sensitive: bool = True):
+        self._source = source
+        self._keys: tuple[str, ...] | None = None
+        super().__init__((), case_sensitive)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._keys is None:
+            import importlib
+
+            module, name = self._source.split(":")
+            self._keys = tuple(getattr(importlib.import_module(module), name))
+        return self._keys
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry decides
+        pass
 
 
 def _echo(msg: str) -> None:

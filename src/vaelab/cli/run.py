@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import COMMON_FLAGS, _echo, _print_eval, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import (COMMON_FLAGS, RegistryChoice, _echo, _print_eval, device_option, run_data_dir_option,
+                                split_option)
+from vaelab.rundir import RunDir
 from vaelab.errors import VaelabError
 
 
@@ -17,7 +19,7 @@ from vaelab.errors import VaelabError
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
-@click.option("--data", help="Dataset: mnist, fashion-mnist, folder, npz.")
+@click.option("--data", type=RegistryChoice("vaelab.data:DATASETS"), help="Data set.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
 @click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
@@ -26,7 +28,11 @@ from vaelab.errors import VaelabError
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
 @click.option("--limit", type=int, help="Use only the first N training images.")
 @click.option("--latent-dim", type=int)
-@click.option("--loss", type=click.Choice(["bce", "mse", "euclidean"]))
+@click.option("--kind", type=RegistryChoice("vaelab.models:MODELS"),
+              help="Model family: the default posterior, prior, objective and conditioning.")
+@click.option("--objective", type=RegistryChoice("vaelab.objectives:OBJECTIVES"), help="What the model minimises.")
+@click.option("--prior", type=RegistryChoice("vaelab.models:PRIORS"), help="Prior p(z) (or p(z|y)).")
+@click.option("--loss", type=RegistryChoice("vaelab.models:LIKELIHOODS"), help="Likelihood p(x|z) and its loss.")
 @click.option("--beta", type=float, help="Weight of the KL term.")
 @click.option("--epochs", type=int)
 @click.option("--seed", type=int)
@@ -42,7 +48,6 @@ from vaelab.errors import VaelabError
 def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, **flags) -> None:
     """Train a model; write the run directory, eval.json and figures."""
     from vaelab import api
-    from vaelab.training.checkpoint import RESUME
 
     extra: dict = {}
     for name, value in flags.items():
@@ -66,7 +71,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
         run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
-        if (run_dir / RESUME).exists() and not overwrite:
+        if RunDir(run_dir).resume.exists() and not overwrite:
             raise VaelabError(f"{run_dir} already holds a run; --resume {run_dir} to continue it, "
                               "--overwrite to replace it, or choose another --out")
         from vaelab.config import build_config
@@ -74,8 +79,8 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         config = build_config(preset, config_file, overrides, extra)
         api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
     _echo(f"run saved in {run_dir}")
-    if not no_eval and (run_dir / "eval.json").exists():
-        _print_eval(json.loads((run_dir / "eval.json").read_text()))
+    if not no_eval and RunDir(run_dir).eval.exists():
+        _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
 
 
 # ------------------------------------------------------------------------------ eval
@@ -83,7 +88,7 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @split_option
 @click.option("--iw-samples", type=int, default=50, show_default=True,
-              help="Importance samples K for nll_iw (VAEs); 0 skips it.")
+              help="Importance samples K for nll_iw (models with a density); 0 skips it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
 @device_option
@@ -94,8 +99,8 @@ def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
-    _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed))
-    _echo(f"wrote {Path(run_dir) / 'eval.json'}")
+    _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True))
+    _echo(f"wrote {run.dir.eval}")
 
 
 # ------------------------------------------------------------------------------ reconstruct
@@ -115,8 +120,10 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     data = run.split(split)
-    x = data.batch(slice(0, min(n, len(data))))
-    path = plots.plot_reconstructions(x, run.reconstruct(x), out or Path(run_dir) / "figures" / "reconstructions.png")
+    m = min(n, len(data))
+    x = data.batch(slice(0, m))
+    path = plots.plot_reconstructions(x, run.reconstruct(x, None if data.y is None else data.y[:m]),
+                                      out or run.dir.figure("reconstructions"))
     _echo(f"wrote {path}")
 
 
@@ -124,17 +131,18 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
 @click.command()
 def presets() -> None:
     """List the named configurations and their parameter counts."""
-    from vaelab.config import build_config, load_preset, preset_names
+    from vaelab.config import build_config, preset_names
     from vaelab.models import build_model, count_params
 
     for name in preset_names():
-        d = load_preset(name)
         cfg = build_config(name)
-        shape = [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
-        cfg.model.input_shape = shape
+        cfg.model.input_shape = cfg.model.input_shape or (
+            [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28])
+        if cfg.model.uses_labels and cfg.model.num_classes is None:
+            cfg.model.num_classes = 10  # the MNIST digits, for the count
         params = count_params(build_model(cfg.model))
         _echo(f"{name:<15} {cfg.model.kind}/{cfg.model.arch:<5} {params:>11,} params  "
-              f"data={d.get('data', {}).get('name')}  epochs={cfg.train.epochs}")
+              f"{cfg.model.objective:<6} data={cfg.data.name}  epochs={cfg.train.epochs}")
 
 
 @click.command()
@@ -145,8 +153,9 @@ def info(run_dir) -> None:
 
     cfg = load_config(run_dir)
     m = cfg.model
-    _echo(f"run {run_dir}: {m.kind}/{m.arch}, latent {m.latent_dim}, loss {m.loss}, data {cfg.data.name}")
-    for name in ("summary.json", "eval.json"):
+    _echo(f"run {run_dir}: {m.kind}/{m.arch} ({m.posterior} posterior, {m.prior} prior, {m.objective} objective), "
+          f"latent {m.latent_dim}, loss {m.loss}, data {cfg.data.name}")
+    for name in (RunDir.SUMMARY, RunDir.EVAL):
         p = Path(run_dir) / name
         if p.is_file():
             _echo(f"{name}:")
@@ -154,7 +163,7 @@ def info(run_dir) -> None:
 
 
 @click.command()
-@click.option("--data", default="mnist", show_default=True, type=click.Choice(["mnist", "fashion-mnist"]))
+@click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data.download:SOURCES"))
 @click.option("--data-dir", help="Where to put it (default $VAELAB_DATA, then ~/.cache/vaelab).")
 def download(data, data_dir) -> None:
     """Download a data set (SHA-256 checked) or confirm it is in place."""

@@ -12,6 +12,7 @@ import click
 
 from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
+from vaelab.rundir import RunDir
 from vaelab.latent.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 
@@ -73,7 +74,7 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
     r = steer_fn(run, x, target, steps=steps, lr=lr, prior_weight=prior_weight, temperature=temperature,
                  frames=frames)
     label = None if data.y is None else data.y[index:index + 1]
-    path = out or Path(run_dir) / "figures" / f"steer_{index}_to_{target}.png"
+    path = out or run.dir.figure(f"steer_{index}_to_{target}")
     plot_examples(x, r, None, label, path, n=1,
                   title=f"image {index} steered to class {target}: p {r.start_prob[0]:.3f} -> {r.end_prob[0]:.3f}")
     _echo(f"predictor p(class {target}): {float(r.start_prob[0]):.4f} at the start -> "
@@ -113,4 +114,4 @@ def steer_bench(run_dir, pairs, steps, lr, prior_weight, temperature, judge_dir,
               "target_prob_start", "target_prob_end", "judge_accuracy_original"):
         v = r[k]
         _echo(f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}")
-    _echo(f"wrote {out / 'steer_eval.json'} and {out / 'figures' / 'steer_examples.png'}")
+    _echo(f"wrote {RunDir(out).steer_eval} and {RunDir(out).figure('steer_examples')}")

@@ -9,6 +9,7 @@ import click
 
 from vaelab.cli.options import _echo
 from vaelab.errors import VaelabError
+from vaelab.rundir import RunDir
 
 _PARALLEL = [
     click.option("--workers", type=int, default=1, show_default=True,
@@ -36,7 +37,7 @@ def _base(overrides, data_dir, limit) -> list[str]:
 
 def _finish(rows: list[dict], out: Path) -> None:
     _echo((out / "results.md").read_text().rstrip())
-    _echo(f"wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'figures'}/")
+    _echo(f"wrote {out / 'results.csv'}, {out / 'results.md'} and {RunDir(out).figures}/")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         click.echo(f"vaelab: error: {len(failed)} of {len(rows)} trials failed (see {out / 'results.md'}); "

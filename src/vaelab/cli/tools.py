@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import RegistryChoice, _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -24,8 +24,8 @@ def _fmt(v) -> str:
 @click.option("--mask", default="center:10", show_default=True,
               help="center:K, center:HxW, random:K (one KxK patch per image), top, bottom, left, right, "
                    "or file:PATH.png (white = hidden).")
-@click.option("--method", default="latent-opt", show_default=True,
-              help="single, iterative or latent-opt (best in bench/: 93% judge accuracy on MNIST).")
+@click.option("--method", default="latent-opt", show_default=True, type=RegistryChoice("vaelab.latent.inpaint:METHODS"),
+              help="latent-opt was the best in bench/ (93% judge accuracy on MNIST).")
 @click.option("--n", type=int, default=1000, show_default=True, help="Inpaint the first N images of the split.")
 @split_option
 @click.option("--iterations", type=int, help="iterative: passes through the model (default 50).")
@@ -71,8 +71,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
                    "or .npz/.npy array.")
-@click.option("--score", default="mse", show_default=True,
-              help="mse, bce, ssim (1 - SSIM), elbo (VAEs) or iwnll (VAEs).")
+@click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.detector:SCORES"),
+              help="Reconstruction scores (mse, bce, 1 - ssim) serve every model; elbo and iwnll need a density.")
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
@@ -108,7 +108,8 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
               help="Folder for results.csv, results.md, results.json and roc.png.")
 @click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; see bench/README.md).")
 @click.option("--epochs", type=int, help="Training epochs per class (default: 30, or the --preset's own).")
-@click.option("--score", help="mse (default), bce, ssim (1 - SSIM), elbo (VAEs) or iwnll (VAEs).")
+@click.option("--score", type=RegistryChoice("vaelab.anomaly.detector:SCORES"),
+              help="Anomaly score (default mse); elbo and iwnll need a model with a density.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
 @click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
@@ -149,7 +150,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, 
 # ------------------------------------------------------------------------------ export
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--what", type=click.Choice(["reconstructions", "latents"]), default="reconstructions",
+@click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"), default="reconstructions",
               show_default=True)
 @split_option
 @click.option("--n", type=int, help="First N images (default: 100 reconstructions, every latent code).")

@@ -28,6 +28,9 @@ class ImageSet:
     y: torch.Tensor | None  # (N,) int64 labels, or None
     name: str = ""
     paths: list[str] | None = None  # file paths, for image folders
+    # "dynamic": x holds grey levels and every epoch draws fresh binary images from them
+    # (``shuffled``); evaluation splits are binarised once when loaded ("none" here).
+    binarize: str = "none"
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -49,10 +52,27 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
-        return ImageSet(self.x[index], None if self.y is None else self.y[index], self.name, paths)
+        return ImageSet(self.x[index], None if self.y is None else self.y[index], self.name, paths, self.binarize)
 
     def to(self, device) -> "ImageSet":
-        return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths)
+        return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths,
+                        self.binarize)
+
+    def shuffled(self, perm: torch.Tensor) -> "ImageSet":
+        """This epoch's training images in the order ``perm`` (N,), as one gathered tensor:
+        one uint8 gather per epoch (cheap), then each batch is a contiguous slice, so the
+        hot loop does no per-step index work. With dynamic binarisation, each image is a
+        fresh Bernoulli draw from its grey levels (the torch RNG, which the loop seeds per epoch)."""
+        x = self.x[perm]
+        if self.binarize == "dynamic":
+            x = bernoulli_uint8(x)
+        return ImageSet(x, None if self.y is None else self.y[perm], self.name)
+
+
+def bernoulli_uint8(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Binary images (0 or 255) drawn pixel by pixel with P(on) = grey level / 255."""
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    return ((u * 255) < x).to(torch.uint8) * 255
 
 
 @dataclass
@@ -146,7 +166,32 @@ def load_data(cfg: DataConfig) -> Splits:
         train = train.subset(perm[n_val:].sort().values)
     if len(train) == 0:
         raise DataError(f"no training images left after filtering {cfg.name} (classes={cfg.classes})")
-    return Splits(train=train, val=val, test=test, classes=classes)
+    splits = Splits(train=train, val=val, test=test, classes=classes)
+    return binarized(splits, cfg.binarize) if cfg.binarize != "none" else splits
+
+
+# Fixed seeds: every run of a data set sees the same binary evaluation images.
+BINARIZE_SEEDS = {"train": 1, "val": 2, "test": 3}
+
+
+def binarized(splits: Splits, mode: str) -> Splits:
+    """Evaluation splits drawn once with fixed seeds; the training split drawn once
+    ("static") or marked for a fresh draw every epoch ("dynamic")."""
+    def once(s: ImageSet | None, name: str) -> ImageSet | None:
+        if s is None:
+            return None
+        g = torch.Generator().manual_seed(BINARIZE_SEEDS[name])
+        return ImageSet(bernoulli_uint8(s.x, g), s.y, s.name, s.paths)
+
+    train = splits.train
+    if mode == "static":
+        train = once(train, "train")
+    else:
+        train = ImageSet(train.x, train.y, train.name, train.paths, binarize="dynamic")
+    # val may be the test split itself (data.val=test): draw it once, as test.
+    test = once(splits.test, "test")
+    val = test if splits.val is splits.test else once(splits.val, "val")
+    return Splits(train=train, val=val, test=test, classes=splits.classes)
 
 
 def _keep_classes(s: ImageSet, classes: list[int]) -> ImageSet:

@@ -5,8 +5,6 @@ Images are float tensors (N, C, H, W) in [0, 1]; per-image metrics return (N,).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -61,21 +59,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: in
     return s.mean(dim=(2, 3)).mean(1)
 
 
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Mean over the data of the closed-form KL(q(z|x) || N(0, I)) per latent dimension (D,)."""
-    return (-0.5 * (1 + logvar - mu.square() - logvar.exp())).mean(0)
-
-
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Number of latent dimensions whose posterior mean varies across the data
     (Burda et al. 2016: Cov_x(E_q[z_u]) > 0.01)."""
     return int((mu.var(0, unbiased=True) > threshold).sum())
-
-
-def iw_nll(log_w: torch.Tensor) -> torch.Tensor:
-    """Importance-weighted NLL per image from log weights (K, N):
-    -log (1/K sum_k exp(log_w_k)), the IWAE bound (Burda et al. 2016)."""
-    return -(torch.logsumexp(log_w.double(), 0) - math.log(log_w.shape[0])).float()
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:

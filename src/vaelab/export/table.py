@@ -4,8 +4,9 @@ Layouts (the ones users already exchange):
 
 - reconstructions: ``row_id, orig_px0, recon_px0, orig_px1, recon_px1, ...`` -- one row
   per image, pixel i in C-order over (C, H, W), values in [0, 1] with ``decimals`` digits;
-- latents: ``row_id, label, mu0.., logvar0..`` -- posterior means, and log-variances for
-  VAEs; ``label`` is empty when the data has no labels.
+- latents: ``row_id, label, mu0.., logvar0..`` -- the posterior's parameters per code:
+  means, and log-variances for Gaussian posteriors; ``label`` is empty when the data
+  has no labels.
 
 ``row_id`` is the image's index in the split. Rows are computed and written one chunk
 at a time into a temporary file that is renamed over the target at the end, so memory
@@ -31,9 +32,9 @@ def reconstruction_header(pixels: int) -> list[str]:
     return ["row_id"] + [f"{kind}_px{i}" for i in range(pixels) for kind in ("orig", "recon")]
 
 
-def latent_header(latent_dim: int, vae: bool) -> list[str]:
-    return (["row_id", "label"] + [f"mu{i}" for i in range(latent_dim)]
-            + ([f"logvar{i}" for i in range(latent_dim)] if vae else []))
+def latent_header(latent_dim: int, params: list[str]) -> list[str]:
+    """``row_id, label`` then each posterior parameter per dimension (mu0.., logvar0..)."""
+    return ["row_id", "label"] + [f"{p}{i}" for p in params for i in range(latent_dim)]
 
 
 def _write_rows(f, first_cols: list[np.ndarray], values: np.ndarray, decimals: int) -> None:
@@ -65,7 +66,7 @@ def export_reconstructions(run, out: str | Path, split: str | None = None, n: in
         f.write(",".join(reconstruction_header(pixels)) + "\n")
         for sl in _chunks(n, chunk_size):
             x = data.batch(sl)  # (B, C, H, W) in [0, 1]
-            r = run.reconstruct(x)
+            r = run.reconstruct(x, None if data.y is None else data.y[sl])
             # (B, P, 2) -> (B, 2P): orig_px0, recon_px0, orig_px1, ... as the header says
             values = torch.stack([x.flatten(1), r.flatten(1)], dim=2).flatten(1).double().numpy()
             _write_rows(f, [np.arange(sl.start, sl.stop)], values, decimals)
@@ -74,19 +75,21 @@ def export_reconstructions(run, out: str | Path, split: str | None = None, n: in
 
 def export_latents(run, out: str | Path, split: str | None = None, n: int | None = None,
                    chunk_size: int = DEFAULT_CHUNK, decimals: int = 6) -> dict:
-    """Write the posterior means (and log-variances for VAEs) of a split's images."""
+    """Write the posterior parameters (means; log-variances for Gaussian posteriors) of a split's images."""
     data = run.split(split)
     n = len(data) if n is None else min(_check_n(n), len(data))
-    vae = bool(run.model.is_vae)
     dim = int(run.config.model.latent_dim)
+    header = None
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        f.write(",".join(latent_header(dim, vae)) + "\n")
         for sl in _chunks(n, chunk_size):
-            mu, logvar = run.posterior(data.batch(sl))  # (B, D) each; logvar None for AEs
-            values = torch.cat([mu, logvar], 1) if vae else mu
+            params = run.posterior(data.batch(sl), None if data.y is None else data.y[sl]).params()  # name -> (B, D)
+            if header is None:
+                header = latent_header(dim, list(params))
+                f.write(",".join(header) + "\n")
+            values = torch.cat(list(params.values()), 1)
             labels = data.y[sl].numpy() if data.y is not None else np.array([""] * (sl.stop - sl.start))
             _write_rows(f, [np.arange(sl.start, sl.stop), labels], values.double().numpy(), decimals)
-    return {"what": "latents", "rows": n, "columns": len(latent_header(dim, vae)), "out": str(out)}
+    return {"what": "latents", "rows": n, "columns": len(header or []), "out": str(out)}
 
 
 def _check_n(n: int) -> int:

@@ -22,7 +22,7 @@ import torch
 
 from vaelab.evaluation import metrics
 from vaelab.errors import DataError, VaelabError
-from vaelab.models import frozen
+from vaelab.models import frozen, require
 
 MASK_HELP = "center:K, center:HxW, random:K, top, bottom, left, right or file:PATH.png"
 
@@ -138,47 +138,50 @@ def _fill(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def single(model, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def single(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """One pass: hidden pixels set to 0, reconstructed, pasted into the hidden region."""
-    return _fill(x, mask, model.reconstruct(x.masked_fill(mask, 0.0)))
+    return _fill(x, mask, model.reconstruct(x.masked_fill(mask, 0.0), y))
 
 
 @torch.no_grad()
-def iterative(model, x: torch.Tensor, mask: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+def iterative(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor | None = None,
+              iterations: int = 50) -> torch.Tensor:
     """Start from the zero-filled image; each pass replaces the hidden pixels by the
     reconstruction and keeps the known ones, so the code drifts towards an image whose
     known part agrees with ``x`` (a fixed-point iteration of the autoencoder)."""
     cur = x.masked_fill(mask, 0.0)
     for _ in range(iterations):
-        cur = _fill(x, mask, model.reconstruct(cur))
+        cur = _fill(x, mask, model.reconstruct(cur, y))
     return cur
 
 
-def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr: float = 0.05,
-                   init_iterations: int = 0) -> torch.Tensor:
+def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor | None = None, steps: int = 300,
+                   lr: float = 0.05, init_iterations: int = 0) -> torch.Tensor:
     """Codes z (B, D) fitted with Adam so that the decoded images match the known pixels.
 
     Objective per image: the model's own reconstruction loss on the known pixels, plus
-    0.5 |z|^2 (the -log N(0, I) prior, up to a constant) for VAEs: a MAP estimate of z.
-    The gradient of the loss restricted to known pixels equals the gradient of the full
-    loss with the hidden outputs detached, so the model's ``recon_loss`` (bce, mse,
-    euclidean, any output activation) is used unchanged. z starts at the encoder's mean
-    for the zero-filled image (after ``init_iterations`` iterative passes, if asked).
-    The loss is summed over images and Adam is element-wise, so each image's code is
-    optimised independently even though the whole batch is one tensor.
+    -log p(z) for models with a prior: a MAP estimate of z (for the N(0, I) prior that is
+    0.5 |z|^2 up to a constant). The gradient of the loss restricted to known pixels
+    equals the gradient of the full loss with the hidden outputs detached, so the model's
+    ``recon_loss`` (any likelihood, any output activation) is used unchanged. z starts at
+    the encoder's mean for the zero-filled image (after ``init_iterations`` iterative
+    passes, if asked). The loss is summed over images and Adam is element-wise, so each
+    image's code is optimised independently even though the whole batch is one tensor.
     """
-    start = iterative(model, x, mask, init_iterations) if init_iterations else x.masked_fill(mask, 0.0)
+    require(model, "continuous", "latent-opt inpainting")
+    start = iterative(model, x, mask, y, init_iterations) if init_iterations else x.masked_fill(mask, 0.0)
     with torch.no_grad():
-        z = model.encode(start).float().clone()
+        z = model.encode(start, y).float().clone()
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
+    prior = model.prior(y, len(x)) if "prior" in model.capabilities else None
     with frozen(model), torch.enable_grad():
         for _ in range(steps):
-            logits = model.decode_logits(z)  # (B, C, H, W)
+            logits = model.decode_logits(z, y)  # (B, C, H, W)
             logits = torch.where(mask, logits.detach(), logits)
             loss = model.recon_loss(logits, x)  # (B,)
-            if model.is_vae:
-                loss = loss + 0.5 * z.square().sum(1)
+            if prior is not None:
+                loss = loss - prior.log_prob(z)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
@@ -186,25 +189,27 @@ def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300,
 
 
 @torch.no_grad()
-def latent_opt(model, x: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr: float = 0.05,
-               init_iterations: int = 0) -> torch.Tensor:
+def latent_opt(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor | None = None, steps: int = 300,
+               lr: float = 0.05, init_iterations: int = 0) -> torch.Tensor:
     """Decode codes fitted to the known pixels (``optimise_codes``) into the hidden ones."""
-    return _fill(x, mask, model.decode(optimise_codes(model, x, mask, steps, lr, init_iterations)))
+    return _fill(x, mask, model.decode(optimise_codes(model, x, mask, y, steps, lr, init_iterations), y))
 
 
-# Registry: name -> fn(model, x (B, C, H, W), mask (B, 1, H, W), **options) -> (B, C, H, W).
+# Registry: name -> fn(model, x (B, C, H, W), mask (B, 1, H, W), y, **options) -> (B, C, H, W).
 METHODS: dict[str, Callable] = {"single": single, "iterative": iterative, "latent-opt": latent_opt}
 
 
 def inpaint(run_or_model, x: torch.Tensor, mask, method: str = "latent-opt", batch_size: int = 2000,
-            seed: int = 0, **kw) -> torch.Tensor:
+            seed: int = 0, y: torch.Tensor | None = None, **kw) -> torch.Tensor:
     """Inpaint ``x`` (N, C, H, W) in [0, 1] where ``mask`` is True; returns (N, C, H, W) on the CPU.
 
     ``run_or_model``: a ``vaelab.Run`` or a model; ``mask``: bool (N or 1, 1, H, W), or a
     spec string for ``parse_mask`` (seeded by ``seed``). Images are processed in chunks of
     ``batch_size`` to bound memory; every method treats images independently, so the
     chunk size does not change the result. ``kw`` goes to the method (``iterations`` for
-    iterative; ``steps``, ``lr``, ``init_iterations`` for latent-opt).
+    iterative; ``steps``, ``lr``, ``init_iterations`` for latent-opt). ``y``: the images'
+    labels, which a conditional model reads; without them it uses the most probable class
+    of each masked image.
     """
     if method not in METHODS:
         raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
@@ -223,7 +228,11 @@ def inpaint(run_or_model, x: torch.Tensor, mask, method: str = "latent-opt", bat
     out = []
     for i in range(0, len(x), batch_size):
         xb, mb = x[i:i + batch_size].float().to(device), mask[i:i + batch_size].to(device)
-        out.append(METHODS[method](model, xb, mb, **kw).cpu())
+        yb = None
+        if model.conditional:
+            with torch.no_grad():
+                yb = y[i:i + batch_size].to(device) if y is not None else model.infer_labels(xb.masked_fill(mb, 0.0))
+        out.append(METHODS[method](model, xb, mb, yb, **kw).cpu())
     return torch.cat(out)
 
 
@@ -259,7 +268,7 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     m = builder(n, seed)  # (n, 1, H, W), True = hidden
     masked = x.masked_fill(m, 0.0)
     t0 = time.perf_counter()
-    filled = inpaint(run, x, m, method=method, **kw)
+    filled = inpaint(run, x, m, method=method, y=None if data.y is None else data.y[:n], **kw)
     seconds = time.perf_counter() - t0
     result = {"method": method, "mask": mask, "n": n, "split": split, "seed": seed, "options": kw,
               "hidden_fraction": float(m.float().mean()),

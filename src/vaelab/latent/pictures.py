@@ -2,7 +2,10 @@
 
 Every picture has a title, axis labels and, where colours mean classes, a legend.
 The computations (codes, projections, grids of codes) are plain functions returning
-arrays; the figure functions draw them with matplotlib.
+arrays; the figure functions draw them with matplotlib. Pictures that decode codes of
+their own making (traverse, interpolate, basis) need a continuous latent space; a
+conditional model decodes them under one class (``cls``, default: the class of the
+image involved, else 0), and ``styles`` decodes one code under every class.
 """
 
 from __future__ import annotations
@@ -12,16 +15,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.viz import plots
+from vaelab import distributions
+from vaelab.distributions import kl_per_dim
 from vaelab.errors import ConfigError
+from vaelab.models import require
+from vaelab.viz import plots
 
 
 def codes_and_labels(run, split: str | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     data = run.split(split)
     idx = slice(0, min(n, len(data))) if n else slice(None)
     x = data.batch(idx)
-    y = data.y[idx].numpy() if data.y is not None else None
-    return run.encode(x).double().numpy(), y
+    y = data.y[idx] if data.y is not None else None
+    return run.encode(x, y).double().numpy(), None if y is None else y.numpy()
+
+
+def _decode_class(run, cls, default: int | None = None) -> int | None:
+    """The class a conditional model decodes a picture's codes under (None for other models)."""
+    if not run.model.conditional:
+        if cls is not None:
+            raise ConfigError("--class applies to conditional models; this run's model is not conditional")
+        return None
+    c = int(cls if cls is not None else (default if default is not None else 0))
+    k = run.model.cfg.num_classes
+    if not 0 <= c < k:
+        raise ConfigError(f"class {c} is not one this run's model was trained on (classes 0..{k - 1})")
+    return c
 
 
 def _class_names(run, labels: np.ndarray) -> dict[int, str]:
@@ -126,32 +145,42 @@ def plot_pca(run, out, split=None, n=None, pairs=None, **_) -> Path:
 
 
 def _kl_per_dim(run, split=None, n=2000) -> np.ndarray | None:
-    if not run.model.is_vae:
+    """Mean closed-form KL(q(z|x) || p(z)) per dimension over n images, or None without one."""
+    if "prior" not in run.capabilities:
         return None
     data = run.split(split)
-    mu, lv = run.posterior(data.batch(slice(0, min(n, len(data)))))
-    return (-0.5 * (1 + lv - mu.square() - lv.exp())).mean(0).numpy()
+    k = min(n, len(data))
+    y = data.y[:k] if data.y is not None else None
+    q = run.posterior(data.batch(slice(0, k)), y)
+    y_model = y.to(run.device) if run.model.conditional and y is not None else None
+    with torch.no_grad():
+        per_dim = kl_per_dim(distributions.to(q, run.device), run.model.prior(y_model, k))
+    return None if per_dim is None else per_dim.cpu().mean(0).numpy()
 
 
-def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, **_) -> Path:
+def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, cls=None, **_) -> Path:
+    require(run.model, "continuous", "a latent traversal")
     d = run.config.model.latent_dim
     plt = plots._plt()
+    data = run.split(split) if index is not None else None
+    label = None if data is None or data.y is None else int(data.y[int(index)])
+    c_dec = _decode_class(run, cls, label)
     if d == 2:
         # The Keras tutorial's manifold: decode a grid over [-r, r]^2.
         steps, radius = steps or 30, radius or 1.0
         grid = np.linspace(-radius, radius, steps)
         zz = torch.tensor([[xv, yv] for yv in grid[::-1] for xv in grid], dtype=torch.float32)
-        img = plots.image_grid(run.decode(zz), nrow=steps, pad=0)
+        img = plots.image_grid(run.decode(zz, c_dec), nrow=steps, pad=0)
         fig, ax = plt.subplots(figsize=(9, 9), dpi=120)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(-radius, radius, -radius, radius))
         ax.set_xlabel("z[0]")
         ax.set_ylabel("z[1]")
-        ax.set_title(f"decoded latent grid over [-{radius:g}, {radius:g}]^2")
+        ax.set_title(f"decoded latent grid over [-{radius:g}, {radius:g}]^2" + _under(c_dec))
         return plots.save_figure(fig, out)
     steps, radius = steps or 11, radius or 3.0
     if index is not None:
-        data = run.split(split)
-        base = run.encode(data.batch(slice(int(index), int(index) + 1)))[0]
+        base = run.encode(data.batch(slice(int(index), int(index) + 1)), data.y[int(index):int(index) + 1]
+                          if data.y is not None else None)[0]
         where = f"around test image {index}"
     else:
         base = torch.zeros(d)
@@ -160,7 +189,7 @@ def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, **_
     z = base.repeat(d * steps, 1)
     for i in range(d):
         z[i * steps:(i + 1) * steps, i] = base[i] + offsets
-    imgs = run.decode(z)
+    imgs = run.decode(z, c_dec)
     kl = _kl_per_dim(run, split)
     c, h, w = imgs.shape[1:]
     fig, axes = plt.subplots(d, 1, figsize=(steps * 0.55 + 1.6, d * 0.6 + 0.8), dpi=120, squeeze=False)
@@ -172,7 +201,8 @@ def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, **_
         label = f"z[{i}]" + (f"  KL {kl[i]:.2f}" + (" (dead)" if kl[i] < 0.01 else "") if kl is not None else "")
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     axes[-1, 0].set_xlabel(f"each row varies one dimension from -{radius:g} to +{radius:g} {where}")
-    fig.suptitle("latent traversal" + (": rows labelled with KL per dimension" if kl is not None else ""), fontsize=10)
+    fig.suptitle("latent traversal" + (": rows labelled with KL per dimension" if kl is not None else "") + _under(c_dec),
+                 fontsize=10)
     return plots.save_figure(fig, out)
 
 
@@ -182,7 +212,12 @@ def interpolation_codes(za: torch.Tensor, zb: torch.Tensor, steps: int) -> torch
     return (1 - t) * za[None] + t * zb[None]
 
 
-def plot_interpolate(run, out, split=None, steps=None, source=None, target=None, mode="class", **_) -> Path:
+def _under(cls: int | None) -> str:
+    return "" if cls is None else f" (decoded as class {cls})"
+
+
+def plot_interpolate(run, out, split=None, steps=None, source=None, target=None, mode="class", cls=None, **_) -> Path:
+    require(run.model, "continuous", "an interpolation")
     steps = steps or 10
     data = run.split(split)
     if mode == "class":
@@ -192,7 +227,7 @@ def plot_interpolate(run, out, split=None, steps=None, source=None, target=None,
         default = (1, 7) if {1, 7} <= set(present) else (present[0], present[-1])
         a = int(source if source is not None else default[0])
         b = int(target if target is not None else default[1])
-        z = run.encode(data.float())
+        z = run.encode(data.float(), data.y)
         ends = []
         for c in (a, b):
             m = data.y == c
@@ -200,28 +235,61 @@ def plot_interpolate(run, out, split=None, steps=None, source=None, target=None,
                 raise ConfigError(f"class {c} has no images in the {data.name} split")
             ends.append(z[m].mean(0))
         title = f"decoded interpolation between the mean codes of classes {a} and {b}"
+        first = a
     else:
         a, b = int(source or 0), int(target or 1)
         if max(a, b) >= len(data):
             raise ConfigError(f"image index out of range (the split has {len(data)} images)")
-        ends = list(run.encode(data.batch(torch.tensor([a, b]))))
+        ab = torch.tensor([a, b])
+        ends = list(run.encode(data.batch(ab), None if data.y is None else data.y[ab]))
         title = f"decoded interpolation between images {a} and {b}"
-    imgs = run.decode(interpolation_codes(ends[0], ends[1], steps))
-    return plots.plot_grid(imgs, out, title=title, nrow=steps)
+        first = None if data.y is None else int(data.y[a])
+    c_dec = _decode_class(run, cls, first)
+    imgs = run.decode(interpolation_codes(ends[0], ends[1], steps), c_dec)
+    return plots.plot_grid(imgs, out, title=title + _under(c_dec), nrow=steps)
 
 
-def plot_basis(run, out, scale=None, **_) -> Path:
+def plot_basis(run, out, scale=None, cls=None, **_) -> Path:
+    require(run.model, "continuous", "decoded basis vectors")
     d = run.config.model.latent_dim
     scale = scale or 3.0
     z = torch.eye(d) * scale
-    imgs = run.decode(torch.cat([torch.zeros(1, d), z]))
-    return plots.plot_grid(imgs, out, title=f"decoded 0 (first) and standard basis vectors e_i x {scale:g}, i = 0..{d - 1}",
-                           nrow=min(d + 1, 11))
+    c_dec = _decode_class(run, cls)
+    imgs = run.decode(torch.cat([torch.zeros(1, d), z]), c_dec)
+    return plots.plot_grid(imgs, out, title=f"decoded 0 (first) and standard basis vectors e_i x {scale:g}, "
+                           f"i = 0..{d - 1}" + _under(c_dec), nrow=min(d + 1, 11))
+
+
+def style_grid(run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """For each image, its code z ~ q(z|x, y) decoded under every class: (N, K, C, H, W)."""
+    k = run.model.cfg.num_classes
+    z = run.encode(x, y)  # (N, D): the "style", what the code holds beside the label
+    zz = z.repeat_interleave(k, 0)  # (N * K, D)
+    yy = torch.arange(k).repeat(len(x))
+    return run.decode(zz, yy).unflatten(0, (len(x), k))
+
+
+def plot_styles(run, out, split=None, n=None, **_) -> Path:
+    """One row per test image: the image, then its code decoded under every class (one
+    handwriting style, every digit), the classic picture of a conditional VAE."""
+    require(run.model, "labels", "plot styles")
+    data = run.split(split)
+    if data.y is None:
+        raise ConfigError("plot styles encodes images with their labels, and this split has none")
+    m = min(n or 8, len(data))
+    x, y = data.batch(slice(0, m)), data.y[:m]
+    grid = style_grid(run, x, y)
+    names = _class_names(run, np.arange(run.model.cfg.num_classes))
+    rows = [(f"image {i} ({names[int(y[i])]})", torch.cat([x[i:i + 1], grid[i]])) for i in range(m)]
+    return plots.plot_image_rows(rows, out, title="each image's code decoded under every class: "
+                                 + ", ".join(names[c] for c in range(len(names))) + " (left: the image)")
 
 
 def plot_recon(run, out, split=None, n=None, **_) -> Path:
-    x = run.split(split).batch(slice(0, n or 16))
-    return plots.plot_reconstructions(x, run.reconstruct(x), out)
+    data = run.split(split)
+    m = min(n or 16, len(data))
+    x = data.batch(slice(0, m))
+    return plots.plot_reconstructions(x, run.reconstruct(x, None if data.y is None else data.y[:m]), out)
 
 
 def plot_loss(run, out, **_) -> Path:
@@ -233,7 +301,8 @@ def plot_loss(run, out, **_) -> Path:
 
 PLOTS = {
     "scatter": plot_scatter, "tsne": plot_tsne, "pca": plot_pca, "traverse": plot_traverse,
-    "interpolate": plot_interpolate, "basis": plot_basis, "recon": plot_recon, "loss": plot_loss,
+    "interpolate": plot_interpolate, "basis": plot_basis, "styles": plot_styles, "recon": plot_recon,
+    "loss": plot_loss,
 }
 
 

@@ -20,7 +20,8 @@ import torch
 from vaelab.viz import plots
 from vaelab.errors import DataError
 from vaelab.io import write_json
-from vaelab.latent.sampling import fitted_sampler
+from vaelab.latent.sampling import fitted_sampler, sample_images
+from vaelab.rundir import RunDir
 
 
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,21 +43,10 @@ def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int
     return torch.cat(dists), torch.cat(idxs)
 
 
-def draw_samples(run, sampler, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Decoded samples (n, C, H, W) and, for conditional samplers, the class asked for."""
-    if not sampler.conditional:
-        return run.decode(torch.from_numpy(sampler.sample(n, seed=seed)).float()), None
-    classes = sampler.arrays["classes"].tolist()
-    per = math.ceil(n / len(classes))
-    z = [torch.from_numpy(sampler.sample(per, cls=c, seed=seed + k)).float() for k, c in enumerate(classes)]
-    asked = torch.tensor(classes).repeat_interleave(per)
-    return run.decode(torch.cat(z))[:n], asked[:n]
-
-
 def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 0, nn_samples: int = 1000,
                      out_dir: str | Path | None = None, **sampler_params) -> dict:
     sampler = fitted_sampler(run, sampler_name, seed=seed, **sampler_params)
-    samples, asked = draw_samples(run, sampler, n, seed)
+    samples, asked, _ = sample_images(run, sampler, n, seed=seed)
     splits = run.splits()
     train, test = splits.train, splits.test or splits.val
     if test is None:
@@ -86,12 +76,12 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
     result["judge_accuracy"] = judge.accuracy
     if out_dir is not None:
         out_dir = Path(out_dir)
-        write_json(out_dir / "samples_eval.json", result)
+        write_json(out_dir / RunDir.SAMPLES_EVAL, result)
         m = min(16, k)
         pairs = torch.stack([samples[:m], train_x[j_s[:m]]], 1).flatten(0, 1)
-        plots.plot_grid(pairs, out_dir / "figures" / f"nearest_{sampler_name}.png", nrow=8,
+        plots.plot_grid(pairs, RunDir(out_dir).figure(f"nearest_{sampler_name}"), nrow=8,
                         title="samples (left) beside their nearest training images (right)")
-        plots.plot_grid(samples[:100], out_dir / "figures" / f"samples_{sampler_name}.png", nrow=10,
+        plots.plot_grid(samples[:100], RunDir(out_dir).figure(f"samples_{sampler_name}"), nrow=10,
                         title=f"{sampler_name} samples" + (" (rows cycle through classes)" if asked is not None else ""))
     return result
 
@@ -108,4 +98,4 @@ def _summary(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["draw_samples", "evaluate_samples", "nearest_distances"]
+__all__ = ["evaluate_samples", "nearest_distances"]

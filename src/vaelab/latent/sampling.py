@@ -1,11 +1,11 @@
 """Samplers over the latent space: a registry of classes that fit once and draw codes.
 
 ``SAMPLERS[name](**params).fit(codes, labels)`` then ``.sample(n, cls=None, seed=0)``
-returns latent codes (n, D); decoding them is the caller's business (``Run.decode``).
-A fitted sampler saves itself as ``RUN/samplers/NAME.npz`` (arrays only) plus
-``NAME.json`` (parameters): nothing is pickled, so a stranger's run is safe to load.
+returns latent codes (n, D); ``sample_images`` decodes them (with the right labels for a
+conditional model). A fitted sampler saves itself as ``RUN/samplers/NAME.npz`` (arrays
+only) plus ``NAME.json`` (parameters): nothing is pickled, so a stranger's run is safe to load.
 
-- ``prior``: z ~ N(0, I).
+- ``prior``: z ~ p(z) (or p(z|y) for a conditional model), the model's own prior.
 - ``gmm``: a Gaussian mixture (scikit-learn) fit on the training codes.
 - ``class-gaussian``: per class, N(mean_c, scale * cov_c) of that class's codes.
 - ``class-gmm``: a Gaussian mixture per class.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -98,16 +99,44 @@ class Sampler:
 
 
 class PriorSampler(Sampler):
+    """Draws from the model's prior; nothing to fit. Class-conditional when the model is."""
+
     name = "prior"
 
+    def __init__(self, model=None, **params):
+        super().__init__(**params)
+        if model is None:
+            raise ConfigError("the prior sampler draws from a model's prior: build it with make_sampler(..., model=)")
+        from vaelab.models import require
+
+        require(model, "prior", "the prior sampler")
+        self.model = model
+        self.conditional = bool(model.conditional)
+
     def fit(self, codes, labels=None, seed=0):
-        self.arrays = {"dim": np.array(codes.shape[1])}
         return self
 
+    def save(self, folder):  # nothing fitted, nothing to save
+        return None
+
     def sample(self, n, cls=None, seed=0):
+        import torch
+
+        if cls is not None and not self.conditional:
+            raise ConfigError("this run's model is not conditional, so its prior is not; use class-gaussian or "
+                              "class-gmm for --class")
         if cls is not None:
-            raise ConfigError("the prior sampler is unconditional; use class-gaussian or class-gmm for --class")
-        return np.random.default_rng(seed).standard_normal((n, int(self.arrays["dim"])))
+            self._check_model_class(cls)
+        device = next(self.model.parameters()).device
+        y = None if cls is None else torch.full((n,), int(cls), dtype=torch.long, device=device)
+        g = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
+            return self.model.prior(y, n).sample(generator=g).double().cpu().numpy()
+
+    def _check_model_class(self, cls: int) -> None:
+        k = self.model.cfg.num_classes
+        if not 0 <= int(cls) < k:
+            raise ConfigError(f"class {cls} is not one this run's model was trained on (classes 0..{k - 1})")
 
 
 class GMMSampler(Sampler):
@@ -209,10 +238,12 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
-def make_sampler(name: str, **params) -> Sampler:
+def make_sampler(name: str, model=None, **params) -> Sampler:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     params = {k: v for k, v in params.items() if v is not None}
+    if name == PriorSampler.name:
+        params["model"] = model
     try:
         return SAMPLERS[name](**params)
     except TypeError as e:
@@ -222,17 +253,62 @@ def make_sampler(name: str, **params) -> Sampler:
 def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, **params) -> Sampler:
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters (fit once, reuse)."""
-    sampler = make_sampler(name, **params)
-    folder = Path(run.run_dir) / "samplers" if run.run_dir else None
+    sampler = make_sampler(name, model=run.model, **params)
+    if isinstance(sampler, PriorSampler):
+        return sampler
+    require_continuous(run.model, f"the {name} sampler")
+    folder = run.dir.samplers if run.run_dir else None
     if folder and not refit and (folder / f"{name}.json").is_file():
         meta = json.loads((folder / f"{name}.json").read_text())
         if meta["params"] == sampler.params and meta.get("seed") == seed:
             return Sampler.load(folder, name)
     train = run.split("train")
-    codes = run.encode(train.float()).double().numpy()
+    codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
     sampler.fit(codes, labels, seed=seed)
     sampler.fit_seed = seed
     if folder:
         sampler.save(folder)
     return sampler
+
+
+def require_continuous(model, what: str) -> None:
+    from vaelab.models import require
+
+    require(model, "continuous", what)
+
+
+class Samples(NamedTuple):
+    images: "torch.Tensor"  # (n, C, H, W) in [0, 1]
+    labels: "torch.Tensor | None"  # (n,) the class each was drawn for, or None
+    codes: "torch.Tensor"  # (n, D) the codes decoded
+
+
+def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: int = 0) -> Samples:
+    """Decoded samples: images, the class each was drawn for, and the codes.
+
+    A class-conditional sampler (or a conditional model's prior) draws for ``cls``, or
+    cycles through its classes when ``cls`` is None; a conditional model decodes each
+    code with that class. An unconditional sampler on a conditional model gets classes
+    drawn from the training label frequencies (seeded)."""
+    import math
+
+    import torch
+
+    if sampler.conditional:
+        classes = ([int(cls)] if cls is not None else
+                   sampler.arrays["classes"].tolist() if "classes" in sampler.arrays
+                   else list(range(run.model.cfg.num_classes)))
+        per = math.ceil(n / len(classes))
+        z = np.concatenate([sampler.sample(per, cls=c, seed=seed + k) for k, c in enumerate(classes)])[:n]
+        asked = torch.tensor(classes).repeat_interleave(per)[:n]
+    else:
+        if cls is not None:
+            raise ConfigError(f"sampler {sampler.name} is unconditional; use class-gaussian or class-gmm for --class")
+        z, asked = sampler.sample(n, seed=seed), None
+    y = asked
+    if run.model.conditional and y is None:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.multinomial(run.model.class_log_prior.exp().cpu(), n, replacement=True, generator=g)
+    codes = torch.from_numpy(z).float()
+    return Samples(run.decode(codes, y), asked, codes)

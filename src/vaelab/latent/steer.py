@@ -32,7 +32,8 @@ from typing import Callable
 import torch
 
 from vaelab.errors import DataError, VaelabError
-from vaelab.models import frozen
+from vaelab.rundir import RunDir
+from vaelab.models import frozen, require
 
 DEFAULT_STEPS = 100
 DEFAULT_LR = 0.05
@@ -73,10 +74,13 @@ def _model(run_or_model) -> torch.nn.Module:
 
 
 def check_predictor(model) -> int:
-    """The number of classes of the model's predictor, or a one-line error if it has none."""
-    if not getattr(model, "has_predictor", False):
-        raise VaelabError("this run has no label predictor; train one with --set model.predictor_weight=10 "
-                          "(any value > 0) to steer its codes")
+    """The number of classes of the model's predictor, or a one-line error when the model
+    cannot be steered (no predictor, a discrete latent, or a conditional model)."""
+    require(model, "predictor", "steer")
+    require(model, "continuous", "steer")
+    if model.conditional:
+        raise VaelabError(f"steer moves a code towards a class with the label predictor, and {model.describe()} "
+                          "takes the class as an input: decode under the class instead (vaelab sample --class C)")
     return int(model.cfg.num_classes)
 
 
@@ -113,11 +117,15 @@ def _steer_chunk(model, x: torch.Tensor, target: torch.Tensor, steps: int, lr: f
     saved = [z.clone()] if 0 in keep else []
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
+    prior = model.prior(None, len(x)) if "prior" in model.capabilities else None
     with frozen(model), torch.enable_grad():
         for step in range(1, steps + 1):
             logits = model.predict_logits(z) / temperature  # (B, K)
             logp = torch.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]  # (B,)
-            loss = -logp + prior_weight * 0.5 * z.square().sum(1)
+            # -log p(z) keeps the code where the decoder has seen data (0.5 |z|^2 + const for N(0, I));
+            # an autoencoder has no prior, and the same 0.5 |z|^2 pull towards the origin stands in.
+            neg_log_prior = -prior.log_prob(z) if prior is not None else 0.5 * z.square().sum(1)
+            loss = -logp + prior_weight * neg_log_prior
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
@@ -254,8 +262,8 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
         from vaelab.io import write_json
 
         out = Path(out)
-        write_json(out / "steer_eval.json", result)
-        plot_examples(x, r, judge_end, true, out / "figures" / "steer_examples.png", n=examples,
+        write_json(RunDir(out).steer_eval, result)
+        plot_examples(x, r, judge_end, true, RunDir(out).figure("steer_examples"), n=examples,
                       title=f"steering {steps} steps (prior weight {prior_weight:g}, T {temperature:g}): "
                             f"judge success {result['success_rate']:.1%} of {pairs}")
     return result

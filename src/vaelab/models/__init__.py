@@ -1,30 +1,78 @@
-"""Model registry: ``MODELS[name](cfg)`` builds a model. Adding one is a class and an entry."""
+"""Models assembled from parts, and the registry of families.
+
+A family (``model.kind``) names a default choice of parts: posterior, prior, objective
+and conditioning. ``ModelConfig`` fills in whatever the user left unset from its
+family, so a config may also mix parts freely (``--set model.objective=iwae``).
+Every family is built by one class, ``LatentModel``; the parts have their own
+registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
+(model.loss), and ``vaelab.objectives.OBJECTIVES``. Adding a family is one entry here.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
-from vaelab.models.autoencoder import AE, VAE
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.models.bodies import BODIES
+from vaelab.models.likelihoods import LIKELIHOODS
+from vaelab.models.model import LatentModel, capabilities
+from vaelab.models.posteriors import POSTERIORS
+from vaelab.models.priors import PRIORS
+from vaelab.objectives import OBJECTIVES
 
-MODELS = {"ae": AE, "vae": VAE}
+if TYPE_CHECKING:
+    from vaelab.config import ModelConfig
 
 
-def build_model(cfg):
+@dataclass(frozen=True)
+class Family:
+    description: str
+    posterior: str
+    prior: str
+    objective: str
+    condition: str = "none"
+
+
+# Registry: model.kind -> the parts it stands for (any of them can be overridden).
+MODELS: dict[str, Family] = {
+    "ae": Family("deterministic autoencoder", posterior="point", prior="none", objective="recon"),
+    "vae": Family("variational autoencoder, Gaussian posterior, N(0, I) prior", "gaussian", "normal", "elbo"),
+    "cvae": Family("conditional VAE: encoder q(z|x,y) and decoder p(x|z,y) see the label",
+                   "gaussian", "normal", "elbo", condition="onehot"),
+}
+
+# What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
+CAPABILITIES: dict[str, str] = {
+    "density": "a density p(x) (a stochastic posterior, a prior and a normalised likelihood)",
+    "continuous": "a continuous latent space",
+    "stochastic": "a stochastic posterior q(z|x)",
+    "prior": "a prior p(z) to sample from",
+    "labels": "a conditional model p(x|z, y)",
+    "predictor": "a label predictor on the code (train with --set model.predictor_weight=10)",
+}
+
+
+def build_model(cfg: ModelConfig) -> LatentModel:
     """Build the model a ``ModelConfig`` describes (``cfg.input_shape`` must be set)."""
-    from vaelab.errors import ConfigError
-
     if cfg.input_shape is None:
         raise ConfigError("model.input_shape is unset; it is filled in from the data when training")
-    model = MODELS[cfg.kind](cfg)
+    model = LatentModel(cfg)
     if cfg.init == "glorot":
         glorot_init(model)
-    if cfg.arch == "conv":
+    if BODIES[cfg.arch].channels_last:
         # Channels-last conv weights match the channels-last activations (no reorder per call).
         import torch
 
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def require(model, capability: str, tool: str) -> None:
+    """One clear line when ``model`` lacks what ``tool`` needs (instead of a wrong number)."""
+    if capability not in model.capabilities:
+        raise VaelabError(f"{tool} needs {CAPABILITIES[capability]}; {model.describe()} has none")
 
 
 def glorot_init(model) -> None:
@@ -42,9 +90,6 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["AE", "MODELS", "VAE", "build_model", "count_params", "frozen"]
-
-
 @contextmanager
 def frozen(model) -> Iterator[None]:
     """Weights need no gradients while only the codes are optimised (inpainting, steering);
@@ -57,3 +102,7 @@ def frozen(model) -> Iterator[None]:
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+
+
+__all__ = ["BODIES", "CAPABILITIES", "capabilities", "Family", "LIKELIHOODS", "LatentModel", "MODELS", "OBJECTIVES", "POSTERIORS",
+           "PRIORS", "build_model", "count_params", "frozen", "glorot_init", "require"]

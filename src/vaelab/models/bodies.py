@@ -1,21 +1,29 @@
-"""Building blocks: MLP and convolutional encoder/decoder bodies from a ModelConfig.
+"""Bodies: MLP and convolutional encoder/decoder networks from a ModelConfig.
 
-The encoder body maps images (B, C, H, W) to features (B, F); the heads that map
-features to the latent live in the model classes. The decoder maps a latent
-(B, latent_dim) to output *logits* (B, C, H, W), before the output activation.
-The optional label predictor maps a latent to class logits (B, num_classes).
+The encoder body maps images (B, C, H, W) to features (B, F); the posterior heads
+that map features to a distribution over codes live in ``posteriors.py``. The
+decoder maps a code (B, latent_dim) to output *logits* (B, C, H, W), before the
+output activation. The optional label predictor maps a code to class logits.
+
+A conditional model feeds its label vector (B, E) in beside the data: ``BODIES[arch]
+.join(x, e)`` puts it where that body takes it (appended to the flattened image for
+an MLP, as E constant channels for a conv net), and the decoder reads [z, e].
+``extra_in`` is that E.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vaelab.config import ModelConfig
 
 _ACT = {
     "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "elu": nn.ELU, "gelu": nn.GELU,
@@ -181,16 +189,20 @@ def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     return sizes
 
 
-def build_encoder(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
-    """Encoder body and the width of its output features."""
+def mlp_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
+    """MLP encoder body and the width of its output features."""
     c, h, w = cfg.input_shape
-    if cfg.arch == "mlp":
-        widths = [c * h * w] + [int(x) for x in cfg.hidden]
-        return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation)), widths[-1]
+    widths = [c * h * w + extra_in] + [int(x) for x in cfg.hidden]
+    return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation)), widths[-1]
+
+
+def conv_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
+    """Conv encoder body (then flatten and the dense layers) and the width of its output."""
+    c, h, w = cfg.input_shape
     layers: list[nn.Module] = []
     sizes = conv_sizes(cfg)
     n = len(cfg.channels)
-    for i, (cin, cout, k, s, hw) in enumerate(zip([c] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
+    for i, (cin, cout, k, s, hw) in enumerate(zip([c + extra_in] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
                                                   cfg.per_layer("strides"), sizes)):
         layers += [conv_layer(cin, cout, k, s, hw, cfg.padding, flip_in=i == 0, flip_out=i == n - 1),
                    activation(cfg.activation)]
@@ -204,21 +216,28 @@ def build_encoder(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), ([flat] + [int(x) for x in cfg.dense])[-1]
 
 
-def build_decoder(cfg: ModelConfig) -> nn.Sequential:
-    """Decoder from the latent (B, latent_dim) to output logits (B, C, H, W)."""
+def mlp_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
+    """MLP decoder from [code, label vector] (B, latent_dim + extra_in) to logits (B, C, H, W)."""
     c, h, w = cfg.input_shape
     act = cfg.decoder_activation or cfg.activation
-    if cfg.arch == "mlp":
-        hidden = cfg.decoder_hidden if cfg.decoder_hidden is not None else list(reversed(cfg.hidden))
-        widths = [cfg.latent_dim] + [int(x) for x in hidden] + [c * h * w]
-        return nn.Sequential(*mlp(widths, act, last_act=False), nn.Unflatten(1, (c, h, w)))
+    hidden = cfg.decoder_hidden if cfg.decoder_hidden is not None else list(reversed(cfg.hidden))
+    widths = [cfg.latent_dim + extra_in] + [int(x) for x in hidden] + [c * h * w]
+    return nn.Sequential(*mlp(widths, act, last_act=False), nn.Unflatten(1, (c, h, w)))
+
+
+def conv_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
+    """Conv decoder mirroring the encoder, from (B, latent_dim + extra_in) to logits (B, C, H, W)."""
+    c, h, w = cfg.input_shape
+    act = cfg.decoder_activation or cfg.activation
     sizes = conv_sizes(cfg)
     kernels, strides = cfg.per_layer("kernel_size"), cfg.per_layer("strides")
     last_c, (lh, lw) = cfg.channels[-1], sizes[-1]
     layers: list[nn.Module] = []
     if cfg.latent == "dense":
         # As in the Keras tutorial: one dense layer from the code straight to the last feature map.
-        layers += [nn.Linear(cfg.latent_dim, last_c * lh * lw), activation(act)]
+        layers += [nn.Linear(cfg.latent_dim + extra_in, last_c * lh * lw), activation(act)]
+    elif extra_in:
+        raise ConfigError("a conditional model needs a vector code (model.latent=dense), not a conv feature map")
     layers.append(ChannelsLastUnflatten(1, (last_c, lh, lw)))
     # Mirror the encoder. With a final stride-1 layer (Keras), the transposed convs keep the
     # encoder's channels and the final layer maps to C; without it, the last one maps to C.
@@ -246,3 +265,30 @@ def build_predictor(cfg: ModelConfig) -> nn.Sequential:
         raise ConfigError("model.num_classes is unset; it is filled in from the data labels when training")
     widths = [cfg.latent_dim] + [int(h) for h in cfg.predictor_hidden] + [cfg.num_classes]
     return nn.Sequential(*mlp(widths, cfg.activation, last_act=False))
+
+
+def _join_flat(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """MLP input: the flattened image (B, C*H*W) with the label vector (B, E) appended."""
+    return torch.cat([x.flatten(1), e.to(x.dtype)], 1)
+
+
+def _join_channels(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Conv input: the label vector as E constant channels (B, C + E, H, W)."""
+    planes = e.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+    return torch.cat([x, planes], 1).contiguous(memory_format=torch.channels_last)
+
+
+class Body(NamedTuple):
+    """One architecture: how to build its encoder and decoder, and where a label goes in."""
+
+    encoder: Callable  # (cfg, extra_in) -> (nn.Module, feature width)
+    decoder: Callable  # (cfg, extra_in) -> nn.Module
+    join: Callable  # (x (B, C, H, W), e (B, E)) -> encoder input
+    channels_last: bool  # activations and weights in NHWC (oneDNN's fast conv kernels)
+
+
+# Registry: model.arch -> Body. Adding an architecture is three functions and one entry.
+BODIES: dict[str, Body] = {
+    "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False),
+    "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True),
+}

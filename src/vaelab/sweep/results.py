@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
+from vaelab.rundir import RunDir
 
 if TYPE_CHECKING:
     from vaelab.sweep.runner import SweepSpec
@@ -82,7 +83,7 @@ def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[s
     paths: list[Path] = []
     if not done:
         return paths
-    fig_dir = out / "figures"
+    fig_dir = RunDir(out).figures
     if spec.grid:
         for key in spec.params:
             paths.append(plots.plot_metrics_vs(done, key, [k for k in spec.params if k != key], METRICS,

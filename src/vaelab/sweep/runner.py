@@ -33,6 +33,7 @@ from vaelab.sweep import executors
 from vaelab.config import build_config, parse_override, typed_value
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.io import write_json
+from vaelab.rundir import RunDir
 from vaelab.sweep.results import METRICS, read_results, write_figures, write_results
 
 __all__ = ["SweepSpec", "Trial", "expand_grid", "parse_grid", "read_results", "run_sweep", "trial_config"]
@@ -177,14 +178,13 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
     logfile = run_dir / "train.log"
     try:
         from vaelab import api
-        from vaelab.training.checkpoint import RESUME
 
         with open(logfile, "a") as f:
             def log(msg: str) -> None:
                 f.write(msg + "\n")
                 f.flush()
 
-            if (run_dir / RESUME).is_file() and (run_dir / "config.json").is_file():
+            if RunDir(run_dir).resume.is_file() and RunDir(run_dir).config.is_file():
                 # A trial killed mid-training continues from its last checkpoint.
                 run = api.train(None, run_dir, resume=True, iw_samples=s.iw_samples, log=log)
             else:
@@ -202,8 +202,8 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
 
 
 def _row_from_run(run_dir: Path, trial: Trial) -> dict:
-    ev = json.loads((run_dir / "eval.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = json.loads(RunDir(run_dir).eval.read_text())
+    summary = json.loads(RunDir(run_dir).summary.read_text())
     row: dict[str, Any] = {"trial": trial.id, **trial.params, "status": "done"}
     for m in METRICS:
         row[m] = ev.get(m)

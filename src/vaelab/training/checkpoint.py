@@ -21,16 +21,20 @@ from safetensors.torch import load_file, save_file
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.io import atomic_path
+from vaelab.rundir import RunDir
 
-WEIGHTS = "model.safetensors"
-RESUME = "checkpoint.safetensors"
-CONFIG = "config.json"
+WEIGHTS, RESUME, CONFIG = RunDir.WEIGHTS, RunDir.RESUME, RunDir.CONFIG
+FORMAT = "vaelab-2"  # vaelab-1: before the model contract (heads named mu/logvar/head at the top level)
+
+# vaelab-1 weight names -> today's: the posterior heads moved into one part.
+V1_RENAMES = (("mu.", "posterior_head.mu."), ("logvar.", "posterior_head.logvar."), ("head.", "posterior_head.linear."))
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # safetensors writes a private file; weights are meant to be shared
 
 
 def _check_safetensors(path: Path) -> None:
@@ -62,7 +66,7 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def save_weights(run_dir: str | Path, model: torch.nn.Module, config: RunConfig) -> None:
-    _save(Path(run_dir) / WEIGHTS, model.state_dict(), {"config": config.to_json(), "format": "vaelab-1"})
+    _save(Path(run_dir) / WEIGHTS, model.state_dict(), {"config": config.to_json(), "format": FORMAT})
 
 
 def save_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -78,14 +82,14 @@ def save_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.op
             else:
                 scalars.setdefault(str(idx), {})[name] = value
     meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"]),
-            "optim_scalars": json.dumps(scalars), "format": "vaelab-1"}
+            "optim_scalars": json.dumps(scalars), "format": FORMAT}
     _save(Path(run_dir) / RESUME, tensors, meta)
 
 
 def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     tensors, meta = _load(Path(run_dir) / RESUME)
     try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(migrate({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, meta))
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -97,6 +101,20 @@ def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.op
         return json.loads(meta["state"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
+
+
+def migrate(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Weights saved by an older vaelab, renamed to today's parameter names."""
+    if meta.get("format") != "vaelab-1":
+        return tensors
+    out = {}
+    for k, v in tensors.items():
+        for old, new in V1_RENAMES:
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
 
 
 def _torch_reason(e: Exception) -> str:
@@ -124,9 +142,9 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
 
     config = load_config(run_dir)
     model = build_model(config.model)
-    tensors, _ = _load(Path(run_dir) / WEIGHTS)
+    tensors, meta = _load(Path(run_dir) / WEIGHTS)
     try:
-        model.load_state_dict(tensors)
+        model.load_state_dict(migrate(tensors, meta))
     except RuntimeError as e:
         raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {_torch_reason(e)}") from None
     return config, model.to(device).eval()

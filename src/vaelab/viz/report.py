@@ -19,6 +19,7 @@ from typing import Callable
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
+from vaelab.rundir import RunDir
 
 REPORT = "report.html"
 # Figures in this order first, then any other PNG by name.
@@ -112,7 +113,7 @@ def report_kind(folder: Path) -> str:
                           "or a sweep directory (with sweep.json)")
     if (folder / "sweep.json").is_file():
         return "sweep"
-    if (folder / "config.json").is_file():
+    if RunDir(folder).is_run():
         return "run"
     raise VaelabError(f"{folder} has neither config.json nor sweep.json; pass a run directory "
                       "(from `vaelab train`) or a sweep directory")
@@ -125,10 +126,11 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
     model or the data this says so and draws only the loss curve, which needs neither."""
     from vaelab.training import checkpoint
 
-    figures = Path(run_dir) / "figures"
-    have = {p.stem for p in figures.glob("*.png")}
+    rd = RunDir(run_dir)
+    have = {p.stem for p in rd.figures.glob("*.png")}
     config = checkpoint.load_config(run_dir)
-    needs_std = "reconstructions" not in have or (config.model.kind == "vae" and "samples_prior" not in have)
+    # A model with a prior also gets prior samples (Run.figures draws them).
+    needs_std = "reconstructions" not in have or (config.model.prior != "none" and "samples_prior" not in have)
     needs_latent = not have & set(LATENT_FIGURES)
     written: list[Path] = []
     if needs_std or needs_latent:
@@ -137,7 +139,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
         except VaelabError as e:
             log(f"note: not drawing figures that need the model and data ({e}); "
                 "the report shows the figures already there")
-    if not (figures / "loss.png").exists() and (Path(run_dir) / "history.csv").is_file():
+    if not rd.figure("loss").exists() and rd.history.is_file():
         written.append(_draw_loss(run_dir, config.preset))
     for p in written:
         log(f"drew {p}")
@@ -154,14 +156,15 @@ def _draw_with_model(run_dir: Path, needs_std: bool, needs_latent: bool, data_di
     written = run.figures(seed=run.config.train.seed) if needs_std else []
     if needs_latent:
         kind = "scatter" if run.config.model.latent_dim <= 2 else "pca"
-        written.append(PLOTS[kind](run, Path(run_dir) / "figures" / f"{kind}.png", n=LATENT_FIGURE_N))
+        written.append(PLOTS[kind](run, run.dir.figure(kind), n=LATENT_FIGURE_N))
     return written
 
 
 def _draw_loss(run_dir: Path, preset: str | None) -> Path:
     from vaelab.viz import plots
 
-    return plots.plot_history(_read_csv(Path(run_dir) / "history.csv"), Path(run_dir) / "figures" / "loss.png",
+    rd = RunDir(run_dir)
+    return plots.plot_history(_read_csv(rd.history), rd.figure("loss"),
                               title=f"{preset or 'run'}: loss per epoch")
 
 
@@ -175,9 +178,10 @@ def figure_paths(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------------------ run report
 def run_report_html(run_dir: Path, out_dir: Path) -> str:
     run_dir = Path(run_dir)
-    config = _read_json(run_dir / "config.json")
-    summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else None
-    result = _read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else None
+    rd = RunDir(run_dir)
+    config = _read_json(rd.config)
+    summary = _read_json(rd.summary) if rd.summary.is_file() else None
+    result = _read_json(rd.eval) if rd.eval.is_file() else None
     model, data = config.get("model", {}), config.get("data", {})
     sub = (f"{model.get('kind', '?')} / {model.get('arch', '?')}, latent {model.get('latent_dim', '?')}, "
            f"data {data.get('name', '?')}" + (f", preset {config['preset']}" if config.get("preset") else ""))
@@ -198,7 +202,7 @@ def run_report_html(run_dir: Path, out_dir: Path) -> str:
     if summary is None and result is None:
         parts.append("<p class=note>No summary.json or eval.json yet (train, then `vaelab eval RUN`).</p>")
     parts += _history_section(run_dir)
-    figs = [p for p in figure_paths(run_dir / "figures") if p.stem != "loss"]
+    figs = [p for p in figure_paths(rd.figures) if p.stem != "loss"]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(p, run_dir) for p in figs] or ["<p class=note>No figures in figures/.</p>"]
     parts += _other_results(run_dir)
@@ -215,10 +219,10 @@ def _config_table(config: dict) -> str:
 
 def _history_section(run_dir: Path) -> list[str]:
     parts = ["<h2>Training</h2>"]
-    loss = run_dir / "figures" / "loss.png"
+    loss = RunDir(run_dir).figure("loss")
     if loss.is_file():
         parts.append(_figure(loss, run_dir))
-    history = _read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
+    history = _read_csv(RunDir(run_dir).history) if RunDir(run_dir).history.is_file() else []
     if history:
         cols = list(history[0])
         parts.append(_details(f"history.csv ({len(history)} epochs)",
@@ -237,7 +241,7 @@ def _kl_bars(kl: list) -> str:
 
 def _other_results(run_dir: Path) -> list[str]:
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
-    known = {"config.json", "summary.json", "eval.json"}
+    known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
     extra = [p for p in sorted(run_dir.glob("*.json")) if p.name not in known]
     pngs = figure_paths(run_dir)
     if not extra and not pngs:
@@ -269,7 +273,7 @@ def sweep_report_html(sweep_dir: Path, out_dir: Path) -> str:
     parts.append("<h2>Results</h2>")
     parts.append(_results_table(results) if results else "<p class=note>No results.csv yet.</p>")
     parts.append("<h2>Comparison figures</h2>")
-    parts += [_figure(p, sweep_dir, SWEEP_CAPTIONS) for p in figure_paths(sweep_dir / "figures")] or [
+    parts += [_figure(p, sweep_dir, SWEEP_CAPTIONS) for p in figure_paths(RunDir(sweep_dir).figures)] or [
         "<p class=note>No figures in figures/.</p>"]
     by_id = {r.get("trial"): r for r in results or []}
     parts.append("<h2>Trials</h2>")
@@ -310,11 +314,11 @@ def _trial_section(sweep_dir: Path, trial: dict, row: dict | None, out_dir: Path
     if report.is_file():
         href = Path(os.path.relpath(report.resolve(), Path(out_dir).resolve())).as_posix()
         parts.append(f'<p><a href="{_e(href)}">report of this trial</a></p>')
-    figs = [folder / "figures" / f for f in ("loss.png", "reconstructions.png") if (folder / "figures" / f).is_file()]
+    figs = [RunDir(folder).figure(f) for f in ("loss", "reconstructions") if RunDir(folder).figure(f).is_file()]
     if figs:
         parts.append('<div class=row>' + "".join(_figure(p, sweep_dir) for p in figs) + "</div>")
     elif status == "done":
-        parts.append(f"<p class=note>No loss.png or reconstructions.png in {_e(folder / 'figures')}.</p>")
+        parts.append(f"<p class=note>No loss.png or reconstructions.png in {_e(RunDir(folder).figures)}.</p>")
     return "\n".join(parts)
 
 

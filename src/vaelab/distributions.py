@@ -1,0 +1,240 @@
+"""The one home of vaelab's probability maths: distributions over latent codes, KL
+divergences, log-densities, log-mean-exp and importance weights.
+
+Models return these objects from ``posterior(x, y)`` and ``prior(y)``; objectives,
+evaluation and every tool use them, and nothing else re-derives a Gaussian formula.
+They follow torch.distributions' names (``mean``, ``rsample``, ``sample``,
+``log_prob``, ``entropy``) but are written here for two reasons: every draw takes a
+``torch.Generator`` (seeded evaluation gives the same numbers twice; torch's
+``rsample`` takes none), and there is no per-call argument validation in the hot
+path of training. The tests check every formula against torch.distributions and
+against Monte-Carlo estimates.
+
+Shapes: a distribution over D-dimensional codes has ``batch_shape`` (B,) and events
+of size D; ``rsample((K,))`` returns (K, B, D) and ``log_prob(z)`` sums over the last
+dimension, so ``log_prob`` of (K, B, D) codes is (K, B).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _shape(sample_shape) -> tuple[int, ...]:
+    if isinstance(sample_shape, int):
+        return (sample_shape,)
+    return tuple(sample_shape)
+
+
+class Distribution:
+    """Base: a batch of distributions over codes (B, D)."""
+
+    #: draws are differentiable functions of the parameters (reparameterised)
+    has_rsample = True
+    #: ``log_prob`` exists (a density w.r.t. Lebesgue measure on R^D)
+    has_density = True
+    #: codes live in R^D (False for discrete codebooks)
+    continuous = True
+
+    @property
+    def mean(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rsample(self, sample_shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, sample_shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The parameters per code, each (B, D): what ``vaelab export`` writes."""
+        return {"mu": self.mean}
+
+
+class DiagNormal(Distribution):
+    """N(mean, diag(exp(logvar))), parameterised by the log-variance (B, D) as VAEs are."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
+        self.loc, self.logvar = mean, logvar
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        shape = _shape(sample_shape) + tuple(self.loc.shape)
+        eps = torch.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        return self.loc + eps * self.std
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return log_normal(z, self.loc, self.logvar).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return 0.5 * (self.logvar + 1 + LOG_2PI).sum(-1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"mu": self.loc, "logvar": self.logvar}
+
+
+class StandardNormal(Distribution):
+    """N(0, I) over D dimensions, for any batch: ``sample((n,))`` gives (n, D)."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 batch_shape: tuple[int, ...] = ()):
+        self.dim, self.device, self.dtype, self.batch_shape = dim, torch.device(device), dtype, tuple(batch_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.zeros(self.batch_shape + (self.dim,), device=self.device, dtype=self.dtype)
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        shape = _shape(sample_shape) + self.batch_shape + (self.dim,)
+        return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z.square() + LOG_2PI).sum(-1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"mu": self.mean}
+
+
+class PointMass(Distribution):
+    """A deterministic code (an autoencoder's posterior): every draw is the mean."""
+
+    has_density = False
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.value
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        return self.value.expand(_shape(sample_shape) + tuple(self.value.shape))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        raise TypeError("a point mass has no density")
+
+
+class MixtureDiagNormal(Distribution):
+    """sum_k w_k N(means_k, diag(exp(logvars_k))): a mixture shared by every item of a batch.
+
+    ``means``/``logvars`` (K, D), ``logits`` (K,) unnormalised log-weights. Used for
+    mixture priors (VampPrior's mixture of posteriors at pseudo-inputs). No closed-form
+    KL: objectives estimate it by Monte Carlo.
+    """
+
+    has_rsample = False  # the component draw is discrete; priors are only sampled
+
+    def __init__(self, means: torch.Tensor, logvars: torch.Tensor, logits: torch.Tensor | None = None,
+                 batch_shape: tuple[int, ...] = ()):
+        self.means, self.logvars = means, logvars
+        self.logits = logits if logits is not None else torch.zeros(len(means), device=means.device, dtype=means.dtype)
+        self.batch_shape = tuple(batch_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        w = torch.softmax(self.logits, 0)
+        return (w[:, None] * self.means).sum(0).expand(self.batch_shape + (self.means.shape[1],))
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        shape = _shape(sample_shape) + self.batch_shape
+        n = math.prod(shape)
+        k = torch.multinomial(torch.softmax(self.logits.float(), 0), n, replacement=True, generator=generator)
+        eps = torch.randn((n, self.means.shape[1]), generator=generator, device=self.means.device,
+                          dtype=self.means.dtype)
+        z = self.means[k] + eps * torch.exp(0.5 * self.logvars[k])
+        return z.reshape(shape + (self.means.shape[1],))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        # (..., 1, D) against (K, D) -> (..., K) component log-densities, then log-sum-exp with the weights.
+        comp = log_normal(z.unsqueeze(-2), self.means, self.logvars).sum(-1)
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, 0), dim=-1)
+
+
+# ------------------------------------------------------------------------------------ densities
+def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(z; mean, exp(logvar)), broadcast, not summed."""
+    return -0.5 * (LOG_2PI + logvar + (z - mean).square() * torch.exp(-logvar))
+
+
+def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K sum_k exp(x_k)) along ``dim``, computed stably (log-sum-exp minus log K)."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
+
+
+def importance_weights(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Normalised importance weights softmax(log_w) along ``dim`` (the IWAE gradient weights)."""
+    return torch.softmax(log_w, dim)
+
+
+# ------------------------------------------------------------------------------------ KL
+def _kl_normal_standard(q: DiagNormal, p: StandardNormal) -> torch.Tensor:
+    # KL(N(mu, sigma^2) || N(0, 1)) per dimension, the closed form of Kingma & Welling (2014).
+    return -0.5 * (1 + q.logvar - q.loc.square() - q.logvar.exp())
+
+
+def _kl_normal_normal(q: DiagNormal, p: DiagNormal) -> torch.Tensor:
+    # KL(N(m1, v1) || N(m2, v2)) per dimension = 0.5 (log v2/v1 + (v1 + (m1 - m2)^2) / v2 - 1).
+    return 0.5 * (p.logvar - q.logvar + (q.logvar.exp() + (q.loc - p.loc).square()) * torch.exp(-p.logvar) - 1)
+
+
+# (type of q, type of p) -> per-dimension KL (..., D). Absent pairs have no closed form.
+KL_RULES: dict[tuple[type, type], Callable[[Distribution, Distribution], torch.Tensor]] = {
+    (DiagNormal, StandardNormal): _kl_normal_standard,
+    (DiagNormal, DiagNormal): _kl_normal_normal,
+}
+
+
+def kl_per_dim(q: Distribution, p: Distribution) -> torch.Tensor | None:
+    """Closed-form KL(q || p) per latent dimension (B, D), or None where there is none."""
+    rule = KL_RULES.get((type(q), type(p)))
+    return None if rule is None else rule(q, p)
+
+
+def kl_divergence(q: Distribution, p: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q || p) per item (B,): closed form where one exists, else the one-sample
+    Monte-Carlo estimate log q(z) - log p(z) at the draw ``z`` from q."""
+    per_dim = kl_per_dim(q, p)
+    if per_dim is not None:
+        return per_dim.sum(-1)
+    if z is None:
+        raise ValueError(f"KL({type(q).__name__} || {type(p).__name__}) has no closed form: pass a draw z ~ q")
+    return q.log_prob(z) - p.log_prob(z)
+
+
+def cat(dists: list[Distribution]) -> Distribution:
+    """Concatenate distributions of one type along the batch (encode a split in chunks)."""
+    first = dists[0]
+    if isinstance(first, DiagNormal):
+        return DiagNormal(torch.cat([d.loc for d in dists]), torch.cat([d.logvar for d in dists]))
+    if isinstance(first, PointMass):
+        return PointMass(torch.cat([d.value for d in dists]))
+    raise TypeError(f"cannot concatenate {type(first).__name__} distributions")
+
+
+def to(d: Distribution, device) -> Distribution:
+    """A copy of ``d`` with its parameters on ``device``."""
+    if isinstance(d, DiagNormal):
+        return DiagNormal(d.loc.to(device), d.logvar.to(device))
+    if isinstance(d, PointMass):
+        return PointMass(d.value.to(device))
+    raise TypeError(f"cannot move a {type(d).__name__}")
+
+
+__all__ = ["DiagNormal", "Distribution", "KL_RULES", "LOG_2PI", "MixtureDiagNormal", "PointMass", "StandardNormal",
+           "cat", "importance_weights", "kl_divergence", "kl_per_dim", "log_mean_exp", "log_normal", "to"]

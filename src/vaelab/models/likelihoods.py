@@ -1,0 +1,102 @@
+"""Likelihoods p(x|z): ``LIKELIHOODS[model.loss](output_activation)``.
+
+Each turns decoder logits (..., C, H, W) and a target in the model's data space into a
+per-image reconstruction loss (...) in the convention users compare across tools:
+
+- ``bce``: Bernoulli; binary cross-entropy summed over pixels (from logits);
+- ``mse``: Gaussian with fixed variance; squared error averaged over pixels;
+- ``euclidean``: Gaussian with fixed variance; squared error summed over pixels.
+
+A Gaussian loss is its negative log-density up to a constant: the summed squared error
+is -log N(x; mu, s^2 I) with s^2 = 1/2, less (P/2) log(pi) for P pixels, and the
+per-pixel mean is the same with s^2 = P/2. ``nll_offset`` is that constant (plus the
+change of variables for tanh models, which see data in [-1, 1]), so that a number
+called a negative log-likelihood (``nll_iw``) is one, in nats, for images in [0, 1].
+The Bernoulli loss is its own negative log-likelihood (offset 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_DIMS = (-3, -2, -1)  # (C, H, W): a loss sums or averages over these, keeping any leading dims
+
+
+def apply_output(logits: torch.Tensor, output_activation: str) -> torch.Tensor:
+    if output_activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if output_activation == "tanh":
+        return torch.tanh(logits)
+    return logits
+
+
+class Likelihood:
+    """Base: ``loss(logits, target)`` per image; ``mean(logits)`` the model-space image."""
+
+    name = ""
+    density = True  # loss + nll_offset is a negative log-density
+
+    def __init__(self, output_activation: str):
+        self.output_activation = output_activation
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return apply_output(logits, self.output_activation)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nll_offset(self, shape, signed: bool) -> float:
+        """c such that -log p(x | z) = loss + c for images x in [0, 1] of ``shape`` (C, H, W)."""
+        return 0.0
+
+
+class Bernoulli(Likelihood):
+    name = "bce"
+
+    def loss(self, logits, target):
+        # From logits: one fused, numerically stable op instead of sigmoid then log.
+        return F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").sum(IMAGE_DIMS)
+
+
+class Gaussian(Likelihood):
+    """Fixed-variance Gaussian; ``reduction`` "mean" (the ``mse`` loss) or "sum" (``euclidean``)."""
+
+    def __init__(self, output_activation: str, reduction: str):
+        super().__init__(output_activation)
+        self.reduction = reduction
+        self.name = "mse" if reduction == "mean" else "euclidean"
+
+    def loss(self, logits, target):
+        sq = (self.mean(logits) - target).square()
+        return sq.mean(IMAGE_DIMS) if self.reduction == "mean" else sq.sum(IMAGE_DIMS)
+
+    def nll_offset(self, shape, signed: bool) -> float:
+        p = math.prod(shape)
+        var = 0.5 if self.reduction == "sum" else p / 2  # the variance the loss convention implies
+        offset = 0.5 * p * math.log(2 * math.pi * var)
+        # tanh models see x' = 2x - 1: p(x) = p'(x') 2^P, so -log p(x) = -log p'(x') - P log 2.
+        return offset - p * math.log(2) if signed else offset
+
+
+# Registry: model.loss -> likelihood (built with the model's output activation).
+LIKELIHOODS = {
+    "bce": Bernoulli,
+    "mse": lambda act: Gaussian(act, "mean"),
+    "euclidean": lambda act: Gaussian(act, "sum"),
+}
+
+
+def build_likelihood(name: str, output_activation: str) -> Likelihood:
+    return LIKELIHOODS[name](output_activation)
+
+
+def classification(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-entropy (B,) in nats of class logits (B, K) against labels (B,)."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+__all__ = ["Bernoulli", "Gaussian", "LIKELIHOODS", "Likelihood", "apply_output", "build_likelihood",
+           "classification"]

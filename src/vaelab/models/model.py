@@ -1,0 +1,251 @@
+"""The one model class: a latent-variable model assembled from named parts.
+
+    x --encoder body--> features --posterior head--> q(z | x, y)
+    z --decoder body--> logits --likelihood--> p(x | z, y);   prior p(z | y);   objective
+
+Every family is this class with other parts (``vaelab.models.MODELS`` says which), so one
+training loop, one evaluation and every tool drive all of them through one contract:
+
+- ``model(x, y=None, *, generator=None, progress=1.0)`` -> per-image (B,) tensors,
+  ``loss`` and its named parts (the objective's, plus ``predictor`` with a label predictor);
+- ``posterior(x, y)`` / ``prior(y)`` -> ``vaelab.distributions`` objects;
+- ``decode(z, y)`` -> images in [0, 1]; ``encode(x, y)`` -> posterior means;
+- ``capabilities``: what the model offers (a density, a continuous latent, labels, ...).
+  Tools ask for what they need with ``vaelab.models.require``; nothing branches on a
+  model's name.
+
+Labels ``y`` (B,) are the classes of the images: a conditional model feeds them to its
+encoder and decoder; a label predictor learns them. Images are float (B, C, H, W) in
+[0, 1]; models with a tanh output work on data scaled to [-1, 1] inside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from vaelab.distributions import Distribution
+from vaelab.errors import ConfigError, DataError
+from vaelab.models.bodies import BODIES, build_predictor
+from vaelab.models.likelihoods import build_likelihood, classification
+from vaelab.models.posteriors import POSTERIORS
+from vaelab.models.priors import PRIORS
+from vaelab.objectives import OBJECTIVES
+
+if TYPE_CHECKING:
+    from vaelab.config import ModelConfig
+
+
+def capabilities(cfg: ModelConfig) -> frozenset[str]:
+    """What a model with these parts offers; tools and objectives ask for these by name
+    (``vaelab.models.CAPABILITIES`` says what each means)."""
+    caps = {"continuous"}
+    stochastic = POSTERIORS[cfg.posterior].stochastic
+    prior = PRIORS[cfg.prior] is not None
+    if stochastic:
+        caps.add("stochastic")
+    if prior:
+        caps.add("prior")
+    if stochastic and prior and build_likelihood(cfg.loss, cfg.output_activation).density:
+        caps.add("density")
+    if cfg.condition != "none":
+        caps.add("labels")
+    if cfg.predictor_weight > 0:
+        caps.add("predictor")
+    return frozenset(caps)
+
+
+class LabelCode(nn.Module):
+    """Labels (B,) -> vectors (B, E) that a conditional encoder and decoder read:
+    one-hot (E = classes) or a learned embedding (E = model.condition_dim)."""
+
+    def __init__(self, kind: str, num_classes: int, dim: int):
+        super().__init__()
+        self.kind, self.num_classes = kind, num_classes
+        self.embed = nn.Embedding(num_classes, dim) if kind == "embedding" else None
+        self.dim = dim if kind == "embedding" else num_classes
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            return self.embed(y)
+        return nn.functional.one_hot(y, self.num_classes).float()
+
+
+class LatentModel(nn.Module):
+    """Encoder body + posterior head, decoder body + likelihood, prior, objective, and
+    optionally a label code (conditional models) and a label predictor."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        body = BODIES[cfg.arch]
+        self.body = body
+        self.label_code = None
+        if cfg.condition != "none":
+            if cfg.num_classes is None:
+                raise ConfigError("a conditional model needs model.num_classes (filled in from labelled data)")
+            self.label_code = LabelCode(cfg.condition, cfg.num_classes, cfg.condition_dim)
+        extra = self.label_code.dim if self.label_code is not None else 0
+        self.encoder, features = body.encoder(cfg, extra)
+        if cfg.latent == "conv":
+            cfg.latent_dim = features  # the encoder's last feature map is the code
+        self.posterior_head = POSTERIORS[cfg.posterior](cfg, features)
+        self.decoder = body.decoder(cfg, extra)
+        prior = PRIORS[cfg.prior]
+        self.prior_net = prior(cfg) if prior is not None else None
+        self.likelihood = build_likelihood(cfg.loss, cfg.output_activation)
+        self.objective = OBJECTIVES[cfg.objective]
+        if self.label_code is not None:
+            # log p(y) of the training labels, to marginalise over classes where a density
+            # is asked for unlabelled images; set by fit() from the data (uniform until then).
+            k = cfg.num_classes
+            self.register_buffer("class_log_prior", torch.full((k,), -math.log(k)))
+        # Built last, so the other parts start from the same weights with or without it.
+        self.predictor = build_predictor(cfg) if cfg.predictor_weight > 0 else None
+        self.signed = cfg.output_activation == "tanh"
+        self.capabilities = capabilities(cfg)
+
+    # ------------------------------------------------------------------ what it offers
+    def describe(self) -> str:
+        c = self.cfg
+        cond = f", conditioned on labels ({c.condition})" if self.label_code is not None else ""
+        return (f"this run's model ({c.kind}: {c.posterior} posterior, {c.prior} prior, {c.loss} likelihood, "
+                f"{c.objective} objective{cond})")
+
+    @property
+    def conditional(self) -> bool:
+        return self.label_code is not None
+
+    @property
+    def has_predictor(self) -> bool:
+        return self.predictor is not None
+
+    # ------------------------------------------------------------------ data space
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1 if self.signed else x
+
+    def to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """Model-space output (after the output activation) back to [0, 1] images."""
+        return ((out + 1) / 2).clamp(0, 1) if self.signed else out.clamp(0, 1)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        # Conv bodies run channels-last (NHWC): oneDNN's fast kernels on CPU (see bodies.py).
+        return x.contiguous(memory_format=torch.channels_last) if self.body.channels_last and x.dim() == 4 else x
+
+    def _labels(self, y: torch.Tensor | None, n: int, what: str) -> torch.Tensor | None:
+        """The labels a conditional model needs (checked), or None for other models."""
+        if self.label_code is None:
+            return None
+        if y is None:
+            raise DataError(f"{what} of a conditional model needs the images' labels (or use infer_labels)")
+        if y.shape != (n,):
+            raise DataError(f"{what}: {tuple(y.shape)} labels for {n} images")
+        k = self.cfg.num_classes
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            bad = int(y.max()) if int(y.max()) >= k else int(y.min())
+            raise DataError(f"class {bad} is not one this model was trained on (classes 0..{k - 1})")
+        return y
+
+    # ------------------------------------------------------------------ the contract
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
+        """q(z | x, y) for images (B, C, H, W) in [0, 1]."""
+        h = self.to_model_space(x)
+        y = self._labels(y, len(x), "encoding")
+        if y is not None:
+            h = self.body.join(h, self.label_code(y))
+        return self.posterior_head(self.encoder(self._layout(h)))
+
+    def prior(self, y: torch.Tensor | None = None, batch: int | None = None) -> Distribution:
+        """p(z | y); without labels a conditional prior is the mixture over the classes."""
+        if self.prior_net is None:
+            raise ConfigError(f"{self.describe()} has no prior")
+        if y is not None and self.prior_net.needs_labels:
+            y = self._labels(y, len(y), "the prior")
+        else:
+            y = None
+        log_py = getattr(self, "class_log_prior", None)
+        return self.prior_net(y, batch, log_py)
+
+    def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder logits (..., C, H, W) for codes (..., D); leading sample dims are kept."""
+        lead = z.shape[:-1]
+        z2 = z.reshape(-1, z.shape[-1])
+        if self.label_code is not None:
+            y = self._labels(y, lead[-1] if lead else 1, "decoding")
+            e = self.label_code(y)
+            e = e.expand(*lead, e.shape[-1]).reshape(-1, e.shape[-1])
+            z2 = torch.cat([z2, e.to(z2.dtype)], 1)
+        out = self.decoder(z2)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W) from codes (B, D)."""
+        return self.to_image(self.likelihood.mean(self.decode_logits(z, y)))
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes (B, D): the posterior mean."""
+        return self.posterior(x, y).mean
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic reconstruction through the posterior mean."""
+        return self.decode(self.encode(x, y), y)
+
+    def recon_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-image reconstruction loss (...) in the likelihood's convention; x in [0, 1]."""
+        # .float(): under bf16 autocast the decoder returns bf16; losses are summed in fp32.
+        return self.likelihood.loss(logits.float(), self.to_model_space(x))
+
+    def nll_offset(self) -> float:
+        """c with -log p(x|z) = recon_loss + c (nats, images in [0, 1]); 0 for Bernoulli."""
+        return self.likelihood.nll_offset(self.cfg.input_shape, self.signed)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
+                progress: float = 1.0) -> dict[str, torch.Tensor]:
+        q = self.posterior(x, y)
+        parts = self.objective.fn(self, x, y, q, generator=generator, progress=progress)
+        if y is not None and self.predictor is not None:
+            # The predictor reads the posterior mean, the code that steering later moves.
+            ce = classification(self.predict_logits(q.mean), y)
+            parts["loss"] = parts["loss"] + self.cfg.predictor_weight * ce
+            parts["predictor"] = ce
+        return parts
+
+    # ------------------------------------------------------------------ densities
+    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator | None = None,
+                    q: Distribution | None = None) -> torch.Tensor:
+        """log p(x|z_k) + log p(z_k|y) - log q(z_k|x, y) for k posterior draws: (k, B).
+
+        log p(x|z) is minus the reconstruction loss (the likelihood's convention; add
+        ``nll_offset`` for nats). All k draws go through the decoder as one batch.
+        """
+        q = self.posterior(x, y) if q is None else q
+        z = q.rsample((k,), generator=generator)  # (k, B, D)
+        log_px = -self.recon_loss(self.decode_logits(z, y), x)  # (k, B)
+        return log_px + self.prior(y, len(x)).log_prob(z) - q.log_prob(z)
+
+    def infer_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """For unlabelled images: the most probable class, argmax_y log p(y) - loss(x, y),
+        the loss through the posterior mean of q(z|x, y). (B,)"""
+        k = self.cfg.num_classes
+        scores = []
+        for c in range(k):
+            y = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            q = self.posterior(x, y)
+            score = -self.recon_loss(self.decode_logits(q.mean, y), x)
+            if "prior" in self.capabilities:
+                score = score + self.prior(y, len(x)).log_prob(q.mean)
+            scores.append(score + self.class_log_prior[c])
+        return torch.stack(scores, 1).argmax(1)
+
+    # ------------------------------------------------------------------ label predictor
+    def predict_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) of the label predictor for codes (B, D)."""
+        if self.predictor is None:
+            raise ConfigError(f"{self.describe()} has no label predictor (model.predictor_weight is 0)")
+        return self.predictor(z).float()
+
+
+__all__ = ["LabelCode", "LatentModel", "capabilities"]

@@ -1,0 +1,77 @@
+"""Devices and arithmetic: where a run computes and in which precision.
+
+``train.precision``: "fp32"; "mixed" (fp32 weights, optimizer state and losses; the
+forward pass under bf16 autocast on CPU, TF32 matrix products on CUDA); "auto" =
+mixed where the hardware does it natively (AVX512-BF16/AMX CPUs, CUDA), else fp32.
+Evaluation always runs in fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+
+from vaelab.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" becomes "mixed" where the hardware computes bf16/TF32 natively, else "fp32"."""
+    if precision != "auto":
+        return precision
+    native = torch.cuda.is_available() if device.type == "cuda" else _cpu_has_bf16()
+    return "mixed" if native else "fp32"
+
+
+@contextmanager
+def compute_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """On CUDA under "mixed", let fp32 matmuls and convolutions use TF32 for the block.
+
+    On CPU "mixed" is bf16 autocast around each forward pass (``forward_context``);
+    parameters, optimizer state and losses stay fp32 either way. Autocast beat letting
+    oneDNN compute fp32 products in bf16 (the previous CPU "mixed"): mlp-vae step at 2
+    threads, medians of 5 alternating runs, 4.96 ms against 6.27 ms (fp32: 6.56 ms).
+    """
+    if precision != "mixed" or device.type != "cuda":
+        yield
+        return
+    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "tf32"
+        yield
+    finally:
+        for b, old in zip(backends, saved):
+            b.fp32_precision = old
+
+
+def forward_context(precision: str, device: torch.device):
+    """Context for one forward pass: bf16 autocast under "mixed" on CPU.
+
+    It must be entered per step, never around a whole epoch: autocast caches the bf16
+    copies of the weights until the outermost autocast region exits, so a long-lived
+    region would keep using the weights of its first step while the optimizer moves on.
+    """
+    if device.type == "cpu" and precision == "mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+__all__ = ["compute_precision", "forward_context", "resolve_device", "resolve_precision"]
