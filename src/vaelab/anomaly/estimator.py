@@ -117,8 +117,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         ``decision_scores_``, ``threshold_`` and ``labels_``. ``y`` is ignored."""
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
             delattr(self, name)  # a refit starts unfitted: no attribute of an earlier fit survives
-        self._check_params()
         images = _ndim(X) >= 3
+        self._check_params(images)
         x = self._input(X, fitting=True, images=images)
         config = self._config(list(x.shape[1:]), table=not images)
         if images:
@@ -183,9 +183,9 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
 
         det = cls(anomaly_score=anomaly_score, contamination=contamination, samples=samples, random_state=random_state,
                   device=device)
-        det._check_params()
-        run = Run.load(run_dir, device=device)
         stats_path = Path(run_dir) / FEATURES
+        det._check_params(images=not stats_path.is_file())
+        run = Run.load(run_dir, device=device)
         if stats_path.is_file():
             if X is None:
                 raise DataError(f"{run_dir} holds a model of table rows; from_run needs the rows X for the threshold")
@@ -239,7 +239,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         return self._confidence(self.decision_function(X))
 
     # ------------------------------------------------------------------ internals
-    def _check_params(self) -> None:
+    def _check_params(self, images: bool) -> None:
         d = _scoring()
         c = self.contamination
         if not (isinstance(c, numbers.Real) and not isinstance(c, bool) and 0 < c <= 0.5):
@@ -248,6 +248,9 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             raise ConfigError(f"unknown anomaly score {self.anomaly_score!r}; known: {', '.join(d.SCORES)}")
         if not (isinstance(self.samples, numbers.Integral) and self.samples >= 1):
             raise ConfigError(f"samples must be a positive number of posterior draws, got {self.samples!r}")
+        if not images and self.anomaly_score not in TABLE_SCORES:
+            raise ConfigError(f"score {self.anomaly_score!r} needs images in [0, 1]; for a table (N, F) use "
+                              f"{', '.join(TABLE_SCORES)}")
         if isinstance(self.overrides, str):
             raise ConfigError(f"overrides must be a list of section.field=value texts, got the text {self.overrides!r}")
 
@@ -288,9 +291,6 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         model, seed = self.run_.model, self._seed() or 0
         if len(self.input_shape_) == 3:
             return d.score_images(model, x, self.anomaly_score, self.samples, seed)
-        if self.anomaly_score not in TABLE_SCORES:
-            raise ConfigError(f"score {self.anomaly_score!r} needs images in [0, 1]; for a table (N, F) use "
-                              f"{', '.join(TABLE_SCORES)}")
         if self.anomaly_score != "mse":
             return d.score_images(model, x.float(), self.anomaly_score, self.samples, seed)
         # mse through the posterior mean, in float64 on a copy of the model: in float32 a row's
