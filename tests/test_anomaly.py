@@ -1,4 +1,5 @@
-"""Anomaly detection: scores, the PyOD-style detector, input handling, the one-class protocol."""
+"""Anomaly detection: scores, the detector on images, input handling, the one-class protocol.
+(scikit-learn's checks, PyOD's conventions and tables (N, F): test_detector_sklearn.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch.nn.functional as F
 
 from conftest import make_shapes, write_idx_file
 from vaelab.evaluation import metrics
-from vaelab.anomaly.detector import SCORES, AnomalyDetector, as_images, load_input, score_images, threshold_at
+from vaelab.anomaly.estimator import AnomalyDetector
+from vaelab.anomaly.scores import SCORES, as_images, load_input, score_images, threshold_at
+from sklearn.exceptions import NotFittedError
+
 from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.errors import DataError, VaelabError
@@ -39,7 +43,8 @@ def squares(shapes_arrays):
 
 @pytest.fixture(scope="module")
 def detector(squares):
-    return AnomalyDetector(preset="mlp-ae", score="mse", contamination=0.1, epochs=15, overrides=TINY).fit(squares)
+    return AnomalyDetector(preset="mlp-ae", anomaly_score="mse", contamination=0.1, epochs=15,
+                           overrides=TINY).fit(squares)
 
 
 def noise(n: int = 20, seed: int = 0) -> np.ndarray:
@@ -67,7 +72,8 @@ def test_vae_scores_elbo_and_iwnll(vae, shapes_arrays):
     # the same seed gives the same scores; -ELBO is recon + KL of the model's own loss at beta = 1
     assert np.array_equal(elbo, score_images(vae, x, "elbo", samples=20))
     with torch.no_grad():
-        mu, logvar = vae.posterior(x)
+        q = vae.posterior(x)
+        mu, logvar = q.mean, q.logvar
         recon = vae.recon_loss(vae.decode_logits(mu), x)
         kl = (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(1)
     # with the posterior sample near its mean the score is close to recon(mu) + KL
@@ -77,7 +83,7 @@ def test_vae_scores_elbo_and_iwnll(vae, shapes_arrays):
 def test_vae_only_scores_refuse_an_autoencoder(detector, shapes_arrays):
     x = torch.rand(4, 1, 28, 28)
     for score in ("elbo", "iwnll"):
-        with pytest.raises(VaelabError, match=f"score '{score}' needs a VAE"):
+        with pytest.raises(VaelabError, match=f"score '{score}' needs a density.*this run's model \\(ae:"):
             score_images(detector.run_.model, x, score)
     with pytest.raises(VaelabError, match="unknown anomaly score 'l1'; known: mse, bce, ssim, elbo, iwnll"):
         score_images(detector.run_.model, x, "l1")
@@ -98,18 +104,18 @@ def test_threshold_is_the_contamination_quantile():
 def test_detector_threshold_and_training_labels(detector, squares):
     d = detector
     assert d.decision_scores_.shape == (len(squares),)
-    assert d.threshold_ == np.quantile(d.decision_scores_, 0.9)
+    assert d.threshold_ == np.percentile(d.decision_scores_, 100 * (1 - 0.1))  # as PyOD computes it
     assert np.array_equal(d.labels_, (d.decision_scores_ > d.threshold_).astype(int))
     # about a contamination fraction of the training images lies above the threshold
     assert abs(d.labels_.mean() - 0.1) <= 1 / len(squares) + 1e-9
-    assert np.allclose(d.score_samples(squares), d.decision_scores_)
+    assert np.allclose(d.decision_function(squares), d.decision_scores_)
+    assert np.array_equal(d.predict(squares), d.labels_)
 
 
 def test_detector_semantics(detector, squares):
     d = detector
     x = np.concatenate([squares[:10], noise(10)])
-    s = d.score_samples(x)
-    assert np.allclose(d.decision_function(x), s - d.threshold_)
+    s = d.decision_function(x)  # PyOD: the raw anomaly score, not shifted by the threshold
     assert np.array_equal(d.predict(x), (s > d.threshold_).astype(int))
     assert set(np.unique(d.predict(x))) <= {0, 1}
     # higher = more anomalous: every noise image scores above every normal square
@@ -120,10 +126,10 @@ def test_detector_semantics(detector, squares):
 
 def test_detector_input_forms_agree(detector, squares):
     x8 = squares[:8]
-    base = detector.score_samples(x8)
+    base = detector.decision_function(x8)
     xf = x8.astype(np.float32) / 255
     for form in (x8[:, None], x8[..., None], xf, torch.from_numpy(xf[:, None]), x8.astype(np.int64)):
-        assert np.allclose(detector.score_samples(form), base, rtol=1e-6, atol=1e-9)
+        assert np.allclose(detector.decision_function(form), base, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -135,19 +141,20 @@ def test_detector_input_forms_agree(detector, squares):
 ])
 def test_detector_bad_inputs(detector, bad, match):
     with pytest.raises(DataError, match=match):
-        detector.score_samples(bad)
+        detector.decision_function(bad)
 
 
 def test_detector_argument_checks():
-    with pytest.raises(VaelabError, match="not fitted yet"):
-        AnomalyDetector().score_samples(noise(2))
-    with pytest.raises(VaelabError, match="unknown anomaly score"):
-        AnomalyDetector(score="nope")
-    with pytest.raises(VaelabError, match="contamination"):
-        AnomalyDetector(contamination=0.9)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        AnomalyDetector().decision_function(noise(2))
+    # scikit-learn's rule: __init__ only stores its arguments; fit checks them, before training
+    with pytest.raises(VaelabError, match="unknown anomaly score 'nope'"):
+        AnomalyDetector(anomaly_score="nope").fit(noise(2))
+    with pytest.raises(VaelabError, match=r"contamination must be in \(0, 0.5\], got 0.9"):
+        AnomalyDetector(contamination=0.9).fit(noise(2))
 
 
-def test_detector_saves_a_run_and_reuses_it(squares, tmp_path, monkeypatch):
+def test_detector_saves_a_run_and_from_run_reuses_it(squares, tmp_path, monkeypatch):
     run_dir = tmp_path / "det"
     d = AnomalyDetector(preset="mlp-ae", contamination=0.2, epochs=2, overrides=TINY, run_dir=run_dir).fit(squares)
     assert (run_dir / "model.safetensors").is_file()
@@ -155,18 +162,23 @@ def test_detector_saves_a_run_and_reuses_it(squares, tmp_path, monkeypatch):
     # the run reloads with its training data, so `vaelab detect RUN` can recompute the threshold
     run = Run.load(run_dir, device="cpu")
     assert np.allclose(score_images(run.model, run.split("train").float()), d.decision_scores_, rtol=1e-5)
-    # an existing run is used as it is: nothing is trained
+    # from_run uses an existing run as it is: nothing is trained (fit always trains)
     monkeypatch.setattr("vaelab.training.loop.fit", lambda *a, **k: pytest.fail("trained again"))
-    d2 = AnomalyDetector(contamination=0.2, run_dir=run_dir).fit(squares)
+    d2 = AnomalyDetector.from_run(run_dir, squares, contamination=0.2)
     assert np.allclose(d2.decision_scores_, d.decision_scores_, rtol=1e-5)
     assert d2.threshold_ == pytest.approx(d.threshold_, rel=1e-5)
+    # without X the threshold comes from the run's own training images, as `vaelab detect` does
+    d3 = AnomalyDetector.from_run(run_dir, contamination=0.2)
+    assert np.allclose(d3.decision_scores_, d.decision_scores_, rtol=1e-5)
+    assert np.array_equal(d3.predict(squares), d.predict(squares))
 
 
 def test_fit_predict_and_vae_detector(squares):
-    d = AnomalyDetector(preset="mlp-vae", score="iwnll", samples=3, contamination=0.05, epochs=2, overrides=TINY)
+    d = AnomalyDetector(preset="mlp-vae", anomaly_score="iwnll", samples=3, contamination=0.05, epochs=2,
+                        overrides=TINY)
     labels = d.fit_predict(squares)
-    assert np.array_equal(labels, d.labels_) and d.run_.model.is_vae
-    assert d.threshold_ == np.quantile(d.decision_scores_, 0.95)
+    assert np.array_equal(labels, d.labels_) and "density" in d.run_.capabilities
+    assert d.threshold_ == np.percentile(d.decision_scores_, 100 * (1 - 0.05))
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -242,8 +254,9 @@ def test_protocol_errors(shapes_idx_root, shapes_npz):
 
 
 def test_detector_defaults(squares):
-    d = AnomalyDetector(overrides=["train.device=cpu", "train.batch_size=64"]).fit(squares[:32])
-    cfg = d.run_.config
-    assert (cfg.preset, cfg.train.epochs, cfg.model.kind, d.score) == ("mlp-vae", 30, "vae", "mse")
-    assert (cfg.data.val, cfg.data.train_split) == ("none", "train")
-    assert d.threshold_ == np.quantile(d.decision_scores_, 0.9)
+    # training_config reads what fit would train, without training
+    d = AnomalyDetector()
+    cfg = d.training_config(squares[:32])
+    assert (cfg.preset, cfg.train.epochs, cfg.model.kind, d.anomaly_score) == ("mlp-vae", 30, "vae", "mse")
+    assert (cfg.data.val, cfg.data.train_split, d.contamination) == ("none", "train", 0.1)
+    assert not hasattr(d, "run_")  # still unfitted

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import cli_error, make_shapes, run_main, save_shapes, write_idx_file
 from vaelab import api
-from vaelab.anomaly.detector import score_images, threshold_at
+from vaelab.anomaly.scores import score_images, threshold_at
 from vaelab.api import Run
 from vaelab.config import build_config
 

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _API = {
-    "AnomalyDetector": "vaelab.anomaly.detector",
+    "AnomalyDetector": "vaelab.anomaly.estimator",
     "Run": "vaelab.api", "train": "vaelab.api",
     "DataConfig": "vaelab.config", "ModelConfig": "vaelab.config", "RunConfig": "vaelab.config",
     "TrainConfig": "vaelab.config", "build_config": "vaelab.config", "preset_names": "vaelab.config",

@@ -1,1 +1,2 @@
-"""Anomaly detection: scores, a PyOD-style detector, the one-class benchmark."""
+"""Anomaly detection: scores (``scores``), the scikit-learn / PyOD detector (``estimator``),
+and the one-class benchmark protocol (``one_class``)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vaelab.evaluation import metrics
-from vaelab.anomaly.detector import DEFAULT_EPOCHS, DEFAULT_OVERRIDES, DEFAULT_PRESET, DEFAULT_SCORE, check_score, score_images
+from vaelab.anomaly.scores import DEFAULT_EPOCHS, DEFAULT_OVERRIDES, DEFAULT_PRESET, DEFAULT_SCORE, check_score, score_images
 from vaelab.errors import DataError, VaelabError
 
 CLASS_NAMES = {

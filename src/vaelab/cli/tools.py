@@ -71,7 +71,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
                    "or .npz/.npy array.")
-@click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.detector:SCORES"),
+@click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
               help="Reconstruction scores (mse, bce, 1 - ssim) serve every model; elbo and iwnll need a density.")
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
@@ -84,7 +84,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
-    from vaelab.anomaly.detector import check_contamination, check_score, detect as detect_fn
+    from vaelab.anomaly.scores import check_contamination, check_score, detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
@@ -108,7 +108,7 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
               help="Folder for results.csv, results.md, results.json and roc.png.")
 @click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; see bench/README.md).")
 @click.option("--epochs", type=int, help="Training epochs per class (default: 30, or the --preset's own).")
-@click.option("--score", type=RegistryChoice("vaelab.anomaly.detector:SCORES"),
+@click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
               help="Anomaly score (default mse); elbo and iwnll need a model with a density.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
@@ -122,7 +122,7 @@ def detect(run_dir, input_path, score, contamination, samples, out, seed, data_d
 def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, limit, test_limit, data_dir,
                   data_path, seed, keep_runs, verbose) -> None:
     """One-class protocol: train on each class, AUROC on the whole test set."""
-    from vaelab.anomaly.detector import DEFAULT_SCORE, check_score
+    from vaelab.anomaly.scores import DEFAULT_SCORE, check_score
     from vaelab.anomaly.one_class import one_class_benchmark
 
     score = score or DEFAULT_SCORE

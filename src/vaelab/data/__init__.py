@@ -24,7 +24,7 @@ from vaelab.errors import DataError
 
 @dataclass
 class ImageSet:
-    x: torch.Tensor  # (N, C, H, W) uint8
+    x: torch.Tensor  # (N, C, H, W) uint8 images (or float rows (N, 1, 1, F), see ``batch``)
     y: torch.Tensor | None  # (N,) int64 labels, or None
     name: str = ""
     paths: list[str] | None = None  # file paths, for image folders
@@ -40,11 +40,12 @@ class ImageSet:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
     def batch(self, index, device: torch.device | str | None = None) -> torch.Tensor:
-        """Float images in [0, 1] for ``index`` (a slice or index tensor)."""
+        """Float images in [0, 1] for ``index`` (a slice or index tensor). A float ``x`` (rows
+        of features shaped (N, 1, 1, F), already scaled by the caller) is returned as it is."""
         xb = self.x[index]
         if device is not None:
             xb = xb.to(device, non_blocking=True)
-        return xb.float().div_(255.0)
+        return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
 
     def float(self) -> torch.Tensor:
         return self.batch(slice(None))

@@ -110,10 +110,16 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
     """Train the model ``config`` describes; checkpoint into ``run_dir`` each epoch.
 
     ``config`` is not changed: the resolved copy (input shape and classes filled in from
-    the data) is ``FitResult.config`` and ``RUN/config.json``."""
-    config = config.copy()
+    the data) is ``FitResult.config`` and ``RUN/config.json``. The loop seeds torch's random
+    generator from ``train.seed`` and gives the caller's generator state back afterwards."""
+    device = resolve_device(config.train.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _fit(config.copy(), device, run_dir, splits, resume, log)
+
+
+def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None, resume: bool,
+         log: Callable[[str], None]) -> FitResult:
     t = config.train
-    device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None

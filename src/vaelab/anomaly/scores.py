@@ -1,14 +1,14 @@
-"""Anomaly detection with autoencoders and VAEs: scores, a PyOD-style detector, and
-scoring of user files (the one-class benchmark protocol is in ``vaelab.one_class``).
+"""Anomaly scores, input handling and the scoring of user files (``vaelab detect``).
 
 Every score is per image and **higher means more anomalous** (``SCORES`` registry):
-``mse`` and ``bce`` compare an image with its reconstruction, ``elbo`` is the negative
-ELBO and ``iwnll`` the importance-weighted negative log-likelihood (VAEs only); ``ssim``
-is 1 - SSIM between an image and its reconstruction::
+``mse`` and ``bce`` compare an image with its reconstruction, ``ssim`` is 1 - SSIM
+between them; ``elbo`` (the negative ELBO) and ``iwnll`` (the importance-weighted
+negative log-likelihood, nats) need a model with a density. The scikit-learn / PyOD
+detector is ``vaelab.anomaly.estimator.AnomalyDetector``; the one-class benchmark
+protocol is ``vaelab.anomaly.one_class``::
 
-    from vaelab.anomaly.detector import AnomalyDetector
-    det = AnomalyDetector(score="mse", contamination=0.05).fit(x_train)   # (N, H, W) uint8
-    det.predict(x_new)          # 1 = anomaly, 0 = normal
+    from vaelab.anomaly.scores import score_images
+    s = score_images(run.model, x, "mse")   # x (N, C, H, W) in [0, 1] -> (N,) float64
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from vaelab.errors import DataError, VaelabError
 from vaelab.distributions import kl_per_dim
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import require
-from vaelab.rundir import RunDir
 
 # The default model of the detector and of `vaelab anomaly-bench`: the mlp-vae preset
 # (784-400-20, BCE + KL) for 30 epochs, scored by the MSE of its reconstruction through the
@@ -209,102 +208,6 @@ def load_input(path: str | Path, channels: int | None = None) -> dict:
                     "an image folder, or a .npz/.npy array")
 
 
-# ------------------------------------------------------------------------------------ detector
-class AnomalyDetector:
-    """A PyOD-style detector backed by a vaelab autoencoder or VAE.
-
-    ``fit(X)`` trains a model on X (the normal data) with vaelab's own training loop, or,
-    when ``run_dir`` holds a trained run, loads it and trains nothing. It then scores X:
-    ``decision_scores_`` (N,) and ``threshold_``, the (1 - contamination) quantile of those
-    scores, so about a ``contamination`` fraction of X lies above it.
-
-    Sign conventions: ``score_samples`` returns anomaly scores, **higher = more
-    anomalous**, as PyOD's ``decision_scores_`` / ``decision_function`` -- the opposite of
-    scikit-learn's ``score_samples`` (higher = more normal). ``decision_function(X)`` is
-    ``score_samples(X) - threshold_``: positive means anomaly. ``predict`` gives 1 for
-    anomalies and 0 for normal images (PyOD's labels, not scikit-learn's -1/+1).
-
-    X: array or tensor (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 0..255 or float in
-    [0, 1]. Training stores X as uint8 (``RUN/train.npz`` when ``run_dir`` is given, so
-    ``vaelab detect RUN`` can recompute the threshold); scores use X as given.
-    """
-
-    def __init__(self, preset: str | None = None, score: str = DEFAULT_SCORE, contamination: float = 0.1,
-                 epochs: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 run_dir: str | Path | None = None, samples: int = 10, seed: int = 0, device: str = "auto",
-                 verbose: bool = False):
-        check_score(score)
-        check_contamination(contamination)
-        self.preset, self.score, self.contamination = preset, score, contamination
-        self.epochs, self.overrides, self.run_dir = epochs, list(overrides), run_dir
-        self.samples, self.seed, self.device, self.verbose = samples, seed, device, verbose
-        self.run_ = None
-
-    def _train(self, X: torch.Tensor):
-        from vaelab.api import Run
-        from vaelab.config import build_config
-        from vaelab.data import ImageSet, Splits
-        from vaelab.io import atomic_path
-        from vaelab.training.loop import fit
-
-        x8 = torch.round(X * 255).to(torch.uint8)  # (N, C, H, W): training data lives as uint8
-        preset = self.preset or DEFAULT_PRESET
-        base = ["data.name=npz", "data.val=none", "data.train_split=train", f"train.device={self.device}",
-                f"train.progress={str(self.verbose).lower()}"]
-        if self.epochs is not None:
-            base.append(f"train.epochs={self.epochs}")
-        elif self.preset is None:
-            base.append(f"train.epochs={DEFAULT_EPOCHS}")
-        run_dir = Path(self.run_dir) if self.run_dir is not None else None
-        if run_dir is not None:
-            with atomic_path(run_dir / "train.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, x=x8.numpy())
-            base.append(f"data.path={(run_dir / 'train.npz').resolve()}")
-        extra = list(DEFAULT_OVERRIDES) if self.preset is None else []
-        config = build_config(preset, overrides=base + extra + self.overrides)
-        splits = Splits(train=ImageSet(x8, None, "train"), val=None, test=None)
-        result = fit(config, run_dir, splits=splits, log=print if self.verbose else (lambda s: None))
-        model = result.model
-        return Run(config=result.config, model=model, run_dir=run_dir, device=next(model.parameters()).device,
-                   _splits=splits)
-
-    def fit(self, X, y=None) -> "AnomalyDetector":
-        """Train on (or load a run for) X, then set ``decision_scores_``, ``threshold_``, ``labels_``.
-        ``y`` is ignored (unsupervised), as in scikit-learn and PyOD."""
-        from vaelab.api import Run
-
-        x = as_images(X)
-        if self.run_dir is not None and RunDir(self.run_dir).weights.is_file():
-            self.run_ = Run.load(self.run_dir, device=self.device)
-        else:
-            self.run_ = self._train(x)
-        check_score(self.score, self.run_.model)
-        self.decision_scores_ = self.score_samples(x)
-        self.threshold_ = threshold_at(self.decision_scores_, self.contamination)
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
-        return self
-
-    def score_samples(self, X) -> np.ndarray:
-        """Anomaly score per image (N,); higher = more anomalous (PyOD's convention)."""
-        if self.run_ is None:
-            raise VaelabError("this AnomalyDetector is not fitted yet; call fit(X) first")
-        x = as_images(X)
-        check_shape(x, self.run_.config.model.input_shape, "X")
-        return score_images(self.run_.model, x, self.score, self.samples, self.seed)
-
-    def decision_function(self, X) -> np.ndarray:
-        """``score_samples(X) - threshold_``: positive = anomaly."""
-        return self.score_samples(X) - self.threshold_
-
-    def predict(self, X) -> np.ndarray:
-        """1 for anomalies (score above ``threshold_``), 0 for normal images."""
-        return (self.decision_function(X) > 0).astype(np.int64)
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
-
-
 # ------------------------------------------------------------------------------------ detect (CLI)
 def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contamination: float = 0.05,
            out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64) -> dict:
@@ -344,4 +247,4 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
             "contamination": contamination, "out": str(out)}
 
 
-__all__ = ["AnomalyDetector", "SCORES", "as_images", "detect", "load_input", "score_images", "threshold_at"]
+__all__ = ["SCORES", "as_images", "detect", "load_input", "score_images", "threshold_at"]
