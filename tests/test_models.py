@@ -41,16 +41,20 @@ def test_preset_forward_and_reconstruct(name):
     with torch.no_grad():
         out = model(x)
         objective = model.cfg.objective
-        assert set(out) == {"recon": {"loss", "recon"}, "elbo": {"loss", "recon", "kl"}}[objective]
+        assert set(out) == {"recon": {"loss", "recon"}, "elbo": {"loss", "recon", "kl"},
+                            "iwae": {"loss", "nelbo"}}[objective]
         for k, v in out.items():
             assert v.shape == (b,), k
             assert torch.isfinite(v).all(), k
-        assert (out["recon"] >= 0).all()
-        if objective == "elbo":
+        if objective == "iwae":
+            assert (out["loss"] <= out["nelbo"] + 1e-4).all() and "density" in model.capabilities
+        elif objective == "elbo":
             assert (out["kl"] >= 0).all() and "density" in model.capabilities
             torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
         else:
             assert torch.equal(out["loss"], out["recon"]) and "density" not in model.capabilities
+        if "recon" in out:
+            assert (out["recon"] >= 0).all()
         r = model.reconstruct(x)
         assert r.shape == x.shape and r.min() >= 0 and r.max() <= 1
         z = model.encode(x)

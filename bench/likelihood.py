@@ -1,0 +1,150 @@
+"""The IWAE paper's likelihood table (Burda, Grosse & Salakhutdinov 2016, Table 1), here.
+
+Trains the paper's models with the ``iwae-paper`` preset (784-200-200-50 tanh, Bernoulli,
+dynamically binarised MNIST, batch 20, Adam, learning rate 1e-3 * 10^(-i/7) for stage i of
+3^i epochs) for the first ``--stages`` stages, every model in its own process with one torch
+thread, side by side; then scores each on the whole test set (binarised once, fixed seed)
+with the k = 5000 importance-weighted bound, and prints the table beside the published one.
+
+    python bench/likelihood.py --stages 6                      # 364 epochs: hours on 2 cores
+    python bench/likelihood.py --stages 2 --eval-k 500 --eval-n 1000 --out bench/out/lik-quick
+    python bench/likelihood.py --models vae,iwae5 --beta1 0.99 --stages 4 --tag b99
+
+Everything is resumable: a run killed mid-training continues from its last epoch, a
+finished run is not trained again, and a finished evaluation is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import OUT, REPO, child_env, data_root
+
+# name -> (overrides, paper NLL, independent re-implementation NLL); k = 5000 on the test set.
+MODELS = {
+    "vae": (["model.objective=elbo"], 86.76, 86.35),
+    "iwae5": (["model.objective=iwae", "model.k=5"], 85.54, 85.18),
+    "iwae50": (["model.objective=iwae", "model.k=50"], 84.78, 84.59),
+}
+
+
+def stage_epochs(stages: int) -> int:
+    return sum(3**i for i in range(stages))
+
+
+def run_dir(out: Path, name: str, args) -> Path:
+    return out / f"{name}-s{args.stages}{'-' + args.tag if args.tag else ''}"
+
+
+def train_cmd(name: str, rd: Path, args) -> list[str] | None:
+    """The vaelab command that (re)starts training, or None when the run is finished."""
+    epochs = stage_epochs(args.stages)
+    summary = rd / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("epochs") == epochs:
+        return None
+    sets = [*MODELS[name][0], f"train.adam_beta1={args.beta1}", f"train.seed={args.seed}", "train.progress=false"]
+    sets += list(args.set or [])
+    base = [sys.executable, "-m", "vaelab", "train"]
+    if (rd / "checkpoint.safetensors").is_file():
+        return base + ["--resume", str(rd), "--epochs", str(epochs), "--no-eval"]
+    return base + ["--preset", "iwae-paper", "--epochs", str(epochs), "--out", str(rd), "--no-eval", "--overwrite",
+                   *[a for s in sets for a in ("--set", s)]]
+
+
+def evaluate(rd: Path, args, env) -> dict:
+    """nll_iw with k samples over the test split (or its first --eval-n images), cached."""
+    cache = rd / f"likelihood_k{args.eval_k}_n{args.eval_n or 'all'}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    code = (
+        "import json, sys, time, torch\n"
+        "torch.set_num_threads(int(sys.argv[4]))\n"
+        "from vaelab.api import Run\n"
+        "run = Run.load(sys.argv[1], device='cpu')\n"
+        "n = int(sys.argv[3])\n"
+        "if n:\n"
+        "    s = run.splits(); s.test = s.test.subset(torch.arange(min(n, len(s.test))))\n"
+        "t0 = time.perf_counter()\n"
+        "r = run.evaluate(split='test', iw_samples=int(sys.argv[2]), seed=0)\n"
+        "r['eval_seconds'] = round(time.perf_counter() - t0, 1)\n"
+        "print(json.dumps(r))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(rd), str(args.eval_k), str(args.eval_n or 0),
+                           str(args.threads)], cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"evaluation of {rd} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", type=int, default=6, help="schedule stages 0..N-1 (6: 364 epochs; 8: the paper's)")
+    ap.add_argument("--models", default="vae,iwae5", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--beta1", type=float, default=0.9, help="Adam beta1 (paper 0.9; their code 0.99)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--eval-k", type=int, default=5000, help="importance samples for the test NLL")
+    ap.add_argument("--eval-n", type=int, default=0, help="score only the first N test images (0: all 10,000)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--set", action="append", help="extra vaelab --set for every model")
+    ap.add_argument("--tag", default="", help="suffix for the run folders (to keep variants apart)")
+    ap.add_argument("--out", type=Path, default=OUT / "likelihood")
+    args = ap.parse_args()
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        sys.exit(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    env = child_env(data_root("likelihood.py"))
+    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    # Train side by side: one process per model, each with its own thread(s).
+    procs = {}
+    for name in names:
+        rd = run_dir(args.out, name, args)
+        cmd = train_cmd(name, rd, args)
+        if cmd is None:
+            print(f"{name}: trained ({rd})")
+            continue
+        rd.mkdir(parents=True, exist_ok=True)
+        log = open(rd.parent / f"{rd.name}.train.log", "a")
+        print(f"{name}: training {stage_epochs(args.stages)} epochs into {rd}")
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (p, log) in procs.items():
+        if p.wait() != 0:
+            sys.exit(f"{name}: training failed (exit {p.returncode}); see {log.name}")
+        log.close()
+
+    rows = []
+    for name in names:
+        rd = run_dir(args.out, name, args)
+        summary = json.loads((rd / "summary.json").read_text())
+        t0 = time.perf_counter()
+        ev = evaluate(rd, args, env)
+        rows.append({"model": name, "nll": ev["nll_iw"], "paper": MODELS[name][1], "reimpl": MODELS[name][2],
+                     "active_units": ev["active_units"], "epochs": summary["epochs"],
+                     "train_hours": round(summary["train_seconds"] / 3600, 2),
+                     "eval_seconds": ev.get("eval_seconds", round(time.perf_counter() - t0, 1)),
+                     "neg_elbo": ev["loss"] if name == "vae" else ev.get("nelbo"), "n": ev["n"]})
+    result = {"stages": args.stages, "epochs": stage_epochs(args.stages), "beta1": args.beta1, "seed": args.seed,
+              "eval_k": args.eval_k, "eval_n": rows[0]["n"] if rows else 0, "threads": args.threads,
+              "loadavg": os.getloadavg(), "rows": rows}
+    (args.out / f"likelihood-s{args.stages}{'-' + args.tag if args.tag else ''}.json").write_text(
+        json.dumps(result, indent=2) + "\n")
+    print(f"\nTest NLL (k = {args.eval_k}, {result['eval_n']:,} test images), stages 0..{args.stages - 1} "
+          f"({result['epochs']} epochs), Adam beta1 {args.beta1}\n")
+    print("| model | NLL here | NLL paper | NLL re-implementation | active units | epochs | train hours | eval s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['nll']:.2f} | {r['paper']:.2f} | {r['reimpl']:.2f} | {r['active_units']} | "
+              f"{r['epochs']} | {r['train_hours']:.2f} | {r['eval_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
