@@ -224,9 +224,10 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     data = load_input(input_path, channels=shape[0])
     x = as_images(data["x"], str(input_path))
     check_shape(x, shape, f"--input {input_path}")
-    scores = score_images(run.model, x, score, samples, seed)
-    threshold = threshold_at(score_images(run.model, run.split("train").float(), score, samples, seed),
-                             contamination)
+    y = _model_labels(run, data["labels"])
+    scores = score_images(run.model, x, score, samples, seed, y=y)
+    train = run.split("train")
+    threshold = threshold_at(score_images(run.model, train.float(), score, samples, seed, y=train.y), contamination)
     flags = (scores > threshold).astype(np.int64)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -245,6 +246,20 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
                     title=f"the {len(order)} most anomalous images ({score}), most anomalous first")
     return {"n": len(scores), "threshold": threshold, "anomalies": int(flags.sum()), "score": score,
             "contamination": contamination, "out": str(out)}
+
+
+def _model_labels(run, labels) -> torch.Tensor | None:
+    """The input's labels as the classes a conditional model reads: integer labels (IDX, .npz)
+    as they are, folder class names by the run's class names; None when they cannot be read
+    (the scores then marginalise over classes, or use the most probable one)."""
+    if labels is None or not run.model.conditional:
+        return None
+    names = run.splits().classes or []
+    try:
+        idx = [names.index(v) if isinstance(v, str) and v in names else int(v) for v in labels]
+    except (TypeError, ValueError):
+        return None
+    return torch.tensor(idx, dtype=torch.long)
 
 
 __all__ = ["SCORES", "as_images", "detect", "load_input", "score_images", "threshold_at"]
