@@ -17,6 +17,7 @@ import torch
 
 from vaelab.config import DataConfig
 from vaelab.data.download import locate
+from vaelab.data.dsprites import load_for_config as _dsprites_loader
 from vaelab.data.idx import read_idx_pair
 from vaelab.data.images import load_array, load_folder
 from vaelab.errors import DataError
@@ -28,6 +29,7 @@ class ImageSet:
     y: torch.Tensor | None  # (N,) int64 labels, or None
     name: str = ""
     paths: list[str] | None = None  # file paths, for image folders
+    factors: torch.Tensor | None = None  # (N, F) int64 ground-truth factor classes (dsprites), or None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -49,10 +51,12 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
-        return ImageSet(self.x[index], None if self.y is None else self.y[index], self.name, paths)
+        return ImageSet(self.x[index], None if self.y is None else self.y[index], self.name, paths,
+                        None if self.factors is None else self.factors[index])
 
     def to(self, device) -> "ImageSet":
-        return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths)
+        return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths,
+                        None if self.factors is None else self.factors.to(device))
 
 
 @dataclass
@@ -105,13 +109,16 @@ DATASETS: dict[str, Callable[[DataConfig], tuple]] = {
     "fashion-mnist": _idx_loader("fashion-mnist"),
     "folder": _folder_loader,
     "npz": _array_loader,
+    "dsprites": _dsprites_loader,
 }
 
 
 def _to_set(part, name: str) -> ImageSet:
-    x, y, paths = part
+    x, y, paths, *factors = part  # a loader may add a 4th item: (N, F) factor classes
+    f = factors[0] if factors else None
     return ImageSet(torch.from_numpy(np.ascontiguousarray(x)),
-                    None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), name, paths)
+                    None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), name, paths,
+                    None if f is None else torch.from_numpy(np.asarray(f, dtype=np.int64)))
 
 
 def load_data(cfg: DataConfig) -> Splits:
