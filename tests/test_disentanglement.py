@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from vaelab.errors import VaelabError
-from vaelab.evaluation.disentanglement import dci, discretize, factor_vae_score, mig, mutual_information
+from vaelab.evaluation.disentanglement import (
+    dci,
+    discretize,
+    factor_vae_score,
+    mig,
+    mutual_information,
+)
 
 SIZES = (3, 6, 10, 8)  # at most 20 values each, so 20 bins can separate every value
 TREES = 5  # boosting stages for DCI: enough on these codes, and fast
@@ -124,7 +130,7 @@ def test_dci_duplicate_permuted_and_constant_dimensions(good, grid):
 
 # ---------------------------------------------------------------- FactorVAE score
 def test_factor_vae_score(good, rotated, grid):
-    kw = dict(n_train=1000, n_eval=500, n_variance=1000)
+    kw = {"n_train": 1000, "n_eval": 500, "n_variance": 1000}
     r = factor_vae_score(good, grid, **kw)
     assert r["score"] == 1.0 and r["train_accuracy"] == 1.0 and r["num_active_dims"] == 4
     assert factor_vae_score(good, grid, seed=5, **kw) == factor_vae_score(good, grid, seed=5, **kw)

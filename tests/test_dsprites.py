@@ -139,14 +139,14 @@ def test_positions_move_the_centroid_linearly():
 # Pixel counts and bounding boxes (rows, then columns) of frames of the original's
 # animation (deepmind/dsprites-dataset, dsprites.gif), at known factor classes.
 ORIGINAL_FRAMES = [
-    (dict(shape=2), 222, (7, 23, 6, 25)),
-    (dict(shape=2, px=31, py=31), 222, (39, 55, 38, 57)),
-    (dict(shape=2, px=10, py=31), 224, (39, 56, 17, 35)),
-    (dict(shape=2, orient=12), 225, (8, 26, 5, 23)),
-    (dict(shape=1), 288, (9, 22, 3, 28)),
-    (dict(shape=1, orient=20), 290, (9, 22, 3, 28)),
-    (dict(shape=0), 400, (6, 25, 6, 25)),
-    (dict(shape=0, orient=5), 364, (3, 28, 3, 28)),
+    ({"shape": 2}, 222, (7, 23, 6, 25)),
+    ({"shape": 2, "px": 31, "py": 31}, 222, (39, 55, 38, 57)),
+    ({"shape": 2, "px": 10, "py": 31}, 224, (39, 56, 17, 35)),
+    ({"shape": 2, "orient": 12}, 225, (8, 26, 5, 23)),
+    ({"shape": 1}, 288, (9, 22, 3, 28)),
+    ({"shape": 1, "orient": 20}, 290, (9, 22, 3, 28)),
+    ({"shape": 0}, 400, (6, 25, 6, 25)),
+    ({"shape": 0, "orient": 5}, 364, (3, 28, 3, 28)),
 ]
 
 
@@ -216,7 +216,7 @@ def test_registry_entry_gives_shapes_as_labels_and_the_factors(monkeypatch, tmp_
     idx = np.arange(0, ds.N_IMAGES, 9001)  # all three shapes
     monkeypatch.setattr(ds, "load_dsprites", lambda root=None, **kw: ds.render_dsprites(idx))
     assert "dsprites" in DATASETS
-    train, test, names = DATASETS["dsprites"](DataConfig(name="dsprites"))
+    _train, test, names = DATASETS["dsprites"](DataConfig(name="dsprites"))
     assert test is None and names == ["square", "ellipse", "heart"]
     splits = load_data(DataConfig(name="dsprites", val="0.25"))
     assert splits.test is None and splits.classes == names
@@ -234,7 +234,7 @@ def test_registry_entry_gives_shapes_as_labels_and_the_factors(monkeypatch, tmp_
 @pytest.mark.skipif(os.environ.get("VAELAB_SLOW") != "1", reason="draws all 737,280 images (3 GB); set VAELAB_SLOW=1")
 def test_full_set(tmp_path):
     start = time.perf_counter()
-    images, cls, values = ds.load_dsprites(tmp_path)
+    images, cls, _values = ds.load_dsprites(tmp_path)
     seconds = time.perf_counter() - start
     print(f"dSprites: {ds.N_IMAGES} images drawn and cached in {seconds:.1f}s, "
           f"{(tmp_path / 'images.npy').stat().st_size / 1e9:.2f} GB")

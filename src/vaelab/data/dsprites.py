@@ -278,7 +278,7 @@ def load_dsprites(root: str | os.PathLike | None = None, *, limit: int | None = 
     return found
 
 
-def load_for_config(cfg: "DataConfig") -> tuple:
+def load_for_config(cfg: DataConfig) -> tuple:
     """``DATASETS["dsprites"]``: every image for training, no test split.
 
     As in the disentanglement literature, dSprites is evaluated on its training

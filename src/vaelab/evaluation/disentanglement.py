@@ -75,7 +75,7 @@ def mutual_information(a, b) -> float:
 
 
 def mig(codes, factors, *, bins: int = 20) -> dict:
-    """Mutual Information Gap (Chen et al. 2018, Sec. 5, Eq. 6).
+    """Mutual Information Gap (Chen et al. 2018, "Isolating Sources of Disentanglement").
 
     For each factor k: (I(z_j*; v_k) - I(z_j'; v_k)) / H(v_k), the gap between the two
     code dimensions most informative about it, normalised by its entropy; MIG is the
@@ -109,15 +109,17 @@ def _one_minus_entropy(p: np.ndarray, axis: int) -> np.ndarray:
 
 
 def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100, seed: int = 0) -> dict:
-    """Disentanglement, completeness, informativeness (Eastwood & Williams 2018, Sec. 3).
+    """Disentanglement, completeness, informativeness (Eastwood & Williams 2018, "A Framework for
+    the Quantitative Evaluation of Disentangled Representations").
 
     One gradient boosted tree classifier per factor predicts it from all codes
     (disentanglement_lib's choice; ``n_estimators`` 100 is scikit-learn's default, and
-    the cost grows with it times the number of classes: lower it for quick looks).
+    the cost grows with it times the number of classes: one core fits dSprites'
+    40 orientations on 6,667 rows in minutes; lower it for quick looks).
     R[d, k] is the importance of code d for factor k.
     Disentanglement = sum_d rho_d (1 - H_F(R[d, :])), rho_d = code d's share of all
     importance; completeness = sum_k rho_k (1 - H_D(R[:, k])), entropies in base F and
-    D (their Eqs. 1-3). Informativeness is the classifiers' mean accuracy on the
+    D, as they define them. Informativeness is the classifiers' mean accuracy on the
     training rows and on a random ``test_fraction`` of rows held out (seeded).
 
     Returns ``disentanglement``, ``completeness``, ``informativeness_train``,
@@ -126,7 +128,7 @@ def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100
     """
     codes, labels, varies = _prepare(codes, factors, "DCI")
     n = len(codes)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     if not 0 < test_fraction < 1 or n_test < 1 or n - n_test < 2:
         raise VaelabError(f"DCI cannot hold out test_fraction={test_fraction} of {n} samples and keep 2 to train on")
     perm = np.random.default_rng(seed).permutation(n)
@@ -137,7 +139,8 @@ def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100
     for col, k in enumerate(used):
         y = labels[:, k]
         if len(np.unique(y[train])) < 2:
-            raise VaelabError(f"DCI: factor {k} takes one value in the {len(train)} training samples; give more samples")
+            raise VaelabError(f"DCI: factor {k} takes one value in the {len(train)} training samples; "
+                              "give more samples")
         model = GradientBoostingClassifier(n_estimators=n_estimators, random_state=seed)
         model.fit(codes[train], y[train])
         importance[:, col] = np.abs(model.feature_importances_)
@@ -159,7 +162,7 @@ def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100
 
 def factor_vae_score(codes, factors, *, batch_size: int = 64, n_train: int = 10_000, n_eval: int = 5_000,
                      n_variance: int = 10_000, prune_threshold: float = 0.05, seed: int = 0) -> dict:
-    """FactorVAE disentanglement score (Kim & Mnih 2018, Sec. 4).
+    """FactorVAE disentanglement score (Kim & Mnih 2018, "Disentangling by Factorising").
 
     Codes are divided by their standard deviation over ``n_variance`` random rows;
     dimensions with a standard deviation below ``prune_threshold`` (collapsed to the
@@ -210,7 +213,7 @@ def factor_vae_score(codes, factors, *, batch_size: int = 64, n_train: int = 10_
     train_acc = train_votes[winner, cols].sum() / train_votes.sum()
     eval_acc = eval_votes[winner, cols].sum() / eval_votes.sum()
     return {"score": float(eval_acc), "train_accuracy": float(train_acc), "eval_accuracy": float(eval_acc),
-            "num_active_dims": int(len(active))}
+            "num_active_dims": len(active)}
 
 
 __all__ = ["dci", "discretize", "factor_vae_score", "mig", "mutual_information"]
