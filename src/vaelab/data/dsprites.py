@@ -10,23 +10,27 @@ How the original was drawn (it was rendered with the LOVE engine; the code was n
 published) was recovered from the 320 frames of the animation in its repository
 (deepmind/dsprites-dataset, ``dsprites.gif``: scale, rotation and position sweeps of
 all three shapes at known factors). The geometry below reproduces those frames to
-48 of their 1,310,720 pixels (square 8, ellipse 12, heart 28; the rest are pixel centres
-within ~0.01 px of an edge). In pixel units, with pixel (row r, column c) centred
-at (c + 0.5, r + 0.5):
+48 of their 1,310,720 pixels (square 8, ellipse 12, heart 28), every one a pixel
+centre that growing or shrinking the shape by 0.1% (~0.01 px) moves across its
+outline. In pixel units, with pixel (row r, column c) centred at (c + 0.5, r + 0.5):
 
-- the shape's centre is at 16 + 32 * posX (columns) and 16 + 32 * posY (rows,
-  downwards), i.e. the middle half of the image, so no shape ever leaves it;
+- the shape's centre is at 16 + 32 * posX (columns) and 16 + 32 * posY (rows), i.e.
+  the middle half of the image, so no shape ever leaves it. posX runs left to right
+  (the original's notebook shows posX = 0 on the left); that posY runs downwards is
+  an assumption (LOVE's y axis points down; the animation cannot tell up from down);
 - at scale 1 the square's half side is ``HALF = 9.6`` (side 0.3 * 64); the ellipse
   has semi-axes 1.33 * HALF along x and HALF / 1.33 along y (the square's area);
   the heart is the parametric heart x = sin^3 t, y = (13 cos t - 5 cos 2t - 2 cos 3t
   - cos 4t) / 14.5 + 0.15 (times HALF, y up) as a 160-gon; scale multiplies all;
-- orientation rotates the shape counterclockwise (as displayed) about that centre;
+- orientation rotates the shape counterclockwise (as displayed) about that centre
+  (reading the animation's one rotation sweep as orientation 0 -> 39, as its scale
+  sweeps first run 0.5 -> 1);
 - a pixel is on when its centre is inside the shape (no anti-aliasing).
 
 Orientation takes 40 values ``linspace(0, 2pi, 40)`` *including* 2pi, as the
 original's metadata lists them, so orientation 39 draws exactly what orientation 0
-draws (the animation shows the same); the square's 90-degree symmetry repeats
-images too. Both quirks are the original's and are kept.
+draws (the animation shows the same): 18,432 images appear twice. The quirk is the
+original's and is kept.
 
 Rendering: a shape meets each pixel row in at most two intervals, so for each
 (shape, scale, orientation) the crossings of its outline with the 32 x 64 row lines
