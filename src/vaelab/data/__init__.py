@@ -8,7 +8,7 @@ training loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +17,7 @@ import torch
 
 from vaelab.config import DataConfig
 from vaelab.data.download import locate
+from vaelab.data.dsprites import load_for_config as _dsprites_loader
 from vaelab.data.idx import read_idx_pair
 from vaelab.data.images import load_array, load_folder
 from vaelab.errors import DataError
@@ -31,6 +32,7 @@ class ImageSet:
     # "dynamic": x holds grey levels and every epoch draws fresh binary images from them
     # (``shuffled``); evaluation splits are binarised once when loaded ("none" here).
     binarize: str = "none"
+    factors: torch.Tensor | None = None  # (N, F) int64 ground-truth factor classes (dsprites), or None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -53,11 +55,12 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
-        return ImageSet(self.x[index], None if self.y is None else self.y[index], self.name, paths, self.binarize)
+        return replace(self, x=self.x[index], y=None if self.y is None else self.y[index], paths=paths,
+                       factors=None if self.factors is None else self.factors[index])
 
     def to(self, device) -> "ImageSet":
-        return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths,
-                        self.binarize)
+        return replace(self, x=self.x.to(device), y=None if self.y is None else self.y.to(device),
+                       factors=None if self.factors is None else self.factors.to(device))
 
     def shuffled(self, perm: torch.Tensor) -> "ImageSet":
         """This epoch's training images in the order ``perm`` (N,), as one gathered tensor:
@@ -67,7 +70,8 @@ class ImageSet:
         x = self.x[perm]
         if self.binarize == "dynamic":
             x = bernoulli_uint8(x)
-        return ImageSet(x, None if self.y is None else self.y[perm], self.name)
+        return ImageSet(x, None if self.y is None else self.y[perm], self.name,
+                        factors=None if self.factors is None else self.factors[perm])
 
 
 def bernoulli_uint8(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -126,13 +130,16 @@ DATASETS: dict[str, Callable[[DataConfig], tuple]] = {
     "fashion-mnist": _idx_loader("fashion-mnist"),
     "folder": _folder_loader,
     "npz": _array_loader,
+    "dsprites": _dsprites_loader,
 }
 
 
 def _to_set(part, name: str) -> ImageSet:
-    x, y, paths = part
+    x, y, paths, *factors = part  # a loader may add a 4th item: (N, F) factor classes
+    f = factors[0] if factors else None
     return ImageSet(torch.from_numpy(np.ascontiguousarray(x)),
-                    None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), name, paths)
+                    None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), name, paths,
+                    factors=None if f is None else torch.from_numpy(np.asarray(f, dtype=np.int64)))
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -149,8 +156,9 @@ def load_data(cfg: DataConfig) -> Splits:
         if test is None:
             raise DataError(f"data.train_split=train+test needs a test split, and {cfg.name} has none")
         extra = _keep_classes(test, cfg.classes) if cfg.classes is not None else test
-        train = ImageSet(torch.cat([train.x, extra.x]),
-                         None if train.y is None or extra.y is None else torch.cat([train.y, extra.y]), "train")
+        cat = lambda a, b: None if a is None or b is None else torch.cat([a, b])  # noqa: E731
+        train = ImageSet(torch.cat([train.x, extra.x]), cat(train.y, extra.y), "train",
+                         factors=cat(train.factors, extra.factors))
     if cfg.limit is not None:
         train = train.subset(torch.arange(min(cfg.limit, len(train))))
     val: ImageSet | None = None
@@ -182,13 +190,13 @@ def binarized(splits: Splits, mode: str) -> Splits:
         if s is None:
             return None
         g = torch.Generator().manual_seed(BINARIZE_SEEDS[name])
-        return ImageSet(bernoulli_uint8(s.x, g), s.y, s.name, s.paths)
+        return replace(s, x=bernoulli_uint8(s.x, g))
 
     train = splits.train
     if mode == "static":
         train = once(train, "train")
     else:
-        train = ImageSet(train.x, train.y, train.name, train.paths, binarize="dynamic")
+        train = replace(train, binarize="dynamic")
     # val may be the test split itself (data.val=test): draw it once, as test.
     test = once(splits.test, "test")
     val = test if splits.val is splits.test else once(splits.val, "val")
