@@ -239,7 +239,7 @@ def test_run_evaluate_and_history(run_copy):
 
 def test_saves_are_atomic(run_copy, monkeypatch):
     """A save that fails half-way leaves the previous file intact and no temp file."""
-    import vaelab.training.checkpoint as ck
+    import vaelab.tensorfiles as ck
 
     before = (run_copy / checkpoint.WEIGHTS).read_bytes()
     cfg, model = checkpoint.load_model(run_copy)

@@ -21,14 +21,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaelab.config import DataConfig
 from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError
-from vaelab.io import atomic_path, write_json
+from vaelab.io import write_json
+from vaelab.tensorfiles import load_tensors, save_tensors
 from vaelab.evaluation.metrics import frechet_distance
 
 FEATURES = 128
@@ -133,25 +133,21 @@ def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 12
 
 def save_judge(judge: Judge, folder: str | Path) -> None:
     folder = Path(folder)
-    with atomic_path(folder / "judge.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in judge.net.state_dict().items()}, str(tmp),
-                  metadata={"meta": json.dumps(judge.meta)})
+    save_tensors(folder / "judge.safetensors", judge.net.state_dict(), {"meta": json.dumps(judge.meta)})
     write_json(folder / "eval.json", judge.meta)
 
 
 def load_judge(folder: str | Path) -> Judge:
-    from vaelab.training.checkpoint import _check_safetensors
-
     path = Path(folder) / "judge.safetensors"
     meta_path = Path(folder) / "eval.json"
     if not path.is_file() or not meta_path.is_file():
         raise CheckpointError(f"{folder} holds no judge (judge.safetensors + eval.json); train one with `vaelab judge`")
-    _check_safetensors(path)
+    tensors, _ = load_tensors(path)
     meta = json.loads(meta_path.read_text())
     c, h, w = meta["shape"]
     net = JudgeNet(c, (h, w), meta["classes"])
     try:
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(tensors)
     except (RuntimeError, OSError) as e:
         raise CheckpointError(f"{path} does not hold a judge for {meta.get('dataset')}: {e}") from None
     return Judge(net.eval(), meta)
