@@ -6,6 +6,7 @@ Every error a user can cause must end in exactly one stderr line starting with
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -164,6 +165,11 @@ def test_default_split_works_on_a_run_without_test_split(run_copy, tmp_path, cap
     extra = ["--iw-samples", "5"] if cmd == "eval" else ["--n", "4", "--out", tmp_path / "g.png"]
     rc, out, err = run_main(capsys, cmd, run_copy, *extra)
     assert rc == 0, err
+    if cmd == "eval":  # no test or validation split: the training split, and eval.json says so
+        ev = json.loads((run_copy / "eval.json").read_text())
+        assert ev["split"] == "train" and ev["n"] == 256 and ev["seen_in_training"] is True
+    else:
+        assert Image.open(tmp_path / "g.png").size[0] > 100
 
 
 def test_resume_continues_a_run(run_copy, capsys):
@@ -198,6 +204,7 @@ def test_unknown_loss(shapes_npz, tmp_path, capsys):
     assert "Invalid value for '--loss'" in err
     msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, "--set", "model.loss=foo",
                     "--out", tmp_path / "r")
+    assert "model.loss must be one of bce, euclidean, mse, got 'foo'" in msg and not (tmp_path / "r").exists()
     assert "model.loss" in msg and "foo" in msg
 
 
@@ -272,14 +279,17 @@ def test_other_usage_errors(run_copy, shapes_npz, tmp_path, capsys):
 
 
 def test_non_numeric_override(shapes_npz, tmp_path, capsys):
-    cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, "--set", "model.latent_dim=abc",
-              "--out", tmp_path / "r")
+    msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, "--set", "model.latent_dim=abc",
+                    "--out", tmp_path / "r")
+    assert "model.latent_dim must be int, got 'abc'" in msg
 
 
-def test_scientific_learning_rate(shapes_npz, tmp_path, capsys):
+def test_scientific_learning_rate_reaches_the_optimizer(shapes_npz, tmp_path, capsys):
     rc, out, err = run_main(capsys, "train", "--data", "npz", "--data-path", shapes_npz, *TRAIN_TINY,
                             "--set", "train.lr=1e-4", "--no-eval", "--out", tmp_path / "r")
     assert rc == 0, err
+    with open(tmp_path / "r" / "history.csv") as f:
+        assert [float(row["lr"]) for row in csv.DictReader(f)] == [1e-4]  # the rate the epoch trained at
 
 
 def test_small_learning_rate_flag(shapes_npz, tmp_path, capsys):

@@ -10,19 +10,14 @@ import pytest
 from conftest import assert_one_line_error as one_line_error, run_main
 
 
-@pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory, shapes_npz):
-    from vaelab.config import DataConfig
-    from vaelab.data import load_data
-    from vaelab.evaluation.judge import save_judge, train_judge
-
-    folder = tmp_path_factory.mktemp("judge")
-    splits = load_data(DataConfig(name="npz", path=str(shapes_npz), val="0.25"))
-    save_judge(train_judge(splits, "shapes", epochs=8, batch_size=32, log=lambda *_: None), folder)
-    return folder
+@pytest.fixture
+def judge_dir(shapes_judge):
+    return shapes_judge[1]
 
 
 def test_sample_every_sampler(trained_run, tmp_path, capsys):
+    import torch
+
     run_dir = trained_run.run_dir
     for args in (["--sampler", "prior"], ["--sampler", "gmm", "--components", "2"],
                  ["--sampler", "class-gaussian", "--class", "1", "--scale", "0.5"],
@@ -32,7 +27,17 @@ def test_sample_every_sampler(trained_run, tmp_path, capsys):
         assert rc == 0, err
         assert out.is_file()
         with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
-            assert f["images"].shape == (16, 1, 28, 28) and f["codes"].shape == (16, 4)
+            images, codes = f["images"], f["codes"]
+        assert images.shape == (16, 1, 28, 28) and codes.shape == (16, 4)
+        # the images are the decoder's pictures of the saved codes (uint8 rounding)
+        decoded = trained_run.decode(torch.from_numpy(codes)).numpy()
+        assert np.abs(images / 255.0 - decoded).max() <= 0.5 / 255 + 1e-6
+    # the prior sampler draws N(0, I) with the seed: the same numpy codes as drawing them by hand
+    run_main(capsys, "sample", run_dir, "--sampler", "prior", "--n", 16, "--seed", 3, "--out", tmp_path / "p.png",
+             "--npz", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as f:
+        expect = torch.randn((16, 4), generator=torch.Generator().manual_seed(3)).numpy()
+        np.testing.assert_allclose(f["codes"], expect, rtol=1e-6)
     one_line_error(*run_main(capsys, "sample", run_dir, "--sampler", "class-gmm", "--n", 4))
     one_line_error(*run_main(capsys, "sample", run_dir, "--sampler", "flow", "--n", 4))
     one_line_error(*run_main(capsys, "sample", run_dir, "--sampler", "class-gaussian", "--class", "9"))
@@ -48,19 +53,42 @@ def test_plot_kinds_through_the_cli(trained_run, tmp_path, capsys):
     assert rc == 2 and "Traceback" not in err  # click's own usage error
 
 
-def test_eval_samples_writes_its_json(trained_run, judge_dir, tmp_path, capsys):
+def test_eval_samples_writes_its_json(trained_run, judge_dir, shapes_judge, tmp_path, capsys):
+    """The numbers in samples_eval.json, recomputed here from the judge's own outputs."""
+    import math
+
+    import torch
+
+    from vaelab.evaluation.metrics import frechet_distance
+    from vaelab.latent.sampling import fitted_sampler
+
+    judge = shapes_judge[0]
     rc, out, err = run_main(capsys, "eval-samples", trained_run.run_dir, "--sampler", "class-gaussian",
                             "--n", 64, "--judge", judge_dir, "--out", tmp_path / "ev")
     assert rc == 0, err
     r = json.loads((tmp_path / "ev" / "samples_eval.json").read_text())
-    assert 0 <= r["class_accuracy"] <= 1 and r["fcd"] >= 0 and r["fcd_floor"] >= 0
+    # the same samples, drawn by hand: 16 per class, class k with seed k
+    s = fitted_sampler(trained_run, "class-gaussian")
+    z = torch.cat([torch.from_numpy(s.sample(16, cls=c, seed=c)).float() for c in range(4)])
+    asked = torch.arange(4).repeat_interleave(16)
+    imgs = trained_run.decode(z)
+    assert r["class_accuracy"] == pytest.approx(float((judge.predict(imgs) == asked).float().mean()))
+    f_s = judge.features(imgs).double().numpy()
+    test = trained_run.split("val").float()
+    f_t = judge.features(test).double().numpy()
+    fcd = frechet_distance(f_s.mean(0), np.cov(f_s, rowvar=False), f_t.mean(0), np.cov(f_t, rowvar=False))
+    assert r["fcd"] == pytest.approx(fcd, rel=1e-6) and r["fcd"] > r["fcd_floor"] > 0
     assert set(r["nn_distance"]) == {"samples_to_train", "test_to_train", "n"}
     assert (tmp_path / "ev" / "figures" / "nearest_class-gaussian.png").is_file()
     rc, out, err = run_main(capsys, "eval-samples", trained_run.run_dir, "--sampler", "prior", "--n", 64,
                             "--judge", judge_dir, "--out", tmp_path / "ev2")
     assert rc == 0, err
     r = json.loads((tmp_path / "ev2" / "samples_eval.json").read_text())
-    assert sum(r["class_histogram"]) == 64 and 0 <= r["class_entropy"] <= r["class_entropy_max"]
+    hist = np.bincount(judge.predict(trained_run.sample_prior(64, seed=0)).numpy(), minlength=4)
+    assert r["class_histogram"] == hist.tolist()
+    p = hist[hist > 0] / 64
+    assert r["class_entropy"] == pytest.approx(float(-(p * np.log2(p)).sum())) and r["class_entropy_max"] == 2.0
+    assert math.isfinite(r["fcd"])
     bad = tmp_path / "badjudge"
     bad.mkdir()
     (bad / "judge.safetensors").write_bytes(b"not a safetensors file at all")

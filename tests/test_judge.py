@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.config import DataConfig
-from vaelab.data import load_data
 from vaelab.errors import CheckpointError
-from vaelab.evaluation.judge import load_judge, save_judge, train_judge
+from vaelab.evaluation.judge import load_judge, save_judge
 from vaelab.evaluation.metrics import frechet_distance
 
 
-@pytest.fixture(scope="module")
-def shapes_judge(shapes_npz):
-    splits = load_data(DataConfig(name="npz", path=str(shapes_npz), val="0.25"))
-    return train_judge(splits, "shapes", epochs=8, batch_size=32, log=lambda *_: None), splits
-
-
 def test_judge_learns_the_shapes(shapes_judge):
-    judge, splits = shapes_judge
+    judge, _, splits = shapes_judge
     assert judge.meta["classes"] == 4
     assert judge.accuracy > 0.8  # chance is 0.25
     pred = judge.predict(splits.val.float())
@@ -28,7 +20,7 @@ def test_judge_learns_the_shapes(shapes_judge):
 
 
 def test_fcd_is_the_frechet_distance_of_features(shapes_judge):
-    judge, splits = shapes_judge
+    judge, _, splits = shapes_judge
     a, b = splits.train.float()[:96], splits.train.float()[96:]
     fa, fb = judge.features(a).double().numpy(), judge.features(b).double().numpy()
     expected = frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
@@ -39,7 +31,7 @@ def test_fcd_is_the_frechet_distance_of_features(shapes_judge):
 
 
 def test_save_load_round_trip(shapes_judge, tmp_path):
-    judge, splits = shapes_judge
+    judge, _, splits = shapes_judge
     save_judge(judge, tmp_path)
     again = load_judge(tmp_path)
     x = splits.val.float()
@@ -48,7 +40,7 @@ def test_save_load_round_trip(shapes_judge, tmp_path):
 
 
 def test_load_refuses_a_pickle(tmp_path, shapes_judge):
-    judge, _ = shapes_judge
+    judge, _, _ = shapes_judge
     save_judge(judge, tmp_path)
     torch.save(judge.net.state_dict(), tmp_path / "judge.safetensors")
     with pytest.raises(CheckpointError, match="pickle"):

@@ -54,15 +54,10 @@ def pred_run(tmp_path_factory, shapes1k):
     return run
 
 
-@pytest.fixture(scope="module")
-def shapes_judge(tmp_path_factory, pred_run):
-    """A judge trained on the run's own shapes (2 epochs) and saved to a folder."""
-    from vaelab.evaluation.judge import save_judge, train_judge
-
-    folder = tmp_path_factory.mktemp("judge") / "shapes"
-    j = train_judge(pred_run.splits(), "shapes", epochs=2, log=quiet)
-    save_judge(j, folder)
-    return folder
+@pytest.fixture
+def judge_dir(shapes_judge):
+    """The session's judge of the synthetic shapes (conftest), saved in a folder."""
+    return shapes_judge[1]
 
 
 # ---------------------------------------------------------------------------- config
@@ -287,12 +282,12 @@ def test_success_rate_and_pair_drawing():
         draw_pairs(labels, 1001, 10)
 
 
-def test_steer_bench_cli_writes_honest_numbers(pred_run, shapes_judge, tmp_path, capsys):
+def test_steer_bench_cli_writes_honest_numbers(pred_run, judge_dir, tmp_path, capsys):
     from vaelab.evaluation.judge import load_judge
 
     out = tmp_path / "bench"
     rc, text, err = run_main(capsys, "steer-bench", pred_run.run_dir, "--pairs", 40, "--steps", 50, "--seed", 4,
-                             "--judge", shapes_judge, "--out", out, "--device", "cpu")
+                             "--judge", judge_dir, "--out", out, "--device", "cpu")
     assert rc == 0, err
     assert "success_rate" in text and "steer_eval.json" in text
     r = json.loads((out / "steer_eval.json").read_text())
@@ -309,13 +304,11 @@ def test_steer_bench_cli_writes_honest_numbers(pred_run, shapes_judge, tmp_path,
     idx = torch.tensor([p["index"] for p in rec])
     assert torch.equal(val.y[idx], torch.tensor([p["label"] for p in rec]))
     final = steer(pred_run, val.batch(idx), torch.tensor([p["target"] for p in rec]), steps=50).final_images
-    assert load_judge(shapes_judge).predict(final).tolist() == [p["judge"] for p in rec]
+    assert load_judge(judge_dir).predict(final).tolist() == [p["judge"] for p in rec]
 
 
 def test_steer_benchmark_in_python_without_writing(pred_run, shapes_judge):
-    from vaelab.evaluation.judge import load_judge
-
-    r = steer_benchmark(pred_run, pairs=8, judge=load_judge(shapes_judge), steps=5, log=quiet)
+    r = steer_benchmark(pred_run, pairs=8, judge=shapes_judge[0], steps=5, log=quiet)
     assert r["pairs"] == 8 and 0 <= r["success_rate"] <= 1 and set(r["per_target"]) == {"0", "1", "2", "3"}
 
 
@@ -359,9 +352,9 @@ def test_steer_commands_need_a_predictor(trained_run, capsys):
         assert "needs a label predictor" in err and "model.predictor_weight" in err
 
 
-def test_steer_bench_cli_errors(pred_run, shapes_judge, tmp_path, capsys):
+def test_steer_bench_cli_errors(pred_run, judge_dir, tmp_path, capsys):
     assert "--pairs must be at least 1" in cli_error(capsys, "steer-bench", pred_run.run_dir, "--pairs", 0)
-    err = cli_error(capsys, "steer-bench", pred_run.run_dir, "--pairs", 300, "--judge", shapes_judge,
+    err = cli_error(capsys, "steer-bench", pred_run.run_dir, "--pairs", 300, "--judge", judge_dir,
                     "--out", tmp_path)
     assert "pairs must be between 1 and the 256 images" in err
     assert "does not exist" in cli_error(capsys, "steer-bench", tmp_path / "nope")

@@ -318,3 +318,52 @@ def test_mixed_precision_training_follows_fp32(tiny_config, arch):
     assert fp32[-1] < 0.9 * fp32[0]  # the setting learns at all
     assert mixed[-1] < 0.9 * mixed[0]
     assert abs(mixed[-1] - fp32[-1]) < 0.03 * fp32[-1]
+
+
+# ---------------------------------------------------------------------------- schedules and resume
+def test_learning_rate_schedules():
+    from vaelab.training.schedules import iwae_epochs, iwae_stage, lr_at
+
+    assert [iwae_stage(e) for e in (1, 2, 4, 5, 13, 14, 40, 41)] == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert iwae_epochs(8) == 3280 and iwae_epochs(6) == 364
+    assert lr_at("iwae", 1e-3, 5, 3280) == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    assert lr_at("constant", 0.1, 7, 10) == 0.1
+    assert lr_at("cosine", 0.1, 1, 10) == pytest.approx(0.1)
+    assert lr_at("cosine", 0.1, 6, 10) == pytest.approx(0.05)  # half-way
+    assert lr_at("cosine", 0.1, 10, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_schedule_sets_the_optimizer_and_history_records_it(tiny_config):
+    res = fit(tiny_config("train.epochs=5", "train.lr_schedule=iwae"), None, log=quiet)
+    assert [r["lr"] for r in res.history] == pytest.approx([1e-3 * 10 ** (-i / 7) for i in (0, 1, 1, 1, 2)])
+    cos = fit(tiny_config("train.epochs=2", "train.lr_schedule=cosine", "train.batch_size=128"), None, log=quiet)
+    # per step: the last step of epoch 2 (step 2 of 2) is at t = 3/4 of the run
+    assert cos.history[-1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+def test_resume_with_a_new_learning_rate_trains_at_it(tmp_path, tiny_config):
+    """Regression: `vaelab train --resume RUN --lr 1e-4` wrote the new rate into config.json, then
+    the optimizer state loaded after it restored the old rate, and the run went on at that."""
+    from vaelab.config import RunConfig, apply_overrides
+
+    run = tmp_path / "run"
+    fit(tiny_config("train.epochs=1", "train.lr=0.001"), run, log=quiet)
+    cfg = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run).to_dict(),
+                                              overrides=["train.epochs=2", "train.lr=1e-4"]))
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    torch.optim.Adam.step = step
+    try:
+        res = fit(cfg, run, resume=True, log=quiet)
+    finally:
+        torch.optim.Adam.step = real_step
+    assert seen and set(seen) == {1e-4}
+    assert res.history[-1]["lr"] == 1e-4 and checkpoint.load_config(run).train.lr == 1e-4
+    # the Adam moments carried over: not a fresh optimizer
+    tensors, _ = checkpoint._load(run / "checkpoint.safetensors")
+    assert int(tensors["optim.0.step"]) == 8  # 4 steps per epoch, 2 epochs
