@@ -1,5 +1,6 @@
-"""The user's own images: folders of PNG/JPEG files and .npz/.npy arrays.
+"""The user's own images: folders of PNG/JPEG/... files and .npz/.npy arrays.
 
+Folders are decoded by ``decode.py`` and cached by ``cache.py``; this module lists them.
 Everything is returned as uint8 (N, C, H, W) plus optional int64 labels, the same
 form as the IDX data sets, so one code path serves all data.
 """
@@ -12,53 +13,40 @@ import numpy as np
 
 from vaelab.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _visible(f: Path, root: Path) -> bool:
+    # Hidden names are skipped: .vaelab-cache, macOS "._x.png" resource forks, editors' files.
+    return not any(part.startswith(".") for part in f.relative_to(root).parts)
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
-    """Image files under ``folder``; class names from sub-folders when present."""
+    """Image files under ``folder`` (hidden ones skipped); class names from sub-folders when present."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
-        files = [f for d in subdirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [f for d in subdirs for f in sorted(d.rglob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f, d)]
         return files, [d.name for d in subdirs]
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f, folder))
     return files, None
 
 
-def load_folder(folder: str | Path, image_size: int | None = None,
-                channels: int | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
-    """Load a folder of images as (x uint8 (N, C, H, W), labels or None, class names, file paths)."""
-    from PIL import Image, UnidentifiedImageError
+def load_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None,
+                crop: str | None = None, background: str = "white", skip_bad: bool = False,
+                log=None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
+    """A folder of images in memory: (x uint8 (N, C, H, W), labels or None, class names, paths).
 
-    folder = Path(folder)
-    files, classes = list_images(folder)
-    if not files:
-        raise DataError(f"image folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    arrays, labels, sizes = [], [], {}
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                if channels is None:
-                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F", "LA") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                if image_size is not None:
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {f}: {e.__class__.__name__}; remove or replace it") from None
-        sizes.setdefault(a.shape[:2], f)
-        if len(sizes) > 1:
-            (s1, f1), (s2, f2) = list(sizes.items())[:2]
-            raise DataError(f"images in {folder} have mixed sizes ({s1[1]}x{s1[0]} in {f1.name}, "
-                            f"{s2[1]}x{s2[0]} in {f2.name}); pass --image-size N to resize them all")
-        arrays.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(2, 0, 1))
-        if classes is not None:
-            labels.append(classes.index(f.relative_to(folder).parts[0]))
-    x = np.stack(arrays)
-    y = np.asarray(labels, dtype=np.int64) if classes is not None else None
-    return x, y, classes, [str(f) for f in files]
+    Decoded once into a cache (``vaelab.data.cache.prepare_folder``) and copied from it;
+    ``load_data`` keeps big folders memory-mapped instead.
+    """
+    from vaelab.data.cache import prepare_folder
+
+    c = prepare_folder(folder, image_size=image_size, crop=crop, background=background, channels=channels,
+                       skip_bad=skip_bad, log=log)
+    return np.array(c.images), None if c.labels is None else np.array(c.labels), c.classes, c.paths
 
 
 def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
