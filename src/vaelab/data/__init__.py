@@ -24,7 +24,8 @@ _API = {
     "FolderCache": "vaelab.data.cache", "prepare_folder": "vaelab.data.cache",
 }
 
-__all__ = sorted(_API)
+__all__ = ["DATASETS", "FolderCache", "ImageSet", "MemmapImageSet", "Splits", "load_data", "prepare_folder",
+           "resolve_classes"]
 
 
 def __getattr__(name: str):

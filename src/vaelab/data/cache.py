@@ -31,9 +31,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def cache_options(image_size=None, crop=None, background="white", channels=None,
     c = dec.parse_crop(crop)
     bg = dec.parse_background(background)
     return {"image_size": image_size, "crop": None if c is None else f"center:{c[0]}x{c[1]}",
-            "background": "#%02x%02x%02x" % bg, "channels": channels, "skip_bad": bool(skip_bad)}
+            "background": "#{:02x}{:02x}{:02x}".format(*bg), "channels": channels, "skip_bad": bool(skip_bad)}
 
 
 def cache_key(folder: Path, options: dict) -> str:
@@ -130,7 +130,8 @@ def _full_sha256(path: Path) -> str:
 
 def checksums(path: Path) -> dict:
     size = path.stat().st_size
-    return {"file": path.name, "bytes": size, "sha256": _full_sha256(path), "sampled_sha256": _sampled_sha256(path, size)}
+    return {"file": path.name, "bytes": size, "sha256": _full_sha256(path),
+            "sampled_sha256": _sampled_sha256(path, size)}
 
 
 def _check_array(d: Path, meta: dict, full: bool) -> str | None:

@@ -194,7 +194,7 @@ def _centre_crop(im: Image.Image, crop: tuple[int, int], path: str) -> Image.Ima
         raise DataError(f"crop center:{h}x{w} is larger than image {path} ({im.height}x{im.width}); "
                         "choose a smaller --crop")
     # Offsets rounded as torchvision's CenterCrop rounds them, so crops match its pipelines.
-    top, left = int(round((im.height - h) / 2.0)), int(round((im.width - w) / 2.0))
+    top, left = round((im.height - h) / 2.0), round((im.width - w) / 2.0)
     return im.crop((left, top, left + w, top + h))
 
 

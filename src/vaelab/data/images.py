@@ -7,10 +7,12 @@ form as the IDX data sets, so one code path serves all data.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from vaelab.data import memory
 from vaelab.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -75,11 +77,58 @@ def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
     raise DataError(f"{where}: unsupported image dtype {a.dtype}")
 
 
+X_KEYS = ("x", "images", "x_train", "arr_0")
+
+
+def _stored_header(path: Path) -> tuple[tuple, np.dtype] | None:
+    """(shape, dtype) of the image array in an .npy/.npz, read from its header alone;
+    None when it cannot be read that way (the full load then says what is wrong)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                return _npy_header(f)
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            key = next((k + ".npy" for k in X_KEYS if k + ".npy" in names), None)
+            if key is None:
+                return None
+            with z.open(key) as f:
+                return _npy_header(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _npy_header(f) -> tuple[tuple, np.dtype] | None:
+    fmt = np.lib.format
+    read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+    if read is None:
+        return None
+    shape, _, dtype = read(f)
+    return (shape, dtype) if len(shape) >= 1 else None
+
+
+def _check_fits(path: Path) -> None:
+    """A one-line error, before reading, for an array too big to hold in memory."""
+    header = _stored_header(path)
+    if header is None:
+        return
+    shape, dtype = header
+    n_pixels = int(np.prod(shape, dtype=np.float64))
+    # The stored array, then the uint8 copy and an epoch's shuffled copy of it.
+    need = n_pixels * dtype.itemsize + memory.memory_needed(n_pixels)
+    if need > memory.IN_MEMORY_FRACTION * memory.available_memory():
+        raise DataError(f"{path} holds {shape[0]:,} images of {tuple(shape[1:])} {dtype}: about "
+                        f"{memory.size_text(need)} in memory, but {memory.size_text(memory.available_memory())} "
+                        "is available; .npz/.npy data is loaded whole, so save the images as a folder and run "
+                        "`vaelab data prepare DIR` to train from a memory-mapped cache")
+
+
 def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Load ``.npz`` (keys x/images and optional y/labels) or ``.npy`` (images only)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"array file {path} does not exist")
+    _check_fits(path)
     try:
         # allow_pickle=False: an .npz from a stranger must never run code.
         obj = np.load(path, allow_pickle=False)
@@ -89,7 +138,7 @@ def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         return to_uint8_nchw(obj, str(path)), None
     with obj:
         keys = set(obj.files)
-        xkey = next((k for k in ("x", "images", "x_train", "arr_0") if k in keys), None)
+        xkey = next((k for k in X_KEYS if k in keys), None)
         if xkey is None:
             raise DataError(f"{path} has no image array; name it 'x' or 'images' (found {sorted(keys)})")
         ykey = next((k for k in ("y", "labels", "y_train") if k in keys), None)

@@ -9,18 +9,17 @@ copies them into memory when they fit (``data.in_memory``) and keeps them mapped
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from vaelab.config import DataConfig
+from vaelab.data import memory
 from vaelab.data.download import locate
 from vaelab.data.idx import read_idx_pair
 from vaelab.data.images import load_array
-from vaelab.data.sets import (ImageSet, MemmapImageSet, Splits, available_memory, concat, fits_in_memory, gib,
-                              memory_needed)
+from vaelab.data.sets import ImageSet, MemmapImageSet, Splits, concat
 from vaelab.errors import DataError
 
 Log = Callable[[str], None]
@@ -69,14 +68,14 @@ def _keep_mapped(cfg: DataConfig, parts: list) -> bool:
     if not mapped or cfg.in_memory == "false":
         return bool(mapped)
     nbytes = sum(x.nbytes for x in mapped)
-    if fits_in_memory(nbytes):
+    if memory.fits_in_memory(nbytes):
         return False
     if cfg.in_memory == "true":
-        n = sum(len(x) for x in mapped)
-        raise DataError(f"data.in_memory=true, but {n:,} images {tuple(mapped[0].shape[1:])} need "
-                        f"{gib(memory_needed(nbytes))} in memory (with an epoch's shuffled copy) and "
-                        f"{gib(available_memory())} is available; set data.in_memory=auto to read batches "
-                        f"from the memory-mapped cache that `vaelab data prepare {cfg.path}` writes")
+        n, need = sum(len(x) for x in mapped), memory.size_text(memory.memory_needed(nbytes))
+        raise DataError(f"data.in_memory=true, but {n:,} images {tuple(mapped[0].shape[1:])} need {need} in memory "
+                        f"(with an epoch's shuffled copy) and {memory.size_text(memory.available_memory())} is "
+                        "available; set data.in_memory=auto to read batches from the memory-mapped cache that "
+                        f"`vaelab data prepare {cfg.path}` writes")
     return True
 
 
@@ -140,7 +139,7 @@ def load_data(cfg: DataConfig, log: Log | None = None) -> Splits:
         val = test
     elif cfg.val != "none":
         # A fixed, seeded hold-out: the same images every run of this config.
-        n_val = max(1, int(round(float(cfg.val) * len(train))))
+        n_val = max(1, round(float(cfg.val) * len(train)))
         if n_val >= len(train):
             raise DataError(f"data.val={cfg.val} leaves no training images out of {len(train)}")
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))

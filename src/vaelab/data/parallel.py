@@ -11,9 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 MAX_WORKERS = 8
 MIN_FILES_PER_WORKER = 256  # below this a worker costs more to start (~0.3 s) than it saves

@@ -15,56 +15,12 @@ tensor once (then every batch is a contiguous slice), the memmap set returns a l
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vaelab.errors import DataError
-
-# The in-memory path holds a set plus its shuffled copy for the epoch (``shuffled``), next
-# to the validation set, the model and the OS: it is taken while twice the images fit in
-# this fraction of the memory available.
-IN_MEMORY_FRACTION = 0.8
-
-
-def available_memory() -> int:
-    """Bytes still available: /proc/meminfo's MemAvailable, capped by a cgroup v2 limit."""
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return 1 << 62  # unknown: do not refuse
-    try:  # a container's limit is lower than what the host reports
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return max(avail, 0)
-
-
-def memory_needed(nbytes: int) -> int:
-    """Memory the in-memory path needs for ``nbytes`` of images: them and a shuffled copy."""
-    return 2 * nbytes
-
-
-def fits_in_memory(nbytes: int) -> bool:
-    return memory_needed(nbytes) <= IN_MEMORY_FRACTION * available_memory()
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
 
 
 def _index_array(index, n: int) -> np.ndarray:
@@ -108,16 +64,16 @@ class ImageSet:
     def float(self) -> torch.Tensor:
         return self.batch(slice(None))
 
-    def subset(self, index) -> "ImageSet":
+    def subset(self, index) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
         return ImageSet(self.x[index.to(self.x.device)],
                         None if self.y is None else self.y[index.to(self.y.device)], self.name, paths)
 
-    def to(self, device) -> "ImageSet":
+    def to(self, device) -> ImageSet:
         return ImageSet(self.x.to(device), None if self.y is None else self.y.to(device), self.name, self.paths)
 
-    def shuffled(self, generator: torch.Generator | None = None) -> "ImageSet":
+    def shuffled(self, generator: torch.Generator | None = None) -> ImageSet:
         """This epoch's order: the permuted images gathered once (uint8, one copy), so each
         batch is then a contiguous slice with no per-step gather."""
         return self.subset(_permutation(len(self), generator))
@@ -192,16 +148,16 @@ class MemmapImageSet:
     def float(self) -> torch.Tensor:
         return self.batch(slice(None))
 
-    def subset(self, index) -> "MemmapImageSet":
+    def subset(self, index) -> MemmapImageSet:
         idx = _index_array(index, len(self))
         y = None if self.y is None else self.y[torch.from_numpy(idx).to(self.y.device)]
         return replace(self, y=y, paths=_pick_paths(self.paths, idx), rows=self._rows_of(idx))
 
-    def to(self, device) -> "MemmapImageSet":
+    def to(self, device) -> MemmapImageSet:
         """Batches go to ``device``; the images stay mapped (the labels move)."""
         return replace(self, y=None if self.y is None else self.y.to(device), target=torch.device(device))
 
-    def shuffled(self, generator: torch.Generator | None = None) -> "MemmapImageSet":
+    def shuffled(self, generator: torch.Generator | None = None) -> MemmapImageSet:
         """This epoch's order as a lazy view: each batch reads its own rows."""
         return self.subset(_permutation(len(self), generator))
 
