@@ -110,13 +110,14 @@ def scan(folder: Path) -> tuple[list[Path], list[str] | None, list[list]]:
     return files, classes, listing
 
 
-def _sampled_sha256(path: Path, size: int) -> str:
+def _sampled_sha256(path: Path, size: int, blocks: int, block: int) -> str:
+    """SHA-256 of ``blocks`` + 2 evenly spaced blocks of ``block`` bytes, first and last included."""
     h = hashlib.sha256()
-    offsets = np.unique(np.linspace(0, max(0, size - SAMPLE_BLOCK), SAMPLE_BLOCKS + 2).astype(np.int64))
+    offsets = np.unique(np.linspace(0, max(0, size - block), blocks + 2).astype(np.int64))
     with open(path, "rb") as f:
         for off in offsets.tolist():
             f.seek(off)
-            h.update(f.read(SAMPLE_BLOCK))
+            h.update(f.read(block))
     return h.hexdigest()
 
 
@@ -131,7 +132,8 @@ def _full_sha256(path: Path) -> str:
 def checksums(path: Path) -> dict:
     size = path.stat().st_size
     return {"file": path.name, "bytes": size, "sha256": _full_sha256(path),
-            "sampled_sha256": _sampled_sha256(path, size)}
+            "sampled": {"blocks": SAMPLE_BLOCKS, "block": SAMPLE_BLOCK,
+                        "sha256": _sampled_sha256(path, size, SAMPLE_BLOCKS, SAMPLE_BLOCK)}}
 
 
 def _check_array(d: Path, meta: dict, full: bool) -> str | None:
@@ -144,7 +146,8 @@ def _check_array(d: Path, meta: dict, full: bool) -> str | None:
     if full or size <= FULL_HASH_LIMIT:
         ok = _full_sha256(path) == meta["sha256"]
     else:
-        ok = _sampled_sha256(path, size) == meta["sampled_sha256"]
+        sampled = meta["sampled"]
+        ok = _sampled_sha256(path, size, sampled["blocks"], sampled["block"]) == sampled["sha256"]
     return None if ok else f"{meta['file']} does not match its checksum (edited or corrupted)"
 
 
@@ -259,7 +262,7 @@ def _shrink(tmp: Path, full: np.ndarray, n: int) -> None:
     part = tmp.with_name(tmp.name + ".shrink")
     small = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, *full.shape[1:]))
     for i in range(0, n, 4096):
-        small[i:i + 4096] = full[i:i + 4096]
+        small[i:min(i + 4096, n)] = full[i:min(i + 4096, n)]
     small.flush()
     del small
     os.replace(part, tmp)
