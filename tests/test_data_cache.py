@@ -75,7 +75,8 @@ def test_la_on_a_coloured_background_becomes_rgb(tmp_path):
     save(tmp_path / "a.png", Image.fromarray(la, "LA"))
     x = prep(tmp_path, background="#ff0000").images
     assert x.shape == (1, 3, 4, 6)
-    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), blend(np.repeat(la[..., :1], 3, -1), la[..., 1], (255, 0, 0)))
+    expected = blend(np.repeat(la[..., :1], 3, -1), la[..., 1], (255, 0, 0))
+    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), expected)
 
 
 def test_palette_with_transparency_is_composited(tmp_path):
