@@ -219,6 +219,18 @@ def test_bad_files_raise_or_are_skipped_and_listed(tmp_path):
     m = json.loads((res.path / "manifest.json").read_text())
     assert m["skipped"] == res.skipped and m["shape"] == [4, 1, 8, 8]
     assert any("skipped 2" in n for n in res.notes)
+    with pytest.raises(DataError) as e:  # the cache left files out: not without asking for it
+        prep(root)
+    assert str(root / "a" / "junk.png") in one_line(e) and "--skip-bad" in str(e.value)
+    assert not prep(root, skip_bad=True).built
+
+
+def test_a_clean_cache_serves_skip_bad_too(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "d")
+    first = prep(root)
+    monkeypatch.setattr(dec, "decode_chunk", lambda *a: pytest.fail("decoded again"))
+    again = prep(root, skip_bad=True)
+    assert not again.built and again.path == first.path
 
 
 def test_decompression_bomb_limit_stays_on(tmp_path, monkeypatch):
@@ -258,8 +270,7 @@ def test_cache_layout_and_manifest(tmp_path):
     st = (root / "a" / "1.png").stat()
     assert ["a/1.png", st.st_size, st.st_mtime_ns] in m["files"]
     assert m["classes"] == ["a", "b"] and m["skipped"] == [] and m["shape"] == [3, 3, 4, 4]
-    assert m["options"] == {"image_size": 4, "crop": None, "background": "#ffffff", "channels": None,
-                            "skip_bad": False}
+    assert m["options"] == {"image_size": 4, "crop": None, "background": "#ffffff", "channels": None}
     assert m["arrays"]["images"]["bytes"] == (res.path / "images.npy").stat().st_size
     assert prep(root, image_size=2).path != res.path  # other options, another cache beside it
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from vaelab.data import decode as dec
 from vaelab.data.download import cache_dir
-from vaelab.data.images import IMAGE_SUFFIXES, list_images
+from vaelab.data.images import IMAGE_SUFFIXES, list_image_files
 from vaelab.data.parallel import default_workers, ordered_map, progress_bar, worker_pool
 from vaelab.errors import ConfigError, DataError
 from vaelab.io import atomic_path, write_json
@@ -67,15 +67,18 @@ class FolderCache:
     seconds: float = 0.0
 
 
-def cache_options(image_size=None, crop=None, background="white", channels=None, skip_bad=False) -> dict:
-    """The options that define a cache, validated and normalised (JSON-able)."""
+def cache_options(image_size=None, crop=None, background="white", channels=None) -> dict:
+    """The options that define a cache's content, validated and normalised (JSON-able).
+
+    ``skip_bad`` is not one of them: a cache without bad files serves either setting, and
+    one that left files out is refused, naming them, to a caller that did not ask for it."""
     if channels not in (None, 1, 3):
         raise ConfigError(f"data.channels (--channels) must be 1 or 3, got {channels!r}")
     dec.check_image_size(image_size)
     c = dec.parse_crop(crop)
     bg = dec.parse_background(background)
     return {"image_size": image_size, "crop": None if c is None else f"center:{c[0]}x{c[1]}",
-            "background": "#{:02x}{:02x}{:02x}".format(*bg), "channels": channels, "skip_bad": bool(skip_bad)}
+            "background": "#{:02x}{:02x}{:02x}".format(*bg), "channels": channels}
 
 
 def cache_key(folder: Path, options: dict) -> str:
@@ -98,16 +101,17 @@ def _writable(d: Path) -> bool:
 
 
 # ---------------------------------------------------------------- listing and checksums
-def scan(folder: Path) -> tuple[list[Path], list[str] | None, list[list]]:
-    """Image files, class names, and [relative path, size, mtime_ns] of each file."""
-    files, classes = list_images(folder)
-    if not files:
+def scan(folder: Path) -> tuple[list[str], list[str] | None, list[list]]:
+    """Relative image paths, class names, and [relative path, size, mtime_ns] of each file."""
+    rels, classes = list_image_files(folder)
+    if not rels:
         raise DataError(f"image folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    base = str(folder)
     listing = []
-    for f in files:
-        st = f.stat()
-        listing.append([f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
-    return files, classes, listing
+    for r in rels:
+        st = os.stat(os.path.join(base, r))
+        listing.append([r, st.st_size, st.st_mtime_ns])
+    return rels, classes, listing
 
 
 def _sampled_sha256(path: Path, size: int, blocks: int, block: int) -> str:
@@ -188,31 +192,44 @@ def open_cache(d: Path, m: dict, folder: Path) -> FolderCache:
     if "labels" in m["arrays"]:
         labels = np.load(d / m["arrays"]["labels"]["file"], allow_pickle=False)
     bad = {s["path"] for s in m["skipped"]}
-    paths = [str(folder / rel) for rel, _, _ in m["files"] if rel not in bad]
+    base = str(folder)
+    paths = [os.path.join(base, rel) for rel, _, _ in m["files"] if rel not in bad]
     return FolderCache(images, labels, m["classes"], paths, d, m["skipped"], m["notes"])
 
 
 # ---------------------------------------------------------------- building
-def _bad_file(path: Path, error: str) -> DataError:
+def _bad_file(path: str, error: str) -> DataError:
     return DataError(f"cannot read image {path}: {error}; remove or replace it, or pass --skip-bad "
                      "(data.skip_bad=true) to leave unreadable files out")
 
 
-def _choose_channels(pool, files: list[Path], folder: Path, o: dict, bg: tuple, progress: bool,
-                     skipped: list[dict], notes: list[str]) -> tuple[int, list[Path]]:
-    """Channels from the headers (1 only when every image is grey); files that open."""
-    chunks = [[str(f) for f in files[i:i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    greys, good = [], []
-    with progress_bar(len(files), f"reading headers of {folder.name}", progress) as bar:
+def _chunks(folder: Path, rels: list[str]) -> list[list[str]]:
+    """Full paths of ``rels`` in chunks of ``CHUNK``: one worker task each."""
+    base = str(folder)
+    return [[os.path.join(base, r) for r in rels[i:i + CHUNK]] for i in range(0, len(rels), CHUNK)]
+
+
+def _sort_out(rel: str, full: str, err: str, skip_bad: bool, skipped: list[dict]) -> None:
+    """A bad file: an error, or (with skip_bad) an entry in ``skipped``."""
+    if not skip_bad:
+        raise _bad_file(full, err)
+    skipped.append({"path": rel, "error": err})
+
+
+def _choose_channels(pool, rels: list[str], folder: Path, o: dict, bg: tuple, skip_bad: bool, progress: bool,
+                     skipped: list[dict], notes: list[str]) -> tuple[int, list[str]]:
+    """Channels from the headers (1 only when every image is grey); the files that open."""
+    greys, good, i = [], [], 0
+    chunks = _chunks(folder, rels)
+    with progress_bar(len(rels), f"reading headers of {folder.name}", progress) as bar:
         for chunk, results in zip(chunks, ordered_map(pool, dec.probe_chunk, chunks, bg)):
-            for f, (grey, err) in zip(chunk, results):
+            for full, (grey, err) in zip(chunk, results):
                 if err is not None:
-                    if not o["skip_bad"]:
-                        raise _bad_file(Path(f), err)
-                    skipped.append({"path": Path(f).relative_to(folder).as_posix(), "error": err})
+                    _sort_out(rels[i], full, err, skip_bad, skipped)
                 else:
                     greys.append(grey)
-                    good.append(Path(f))
+                    good.append(rels[i])
+                i += 1
             bar.update(len(chunk))
     if o["channels"] is not None:
         return o["channels"], good
@@ -224,35 +241,34 @@ def _choose_channels(pool, files: list[Path], folder: Path, o: dict, bg: tuple, 
 
 
 def _mixed_sizes(folder: Path, first: tuple, f1: str, shape: tuple, f2: str) -> DataError:
-    return DataError(f"images in {folder} have mixed sizes ({first[2]}x{first[1]} in {Path(f1).name}, "
-                     f"{shape[2]}x{shape[1]} in {Path(f2).name}); pass --image-size N to resize them all")
+    return DataError(f"images in {folder} have mixed sizes ({first[2]}x{first[1]} in {os.path.basename(f1)}, "
+                     f"{shape[2]}x{shape[1]} in {os.path.basename(f2)}); pass --image-size N to resize them all")
 
 
-def _decode_into(tmp: Path, pool, files: list[Path], folder: Path, opts: dec.DecodeOptions, skip_bad: bool,
-                 progress: bool, skipped: list[dict]) -> list[Path]:
-    """Decode ``files`` into an .npy at ``tmp``, good images in order; returns the files kept."""
-    chunks = [[str(f) for f in files[i:i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    out, kept, first = None, [], None
-    with progress_bar(len(files), f"decoding {folder.name}", progress) as bar:
+def _decode_into(tmp: Path, pool, rels: list[str], folder: Path, opts: dec.DecodeOptions, skip_bad: bool,
+                 progress: bool, skipped: list[dict]) -> list[str]:
+    """Decode ``rels`` into an .npy at ``tmp``, good images in order; returns the files kept."""
+    out, kept, first, i = None, [], None, 0
+    chunks = _chunks(folder, rels)
+    with progress_bar(len(rels), f"decoding {folder.name}", progress) as bar:
         for chunk, results in zip(chunks, ordered_map(pool, dec.decode_chunk, chunks, opts)):
-            for f, (a, err) in zip(chunk, results):
+            for full, (a, err) in zip(chunk, results):
+                rel, i = rels[i], i + 1
                 if err is not None:
-                    if not skip_bad:
-                        raise _bad_file(Path(f), err)
-                    skipped.append({"path": Path(f).relative_to(folder).as_posix(), "error": err})
+                    _sort_out(rel, full, err, skip_bad, skipped)
                     continue
                 if out is None:  # the first good image fixes (C, H, W)
-                    first = (a.shape, f)
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *a.shape))
+                    first = (a.shape, full)
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), *a.shape))
                 elif a.shape != first[0]:
-                    raise _mixed_sizes(folder, first[0], first[1], a.shape, f)
+                    raise _mixed_sizes(folder, first[0], first[1], a.shape, full)
                 out[len(kept)] = a
-                kept.append(Path(f))
+                kept.append(rel)
             bar.update(len(chunk))
     if out is None:
         raise DataError(f"no readable images in {folder}: all {len(skipped)} files are unreadable")
     out.flush()
-    if len(kept) < len(files):  # bad files were skipped: rewrite without the empty tail rows
+    if len(kept) < len(rels):  # bad files were skipped: rewrite without the empty tail rows
         _shrink(tmp, out, len(kept))
     del out
     return kept
@@ -268,23 +284,24 @@ def _shrink(tmp: Path, full: np.ndarray, n: int) -> None:
     os.replace(part, tmp)
 
 
-def _build(d: Path, folder: Path, files: list[Path], classes: list[str] | None, listing: list[list],
-           o: dict, workers: int, progress: bool) -> tuple[dict, list[str]]:
+def _build(d: Path, folder: Path, rels: list[str], classes: list[str] | None, listing: list[list],
+           o: dict, skip_bad: bool, workers: int, progress: bool) -> tuple[dict, list[str]]:
     """Decode the folder into cache ``d``; returns (manifest, notes)."""
     skipped: list[dict] = []
     notes: list[str] = []
     bg = dec.parse_background(o["background"])
     (d / "manifest.json").unlink(missing_ok=True)  # invalidate first: arrays change below
     with worker_pool(workers) as pool:
-        channels, good = _choose_channels(pool, files, folder, o, bg, progress, skipped, notes)
+        channels, good = _choose_channels(pool, rels, folder, o, bg, skip_bad, progress, skipped, notes)
         if not good:
-            raise DataError(f"no readable images in {folder}: all {len(files)} files were skipped as unreadable")
+            raise DataError(f"no readable images in {folder}: all {len(rels)} files are unreadable")
         opts = dec.DecodeOptions(channels, o["image_size"], dec.parse_crop(o["crop"]), bg)
         with atomic_path(d / "images.npy") as tmp:
-            kept = _decode_into(tmp, pool, good, folder, opts, o["skip_bad"], progress, skipped)
+            kept = _decode_into(tmp, pool, good, folder, opts, skip_bad, progress, skipped)
     arrays = {"images": checksums(d / "images.npy")}
     if classes is not None:
-        y = np.asarray([classes.index(f.relative_to(folder).parts[0]) for f in kept], dtype=np.int64)
+        label = {c: i for i, c in enumerate(classes)}
+        y = np.asarray([label[r.split("/", 1)[0]] for r in kept], dtype=np.int64)
         with atomic_path(d / "labels.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, y)  # through a file object: np.save(path) would append ".npy" to the name
         arrays["labels"] = checksums(d / "labels.npy")
@@ -312,14 +329,16 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
     check the full checksum of an existing cache whatever its size.
     """
     t0 = time.perf_counter()
-    o = cache_options(image_size, crop, background, channels, skip_bad)
+    o = cache_options(image_size, crop, background, channels)
     folder = Path(os.path.abspath(folder))  # absolute, symlinks kept: the key and the paths
-    files, classes, listing = scan(folder)
+    rels, classes, listing = scan(folder)
     beside, user = candidate_dirs(folder, cache_key(folder, o))
     reason = "no cache yet"
     for d in (beside, user):
         m, why = validate(d, folder, o, listing, full=verify)
         if m is not None:
+            if m["skipped"] and not skip_bad:  # built with skip_bad: the bad files are still there
+                raise _bad_file(os.path.join(str(folder), m["skipped"][0]["path"]), m["skipped"][0]["error"])
             c = open_cache(d, m, folder)
             c.seconds = time.perf_counter() - t0
             return c
@@ -328,10 +347,10 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
             if log:
                 log(f"cache {d} is stale ({why}); rebuilding it")
     d = beside if _writable(beside) else user
-    workers = default_workers(len(files)) if workers is None else workers
+    workers = default_workers(len(rels)) if workers is None else workers
     if progress is None:
         progress = os.environ.get("VAELAB_NO_PROGRESS") != "1"
-    m, notes = _build(d, folder, files, classes, listing, o, workers, progress)
+    m, notes = _build(d, folder, rels, classes, listing, o, skip_bad, workers, progress)
     for note in notes:
         if log:
             log(note)

@@ -150,11 +150,13 @@ def _pixels(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | None]:
         return _scale_float(np.asarray(im, dtype=np.float64), path)[..., None], None
     if mode == "P":
         grey = _palette_is_grey(im)
-        im = im.convert(("LA" if grey else "RGBA") if _has_alpha(im) else ("L" if grey else "RGB"))
+        target = ("LA" if grey else "RGBA") if _has_alpha(im) else ("L" if grey else "RGB")
     elif mode in ("1", "L", "LA", "La"):
-        im = im.convert("LA" if _has_alpha(im) else "L")
+        target = "LA" if _has_alpha(im) else "L"
     else:  # RGB, RGBA, RGBa, PA, CMYK, YCbCr, LAB, HSV, RGBX, ...
-        im = im.convert("RGBA" if _has_alpha(im) else "RGB")
+        target = "RGBA" if _has_alpha(im) else "RGB"
+    if mode != target:
+        im = im.convert(target)
     a = np.asarray(im)
     if a.ndim == 2:
         return a[..., None], None
@@ -167,13 +169,20 @@ def composite(colour: np.ndarray, alpha: np.ndarray | None, background: tuple[in
     """``colour`` (H, W, C) over ``background`` (C values) with ``alpha`` (H, W), in uint8.
 
     out = round((colour * alpha + background * (255 - alpha)) / 255), in integers so the
-    result is exact and the same on every machine (uint16 suffices: the sum is <= 255 * 255).
+    result is exact and the same on every machine. The sum is <= 255 * 255, so uint16
+    holds it, and the rounded division by 255 is done as ((t + (t >> 8)) >> 8) with
+    t = sum + 128, which equals round(sum / 255) exactly on that range (Blinn's identity).
     """
-    if alpha is None:
+    if alpha is None or alpha.min() == 255:  # opaque: nothing to blend
         return colour
     a = alpha.astype(np.uint16)[..., None]
-    bg = np.asarray(background, np.uint16)
-    return ((colour.astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+    t = colour.astype(np.uint16)
+    t *= a
+    t += np.asarray(background, np.uint16) * (255 - a)
+    t += 128
+    t += t >> 8
+    t >>= 8
+    return t.astype(np.uint8)
 
 
 def _to_channels(colour: np.ndarray, alpha: np.ndarray | None, opts: DecodeOptions) -> np.ndarray:

@@ -7,6 +7,7 @@ form as the IDX data sets, so one code path serves all data.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -18,22 +19,39 @@ from vaelab.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _visible(f: Path, root: Path) -> bool:
-    # Hidden names are skipped: .vaelab-cache, macOS "._x.png" resource forks, editors' files.
-    return not any(part.startswith(".") for part in f.relative_to(root).parts)
+def _image_files(d: str) -> list[str]:
+    """Image files under ``d`` (recursively), relative, "/"-separated, hidden names skipped
+    (.vaelab-cache, macOS "._x.png" forks), in the order of sorted path components."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        rel = os.path.relpath(dirpath, d).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        out += [prefix + n for n in filenames
+                if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+    return sorted(out, key=lambda r: r.split("/"))
+
+
+def list_image_files(folder: str | Path) -> tuple[list[str], list[str] | None]:
+    """Image files under ``folder`` as "/"-separated paths relative to it, and the class names
+    (sub-folders) when there are any: then only files inside class folders count.
+    Strings, not Paths: a folder may hold a million files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        return [f"{c}/{r}" for c in subdirs for r in _image_files(str(folder / c))], subdirs
+    with os.scandir(folder) as it:  # DirEntry.is_file() needs no stat call on most systems
+        files = sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
+                       and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+    return files, None
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
     """Image files under ``folder`` (hidden ones skipped); class names from sub-folders when present."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        files = [f for d in subdirs for f in sorted(d.rglob("*"))
-                 if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f, d)]
-        return files, [d.name for d in subdirs]
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f, folder))
-    return files, None
+    rels, classes = list_image_files(folder)
+    return [Path(folder) / r for r in rels], classes
 
 
 def load_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None,
