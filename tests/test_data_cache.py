@@ -89,6 +89,13 @@ def test_palette_with_transparency_is_composited(tmp_path):
     rgb = np.asarray(palette, np.uint8).reshape(-1, 3)[idx]
     alpha = np.where(idx == 1, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(x[0].transpose(1, 2, 0), blend(rgb, alpha, (0x33, 0x66, 0x99)))
+    # A palette with an alpha per entry (PNG keeps it as a tRNS list): partial transparency.
+    im = Image.fromarray(idx, "P")
+    im.putpalette([10, 20, 30, 0, 200, 100, 50, 255, 0, 255, 0, 128, 7, 7, 7, 40], "RGBA")
+    save(tmp_path / "q" / "p.png", im)
+    x = prep(tmp_path / "q", background="#336699").images
+    pal = np.asarray([10, 20, 30, 0, 200, 100, 50, 255, 0, 255, 0, 128, 7, 7, 7, 40], np.uint8).reshape(-1, 4)
+    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), blend(pal[idx, :3], pal[idx, 3], (0x33, 0x66, 0x99)))
 
 
 def test_grey_with_a_transparent_value_and_grey_palette(tmp_path):

@@ -91,15 +91,18 @@ def grey_value(rgb: tuple[int, int, int]) -> int:
 
 def _palette_is_grey(im: Image.Image) -> bool:
     pal = im.palette
-    if pal is None or pal.mode != "RGB":
+    if pal is None or pal.mode not in ("RGB", "RGBA"):
         return False
+    k = len(pal.mode)
     raw = np.frombuffer(bytes(pal.palette), np.uint8)
-    rgb = raw[: len(raw) // 3 * 3].reshape(-1, 3)
+    rgb = raw[: len(raw) // k * k].reshape(-1, k)[:, :3]
     return bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
 
 
 def _has_alpha(im: Image.Image) -> bool:
-    return im.mode in ALPHA_MODES or "transparency" in im.info
+    """An alpha channel, a transparent colour (``transparency``) or a palette with alpha."""
+    return (im.mode in ALPHA_MODES or "transparency" in im.info
+            or (im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA"))
 
 
 def is_grey(im: Image.Image, background: tuple[int, int, int]) -> bool:
