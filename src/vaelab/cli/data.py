@@ -26,9 +26,10 @@ def data() -> None:
 def prepare(folder, image_size, crop, background, channels, skip_bad, workers) -> None:
     """Decode FOLDER once into a memory-mappable cache (beside it, or in the user cache).
 
-    `vaelab train --data folder --data-path FOLDER` with the same options then reuses it.
-    A folder holding train/ and test/ is prepared split by split. An existing cache is
-    checked in full (sizes and SHA-256) and rebuilt if anything changed.
+    `vaelab train --data folder --data-path FOLDER` with the same options (--image-size,
+    --set data.crop=..., data.background=..., data.channels=..., data.skip_bad=true) then
+    reuses it. A folder holding train/ and test/ is prepared split by split. An existing
+    cache is checked in full (sizes and SHA-256) and rebuilt if anything changed.
     """
     from vaelab.data.cache import prepare_splits
 
