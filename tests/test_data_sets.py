@@ -225,3 +225,13 @@ def test_real_emoji_classes_smileys_emotion(monkeypatch, tmp_path):
     # Transparent corners come out as the white background, not the noise under them.
     corners = s.train.x[:, :, 0, 0]
     assert (corners == 255).float().mean() > 0.9
+
+
+def test_load_folder_refuses_what_does_not_fit(folder, monkeypatch):
+    from vaelab.data.images import load_folder
+
+    assert load_folder(folder)[0].shape == (6, 3, 5, 5)
+    monkeypatch.setattr(memory, "available_memory", lambda: 300)
+    with pytest.raises(DataError) as e:
+        load_folder(folder)
+    assert "450 B" in one_line(e) and "300 B" in str(e.value) and "memory-mapped" in str(e.value)

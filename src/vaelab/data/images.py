@@ -66,6 +66,11 @@ def load_folder(folder: str | Path, image_size: int | None = None, channels: int
 
     c = prepare_folder(folder, image_size=image_size, crop=crop, background=background, channels=channels,
                        skip_bad=skip_bad, log=log)
+    if c.images.nbytes > memory.IN_MEMORY_FRACTION * memory.available_memory():
+        raise DataError(f"{folder} holds {len(c.images):,} images {tuple(c.images.shape[1:])}: "
+                        f"{memory.size_text(c.images.nbytes)}, more than fits in the "
+                        f"{memory.size_text(memory.available_memory())} available; its cache {c.path} can be "
+                        "memory-mapped instead (load_data does so for training)")
     return np.array(c.images), None if c.labels is None else np.array(c.labels), c.classes, c.paths
 
 
