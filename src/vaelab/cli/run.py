@@ -22,7 +22,7 @@ from vaelab.errors import VaelabError
 @click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
-@click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats (one-class training).")
+@click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
 @click.option("--limit", type=int, help="Use only the first N training images.")
 @click.option("--latent-dim", type=int)
