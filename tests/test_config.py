@@ -34,6 +34,13 @@ EXPECTED_PARAMS = {
                       + conv(128, 128, 3) + conv(128, 64, 3) + conv(64, 32, 3) + conv(32, 1, 3)),
     "conv-ae-rgb64": (conv(3, 12, 4) + conv(12, 24, 4) + conv(24, 48, 4)
                       + conv(48, 24, 4) + conv(24, 12, 4) + conv(12, 3, 4)),
+    # Burda et al. 2016: 784-200-200-50 and back, two heads
+    "iwae-paper": dense(784, 200, 200) + 2 * dense(200, 50) + dense(50, 200, 200, 784),
+    # the mlp-vae with 10 one-hot label inputs to the encoder and to the decoder
+    "cvae": dense(794, 400) + 2 * dense(400, 20) + dense(30, 400, 784),
+    # conv-vae (latent 16) with 10 label channels in and the label beside the code out
+    "conv-cvae": (conv(11, 32, 3) + conv(32, 64, 3) + dense(3136, 16) + 2 * dense(16, 16) + dense(26, 3136)
+                  + conv(64, 64, 3) + conv(64, 32, 3) + conv(32, 1, 3)),
 }
 
 
@@ -59,6 +66,8 @@ def test_presets_build_with_expected_parameter_counts(name):
     cfg = build_config(name)
     assert cfg.preset == name
     cfg.model.input_shape = _input_shape(cfg)
+    if cfg.model.uses_labels:
+        cfg.model.num_classes = 10  # the MNIST digits
     assert count_params(build_model(cfg.model)) == EXPECTED_PARAMS[name]
     # independent of vaelab's count_params
     model = build_model(cfg.model)

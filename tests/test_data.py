@@ -374,6 +374,7 @@ def test_folder_grey_pngs(tmp_path):
         _save_png(tmp_path / f"img{i}.png", a)
     x, y, classes, paths = load_folder(tmp_path)
     assert x.dtype == np.uint8 and x.shape == (3, 1, 6, 5)
+    assert type(x) is np.ndarray  # an in-memory copy, not the cache's memmap
     assert y is None and classes is None
     for i, a in enumerate(imgs):
         np.testing.assert_array_equal(x[i, 0], a)
@@ -435,7 +436,9 @@ def test_folder_unreadable_file_is_one_line_error(tmp_path):
     (tmp_path / "b.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError) as e:
         load_folder(tmp_path)
-    assert str(tmp_path / "b.png") in one_line(e)
+    assert str(tmp_path / "b.png") in one_line(e) and "--skip-bad" in str(e.value)
+    x, _, _, paths = load_folder(tmp_path, skip_bad=True)  # left out, the rest kept
+    assert x.shape == (1, 1, 4, 4) and [Path(p).name for p in paths] == ["a.png"]
 
 
 def test_folder_truncated_png_is_one_line_error(tmp_path):

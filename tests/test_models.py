@@ -17,6 +17,8 @@ def preset_model(name: str, **changes):
     cfg.model.input_shape = [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
     for k, v in changes.items():
         setattr(cfg.model, k, v)
+    if cfg.model.uses_labels:
+        cfg.model.num_classes = 10
     torch.manual_seed(0)
     return build_model(cfg.model)
 
@@ -38,8 +40,9 @@ def test_preset_forward_and_reconstruct(name):
     shape = tuple(model.cfg.input_shape)
     b = 3 if shape[-1] <= 28 else 2
     x = rand_images(shape, b)
+    y = torch.arange(b) if model.conditional else None  # a conditional model reads the labels
     with torch.no_grad():
-        out = model(x)
+        out = model(x, y)
         objective = model.cfg.objective
         assert set(out) == {"recon": {"loss", "recon"}, "elbo": {"loss", "recon", "kl"},
                             "iwae": {"loss", "nelbo"}}[objective]
@@ -55,11 +58,11 @@ def test_preset_forward_and_reconstruct(name):
             assert torch.equal(out["loss"], out["recon"]) and "density" not in model.capabilities
         if "recon" in out:
             assert (out["recon"] >= 0).all()
-        r = model.reconstruct(x)
+        r = model.reconstruct(x, y)
         assert r.shape == x.shape and r.min() >= 0 and r.max() <= 1
-        z = model.encode(x)
+        z = model.encode(x, y)
         assert z.shape == (b, model.cfg.latent_dim)
-        d = model.decode(torch.randn(b, model.cfg.latent_dim) * 3)
+        d = model.decode(torch.randn(b, model.cfg.latent_dim) * 3, y)
         assert d.shape == x.shape and d.min() >= 0 and d.max() <= 1
 
 

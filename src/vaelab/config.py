@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from vaelab.errors import ConfigError
+from vaelab.imageopts import check_image_size, parse_background, parse_crop
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "none")
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
@@ -75,6 +76,9 @@ def _convert(v, kind: str):
         if not isinstance(v, str):
             raise TypeError
         return v
+    if kind == "list[int | str]":  # data.classes: label numbers or class (folder) names
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return [x if isinstance(x, str) else _to_int(x) for x in items]
     if kind.startswith("list[int]"):
         if isinstance(v, (list, tuple)):
             return [_to_int(x) for x in v]
@@ -91,9 +95,13 @@ class DataConfig:
     data_dir: str | None = None  # root holding mnist/ and fashion-mnist/ (else $VAELAB_DATA, cache)
     train_split: str = "train"  # train | train+test
     val: str = "test"  # test | none | a fraction of the training images, e.g. "0.1"
-    classes: list[int] | None = None  # keep only these labels (one-class training)
+    classes: list[int | str] | None = None  # keep only these labels or class-folder names (one-class training)
     image_size: int | None = None  # folders: resize every image to this square size
-    channels: int | None = None  # folders: 1 (grey) or 3 (RGB); default from the first image
+    channels: int | None = None  # folders: 1 (grey) or 3 (RGB); default 1 only when every image is grey
+    crop: str | None = None  # folders: centre crop before the resize, center:148 or center:HxW
+    background: str = "white"  # folders: what transparent pixels show: white, black or #rrggbb
+    skip_bad: bool = False  # folders: leave unreadable images out (listed in the cache manifest)
+    in_memory: bool | str = "auto"  # auto (memory-map folders too big for memory) | true | false
     limit: int | None = None  # keep only the first N training images (quick runs, tests)
     download: bool = True  # fetch mnist / fashion-mnist when absent
     # Binary images from grey levels: "none"; "dynamic" (a fresh Bernoulli draw of every
@@ -115,7 +123,13 @@ class DataConfig:
         if self.train_split == "train+test" and self.val == "test":
             # Training on the test set and validating on it would be dishonest.
             self.val = "none"
-        _check(self.image_size is None or self.image_size > 0, "data.image_size must be positive")
+        check_image_size(self.image_size)
+        parse_crop(self.crop)
+        parse_background(self.background)
+        if isinstance(self.in_memory, bool):  # YAML and --set read true/false as booleans
+            self.in_memory = str(self.in_memory).lower()
+        _check(self.in_memory in ("auto", "true", "false"),
+               f"data.in_memory must be auto, true or false, got {self.in_memory!r}")
         _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
         _check(self.limit is None or self.limit > 0, "data.limit must be a positive number of images")
         if self.classes is not None:
@@ -431,7 +445,8 @@ def typed_value(section: str, name: str, value: Any) -> Any:
     try:
         return _convert(value, kind)
     except (TypeError, ValueError):
-        raise ConfigError(f"{section}.{name} must be {kind.replace('list[int]', 'a list of ints')}, "
+        what = kind.replace("list[int | str]", "a list of labels or class names").replace("list[int]", "a list of ints")
+        raise ConfigError(f"{section}.{name} must be {what}, "
                           f"got {value!r}") from None
 
 

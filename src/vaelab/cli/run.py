@@ -24,7 +24,7 @@ from vaelab.errors import VaelabError
 @click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
-@click.option("--classes", help="Keep only these labels, e.g. 3,5 (one-class training).")
+@click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
 @click.option("--limit", type=int, help="Use only the first N training images.")
 @click.option("--latent-dim", type=int)
@@ -54,11 +54,9 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         if value is not None:
             section, field = COMMON_FLAGS[name]
             extra.setdefault(section, {})[field] = value
-    if classes:
-        try:
-            extra.setdefault("data", {})["classes"] = [int(c) for c in classes.split(",") if c.strip()]
-        except ValueError:
-            raise VaelabError(f"--classes must be comma-separated integers, got {classes!r}") from None
+    if classes:  # label numbers or class-folder names, resolved against the data by load_data
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
     if resume:

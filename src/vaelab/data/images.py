@@ -1,64 +1,77 @@
-"""The user's own images: folders of PNG/JPEG files and .npz/.npy arrays.
+"""The user's own images: folders of PNG/JPEG/... files and .npz/.npy arrays.
 
+Folders are decoded by ``decode.py`` and cached by ``cache.py``; this module lists them.
 Everything is returned as uint8 (N, C, H, W) plus optional int64 labels, the same
 form as the IDX data sets, so one code path serves all data.
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from vaelab.data import memory
 from vaelab.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
-    """Image files under ``folder``; class names from sub-folders when present."""
+def _image_files(d: str) -> list[str]:
+    """Image files under ``d`` (recursively), relative, "/"-separated, hidden names skipped
+    (.vaelab-cache, macOS "._x.png" forks), in the order of sorted path components."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        rel = os.path.relpath(dirpath, d).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        out += [prefix + n for n in filenames
+                if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+    return sorted(out, key=lambda r: r.split("/"))
+
+
+def list_image_files(folder: str | Path) -> tuple[list[str], list[str] | None]:
+    """Image files under ``folder`` as "/"-separated paths relative to it, and the class names
+    (sub-folders) when there are any: then only files inside class folders count.
+    Strings, not Paths: a folder may hold a million files."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
-        files = [f for d in subdirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        return files, [d.name for d in subdirs]
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        return [f"{c}/{r}" for c in subdirs for r in _image_files(str(folder / c))], subdirs
+    with os.scandir(folder) as it:  # DirEntry.is_file() needs no stat call on most systems
+        files = sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
+                       and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
     return files, None
 
 
-def load_folder(folder: str | Path, image_size: int | None = None,
-                channels: int | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
-    """Load a folder of images as (x uint8 (N, C, H, W), labels or None, class names, file paths)."""
-    from PIL import Image, UnidentifiedImageError
+def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
+    """Image files under ``folder`` (hidden ones skipped); class names from sub-folders when present."""
+    rels, classes = list_image_files(folder)
+    return [Path(folder) / r for r in rels], classes
 
-    folder = Path(folder)
-    files, classes = list_images(folder)
-    if not files:
-        raise DataError(f"image folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    arrays, labels, sizes = [], [], {}
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                if channels is None:
-                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F", "LA") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                if image_size is not None:
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {f}: {e.__class__.__name__}; remove or replace it") from None
-        sizes.setdefault(a.shape[:2], f)
-        if len(sizes) > 1:
-            (s1, f1), (s2, f2) = list(sizes.items())[:2]
-            raise DataError(f"images in {folder} have mixed sizes ({s1[1]}x{s1[0]} in {f1.name}, "
-                            f"{s2[1]}x{s2[0]} in {f2.name}); pass --image-size N to resize them all")
-        arrays.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(2, 0, 1))
-        if classes is not None:
-            labels.append(classes.index(f.relative_to(folder).parts[0]))
-    x = np.stack(arrays)
-    y = np.asarray(labels, dtype=np.int64) if classes is not None else None
-    return x, y, classes, [str(f) for f in files]
+
+def load_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None,
+                crop: str | None = None, background: str = "white", skip_bad: bool = False,
+                log=None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
+    """A folder of images in memory: (x uint8 (N, C, H, W), labels or None, class names, paths).
+
+    Decoded once into a cache (``vaelab.data.cache.prepare_folder``) and copied from it;
+    ``load_data`` keeps big folders memory-mapped instead.
+    """
+    from vaelab.data.cache import prepare_folder
+
+    c = prepare_folder(folder, image_size=image_size, crop=crop, background=background, channels=channels,
+                       skip_bad=skip_bad, log=log)
+    if c.images.nbytes > memory.IN_MEMORY_FRACTION * memory.available_memory():
+        raise DataError(f"{folder} holds {len(c.images):,} images {tuple(c.images.shape[1:])}: "
+                        f"{memory.size_text(c.images.nbytes)}, more than fits in the "
+                        f"{memory.size_text(memory.available_memory())} available; its cache {c.path} can be "
+                        "memory-mapped instead (load_data does so for training)")
+    return np.array(c.images), None if c.labels is None else np.array(c.labels), c.classes, c.paths
 
 
 def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
@@ -87,11 +100,58 @@ def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
     raise DataError(f"{where}: unsupported image dtype {a.dtype}")
 
 
+X_KEYS = ("x", "images", "x_train", "arr_0")
+
+
+def _stored_header(path: Path) -> tuple[tuple, np.dtype] | None:
+    """(shape, dtype) of the image array in an .npy/.npz, read from its header alone;
+    None when it cannot be read that way (the full load then says what is wrong)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                return _npy_header(f)
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            key = next((k + ".npy" for k in X_KEYS if k + ".npy" in names), None)
+            if key is None:
+                return None
+            with z.open(key) as f:
+                return _npy_header(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _npy_header(f) -> tuple[tuple, np.dtype] | None:
+    fmt = np.lib.format
+    read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+    if read is None:
+        return None
+    shape, _, dtype = read(f)
+    return (shape, dtype) if len(shape) >= 1 else None
+
+
+def _check_fits(path: Path) -> None:
+    """A one-line error, before reading, for an array too big to hold in memory."""
+    header = _stored_header(path)
+    if header is None:
+        return
+    shape, dtype = header
+    n_pixels = int(np.prod(shape, dtype=np.float64))
+    # The stored array, then the uint8 copy and an epoch's shuffled copy of it.
+    need = n_pixels * dtype.itemsize + memory.memory_needed(n_pixels)
+    if need > memory.IN_MEMORY_FRACTION * memory.available_memory():
+        raise DataError(f"{path} holds {shape[0]:,} images of {tuple(shape[1:])} {dtype}: about "
+                        f"{memory.size_text(need)} in memory, but {memory.size_text(memory.available_memory())} "
+                        "is available; .npz/.npy data is loaded whole, so save the images as a folder and run "
+                        "`vaelab data prepare DIR` to train from a memory-mapped cache")
+
+
 def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Load ``.npz`` (keys x/images and optional y/labels) or ``.npy`` (images only)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"array file {path} does not exist")
+    _check_fits(path)
     try:
         # allow_pickle=False: an .npz from a stranger must never run code.
         obj = np.load(path, allow_pickle=False)
@@ -101,7 +161,7 @@ def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         return to_uint8_nchw(obj, str(path)), None
     with obj:
         keys = set(obj.files)
-        xkey = next((k for k in ("x", "images", "x_train", "arr_0") if k in keys), None)
+        xkey = next((k for k in X_KEYS if k in keys), None)
         if xkey is None:
             raise DataError(f"{path} has no image array; name it 'x' or 'images' (found {sorted(keys)})")
         ykey = next((k for k in ("y", "labels", "y_train") if k in keys), None)

@@ -123,7 +123,7 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
     if t.threads:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
-    splits = splits if splits is not None else load_data(config.data)
+    splits = splits if splits is not None else load_data(config.data, log=log)
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
     shape = list(train.shape)

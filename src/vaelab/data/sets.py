@@ -1,0 +1,212 @@
+"""Image sets: the images of one split, handed out as float batches by index.
+
+Two kinds with one interface (``__len__``, ``shape``, ``batch(index, device)``, ``subset``,
+``to``, ``float``, ``shuffled``, ``y``, ``paths``, ``device``):
+
+- ``ImageSet``: a uint8 (N, C, H, W) torch tensor in memory, the fast path. One byte per
+  pixel; ``batch`` converts just the batch to float.
+- ``MemmapImageSet``: rows of one or more uint8 (N_i, C, H, W) memory-mapped arrays (a
+  folder cache, see ``cache.py``) for data that does not fit in memory. ``batch`` reads
+  just the batch's rows, in file order, from the page cache or the disk.
+
+``shuffled(perm)`` gives one epoch's order: the in-memory set gathers the permuted
+tensor once (then every batch is a contiguous slice), the memmap set returns a lazy view.
+The loop draws ``perm`` itself, from the random stream it seeds per epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from vaelab.errors import DataError
+
+
+def _index_array(index, n: int) -> np.ndarray:
+    """A slice, tensor, list or array of positions -> int64 NumPy positions in 0..n-1."""
+    if isinstance(index, slice):
+        return np.arange(*index.indices(n), dtype=np.int64)
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    return np.asarray(index, dtype=np.int64).reshape(-1)
+
+
+def _pick_paths(paths: list[str] | None, idx: np.ndarray) -> list[str] | None:
+    return [paths[i] for i in idx.tolist()] if paths else None
+
+
+@dataclass
+class ImageSet:
+    x: torch.Tensor  # (N, C, H, W) uint8 images (or float rows (N, 1, 1, F), see ``batch``)
+    y: torch.Tensor | None  # (N,) int64 labels, or None
+    name: str = ""
+    paths: list[str] | None = None  # file paths, for image folders
+    # "dynamic": x holds grey levels and every epoch draws fresh binary images from them
+    # (``shuffled``); evaluation splits are binarised once when loaded ("none" here).
+    binarize: str = "none"
+    factors: torch.Tensor | None = None  # (N, F) int64 ground-truth factor classes (dsprites), or None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def batch(self, index, device: torch.device | str | None = None) -> torch.Tensor:
+        """Float images in [0, 1] for ``index`` (a slice or index tensor). A float ``x`` (rows
+        of features shaped (N, 1, 1, F), already scaled by the caller) is returned as it is."""
+        xb = self.x[index]
+        if device is not None:
+            xb = xb.to(device, non_blocking=True)
+        return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+
+    def float(self) -> torch.Tensor:
+        return self.batch(slice(None))
+
+    def subset(self, index) -> ImageSet:
+        index = torch.as_tensor(index, dtype=torch.long)
+        paths = [self.paths[i] for i in index.tolist()] if self.paths else None
+        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+        return replace(self, x=pick(self.x), y=pick(self.y), paths=paths, factors=pick(self.factors))
+
+    def to(self, device) -> ImageSet:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, x=move(self.x), y=move(self.y), factors=move(self.factors))
+
+    def shuffled(self, perm: torch.Tensor) -> ImageSet:
+        """This epoch's images (and labels) in the order ``perm`` (N,), gathered once (uint8, one
+        copy), so each batch is then a contiguous slice with no per-step gather. With dynamic
+        binarisation each image is a fresh Bernoulli draw from its grey levels (the torch RNG,
+        which the loop seeds per epoch)."""
+        view = replace(self.subset(perm), binarize="none")
+        if self.binarize == "dynamic":
+            view.x = bernoulli_uint8(view.x)
+        return view
+
+
+def bernoulli_uint8(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Binary images (0 or 255) drawn pixel by pixel with P(on) = grey level / 255."""
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    return ((u * 255) < x).to(torch.uint8) * 255
+
+
+@dataclass(eq=False)  # holds arrays: compare by identity
+class MemmapImageSet:
+    """Rows ``rows`` of the memory-mapped arrays ``parts`` (concatenated), read per batch."""
+
+    parts: list[np.ndarray]  # uint8 (N_i, C, H, W) memmaps, one per source (e.g. train/ and test/)
+    y: torch.Tensor | None  # (N,) int64 labels of the selected rows, or None
+    name: str = ""
+    paths: list[str] | None = None
+    rows: np.ndarray | None = None  # (N,) int64 rows of the concatenated parts; None = all, in order
+    target: torch.device | None = None  # where batches go when ``batch`` is given no device
+    offsets: np.ndarray = field(init=False, repr=False)  # (len(parts) + 1,) first row of each part
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(p.shape[1:]) for p in self.parts}
+        if len(shapes) != 1 or any(p.dtype != np.uint8 or p.ndim != 4 for p in self.parts):
+            raise DataError(f"memory-mapped image parts must all be uint8 (N, C, H, W) of one shape, got {shapes}")
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1]) if self.rows is None else len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.parts[0].shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.target or torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.shape))
+
+    def _rows_of(self, index) -> np.ndarray:
+        idx = _index_array(index, len(self))
+        return idx if self.rows is None else self.rows[idx]
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (len(rows), C, H, W) in the order of ``rows``, read in file order."""
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            k = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
+            if rows[-1] < self.offsets[k + 1]:  # one run within one part: a plain slice
+                lo = int(rows[0] - self.offsets[k])
+                return np.array(self.parts[k][lo:lo + len(rows)])
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        part_of = np.searchsorted(self.offsets, srt, side="right") - 1
+        pieces = [self.parts[k][srt[part_of == k] - self.offsets[k]] for k in np.unique(part_of).tolist()]
+        data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        out = np.empty_like(data)
+        out[order] = data  # undo the sort: row i of the batch is rows[i]
+        return out
+
+    def batch(self, index, device: torch.device | str | None = None) -> torch.Tensor:
+        """Float images in [0, 1] for ``index`` (a slice, index tensor, list or array)."""
+        xb = torch.from_numpy(self._gather(self._rows_of(index)))
+        device = device if device is not None else self.target
+        if device is not None:
+            xb = xb.to(device, non_blocking=True)
+        return xb.float().div_(255.0)
+
+    def float(self) -> torch.Tensor:
+        return self.batch(slice(None))
+
+    def subset(self, index) -> MemmapImageSet:
+        idx = _index_array(index, len(self))
+        y = None if self.y is None else self.y[torch.from_numpy(idx).to(self.y.device)]
+        return replace(self, y=y, paths=_pick_paths(self.paths, idx), rows=self._rows_of(idx))
+
+    def to(self, device) -> MemmapImageSet:
+        """Batches go to ``device``; the images stay mapped (the labels move)."""
+        return replace(self, y=None if self.y is None else self.y.to(device), target=torch.device(device))
+
+    def shuffled(self, perm: torch.Tensor) -> MemmapImageSet:
+        """This epoch's order ``perm`` (N,) as a lazy view: each batch reads its own rows."""
+        return self.subset(perm)
+
+    def in_memory(self) -> ImageSet:
+        """All selected rows read into an in-memory ``ImageSet``."""
+        x = torch.from_numpy(self._gather(self._rows_of(slice(None))))
+        return ImageSet(x, self.y, self.name, self.paths).to(self.device)
+
+
+def concat(a, b, name: str) -> ImageSet | MemmapImageSet:
+    """``a`` then ``b`` as one set (both in memory, or both mapped: stays lazy)."""
+    y = None if a.y is None or b.y is None else torch.cat([a.y, b.y.to(a.y.device)])
+    fa, fb = getattr(a, "factors", None), getattr(b, "factors", None)
+    factors = None if fa is None or fb is None else torch.cat([fa, fb.to(fa.device)])
+    paths = a.paths + b.paths if a.paths and b.paths else None
+    if isinstance(a, MemmapImageSet) and isinstance(b, MemmapImageSet):
+        shift = a.offsets[-1]
+        rows = np.concatenate([a._rows_of(slice(None)), b._rows_of(slice(None)) + shift])
+        return MemmapImageSet(a.parts + b.parts, y, name, paths, rows, a.target)
+    a = a.in_memory() if isinstance(a, MemmapImageSet) else a
+    b = b.in_memory() if isinstance(b, MemmapImageSet) else b
+    return ImageSet(torch.cat([a.x, b.x.to(a.x.device)]), y, name, paths, factors=factors)
+
+
+@dataclass
+class Splits:
+    train: ImageSet | MemmapImageSet
+    val: ImageSet | MemmapImageSet | None
+    test: ImageSet | MemmapImageSet | None
+    classes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)  # one-line remarks from loading (skipped files, ...)
+
+    def get(self, name: str) -> ImageSet | MemmapImageSet:
+        s = {"train": self.train, "val": self.val, "test": self.test}.get(name, "unknown")
+        if s == "unknown":
+            raise DataError(f"unknown split {name!r}; use train, val or test")
+        if s is None:
+            raise DataError(f"this run has no {name} split (data.val / data.train_split decide which exist)")
+        return s
