@@ -167,8 +167,8 @@ def test_iw_on_a_linear_gaussian_model_recovers_log_px_in_nats():
     with torch.no_grad():
         exact = _linear_gaussian_vae(w, b, exact=True)
         # exact posterior: every importance weight is p(x), whatever the chunking of the draws
-        for budget in (8, 1 << 20):
-            nll = exact.nll_offset() - iw_log_likelihood(exact, xs, None, 7, gen(0), budget=budget)
+        for rows in (8, 1 << 20):
+            nll = exact.nll_offset() - iw_log_likelihood(exact, xs, None, 7, gen(0), rows=rows)
             np.testing.assert_allclose(nll.numpy(), -log_px, atol=2e-4)
         m = _linear_gaussian_vae(w, b, exact=False)
         lw = m.log_weights(xs, None, 4000, generator=gen(1))
@@ -194,5 +194,5 @@ def test_many_importance_samples_stay_in_bounded_memory():
 
     m.log_weights = spy
     with torch.no_grad():
-        ll = iw_log_likelihood(m, x, None, 5000, gen(0), budget=50 * 36 * 512)
+        ll = iw_log_likelihood(m, x, None, 5000, gen(0), rows=50 * 512)
     assert sum(calls) == 5000 and max(calls) == 512 and torch.isfinite(ll).all()

@@ -25,9 +25,14 @@ from vaelab.errors import ConfigError
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
 
+# In place where torch allows it: every activation here follows a Linear or conv layer whose
+# output nothing else keeps, and a new tensor per layer costs page faults at large batches
+# (out-of-place ReLU over the conv-vae decoder's 28x28x32 maps at batch 1000: 129 ms, in
+# place 16 ms, one thread here). Values and gradients are the same either way.
 _ACT = {
-    "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "none": nn.Identity,
+    "relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
+    "elu": lambda: nn.ELU(inplace=True), "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True), "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid, "none": nn.Identity,
 }
 
 
@@ -82,7 +87,10 @@ def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     # computes the bias gradient of a bf16 channels-last map very slowly (17 ms for the
     # conv-vae's 64->32 transposed conv at batch 128, against 0.1 ms for autograd's sum
     # here); this made the whole conv-vae step 1.28x faster (68 against 87 ms, one thread).
-    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)
+    # In place: the convolution's output is ours alone (its backward keeps only its input and
+    # weight), and a fresh tensor of that size costs page faults (119 against 13 ms for the
+    # 64->32 map at batch 1000).
+    return y if bias is None else y.add_(bias.to(y.dtype).view(1, -1, 1, 1))
 
 
 class _FlippedBiasAfter:
