@@ -159,9 +159,9 @@ def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config,
     calls = {"n": 0}
     snapshot: dict[str, bytes] = {}
 
-    def forward(self, x, y=None, *, generator=None, progress=1.0):
+    def forward(self, x, y=None, *, generator=None, progress=1.0, dataset_size=None):
         calls["n"] += 1
-        out = real_forward(self, x, y, generator=generator, progress=progress)
+        out = real_forward(self, x, y, generator=generator, progress=progress, dataset_size=dataset_size)
         if calls["n"] == 5:  # first step of epoch 2: epoch 1 is on disk now
             for name in ("model.safetensors", "checkpoint.safetensors", "history.csv", "config.json"):
                 snapshot[name] = (run / name).read_bytes()
@@ -194,7 +194,7 @@ def test_nan_loss_raises_and_keeps_the_epoch_1_checkpoint(tmp_path, tiny_config,
 
 
 def test_nan_in_the_first_epoch(tiny_config, monkeypatch):
-    monkeypatch.setattr(LatentModel, "forward", lambda self, x, y=None, *, generator=None, progress=1.0:
+    monkeypatch.setattr(LatentModel, "forward", lambda self, x, y=None, *, generator=None, progress=1.0, dataset_size=None:
                         {"loss": torch.full((len(x),), float("inf"), requires_grad=True)})
     with pytest.raises(TrainingDiverged, match="became inf at epoch 1"):
         fit(tiny_config(), None, log=quiet)
@@ -228,10 +228,10 @@ def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
     real_forward = LatentModel.forward
     weights: list[float] = []
 
-    def forward(self, x, y=None, *, generator=None, progress=1.0):
+    def forward(self, x, y=None, *, generator=None, progress=1.0, dataset_size=None):
         if self.training:
             weights.append(kl_weight(self.cfg, progress))
-        return real_forward(self, x, y, generator=generator, progress=progress)
+        return real_forward(self, x, y, generator=generator, progress=progress, dataset_size=dataset_size)
 
     monkeypatch.setattr(LatentModel, "forward", forward)
     warm_cfg = tiny_config("train.epochs=3", "train.kl_warmup_epochs=2")

@@ -79,6 +79,10 @@ def _convert(v, kind: str):
     if kind == "list[int | str]":  # data.classes: label numbers or class (folder) names
         items = v if isinstance(v, (list, tuple)) else [v]
         return [x if isinstance(x, str) else _to_int(x) for x in items]
+    if kind.startswith("list[float]"):
+        if isinstance(v, (list, tuple)):
+            return [_convert(x, "float") for x in v]
+        return [_convert(v, "float")]
     if kind.startswith("list[int]"):
         if isinstance(v, (list, tuple)):
             return [_to_int(x) for x in v]
@@ -176,6 +180,35 @@ class ModelConfig:
     capacity: float | None = None  # elbo: target KL C in nats, annealed from 0 (Burgess et al. 2018)
     capacity_gamma: float = 1000.0  # elbo with capacity: weight gamma of |KL - C progress|
     k: int = 5  # iwae: importance samples per image
+    # tcvae: recon + tc_alpha MI + beta TC + tc_gamma dimension-wise KL (Chen et al. 2018)
+    tc_alpha: float = 1.0
+    tc_gamma: float = 1.0
+    # MMD objectives (wae-mmd, infovae): weight lambda, kernel (imq | rbf) and its scales s
+    # (constants C = s * 2 * latent_dim, for a prior of unit variance; kernels summed over s)
+    mmd_weight: float = 10.0
+    mmd_kernel: str = "imq"
+    mmd_scales: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0])
+    info_alpha: float = 0.0  # infovae: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD
+    vamp_components: int = 500  # prior vamp: K learned pseudo-inputs (Tomczak & Welling 2018)
+    # posterior vq (VQ-VAE): K code vectors of the encoder's last channel width, commitment
+    # beta, and optionally an EMA codebook (decay) instead of the codebook loss term
+    codebook_size: int = 512
+    commitment: float = 0.25
+    vq_ema: bool = False
+    vq_decay: float = 0.99
+    # posterior gaussian2 / prior hierarchical (two stochastic layers, Burda et al. 2016):
+    # latent_dims [z1, z2]; hidden2 the deterministic widths between the stochastic layers
+    latent_dims: list[int] | None = None
+    hidden2: list[int] = field(default_factory=lambda: [100, 100])
+    # Denoising: corrupt the encoder's input while training (gaussian: noise of std level;
+    # salt_pepper: a fraction level of pixels set to 0 or 1; mask: a fraction level set to 0)
+    corrupt: str = "none"
+    corrupt_level: float = 0.0
+    # Sparse codes: sparsity_weight times an L1 penalty on the code (l1), or the KL between a
+    # target activation rate and each dimension's mean activation over the batch (kl: codes in (0, 1))
+    sparsity: str = "none"
+    sparsity_weight: float = 0.0
+    sparsity_target: float = 0.05
     # Weight init: "torch" (PyTorch's defaults) or "glorot" (Keras's defaults: Glorot-uniform
     # weights, zero biases). The Keras conv VAE needs "glorot": with PyTorch's smaller
     # default weights its Dense-16 bottleneck dies and the posterior collapses (KL ~ 0).
@@ -224,6 +257,30 @@ class ModelConfig:
         _check(self.capacity is None or self.capacity >= 0, f"model.capacity must be >= 0 nats, got {self.capacity}")
         _check(self.capacity_gamma > 0, f"model.capacity_gamma must be positive, got {self.capacity_gamma}")
         _check(self.k >= 1, f"model.k (importance samples) must be at least 1, got {self.k}")
+        _check(self.mmd_weight >= 0, f"model.mmd_weight must be >= 0, got {self.mmd_weight}")
+        _check(self.mmd_kernel in ("imq", "rbf"), f"model.mmd_kernel must be imq or rbf, got {self.mmd_kernel!r}")
+        _check(len(self.mmd_scales) >= 1 and all(math.isfinite(s) and s > 0 for s in self.mmd_scales),
+               f"model.mmd_scales (the MMD kernel scales) must be positive, got {self.mmd_scales}")
+        _check(self.vamp_components >= 1, f"model.vamp_components must be at least 1, got {self.vamp_components}")
+        _check(self.codebook_size >= 1, f"model.codebook_size (VQ-VAE codes) must be at least 1, got "
+               f"{self.codebook_size}")
+        _check(self.commitment >= 0, f"model.commitment must be >= 0, got {self.commitment}")
+        _check(0 < self.vq_decay < 1, f"model.vq_decay must be in (0, 1), got {self.vq_decay}")
+        if self.latent_dims is not None:
+            _check(len(self.latent_dims) == 2 and all(d >= 1 for d in self.latent_dims),
+                   f"model.latent_dims must be two sizes [z1, z2], got {self.latent_dims}")
+            self.latent_dim = sum(self.latent_dims)
+        _check(all(h > 0 for h in self.hidden2), "model.hidden2 widths must be positive")
+        _check(self.corrupt in ("none", "gaussian", "salt_pepper", "mask"),
+               f"model.corrupt must be none, gaussian, salt_pepper or mask, got {self.corrupt!r}")
+        _check(self.corrupt_level >= 0 and (self.corrupt in ("none", "gaussian") or self.corrupt_level <= 1),
+               f"model.corrupt_level must be >= 0 (a fraction <= 1 for {self.corrupt}), got {self.corrupt_level}")
+        _check(self.sparsity in ("none", "l1", "kl"), f"model.sparsity must be none, l1 or kl, got {self.sparsity!r}")
+        _check(self.sparsity_weight >= 0, f"model.sparsity_weight must be >= 0, got {self.sparsity_weight}")
+        _check(0 < self.sparsity_target < 1, f"model.sparsity_target must be in (0, 1), got {self.sparsity_target}")
+        if self.sparsity == "kl":
+            _check(self.latent_activation == "sigmoid", "model.sparsity=kl compares activation rates and needs codes "
+                   "in (0, 1): set model.latent_activation=sigmoid")
         _check(self.objective != "iwae" or self.beta == 1.0,
                f"model.objective=iwae bounds log p(x) and has no beta; leave model.beta at 1 (got {self.beta})")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
@@ -244,10 +301,13 @@ class ModelConfig:
                    f"model.input_shape must be (C, H, W), got {self.input_shape}")
         _check(self.final_kernel is None or (self.final_kernel > 0 and self.final_kernel % 2 == 1),
                f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
+        if self.posterior == "vq":
+            _check(self.arch == "conv" and self.latent == "conv", "model.posterior=vq quantises a grid of codes: it "
+                   "needs model.arch=conv and model.latent=conv (the encoder's last feature map)")
         if self.latent == "conv":
             _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
-            _check(self.posterior == "point", "model.latent=conv (the feature map is the code) is for autoencoders "
-                   "(model.posterior=point); VAEs need a dense latent")
+            _check(self.posterior in ("point", "vq"), "model.latent=conv (the feature map is the code) is for "
+                   "autoencoders and VQ-VAEs (model.posterior=point or vq); VAEs need a dense latent")
             _check(self.condition == "none", "a conditional model needs a vector code (model.latent=dense)")
         _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
                f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")

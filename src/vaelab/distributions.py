@@ -166,6 +166,71 @@ class MixtureDiagNormal(Distribution):
         return torch.logsumexp(comp + torch.log_softmax(self.logits, 0), dim=-1)
 
 
+class Quantized(Distribution):
+    """A VQ-VAE's code: the nearest codebook vectors to the encoder's output, deterministic.
+
+    ``encoded`` z_e and ``quantized`` e are (B, D') (the code grid flattened); ``mean`` is
+    the straight-through code z_e + sg(e - z_e): e in value, z_e's gradient.
+    ``indices`` (B, h, w) are the codes' positions in the codebook. Codes are discrete:
+    no density, and moving through the space between codebook vectors means nothing."""
+
+    has_density = False
+    continuous = False
+
+    def __init__(self, encoded: torch.Tensor, quantized: torch.Tensor, indices: torch.Tensor):
+        self.encoded, self.quantized, self.indices = encoded, quantized, indices
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.encoded + (self.quantized - self.encoded).detach()
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        return self.mean.expand(_shape(sample_shape) + tuple(self.mean.shape))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        raise TypeError("a quantised code has no density")
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"code": self.indices.flatten(1).to(self.quantized.dtype)}
+
+
+class Ancestral(Distribution):
+    """A two-layer Gaussian chain over z = [z1, z2]: z1 ~ first, then z2 ~ second(z1).
+
+    ``first`` is a DiagNormal over z1 (B, d1); ``second`` maps z1 (..., d1) to a DiagNormal
+    over z2. Draws go down the chain (so k draws of z1 give k of z2), ``log_prob`` adds
+    the two layers' log-densities, and ``mean`` follows the means. Both the posterior
+    q(z1|x) q(z2|z1) and the prior p(z2) p(z1|z2) of a two-stochastic-layer model are of
+    this form (the prior with its layers in the other order, see ``swap``)."""
+
+    def __init__(self, first: Distribution, second, first_dim: int, swap: bool = False):
+        # first_dim: the width of the first layer's code; swap: it goes last in z (a prior
+        # p(z2) p(z1|z2) over codes laid out [z1, z2]).
+        self.first, self.second, self.first_dim, self.swap = first, second, first_dim, swap
+
+    def _join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b, a] if self.swap else [a, b], -1)
+
+    def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.swap:
+            cut = z.shape[-1] - self.first_dim
+            return z[..., cut:], z[..., :cut]
+        return z[..., :self.first_dim], z[..., self.first_dim:]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        a = self.first.mean
+        return self._join(a, self.second(a).mean)
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        a = self.first.rsample(sample_shape, generator)
+        return self._join(a, self.second(a).rsample(generator=generator))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        a, b = self._split(z)
+        return self.first.log_prob(a) + self.second(a).log_prob(b)
+
+
 # ------------------------------------------------------------------------------------ densities
 def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Element-wise log N(z; mean, exp(logvar)), broadcast, not summed."""
@@ -224,6 +289,10 @@ def cat(dists: list[Distribution]) -> Distribution:
         return DiagNormal(torch.cat([d.loc for d in dists]), torch.cat([d.logvar for d in dists]))
     if isinstance(first, PointMass):
         return PointMass(torch.cat([d.value for d in dists]))
+    if isinstance(first, Quantized):
+        return Quantized(*(torch.cat([getattr(d, a) for d in dists]) for a in ("encoded", "quantized", "indices")))
+    if isinstance(first, Ancestral):  # the chain's networks stay behind: keep the means of both layers
+        return PointMass(torch.cat([d.mean for d in dists]))
     raise TypeError(f"cannot concatenate {type(first).__name__} distributions")
 
 
@@ -233,8 +302,13 @@ def to(d: Distribution, device) -> Distribution:
         return DiagNormal(d.loc.to(device), d.logvar.to(device))
     if isinstance(d, PointMass):
         return PointMass(d.value.to(device))
+    if isinstance(d, Quantized):
+        return Quantized(d.encoded.to(device), d.quantized.to(device), d.indices.to(device))
+    if isinstance(d, Ancestral):
+        return PointMass(d.mean.to(device))
     raise TypeError(f"cannot move a {type(d).__name__}")
 
 
-__all__ = ["DiagNormal", "Distribution", "KL_RULES", "LOG_2PI", "MixtureDiagNormal", "PointMass", "StandardNormal",
+__all__ = ["Ancestral", "DiagNormal", "Distribution", "KL_RULES", "LOG_2PI", "MixtureDiagNormal", "PointMass",
+           "Quantized", "StandardNormal",
            "cat", "importance_weights", "kl_divergence", "kl_per_dim", "log_mean_exp", "log_normal", "to"]

@@ -156,4 +156,4 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, da
             "mi": log_qz_x - log_qz, "tc": log_qz - log_prod_qzj, "dwkl": log_prod_qzj - log_pz}
 
 
-__all__ = ["WAE_SCALES", "gaussian_log_density", "mmd", "tc_decomposition"]
+__all__ = ["WAE_SCALES", "mmd", "tc_decomposition"]

@@ -1,4 +1,4 @@
-"""Commands to generate and explore: judge, sample, plot, eval-samples."""
+"""Commands to generate and explore: judge, sample, plot, eval-samples, fit-prior."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ def _sampler_params(components, covariance, scale) -> dict:
 
 
 def _only_used(name: str, params: dict) -> dict:
-    """Pass each sampler only the options it takes."""
+    """The options a sampler's constructor takes; one it does not take is an error (a --scale
+    given to the prior sampler would otherwise be silently ignored)."""
+    import inspect
+
     from vaelab.latent.sampling import SAMPLERS
 
-    used = {"gmm": ("components", "covariance", "scale"), "class-gmm": ("components", "covariance", "scale"),
-            "class-gaussian": ("scale",), "prior": ()}
     if name not in SAMPLERS:
         raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
-    return {k: v for k, v in params.items() if k in used[name] and v is not None}
+    takes = set(inspect.signature(SAMPLERS[name].__init__).parameters)
+    unused = [k for k, v in params.items() if v is not None and k not in takes]
+    if unused:
+        raise VaelabError(f"--{', --'.join(unused)} does not apply to --sampler {name}")
+    return {k: v for k, v in params.items() if v is not None}
 
 
 @click.command()
@@ -156,3 +161,35 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
     _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")
+
+
+@click.command("fit-prior")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--prior", type=click.Choice(["pixelcnn"]), default="pixelcnn", show_default=True,
+              help="The learned prior over a VQ-VAE's code grid.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--channels", type=int, default=64, show_default=True, help="Width of the gated layers.")
+@click.option("--layers", type=int, default=8, show_default=True)
+@click.option("--class-conditional", is_flag=True, help="Condition on the training labels (then sample --class C).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_conditional, seed, device) -> None:
+    """Fit a learned prior (a gated PixelCNN) over a finished VQ-VAE run's codes; save it in RUN/priors/."""
+    from vaelab.api import Run
+    from vaelab.latent import pixelcnn
+
+    for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--channels", channels),
+                    ("--layers", layers)):
+        if v < 1:
+            raise VaelabError(f"{name} must be at least 1")
+    if lr <= 0:
+        raise VaelabError("--lr must be positive")
+    pixelcnn.check_finished(Path(run_dir))
+    run = Run.load(run_dir, device=device)
+    net, info = pixelcnn.fit_pixelcnn(run, epochs=epochs, batch_size=batch_size, lr=lr, channels=channels,
+                                      layers=layers, conditional=class_conditional, seed=seed, log=_echo)
+    path = pixelcnn.save(net, info, run_dir)
+    test = f"; test NLL {info['test_nll']:.2f} nats per code grid" if "test_nll" in info else ""
+    _echo(f"wrote {path} (train NLL {info['train_nll']:.2f}{test}); sample with --sampler pixelcnn")

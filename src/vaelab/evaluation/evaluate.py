@@ -58,7 +58,8 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
     generator), so for the elbo objective ``loss`` is the usual single-sample negative
     ELBO. ``mse``, ``ssim`` and ``psnr`` compare images with their reconstruction through
     the posterior mean. ``nll_iw`` is the importance-weighted NLL in nats with
-    ``iw_samples`` samples (models with a density, when iw_samples > 0).
+    ``iw_samples`` samples (models with a density, when iw_samples > 0). ``active_units``
+    for a continuous latent; ``perplexity`` and ``dead_codes`` for a codebook.
 
     Labels: a conditional model reads the split's labels; without them it is evaluated
     with the most probable class (``labels_inferred``), and ``nll_iw`` marginalises over
@@ -74,17 +75,19 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
     iw = iw_samples if iw_samples > 0 and "density" in caps else 0
     sums: dict[str, float] = {}
     kl_sum: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # codebook usage (K,)
     means = []
     for i in range(0, len(data), batch_size):
         x = data.batch(slice(i, i + batch_size), device)
         y = None if labels is None else labels[i:i + batch_size].to(x.device)
         y_model = (y if y is not None else model.infer_labels(x)) if model.conditional else None
-        parts = dict(model(x, y_model, generator=gen))
+        parts = dict(model(x, y_model, generator=gen, dataset_size=len(data)))
         q = model.posterior(x, y_model)
         x_hat = model.decode(q.mean, y_model)
         parts["mse"] = metrics.mse(x_hat, x)
         parts["psnr"] = metrics.psnr(x_hat, x)
-        parts["ssim"] = metrics.ssim(x_hat, x)
+        if min(x.shape[-2:]) >= metrics.SSIM_WINDOW:  # SSIM is not defined on smaller images
+            parts["ssim"] = metrics.ssim(x_hat, x)
         if iw:
             parts["nll_iw"] = model.nll_offset() - iw_log_likelihood(model, x, y if model.conditional else None,
                                                                      iw, gen)
@@ -99,10 +102,17 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
             if per_dim is not None:
                 kl_sum = per_dim.double().sum(0) if kl_sum is None else kl_sum + per_dim.double().sum(0)
         means.append(q.mean.float().cpu())
+        if "codebook" in caps:
+            usage = torch.bincount(q.indices.flatten().cpu(), minlength=model.cfg.codebook_size)
+            counts = usage if counts is None else counts + usage
     n = len(data)
     result: dict = {k: v / n for k, v in sums.items()}
     mu_all = torch.cat(means)
-    result["active_units"] = metrics.active_units(mu_all) if len(mu_all) > 1 else None
+    if "continuous" in caps:
+        result["active_units"] = metrics.active_units(mu_all) if len(mu_all) > 1 else None
+    if counts is not None:  # how the codebook is used: exp(entropy) of the code frequencies, and unused codes
+        result["perplexity"] = model.posterior_head.perplexity(counts)
+        result["dead_codes"] = int((counts == 0).sum())
     if kl_sum is not None:
         result["kl_per_dim"] = (kl_sum / n).tolist()
     result["iw_samples"] = iw or None
@@ -110,7 +120,8 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
         result["labels_inferred"] = True
     result.update({"n": n, "split": split, "seed": seed})
     first = ["loss", "recon", "kl", "predictor", "predictor_accuracy", "mse", "ssim", "psnr", "nll_iw"]
-    last = ["active_units", "kl_per_dim", "iw_samples", "labels_inferred", "n", "split", "seed"]
+    last = ["active_units", "perplexity", "dead_codes", "kl_per_dim", "iw_samples", "labels_inferred", "n", "split",
+            "seed"]
     ordered = {k: result[k] for k in first if k in result}
     ordered.update({k: v for k, v in result.items() if k not in first and k not in last})  # other objective parts
     ordered.update({k: result[k] for k in last if k in result})

@@ -30,7 +30,10 @@ def _valid_filter_matrix(n: int, win_size: int, sigma: float, dtype, device) -> 
     return m
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+SSIM_WINDOW = 11  # the Gaussian window's taps: images need at least this many pixels a side
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = SSIM_WINDOW,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """Structural similarity per image (N,), averaged over channels.
 

@@ -139,6 +139,48 @@ class PriorSampler(Sampler):
             raise ConfigError(f"class {cls} is not one this run's model was trained on (classes 0..{k - 1})")
 
 
+class PixelCNNSampler(Sampler):
+    """Index grids from the run's fitted PixelCNN prior, through the VQ-VAE's codebook
+    (``vaelab fit-prior RUN`` trains it); class-conditional when the prior is."""
+
+    name = "pixelcnn"
+
+    def __init__(self, model=None, run_dir=None, **params):
+        super().__init__(**params)
+        from vaelab.latent import pixelcnn
+        from vaelab.models import require
+
+        if model is None or run_dir is None:
+            raise ConfigError("the pixelcnn sampler needs a run: use fitted_sampler(run, 'pixelcnn')")
+        require(model, "codebook", "the pixelcnn sampler")
+        self.model = model
+        self.net, self.info = pixelcnn.load(run_dir, next(model.parameters()).device)
+        k = self.info["config"]["num_classes"]
+        self.conditional = k is not None
+        if k is not None:
+            self.arrays = {"classes": np.arange(k)}
+
+    def fit(self, codes, labels=None, seed=0):
+        return self
+
+    def save(self, folder):  # the prior is saved by `vaelab fit-prior`
+        return None
+
+    def sample(self, n, cls=None, seed=0):
+        import torch
+
+        if cls is not None and not self.conditional:
+            raise ConfigError("this run's PixelCNN prior is not class-conditional; fit one with "
+                              "`vaelab fit-prior RUN --class-conditional` to sample a class")
+        if self.conditional and cls is None:
+            raise ConfigError("this run's PixelCNN prior is class-conditional: pass --class C")
+        device = next(self.model.parameters()).device
+        y = None if cls is None else torch.full((n,), self._check_class(cls), dtype=torch.long, device=device)
+        idx = self.net.sample(n, y, torch.Generator(device=device).manual_seed(seed))
+        with torch.no_grad():
+            return self.model.posterior_head.lookup(idx).double().cpu().numpy()
+
+
 class GMMSampler(Sampler):
     name = "gmm"
 
@@ -234,16 +276,20 @@ def _classes(labels: np.ndarray | None) -> list[int]:
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler)
+    s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler)
 }
+# Samplers that draw from something the model holds, not a density fit on its codes.
+MODEL_SAMPLERS = {PriorSampler.name, PixelCNNSampler.name}
 
 
-def make_sampler(name: str, model=None, **params) -> Sampler:
+def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     params = {k: v for k, v in params.items() if v is not None}
     if name == PriorSampler.name:
         params["model"] = model
+    if name == PixelCNNSampler.name:
+        params.update(model=model, run_dir=run_dir)
     try:
         return SAMPLERS[name](**params)
     except TypeError as e:
@@ -253,8 +299,8 @@ def make_sampler(name: str, model=None, **params) -> Sampler:
 def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, **params) -> Sampler:
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters (fit once, reuse)."""
-    sampler = make_sampler(name, model=run.model, **params)
-    if isinstance(sampler, PriorSampler):
+    sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
+    if name in MODEL_SAMPLERS:
         return sampler
     require_continuous(run.model, f"the {name} sampler")
     folder = run.dir.samplers if run.run_dir else None

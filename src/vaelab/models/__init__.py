@@ -41,6 +41,17 @@ MODELS: dict[str, Family] = {
     "vae": Family("variational autoencoder, Gaussian posterior, N(0, I) prior", "gaussian", "normal", "elbo"),
     "cvae": Family("conditional VAE: encoder q(z|x,y) and decoder p(x|z,y) see the label",
                    "gaussian", "normal", "elbo", condition="onehot"),
+    "iwae": Family("importance-weighted autoencoder (a VAE trained on the k-sample bound)", "gaussian", "normal",
+                   "iwae"),
+    "beta-tcvae": Family("beta-TCVAE: the KL split into MI, total correlation and dimension-wise KL",
+                         "gaussian", "normal", "tcvae"),
+    "wae": Family("Wasserstein autoencoder, MMD penalty, deterministic encoder", "point", "normal", "wae-mmd"),
+    "infovae": Family("InfoVAE / MMD-VAE: KL and MMD to the prior", "gaussian", "normal", "infovae"),
+    "vamp": Family("VAE with the VampPrior (a mixture of posteriors at learned pseudo-inputs)", "gaussian", "vamp",
+                   "elbo"),
+    "hvae": Family("two stochastic layers z1, z2 (the IWAE paper's second architecture)", "gaussian2",
+                   "hierarchical", "elbo"),
+    "vq-vae": Family("VQ-VAE: a grid of codes from a learned codebook", "vq", "none", "vq"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
@@ -51,6 +62,7 @@ CAPABILITIES: dict[str, str] = {
     "prior": "a prior p(z) to sample from",
     "labels": "a conditional model p(x|z, y)",
     "predictor": "a label predictor on the code (train with --set model.predictor_weight=10)",
+    "codebook": "a discrete codebook (a VQ-VAE)",
 }
 
 

@@ -22,6 +22,7 @@ encoder and decoder; a label predictor learns them. Images are float (B, C, H, W
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
 def capabilities(cfg: ModelConfig) -> frozenset[str]:
     """What a model with these parts offers; tools and objectives ask for these by name
     (``vaelab.models.CAPABILITIES`` says what each means)."""
-    caps = {"continuous"}
-    stochastic = POSTERIORS[cfg.posterior].stochastic
+    head = POSTERIORS[cfg.posterior]
+    caps = {name for name in ("continuous", "codebook") if getattr(head, name)}
+    stochastic = head.stochastic
     prior = PRIORS[cfg.prior] is not None
     if stochastic:
         caps.add("stochastic")
@@ -56,6 +58,33 @@ def capabilities(cfg: ModelConfig) -> frozenset[str]:
     if cfg.predictor_weight > 0:
         caps.add("predictor")
     return frozenset(caps)
+
+
+def corrupt(x: torch.Tensor, kind: str, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A corrupted copy of images (B, C, H, W) in [0, 1] for a denoising model (Vincent et al.
+    2008): Gaussian noise of std ``level`` (clipped to [0, 1]), salt-and-pepper (a fraction
+    ``level`` of pixels set to 0 or 1 at random), or masking (a fraction set to 0)."""
+    if kind == "none" or level <= 0:
+        return x
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if kind == "gaussian":
+        return (x + level * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)).clamp(0, 1)
+    hit = u < level
+    if kind == "mask":
+        return x.masked_fill(hit, 0.0)
+    # salt and pepper: the hit pixels' own uniform draw decides white (u < level / 2) or black
+    return torch.where(hit, (u < level / 2).to(x.dtype), x)
+
+
+def sparsity_penalty(z: torch.Tensor, kind: str, target: float) -> torch.Tensor:
+    """Per-image (B,) sparsity penalty of codes (B, D): the L1 norm, or (kl) the KL between
+    Bernoulli(target) and Bernoulli(mean activation of each dimension over the batch),
+    summed over dimensions (Ng's sparse autoencoder), reported for every image of the batch."""
+    if kind == "l1":
+        return z.abs().sum(1)
+    rho = z.float().mean(0).clamp(1e-6, 1 - 1e-6)  # (D,)
+    kl = target * torch.log(target / rho) + (1 - target) * torch.log((1 - target) / (1 - rho))
+    return kl.sum().expand(len(z))
 
 
 class LabelCode(nn.Module):
@@ -92,8 +121,13 @@ class LatentModel(nn.Module):
         self.encoder, features = body.encoder(cfg, extra)
         if cfg.latent == "conv":
             cfg.latent_dim = features  # the encoder's last feature map is the code
-        self.posterior_head = POSTERIORS[cfg.posterior](cfg, features)
-        self.decoder = body.decoder(cfg, extra)
+        head = POSTERIORS[cfg.posterior]
+        self.posterior_head = head(cfg, features)
+        # The decoder reads the code's first decoder_dim dimensions (z1 of a two-layer model).
+        self.decoder_dim = head.decoder_dim(cfg) if hasattr(head, "decoder_dim") else cfg.latent_dim
+        dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim,
+                                                                         latent_dims=None)
+        self.decoder = body.decoder(dec_cfg, extra)
         prior = PRIORS[cfg.prior]
         self.prior_net = prior(cfg) if prior is not None else None
         self.likelihood = build_likelihood(cfg.loss, cfg.output_activation)
@@ -166,13 +200,12 @@ class LatentModel(nn.Module):
             y = self._labels(y, len(y), "the prior")
         else:
             y = None
-        log_py = getattr(self, "class_log_prior", None)
-        return self.prior_net(y, batch, log_py)
+        return self.prior_net(self, y, batch)
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder logits (..., C, H, W) for codes (..., D); leading sample dims are kept."""
         lead = z.shape[:-1]
-        z2 = z.reshape(-1, z.shape[-1])
+        z2 = z[..., :self.decoder_dim].reshape(-1, self.decoder_dim)
         if self.label_code is not None:
             y = self._labels(y, lead[-1] if lead else 1, "decoding")
             e = self.label_code(y)
@@ -203,9 +236,16 @@ class LatentModel(nn.Module):
         return self.likelihood.nll_offset(self.cfg.input_shape, self.signed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
-                progress: float = 1.0) -> dict[str, torch.Tensor]:
-        q = self.posterior(x, y)
-        parts = self.objective.fn(self, x, y, q, generator=generator, progress=progress)
+                progress: float = 1.0, dataset_size: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-image (B,) loss and parts. ``dataset_size``: the size of the data set the batch
+        comes from, for objectives that estimate the aggregate posterior from a minibatch."""
+        x_in = corrupt(x, self.cfg.corrupt, self.cfg.corrupt_level, generator) if self.training else x
+        q = self.posterior(x_in, y)  # a denoising model encodes the corrupted image, decodes towards x
+        parts = self.objective.fn(self, x, y, q, generator=generator, progress=progress, dataset_size=dataset_size)
+        if self.cfg.sparsity != "none" and self.cfg.sparsity_weight > 0:
+            s = sparsity_penalty(q.mean, self.cfg.sparsity, self.cfg.sparsity_target)
+            parts["loss"] = parts["loss"] + self.cfg.sparsity_weight * s
+            parts["sparsity"] = s
         if y is not None and self.predictor is not None:
             # The predictor reads the posterior mean, the code that steering later moves.
             ce = classification(self.predict_logits(q.mean), y)
@@ -248,4 +288,4 @@ class LatentModel(nn.Module):
         return self.predictor(z).float()
 
 
-__all__ = ["LabelCode", "LatentModel", "capabilities"]
+__all__ = ["LabelCode", "LatentModel", "capabilities", "corrupt", "sparsity_penalty"]

@@ -2,18 +2,22 @@
 
 ``POSTERIORS[model.posterior](cfg, features)`` builds the head; calling it on features
 returns a ``vaelab.distributions`` object. Heads compute in fp32 even under autocast:
-the code statistics feed the KL and the sampling noise.
+the code statistics feed the KL and the sampling noise. Class attributes say what the
+head offers (``vaelab.models.capabilities`` reads them): ``stochastic`` (draws differ),
+``continuous`` (codes live in R^D), ``codebook`` (discrete codes from a codebook), and
+``decoder_dim`` (how many leading code dimensions the decoder reads; all by default).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from vaelab.distributions import DiagNormal, Distribution, PointMass
-from vaelab.models.bodies import activation
+from vaelab.distributions import Ancestral, DiagNormal, Distribution, PointMass, Quantized
+from vaelab.models.bodies import activation, conv_sizes, mlp
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -23,7 +27,7 @@ class PointPosterior(nn.Module):
     """An autoencoder's code: z = act(W h), a point mass. ``model.latent=conv`` takes the
     encoder's last feature map itself as the code (no weights here)."""
 
-    stochastic = False
+    stochastic, continuous, codebook = False, True, False
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -38,7 +42,7 @@ class GaussianPosterior(nn.Module):
     """q(z|x) = N(mu(h), diag(exp(logvar(h)))): two linear heads, as in the PyTorch (fc21/fc22)
     and Keras (z_mean/z_log_var) tutorials."""
 
-    stochastic = True
+    stochastic, continuous, codebook = True, True, False
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -49,7 +53,102 @@ class GaussianPosterior(nn.Module):
         return DiagNormal(self.mu(h).float(), self.logvar(h).float())
 
 
-# Registry: model.posterior -> head class (cfg, encoder feature width).
-POSTERIORS: dict[str, type[nn.Module]] = {"point": PointPosterior, "gaussian": GaussianPosterior}
+class GaussianLayer(nn.Module):
+    """An MLP (tanh, as in the IWAE paper) then two heads: a DiagNormal over ``out`` dims."""
 
-__all__ = ["GaussianPosterior", "POSTERIORS", "PointPosterior"]
+    def __init__(self, d_in: int, widths: list[int], out: int, act: str):
+        super().__init__()
+        self.net = nn.Sequential(*mlp([d_in] + list(widths), act)) if widths else nn.Identity()
+        width = widths[-1] if widths else d_in
+        self.mu, self.logvar = nn.Linear(width, out), nn.Linear(width, out)
+
+    def forward(self, z: torch.Tensor) -> DiagNormal:
+        h = self.net(z)
+        return DiagNormal(self.mu(h).float(), self.logvar(h).float())
+
+
+class TwoLayerPosterior(nn.Module):
+    """q(z1|x) q(z2|z1), the IWAE paper's second architecture: z1 from the encoder body's
+    features, z2 from z1 through ``model.hidden2``. Codes are [z1, z2]; the decoder reads z1."""
+
+    stochastic, continuous, codebook = True, True, False
+
+    def __init__(self, cfg: ModelConfig, features: int):
+        super().__init__()
+        d1, d2 = cfg.latent_dims
+        self.d1 = d1
+        self.z1 = GaussianLayer(features, [], d1, cfg.activation)
+        self.z2 = GaussianLayer(d1, cfg.hidden2, d2, cfg.activation)
+
+    @staticmethod
+    def decoder_dim(cfg: ModelConfig) -> int:
+        return cfg.latent_dims[0]
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        return Ancestral(self.z1(h), self.z2, self.d1)
+
+
+class VQPosterior(nn.Module):
+    """VQ-VAE (van den Oord et al. 2017): each position of the encoder's last feature map
+    (D channels, h x w) snaps to the nearest of K code vectors. The codebook is a parameter
+    trained by the codebook loss term, or (``model.vq_ema``) an exponential moving average
+    of the encoder outputs assigned to each code (buffers, updated in training mode)."""
+
+    stochastic, continuous, codebook = False, False, True
+
+    def __init__(self, cfg: ModelConfig, features: int):
+        super().__init__()
+        self.d = cfg.channels[-1]
+        self.hw = conv_sizes(cfg)[-1]
+        k = cfg.codebook_size
+        self.ema, self.decay = cfg.vq_ema, cfg.vq_decay
+        # Uniform in +-1/K, as the paper's reference code (Sonnet) and PyTorch-VAE do.
+        weight = torch.empty(k, self.d).uniform_(-1 / k, 1 / k)
+        if self.ema:
+            self.register_buffer("codes", weight)
+            # Every code starts as if assigned once to its own vector: an unused code then keeps
+            # its place instead of being divided by a count of ~0 and thrown far away.
+            self.register_buffer("ema_count", torch.ones(k))
+            self.register_buffer("ema_sum", weight.clone())
+        else:
+            self.codes = nn.Parameter(weight)
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        b = len(h)
+        ze = h.float().view(b, self.d, *self.hw).permute(0, 2, 3, 1).reshape(-1, self.d)  # (B*h*w, D)
+        # |z - e|^2 = |z|^2 - 2 z.e + |e|^2, as one matrix product: (B*h*w, K)
+        d2 = ze.square().sum(1, keepdim=True) - 2 * ze @ self.codes.t() + self.codes.square().sum(1)
+        idx = d2.argmin(1)
+        if self.ema and self.training:
+            self._ema_update(ze.detach(), idx)
+        e = self.codes[idx]  # (B*h*w, D)
+        flat = lambda t: t.view(b, *self.hw, self.d).permute(0, 3, 1, 2).reshape(b, -1)  # noqa: E731 (B, D*h*w)
+        return Quantized(flat(ze), flat(e), idx.view(b, *self.hw))
+
+    @torch.no_grad()
+    def _ema_update(self, ze: torch.Tensor, idx: torch.Tensor) -> None:
+        """Codebook as EMA of its assigned encoder outputs (the paper's appendix; Laplace-smoothed counts)."""
+        onehot = torch.nn.functional.one_hot(idx, len(self.codes)).to(ze.dtype)  # (M, K)
+        self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(onehot.t() @ ze, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        count = (self.ema_count + 1e-5) / (n + len(self.codes) * 1e-5) * n
+        self.codes.copy_(self.ema_sum / count[:, None])
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes (B, D*h*w) for codebook indices (B, h, w): what the decoder reads."""
+        e = self.codes[indices]  # (B, h, w, D)
+        return e.permute(0, 3, 1, 2).reshape(len(indices), -1)
+
+    def perplexity(self, counts: torch.Tensor) -> float:
+        """exp(entropy) of the code usage ``counts`` (K,): K when every code is used equally."""
+        p = counts.double() / counts.sum()
+        return float(math.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+
+
+# Registry: model.posterior -> head class (cfg, encoder feature width).
+POSTERIORS: dict[str, type[nn.Module]] = {
+    "point": PointPosterior, "gaussian": GaussianPosterior, "gaussian2": TwoLayerPosterior, "vq": VQPosterior,
+}
+
+__all__ = ["GaussianLayer", "GaussianPosterior", "POSTERIORS", "PointPosterior", "TwoLayerPosterior", "VQPosterior"]

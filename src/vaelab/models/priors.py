@@ -1,10 +1,15 @@
-"""Priors p(z|y): ``PRIORS[model.prior](cfg)`` builds a module; ``prior(y, batch)``
-returns a ``vaelab.distributions`` object over codes.
+"""Priors p(z|y): ``PRIORS[model.prior](cfg)`` builds a module; ``prior(model, y, batch)``
+returns a ``vaelab.distributions`` object over codes (the model is passed in, for priors
+built from its other parts).
 
 - ``normal``: N(0, I), the same for every label.
 - ``conditional``: a learned N(mu_y, diag(exp(logvar_y))) per class (starting at N(0, I)),
   for conditional models; with no label it is the mixture of the class priors
   weighted by the class frequencies of the training data.
+- ``vamp``: the VampPrior (Tomczak & Welling 2018), the mixture of the model's own
+  posteriors at K learned pseudo-inputs, (1/K) sum_k q(z | u_k).
+- ``hierarchical``: p(z2) p(z1|z2) for the two-stochastic-layer posterior (codes [z1, z2]),
+  p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.hidden2`` (Burda et al. 2016).
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vaelab.distributions import DiagNormal, Distribution, MixtureDiagNormal, StandardNormal
+from vaelab.distributions import Ancestral, DiagNormal, Distribution, MixtureDiagNormal, StandardNormal
 from vaelab.errors import ConfigError
+from vaelab.models.posteriors import GaussianLayer
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -31,7 +37,7 @@ class NormalPrior(nn.Module):
         self.dim = cfg.latent_dim
         self.register_buffer("anchor", torch.zeros(()), persistent=False)
 
-    def forward(self, y: torch.Tensor | None, batch: int | None, class_log_prior=None) -> Distribution:
+    def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
         shape = () if batch is None else (batch,)
         return StandardNormal(self.dim, self.anchor.device, torch.float32, shape)
 
@@ -48,13 +54,59 @@ class ConditionalPrior(nn.Module):
         self.mu = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
         self.logvar = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
 
-    def forward(self, y: torch.Tensor | None, batch: int | None, class_log_prior=None) -> Distribution:
+    def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
         if y is None:
-            return MixtureDiagNormal(self.mu, self.logvar, class_log_prior, () if batch is None else (batch,))
+            return MixtureDiagNormal(self.mu, self.logvar, model.class_log_prior, () if batch is None else (batch,))
         return DiagNormal(self.mu[y], self.logvar[y])
 
 
-# Registry: model.prior -> module class. "none": an autoencoder has no prior.
-PRIORS: dict[str, type[nn.Module] | None] = {"none": None, "normal": NormalPrior, "conditional": ConditionalPrior}
+class VampPrior(nn.Module):
+    """(1/K) sum_k q(z | u_k) at K learned pseudo-inputs u_k, images in [0, 1].
 
-__all__ = ["ConditionalPrior", "NormalPrior", "PRIORS"]
+    The pseudo-inputs are hardtanh(w) with w initialised N(0.05, 0.01) per pixel (the
+    paper's MNIST settings). The KL to this prior has no closed form: objectives use a
+    one-sample estimate, and nll_iw / the prior sampler work from the mixture."""
+
+    needs_labels = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.condition != "none":
+            raise ConfigError("model.prior=vamp is the mixture of q(z|u_k) at unlabelled pseudo-inputs; "
+                              "a conditional model would need labels for them")
+        self.pseudo = nn.Parameter(torch.randn(cfg.vamp_components, *cfg.input_shape) * 0.01 + 0.05)
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        return torch.nn.functional.hardtanh(self.pseudo, 0.0, 1.0)  # (K, C, H, W)
+
+    def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
+        q = model.posterior(self.pseudo_inputs())  # (K, D) components
+        return MixtureDiagNormal(q.mean, q.logvar, None, () if batch is None else (batch,))
+
+
+class HierarchicalPrior(nn.Module):
+    """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through ``model.hidden2``."""
+
+    needs_labels = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.latent_dims is None:
+            raise ConfigError("model.prior=hierarchical needs model.latent_dims [z1, z2] (and model.posterior=gaussian2)")
+        d1, d2 = cfg.latent_dims
+        self.d1, self.d2 = d1, d2
+        self.z1 = GaussianLayer(d2, list(reversed(cfg.hidden2)), d1, cfg.activation)
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
+        top = StandardNormal(self.d2, self.anchor.device, torch.float32, () if batch is None else (batch,))
+        return Ancestral(top, self.z1, self.d2, swap=True)
+
+
+# Registry: model.prior -> module class. "none": an autoencoder has no prior.
+PRIORS: dict[str, type[nn.Module] | None] = {
+    "none": None, "normal": NormalPrior, "conditional": ConditionalPrior, "vamp": VampPrior,
+    "hierarchical": HierarchicalPrior,
+}
+
+__all__ = ["ConditionalPrior", "HierarchicalPrior", "NormalPrior", "PRIORS", "VampPrior"]

@@ -90,7 +90,7 @@ def evaluate_losses(model: torch.nn.Module, data: ImageSet, batch_size: int, dev
     for i in range(0, len(data), batch_size):
         x = data.batch(slice(i, i + batch_size), device)
         y = None if labels is None else labels[i:i + batch_size]
-        for k, v in model(x, y, generator=gen).items():
+        for k, v in model(x, y, generator=gen, dataset_size=len(data)).items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
     model.train()
     return {k: v / len(data) for k, v in sums.items()}
@@ -174,7 +174,7 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
                     set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps))
                 progress = ((epoch - 1) + step / steps) / t.epochs
                 with forward_context(precision, device):
-                    out = model(x, y, progress=progress)
+                    out = model(x, y, progress=progress, dataset_size=n)
                 loss = out["loss"].mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

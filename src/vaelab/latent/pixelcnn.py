@@ -1,0 +1,216 @@
+"""A learned prior over a VQ-VAE's code grid: a small gated PixelCNN (van den Oord et al.
+2016, "Conditional image generation with PixelCNN decoders"), optionally class-conditional.
+
+``fit_pixelcnn(run)`` encodes the run's training images to code indices (N, h, w) and
+trains the PixelCNN on them by cross-entropy; ``save`` / ``load`` keep it beside the run
+(``RUN/priors/pixelcnn.safetensors``, its settings in the metadata: never a pickle);
+``sample`` draws index grids in raster order, which the VQ-VAE's codebook and decoder turn
+into images (``vaelab sample --sampler pixelcnn``).
+
+Causality comes from masked kernels: a vertical stack that sees only the rows above, and
+a horizontal stack that sees the pixels to the left in the same row, joined so that no
+blind spot remains (the "gated" PixelCNN). The first layer's masks exclude the centre;
+the tests check that no logit depends on its own or a later position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.errors import CheckpointError, VaelabError
+from vaelab.rundir import RunDir
+from vaelab.tensorfiles import load_tensors, save_tensors
+
+FILE = "pixelcnn.safetensors"
+
+
+@dataclass
+class PixelCNNConfig:
+    codes: int  # K, the codebook size
+    height: int
+    width: int
+    channels: int = 64
+    layers: int = 8
+    kernel: int = 5
+    num_classes: int | None = None  # class-conditional when set
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: tanh(a) * sigmoid(b) on a vertical and a horizontal stack."""
+
+    def __init__(self, c: int, k: int, first: bool, num_classes: int | None):
+        super().__init__()
+        self.first = first
+        self.vertical = nn.Conv2d(c, 2 * c, (k // 2 + 1, k), padding=(k // 2, k // 2))
+        self.horizontal = nn.Conv2d(c, 2 * c, (1, k // 2 + 1), padding=(0, k // 2))
+        self.v_to_h = nn.Conv2d(2 * c, 2 * c, 1)
+        self.h_out = nn.Conv2d(c, c, 1)
+        self.label = nn.Embedding(num_classes, 2 * c) if num_classes else None
+        # Masks: the vertical kernel's last row is the current row and the horizontal kernel's
+        # last column the current pixel; the first layer must not see either.
+        vm = torch.ones_like(self.vertical.weight)
+        hm = torch.ones_like(self.horizontal.weight)
+        if first:
+            vm[:, :, -1] = 0
+            hm[:, :, :, -1] = 0
+        self.register_buffer("v_mask", vm, persistent=False)
+        self.register_buffer("h_mask", hm, persistent=False)
+
+    @staticmethod
+    def _gate(a: torch.Tensor) -> torch.Tensor:
+        t, s = a.chunk(2, dim=1)
+        return torch.tanh(t) * torch.sigmoid(s)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, cond: torch.Tensor | None):
+        height, width = v.shape[-2:]
+        # Padding k//2 on every side then keeping the first rows / columns makes each output
+        # see only what lies above (vertical) or to the left (horizontal).
+        hv = F.conv2d(v, self.vertical.weight * self.v_mask, self.vertical.bias,
+                      padding=self.vertical.padding)[:, :, :height, :]
+        hh = F.conv2d(h, self.horizontal.weight * self.h_mask, self.horizontal.bias,
+                      padding=self.horizontal.padding)[:, :, :, :width]
+        bias = 0 if cond is None else self.label(cond)[:, :, None, None]
+        v_new = self._gate(hv + bias)
+        out = self._gate(self.v_to_h(hv) + hh + bias)
+        h_new = self.h_out(out) + (0 if self.first else h)  # a residual after the first layer
+        return v_new, h_new
+
+
+class GatedPixelCNN(nn.Module):
+    """p(indices | class) = prod over positions in raster order of p(index | earlier ones)."""
+
+    def __init__(self, cfg: PixelCNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.codes, cfg.channels)
+        self.layers = nn.ModuleList(GatedLayer(cfg.channels, cfg.kernel, i == 0, cfg.num_classes)
+                                    for i in range(cfg.layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(cfg.channels, 2 * cfg.channels, 1), nn.ReLU(),
+                                  nn.Conv2d(2 * cfg.channels, cfg.codes, 1))
+
+    def forward(self, idx: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K, h, w) for index grids (B, h, w)."""
+        x = self.embed(idx).permute(0, 3, 1, 2)  # (B, C, h, w)
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, y)
+        return self.head(h)
+
+    def nll(self, idx: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """-log p(indices) per grid (B,), in nats."""
+        return F.cross_entropy(self(idx, y), idx, reduction="none").flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n index grids (n, h, w), drawn position by position in raster order."""
+        device = self.embed.weight.device
+        idx = torch.zeros(n, self.cfg.height, self.cfg.width, dtype=torch.long, device=device)
+        for i in range(self.cfg.height):
+            for j in range(self.cfg.width):
+                p = torch.softmax(self(idx, y)[:, :, i, j].float(), 1)
+                idx[:, i, j] = torch.multinomial(p, 1, generator=generator)[:, 0]
+        return idx
+
+
+# ------------------------------------------------------------------------------------ fit, save, load
+def code_indices(run, split: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The VQ-VAE's code indices (N, h, w) of a split's images, and their labels."""
+    data = run.split(split)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            out.append(run.model.posterior(data.batch(slice(i, i + batch_size), run.device)).indices.cpu())
+    return torch.cat(out), data.y
+
+
+def check_finished(run_dir: Path) -> None:
+    """A prior is fit on a finished run only: not one still training, stopped or half deleted."""
+    rd = RunDir(run_dir)
+    if not rd.is_run() or not rd.weights.is_file():
+        raise CheckpointError(f"{run_dir} holds no trained model (no {RunDir.CONFIG} or {RunDir.WEIGHTS}); "
+                              "train one with `vaelab train`")
+    summary = json.loads(rd.summary.read_text()) if rd.summary.is_file() else None
+    planned = json.loads(rd.config.read_text())["train"]["epochs"]
+    if summary is None or summary.get("epochs") != planned:
+        done = summary.get("epochs") if summary else "an unknown number"
+        raise VaelabError(f"{run_dir} is still training or stopped part-way ({done} of {planned} epochs); "
+                          f"finish it with `vaelab train --resume {run_dir}`, then fit the prior")
+
+
+def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, channels: int = 64,
+                 layers: int = 8, kernel: int = 5, conditional: bool = False, seed: int = 0,
+                 log: Callable[[str], None] = print) -> tuple[GatedPixelCNN, dict]:
+    """Train a PixelCNN on the run's training codes; report its NLL on the test split."""
+    from vaelab.models import require
+
+    require(run.model, "codebook", "a PixelCNN prior")
+    run.model.eval()
+    idx, labels = code_indices(run, "train")
+    if conditional and labels is None:
+        raise VaelabError("a class-conditional PixelCNN needs labelled training images, and this run's data has none")
+    k = run.model.cfg.codebook_size
+    cfg = PixelCNNConfig(k, idx.shape[1], idx.shape[2], channels, layers, kernel,
+                         int(labels.max()) + 1 if conditional else None)
+    torch.manual_seed(seed)
+    net = GatedPixelCNN(cfg).to(run.device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    steps = math.ceil(len(idx) / batch_size)
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(len(idx), generator=gen)
+        total = torch.zeros(())
+        for s in range(steps):
+            b = perm[s * batch_size:(s + 1) * batch_size]
+            y = labels[b].to(run.device) if conditional else None
+            loss = net.nll(idx[b].to(run.device), y).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().cpu() * len(b)
+        log(f"pixelcnn epoch {epoch}/{epochs}  nll {float(total) / len(idx):.3f} nats per code grid "
+            f"({time.perf_counter() - t0:.0f}s)")
+    net.eval()
+    info = {"config": asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
+    split = run.default_split()
+    if split != "train":
+        test_idx, test_y = code_indices(run, split)
+        with torch.no_grad():
+            nll = [net.nll(test_idx[i:i + 500].to(run.device),
+                           test_y[i:i + 500].to(run.device) if conditional else None).sum()
+                   for i in range(0, len(test_idx), 500)]
+        info.update({"test_split": split, "test_nll": float(sum(nll)) / len(test_idx)})
+    return net, info
+
+
+def save(net: GatedPixelCNN, info: dict, run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "priors" / FILE
+    save_tensors(path, net.state_dict(), {"info": json.dumps(info)})
+    return path
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, dict]:
+    path = Path(run_dir) / "priors" / FILE
+    if not path.is_file():
+        raise VaelabError(f"{run_dir} has no PixelCNN prior ({path}); fit one with `vaelab fit-prior {run_dir}`")
+    tensors, meta = load_tensors(path)
+    info = json.loads(meta["info"])
+    net = GatedPixelCNN(PixelCNNConfig(**info["config"]))
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match its own settings: {str(e).splitlines()[0]}") from None
+    return net.to(device).eval(), info
+
+
+__all__ = ["FILE", "GatedPixelCNN", "PixelCNNConfig", "check_finished", "code_indices", "fit_pixelcnn", "load", "save"]

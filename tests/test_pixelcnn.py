@@ -1,0 +1,114 @@
+"""The gated PixelCNN prior over a VQ-VAE's codes: causality, fitting, sampling, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_error, run_main
+from vaelab.latent.pixelcnn import GatedPixelCNN, PixelCNNConfig
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_no_logit_sees_its_own_or_a_later_position(conditional):
+    """d logits(i, j) / d input(p) = 0 for every p at or after (i, j) in raster order."""
+    torch.manual_seed(0)
+    cfg = PixelCNNConfig(codes=6, height=5, width=4, channels=8, layers=3, kernel=3,
+                         num_classes=3 if conditional else None)
+    net = GatedPixelCNN(cfg)
+    idx = torch.randint(0, 6, (2, 5, 4))
+    y = torch.tensor([0, 2]) if conditional else None
+    emb = net.embed(idx).permute(0, 3, 1, 2).detach().requires_grad_(True)  # differentiate w.r.t. the inputs
+    v = h = emb
+    for layer in net.layers:
+        v, h = layer(v, h, y)
+    logits = net.head(h)
+    for i in range(5):
+        for j in range(4):
+            g, = torch.autograd.grad(logits[:, :, i, j].sum(), emb, retain_graph=True)
+            seen = g.abs().sum((0, 1)) > 0  # (h, w): which input positions this logit depends on
+            order = torch.arange(20).view(5, 4)
+            assert not seen[order >= i * 4 + j].any(), (i, j)
+            if i * 4 + j > 0:
+                assert seen.any()  # and it does see the past
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory, shapes_npz):
+    """A tiny VQ-VAE (7x7 grid of 4-d codes, 16 codes) trained 2 epochs on the labelled shapes."""
+    from vaelab.api import train
+    from vaelab.config import build_config
+
+    run_dir = tmp_path_factory.mktemp("runs") / "vq"
+    cfg = build_config(None, None, ["data.name=npz", f"data.path={shapes_npz}", "data.val=0.25",
+                                    "model.kind=vq-vae", "model.arch=conv", "model.latent=conv",
+                                    "model.channels=[8,4]", "model.codebook_size=16", "model.loss=bce",
+                                    "train.epochs=2", "train.batch_size=32", "train.progress=false"])
+    return train(cfg, run_dir, iw_samples=5, log=lambda *_: None)
+
+
+def test_a_vq_run_evaluates_its_codebook(vq_run):
+    ev = json.loads((vq_run.run_dir / "eval.json").read_text())
+    assert {"recon", "commit", "codebook", "perplexity", "dead_codes", "ssim"} <= set(ev)
+    assert "nll_iw" not in ev and "kl_per_dim" not in ev and 1 <= ev["perplexity"] <= 16
+    assert not (vq_run.run_dir / "figures" / "samples_prior.png").exists()  # no prior to sample yet
+
+
+def test_fit_prior_then_sample_through_the_codebook(vq_run, tmp_path, capsys):
+    from vaelab.latent import pixelcnn
+
+    rc, out, err = run_main(capsys, "fit-prior", vq_run.run_dir, "--epochs", 2, "--channels", 16, "--layers", 3)
+    assert rc == 0, err
+    assert "pixelcnn.safetensors" in out and "test NLL" in out
+    net, info = pixelcnn.load(vq_run.run_dir)
+    assert info["config"]["height"] == 7 and info["config"]["codes"] == 16 and info["test_nll"] > 0
+    rc, out, err = run_main(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn", "--n", 6, "--seed", 2,
+                            "--out", tmp_path / "s.png", "--npz", tmp_path / "s.npz")
+    assert rc == 0, err
+    idx = net.sample(6, generator=torch.Generator().manual_seed(2))  # the same draws, by hand
+    with torch.no_grad():
+        expect = vq_run.model.decode(vq_run.model.posterior_head.lookup(idx)).numpy()
+    with np.load(tmp_path / "s.npz") as f:
+        assert np.abs(f["images"] / 255.0 - expect).max() <= 0.5 / 255 + 1e-6
+    # a prior that fits the codes beats a uniform one: under log K per position
+    assert info["test_nll"] < 49 * np.log(16)
+
+
+def test_class_conditional_prior(vq_run, tmp_path, capsys):
+    rc, out, err = run_main(capsys, "fit-prior", vq_run.run_dir, "--epochs", 1, "--channels", 8, "--layers", 2,
+                            "--class-conditional")
+    assert rc == 0, err
+    rc, out, err = run_main(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn", "--class", 2, "--n", 4,
+                            "--out", tmp_path / "c.png", "--npz", tmp_path / "c.npz")
+    assert rc == 0, err
+    with np.load(tmp_path / "c.npz") as f:
+        assert f["labels"].tolist() == [2, 2, 2, 2]
+    assert "class-conditional: pass --class" in cli_error(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn")
+
+
+def test_refusals(vq_run, trained_run, tmp_path, capsys):
+    import shutil
+
+    assert "a PixelCNN prior needs a discrete codebook" in cli_error(capsys, "fit-prior", trained_run.run_dir)
+    assert "latent traversal needs a continuous latent space" in cli_error(
+        capsys, "plot", vq_run.run_dir, "--kind", "traverse", "--out", tmp_path / "t.png")
+    assert "gmm sampler needs a continuous latent" in cli_error(capsys, "sample", vq_run.run_dir, "--sampler", "gmm")
+    assert "steer needs a label predictor" in cli_error(capsys, "steer", vq_run.run_dir, "--from", 0, "--to", 1)
+    # a run still training (fewer epochs done than planned), and one deleted part-way
+    half = tmp_path / "half"
+    shutil.copytree(vq_run.run_dir, half)
+    cfg = json.loads((half / "config.json").read_text())
+    cfg["train"]["epochs"] = 5
+    (half / "config.json").write_text(json.dumps(cfg))
+    assert "still training or stopped part-way (2 of 5 epochs)" in cli_error(capsys, "fit-prior", half)
+    (half / "model.safetensors").unlink()
+    assert "holds no trained model" in cli_error(capsys, "fit-prior", half)
+    assert "the pixelcnn sampler needs a discrete codebook" in cli_error(capsys, "sample", trained_run.run_dir,
+                                                                          "--sampler", "pixelcnn")
+    bare = tmp_path / "bare"
+    shutil.copytree(vq_run.run_dir, bare)
+    shutil.rmtree(bare / "priors", ignore_errors=True)
+    assert "no PixelCNN prior" in cli_error(capsys, "sample", bare, "--sampler", "pixelcnn")
