@@ -44,15 +44,19 @@ def compute_precision(precision: str, device: torch.device) -> Iterator[None]:
     if precision != "mixed" or device.type != "cuda":
         yield
         return
-    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
-    saved = [b.fp32_precision for b in backends]
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9's API
+        flags = [(torch.backends.cuda.matmul, "fp32_precision", "tf32"), (torch.backends.cudnn.conv, "fp32_precision",
+                                                                           "tf32")]
+    else:  # the older flags, deprecated since
+        flags = [(torch.backends.cuda.matmul, "allow_tf32", True), (torch.backends.cudnn, "allow_tf32", True)]
+    saved = [getattr(obj, name) for obj, name, _ in flags]
     try:
-        for b in backends:
-            b.fp32_precision = "tf32"
+        for obj, name, value in flags:
+            setattr(obj, name, value)
         yield
     finally:
-        for b, old in zip(backends, saved):
-            b.fp32_precision = old
+        for (obj, name, _), old in zip(flags, saved):
+            setattr(obj, name, old)
 
 
 def forward_context(precision: str, device: torch.device):
