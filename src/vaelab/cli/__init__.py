@@ -25,6 +25,7 @@ def cli() -> None:
 COMMANDS = [
     run.train, run.eval_cmd, run.reconstruct, run.presets, run.info, run.download,
     generate.judge, generate.sample, generate.plot, generate.eval_samples, generate.fit_prior,
+    generate.disentanglement,
     tools.inpaint, tools.detect, tools.anomaly_bench, tools.export,
     report.report, sweep.sweep, sweep.experiment, steer.steer, steer.steer_bench,
     data.data,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import RegistryChoice, _echo, device_option, split_option
+from vaelab.cli.options import RegistryChoice, _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
 
 
@@ -193,3 +193,23 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
     path = pixelcnn.save(net, info, run_dir)
     test = f"; test NLL {info['test_nll']:.2f} nats per code grid" if "test_nll" in info else ""
     _echo(f"wrote {path} (train NLL {info['train_nll']:.2f}{test}); sample with --sampler pixelcnn")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", type=int, default=10000, show_default=True, help="Images scored (a random subset, seeded).")
+@click.option("--metrics", default="mig,factorvae", show_default=True,
+              help="Comma-separated: mig, dci (gradient boosted trees: minutes), factorvae.")
+@click.option("--split", default="train", show_default=True, help="dSprites has only a training split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@run_data_dir_option
+@device_option
+def disentanglement(run_dir, n, metrics, split, seed, data_dir, device) -> None:
+    """MIG, DCI and the FactorVAE score of a run's codes against its data's factors (dSprites)."""
+    from vaelab.api import Run
+    from vaelab.latent.disentangle import FILE, score_disentanglement
+
+    run = Run.load(run_dir, device=device, data_dir=data_dir)
+    score_disentanglement(run, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), seed=seed,
+                          split=split, out=run_dir, log=_echo)
+    _echo(f"wrote {Path(run_dir) / FILE}")
