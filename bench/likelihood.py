@@ -137,7 +137,7 @@ def main() -> None:
                      "active_units": ev["active_units"], "epochs": summary["epochs"],
                      "train_hours": round(summary["train_seconds"] / 3600, 2),
                      "eval_seconds": ev.get("eval_seconds", round(time.perf_counter() - t0, 1)),
-                     "neg_elbo": ev["loss"] if name == "vae" else ev.get("nelbo"), "n": ev["n"]})
+                     "neg_elbo": ev.get("nelbo", ev["loss"]), "n": ev["n"]})
     result = {"stages": args.stages, "epochs": stage_epochs(args.stages), "beta1": args.beta1, "seed": args.seed,
               "eval_k": args.eval_k, "eval_n": rows[0]["n"] if rows else 0, "threads": args.threads,
               "loadavg": os.getloadavg(), "rows": rows}
