@@ -238,6 +238,10 @@ def _export_part(model, name: str, folder: Path, ort) -> dict:
         except Exception as e:  # a model part torch.export cannot trace: say which, in one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise VaelabError(f"the {name} of {model.describe()} could not be exported to ONNX: {first[:300]}") from e
+        fixed = [i.name for i in program.model_proto.graph.input if i.type.tensor_type.shape.dim[0].dim_param == ""]
+        if fixed:  # torch.export fixed the batch size instead of failing: say so rather than ship it
+            raise VaelabError(f"the {name} of {model.describe()} could not be exported with a dynamic batch "
+                              f"({', '.join(fixed)} fixed at {EXAMPLE_BATCH}); nothing was written")
         program.save(path)
         ref = graph(*example.values())
     ref = ref if isinstance(ref, tuple) else (ref,)
@@ -263,7 +267,12 @@ def _check(model, name: str, graph: nn.Module, path: Path, ort, gen: torch.Gener
         with torch.no_grad():
             ref = graph(*inputs.values())
         ref = ref if isinstance(ref, tuple) else (ref,)
-        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        try:
+            got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        except Exception as e:  # onnxruntime's own errors (shapes, unsupported ops): one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise VaelabError(f"the exported {name} does not run in onnxruntime at batch size {n}: {first[:300]}; "
+                              "nothing was written") from e
         for r, g in zip(ref, got):
             if tuple(g.shape) != tuple(r.shape):
                 raise VaelabError(f"the exported {name} returned shape {g.shape} for a batch of {n}, "

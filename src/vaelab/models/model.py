@@ -155,7 +155,7 @@ class LatentModel(nn.Module):
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
         """q(z | x, y) for images (B, C, H, W) in [0, 1]."""
         h = self.to_model_space(x)
-        # x.shape[0], not len(x), here and in infer_labels: len() would fix the batch size in
+        # x.shape[0], not len(x), here, in prior and in infer_labels: len() would fix the batch size in
         # a graph traced by torch.export (ONNX export keeps it dynamic).
         y = self._labels(y, x.shape[0], "encoding")
         if y is not None:
@@ -167,7 +167,7 @@ class LatentModel(nn.Module):
         if self.prior_net is None:
             raise ConfigError(f"{self.describe()} has no prior")
         if y is not None and self.prior_net.needs_labels:
-            y = self._labels(y, len(y), "the prior")
+            y = self._labels(y, y.shape[0], "the prior")
         else:
             y = None
         log_py = getattr(self, "class_log_prior", None)
