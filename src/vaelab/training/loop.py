@@ -34,7 +34,8 @@ from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
 from vaelab.training.distributed import RankFailed, Ranks, session
-from vaelab.training.precision import compute_precision, forward_context, resolve_device, resolve_precision
+from vaelab.training.precision import compute_precision, forward_context, resolve_precision
+from vaelab.training.precision import resolve_device  # noqa: F401  (imported from here by callers)
 from vaelab.training.schedules import PER_STEP, lr_at
 
 CHECK_EVERY = 50  # steps between reads of the running loss (finiteness check, progress bar)
@@ -120,9 +121,9 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
     Started by torchrun, each process trains on its share of every batch (``train.batch_size``
     is the global batch) and only rank 0 logs and writes."""
     try:
-        with session(config.train.device) as (ranks, device):
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                return _fit(config.copy(), device, ranks, run_dir, splits, resume, log if ranks.main else _silent)
+        with session(config.train.device) as (ranks, device), \
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return _fit(config.copy(), device, ranks, run_dir, splits, resume, log if ranks.main else _silent)
     except RankFailed as e:  # a multi-process run that another process ended: where to continue from
         raise RankFailed(f"{e}{checkpoint.resume_note(run_dir)}") from e.__cause__
 
