@@ -49,7 +49,7 @@ from vaelab.errors import VaelabError
               help="Importance samples for nll_iw in the final evaluation.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 @click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
-                                        "CPU core or GPU); --batch-size is then the global batch.")
+                                        "CPU core or GPU); --batch-size stays the global batch.")
 @click.pass_context
 def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, nproc,
           **flags) -> None:
