@@ -205,7 +205,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
-    if evaluate_after:
+    if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
         run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
         run.figures(seed=result.config.train.seed)
     return run

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from vaelab.cli.options import (COMMON_FLAGS, RegistryChoice, _echo, _print_eval, device_option, run_data_dir_option,
                                 split_option)
@@ -45,9 +48,17 @@ from vaelab.errors import VaelabError
 @click.option("--iw-samples", type=int, default=10, show_default=True,
               help="Importance samples for nll_iw in the final evaluation.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
-def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, **flags) -> None:
-    """Train a model; write the run directory, eval.json and figures."""
+@click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
+                                        "CPU core or GPU); --batch-size stays the global batch.")
+@click.pass_context
+def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, nproc,
+          **flags) -> None:
+    """Train a model; write the run directory, eval.json and figures.
+
+    Under torchrun (torchrun --nproc-per-node N -m vaelab train ...) each process trains on
+    its share of every batch and rank 0 writes the run."""
     from vaelab import api
+    from vaelab.training import distributed
 
     extra: dict = {}
     for name, value in flags.items():
@@ -59,10 +70,19 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
+    if nproc is not None and "WORLD_SIZE" in os.environ:
+        raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     if resume:
         if preset or config_file:
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
         run_dir = Path(resume)
+        if nproc is not None:
+            from vaelab.config import RunConfig, apply_overrides
+            from vaelab.training.checkpoint import load_config
+
+            saved = RunConfig.from_dict(apply_overrides(load_config(run_dir).to_dict(), extra, overrides))
+            if _launched(ctx, nproc, saved.train.device, run_dir):
+                return
         api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
                   iw_samples=iw_samples, log=_echo)
     else:
@@ -75,10 +95,46 @@ def train(preset, config_file, overrides, out, resume, overwrite, iw_samples, no
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
+        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir):
+            return
         api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
+    if not distributed.is_main():  # under torchrun: rank 0 reports
+        return
     _echo(f"run saved in {run_dir}")
     if not no_eval and RunDir(run_dir).eval.exists():
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
+
+
+def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> bool:
+    """--nproc N: check N against the devices, then run this same command as N processes
+    through torchrun's launcher (True); N = 1 trains here (False)."""
+    from vaelab.training import distributed
+    from vaelab.training.checkpoint import resume_note
+    from vaelab.training.precision import resolve_device
+
+    distributed.check_nproc(nproc, resolve_device(device))
+    if nproc == 1:
+        return False
+    command = [sys.executable, "-m", "vaelab", "train", *_command_line(ctx, skip=("nproc",))]
+    distributed.launch(command, nproc, note=lambda: resume_note(run_dir, f"vaelab train --nproc {nproc}"))
+    return True
+
+
+def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
+    """The options this command was given, as arguments again (values as parsed)."""
+    args: list[str] = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.name in skip or value is None or ctx.get_parameter_source(p.name) is ParameterSource.DEFAULT:
+            continue
+        if getattr(p, "is_flag", False):
+            args += [p.opts[0]] if value else []
+        elif getattr(p, "multiple", False):
+            for v in value:
+                args += [p.opts[0], str(v)]
+        else:
+            args += [p.opts[0], str(value)]
+    return args
 
 
 # ------------------------------------------------------------------------------ eval

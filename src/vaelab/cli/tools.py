@@ -150,18 +150,48 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, 
 # ------------------------------------------------------------------------------ export
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"), default="reconstructions",
-              show_default=True)
+@click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"),
+              help="CSV of reconstructions (the default) or latents.")
 @split_option
 @click.option("--n", type=int, help="First N images (default: 100 reconstructions, every latent code).")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV path (default RUN/WHAT.csv).")
 @click.option("--decimals", type=int, help="Digits after the decimal point (default 4 for pixels, 6 for codes).")
-@click.option("--chunk-size", type=int, default=1000, show_default=True, help="Images per written chunk.")
+@click.option("--chunk-size", type=int, help="Images per written chunk (default 1000).")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False),
+              help="Instead of a CSV: write the model as ONNX files into this folder, with onnx.json.")
+@click.option("--parts", help="With --onnx: encoder, decoder, scorer, sampler, comma-separated "
+                              "(default: every part the model has).")
 @run_data_dir_option
 @device_option
-def export(run_dir, what, split, n, out, decimals, chunk_size, data_dir, device) -> None:
-    """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV."""
+def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, data_dir, device) -> None:
+    """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV, or the
+    encoder, decoder, anomaly scorer and sampler as ONNX (--onnx DIR)."""
     from vaelab.api import Run
+
+    if onnx_dir is not None:
+        csv_only = [name for name, v in (("--what", what), ("--split", split), ("--n", n), ("--out", out),
+                                         ("--decimals", decimals), ("--chunk-size", chunk_size),
+                                         ("--data-dir", data_dir)) if v is not None]
+        if csv_only:
+            raise VaelabError(f"{', '.join(csv_only)} applies to CSV exports, not to --onnx")
+        from vaelab.export.onnx import export_onnx
+
+        names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        run = Run.load(run_dir, device="cpu")
+        r = export_onnx(run, onnx_dir, parts=names, log=_echo)
+        checked = r["checked"]
+        if isinstance(checked, dict):
+            worst = max(p["max_abs_diff"] for p in r["parts"].values())
+            _echo(f"checked with {checked['runtime']} at batch sizes "
+                  f"{', '.join(map(str, checked['batch_sizes']))}: max abs difference {worst:.2g}")
+        else:
+            _echo(checked)
+        _echo(f"wrote {', '.join(p['file'] for p in r['parts'].values())} and onnx.json to {onnx_dir}")
+        return
+    if parts is not None:
+        raise VaelabError("--parts applies to --onnx exports")
+    what = what or "reconstructions"
+    chunk_size = 1000 if chunk_size is None else chunk_size
     from vaelab.export.table import export as export_fn
 
     if n is not None and n < 1:

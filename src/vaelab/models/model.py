@@ -178,7 +178,9 @@ class LatentModel(nn.Module):
         if y.shape != (n,):
             raise DataError(f"{what}: {tuple(y.shape)} labels for {n} images")
         k = self.cfg.num_classes
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        # Not while torch.export traces the model (ONNX export): reading label values is a
+        # data-dependent branch it cannot trace; the exported graph documents the range instead.
+        if not torch.compiler.is_exporting() and len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             bad = int(y.max()) if int(y.max()) >= k else int(y.min())
             raise DataError(f"class {bad} is not one this model was trained on (classes 0..{k - 1})")
         return y
@@ -187,7 +189,9 @@ class LatentModel(nn.Module):
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
         """q(z | x, y) for images (B, C, H, W) in [0, 1]."""
         h = self.to_model_space(x)
-        y = self._labels(y, len(x), "encoding")
+        # x.shape[0], not len(x), here, in prior and in infer_labels: len() would fix the batch size in
+        # a graph traced by torch.export (ONNX export keeps it dynamic).
+        y = self._labels(y, x.shape[0], "encoding")
         if y is not None:
             h = self.body.join(h, self.label_code(y))
         return self.posterior_head(self.encoder(self._layout(h)))
@@ -197,7 +201,7 @@ class LatentModel(nn.Module):
         if self.prior_net is None:
             raise ConfigError(f"{self.describe()} has no prior")
         if y is not None and self.prior_net.needs_labels:
-            y = self._labels(y, len(y), "the prior")
+            y = self._labels(y, y.shape[0], "the prior")
         else:
             y = None
         return self.prior_net(self, y, batch)
@@ -272,11 +276,11 @@ class LatentModel(nn.Module):
         k = self.cfg.num_classes
         scores = []
         for c in range(k):
-            y = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            y = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
             q = self.posterior(x, y)
             score = -self.recon_loss(self.decode_logits(q.mean, y), x)
             if "prior" in self.capabilities:
-                score = score + self.prior(y, len(x)).log_prob(q.mean)
+                score = score + self.prior(y, x.shape[0]).log_prob(q.mean)
             scores.append(score + self.class_log_prior[c])
         return torch.stack(scores, 1).argmax(1)
 

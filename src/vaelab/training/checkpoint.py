@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.tensorfiles import load_tensors, save_tensors
+from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
 from vaelab.rundir import RunDir
 
 WEIGHTS, RESUME, CONFIG = RunDir.WEIGHTS, RunDir.RESUME, RunDir.CONFIG
@@ -67,6 +68,29 @@ def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.op
         return json.loads(meta["state"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
+
+
+def saved_epoch(run_dir: str | Path) -> int | None:
+    """The epoch of the resume checkpoint in ``run_dir`` (its header alone is read), or None."""
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        return None
+    try:
+        check_safetensors(path)
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads((f.metadata() or {})["state"])["epoch"])
+    except (CheckpointError, SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def resume_note(run_dir: str | Path | None, command: str = "vaelab train") -> str:
+    """"; the last checkpoint (epoch E) is in RUN: continue with ..." for a stopped run."""
+    if run_dir is None:
+        return ""
+    epoch = saved_epoch(run_dir)
+    if epoch is None:
+        return f"; no epoch had finished, so {run_dir} holds no checkpoint"
+    return f"; the last checkpoint (epoch {epoch}) is in {run_dir}: continue with `{command} --resume {run_dir}`"
 
 
 def migrate(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, torch.Tensor]:

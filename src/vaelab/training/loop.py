@@ -8,7 +8,9 @@ checkpoint; ``resume=True`` continues from the last one and gives the same weigh
 an uninterrupted run (every epoch reseeds the RNG from (seed, epoch), so no RNG state
 has to be saved). The loss is read back from the device once per logging interval,
 never per step (a per-step ``.item()`` stalls a GPU): a NaN is caught at the end of
-its interval, and never checkpointed.
+its interval, and never checkpointed. Under torchrun every process runs this loop on its
+share of each batch (``training/distributed.py`` holds the plumbing; a single process
+never touches it): rank 0 writes the run directory, every rank stops together.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from vaelab.io import write_json, write_text
 from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
-from vaelab.training.precision import compute_precision, forward_context, resolve_device, resolve_precision
+from vaelab.training.distributed import RankFailed, Ranks, session
+from vaelab.training.precision import compute_precision, forward_context, resolve_precision
+from vaelab.training.precision import resolve_device  # noqa: F401  (imported from here by callers)
 from vaelab.training.schedules import PER_STEP, lr_at
 
 CHECK_EVERY = 50  # steps between reads of the running loss (finiteness check, progress bar)
@@ -44,6 +48,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     splits: Splits | None = None
+    main: bool = True  # the process that writes (False on the other ranks of a multi-process run)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -111,19 +116,30 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     ``config`` is not changed: the resolved copy (input shape and classes filled in from
     the data) is ``FitResult.config`` and ``RUN/config.json``. The loop seeds torch's random
-    generator from ``train.seed`` and gives the caller's generator state back afterwards."""
-    device = resolve_device(config.train.device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _fit(config.copy(), device, run_dir, splits, resume, log)
+    generator from ``train.seed`` and gives the caller's generator state back afterwards.
+
+    Started by torchrun, each process trains on its share of every batch (``train.batch_size``
+    is the global batch) and only rank 0 logs and writes."""
+    try:
+        with session(config.train.device) as (ranks, device), \
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return _fit(config.copy(), device, ranks, run_dir, splits, resume, log if ranks.main else _silent)
+    except RankFailed as e:  # a multi-process run that another process ended: where to continue from
+        raise RankFailed(f"{e}{checkpoint.resume_note(run_dir)}") from e.__cause__
 
 
-def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None, resume: bool,
+def _silent(msg: str) -> None:
+    pass
+
+
+def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits: Splits | None, resume: bool,
          log: Callable[[str], None]) -> FitResult:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
-    splits = splits if splits is not None else load_data(config.data, log=log)
+    out = rd if ranks.main else None  # where this process writes: rank 0 alone
+    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log))
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
     shape = list(train.shape)
@@ -146,48 +162,53 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
         state = checkpoint.load_resume(rd, model, opt)
         apply_settings(opt, config)
         log(f"resuming {run_dir} after epoch {state['epoch']}")
-    if rd is not None:
-        rd.path.mkdir(parents=True, exist_ok=True)
-        write_text(rd.config, config.to_json())
+    if out is not None:
+        out.path.mkdir(parents=True, exist_ok=True)
+        write_text(out.config, config.to_json())
     precision = resolve_precision(t.precision, device)
+    procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
     log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
-        f"{len(train):,} training images {tuple(shape)}; device {device}; precision {precision}")
+        f"{len(train):,} training images {tuple(shape)}; device {device}; precision {precision}{procs}")
 
     n, bs = len(train), t.batch_size
     steps = math.ceil(n / bs)
+    _check_shares(n, bs, ranks)
+    net = ranks.wrap(model, device)  # what the steps call: DDP over the model with several ranks
     history: list[dict] = state["history"]
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(t.seed, epoch))
         perm = torch.randperm(n, device=device)
         shuffled = train.shuffled(perm)  # this epoch's images (and labels) in order
+        ranks.seed(epoch_seed(t.seed, epoch))  # several ranks: each its own noise from here
         set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs))
         sums: torch.Tensor | None = None
         keys: list[str] = []
-        bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress)
+        bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress and ranks.main)
         with compute_precision(precision, device):
             for step in range(steps):
-                sl = slice(step * bs, (step + 1) * bs)
+                sl = ranks.part(step * bs, min((step + 1) * bs, n))  # the batch, or this rank's share
                 x = shuffled.batch(sl)
                 y = None if labels is None else shuffled.y[sl]
                 if t.lr_schedule in PER_STEP:
                     set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps))
                 progress = ((epoch - 1) + step / steps) / t.epochs
                 with forward_context(precision, device):
-                    out = model(x, y, progress=progress, dataset_size=n)
-                loss = out["loss"].mean()
+                    parts = net(x, y, progress=progress, dataset_size=n)
+                loss = ranks.batch_loss(parts["loss"], min(bs, n - step * bs))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 opt.step()
-                part = torch.stack([v.detach().sum() for v in out.values()])
+                part = torch.stack([v.detach().sum() for v in parts.values()])
                 sums = part if sums is None else sums + part
-                keys = list(out)
+                keys = list(parts)
                 if (step + 1) % CHECK_EVERY == 0 or step == steps - 1:
-                    _check_finite(sums, epoch, step, rd)  # one device sync per interval
+                    total = ranks.sum(sums)  # all ranks' sums (one small all-reduce); sums when alone
+                    _check_finite(total, epoch, step, rd)  # one device sync per interval
                     if bar is not None:
-                        bar.set_postfix(loss=f"{float(sums[0]) / min(n, (step + 1) * bs):.2f}", refresh=False)
+                        bar.set_postfix(loss=f"{float(total[0]) / min(n, (step + 1) * bs):.2f}", refresh=False)
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
@@ -195,9 +216,9 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": None, "val_loss": None, "seconds": round(seconds, 3),
                "lr": opt.param_groups[0]["lr"]}
-        for k, v in zip(keys, (sums / n).tolist()):
+        for k, v in zip(keys, (total / n).tolist()):  # the last interval's total is the epoch's
             row["train_loss" if k == "loss" else f"train_{k}"] = v
-        if val is not None:
+        if val is not None and ranks.main:  # the others go on; they wait at the next step's all-reduce
             for k, v in evaluate_losses(model, val, t.eval_batch_size, device, seed=t.seed).items():
                 row["val_loss" if k == "loss" else f"val_{k}"] = v
         history.append(row)
@@ -206,10 +227,10 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
         if row["val_loss"] is not None:
             msg += f"  val_loss {row['val_loss']:.4f}"
         log(msg + f"  ({seconds:.1f}s)")
-        if rd is not None:
-            save_epoch(rd, model, opt, config, state)
-    if rd is not None:
-        write_json(rd.summary, {
+        if out is not None:
+            save_epoch(out, model, opt, config, state)
+    if out is not None:
+        write_json(out.summary, {
             "params": count_params(model), "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 3),
             "final_train_loss": history[-1]["train_loss"] if history else None,
@@ -217,9 +238,11 @@ def _fit(config: RunConfig, device: torch.device, run_dir, splits: Splits | None
             "device": str(device), "threads": torch.get_num_threads(), "precision": precision,
             "torch": torch.__version__,
             "preset": config.preset,
+            **({"processes": ranks.world} if ranks.world > 1 else {}),
         })
     model.eval()
-    return FitResult(model=model, config=config, history=history, run_dir=rd.path if rd else None, splits=splits)
+    return FitResult(model=model, config=config, history=history, run_dir=rd.path if rd else None, splits=splits,
+                     main=ranks.main)
 
 
 def _check_finite(sums: torch.Tensor, epoch: int, step: int, rd: RunDir | None) -> None:
@@ -229,6 +252,15 @@ def _check_finite(sums: torch.Tensor, epoch: int, step: int, rd: RunDir | None) 
             else "")
     raise TrainingDiverged(f"the loss became {float(sums[0])} at epoch {epoch}, by step {step + 1}{kept}; "
                            "lower --lr, set --set train.grad_clip=1.0, or check the data")
+
+
+def _check_shares(n: int, bs: int, ranks: Ranks) -> None:
+    """Every rank needs images in every batch (each takes part in every gradient all-reduce)."""
+    last = n - (math.ceil(n / bs) - 1) * bs
+    if ranks.world > 1 and min(bs, last) < ranks.world:
+        raise ConfigError(f"with {ranks.world} processes every batch needs at least {ranks.world} images, and "
+                          f"train.batch_size {bs} (the global batch) over {n:,} images leaves {min(bs, last)} in "
+                          "the smallest; change --batch-size (or --limit)")
 
 
 def _labels(config: RunConfig, splits: Splits, train: ImageSet) -> torch.Tensor:
