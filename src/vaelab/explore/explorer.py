@@ -143,10 +143,10 @@ class Explorer:
         """What does not apply to this run, in words (the page shows them)."""
         out = []
         if not self.continuous:
-            out.append(f"This run's model has no {CAPABILITIES['continuous']}: the map, the sliders and "
+            out.append(f"This run's model lacks {CAPABILITIES['continuous']}: the map, the sliders and "
                        "interpolation do not apply. Reconstructions, samples and anomaly scores still do.")
         if "prior" not in self.caps:
-            out.append(f"This run's model has no {CAPABILITIES['prior']}: no prior samples and no KL per "
+            out.append(f"This run's model lacks {CAPABILITIES['prior']}: no prior samples and no KL per "
                        "dimension (sliders are labelled with the spread of the codes instead); the other "
                        "samplers fit a density on the training codes.")
         elif self.continuous and self.dims and self.dims[0]["kl"] is None:

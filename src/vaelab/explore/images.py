@@ -91,4 +91,4 @@ def decode_upload(data: bytes, input_shape, crop: str | None = None, background:
         im = Image.fromarray(a[0] if c == 1 else a.transpose(1, 2, 0))
         im = np.asarray(im.resize((w, h), Image.BILINEAR))
         a = im[None] if c == 1 else im.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(a)).float().div(255)[None]
+    return torch.from_numpy(np.array(a, dtype=np.uint8)).float().div(255)[None]  # a writable copy

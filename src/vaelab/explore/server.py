@@ -111,7 +111,11 @@ def explore(run_dir, host: str = "127.0.0.1", port: int = 8765, split: str | Non
         log(f"open {url}  (Ctrl+C to stop)")
         if browser and not open_browser(url):
             log("no graphical browser found here: open the address above yourself")
-        _uvicorn_server(app).run(sockets=[sock])
+        try:
+            _uvicorn_server(app).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on
+            pass
+        log("stopped")
     finally:
         sock.close()
 
