@@ -19,7 +19,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vaelab.data.decode import BAD_FILE_ERRORS, DecodeOptions, decode
 from vaelab.errors import DataError
@@ -63,6 +63,8 @@ class _Upload(io.BytesIO):
     def __str__(self) -> str:
         return "the uploaded image"
 
+    __repr__ = __str__
+
 
 def decode_upload(data: bytes, input_shape, crop: str | None = None, background: str = "white") -> torch.Tensor:
     """An uploaded image file -> (1, C, H, W) floats in [0, 1] for a model with ``input_shape``
@@ -84,6 +86,9 @@ def decode_upload(data: bytes, input_shape, crop: str | None = None, background:
         a = decode(_Upload(data), opts)  # (C, H', W') uint8
     except DataError:
         raise
+    except UnidentifiedImageError:
+        raise DataError("the upload is not an image vaelab can read (not a format PIL recognises: "
+                        "PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from None
     except BAD_FILE_ERRORS as e:
         text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise DataError(f"the upload is not an image vaelab can read ({text})") from None
