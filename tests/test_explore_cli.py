@@ -104,3 +104,30 @@ def test_the_command_serves_the_page_until_interrupted(trained_run):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_responses_do_not_wait_for_delayed_acks(explorer_app):
+    """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection; without
+    it every response waited ~40 ms for the client's delayed ACK (Nagle's algorithm)."""
+    import statistics
+
+    import httpx
+
+    from vaelab.explore.server import BackgroundServer, bind
+
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+    with BackgroundServer(explorer_app) as server, httpx.Client() as client:
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            assert client.post(server.url + "api/decode", json={"code": [0, 0, 0, 0]}).status_code == 200
+            times.append(time.perf_counter() - t)
+    assert statistics.median(times) < 0.030, times  # ~1-5 ms here, >= 40 ms with the bug
+
+
+@pytest.fixture(scope="module")
+def explorer_app(trained_run):
+    from vaelab.explore.app import make_app
+
+    return make_app(trained_run, n=16)

@@ -30,8 +30,10 @@ def bind(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror:
         raise VaelabError(f"--host {host} is not an address or a name this machine can resolve") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    # proto must say TCP: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+    # that do, and with it on every response waited ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     # Lets a restart reuse a port whose last connections are closing; a port that another
     # server is listening on still fails to bind (Linux and macOS alike).
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
