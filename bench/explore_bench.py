@@ -18,6 +18,7 @@ the 95th percentile is reported too.
 
     python bench/explore_bench.py                       # trains mlp-vae and conv-vae for 1 epoch if needed
     python bench/explore_bench.py --run runs/mlp-vae    # measure given runs
+    python bench/explore_bench.py --run runs/mlp-vae --screenshot docs/images/explore.png
 """
 
 from __future__ import annotations
@@ -153,6 +154,69 @@ def measure_browser(url: str, codes: list[list[float]], warmup: int) -> dict | N
     return {"browser": stats(browser), "burst": burst}
 
 
+def screenshot_tour(url: str, out: Path) -> None:
+    """The README's picture: a map click, A and B, an interpolation, class samples, a hovered
+    point and an uploaded hand-drawn 7, then the whole page."""
+    from PIL import Image, ImageDraw
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    seven = Path(tempfile.mkdtemp()) / "my-seven.png"
+    im = Image.new("L", (200, 200), 0)  # white strokes on black, as MNIST draws digits
+    ImageDraw.Draw(im).line([(45, 45), (150, 45), (85, 170)], fill=255, width=22, joint="curve")
+    im.save(seven)
+    opts = webdriver.ChromeOptions()
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", "--window-size=1280,1400", f"--user-data-dir={tempfile.mkdtemp()}"]:
+        opts.add_argument(flag)
+    opts.binary_location = shutil.which("chromium")
+    d = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+    def idle(timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        time.sleep(0.1)
+        while d.execute_script("return document.body.dataset.busy") != "0" and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    try:
+        d.get(url)
+        while d.execute_script("return document.body.dataset.ready") != "1":
+            time.sleep(0.05)
+        canvas = d.find_element(By.ID, "map")
+        for (dx, dy), end in (((-170, 60), "set-a"), ((150, -90), "set-b")):
+            ActionChains(d).move_to_element_with_offset(canvas, dx, dy).click().perform()
+            idle()
+            d.find_element(By.ID, end).click()
+        d.find_element(By.ID, "interp-run").click()
+        idle()
+        Select(d.find_element(By.ID, "sample-class")).select_by_visible_text("3")
+        d.find_element(By.CSS_SELECTOR, '#sampler-buttons button[data-sampler="class-gaussian"]').click()
+        idle(600)
+        d.find_element(By.ID, "upload").send_keys(str(seven))
+        idle()
+        t_slider = d.find_element(By.ID, "interp-t")
+        ActionChains(d).click_and_hold(t_slider).move_by_offset(-60, 0).release().perform()
+        idle()
+        d.execute_script("arguments[0].scrollIntoView()", canvas)
+        u, v = d.execute_script("return window.vaelabExplore.pointAt(5)")
+        size = canvas.size
+        ActionChains(d).move_to_element_with_offset(canvas, int(u - size["width"] / 2), int(v - size["height"] / 2)).perform()
+        idle()
+        height = d.execute_script("return document.documentElement.scrollHeight")
+        d.set_window_size(1280, height + 100)
+        d.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.5)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        d.save_screenshot(str(out))
+    finally:
+        d.quit()
+    print(f"wrote {out}")
+
+
 def train_if_needed(preset: str, root: Path, epochs: int, limit: int | None) -> Path:
     import vaelab
 
@@ -174,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--out", default=str(OUT / "explore_bench.json"))
+    p.add_argument("--screenshot", help="also save a screenshot of the first run's page after a short tour")
     args = p.parse_args(argv)
     root = data_root("explore_bench")
     env = child_env(root)
@@ -195,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
                    **measure_http(url, codes, points, args.warmup)}
             if not args.no_browser:
                 row.update(measure_browser(url, codes, args.warmup) or {})
+            if args.screenshot and run == runs[0]:
+                screenshot_tour(url, Path(args.screenshot))
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -8,7 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf", "#393b79", "#e7969c", "#637939", "#d6616b", "#8ca252", "#ce6dbd"];
-  const S = { info: null, code: null, draft: null, seq: 0, requests: 0, picked: null, pick: null, upload: null,
+  const S = { info: null, code: null, what: "", draft: null, seq: 0, requests: 0, picked: null, pick: null, upload: null,
               hover: -1, a: null, b: null, strip: null, seed: 1, items: new Map(), view: null };
 
   // ------------------------------------------------------------------ requests
@@ -58,8 +58,10 @@
   const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
 
   // ------------------------------------------------------------------ the current picture
-  async function show(r, recenter) {
+  async function show(r, recenter, what) {
     const img = $("view");
+    if (what !== undefined) S.what = what;
+    $("view-caption").textContent = S.what + (r.cls !== null && r.cls !== undefined ? `, as class ${S.info.classes[r.cls]}` : "");
     img.src = r.png;
     try { await img.decode(); } catch (e) { /* a broken image shows as broken */ }
     S.code = r.code.slice();
@@ -70,9 +72,9 @@
     if (recenter) centreSliders(r.code); else S.code.forEach((v, i) => { $(`out-${i}`).value = fmt(v); });
     drawMap();
   }
-  function decodeCode(code, recenter) {
+  function decodeCode(code, recenter, what) {
     S.draft = code.slice();
-    ask("/api/decode", withCls({ code }), (r) => show(r, recenter));
+    ask("/api/decode", withCls({ code }), (r) => show(r, recenter, what));
   }
 
   // ------------------------------------------------------------------ sliders
@@ -92,7 +94,7 @@
       input.addEventListener("input", () => {
         const code = (S.draft || S.code).slice();
         code[d.index] = Number(input.value);
-        decodeCode(code, false);
+        decodeCode(code, false, `after moving z${d.index}`);
       });
       const out = Object.assign(document.createElement("output"), { id: `out-${d.index}` });
       box.append(label, input, out);
@@ -171,7 +173,8 @@
   function pickSpot(e) {
     const [u, v] = eventPoint(e), point = fromPx(u, v);
     S.pick = point; drawMap();
-    ask("/api/decode", withCls({ point }), async (r) => { await show(r, true); setPicked(r.nearest); });
+    const what = S.info.projection.exact ? "the spot on the map" : "the code of the image nearest to the spot";
+    ask("/api/decode", withCls({ point }), async (r) => { await show(r, true, what); setPicked(r.nearest); });
   }
   let hoverWanted = -1, hoverBusy = false;
   async function hoverAt(e) {
@@ -204,7 +207,7 @@
   async function decodeItem(i) {
     const it = await item(i);
     if (S.info.conditional && it.model_cls !== null) $("decode-class").value = String(it.model_cls);
-    S.pick = it.point; await setPicked(i); decodeCode(it.code, true);
+    S.pick = it.point; await setPicked(i); decodeCode(it.code, true, `the code of ${describe(it)}`);
   }
   function setEnd(which) {
     S[which] = { ...S.picked };
@@ -223,7 +226,7 @@
       r.pngs.forEach((png, k) => {
         const img = Object.assign(document.createElement("img"), { src: png, className: "px", title: `t = ${r.t[k].toFixed(2)}` });
         img.dataset.code = JSON.stringify(r.codes[k]); img.dataset.t = String(r.t[k]); img.dataset.cls = r.cls === null ? "" : String(r.cls);
-        img.addEventListener("click", () => show({ png, code: r.codes[k], cls: r.cls }, true));
+        img.addEventListener("click", () => show({ png, code: r.codes[k], cls: r.cls }, true, `A to B at t = ${r.t[k].toFixed(2)} (${r.mode})`));
         strip.append(img);
       });
       $("interp-caption").textContent = `${r.mode} path, ${steps} frames from A to B`;
@@ -232,7 +235,8 @@
   }
   function interpolateAt(t) {
     $("interp-t-out").value = t.toFixed(2);
-    ask("/api/interpolate", { ...S.strip, t: [t] }, (r) => show({ png: r.pngs[0], code: r.codes[0], cls: r.cls }, true));
+    ask("/api/interpolate", { ...S.strip, t: [t] },
+        (r) => show({ png: r.pngs[0], code: r.codes[0], cls: r.cls }, true, `A to B at t = ${t.toFixed(2)} (${r.mode})`));
   }
 
   // ------------------------------------------------------------------ samples, uploads, anomalies
@@ -262,7 +266,7 @@
         img.dataset.code = JSON.stringify(r.codes[k]);
         img.addEventListener("click", () => {
           if (S.info.conditional && c !== null) $("decode-class").value = String(c);
-          if (S.info.continuous) decodeCode(r.codes[k], true);
+          if (S.info.continuous) decodeCode(r.codes[k], true, `a sample from ${s.name}`);
         });
         grid.append(img);
       });
@@ -285,7 +289,7 @@
       $("picked-image").src = r.input; $("picked-image").hidden = false;
       $("picked-caption").textContent = `Picked: your image ${file.name}.`;
       $("set-a").disabled = $("set-b").disabled = false; $("picked-code").disabled = true;
-      await show(r, true);
+      await show(r, true, `the code of your image ${file.name}`);
     } catch (e) { showError(e.message); }
   }
   function setupUpload() {
@@ -346,6 +350,8 @@
       ch.next = null;
       api("/api/decode", withCls({ code })).then((r) => show(r, false)).then(resolve, reject);
     }),
+    // where point i is drawn, in pixels from the map's top-left corner (to hover it)
+    pointAt: (i) => toPx(S.info.points[i]),
   };
   start();
 })();
