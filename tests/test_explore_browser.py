@@ -9,6 +9,8 @@ Skipped, with the reason, where chromium, chromedriver or selenium is missing.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import time
@@ -37,6 +39,19 @@ const img = arguments[0], c = document.createElement('canvas');
 c.width = img.naturalWidth; c.height = img.naturalHeight;
 const g = c.getContext('2d'); g.drawImage(img, 0, 0);
 return Array.from(g.getImageData(0, 0, c.width, c.height).data);"""
+
+
+DROP_JS = """
+const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+const dt = new DataTransfer();
+dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"""
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _binaries() -> tuple[str, str]:
@@ -169,6 +184,13 @@ def test_map_slider_interpolation_and_upload_show_the_models_decode(browser, tra
         np.testing.assert_array_equal(shown_pixels(browser, browser.find_element(By.ID, "upload-input")),
                                       data.x[9, 0].numpy())
 
+        # dropped on the page rather than chosen: the same path
+        b64 = base64.b64encode(png_bytes(data.x[11, 0].numpy())).decode()
+        browser.execute_script(DROP_JS, b64)
+        state = settled(browser, state["seq"])
+        assert state["code"] == trained_run.encode(data.batch(slice(11, 12)))[0].tolist()
+        assert_shows_decode(browser, trained_run, state)
+
         # a file that is no image: the server's one line, on the page
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")
@@ -194,3 +216,16 @@ def test_a_conditional_model_redraws_under_the_chosen_class(browser, trained_cva
         after = settled(browser, state["seq"])
         assert after["cls"] == target and after["code"] == state["code"]
         assert_shows_decode(browser, trained_cvae, after)
+
+
+def test_a_model_without_a_continuous_latent_gets_a_note_instead_of_the_map(browser, trained_run, monkeypatch):
+    monkeypatch.setattr(trained_run.model, "capabilities", trained_run.model.capabilities - {"continuous"})
+    with BackgroundServer(make_app(Explorer(trained_run, n=16))) as server:
+        browser.get(server.url)
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready") == "1", "the page", 60)
+        notes = browser.find_element(By.ID, "notes").text
+        assert "lacks a continuous latent space: the map, the sliders and interpolation do not apply" in notes
+        assert not browser.find_element(By.ID, "map").is_displayed()
+        assert not browser.find_element(By.ID, "interp-panel").is_displayed()
+        assert browser.find_element(By.ID, "anomalies").is_displayed()
+        assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#sampler-buttons button")] == ["prior"]

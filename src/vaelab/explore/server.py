@@ -103,6 +103,8 @@ def explore(run_dir, host: str = "127.0.0.1", port: int = 8765, split: str | Non
                  f"{sock.getsockname()[1]} can use the explorer (there is no login)")
         t0 = time.perf_counter()
         run = Run.load(run_dir, device=device, data_dir=data_dir)
+        if projection != "pca" and run.config.model.latent_dim > 2:
+            log(f"projecting up to {n} codes with {projection}: this can take minutes (a smaller --n is quicker)")
         app = make_app(run, split=split, n=n, projection=projection, seed=run.config.train.seed,
                        allowed_hosts=allowed_hosts(host))
         ex = app.state.explorer
