@@ -27,7 +27,7 @@ from vaelab.errors import VaelabError
 from vaelab.explore import images
 from vaelab.explore.checks import BadRequest, integer
 from vaelab.explore.projection import make_projection
-from vaelab.latent.sampling import SAMPLERS, fitted_sampler, sample_images
+from vaelab.latent.sampling import SAMPLERS, PriorSampler, fitted_sampler, sample_images
 from vaelab.models import CAPABILITIES, require
 
 ACTIVE_VARIANCE = 0.01  # a dimension is active when Var_x E[z|x] exceeds this (metrics.active_units, Burda et al.)
@@ -123,10 +123,11 @@ class Explorer:
         out = []
         labelled = self.run.splits().train.y is not None
         for name, cls in SAMPLERS.items():
-            takes_class = self.conditional if name == "prior" else bool(cls.conditional)
-            if name == "prior" and "prior" not in self.caps:
+            from_prior = issubclass(cls, PriorSampler)  # the model's own prior: conditional when the model is
+            takes_class = self.conditional if from_prior else bool(cls.conditional)
+            if from_prior and "prior" not in self.caps:
                 continue
-            if name != "prior" and (not self.continuous or (cls.conditional and not labelled)):
+            if not from_prior and (not self.continuous or (cls.conditional and not labelled)):
                 continue
             out.append({"name": name, "takes_class": takes_class,
                         "note": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
