@@ -55,7 +55,10 @@ def number(value, name: str, lo: float = -MAX_ABS, hi: float = MAX_ABS) -> float
     # bool is an int in Python, never a number here
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"{name} must be a number, got {_show(value)}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        v = math.inf
     if not math.isfinite(v) or not lo <= v <= hi:
         raise BadRequest(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {_show(value)}")
     return v
