@@ -441,3 +441,29 @@ def test_a_float_image_outside_0_1_is_refused_in_one_line(client, tmp_path):
     r = client.post("/api/upload", content=path.read_bytes(), headers={"content-type": "image/tiff"})
     assert r.status_code == 400 and "values outside [0, 1]" in r.json()["error"]
     assert "the uploaded image" in r.json()["error"]
+
+
+def test_a_colour_model_gets_colour_pictures_and_colour_uploads(tmp_path):
+    from vaelab.api import train
+    from vaelab.config import build_config
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 12, 10, 3), dtype=np.uint8)  # non-square RGB
+    np.savez(tmp_path / "rgb.npz", x=x)
+    cfg = build_config(None, None, [
+        "data.name=npz", f"data.path={tmp_path / 'rgb.npz'}", "data.val=0.25", "model.kind=vae", "model.arch=mlp",
+        "model.hidden=16", "model.latent_dim=3", "train.epochs=1", "train.batch_size=16", "train.device=cpu",
+        "train.progress=false"])
+    run = train(cfg, tmp_path / "rgb", evaluate_after=False, log=lambda *_: None)
+    client = TestClient(make_app(Explorer(run, n=12)))
+    info = client.get("/api/info").json()
+    assert info["input_shape"] == [3, 12, 10] and info["classes"] is None and "labels" in info
+    r = client.post("/api/decode", json={"code": [0.3, -0.2, 1.0]}).json()
+    assert pixels(r["png"]).shape == (12, 10, 3)
+    np.testing.assert_array_equal(pixels(r["png"]), expected(run, r["code"]))
+    grey = rng.integers(0, 256, (24, 20), dtype=np.uint8)
+    r = client.post("/api/upload", content=png_file(grey), headers={"content-type": "image/png"}).json()
+    up = pixels(r["input"])
+    assert up.shape == (12, 10, 3) and (up[..., 0] == up[..., 1]).all()  # grey, resized bilinear to 10x12
+    want = np.asarray(Image.fromarray(grey).resize((10, 12), Image.BILINEAR))
+    np.testing.assert_array_equal(up[..., 0], want)
