@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import cli_error, run_main, subprocess_env
 
 pytest.importorskip("uvicorn")
@@ -19,7 +18,7 @@ pytest.importorskip("uvicorn")
 @pytest.fixture
 def no_serving(monkeypatch):
     """Replace uvicorn's serving loop: record what would be served, return at once."""
-    import vaelab.explore.server as server
+    from vaelab.explore import server
 
     served = []
 
