@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from vaelab.cli import data, generate, report, run, steer, sweep, tools
+from vaelab.cli import data, explore, generate, report, run, steer, sweep, tools
 from vaelab.errors import VaelabError
 
 
@@ -28,7 +28,7 @@ COMMANDS = [
     generate.disentanglement,
     tools.inpaint, tools.detect, tools.anomaly_bench, tools.export,
     report.report, sweep.sweep, sweep.experiment, steer.steer, steer.steer_bench,
-    data.data,
+    data.data, explore.explore,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)
