@@ -115,8 +115,8 @@ def test_running_statistics_are_saved_and_restored(tmp_path, shapes_arrays):
     import numpy as np
 
     from vaelab.api import Run
-    from vaelab.training.loop import fit
     from vaelab.tensorfiles import load_tensors
+    from vaelab.training.loop import fit
 
     x = np.repeat(shapes_arrays[0][:48, None], 3, 1)  # (48, 3, 28, 28) colour copies of the shapes
     np.savez(tmp_path / "rgb.npz", x=x)
@@ -139,7 +139,8 @@ def test_running_statistics_are_saved_and_restored(tmp_path, shapes_arrays):
 
 
 def test_norm_and_leaky_slope_leave_other_presets_alone():
-    base = dict(kind="ae", arch="conv", input_shape=[1, 28, 28], channels=[4, 8], latent_dim=3, activation="leaky_relu")
+    base = {"kind": "ae", "arch": "conv", "input_shape": [1, 28, 28], "channels": [4, 8], "latent_dim": 3,
+            "activation": "leaky_relu"}
     m = build_model(ModelConfig(**base))
     slopes = {mod.negative_slope for mod in m.modules() if isinstance(mod, nn.LeakyReLU)}
     assert slopes == {0.2} and not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
