@@ -101,3 +101,77 @@ def test_gradients_stay_finite_for_identical_and_anticorrelated_images():
         r = target.clone().requires_grad_(True)
         (1 - metrics.ms_ssim(r, x)).sum().backward()
         assert torch.isfinite(r.grad).all()
+
+
+# ---------------------------------------------------------------------------- the msssim loss and score
+def msssim_model(**kw):
+    from vaelab.config import ModelConfig
+    from vaelab.models import build_model
+
+    base = {"kind": "vae", "arch": "conv", "input_shape": [3, 48, 48], "channels": [8, 16], "latent_dim": 4,
+            "loss": "msssim", "output_activation": "tanh"}
+    base.update(kw)
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**base))
+
+
+@pytest.mark.parametrize("output", ["tanh", "sigmoid"])
+def test_msssim_loss_is_one_minus_msssim_of_the_images(output):
+    model = msssim_model(output_activation=output)
+    x, _ = pairs("shapes", 3, 48, 48, n=4)
+    with torch.no_grad():
+        z = model.encode(x)
+        loss = model.recon_loss(model.decode_logits(z), x)
+        torch.testing.assert_close(loss, 1 - metrics.ms_ssim(model.decode(z), x), atol=1e-5, rtol=0)
+        # Leading sample dimensions (k, B) are kept, as for every likelihood.
+        zk = torch.stack([z, z + 0.5])
+        lk = model.recon_loss(model.decode_logits(zk), x)
+        assert lk.shape == (2, 4)
+        torch.testing.assert_close(lk[0], loss)
+        out = model(x)
+        torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
+
+
+def test_msssim_loss_is_not_a_density_and_tools_that_need_one_refuse():
+    from vaelab.anomaly.scores import score_images
+    from vaelab.config import ModelConfig
+    from vaelab.errors import ConfigError, VaelabError
+
+    model = msssim_model()
+    assert "density" not in model.capabilities and {"prior", "stochastic"} <= model.capabilities
+    x, _ = pairs("smooth", 3, 48, 48)
+    with pytest.raises(VaelabError, match="anomaly score 'elbo' needs a density"):
+        score_images(model, x, "elbo")
+    with pytest.raises(ConfigError, match="model.objective=iwae needs a density"):
+        ModelConfig(kind="vae", arch="conv", loss="msssim", objective="iwae")
+    with pytest.raises(ConfigError, match=r"model.loss=msssim needs images of at least 48x48 .* these are 28x28"):
+        msssim_model(input_shape=[1, 28, 28])
+
+
+def test_msssim_score_and_its_size_limit():
+    from vaelab.anomaly.scores import score_images
+    from vaelab.errors import VaelabError
+
+    model = msssim_model(loss="mse")
+    x, _ = pairs("shapes", 3, 48, 48, n=5)
+    with torch.no_grad():
+        expected = 1 - metrics.ms_ssim(model.eval().reconstruct(x), x)
+    np.testing.assert_allclose(score_images(model, x, "msssim", batch_size=2), expected.double().numpy(), atol=1e-6)
+    small = msssim_model(loss="mse", input_shape=[1, 28, 28])
+    with pytest.raises(VaelabError, match="anomaly score 'msssim' needs images of at least 48x48, got 28x28"):
+        score_images(small, torch.rand(2, 1, 28, 28), "msssim")
+
+
+def test_training_on_msssim_lowers_it(tmp_path):
+    from vaelab.config import build_config
+    from vaelab.training.loop import fit
+
+    x, _ = pairs("shapes", 3, 48, 48, n=32)
+    np.savez(tmp_path / "d.npz", x=(x.numpy() * 255).astype(np.uint8))
+    cfg = build_config("celeba-vae", overrides=[
+        "data.name=npz", f"data.path={tmp_path / 'd.npz'}", "data.val=none", "model.loss=msssim",
+        "model.channels=8,16,16", "model.decoder_channels=16,8,8", "model.latent_dim=8", "train.epochs=6",
+        "train.batch_size=16", "train.lr=0.005", "train.device=cpu", "train.progress=false", "train.precision=fp32"])
+    r = fit(cfg, None, log=lambda s: None)
+    losses = [row["train_recon"] for row in r.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -1,8 +1,8 @@
 """Anomaly scores, input handling and the scoring of user files (``vaelab detect``).
 
 Every score is per image and **higher means more anomalous** (``SCORES`` registry):
-``mse`` and ``bce`` compare an image with its reconstruction, ``ssim`` is 1 - SSIM
-between them; ``elbo`` (the negative ELBO) and ``iwnll`` (the importance-weighted
+``mse`` and ``bce`` compare an image with its reconstruction, ``ssim`` and ``msssim`` are
+1 - SSIM and 1 - MS-SSIM between them (MS-SSIM: images of 48x48 and larger); ``elbo`` (the negative ELBO) and ``iwnll`` (the importance-weighted
 negative log-likelihood, nats) need a model with a density. The scikit-learn / PyOD
 detector is ``vaelab.anomaly.estimator.AnomalyDetector``; the one-class benchmark
 protocol is ``vaelab.anomaly.one_class``::
@@ -54,9 +54,12 @@ def _bce(model, x, y, samples, gen):
 
 def _ssim(model, x, y, samples, gen):
     # 1 - SSIM: structure rather than ink; often better than mse on MNIST digits.
-    if min(x.shape[-2:]) < 11:
-        raise VaelabError(f"score 'ssim' needs images of at least 11x11, got {tuple(x.shape[-2:])}")
     return 1 - metrics.ssim(model.reconstruct(x, y), x)
+
+
+def _msssim(model, x, y, samples, gen):
+    # 1 - MS-SSIM: SSIM's contrast and structure at five scales, from 11-pixel windows up to the whole image.
+    return 1 - metrics.ms_ssim(model.reconstruct(x, y), x)
 
 
 def _neg_elbo(model, x, y, samples, gen):
@@ -89,23 +92,31 @@ class Score:
     fn: Callable  # (model, x (B, C, H, W), y (B,) or None, samples, generator) -> (B,)
     needs: str | None  # model capability, vaelab.models.CAPABILITIES
     description: str
+    min_side: int = 1  # the smallest image side (pixels) the score is defined for
 
 
 # Registry: name -> Score. Higher = more anomalous.
 SCORES: dict[str, Score] = {
     "mse": Score(_mse, None, "mean squared error of the reconstruction"),
     "bce": Score(_bce, None, "binary cross-entropy of the reconstruction, summed over pixels"),
-    "ssim": Score(_ssim, None, "1 - SSIM of the reconstruction"),
+    "ssim": Score(_ssim, None, "1 - SSIM of the reconstruction", min_side=11),
     "elbo": Score(_elbo, "density", "negative ELBO (beta 1)"),
     "iwnll": Score(_iwnll, "density", "importance-weighted negative log-likelihood, nats"),
+    "msssim": Score(_msssim, None, "1 - MS-SSIM of the reconstruction", min_side=metrics.ms_ssim_min_size()),
 }
 
 
-def check_score(score: str, model=None) -> None:
+def check_score(score: str, model=None, shape=None) -> None:
+    """One line when ``score`` is unknown, needs what ``model`` lacks, or cannot measure
+    images of ``shape`` (..., H, W)."""
     if score not in SCORES:
         raise VaelabError(f"unknown anomaly score {score!r}; known: {', '.join(SCORES)}")
     if model is not None and SCORES[score].needs is not None:
         require(model, SCORES[score].needs, f"anomaly score {score!r}")
+    least = SCORES[score].min_side
+    if shape is not None and min(shape[-2:]) < least:
+        raise VaelabError(f"anomaly score {score!r} needs images of at least {least}x{least}, "
+                          f"got {shape[-2]}x{shape[-1]}")
 
 
 @torch.no_grad()
@@ -115,7 +126,7 @@ def score_images(model, x: torch.Tensor, score: str = DEFAULT_SCORE, samples: in
     ``samples``: posterior draws for ``elbo`` and ``iwnll`` (K), seeded by ``seed``. ``y``: labels a
     conditional model reads; without them it marginalises over classes (elbo, iwnll) or uses the
     most probable class (reconstruction scores)."""
-    check_score(score, model)
+    check_score(score, model, x.shape)
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
