@@ -141,5 +141,13 @@ def classification(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-__all__ = ["Bernoulli", "Gaussian", "LIKELIHOODS", "Likelihood", "MSSSIM", "apply_output", "build_likelihood",
-           "classification"]
+__all__ = [
+    "LIKELIHOODS",
+    "MSSSIM",
+    "Bernoulli",
+    "Gaussian",
+    "Likelihood",
+    "apply_output",
+    "build_likelihood",
+    "classification",
+]
