@@ -221,20 +221,25 @@ def load_input(path: str | Path, channels: int | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------ detect (CLI)
 def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contamination: float = 0.05,
-           out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64) -> dict:
+           out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64, maps: bool = False,
+           smooth: float | None = None) -> dict:
     """Score the images in ``input_path`` with a trained run and write ``out`` (CSV: index or
     path, score, anomaly, label when known) with ``scores_hist.png`` and ``most_anomalous.png``
     beside it. The threshold is the (1 - contamination) quantile of the scores of the run's
-    own training split, so ``contamination`` is the fraction of *training* images it flags."""
+    own training split, so ``contamination`` is the fraction of *training* images it flags.
+    ``maps``: also ``anomaly_maps.npy`` and ``anomaly_maps.png`` (``vaelab.anomaly.maps``),
+    smoothed by a Gaussian of ``smooth`` pixels if given."""
     from vaelab.viz import plots
     from vaelab.io import write_text
 
     check_score(score, run.model)
     check_contamination(contamination)
+    check_smoothing(maps, smooth)
     shape = run.config.model.input_shape
     data = load_input(input_path, channels=shape[0])
     x = as_images(data["x"], str(input_path))
     check_shape(x, shape, f"--input {input_path}")
+    check_score(score, run.model, x.shape)
     y = _model_labels(run, data["labels"])
     scores = score_images(run.model, x, score, samples, seed, y=y)
     train = run.split("train")
@@ -255,8 +260,22 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     order = np.argsort(-scores, kind="stable")[:top]
     plots.plot_grid(x[torch.from_numpy(order)], out.parent / "most_anomalous.png",
                     title=f"the {len(order)} most anomalous images ({score}), most anomalous first")
-    return {"n": len(scores), "threshold": threshold, "anomalies": int(flags.sum()), "score": score,
-            "contamination": contamination, "out": str(out)}
+    result = {"n": len(scores), "threshold": threshold, "anomalies": int(flags.sum()), "score": score,
+              "contamination": contamination, "out": str(out)}
+    if maps:
+        from vaelab.anomaly.maps import write_maps
+
+        result["maps"] = write_maps(run.model, x, y, scores, out.parent, smooth, score=score)
+    return result
+
+
+def check_smoothing(maps: bool, smooth: float | None) -> None:
+    if smooth is None:
+        return
+    if not maps:
+        raise VaelabError("--smooth smooths the anomaly maps; add --maps")
+    if not (isinstance(smooth, (int, float)) and np.isfinite(smooth) and smooth > 0):
+        raise VaelabError(f"--smooth must be a positive number of pixels (the Gaussian's sigma), got {smooth!r}")
 
 
 def _model_labels(run, labels) -> torch.Tensor | None:

@@ -72,31 +72,40 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
                    "or .npz/.npy array.")
 @click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
-              help="Reconstruction scores (mse, bce, 1 - ssim) serve every model; elbo and iwnll need a density.")
+              help="Reconstruction scores (mse, bce, 1 - ssim, 1 - msssim for 48x48 and larger) serve every "
+                   "model; elbo and iwnll need a density.")
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
+@click.option("--maps", is_flag=True,
+              help="Also write per-pixel anomaly maps (squared error summed over channels): anomaly_maps.npy "
+                   "(N, H, W) float32 and anomaly_maps.png (heat maps of the most anomalous images).")
+@click.option("--smooth", type=float, metavar="SIGMA", help="With --maps: Gaussian smoothing of the maps, in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
 @device_option
-def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
-    """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
-    from vaelab.anomaly.scores import check_contamination, check_score, detect as detect_fn
+def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
+    """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
+    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing, detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
     check_contamination(contamination)
+    check_smoothing(maps, smooth)
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
-    r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed)
+    r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed,
+                  maps=maps, smooth=smooth)
     _echo(f"{r['anomalies']} of {r['n']} images above the threshold {r['threshold']:.6g} "
           f"({score}; {contamination:g} of the training images lie above it)")
     parent = Path(out).parent
     _echo(f"wrote {out}, {parent / 'scores_hist.png'} and {parent / 'most_anomalous.png'}")
+    if maps:
+        _echo(f"wrote {r['maps']['npy']} ({r['n']} maps) and {r['maps']['png']}")
 
 
 # ------------------------------------------------------------------------------ anomaly-bench
