@@ -39,6 +39,7 @@ DEFAULT_PRESET = "mlp-vae"
 DEFAULT_OVERRIDES: tuple[str, ...] = ()
 DEFAULT_SCORE = "mse"
 DEFAULT_EPOCHS = 30
+VALUES_PER_PASS = 10 * 1000 * 28 * 28  # decoder output values per pass of score_images (memory bound)
 
 
 # ------------------------------------------------------------------------------------ scores
@@ -132,6 +133,10 @@ def score_images(model, x: torch.Tensor, score: str = DEFAULT_SCORE, samples: in
     gen = torch.Generator(device=device).manual_seed(seed)
     fn = SCORES[score].fn
     density = SCORES[score].needs == "density"
+    # Images per pass: at most VALUES_PER_PASS image values through the decoder (``samples`` draws
+    # each for the density scores): 1,000 MNIST digits with 10 draws, as before; 63 64x64 colour
+    # images with 10 draws (whose 64x64x32 decoder maps would be 5 GB for 1,000).
+    batch_size = max(1, min(batch_size, VALUES_PER_PASS // ((samples if density else 1) * x[0].numel())))
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].float().to(device)
