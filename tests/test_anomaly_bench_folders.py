@@ -57,7 +57,7 @@ def test_one_class_split_holds_out_part_of_the_normal_class():
 
 
 def test_folder_benchmark_by_class_name(shapes_folder, tmp_path):
-    root, x, y = shapes_folder
+    root, _, _ = shapes_folder
     out = tmp_path / "bench"
     r = one_class_benchmark("folder", ["discs", "3"], out=out, preset="mlp-ae", epochs=3, overrides=TINY,
                             data_path=str(root), holdout=0.25, seed=2, keep_runs=True, log=lambda s: None)
@@ -75,9 +75,9 @@ def test_folder_benchmark_by_class_name(shapes_folder, tmp_path):
         run = Run.load(out / "runs" / f"class-{c}", device="cpu")
         assert run.config.data.classes == [c] and run.config.data.val == "none"
         _, test, anomalous = one_class_split(images, c, 0.25, seed=2)
-        s = score_images(run.model, test.float())
+        s = score_images(run.model, test.float(), "ssim")  # the folder default's score, with any preset
         assert row["auroc"] == pytest.approx(metrics.auroc(s, anomalous), abs=1e-4)
-    assert r["holdout"] == 0.25 and "held out, seed 2" in r["protocol"]
+    assert r["holdout"] == 0.25 and "held out, seed 2" in r["protocol"] and r["score"] == "ssim"
     md = (out / "results.md").read_text()
     assert "| 1 discs |" in md and "held out" in md
     assert json.loads((out / "results.json").read_text())["per_class"][0]["n_test_normal"] == r["per_class"][0]["n_test_normal"]
@@ -89,7 +89,7 @@ def test_folder_benchmark_command_and_errors(capsys, shapes_folder, tmp_path):
                             "--preset", "mlp-ae", "--epochs", 1, "--holdout", 0.3, "--out", tmp_path / "b",
                             *[a for o in TINY for a in ("--set", o)])
     assert rc == 0, out + err
-    assert "normal class 2 (pluses): AUROC" in out and "mean AUROC" in out and "(mlp-ae, score mse" in out
+    assert "normal class 2 (pluses): AUROC" in out and "mean AUROC" in out and "(mlp-ae, score ssim" in out
     msg = cli_error(capsys, "anomaly-bench", "--data", "folder", "--data-path", root, "--normal", "faces",
                     "--out", tmp_path / "c")
     assert "unknown normal class 'faces'" in msg and "bars, discs, pluses, squares" in msg
@@ -104,7 +104,8 @@ def test_folder_benchmark_command_and_errors(capsys, shapes_folder, tmp_path):
 def test_default_recipes():
     assert default_recipe("mnist") == GREY_RECIPE and GREY_RECIPE.preset == "mlp-vae"
     folder = default_recipe("folder")
-    assert folder is DEFAULT_RECIPES["folder"]
+    # Chosen by the emoji table (bench/README.md): the dense AE, 100 epochs, 1 - SSIM.
+    assert folder is DEFAULT_RECIPES["folder"] and (folder.preset, folder.score, folder.epochs) == ("fc-ae-rgb64", "ssim", 100)
     from vaelab.config import build_config
 
     build_config(folder.preset, overrides=list(folder.overrides))  # a valid recipe

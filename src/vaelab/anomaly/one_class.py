@@ -47,10 +47,13 @@ class Recipe:
 
 
 GREY_RECIPE = Recipe(DEFAULT_PRESET, DEFAULT_SCORE, DEFAULT_EPOCHS, DEFAULT_OVERRIDES)
-# Registry: data source -> its default recipe (GREY_RECIPE for the others). Image folders are
-# colour images as they come: chosen by the emoji table in bench/README.md (faces normal).
+# Registry: data source -> its default recipe (GREY_RECIPE for the others). Image folders, colour
+# images as they come: chosen by the emoji table in bench/README.md (faces normal, every other
+# category anomalous): the dense fc-ae-rgb64 for 100 epochs scored by 1 - SSIM, AUROC 0.904 +-
+# 0.019 over six held-out splits (1 - MS-SSIM 0.899 +- 0.037; the conv AE, celeba-vae and its
+# MS-SSIM-trained twin 0.73-0.87 with their best scores; the mse score 0.07-0.09 lower).
 DEFAULT_RECIPES: dict[str, Recipe] = {
-    "folder": Recipe("celeba-vae", "mse", 100, ("train.lr_schedule=constant",)),
+    "folder": Recipe("fc-ae-rgb64", "ssim", 100),
 }
 
 

@@ -253,7 +253,7 @@ def plot_anomaly_maps(images: torch.Tensor, recons: torch.Tensor, maps: np.ndarr
     vmax = float(np.percentile(maps, 99.5)) or 1e-12
     cmap = plt.get_cmap("inferno").with_extremes(bad=(0, 0, 0, 0))
     fig, axes = plt.subplots(3 * blocks, 1, figsize=(per_row * 0.9 + 1.8, 3 * blocks * 1.0 + 0.7), dpi=120,
-                             squeeze=False, gridspec_kw={"hspace": 0.3})
+                             squeeze=False, gridspec_kw={"hspace": 0.45})
     for b in range(blocks):
         sl = slice(b * per_row, (b + 1) * per_row)
         rows = (("image", images[sl]), ("reconstruction", recons[sl]), ("error map", images[sl]))
