@@ -250,8 +250,12 @@ def test_one_class_protocol(shapes_idx_root, tmp_path):
 def test_protocol_errors(shapes_idx_root, shapes_npz):
     with pytest.raises(VaelabError, match=r"normal class\(es\) \[7\] not in the training labels \[0, 1, 2, 3\]"):
         one_class_benchmark("mnist", [7], data_dir=str(shapes_idx_root), log=lambda s: None)
-    with pytest.raises(DataError, match="needs labelled train and test splits"):
-        one_class_benchmark("npz", [0], data_path=str(shapes_npz), log=lambda s: None)
+    unlabelled = shapes_npz.parent / "unlabelled.npz"
+    np.savez(unlabelled, x=np.load(shapes_npz)["x"])
+    with pytest.raises(DataError, match="the one-class benchmark needs labelled images, and .*unlabelled.npz has none"):
+        one_class_benchmark("npz", [0], data_path=str(unlabelled), log=lambda s: None)
+    with pytest.raises(VaelabError, match="unknown normal class 'disc'; .* has: 0, 1, 2, 3"):
+        one_class_benchmark("mnist", ["disc"], data_dir=str(shapes_idx_root), log=lambda s: None)
     with pytest.raises(VaelabError, match="unknown anomaly score"):
         one_class_benchmark("mnist", [0], score="x", data_dir=str(shapes_idx_root), log=lambda s: None)
 

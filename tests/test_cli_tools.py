@@ -163,7 +163,7 @@ def test_anomaly_bench_command(capsys, tmp_path):
     for name in ("results.md", "results.json", "roc.png"):
         assert (tmp_path / "b" / name).is_file()
     msg = cli_error(capsys, "anomaly-bench", "--data-dir", root, "--normal", "one", "--out", tmp_path / "c")
-    assert "--normal must be 'all' or comma-separated class numbers" in msg
+    assert "unknown normal class 'one'; " in msg and "has: 0, 1, 2" in msg
     msg = cli_error(capsys, "anomaly-bench", "--data-dir", root, "--score", "nope", "--out", tmp_path / "c")
     assert "'--score': 'nope' is not one of" in msg
 

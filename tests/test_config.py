@@ -41,6 +41,12 @@ EXPECTED_PARAMS = {
     # conv-vae (latent 16) with 10 label channels in and the label beside the code out
     "conv-cvae": (conv(11, 32, 3) + conv(32, 64, 3) + dense(3136, 16) + 2 * dense(16, 16) + dense(26, 3136)
                   + conv(64, 64, 3) + conv(64, 32, 3) + conv(32, 1, 3)),
+    # PyTorch-VAE's VanillaVAE: 5 convs with BatchNorm (2 parameters per channel), heads from 512x2x2,
+    # decoder input, 4 + 1 transposed convs with BatchNorm, the final Conv 32->3 (tests/test_celeba_vae.py)
+    "celeba-vae": (sum(conv(a, b, 3) + 2 * b for a, b in zip((3, 32, 64, 128, 256), (32, 64, 128, 256, 512)))
+                   + 2 * dense(2048, 128) + dense(128, 2048)
+                   + sum(conv(a, b, 3) + 2 * b for a, b in zip((512, 256, 128, 64, 32), (256, 128, 64, 32, 32)))
+                   + conv(32, 3, 3)),
 }
 
 

@@ -24,7 +24,7 @@ from vaelab.imageopts import check_image_size, parse_background, parse_crop
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "none")
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
-LR_SCHEDULES = ("constant", "cosine", "iwae")
+LR_SCHEDULES = ("constant", "cosine", "iwae", "exponential")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -168,6 +168,11 @@ class ModelConfig:
     # use "same", as the Keras tutorial does. Both give the same shapes for the presets.
     padding: str = "symmetric"
     activation: str = "relu"
+    leaky_slope: float = 0.2  # negative slope of leaky_relu in the bodies (PyTorch's nn.LeakyReLU default: 0.01)
+    norm: str = "none"  # conv: after each hidden conv, before its activation: none | batch (BatchNorm2d)
+    decoder_channels: list[int] | None = None  # conv: outputs of the transposed convs; default mirrors channels
+    decoder_input_activation: bool = True  # conv, dense latent: activate the decoder's first dense layer
+    final_layer: str = "transpose"  # with final_kernel: transpose (ConvTranspose, Keras) | conv (Conv2d, PyTorch-VAE)
     decoder_activation: str | None = None  # default: activation
     latent_activation: str | None = None  # ae only, e.g. "tanh"
     output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
@@ -285,6 +290,18 @@ class ModelConfig:
                f"model.objective=iwae bounds log p(x) and has no beta; leave model.beta at 1 (got {self.beta})")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
+        from vaelab.models.bodies import FINAL_LAYERS, NORMS
+
+        _check_name("model.norm", self.norm, NORMS)
+        _check_name("model.final_layer", self.final_layer, FINAL_LAYERS)
+        _check(math.isfinite(self.leaky_slope) and self.leaky_slope >= 0,
+               f"model.leaky_slope must be >= 0, got {self.leaky_slope}")
+        if self.decoder_channels is not None:
+            _check(self.arch == "conv" and self.final_kernel is not None,
+                   "model.decoder_channels needs model.arch=conv and model.final_kernel (the layer to the image channels)")
+            _check(len(self.decoder_channels) == len(self.channels) and all(c > 0 for c in self.decoder_channels),
+                   f"model.decoder_channels needs {len(self.channels)} positive widths (one per conv layer), "
+                   f"got {self.decoder_channels}")
         _check(self.padding in ("symmetric", "same"),
                f"model.padding must be 'symmetric' or 'same', got {self.padding!r}")
         _check(all(h > 0 for h in self.hidden), "model.hidden widths must be positive")
@@ -341,8 +358,10 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     # Learning rate per epoch: "constant"; "cosine" (from lr down to 0 over the epochs, per
-    # step); "iwae" (Burda et al. 2016: lr * 10^(-i/7) for stage i of 3^i epochs, i = 0, 1, ...).
+    # step); "iwae" (Burda et al. 2016: lr * 10^(-i/7) for stage i of 3^i epochs, i = 0, 1, ...);
+    # "exponential" (lr * lr_gamma^(epoch - 1): PyTorch's ExponentialLR stepped once per epoch).
     lr_schedule: str = "constant"
+    lr_gamma: float = 0.95  # the exponential schedule's factor per epoch
     seed: int = 1
     kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.kl_warmup)
     grad_clip: float | None = None  # max global gradient norm
@@ -367,6 +386,7 @@ class TrainConfig:
             _check(0 <= getattr(self, name) < 1, f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         _check(self.lr_schedule in LR_SCHEDULES,
                f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {self.lr_gamma}")
         _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0")
         _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be positive")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -1,8 +1,8 @@
 """Anomaly scores, input handling and the scoring of user files (``vaelab detect``).
 
 Every score is per image and **higher means more anomalous** (``SCORES`` registry):
-``mse`` and ``bce`` compare an image with its reconstruction, ``ssim`` is 1 - SSIM
-between them; ``elbo`` (the negative ELBO) and ``iwnll`` (the importance-weighted
+``mse`` and ``bce`` compare an image with its reconstruction, ``ssim`` and ``msssim`` are
+1 - SSIM and 1 - MS-SSIM between them (MS-SSIM: images of 48x48 and larger); ``elbo`` (the negative ELBO) and ``iwnll`` (the importance-weighted
 negative log-likelihood, nats) need a model with a density. The scikit-learn / PyOD
 detector is ``vaelab.anomaly.estimator.AnomalyDetector``; the one-class benchmark
 protocol is ``vaelab.anomaly.one_class``::
@@ -39,6 +39,7 @@ DEFAULT_PRESET = "mlp-vae"
 DEFAULT_OVERRIDES: tuple[str, ...] = ()
 DEFAULT_SCORE = "mse"
 DEFAULT_EPOCHS = 30
+VALUES_PER_PASS = 10 * 1000 * 28 * 28  # decoder output values per pass of score_images (memory bound)
 
 
 # ------------------------------------------------------------------------------------ scores
@@ -54,9 +55,12 @@ def _bce(model, x, y, samples, gen):
 
 def _ssim(model, x, y, samples, gen):
     # 1 - SSIM: structure rather than ink; often better than mse on MNIST digits.
-    if min(x.shape[-2:]) < 11:
-        raise VaelabError(f"score 'ssim' needs images of at least 11x11, got {tuple(x.shape[-2:])}")
     return 1 - metrics.ssim(model.reconstruct(x, y), x)
+
+
+def _msssim(model, x, y, samples, gen):
+    # 1 - MS-SSIM: SSIM's contrast and structure at five scales, from 11-pixel windows up to the whole image.
+    return 1 - metrics.ms_ssim(model.reconstruct(x, y), x)
 
 
 def _neg_elbo(model, x, y, samples, gen):
@@ -89,23 +93,31 @@ class Score:
     fn: Callable  # (model, x (B, C, H, W), y (B,) or None, samples, generator) -> (B,)
     needs: str | None  # model capability, vaelab.models.CAPABILITIES
     description: str
+    min_side: int = 1  # the smallest image side (pixels) the score is defined for
 
 
 # Registry: name -> Score. Higher = more anomalous.
 SCORES: dict[str, Score] = {
     "mse": Score(_mse, None, "mean squared error of the reconstruction"),
     "bce": Score(_bce, None, "binary cross-entropy of the reconstruction, summed over pixels"),
-    "ssim": Score(_ssim, None, "1 - SSIM of the reconstruction"),
+    "ssim": Score(_ssim, None, "1 - SSIM of the reconstruction", min_side=11),
     "elbo": Score(_elbo, "density", "negative ELBO (beta 1)"),
     "iwnll": Score(_iwnll, "density", "importance-weighted negative log-likelihood, nats"),
+    "msssim": Score(_msssim, None, "1 - MS-SSIM of the reconstruction", min_side=metrics.ms_ssim_min_size()),
 }
 
 
-def check_score(score: str, model=None) -> None:
+def check_score(score: str, model=None, shape=None) -> None:
+    """One line when ``score`` is unknown, needs what ``model`` lacks, or cannot measure
+    images of ``shape`` (..., H, W)."""
     if score not in SCORES:
         raise VaelabError(f"unknown anomaly score {score!r}; known: {', '.join(SCORES)}")
     if model is not None and SCORES[score].needs is not None:
         require(model, SCORES[score].needs, f"anomaly score {score!r}")
+    least = SCORES[score].min_side
+    if shape is not None and min(shape[-2:]) < least:
+        raise VaelabError(f"anomaly score {score!r} needs images of at least {least}x{least}, "
+                          f"got {shape[-2]}x{shape[-1]}")
 
 
 @torch.no_grad()
@@ -115,12 +127,16 @@ def score_images(model, x: torch.Tensor, score: str = DEFAULT_SCORE, samples: in
     ``samples``: posterior draws for ``elbo`` and ``iwnll`` (K), seeded by ``seed``. ``y``: labels a
     conditional model reads; without them it marginalises over classes (elbo, iwnll) or uses the
     most probable class (reconstruction scores)."""
-    check_score(score, model)
+    check_score(score, model, x.shape)
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     fn = SCORES[score].fn
     density = SCORES[score].needs == "density"
+    # Images per pass: at most VALUES_PER_PASS image values through the decoder (``samples`` draws
+    # each for the density scores): 1,000 MNIST digits with 10 draws, as before; 63 64x64 colour
+    # images with 10 draws (whose 64x64x32 decoder maps would be 5 GB for 1,000).
+    batch_size = max(1, min(batch_size, VALUES_PER_PASS // ((samples if density else 1) * x[0].numel())))
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].float().to(device)
@@ -210,20 +226,25 @@ def load_input(path: str | Path, channels: int | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------ detect (CLI)
 def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contamination: float = 0.05,
-           out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64) -> dict:
+           out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64, maps: bool = False,
+           smooth: float | None = None) -> dict:
     """Score the images in ``input_path`` with a trained run and write ``out`` (CSV: index or
     path, score, anomaly, label when known) with ``scores_hist.png`` and ``most_anomalous.png``
     beside it. The threshold is the (1 - contamination) quantile of the scores of the run's
-    own training split, so ``contamination`` is the fraction of *training* images it flags."""
+    own training split, so ``contamination`` is the fraction of *training* images it flags.
+    ``maps``: also ``anomaly_maps.npy`` and ``anomaly_maps.png`` (``vaelab.anomaly.maps``),
+    smoothed by a Gaussian of ``smooth`` pixels if given."""
     from vaelab.viz import plots
     from vaelab.io import write_text
 
     check_score(score, run.model)
     check_contamination(contamination)
+    check_smoothing(maps, smooth)
     shape = run.config.model.input_shape
     data = load_input(input_path, channels=shape[0])
     x = as_images(data["x"], str(input_path))
     check_shape(x, shape, f"--input {input_path}")
+    check_score(score, run.model, x.shape)
     y = _model_labels(run, data["labels"])
     scores = score_images(run.model, x, score, samples, seed, y=y)
     train = run.split("train")
@@ -244,8 +265,22 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     order = np.argsort(-scores, kind="stable")[:top]
     plots.plot_grid(x[torch.from_numpy(order)], out.parent / "most_anomalous.png",
                     title=f"the {len(order)} most anomalous images ({score}), most anomalous first")
-    return {"n": len(scores), "threshold": threshold, "anomalies": int(flags.sum()), "score": score,
-            "contamination": contamination, "out": str(out)}
+    result = {"n": len(scores), "threshold": threshold, "anomalies": int(flags.sum()), "score": score,
+              "contamination": contamination, "out": str(out)}
+    if maps:
+        from vaelab.anomaly.maps import write_maps
+
+        result["maps"] = write_maps(run.model, x, y, scores, out.parent, smooth, score=score)
+    return result
+
+
+def check_smoothing(maps: bool, smooth: float | None) -> None:
+    if smooth is None:
+        return
+    if not maps:
+        raise VaelabError("--smooth smooths the anomaly maps; add --maps")
+    if not (isinstance(smooth, (int, float)) and np.isfinite(smooth) and smooth > 0):
+        raise VaelabError(f"--smooth must be a positive number of pixels (the Gaussian's sigma), got {smooth!r}")
 
 
 def _model_labels(run, labels) -> torch.Tensor | None:

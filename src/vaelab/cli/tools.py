@@ -72,78 +72,93 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
                    "or .npz/.npy array.")
 @click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
-              help="Reconstruction scores (mse, bce, 1 - ssim) serve every model; elbo and iwnll need a density.")
+              help="Reconstruction scores (mse, bce, 1 - ssim, 1 - msssim for 48x48 and larger) serve every "
+                   "model; elbo and iwnll need a density.")
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
+@click.option("--maps", is_flag=True,
+              help="Also write per-pixel anomaly maps (squared error summed over channels): anomaly_maps.npy "
+                   "(N, H, W) float32 and anomaly_maps.png (heat maps of the most anomalous images).")
+@click.option("--smooth", type=float, metavar="SIGMA", help="With --maps: Gaussian smoothing of the maps, in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
 @device_option
-def detect(run_dir, input_path, score, contamination, samples, out, seed, data_dir, device) -> None:
-    """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures."""
-    from vaelab.anomaly.scores import check_contamination, check_score, detect as detect_fn
+def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
+    """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
+    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing, detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
     check_contamination(contamination)
+    check_smoothing(maps, smooth)
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
-    r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed)
+    r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed,
+                  maps=maps, smooth=smooth)
     _echo(f"{r['anomalies']} of {r['n']} images above the threshold {r['threshold']:.6g} "
           f"({score}; {contamination:g} of the training images lie above it)")
     parent = Path(out).parent
     _echo(f"wrote {out}, {parent / 'scores_hist.png'} and {parent / 'most_anomalous.png'}")
+    if maps:
+        _echo(f"wrote {r['maps']['npy']} ({r['n']} maps) and {r['maps']['png']}")
 
 
 # ------------------------------------------------------------------------------ anomaly-bench
 @click.command("anomaly-bench")
 @click.option("--data", default="mnist", show_default=True,
-              help="mnist, fashion-mnist, or folder (with train/ and test/ sub-folders).")
-@click.option("--normal", default="all", show_default=True, help="Normal classes to run: all, or e.g. 3,5.")
+              help="mnist, fashion-mnist, folder (class sub-folders; with train/ and test/, or one set of which a "
+                   "part of the normal class is held out), or npz (labelled).")
+@click.option("--normal", default="all", show_default=True,
+              help="Normal classes to run: all, or label numbers or class (folder) names, e.g. 3,5 or smileys-emotion.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for results.csv, results.md, results.json and roc.png.")
-@click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; see bench/README.md).")
-@click.option("--epochs", type=int, help="Training epochs per class (default: 30, or the --preset's own).")
+@click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; for --data folder the default of "
+                               "bench/README.md's emoji table).")
+@click.option("--epochs", type=int, help="Training epochs per class (default: the default recipe's, or the --preset's own).")
 @click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
-              help="Anomaly score (default mse); elbo and iwnll need a model with a density.")
+              help="Anomaly score (default: the default recipe's); elbo and iwnll need a model with a density.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
+                   "beside every image of the other classes.")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
 @click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
 @click.option("--test-limit", type=int, help="Score only the first N test images (quick checks).")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
-@click.option("--data-path", help="Image folder, for --data folder.")
+@click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--keep-runs", is_flag=True, help="Keep each class's run directory under OUT/runs/.")
 @click.option("--verbose", is_flag=True, help="Print every training epoch.")
-def anomaly_bench(data, normal, out, preset, epochs, score, overrides, samples, limit, test_limit, data_dir,
+def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, samples, limit, test_limit, data_dir,
                   data_path, seed, keep_runs, verbose) -> None:
-    """One-class protocol: train on each class, AUROC on the whole test set."""
-    from vaelab.anomaly.scores import DEFAULT_SCORE, check_score
+    """One-class protocol: train on each normal class, AUROC against every other class."""
     from vaelab.anomaly.one_class import one_class_benchmark
+    from vaelab.anomaly.scores import check_score
 
-    score = score or DEFAULT_SCORE
-    check_score(score)
+    if score:
+        check_score(score)
     if normal.strip().lower() == "all":
         classes = None
     else:
-        try:
-            classes = [int(c) for c in normal.split(",") if c.strip()]
-        except ValueError:
-            raise VaelabError(f"--normal must be 'all' or comma-separated class numbers, got {normal!r}") from None
+        classes = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in normal.split(",") if c.strip()]
         if not classes:
             raise VaelabError("--normal names no class")
     for name, v in (("--epochs", epochs), ("--limit", limit), ("--test-limit", test_limit), ("--samples", samples)):
         if v is not None and v < 1:
             raise VaelabError(f"{name} must be at least 1")
+    if not 0 < holdout < 1:
+        raise VaelabError(f"--holdout must be a fraction in (0, 1), got {holdout:g}")
     r = one_class_benchmark(data, classes, out=out, preset=preset, epochs=epochs, score=score,
                             overrides=list(overrides), data_dir=data_dir, data_path=data_path, limit=limit,
-                            test_limit=test_limit, samples=samples, seed=seed, keep_runs=keep_runs, log=_echo,
-                            verbose=verbose)
-    _echo(f"mean AUROC {r['mean_auroc']:.4f} over {len(r['per_class'])} classes ({r['seconds']:.0f}s)")
+                            test_limit=test_limit, samples=samples, seed=seed, keep_runs=keep_runs, holdout=holdout,
+                            log=_echo, verbose=verbose)
+    _echo(f"mean AUROC {r['mean_auroc']:.4f} over {len(r['per_class'])} classes ({r['preset']}, score {r['score']}; "
+          f"{r['seconds']:.0f}s)")
     _echo(f"wrote {Path(out) / 'results.csv'}, results.md, results.json and roc.png")
 
 

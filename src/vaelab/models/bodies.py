@@ -28,25 +28,38 @@ if TYPE_CHECKING:
 # In place where torch allows it: every activation here follows a Linear or conv layer whose
 # output nothing else keeps, and a new tensor per layer costs page faults at large batches
 # (out-of-place ReLU over the conv-vae decoder's 28x28x32 maps at batch 1000: 129 ms, in
-# place 16 ms, one thread here). Values and gradients are the same either way.
+# place 16 ms, one thread here). Values and gradients are the same either way. Each factory
+# takes the leaky ReLU's negative slope (model.leaky_slope); the others ignore it.
 _ACT = {
-    "relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
-    "elu": lambda: nn.ELU(inplace=True), "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True), "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid, "none": nn.Identity,
+    "relu": lambda s: nn.ReLU(inplace=True), "leaky_relu": lambda s: nn.LeakyReLU(s, inplace=True),
+    "elu": lambda s: nn.ELU(inplace=True), "gelu": lambda s: nn.GELU(), "silu": lambda s: nn.SiLU(inplace=True),
+    "tanh": lambda s: nn.Tanh(), "sigmoid": lambda s: nn.Sigmoid(), "none": lambda s: nn.Identity(),
 }
+LEAKY_SLOPE = 0.2  # vaelab's leaky_relu slope before model.leaky_slope existed (PyTorch's default is 0.01)
 
 
-def activation(name: str | None) -> nn.Module:
-    return _ACT[name or "none"]()
+def activation(name: str | None, leaky_slope: float = LEAKY_SLOPE) -> nn.Module:
+    return _ACT[name or "none"](leaky_slope)
 
 
-def mlp(widths: list[int], act: str, last_act: bool = True) -> list[nn.Module]:
+# Registry: model.norm -> the normalisation layer after each conv (channels -> module), or None.
+# Batch norm keeps running mean and variance as buffers: used in eval mode, saved with the weights.
+NORMS: dict[str, Callable[[int], nn.Module] | None] = {"none": None, "batch": nn.BatchNorm2d}
+
+
+def post_conv(cfg: ModelConfig, channels: int, act: str | None) -> list[nn.Module]:
+    """What follows a hidden conv layer: the normalisation (if any), then the activation."""
+    norm = NORMS[cfg.norm]
+    return ([norm(channels)] if norm is not None else []) + [activation(act, cfg.leaky_slope)]
+
+
+def mlp(widths: list[int], act: str, last_act: bool = True, leaky_slope: float = LEAKY_SLOPE) -> list[nn.Module]:
     """Linear layers through ``widths`` with ``act`` between them (and after the last if asked)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if last_act or i < len(widths) - 2:
-            layers.append(activation(act))
+            layers.append(activation(act, leaky_slope))
     return layers
 
 
@@ -181,6 +194,14 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
                            flipped=True, flip_in=flip_in, flip_out=flip_out)
 
 
+# Registry: model.final_layer -> the decoder's stride-1 layer to the image channels (with
+# model.final_kernel): (cin, C, kernel, (H, W), padding) -> module; the last of a stack (flip_out).
+FINAL_LAYERS: dict[str, Callable[..., nn.Module]] = {
+    "transpose": lambda cin, c, k, hw, pad: conv_transpose_layer(cin, c, k, 1, hw, hw, pad, flip_out=True),
+    "conv": lambda cin, c, k, hw, pad: conv_layer(cin, c, k, 1, hw, pad, flip_out=True),
+}
+
+
 def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """Spatial size (H, W) before the first conv and after each conv layer."""
     _, h, w = cfg.input_shape
@@ -201,7 +222,7 @@ def mlp_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int
     """MLP encoder body and the width of its output features."""
     c, h, w = cfg.input_shape
     widths = [c * h * w + extra_in] + [int(x) for x in cfg.hidden]
-    return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation)), widths[-1]
+    return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation, leaky_slope=cfg.leaky_slope)), widths[-1]
 
 
 def conv_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
@@ -212,15 +233,15 @@ def conv_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, in
     n = len(cfg.channels)
     for i, (cin, cout, k, s, hw) in enumerate(zip([c + extra_in] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
                                                   cfg.per_layer("strides"), sizes)):
-        layers += [conv_layer(cin, cout, k, s, hw, cfg.padding, flip_in=i == 0, flip_out=i == n - 1),
-                   activation(cfg.activation)]
-    if cfg.latent == "conv":
-        layers.pop()  # the last conv map is the code: no activation on it (latent_activation applies)
-        layers.append(nn.Flatten())
-        return nn.Sequential(*layers), cfg.channels[-1] * math.prod(sizes[-1])
+        layers.append(conv_layer(cin, cout, k, s, hw, cfg.padding, flip_in=i == 0, flip_out=i == n - 1))
+        if cfg.latent != "conv" or i < n - 1:
+            # The last conv map of a conv-latent AE is the code: nothing on it (latent_activation applies).
+            layers += post_conv(cfg, cout, cfg.activation)
     flat = cfg.channels[-1] * math.prod(sizes[-1])
     layers.append(nn.Flatten())
-    layers += mlp([flat] + [int(x) for x in cfg.dense], cfg.activation)
+    if cfg.latent == "conv":
+        return nn.Sequential(*layers), flat
+    layers += mlp([flat] + [int(x) for x in cfg.dense], cfg.activation, leaky_slope=cfg.leaky_slope)
     return nn.Sequential(*layers), ([flat] + [int(x) for x in cfg.dense])[-1]
 
 
@@ -230,7 +251,7 @@ def mlp_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
     act = cfg.decoder_activation or cfg.activation
     hidden = cfg.decoder_hidden if cfg.decoder_hidden is not None else list(reversed(cfg.hidden))
     widths = [cfg.latent_dim + extra_in] + [int(x) for x in hidden] + [c * h * w]
-    return nn.Sequential(*mlp(widths, act, last_act=False), nn.Unflatten(1, (c, h, w)))
+    return nn.Sequential(*mlp(widths, act, last_act=False, leaky_slope=cfg.leaky_slope), nn.Unflatten(1, (c, h, w)))
 
 
 def conv_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
@@ -242,15 +263,20 @@ def conv_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
     last_c, (lh, lw) = cfg.channels[-1], sizes[-1]
     layers: list[nn.Module] = []
     if cfg.latent == "dense":
-        # As in the Keras tutorial: one dense layer from the code straight to the last feature map.
-        layers += [nn.Linear(cfg.latent_dim + extra_in, last_c * lh * lw), activation(act)]
+        # One dense layer from the code straight to the last feature map: activated in the Keras
+        # tutorial, linear in PyTorch-VAE (model.decoder_input_activation=false).
+        layers.append(nn.Linear(cfg.latent_dim + extra_in, last_c * lh * lw))
+        if cfg.decoder_input_activation:
+            layers.append(activation(act, cfg.leaky_slope))
     elif extra_in:
         raise ConfigError("a conditional model needs a vector code (model.latent=dense), not a conv feature map")
     layers.append(ChannelsLastUnflatten(1, (last_c, lh, lw)))
     # Mirror the encoder. With a final stride-1 layer (Keras), the transposed convs keep the
     # encoder's channels and the final layer maps to C; without it, the last one maps to C.
+    # model.decoder_channels names them instead (PyTorch-VAE: 512 -> 256, 128, 64, 32, 32).
     outs = list(reversed(cfg.channels))
     outs = outs if cfg.final_kernel else outs[1:] + [c]
+    outs = [int(o) for o in cfg.decoder_channels] if cfg.decoder_channels else outs
     cin = last_c
     n = len(cfg.channels)
     for i in range(n):
@@ -259,11 +285,12 @@ def conv_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
         layers.append(conv_transpose_layer(cin, outs[i], kernels[j], strides[j], sizes[j + 1], sizes[j], cfg.padding,
                                            flip_in=i == 0, flip_out=i == n - 1 and not cfg.final_kernel))
         if cfg.final_kernel or i < n - 1:
-            layers.append(activation(act))
+            layers += post_conv(cfg, outs[i], act)
         cin = outs[i]
     if cfg.final_kernel:
-        k = int(cfg.final_kernel)
-        layers.append(conv_transpose_layer(cin, c, k, 1, (h, w), (h, w), cfg.padding, flip_out=True))
+        # The stride-1 layer to C channels: a transposed conv (Keras) or a conv (PyTorch-VAE's
+        # final_layer); the same function class and parameter count, weights laid out as theirs.
+        layers.append(FINAL_LAYERS[cfg.final_layer](cin, c, int(cfg.final_kernel), (h, w), cfg.padding))
     return nn.Sequential(*layers)
 
 
@@ -272,7 +299,7 @@ def build_predictor(cfg: ModelConfig) -> nn.Sequential:
     if cfg.num_classes is None:
         raise ConfigError("model.num_classes is unset; it is filled in from the data labels when training")
     widths = [cfg.latent_dim] + [int(h) for h in cfg.predictor_hidden] + [cfg.num_classes]
-    return nn.Sequential(*mlp(widths, cfg.activation, last_act=False))
+    return nn.Sequential(*mlp(widths, cfg.activation, last_act=False, leaky_slope=cfg.leaky_slope))
 
 
 def _join_flat(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

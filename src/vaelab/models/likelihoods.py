@@ -5,7 +5,8 @@ per-image reconstruction loss (...) in the convention users compare across tools
 
 - ``bce``: Bernoulli; binary cross-entropy summed over pixels (from logits);
 - ``mse``: Gaussian with fixed variance; squared error averaged over pixels;
-- ``euclidean``: Gaussian with fixed variance; squared error summed over pixels.
+- ``euclidean``: Gaussian with fixed variance; squared error summed over pixels;
+- ``msssim``: 1 - MS-SSIM of the reconstruction (not a density; see ``MSSSIM``).
 
 A Gaussian loss is its negative log-density up to a constant: the summed squared error
 is -log N(x; mu, s^2 I) with s^2 = 1/2, less (P/2) log(pi) for P pixels, and the
@@ -21,6 +22,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from vaelab.errors import ConfigError
+from vaelab.similarity import ms_ssim, ms_ssim_min_size
 
 IMAGE_DIMS = (-3, -2, -1)  # (C, H, W): a loss sums or averages over these, keeping any leading dims
 
@@ -52,6 +56,9 @@ class Likelihood:
         """c such that -log p(x | z) = loss + c for images x in [0, 1] of ``shape`` (C, H, W)."""
         return 0.0
 
+    def check_shape(self, shape) -> None:
+        """Refuse, in one line, images (C, H, W) this loss cannot measure."""
+
 
 class Bernoulli(Likelihood):
     name = "bce"
@@ -81,16 +88,52 @@ class Gaussian(Likelihood):
         return offset - p * math.log(2) if signed else offset
 
 
+class MSSSIM(Likelihood):
+    """1 - MS-SSIM (``vaelab.similarity.ms_ssim``) of each reconstruction, on images in [0, 1]
+    (a tanh model's output and data mapped back from [-1, 1]: MS-SSIM's luminance term is not
+    shift-invariant), nothing else mixed in. PyTorch-VAE's MSSIMVAE trains the VanillaVAE on
+    the same 1 - MS-SSIM + kld_weight * KL (their MS-SSIM of the batch; here per image).
+
+    Not a density: no normalised p(x | z) has it as its negative log, so the tools that need
+    one (nll_iw, the elbo and iwnll scores, the iwae objective) refuse a model trained on it.
+    Images need ``ms_ssim_min_size()`` pixels a side (48 for the five scales).
+    """
+
+    name = "msssim"
+    density = False
+
+    def loss(self, logits, target):
+        x_hat = self.mean(logits)
+        target = target.expand_as(x_hat)
+        if self.output_activation == "tanh":
+            x_hat, target = (x_hat + 1) / 2, (target + 1) / 2
+        lead = x_hat.shape[:-3]  # posterior samples and images: (..., C, H, W) -> (...)
+        # fp32 even under bf16 autocast: the local variances are differences of close moments.
+        with torch.autocast(x_hat.device.type, enabled=False):
+            s = ms_ssim(x_hat.float().reshape(-1, *x_hat.shape[-3:]), target.float().reshape(-1, *x_hat.shape[-3:]))
+        return 1 - s.reshape(lead)
+
+    def check_shape(self, shape) -> None:
+        least = ms_ssim_min_size()
+        if shape is not None and min(shape[-2:]) < least:
+            raise ConfigError(f"model.loss=msssim needs images of at least {least}x{least} (MS-SSIM's five scales), "
+                              f"and these are {shape[-2]}x{shape[-1]}; use mse or bce")
+
+
 # Registry: model.loss -> likelihood (built with the model's output activation).
 LIKELIHOODS = {
     "bce": Bernoulli,
     "mse": lambda act: Gaussian(act, "mean"),
     "euclidean": lambda act: Gaussian(act, "sum"),
+    "msssim": MSSSIM,
 }
 
 
-def build_likelihood(name: str, output_activation: str) -> Likelihood:
-    return LIKELIHOODS[name](output_activation)
+def build_likelihood(name: str, output_activation: str, shape=None) -> Likelihood:
+    """The likelihood ``name``; with the images' ``shape`` (C, H, W), checked to serve them."""
+    likelihood = LIKELIHOODS[name](output_activation)
+    likelihood.check_shape(shape)
+    return likelihood
 
 
 def classification(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -98,5 +141,13 @@ def classification(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-__all__ = ["Bernoulli", "Gaussian", "LIKELIHOODS", "Likelihood", "apply_output", "build_likelihood",
-           "classification"]
+__all__ = [
+    "LIKELIHOODS",
+    "MSSSIM",
+    "Bernoulli",
+    "Gaussian",
+    "Likelihood",
+    "apply_output",
+    "build_likelihood",
+    "classification",
+]

@@ -130,7 +130,7 @@ class LatentModel(nn.Module):
         self.decoder = body.decoder(dec_cfg, extra)
         prior = PRIORS[cfg.prior]
         self.prior_net = prior(cfg) if prior is not None else None
-        self.likelihood = build_likelihood(cfg.loss, cfg.output_activation)
+        self.likelihood = build_likelihood(cfg.loss, cfg.output_activation, cfg.input_shape)
         self.objective = OBJECTIVES[cfg.objective]
         if self.label_code is not None:
             # log p(y) of the training labels, to marginalise over classes where a density

@@ -181,7 +181,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         perm = torch.randperm(n, device=device)
         shuffled = train.shuffled(perm)  # this epoch's images (and labels) in order
         ranks.seed(epoch_seed(t.seed, epoch))  # several ranks: each its own noise from here
-        set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs))
+        set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, gamma=t.lr_gamma))
         sums: torch.Tensor | None = None
         keys: list[str] = []
         bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress and ranks.main)
@@ -191,7 +191,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
                 x = shuffled.batch(sl)
                 y = None if labels is None else shuffled.y[sl]
                 if t.lr_schedule in PER_STEP:
-                    set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps))
+                    set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps, gamma=t.lr_gamma))
                 progress = ((epoch - 1) + step / steps) / t.epochs
                 with forward_context(precision, device):
                     parts = net(x, y, progress=progress, dataset_size=n)

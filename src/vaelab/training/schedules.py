@@ -7,6 +7,8 @@ scheduler state, and a rate changed on resume (``--resume RUN --lr 1e-4``) takes
 - ``cosine``: base * (1 + cos(pi t)) / 2 for t in [0, 1] over all steps (Loshchilov & Hutter).
 - ``iwae``: Burda et al. (2016): stage i = 0, 1, 2, ... lasts 3^i epochs at base * 10^(-i/7);
   stages 0..7 are the paper's 3,280 epochs.
+- ``exponential``: base * gamma^(epoch - 1), PyTorch's ExponentialLR stepped once per epoch
+  (PyTorch-VAE's recipe: gamma 0.95).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def iwae_epochs(stages: int) -> int:
     return sum(3**i for i in range(stages))
 
 
-def lr_at(schedule: str, base: float, epoch: int, epochs: int, step_fraction: float = 0.0) -> float:
-    """The learning rate for 1-based ``epoch`` of ``epochs``, ``step_fraction`` into it."""
+def lr_at(schedule: str, base: float, epoch: int, epochs: int, step_fraction: float = 0.0,
+          gamma: float = 0.95) -> float:
+    """The learning rate for 1-based ``epoch`` of ``epochs``, ``step_fraction`` into it
+    (``gamma``: the exponential schedule's factor per epoch)."""
     if schedule == "constant":
         return base
     if schedule == "cosine":
@@ -37,6 +41,8 @@ def lr_at(schedule: str, base: float, epoch: int, epochs: int, step_fraction: fl
         return base * 0.5 * (1 + math.cos(math.pi * t))
     if schedule == "iwae":
         return base * 10 ** (-iwae_stage(epoch) / 7)
+    if schedule == "exponential":
+        return base * gamma ** (epoch - 1)
     raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
 

@@ -227,3 +227,50 @@ def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], pat
     ax.legend(fontsize=7, loc="lower right", title="normal class: AUROC", title_fontsize=7)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def _tile_maps(maps: np.ndarray, nrow: int, pad: int = 1) -> np.ndarray:
+    """Tile (N, H, W) maps like ``image_grid`` tiles images, the borders NaN (drawn transparent)."""
+    n, h, w = maps.shape
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), np.nan)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = maps[i]
+    return grid
+
+
+def plot_anomaly_maps(images: torch.Tensor, recons: torch.Tensor, maps: np.ndarray, path: str | Path,
+                      title: str = "", per_row: int = 8, captions: list[str] | None = None) -> Path:
+    """Per block of ``per_row`` images: the images (N, C, H, W), their reconstructions, and the
+    per-pixel maps (N, H, W) as heat maps over the images, one colour scale for all (0 to the
+    99.5th percentile of the maps shown, with a colour bar). ``captions``: one line per block."""
+    plt = _plt()
+    maps = np.asarray(maps, dtype=np.float64)
+    n = len(images)
+    per_row = min(per_row, n)
+    blocks = math.ceil(n / per_row)
+    vmax = float(np.percentile(maps, 99.5)) or 1e-12
+    cmap = plt.get_cmap("inferno").with_extremes(bad=(0, 0, 0, 0))
+    fig, axes = plt.subplots(3 * blocks, 1, figsize=(per_row * 0.9 + 1.8, 3 * blocks * 1.0 + 0.7), dpi=120,
+                             squeeze=False, gridspec_kw={"hspace": 0.45})
+    for b in range(blocks):
+        sl = slice(b * per_row, (b + 1) * per_row)
+        rows = (("image", images[sl]), ("reconstruction", recons[sl]), ("error map", images[sl]))
+        for k, (label, x) in enumerate(rows):
+            ax = axes[3 * b + k, 0]
+            grid = image_grid(x.cpu(), nrow=per_row)
+            if k == 2:  # the map over a faded grey copy of the image, so the colour is the map's alone
+                tiles = _tile_maps(maps[sl], per_row)
+                grey = grid.mean(-1) if grid.ndim == 3 else grid
+                _show(ax, np.where(np.isnan(tiles), 1.0, 0.35 + 0.3 * grey))  # borders stay white
+                heat = ax.imshow(tiles, cmap=cmap, vmin=0, vmax=vmax, alpha=0.85, interpolation="nearest")
+            else:
+                _show(ax, grid)
+            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        if captions:
+            axes[3 * b, 0].set_title(captions[b], fontsize=8)
+    fig.colorbar(heat, ax=axes[:, 0].tolist(), fraction=0.025, pad=0.01,
+                 label="squared error per pixel, summed over channels")
+    fig.suptitle(title or "per-pixel anomaly maps", fontsize=10)
+    return save_figure(fig, path)

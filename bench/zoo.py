@@ -1,0 +1,212 @@
+"""Every model family on one budget, in one table (issue 12's zoo).
+
+Each family trains on the training digits with the PyTorch tutorial VAE's body where it
+applies (784-400-16, ReLU, sigmoid output; latent 16), the same epochs, batch 128, Adam
+1e-3 and seed, the test set evaluated each epoch; VQ-VAE uses a small conv body (a 7x7
+grid of 16-d codes, 64 codes) and a gated PixelCNN prior fit afterwards. The settings
+match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/PYTHAE.md):
+beta-VAE beta 4, beta-TCVAE beta 6, IWAE k 10, WAE and InfoVAE lambda 10 (IMQ, seven
+scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE.
+
+Reported per family: test loss (the family's own objective), NLL (k importance samples,
+where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
+prior (or the PixelCNN) and from a 10-component Gaussian mixture fit on the training codes
+(the judge's features against the test set), class accuracy for the conditional VAE,
+active units or codebook perplexity, parameters and training seconds. Plus a figure with
+samples of every family.
+
+    python bench/zoo.py --data mnist --epochs 10            # bench/out/zoo-mnist/
+    python bench/zoo.py --data fashion-mnist --epochs 10
+    python bench/zoo.py --epochs 1 --limit 5000 --n-samples 1000 --out bench/out/zoo-quick   # a quick look
+
+Resumable: a finished family is not trained or scored again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import OUT, REPO, child_env, data_root
+
+MLP = ["model.arch=mlp", "model.hidden=[400]", "model.latent_dim=16", "model.activation=relu",
+       "model.output_activation=sigmoid"]
+CONV_VQ = ["model.arch=conv", "model.channels=[32,64,16]", "model.kernel_size=[4,4,1]", "model.strides=[2,2,1]",
+           "model.latent=conv", "model.codebook_size=64", "model.output_activation=sigmoid"]
+
+# family -> overrides (on top of the mlp-vae preset: its data split, batch, optimiser, epochs)
+FAMILIES: dict[str, list[str]] = {
+    "ae": [*MLP, "model.kind=ae", "model.loss=bce"],
+    "dae": [*MLP, "model.kind=ae", "model.loss=bce", "model.corrupt=mask", "model.corrupt_level=0.25"],
+    "sparse-ae": [*MLP, "model.kind=ae", "model.loss=bce", "model.latent_activation=sigmoid",
+                  "model.sparsity=kl", "model.sparsity_weight=1.0", "model.sparsity_target=0.1"],
+    "vae": [*MLP, "model.kind=vae"],
+    "beta-vae": [*MLP, "model.kind=vae", "model.beta=4"],
+    "cvae": [*MLP, "model.kind=cvae"],
+    "iwae": [*MLP, "model.kind=iwae", "model.k=10"],
+    "beta-tcvae": [*MLP, "model.kind=beta-tcvae", "model.beta=6"],
+    "wae": [*MLP, "model.kind=wae", "model.loss=euclidean", "model.mmd_weight=10"],
+    "infovae": [*MLP, "model.kind=infovae", "model.mmd_weight=10"],
+    "vamp": [*MLP, "model.kind=vamp", "model.vamp_components=50"],
+    "hvae": ["model.arch=mlp", "model.hidden=[400]", "model.kind=hvae", "model.latent_dims=[16,8]",
+             "model.hidden2=[100]", "model.activation=relu", "model.output_activation=sigmoid"],
+    "vq-vae": [*CONV_VQ, "model.kind=vq-vae", "model.loss=euclidean"],
+}
+DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
+
+
+def vaelab(args: list[str], env: dict, log: Path) -> float:
+    """Run ``python -m vaelab ARGS``; its wall time in seconds; exit with its tail on failure."""
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ vaelab {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "vaelab", *args], cwd=REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"vaelab {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def family(name: str, args, env: dict, out: Path) -> dict:
+    run = out / name
+    log = out / f"{name}.log"
+    row_file = run / "zoo_row.json"
+    if row_file.is_file():
+        return json.loads(row_file.read_text())
+    sets = [*FAMILIES[name], *DATA[args.data], f"train.epochs={args.epochs}", f"train.seed={args.seed}",
+            "train.progress=false"] + ([f"data.limit={args.limit}"] if args.limit else [])
+    wall = vaelab(["train", "--preset", "mlp-vae", "--out", str(run), "--overwrite", "--no-eval",
+                   *[a for s in sets for a in ("--set", s)]], env, log)
+    vaelab(["eval", str(run), "--iw-samples", str(args.iw_samples), "--seed", "0"], env, log)
+    ev = json.loads((run / "eval.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    samplers = []
+    if cfg["posterior"] == "vq":
+        vaelab(["fit-prior", str(run), "--epochs", str(args.prior_epochs)], env, log)
+        samplers = ["pixelcnn"]
+    else:
+        samplers = (["prior"] if cfg["prior"] != "none" else []) + ["gmm"]
+    judge = ["--judge", str(args.judge)] if args.judge else []
+    scored = {}
+    for s in samplers:
+        extra = ["--components", "10"] if s == "gmm" else []
+        vaelab(["eval-samples", str(run), "--sampler", s, "--n", str(args.n_samples), *extra, *judge,
+                "--out", str(run / f"samples-{s}")], env, log)
+        scored[s] = json.loads((run / f"samples-{s}" / "samples_eval.json").read_text())
+    row = {"family": name, "loss": ev["loss"], "nll": ev.get("nll_iw"), "mse": ev["mse"], "ssim": ev.get("ssim"),
+           "fcd_prior": (scored.get("prior") or scored.get("pixelcnn") or {}).get("fcd"),
+           "fcd_gmm": scored.get("gmm", {}).get("fcd"), "fcd_floor": next(iter(scored.values()))["fcd_floor"],
+           "class_accuracy": (scored.get("prior") or {}).get("class_accuracy"),
+           "active_units": ev.get("active_units"), "perplexity": ev.get("perplexity"),
+           "params": summary["params"], "train_seconds": summary["train_seconds"], "train_process_seconds": round(wall, 1),
+           "epochs": summary["epochs"], "iw_samples": ev.get("iw_samples")}
+    row_file.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def fmt(v, digits=2) -> str:
+    if v is None:
+        return ""
+    return f"{v:,}" if isinstance(v, int) else f"{v:.{digits}f}"
+
+
+def table(rows: list[dict], args) -> str:
+    head = ("| family | test loss | NLL | MSE | SSIM | FCD prior | FCD GMM | class acc. | active units / "
+            "perplexity | params | train s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        au = fmt(r["active_units"]) if r["active_units"] is not None else f"{fmt(r['perplexity'], 1)} (perplexity)"
+        lines.append(f"| {r['family']} | {fmt(r['loss'])} | {fmt(r['nll'])} | {fmt(r['mse'], 4)} | "
+                     f"{fmt(r['ssim'], 3)} | {fmt(r['fcd_prior'], 1)} | {fmt(r['fcd_gmm'], 1)} | "
+                     f"{fmt(r['class_accuracy'], 3)} | {au} | {fmt(r['params'])} | {fmt(r['train_seconds'], 0)} |")
+    floor = rows[0]["fcd_floor"] if rows else None
+    return "\n".join(lines) + (f"\n\nFCD floor (training vs test images): {floor:.1f}" if floor else "")
+
+
+def figure(rows: list[dict], out: Path, args) -> Path:
+    """One row of samples per family (the PixelCNN for VQ-VAE, else the prior, else the GMM)."""
+    import numpy as np
+    from PIL import Image
+
+    # Drawn again here from each run: ten samples per family, one seed, one picture.
+    code = ("import sys, json, numpy as np, torch\n"
+            "from vaelab.api import Run\n"
+            "from vaelab.latent.sampling import fitted_sampler, sample_images\n"
+            "run = Run.load(sys.argv[1], device='cpu'); name = sys.argv[2]\n"
+            "extra = {'components': 10} if name == 'gmm' else {}\n"
+            "s = fitted_sampler(run, name, seed=0, **extra)\n"
+            "x, _, _ = sample_images(run, s, 10, seed=0)\n"
+            "np.save(sys.argv[3], (x.numpy() * 255).round().astype(np.uint8))\n")
+    tiles = []
+    for r in rows:
+        run = out / r["family"]
+        sampler = "pixelcnn" if r["perplexity"] is not None else ("prior" if r["fcd_prior"] is not None else "gmm")
+        path = out / f"{r['family']}-fig.npy"
+        subprocess.run([sys.executable, "-c", code, str(run), sampler, str(path)], cwd=REPO, check=True,
+                       env=child_env(data_root("zoo.py")))
+        tiles.append((r["family"], sampler, np.load(path)[:, 0]))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110)
+    for ax, (name, sampler, imgs) in zip(axes, tiles):
+        ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{name}\n({sampler})", rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"samples of every family ({args.data}, {args.epochs} epochs, seed {args.seed})", fontsize=10)
+    fig.tight_layout()
+    png = out / "zoo_samples.png"
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=sorted(DATA), default="mnist")
+    ap.add_argument("--families", default=",".join(FAMILIES), help="comma-separated")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    ap.add_argument("--iw-samples", type=int, default=100, help="importance samples for the test NLL")
+    ap.add_argument("--n-samples", type=int, default=10000, help="samples scored by the judge")
+    ap.add_argument("--prior-epochs", type=int, default=10, help="PixelCNN epochs (VQ-VAE)")
+    ap.add_argument("--judge", type=Path, help="judge folder (default: the user cache, trained on first use)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    names = [f for f in args.families.split(",") if f]
+    bad = [f for f in names if f not in FAMILIES]
+    if bad:
+        sys.exit(f"unknown families {bad}; known: {', '.join(FAMILIES)}")
+    out = args.out or OUT / f"zoo-{args.data}"
+    out.mkdir(parents=True, exist_ok=True)
+    env = child_env(data_root("zoo.py"))
+    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        rows.append(family(name, args, env, out))
+        print(f"{name}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    text = table(rows, args)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"data": args.data, "epochs": args.epochs, "seed": args.seed,
+                                                  "limit": args.limit, "iw_samples": args.iw_samples,
+                                                  "n_samples": args.n_samples, "loadavg": os.getloadavg(),
+                                                  "rows": rows}, indent=2) + "\n")
+    print(text)
+    print(f"wrote {out / 'results.md'} and {figure(rows, out, args)}")
+
+
+if __name__ == "__main__":
+    main()
