@@ -1,0 +1,629 @@
+#!/usr/bin/env python3
+"""Train Pythae's versions of vaelab's model families on MNIST, for a side-by-side benchmark.
+
+Standalone: run it with the peer environment's interpreter (see bench/peers/README.md),
+never with vaelab's; it does not import vaelab.
+
+    /work/peers/pythae-venv/bin/python bench/peers/pythae_zoo.py --families vae,iwae
+    /work/peers/pythae-venv/bin/python bench/peers/pythae_zoo.py --families vqvae \
+        --epochs 1 --limit 2000 --n-samples 200          # a quick check, not a measurement
+
+For each family it trains the Pythae model through ``pythae.pipelines.TrainingPipeline``
+(Pythae's ``BaseTrainer``) on the MNIST training images (test set as Pythae's eval set),
+with the fixed architecture below, then draws samples with Pythae's own samplers and
+reconstructs the test set. Per family, under ``OUT/<family>/``:
+
+    result.json              every number and the exact configuration (also on failure):
+                             wall times (train, per epoch, eval, samplers, whole process),
+                             Pythae's per-epoch train/eval losses, the final model's loss
+                             parts on the test set, parameter counts, configs, errors
+    samples_prior.npz        images uint8 (N, 1, 28, 28): NormalSampler / VAMPSampler /
+                             PixelCNNSampler (vqvae)
+    samples_gmm.npz          images: GaussianMixtureSampler (10 components) fit on the
+                             training codes (Pythae's sampler cannot take vqvae's
+                             (N, D, 7, 7) codes: recorded as "unsupported")
+    recon_test.npz           images: the first 10,000 test images reconstructed through the
+                             posterior mean (decoder(encoder mean); vqvae: decoder(quantised))
+    recon_test_sampled.npz   images: Pythae's model.reconstruct() (one posterior sample)
+    pythae/                  Pythae's own training folder (final_model/, training config)
+
+and ``OUT/summary.json`` gathers every ``*/result.json`` found under OUT. Pixels are
+``round(255 * clamp(x, 0, 1))``. A family that fails is recorded (status "failed", the
+traceback in result.json) and the next one runs; the exit status is 1 if any failed.
+For wall times run one family per process on a quiet machine.
+
+Architectures (fixed, layer for layer reproducible; PyTorch default initialisation):
+  MLP families (all but vqvae): encoder Linear(784, 400) - ReLU - two heads
+  Linear(400, latent) for the mean and the log-variance (wae: the mean head only, its
+  encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
+  Sigmoid. This is the PyTorch examples VAE (there with latent 20).
+  vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
+  Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
+  ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
+  codebook K x D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+T_START = time.perf_counter()
+
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae"]
+IMQ_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # Pythae's default kernel scales
+
+
+def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
+    """Family -> (Pythae model class, config class, config fields). Every field that matters
+    is written out, Pythae's default or not; the non-defaults are marked."""
+    return {
+        "vae": ("VAE", "VAEConfig", {"reconstruction_loss": "bce"}),
+        "beta-vae": ("BetaVAE", "BetaVAEConfig", {
+            "reconstruction_loss": "bce",
+            "beta": 4.0,  # Pythae's default 1.0 would make it the plain VAE
+        }),
+        "beta-tcvae": ("BetaTCVAE", "BetaTCVAEConfig", {
+            "reconstruction_loss": "bce", "alpha": 1.0,
+            "beta": 6.0,  # Pythae's default 1.0 weights the TC term like the plain ELBO
+            "gamma": 1.0, "use_mss": True,
+        }),
+        "iwae": ("IWAE", "IWAEConfig", {"reconstruction_loss": "bce", "number_samples": 10}),
+        "wae": ("WAE_MMD", "WAE_MMD_Config", {  # reconstruction is always MSE in Pythae
+            "kernel_choice": "imq",
+            # Pythae's default 0.03 leaves the codes far from N(0, I) (test MMD 2.8 against
+            # 0.17 after one epoch on 20k images) and prior samples unusable; 10 is the WAE
+            # paper's MNIST value.
+            "reg_weight": 10.0,
+            "kernel_bandwidth": 1.0,
+            "scales": list(IMQ_SCALES), "reconstruction_loss_scale": 1.0,
+        }),
+        "infovae": ("INFOVAE_MMD", "INFOVAE_MMD_Config", {
+            "reconstruction_loss": "bce", "kernel_choice": "imq", "alpha": 0.0,
+            # Pythae's default lbd=1e-3 gives the MMD term the weight alpha+lbd-1 = -0.999
+            # (MMD maximised). The InfoVAE paper's MNIST lbd=1000 (weight 999) collapses the
+            # posterior with Pythae's 7-scale IMQ kernel (test KL 0.09 nats after one epoch on
+            # 20k images); lbd=10 (weight 9) keeps the codes (KL 13.2, MMD 0.18).
+            "lbd": 10.0,
+            "kernel_bandwidth": 1.0, "scales": list(IMQ_SCALES),
+        }),
+        "vamp": ("VAMP", "VAMPConfig", {
+            "reconstruction_loss": "bce", "number_components": 50, "linear_scheduling_steps": 0,
+        }),
+        "vqvae": ("VQVAE", "VQVAEConfig", {  # reconstruction is always MSE in Pythae
+            "commitment_loss_factor": 0.25, "quantization_loss_factor": 1.0,
+            "num_embeddings": codebook_size,  # Pythae's default 512
+            "use_ema": False, "decay": 0.99,
+        }),
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=",".join(FAMILY_NAMES),
+                   help="comma-separated, from: " + ",".join(FAMILY_NAMES))
+    p.add_argument("--data-dir", default="/work/shared/data",
+                   help="folder holding mnist/{train,t10k}-images-idx3-ubyte.gz (or the mnist folder itself)")
+    p.add_argument("--out", default="bench/out/pythae", help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="train and eval batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--latent-dim", type=int, default=16, help="MLP families' latent size")
+    p.add_argument("--codebook-size", type=int, default=64, help="VQ-VAE codebook entries K")
+    p.add_argument("--code-dim", type=int, default=16, help="VQ-VAE code vector size D")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on the first N training images only (quick checks)")
+    p.add_argument("--eval", choices=["test", "none"], default="test",
+                   help="Pythae's eval set, evaluated after every epoch (default: the test set)")
+    p.add_argument("--use", choices=["last", "best"], default="last",
+                   help="model that is sampled and reconstructs: the last epoch's, or Pythae's "
+                        "'best' (lowest eval loss; what it saves as final_model)")
+    p.add_argument("--n-samples", type=int, default=10000)
+    p.add_argument("--n-recon", type=int, default=10000, help="first N test images reconstructed")
+    p.add_argument("--gmm-components", type=int, default=10)
+    p.add_argument("--pixelcnn-epochs", type=int, default=None,
+                   help="epochs of the VQ-VAE's PixelCNN prior (default: --epochs)")
+    p.add_argument("--pixelcnn-layers", type=int, default=10)
+    p.add_argument("--pixelcnn-kernel", type=int, default=5)
+    p.add_argument("--sample-batch", type=int, default=500, help="samplers' batch size (Pythae's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (also OMP/MKL/BLAS)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FAMILY.FIELD=VALUE",
+                   help="override a Pythae model-config field, e.g. --set wae.reg_weight=10 "
+                        "(VALUE parsed as JSON, else a string); repeatable")
+    args = p.parse_args(argv)
+    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    bad = [f for f in args.families if f not in FAMILY_NAMES]
+    if bad:
+        p.error(f"unknown families {bad}; choose from {FAMILY_NAMES}")
+    if args.pixelcnn_epochs is None:
+        args.pixelcnn_epochs = args.epochs
+    parsed = []
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        fam, dot, field = key.partition(".")
+        if not sep or not dot or fam not in FAMILY_NAMES or not field:
+            p.error(f"--set expects FAMILY.FIELD=VALUE, got {item!r}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        parsed.append((fam, field, value))
+    args.overrides = parsed
+    return args
+
+
+ARGS = parse_args()
+# Threads first: the environment before numpy/torch/sklearn load their thread pools.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(ARGS.threads)
+import torch  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+
+import gzip  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import traceback  # noqa: E402
+from importlib import metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import pythae.models as pm  # noqa: E402
+from pythae.data.datasets import DatasetOutput  # noqa: E402
+from pythae.models.base.base_utils import ModelOutput  # noqa: E402
+from pythae.models.nn import BaseDecoder, BaseEncoder  # noqa: E402
+from pythae.pipelines import TrainingPipeline  # noqa: E402
+from pythae.samplers import (  # noqa: E402
+    GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
+    PixelCNNSamplerConfig, VAMPSampler,
+)
+from pythae.trainers import BaseTrainerConfig  # noqa: E402
+from pythae.trainers.training_callbacks import TrainingCallback  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - T_START
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux /proc; includes interpreter start-up)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5): starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def ver(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "pythae": ver("pythae"), "torch": torch.__version__, "numpy": np.__version__,
+        "scikit-learn": ver("scikit-learn"), "pydantic": ver("pydantic"),
+        "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+    }
+
+
+def loadavg() -> list | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(data_dir: str):
+    root = Path(data_dir)
+    if (root / "mnist").is_dir():
+        root = root / "mnist"
+    names = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
+    missing = [n for n in names.values() if not (root / n).is_file()]
+    if missing:
+        sys.exit(f"MNIST files missing in {root}: {', '.join(missing)}")
+    out = {}
+    for split, name in names.items():
+        x = read_idx(root / name)
+        out[split] = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return out["train"], out["test"], str(root)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().reshape(-1, 1, 28, 28).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- networks
+
+class MLPEncoder(BaseEncoder):
+    """Linear(784, 400) - ReLU - Linear(400, latent) mean [+ Linear(400, latent) log-variance]."""
+
+    def __init__(self, latent_dim: int, variational: bool = True):
+        BaseEncoder.__init__(self)
+        self.fc1 = nn.Linear(784, 400)
+        self.fc_mu = nn.Linear(400, latent_dim)
+        self.fc_logvar = nn.Linear(400, latent_dim) if variational else None
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
+        out = ModelOutput(embedding=self.fc_mu(h))
+        if self.fc_logvar is not None:
+            out["log_covariance"] = self.fc_logvar(h)
+        return out
+
+
+class MLPDecoder(BaseDecoder):
+    """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28)."""
+
+    def __init__(self, latent_dim: int):
+        BaseDecoder.__init__(self)
+        self.fc3 = nn.Linear(latent_dim, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def forward(self, z):
+        h = F.relu(self.fc3(z))
+        return ModelOutput(reconstruction=torch.sigmoid(self.fc4(h)).reshape(-1, 1, 28, 28))
+
+
+class ConvEncoder(BaseEncoder):
+    """Conv2d(1,32,4,2,1) - ReLU - Conv2d(32,64,4,2,1) - ReLU - Conv2d(64,D,1): (B, D, 7, 7)."""
+
+    def __init__(self, code_dim: int):
+        BaseEncoder.__init__(self)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(64, code_dim, 1),
+        )
+
+    def forward(self, x):
+        return ModelOutput(embedding=self.net(x))
+
+
+class ConvDecoder(BaseDecoder):
+    """Conv2d(D,64,1) - ReLU - ConvT(64,32,4,2,1) - ReLU - ConvT(32,1,4,2,1) - Sigmoid."""
+
+    def __init__(self, code_dim: int):
+        BaseDecoder.__init__(self)
+        self.net = nn.Sequential(
+            nn.Conv2d(code_dim, 64, 1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, z):
+        return ModelOutput(reconstruction=self.net(z))
+
+
+ARCH_TEXT = {
+    "mlp": "encoder Linear(784,400)-ReLU-[Linear(400,L) mean, Linear(400,L) log-variance]; "
+           "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
+    "mlp-deterministic": "encoder Linear(784,400)-ReLU-Linear(400,L); "
+                         "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
+    "conv": "encoder Conv2d(1,32,4,2,1)-ReLU-Conv2d(32,64,4,2,1)-ReLU-Conv2d(64,D,1) -> (D,7,7); "
+            "decoder Conv2d(D,64,1)-ReLU-ConvTranspose2d(64,32,4,2,1)-ReLU-"
+            "ConvTranspose2d(32,1,4,2,1)-Sigmoid; codebook K x D",
+}
+
+
+class Recorder(TrainingCallback):
+    """Per-epoch losses and times: train steps (epoch start -> eval start) and the rest
+    (eval pass, Pythae's best-model copy, logging)."""
+
+    def __init__(self):
+        self.history = []
+        self._t0 = self._t_eval = None
+
+    def on_epoch_begin(self, training_config, **kwargs):
+        self._t0, self._t_eval = time.perf_counter(), None
+
+    def on_eval_step_begin(self, training_config, **kwargs):
+        self._t_eval = time.perf_counter()
+
+    def on_log(self, training_config, logs, **kwargs):
+        now = time.perf_counter()
+        t_train_end = self._t_eval if self._t_eval is not None else now
+        self.history.append({
+            "epoch": kwargs.get("global_step"),
+            "train_loss": logs.get("train_epoch_loss"),
+            "eval_loss": logs.get("eval_epoch_loss"),
+            "train_seconds": round(t_train_end - self._t0, 4),
+            "eval_seconds": round(now - self._t_eval, 4) if self._t_eval is not None else None,
+            "epoch_seconds": round(now - self._t0, 4),
+        })
+
+
+# ----------------------------------------------------------------------------- one family
+
+def build_model(family: str, args):
+    table = family_table(args.latent_dim, args.codebook_size, args.code_dim)
+    model_name, config_name, fields = table[family]
+    fields = dict(fields)
+    for fam, field, value in args.overrides:
+        if fam == family:
+            fields[field] = value
+    config_cls = getattr(pm, config_name)
+    if family == "vqvae":
+        config = config_cls(input_dim=(1, 28, 28), latent_dim=args.code_dim, **fields)
+        encoder, decoder, arch = ConvEncoder(args.code_dim), ConvDecoder(args.code_dim), "conv"
+    else:
+        config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
+        variational = family != "wae"
+        encoder = MLPEncoder(args.latent_dim, variational=variational)
+        decoder = MLPDecoder(args.latent_dim)
+        arch = "mlp" if variational else "mlp-deterministic"
+    model = getattr(pm, model_name)(config, encoder=encoder, decoder=decoder)
+    return model, config, arch
+
+
+@torch.no_grad()
+def reconstruct(model, family: str, x: np.ndarray, batch: int):
+    """(posterior-mean reconstructions, Pythae's model.reconstruct()) as uint8."""
+    model.eval()
+    mean, sampled = [], []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(x[i:i + batch])
+        if family == "vqvae":  # BaseAE.predict would decode the unquantised encoder output
+            rec = model(DatasetOutput(data=xb)).recon_x
+        else:
+            rec = model.predict(xb).recon_x
+        mean.append(to_uint8(rec))
+        sampled.append(to_uint8(model.reconstruct(xb)))
+    return np.concatenate(mean), np.concatenate(sampled)
+
+
+@torch.no_grad()
+def loss_parts(model, x: np.ndarray, batch: int) -> dict:
+    """Every scalar of the model's forward output (loss, recon_loss, reg_loss / mmd_loss /
+    vq_loss), averaged over the batches of x in order, as Pythae's eval pass averages them."""
+    model.eval()
+    sums, n, counts = {}, 0, None
+    for i in range(0, len(x), batch):
+        out = model(DatasetOutput(data=torch.from_numpy(x[i:i + batch])), dataset_size=len(x))
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.numel() == 1:
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if "quantized_indices" in out:  # VQ-VAE: codebook usage
+            c = torch.bincount(out["quantized_indices"].flatten(), minlength=model.quantizer.num_embeddings)
+            counts = c if counts is None else counts + c
+        n += 1
+    parts = {k: v / n for k, v in sums.items()}
+    if counts is not None:
+        p = counts.double() / counts.sum()
+        parts["codes_used"] = int((counts > 0).sum())
+        parts["code_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    return parts
+
+
+def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) -> dict:
+    fam_dir = out_root / family
+    fam_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("samples_prior.npz", "samples_gmm.npz", "recon_test.npz", "recon_test_sampled.npz"):
+        (fam_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(fam_dir / "pythae", ignore_errors=True)  # Pythae's training folders of an earlier run
+
+    res = {
+        "family": family, "status": "running", "argv": sys.argv, "machine": machine_info(),
+        "loadavg_before": loadavg(), "data_dir": data_root, "seed": args.seed,
+        "n_train": int(len(train_x)), "n_eval": int(len(test_x)) if args.eval == "test" else 0,
+        "eval_set": args.eval, "used_model": args.use, "timings": {"import_seconds": round(IMPORT_SECONDS, 3)},
+        "errors": {},
+    }
+    t_family = time.perf_counter()
+    try:
+        seed_all(args.seed)
+        t = time.perf_counter()
+        model, config, arch = build_model(family, args)
+        res["timings"]["build_seconds"] = round(time.perf_counter() - t, 4)
+        res["pythae_model"] = model.model_name
+        res["architecture"] = {"kind": arch, "text": ARCH_TEXT[arch], "latent_dim": args.latent_dim,
+                               "code_dim": args.code_dim if family == "vqvae" else None,
+                               "modules": repr(model)}
+        extra = n_params(model) - n_params(model.encoder) - n_params(model.decoder)
+        res["params"] = {"total": n_params(model), "encoder": n_params(model.encoder),
+                         "decoder": n_params(model.decoder), "other": extra}
+
+        train_config = BaseTrainerConfig(
+            output_dir=str(fam_dir / "pythae"), num_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+            optimizer_cls="Adam", learning_rate=args.lr, seed=args.seed, no_cuda=True,
+            steps_saving=None, steps_predict=None,
+        )
+        recorder = Recorder()
+        pipeline = TrainingPipeline(model=model, training_config=train_config)
+        t = time.perf_counter()
+        pipeline(train_data=train_x, eval_data=test_x if args.eval == "test" else None, callbacks=[recorder])
+        res["timings"]["train_seconds"] = round(time.perf_counter() - t, 3)
+        trainer = pipeline.trainer
+        res["model_config"] = config.to_dict()
+        res["training_config"] = train_config.to_dict()
+        res["pythae_training_dir"] = str(trainer.training_dir)
+        res["history"] = recorder.history
+        res["timings"]["train_steps_seconds"] = round(sum(h["train_seconds"] for h in recorder.history), 3)
+        res["timings"]["eval_seconds"] = round(sum(h["eval_seconds"] or 0 for h in recorder.history), 3)
+        if recorder.history:
+            res["final_train_loss"] = recorder.history[-1]["train_loss"]
+            res["final_eval_loss"] = recorder.history[-1]["eval_loss"]
+        key = "eval_loss" if args.eval == "test" else "train_loss"
+        losses = [h[key] for h in recorder.history]
+        res["best_epoch"] = int(np.argmin(losses)) + 1 if losses else None
+
+        model = trainer.model if args.use == "last" else trainer._best_model
+        model.eval()
+        seed_all(args.seed)
+        t = time.perf_counter()
+        res["test_loss_parts"] = loss_parts(model, test_x, args.batch_size)
+        res["timings"]["test_loss_parts_seconds"] = round(time.perf_counter() - t, 3)
+
+        # Reconstructions of the first n-recon test images.
+        t = time.perf_counter()
+        rec_mean, rec_sampled = reconstruct(model, family, test_x[:args.n_recon], args.sample_batch)
+        np.savez_compressed(fam_dir / "recon_test.npz", images=rec_mean)
+        np.savez_compressed(fam_dir / "recon_test_sampled.npz", images=rec_sampled)
+        res["timings"]["recon_seconds"] = round(time.perf_counter() - t, 3)
+        res["recon"] = {"n": int(len(rec_mean)), "test_indices": [0, int(len(rec_mean))]}
+
+        # Samples from the prior with the family's Pythae sampler.
+        seed_all(args.seed + 1)
+        t = time.perf_counter()
+        try:
+            if family == "vamp":
+                sampler, kind = VAMPSampler(model), "VAMPSampler"
+            elif family == "vqvae":
+                pcfg = PixelCNNSamplerConfig(n_layers=args.pixelcnn_layers, kernel_size=args.pixelcnn_kernel)
+                sampler, kind = PixelCNNSampler(model, pcfg), "PixelCNNSampler"
+                pixel_train_cfg = BaseTrainerConfig(
+                    output_dir=str(fam_dir / "pythae" / "pixelcnn"), num_epochs=args.pixelcnn_epochs,
+                    per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+                    optimizer_cls="Adam", learning_rate=args.lr, seed=args.seed, no_cuda=True,
+                )
+                sampler.fit(train_data=train_x, eval_data=None, training_config=pixel_train_cfg)
+                res["timings"]["prior_fit_seconds"] = round(time.perf_counter() - t, 3)
+                res["pixelcnn"] = {"sampler_config": pcfg.to_dict(),
+                                   "model_config": sampler.pixelcnn_model.model_config.to_dict(),
+                                   "training_config": pixel_train_cfg.to_dict(),
+                                   "params": n_params(sampler.pixelcnn_model)}
+            else:
+                sampler, kind = NormalSampler(model), "NormalSampler"
+            t_s = time.perf_counter()
+            imgs = to_uint8(sampler.sample(num_samples=args.n_samples, batch_size=args.sample_batch))
+            res["timings"]["prior_sample_seconds"] = round(time.perf_counter() - t_s, 3)
+            np.savez_compressed(fam_dir / "samples_prior.npz", images=imgs)
+            res["samples_prior"] = {"sampler": kind, "n": int(len(imgs))}
+        except Exception as e:  # noqa: BLE001 - record and go on to the next sampler
+            res["errors"]["samples_prior"] = f"{type(e).__name__}: {e}"
+            res["errors"]["samples_prior_traceback"] = traceback.format_exc()
+        res["timings"]["prior_total_seconds"] = round(time.perf_counter() - t, 3)
+
+        # Samples from a Gaussian mixture fit on the training codes.
+        seed_all(args.seed + 2)
+        t = time.perf_counter()
+        try:
+            gcfg = GaussianMixtureSamplerConfig(n_components=args.gmm_components)
+            gsampler = GaussianMixtureSampler(model, gcfg)
+            gsampler.fit(train_data=train_x)
+            res["timings"]["gmm_fit_seconds"] = round(time.perf_counter() - t, 3)
+            t_s = time.perf_counter()
+            imgs = to_uint8(gsampler.sample(num_samples=args.n_samples, batch_size=args.sample_batch))
+            res["timings"]["gmm_sample_seconds"] = round(time.perf_counter() - t_s, 3)
+            np.savez_compressed(fam_dir / "samples_gmm.npz", images=imgs)
+            res["samples_gmm"] = {"sampler": "GaussianMixtureSampler", "n": int(len(imgs)),
+                                  "sampler_config": gcfg.to_dict(),
+                                  "gmm_converged": bool(gsampler.gmm.converged_),
+                                  "gmm_n_iter": int(gsampler.gmm.n_iter_)}
+        except Exception as e:  # noqa: BLE001
+            if family == "vqvae" and isinstance(e, ValueError) and "dim 4" in str(e):
+                # Pythae's GaussianMixtureSampler hands the (N, D, 7, 7) quantised codes to
+                # sklearn as they are: a limitation of Pythae, recorded, not a failed run.
+                res["unsupported"] = {"samples_gmm": f"{type(e).__name__}: {e}"}
+            else:
+                res["errors"]["samples_gmm"] = f"{type(e).__name__}: {e}"
+                res["errors"]["samples_gmm_traceback"] = traceback.format_exc()
+        res["timings"]["gmm_total_seconds"] = round(time.perf_counter() - t, 3)
+
+        res["status"] = "ok" if not res["errors"] else "partial"
+    except Exception as e:  # noqa: BLE001 - a failed family is recorded; the others still run
+        res["status"] = "failed"
+        res["errors"]["family"] = f"{type(e).__name__}: {e}"
+        res["errors"]["family_traceback"] = traceback.format_exc()
+    res["timings"]["family_seconds"] = round(time.perf_counter() - t_family, 3)
+    res["timings"]["process_seconds_at_end"] = process_seconds()
+    res["loadavg_after"] = loadavg()
+    res["files"] = sorted(p.name for p in fam_dir.iterdir())
+    with open(fam_dir / "result.json", "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    return res
+
+
+def write_summary(out_root: Path) -> None:
+    rows = {}
+    for path in sorted(out_root.glob("*/result.json")):
+        with open(path) as f:
+            r = json.load(f)
+        rows[r["family"]] = {
+            k: r.get(k) for k in ("status", "params", "final_train_loss", "final_eval_loss",
+                                  "best_epoch", "n_train", "seed", "timings", "errors",
+                                  "unsupported")
+        }
+        if rows[r["family"]]["errors"]:
+            rows[r["family"]]["errors"] = {k: v for k, v in r["errors"].items() if not k.endswith("traceback")}
+    with open(out_root / "summary.json", "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+def main() -> int:
+    args = ARGS
+    out_root = Path(args.out).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    train_x, test_x, data_root = load_mnist(args.data_dir)
+    if args.limit is not None:
+        train_x = train_x[:args.limit]
+    data_seconds = round(time.perf_counter() - t, 3)
+    print(f"pythae_zoo: {len(train_x)} train / {len(test_x)} test images from {data_root} "
+          f"({data_seconds}s); threads {torch.get_num_threads()}; out {out_root}", flush=True)
+    results = {}
+    for family in args.families:
+        print(f"pythae_zoo: === {family} ===", flush=True)
+        r = run_family(family, args, train_x, test_x, data_root, out_root)
+        r["timings"]["data_seconds"] = data_seconds
+        with open(out_root / family / "result.json", "w") as f:
+            json.dump(r, f, indent=1, default=str)
+        results[family] = r
+        errs = {k: v for k, v in r["errors"].items() if not k.endswith("traceback")}
+        print(f"pythae_zoo: {family}: {r['status']}  train {r['timings'].get('train_seconds')}s  "
+              f"final train/eval loss {r.get('final_train_loss')}/{r.get('final_eval_loss')}"
+              + (f"  errors {errs}" if errs else ""), flush=True)
+    write_summary(out_root)
+    print(f"pythae_zoo: done in {process_seconds()}s (whole process)", flush=True)
+    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
