@@ -21,7 +21,8 @@ from vaelab.config import DataConfig
 from vaelab.data import load_data
 from vaelab.data import download as dl
 from vaelab.data.idx import read_idx, read_idx_pair
-from vaelab.data.images import load_array, load_folder
+from vaelab.data.cache import load_folder
+from vaelab.data.images import load_array
 from vaelab.errors import DataError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_error, run_main
-from vaelab.viz.report import write_report
+from vaelab.report import write_report
 
 IMG = re.compile(r'<img src="([^"]*)"')
 RESULT_COLS = ["trial", "model.latent_dim", "status", "loss", "mse", "ssim", "psnr", "active_units", "params",
@@ -68,7 +68,7 @@ def make_sweep(root: Path, tiny_config, name: str = "latent") -> Path:
 
 
 def _comparison_figure(path: Path, xs, ys) -> None:
-    from vaelab.viz import plots
+    from vaelab import plots
 
     fig, ax = plots._plt().subplots(figsize=(4, 3), dpi=80)
     ax.plot(xs, ys, marker="o")

@@ -14,9 +14,9 @@ them ``encode`` uses the most probable class and ``decode`` asks for one.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -46,7 +46,7 @@ class Run:
     _splits: Splits | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> "Run":
+    def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> Run:
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
         if data_dir is not None:
@@ -164,7 +164,7 @@ class Run:
 
     def figures(self, n: int = 16, seed: int = 0) -> list[Path]:
         """Write the standard figures into ``RUN/figures``: loss curves, reconstructions, prior samples."""
-        from vaelab.viz import plots
+        from vaelab import plots
 
         rd = self.dir
         paths = []

@@ -228,7 +228,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _coerce(self, "model")
         # The registries live with the code they name; imported here, when a config is built.
-        from vaelab.models import BODIES, CAPABILITIES, LIKELIHOODS, MODELS, OBJECTIVES, POSTERIORS, PRIORS, capabilities
+        from vaelab.models import (
+            BODIES,
+            CAPABILITIES,
+            LIKELIHOODS,
+            MODELS,
+            OBJECTIVES,
+            POSTERIORS,
+            PRIORS,
+            capabilities,
+        )
 
         _check_name("model.kind", self.kind, MODELS)
         family = MODELS[self.kind]
@@ -409,7 +418,7 @@ class RunConfig:
             # The objective sees progress as a fraction of training; warm-up in epochs becomes one.
             self.model.kl_warmup = t.kl_warmup_epochs / t.epochs if t.epochs else 1.0
 
-    def copy(self) -> "RunConfig":
+    def copy(self) -> RunConfig:
         return RunConfig.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
@@ -419,7 +428,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         if not isinstance(d, dict):
             raise ConfigError("a config must be a mapping with keys data, model, train")
         unknown = set(d) - {"data", "model", "train", "preset"}

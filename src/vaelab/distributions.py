@@ -18,7 +18,7 @@ dimension, so ``log_prob`` of (K, B, D) codes is (K, B).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -309,6 +309,21 @@ def to(d: Distribution, device) -> Distribution:
     raise TypeError(f"cannot move a {type(d).__name__}")
 
 
-__all__ = ["Ancestral", "DiagNormal", "Distribution", "KL_RULES", "LOG_2PI", "MixtureDiagNormal", "PointMass",
-           "Quantized", "StandardNormal",
-           "cat", "importance_weights", "kl_divergence", "kl_per_dim", "log_mean_exp", "log_normal", "to"]
+__all__ = [
+    "KL_RULES",
+    "LOG_2PI",
+    "Ancestral",
+    "DiagNormal",
+    "Distribution",
+    "MixtureDiagNormal",
+    "PointMass",
+    "Quantized",
+    "StandardNormal",
+    "cat",
+    "importance_weights",
+    "kl_divergence",
+    "kl_per_dim",
+    "log_mean_exp",
+    "log_normal",
+    "to",
+]

@@ -35,8 +35,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

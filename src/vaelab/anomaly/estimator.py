@@ -333,4 +333,4 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         return result.model, result.config
 
 
-__all__ = ["AnomalyDetector", "FEATURES", "TABLE_DEFAULTS"]
+__all__ = ["FEATURES", "TABLE_DEFAULTS", "AnomalyDetector"]

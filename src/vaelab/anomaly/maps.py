@@ -92,7 +92,7 @@ def write_maps(model, x: torch.Tensor, y: torch.Tensor | None, scores: np.ndarra
     reconstructions and their maps as heat maps. Returns the two paths."""
     from pathlib import Path
 
-    from vaelab.viz import plots
+    from vaelab import plots
 
     folder = Path(folder)
     maps = error_maps(model, x, y, sigma)

@@ -18,15 +18,21 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from vaelab.anomaly.scores import (DEFAULT_EPOCHS, DEFAULT_OVERRIDES, DEFAULT_PRESET, DEFAULT_SCORE, check_score,
-                                   score_images)
+from vaelab.anomaly.scores import (
+    DEFAULT_EPOCHS,
+    DEFAULT_OVERRIDES,
+    DEFAULT_PRESET,
+    DEFAULT_SCORE,
+    check_score,
+    score_images,
+)
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import metrics
 
@@ -111,10 +117,10 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     checks only)."""
     from sklearn.metrics import roc_curve
 
+    from vaelab import plots
     from vaelab.config import build_config
     from vaelab.data import Splits, load_data
     from vaelab.training.loop import fit
-    from vaelab.viz import plots
 
     recipe = default_recipe(data)
     score = score or recipe.score

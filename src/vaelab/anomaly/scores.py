@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaelab.evaluation import metrics
-from vaelab.errors import DataError, VaelabError
 from vaelab.distributions import kl_per_dim
+from vaelab.errors import DataError, VaelabError
+from vaelab.evaluation import metrics
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import require
 
@@ -195,8 +195,9 @@ def load_input(path: str | Path, channels: int | None = None) -> dict:
     """Images to score from an IDX images file (labels from the matching labels file if
     present), an image folder, or a .npz/.npy array. Returns {x uint8 (N, C, H, W),
     labels (N,) or None, paths or None}."""
+    from vaelab.data.cache import load_folder
     from vaelab.data.idx import read_idx
-    from vaelab.data.images import load_array, load_folder
+    from vaelab.data.images import load_array
 
     p = Path(path)
     if p.is_dir():
@@ -234,7 +235,7 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     own training split, so ``contamination`` is the fraction of *training* images it flags.
     ``maps``: also ``anomaly_maps.npy`` and ``anomaly_maps.png`` (``vaelab.anomaly.maps``),
     smoothed by a Gaussian of ``smooth`` pixels if given."""
-    from vaelab.viz import plots
+    from vaelab import plots
     from vaelab.io import write_text
 
     check_score(score, run.model)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import RegistryChoice, _echo, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import (
+    RegistryChoice,
+    _echo,
+    device_option,
+    run_data_dir_option,
+    split_option,
+)
 from vaelab.errors import VaelabError
 
 
@@ -41,8 +47,8 @@ def _only_used(name: str, params: dict) -> dict:
 def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     """Train (or reuse) the judge classifier; print and save its test accuracy."""
     from vaelab.config import DataConfig
-    from vaelab.evaluation.judge import get_judge, judge_key
     from vaelab.data.download import cache_dir
+    from vaelab.evaluation.judge import get_judge, judge_key
 
     cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
     j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
@@ -68,7 +74,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
-    from vaelab.viz import plots
+    from vaelab import plots
     from vaelab.api import Run
     from vaelab.io import atomic_path
     from vaelab.latent.sampling import fitted_sampler, sample_images

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-
 import click
-
-from vaelab.errors import VaelabError
 
 COMMON_FLAGS = {
     # flag name -> (section, field)

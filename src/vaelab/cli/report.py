@@ -15,7 +15,7 @@ from vaelab.cli.options import _echo
 @click.option("--data-dir", help="Where the data set lives, for drawing missing figures.")
 def report(folder, out, no_generate, data_dir) -> None:
     """Write report.html: config, metrics, loss curves and every figure, images embedded."""
-    from vaelab.viz.report import write_report
+    from vaelab.report import write_report
 
     path = write_report(folder, out, generate=not no_generate, data_dir=data_dir, log=_echo)
     _echo(f"wrote {path}")

@@ -10,10 +10,17 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from vaelab.cli.options import (COMMON_FLAGS, RegistryChoice, _echo, _print_eval, device_option, run_data_dir_option,
-                                split_option)
-from vaelab.rundir import RunDir
+from vaelab.cli.options import (
+    COMMON_FLAGS,
+    RegistryChoice,
+    _echo,
+    _print_eval,
+    device_option,
+    run_data_dir_option,
+    split_option,
+)
 from vaelab.errors import VaelabError
+from vaelab.rundir import RunDir
 
 
 # ------------------------------------------------------------------------------ train
@@ -167,7 +174,7 @@ def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
 @device_option
 def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     """Save originals above their reconstructions as a PNG grid."""
-    from vaelab.viz import plots
+    from vaelab import plots
     from vaelab.api import Run
 
     if n < 1:

@@ -12,8 +12,14 @@ import click
 
 from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
 from vaelab.errors import VaelabError
+from vaelab.latent.steer import (
+    DEFAULT_FRAMES,
+    DEFAULT_LR,
+    DEFAULT_PRIOR_WEIGHT,
+    DEFAULT_STEPS,
+    DEFAULT_TEMPERATURE,
+)
 from vaelab.rundir import RunDir
-from vaelab.latent.steer import DEFAULT_FRAMES, DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 
 def _check_options(steps: int, lr: float, prior_weight: float, temperature: float) -> None:
@@ -59,7 +65,8 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
           device) -> None:
     """Move one image's code towards a class; save the decoded path as a PNG strip."""
     from vaelab.api import Run
-    from vaelab.latent.steer import check_predictor, check_target, plot_examples, steer as steer_fn
+    from vaelab.latent.steer import check_predictor, check_target, plot_examples
+    from vaelab.latent.steer import steer as steer_fn
 
     _check_options(steps, lr, prior_weight, temperature)
     if frames < 2:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import RegistryChoice, _echo, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import (
+    RegistryChoice,
+    _echo,
+    device_option,
+    run_data_dir_option,
+    split_option,
+)
 from vaelab.errors import VaelabError
 
 
@@ -89,7 +95,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
-    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing, detect as detect_fn
+    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing
+    from vaelab.anomaly.scores import detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.data import decode as dec
+from vaelab.data import memory
 from vaelab.data.download import cache_dir
 from vaelab.data.images import IMAGE_SUFFIXES, list_image_files
 from vaelab.data.parallel import default_workers, ordered_map, progress_bar, worker_pool
@@ -376,3 +377,21 @@ def prepare_splits(root: str | Path, log: Callable[[str], None] | None = None, *
         raise DataError(f"{root}/train and {root}/test have different class folders ({names[0]} vs {names[1]}); "
                         "make them the same")
     return out
+
+
+def load_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None,
+                crop: str | None = None, background: str = "white", skip_bad: bool = False,
+                log=None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
+    """A folder of images in memory: (x uint8 (N, C, H, W), labels or None, class names, paths).
+
+    Decoded once into a cache (``vaelab.data.cache.prepare_folder``) and copied from it;
+    ``load_data`` keeps big folders memory-mapped instead.
+    """
+    c = prepare_folder(folder, image_size=image_size, crop=crop, background=background, channels=channels,
+                       skip_bad=skip_bad, log=log)
+    if c.images.nbytes > memory.IN_MEMORY_FRACTION * memory.available_memory():
+        raise DataError(f"{folder} holds {len(c.images):,} images {tuple(c.images.shape[1:])}: "
+                        f"{memory.size_text(c.images.nbytes)}, more than fits in the "
+                        f"{memory.size_text(memory.available_memory())} available; its cache {c.path} can be "
+                        "memory-mapped instead (load_data does so for training)")
+    return np.array(c.images), None if c.labels is None else np.array(c.labels), c.classes, c.paths

@@ -1,6 +1,7 @@
 """The user's own images: folders of PNG/JPEG/... files and .npz/.npy arrays.
 
-Folders are decoded by ``decode.py`` and cached by ``cache.py``; this module lists them.
+Folders are decoded by ``decode.py`` and cached by ``cache.py`` (``load_folder`` is there);
+this module lists them and reads arrays.
 Everything is returned as uint8 (N, C, H, W) plus optional int64 labels, the same
 form as the IDX data sets, so one code path serves all data.
 """
@@ -52,26 +53,6 @@ def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
     """Image files under ``folder`` (hidden ones skipped); class names from sub-folders when present."""
     rels, classes = list_image_files(folder)
     return [Path(folder) / r for r in rels], classes
-
-
-def load_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None,
-                crop: str | None = None, background: str = "white", skip_bad: bool = False,
-                log=None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str]]:
-    """A folder of images in memory: (x uint8 (N, C, H, W), labels or None, class names, paths).
-
-    Decoded once into a cache (``vaelab.data.cache.prepare_folder``) and copied from it;
-    ``load_data`` keeps big folders memory-mapped instead.
-    """
-    from vaelab.data.cache import prepare_folder
-
-    c = prepare_folder(folder, image_size=image_size, crop=crop, background=background, channels=channels,
-                       skip_bad=skip_bad, log=log)
-    if c.images.nbytes > memory.IN_MEMORY_FRACTION * memory.available_memory():
-        raise DataError(f"{folder} holds {len(c.images):,} images {tuple(c.images.shape[1:])}: "
-                        f"{memory.size_text(c.images.nbytes)}, more than fits in the "
-                        f"{memory.size_text(memory.available_memory())} available; its cache {c.path} can be "
-                        "memory-mapped instead (load_data does so for training)")
-    return np.array(c.images), None if c.labels is None else np.array(c.labels), c.classes, c.paths
 
 
 def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:

@@ -65,7 +65,9 @@ DATASETS: dict[str, Callable[[DataConfig, Log], tuple]] = {
 
 
 def _dsprites(cfg: DataConfig):
-    from vaelab.data.dsprites import load_for_config  # imported when asked for: it draws 737,280 images once
+    from vaelab.data.dsprites import (
+        load_for_config,  # imported when asked for: it draws 737,280 images once
+    )
 
     return load_for_config(cfg)
 

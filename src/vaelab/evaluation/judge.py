@@ -14,9 +14,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ from vaelab.config import DataConfig
 from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError
+from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
 from vaelab.tensorfiles import load_tensors, save_tensors
-from vaelab.evaluation.metrics import frechet_distance
 
 FEATURES = 128
 

@@ -10,7 +10,13 @@ import torch
 
 # SSIM and MS-SSIM live below the models (the msssim likelihood is built on them); they are
 # metrics like the others here.
-from vaelab.similarity import MS_SSIM_WEIGHTS, SSIM_WINDOW, ms_ssim, ms_ssim_min_size, ssim  # noqa: F401
+from vaelab.similarity import (  # noqa: F401
+    MS_SSIM_WEIGHTS,
+    SSIM_WINDOW,
+    ms_ssim,
+    ms_ssim_min_size,
+    ssim,
+)
 
 
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ stays bounded by one chunk and a crash never leaves a half-written CSV.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

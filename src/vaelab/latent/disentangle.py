@@ -9,8 +9,8 @@ reports MIG, DCI and the FactorVAE score (``vaelab.evaluation.disentanglement``)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

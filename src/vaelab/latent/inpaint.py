@@ -13,15 +13,15 @@ and a mask, and returns the filled images, with every known pixel kept exactly::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from vaelab.evaluation import metrics
 from vaelab.errors import DataError, VaelabError
+from vaelab.evaluation import metrics
 from vaelab.models import frozen, require
 
 MASK_HELP = "center:K, center:HxW, random:K, top, bottom, left, right or file:PATH.png"
@@ -286,7 +286,7 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
             result[key] = float((j.predict(imgs) == y).float().mean())
         result["judge"] = j.meta.get("dataset")
     if out is not None:
-        from vaelab.viz import plots
+        from vaelab import plots
         from vaelab.io import write_json
 
         out = Path(out)

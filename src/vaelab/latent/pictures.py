@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab import distributions
+from vaelab import distributions, plots
 from vaelab.distributions import kl_per_dim
 from vaelab.errors import ConfigError
 from vaelab.models import require
-from vaelab.viz import plots
 
 
 def codes_and_labels(run, split: str | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:

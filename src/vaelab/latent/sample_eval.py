@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.viz import plots
+from vaelab import plots
 from vaelab.errors import DataError
 from vaelab.io import write_json
 from vaelab.latent.sampling import fitted_sampler, sample_images

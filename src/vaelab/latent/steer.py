@@ -25,15 +25,15 @@ images show the target class::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from vaelab.errors import DataError, VaelabError
-from vaelab.rundir import RunDir
 from vaelab.models import frozen, require
+from vaelab.rundir import RunDir
 
 DEFAULT_STEPS = 100
 DEFAULT_LR = 0.05
@@ -272,7 +272,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
 def plot_examples(x: torch.Tensor, r: SteerResult, judged: torch.Tensor | None, labels: torch.Tensor | None,
                   path: str | Path, n: int = 8, title: str = "") -> Path:
     """One row per image: the original, then the decoded path from start to end."""
-    from vaelab.viz import plots
+    from vaelab import plots
 
     rows = []
     for i in range(min(n, len(x))):

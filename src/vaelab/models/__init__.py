@@ -10,9 +10,10 @@ registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.bodies import BODIES
@@ -116,5 +117,20 @@ def frozen(model) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-__all__ = ["BODIES", "CAPABILITIES", "capabilities", "Family", "LIKELIHOODS", "LatentModel", "MODELS", "OBJECTIVES", "POSTERIORS",
-           "PRIORS", "build_model", "count_params", "frozen", "glorot_init", "require"]
+__all__ = [
+    "BODIES",
+    "CAPABILITIES",
+    "LIKELIHOODS",
+    "MODELS",
+    "OBJECTIVES",
+    "POSTERIORS",
+    "PRIORS",
+    "Family",
+    "LatentModel",
+    "build_model",
+    "capabilities",
+    "count_params",
+    "frozen",
+    "glorot_init",
+    "require",
+]

@@ -14,7 +14,8 @@ an MLP, as E constant channels for a conv net), and the decoder reads [z, e].
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vaelab.distributions import Ancestral, DiagNormal, Distribution, PointMass, Quantized
+from vaelab.distributions import (
+    Ancestral,
+    DiagNormal,
+    Distribution,
+    PointMass,
+    Quantized,
+)
 from vaelab.models.bodies import activation, conv_sizes, mlp
 
 if TYPE_CHECKING:
@@ -122,7 +128,7 @@ class VQPosterior(nn.Module):
         if self.ema and self.training:
             self._ema_update(ze.detach(), idx)
         e = self.codes[idx]  # (B*h*w, D)
-        flat = lambda t: t.view(b, *self.hw, self.d).permute(0, 3, 1, 2).reshape(b, -1)  # noqa: E731 (B, D*h*w)
+        flat = lambda t: t.view(b, *self.hw, self.d).permute(0, 3, 1, 2).reshape(b, -1)
         return Quantized(flat(ze), flat(e), idx.view(b, *self.hw))
 
     @torch.no_grad()
@@ -151,4 +157,4 @@ POSTERIORS: dict[str, type[nn.Module]] = {
     "point": PointPosterior, "gaussian": GaussianPosterior, "gaussian2": TwoLayerPosterior, "vq": VQPosterior,
 }
 
-__all__ = ["GaussianLayer", "GaussianPosterior", "POSTERIORS", "PointPosterior", "TwoLayerPosterior", "VQPosterior"]
+__all__ = ["POSTERIORS", "GaussianLayer", "GaussianPosterior", "PointPosterior", "TwoLayerPosterior", "VQPosterior"]

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vaelab.distributions import Ancestral, DiagNormal, Distribution, MixtureDiagNormal, StandardNormal
+from vaelab.distributions import (
+    Ancestral,
+    DiagNormal,
+    Distribution,
+    MixtureDiagNormal,
+    StandardNormal,
+)
 from vaelab.errors import ConfigError
 from vaelab.models.posteriors import GaussianLayer
 
@@ -109,4 +115,4 @@ PRIORS: dict[str, type[nn.Module] | None] = {
     "hierarchical": HierarchicalPrior,
 }
 
-__all__ = ["ConditionalPrior", "HierarchicalPrior", "NormalPrior", "PRIORS", "VampPrior"]
+__all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampPrior"]

@@ -8,10 +8,11 @@ through ``lost(key, reason)``, so one crash never stops the other jobs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
-from typing import Any, Callable
+from typing import Any
 
 from vaelab.errors import VaelabError
 
@@ -85,7 +86,7 @@ def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: 
             kwargs["_system_config"] = {"worker_niceness": 0}
         try:
             ray.init(address=address, **kwargs)
-        except Exception as e:  # noqa: BLE001 - Ray's connection errors vary by version
+        except Exception as e:
             raise VaelabError(f"cannot start or reach Ray at {address or 'a new local instance'}: "
                               f"{_first_line(e)}") from None
     try:
@@ -97,7 +98,7 @@ def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: 
                 key = refs.pop(ref)
                 try:
                     record(ray.get(ref))
-                except Exception as e:  # noqa: BLE001 - a task that died (node lost, killed)
+                except Exception as e:
                     record(lost(key, f"Ray task failed: {_first_line(e)}"))
     finally:
         if started:

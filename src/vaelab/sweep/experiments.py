@@ -10,9 +10,9 @@ cores, enough to see the pipeline work, not to draw conclusions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from vaelab.errors import ConfigError
 from vaelab.sweep.runner import SweepSpec, Trial, expand_grid, run_sweep
@@ -88,7 +88,7 @@ def run_experiment(name: str, out: str | Path | None = None, quick: bool = False
     run_sweep(exp.spec(quick, epochs, extra), out, workers=workers, executor=executor,
               ray_address=ray_address, log=log)
     if report:
-        from vaelab.viz.report import write_report
+        from vaelab.report import write_report
 
         log(f"wrote {write_report(out)}")
     return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
@@ -77,7 +78,7 @@ def read_results(out: str | Path) -> list[dict]:
 def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[str], None] = print,
                   n_images: int = 100) -> list[Path]:
     """Metric figures and the side-by-side reconstructions of the same test images."""
-    from vaelab.viz import plots
+    from vaelab import plots
 
     done = [r for r in rows if r.get("status") == "done"]
     paths: list[Path] = []
@@ -98,7 +99,7 @@ def write_figures(out: Path, spec: SweepSpec, rows: list[dict], log: Callable[[s
 
 
 def _reconstruction_figure(out: Path, spec: SweepSpec, done: list[dict], path: Path, n: int) -> Path:
-    from vaelab.viz import plots
+    from vaelab import plots
     from vaelab.api import Run
 
     blocks: list[tuple[str, Any]] = []

@@ -24,16 +24,17 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from vaelab.sweep import executors
 from vaelab.config import build_config, parse_override, typed_value
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.io import write_json
 from vaelab.rundir import RunDir
+from vaelab.sweep import executors
 from vaelab.sweep.results import METRICS, read_results, write_figures, write_results
 
 __all__ = ["SweepSpec", "Trial", "expand_grid", "parse_grid", "read_results", "run_sweep", "trial_config"]
@@ -191,7 +192,7 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
                 run = api.train(trial_config(s, t, threads), run_dir, iw_samples=s.iw_samples, log=log)
         row = _row_from_run(run_dir, t)
         del run
-    except Exception as e:  # noqa: BLE001 - any failure is the trial's, recorded, not fatal
+    except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if not isinstance(e, VaelabError):
             msg = f"{type(e).__name__}: {msg}"

@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
 from vaelab.rundir import RunDir
+from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
 
 WEIGHTS, RESUME, CONFIG = RunDir.WEIGHTS, RunDir.RESUME, RunDir.CONFIG
 FORMAT = "vaelab-2"  # vaelab-1: before the model contract (heads named mu/logvar/head at the top level)

@@ -36,9 +36,9 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -127,7 +127,7 @@ class Ranks:
 
 def env_ranks() -> Ranks:
     """This process's place, from the variables torchrun sets (rank 0 of 1 without them)."""
-    get = lambda name, default: int(os.environ.get(name, default))  # noqa: E731
+    get = lambda name, default: int(os.environ.get(name, default))
     world = get("WORLD_SIZE", 1)
     return Ranks(get("RANK", 0), world, get("LOCAL_RANK", 0), get("LOCAL_WORLD_SIZE", world))
 
@@ -222,7 +222,11 @@ def launch(command: list[str], nproc: int, note: Callable[[], str] = lambda: "")
     the job fails, the rank that failed first is named in one line (``RankFailed``), with
     ``note()`` (where the last checkpoint is) appended. Each process gets cores / nproc
     threads unless OMP_NUM_THREADS is set."""
-    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException, Std
+    from torch.distributed.elastic.multiprocessing.api import (
+        DefaultLogsSpecs,
+        SignalException,
+        Std,
+    )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

@@ -8,8 +8,8 @@ Evaluation always runs in fp32.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
 
 import torch
 

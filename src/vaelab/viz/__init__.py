@@ -1,1 +1,0 @@
-"""Pictures: plots (the only matplotlib user) and report.html."""
