@@ -204,7 +204,11 @@ def test_unknown_loss(shapes_npz, tmp_path, capsys):
     assert "Invalid value for '--loss'" in err
     msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, "--set", "model.loss=foo",
                     "--out", tmp_path / "r")
-    assert "model.loss must be one of bce, euclidean, mse, got 'foo'" in msg and not (tmp_path / "r").exists()
+    from vaelab.models import LIKELIHOODS
+
+    names = ", ".join(sorted(LIKELIHOODS))  # every registered likelihood, so a new entry does not break this
+    assert f"model.loss must be one of {names}, got 'foo'" in msg and not (tmp_path / "r").exists()
+    assert {"bce", "mse", "euclidean"} <= set(LIKELIHOODS)
     assert "model.loss" in msg and "foo" in msg
 
 

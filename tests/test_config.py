@@ -36,6 +36,10 @@ EXPECTED_PARAMS = {
                       + conv(48, 24, 4) + conv(24, 12, 4) + conv(12, 3, 4)),
     # Burda et al. 2016: 784-200-200-50 and back, two heads
     "iwae-paper": dense(784, 200, 200) + 2 * dense(200, 50) + dense(50, 200, 200, 784),
+    # the second architecture: q(z1|x) 784-200-200 and two 100-unit heads, q(z2|z1) 100-100-100 and two
+    # 50-unit heads, p(z1|z2) 50-100-100 and two 100-unit heads, p(x|z1) 100-200-200-784
+    "iwae-paper-2l": (dense(784, 200, 200) + 2 * dense(200, 100) + dense(100, 100, 100) + 2 * dense(100, 50)
+                      + dense(50, 100, 100) + 2 * dense(100, 100) + dense(100, 200, 200, 784)),
     # the mlp-vae with 10 one-hot label inputs to the encoder and to the decoder
     "cvae": dense(794, 400) + 2 * dense(400, 20) + dense(30, 400, 784),
     # conv-vae (latent 16) with 10 label channels in and the label beside the code out
