@@ -229,10 +229,75 @@ def test_real_emoji_classes_smileys_emotion(monkeypatch, tmp_path):
 
 
 def test_load_folder_refuses_what_does_not_fit(folder, monkeypatch):
-    from vaelab.data.images import load_folder
+    from vaelab.data.cache import load_folder
 
     assert load_folder(folder)[0].shape == (6, 3, 5, 5)
     monkeypatch.setattr(memory, "available_memory", lambda: 300)
     with pytest.raises(DataError) as e:
         load_folder(folder)
     assert "450 B" in one_line(e) and "300 B" in str(e.value) and "memory-mapped" in str(e.value)
+
+
+def _cgroup_tree(tmp_path, files: dict[str, str]):
+    for rel, text in files.items():
+        p = tmp_path / "sys" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return tmp_path / "sys"
+
+
+def test_cgroup_headroom_v1_takes_the_tightest_level(tmp_path):
+    from vaelab.data.memory import cgroup_headroom
+
+    unlimited = str((1 << 63) - 4096)  # what cgroup v1 writes for "no limit"
+    mount = _cgroup_tree(tmp_path, {
+        "memory/memory.usage_in_bytes": "999", "memory/memory.limit_in_bytes": unlimited,
+        "memory/box/memory.limit_in_bytes": str(4 << 30), "memory/box/memory.usage_in_bytes": str(1 << 30),
+        "memory/box/job/memory.limit_in_bytes": unlimited, "memory/box/job/memory.usage_in_bytes": "5",
+    })
+    proc = tmp_path / "cgroup"
+    proc.write_text("9:pids:/\n4:memory:/box/job\n0::/\n")
+    assert cgroup_headroom(proc, mount) == 3 << 30  # the parent's 4 GiB limit binds the child
+    proc.write_text("4:memory:/\n")
+    assert cgroup_headroom(proc, mount) is None  # no level sets a limit
+
+
+def test_cgroup_headroom_v2(tmp_path):
+    from vaelab.data.memory import cgroup_headroom
+
+    mount = _cgroup_tree(tmp_path, {
+        "cgroup.controllers": "memory", "svc/memory.max": "max", "svc/memory.current": "7",
+        "svc/a/memory.max": "1000", "svc/a/memory.current": "400",
+    })
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/svc/a\n")
+    assert cgroup_headroom(proc, mount) == 600
+    proc.write_text("0::/svc\n")
+    assert cgroup_headroom(proc, mount) is None
+    assert cgroup_headroom(tmp_path / "absent", mount) is None
+
+
+def test_training_on_the_memory_map_matches_training_in_memory(folder, tmp_path):
+    """Same seed, same batches: the losses and weights agree, and the run says which path it took."""
+    import json
+
+    from vaelab.config import RunConfig
+    from vaelab.training.loop import fit
+
+    def run(in_memory: str):
+        cfg = RunConfig()
+        cfg.data = _cfg(folder, in_memory=in_memory)
+        cfg.model.hidden, cfg.model.latent_dim = [8], 2
+        cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 4, False
+        out = tmp_path / f"run-{in_memory}"
+        res = fit(cfg, out, log=lambda *_: None)
+        return res, json.loads((out / "summary.json").read_text())
+
+    mem, mem_summary = run("true")
+    mapped, mapped_summary = run("false")
+    assert isinstance(mapped.splits.train, MemmapImageSet) and isinstance(mem.splits.train, ImageSet)
+    assert mem_summary["data_memory_mapped"] is False and mapped_summary["data_memory_mapped"] is True
+    assert [h["train_loss"] for h in mem.history] == pytest.approx([h["train_loss"] for h in mapped.history],
+                                                                   rel=1e-6)
+    for a, b in zip(mem.model.parameters(), mapped.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,8 @@ IN_MEMORY_FRACTION = 0.8
 
 
 def available_memory() -> int:
-    """Bytes still available: /proc/meminfo's MemAvailable, capped by a cgroup v2 limit."""
+    """Bytes still available: /proc/meminfo's MemAvailable, capped by this process's
+    control-group memory limits (cgroup v2 or v1, at every level up to the root)."""
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -28,14 +29,65 @@ def available_memory() -> int:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, AttributeError):
             return 1 << 62  # unknown: do not refuse
-    try:  # a container's limit is lower than what the host reports
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
+    headroom = cgroup_headroom()
+    if headroom is not None:
+        avail = min(avail, headroom)
     return max(avail, 0)
+
+
+# cgroup v2: (mount points under /sys/fs/cgroup, the file that marks one, limit, usage); v1 likewise
+_CGROUP_V2 = (("", "unified"), "cgroup.controllers", "memory.max", "memory.current")
+_CGROUP_V1 = (("memory",), "memory.usage_in_bytes", "memory.limit_in_bytes", "memory.usage_in_bytes")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return None if value >= 1 << 60 else value  # v1 writes "no limit" as a page-rounded 2^63 - 1
+
+
+def cgroup_headroom(proc_cgroup: str | Path = "/proc/self/cgroup", mount: str | Path = "/sys/fs/cgroup") -> int | None:
+    """The least (limit - usage) over the memory control groups this process sits in, from
+    its own group up to the root; None when no level sets a limit. A container or a
+    systemd slice caps memory this way, below what /proc/meminfo reports, and a set sized
+    by MemAvailable alone would be killed there instead of read from its memory map."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":
+            subdirs, marker, limit_file, usage_file = _CGROUP_V2
+        elif "memory" in controllers.split(","):
+            subdirs, marker, limit_file, usage_file = _CGROUP_V1
+        else:
+            continue
+        for root in (Path(mount) / d for d in subdirs):
+            group = root / rel.lstrip("/")
+            if not (root / marker).is_file() or not group.is_dir():
+                continue
+            while True:  # the group and each parent: a parent's limit binds its children too
+                limit = _read_int(group / limit_file)
+                if limit is not None:
+                    used = _read_int(group / usage_file) or 0
+                    best = limit - used if best is None else min(best, limit - used)
+                if group == root:
+                    break
+                group = group.parent
+    return best
 
 
 def memory_needed(nbytes: int) -> int:

@@ -17,6 +17,7 @@ The loop draws ``perm`` itself, from the random stream it seeds per epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class ImageSet:
     # (``shuffled``); evaluation splits are binarised once when loaded ("none" here).
     binarize: str = "none"
     factors: torch.Tensor | None = None  # (N, F) int64 ground-truth factor classes (dsprites), or None
+    memory_mapped: ClassVar[bool] = False  # one tensor in memory
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -73,11 +75,11 @@ class ImageSet:
     def subset(self, index) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
-        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+        pick = lambda t: None if t is None else t[index.to(t.device)]
         return replace(self, x=pick(self.x), y=pick(self.y), paths=paths, factors=pick(self.factors))
 
     def to(self, device) -> ImageSet:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)
         return replace(self, x=move(self.x), y=move(self.y), factors=move(self.factors))
 
     def shuffled(self, perm: torch.Tensor) -> ImageSet:
@@ -108,6 +110,7 @@ class MemmapImageSet:
     rows: np.ndarray | None = None  # (N,) int64 rows of the concatenated parts; None = all, in order
     target: torch.device | None = None  # where batches go when ``batch`` is given no device
     offsets: np.ndarray = field(init=False, repr=False)  # (len(parts) + 1,) first row of each part
+    memory_mapped: ClassVar[bool] = True  # read from the cache per batch
 
     def __post_init__(self) -> None:
         shapes = {tuple(p.shape[1:]) for p in self.parts}

@@ -20,9 +20,9 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -34,8 +34,12 @@ from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
 from vaelab.training.distributed import RankFailed, Ranks, session
-from vaelab.training.precision import compute_precision, forward_context, resolve_precision
-from vaelab.training.precision import resolve_device  # noqa: F401  (imported from here by callers)
+from vaelab.training.precision import (
+    compute_precision,
+    forward_context,
+    resolve_device,  # noqa: F401  (imported from here by callers)
+    resolve_precision,
+)
 from vaelab.training.schedules import PER_STEP, lr_at
 
 CHECK_EVERY = 50  # steps between reads of the running loss (finiteness check, progress bar)
@@ -167,8 +171,9 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         write_text(out.config, config.to_json())
     precision = resolve_precision(t.precision, device)
     procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
+    mapped = " (read per batch from the memory-mapped cache)" if train.memory_mapped else ""
     log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
-        f"{len(train):,} training images {tuple(shape)}; device {device}; precision {precision}{procs}")
+        f"{len(train):,} training images {tuple(shape)}{mapped}; device {device}; precision {precision}{procs}")
 
     n, bs = len(train), t.batch_size
     steps = math.ceil(n / bs)
@@ -238,6 +243,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
             "device": str(device), "threads": torch.get_num_threads(), "precision": precision,
             "torch": torch.__version__,
             "preset": config.preset,
+            "data_memory_mapped": train.memory_mapped,
             **({"processes": ranks.world} if ranks.world > 1 else {}),
         })
     model.eval()
