@@ -57,6 +57,19 @@ def test_a_vq_run_evaluates_its_codebook(vq_run):
     assert not (vq_run.run_dir / "figures" / "samples_prior.png").exists()  # no prior to sample yet
 
 
+def test_which_samplers_a_run_can_use(vq_run, trained_run):
+    """Each sampler says what it needs of a run; the explorer lists only what applies."""
+    from vaelab.latent.sampling import SAMPLERS
+
+    vq = {name: cls.missing(vq_run) for name, cls in SAMPLERS.items()}
+    assert vq["pixelcnn"] == "no PixelCNN prior was fit on its codes (`vaelab fit-prior RUN`)"  # not yet
+    assert vq["prior"] == "the model lacks a prior p(z) to sample from"
+    assert vq["gmm"] == "the model lacks a continuous latent space"
+    vae = {name: cls.missing(trained_run) for name, cls in SAMPLERS.items()}
+    assert vae["pixelcnn"] == "the model lacks a discrete codebook (a VQ-VAE)" and vae["prior"] is None and vae["gmm"] is None
+    assert SAMPLERS["prior"].takes_class(trained_run) is False and SAMPLERS["class-gmm"].takes_class(trained_run)
+
+
 def test_fit_prior_then_sample_through_the_codebook(vq_run, tmp_path, capsys):
     from vaelab.latent import pixelcnn
 
@@ -87,6 +100,9 @@ def test_class_conditional_prior(vq_run, tmp_path, capsys):
     with np.load(tmp_path / "c.npz") as f:
         assert f["labels"].tolist() == [2, 2, 2, 2]
     assert "class-conditional: pass --class" in cli_error(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn")
+    from vaelab.latent.sampling import SAMPLERS
+
+    assert SAMPLERS["pixelcnn"].missing(vq_run) is None and SAMPLERS["pixelcnn"].takes_class(vq_run)
 
 
 def test_refusals(vq_run, trained_run, tmp_path, capsys):

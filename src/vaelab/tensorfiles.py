@@ -44,14 +44,22 @@ def check_safetensors(path: str | Path) -> None:
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a checked safetensors file; a one-line CheckpointError otherwise."""
-    path = Path(path)
-    check_safetensors(path)
+    metadata = read_metadata(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e})") from None
 
 
-__all__ = ["check_safetensors", "load_tensors", "save_tensors"]
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a checked safetensors file, without reading its tensors."""
+    path = Path(path)
+    check_safetensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e})") from None
+
+
+__all__ = ["check_safetensors", "load_tensors", "read_metadata", "save_tensors"]

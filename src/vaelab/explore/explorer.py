@@ -27,7 +27,7 @@ from vaelab.errors import VaelabError
 from vaelab.explore import images
 from vaelab.explore.checks import BadRequest, integer
 from vaelab.explore.projection import make_projection
-from vaelab.latent.sampling import SAMPLERS, PriorSampler, fitted_sampler, sample_images
+from vaelab.latent.sampling import SAMPLERS, fitted_sampler, sample_images
 from vaelab.models import CAPABILITIES, require
 
 ACTIVE_VARIANCE = 0.01  # a dimension is active when Var_x E[z|x] exceeds this (metrics.active_units, Burda et al.)
@@ -120,18 +120,9 @@ class Explorer:
     # ------------------------------------------------------------------ what the page needs first
     def supported_samplers(self) -> list[dict]:
         """The samplers this run can draw from, and whether each takes a class."""
-        out = []
-        labelled = self.run.splits().train.y is not None
-        for name, cls in SAMPLERS.items():
-            from_prior = issubclass(cls, PriorSampler)  # the model's own prior: conditional when the model is
-            takes_class = self.conditional if from_prior else bool(cls.conditional)
-            if from_prior and "prior" not in self.caps:
-                continue
-            if not from_prior and (not self.continuous or (cls.conditional and not labelled)):
-                continue
-            out.append({"name": name, "takes_class": takes_class,
-                        "note": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
-        return out
+        return [{"name": name, "takes_class": cls.takes_class(self.run),
+                 "note": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
+                for name, cls in SAMPLERS.items() if cls.missing(self.run) is None]
 
     def gaussian_prior(self) -> bool:
         if "prior" not in self.caps or not self.continuous:

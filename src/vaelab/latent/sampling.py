@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from vaelab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
 from vaelab.io import atomic_path, write_json
 
 
@@ -57,13 +60,32 @@ class Sampler:
     """Base: parameters in ``params`` (JSON), fitted state in ``arrays`` (npz)."""
 
     name = ""
-    conditional = False
+    conditional = False  # takes a class (a fitted one needs labelled training codes)
+    needs: frozenset[str] = frozenset({"continuous"})  # model capabilities it needs
+    from_model = False  # draws from something the model holds (built with model=, run_dir=); nothing fit on codes
+
+    @classmethod
+    def missing(cls, run) -> str | None:
+        """Why ``run`` cannot use this sampler (one phrase), or None when it can."""
+        from vaelab.models import CAPABILITIES
+
+        lacking = cls.needs - run.model.capabilities
+        if lacking:
+            return f"the model lacks {' and '.join(CAPABILITIES[c] for c in sorted(lacking))}"
+        if cls.conditional and not cls.from_model and run.split("train").y is None:
+            return "it is fit per class and the training images have no labels"
+        return None
+
+    @classmethod
+    def takes_class(cls, run) -> bool:
+        """Whether this sampler draws for a given class on ``run``."""
+        return bool(cls.conditional)
 
     def __init__(self, **params):
         self.params = params
         self.arrays: dict[str, np.ndarray] = {}
 
-    def fit(self, codes: np.ndarray, labels: np.ndarray | None = None, seed: int = 0) -> "Sampler":
+    def fit(self, codes: np.ndarray, labels: np.ndarray | None = None, seed: int = 0) -> Sampler:
         return self
 
     def sample(self, n: int, cls: int | None = None, seed: int = 0) -> np.ndarray:
@@ -81,7 +103,7 @@ class Sampler:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, name: str) -> "Sampler":
+    def load(cls, folder: str | Path, name: str) -> Sampler:
         folder = Path(folder)
         meta = json.loads((folder / f"{name}.json").read_text())
         s = SAMPLERS[name](**meta["params"])
@@ -102,8 +124,14 @@ class PriorSampler(Sampler):
     """Draws from the model's prior; nothing to fit. Class-conditional when the model is."""
 
     name = "prior"
+    needs = frozenset({"prior"})
+    from_model = True
 
-    def __init__(self, model=None, **params):
+    @classmethod
+    def takes_class(cls, run) -> bool:
+        return bool(run.model.conditional)  # p(z|y) for a conditional model
+
+    def __init__(self, model=None, run_dir=None, **params):  # run_dir: unused, the prior is the model's
         super().__init__(**params)
         if model is None:
             raise ConfigError("the prior sampler draws from a model's prior: build it with make_sampler(..., model=)")
@@ -144,6 +172,25 @@ class PixelCNNSampler(Sampler):
     (``vaelab fit-prior RUN`` trains it); class-conditional when the prior is."""
 
     name = "pixelcnn"
+    needs = frozenset({"codebook"})
+    from_model = True
+
+    @classmethod
+    def missing(cls, run) -> str | None:
+        from vaelab.latent import pixelcnn
+
+        reason = super().missing(run)
+        if reason is None and (run.run_dir is None or not (Path(run.run_dir) / "priors" / pixelcnn.FILE).is_file()):
+            return "no PixelCNN prior was fit on its codes (`vaelab fit-prior RUN`)"
+        return reason
+
+    @classmethod
+    def takes_class(cls, run) -> bool:
+        from vaelab.latent import pixelcnn
+        from vaelab.tensorfiles import read_metadata
+
+        meta = read_metadata(Path(run.run_dir) / "priors" / pixelcnn.FILE)
+        return json.loads(meta["info"])["config"]["num_classes"] is not None  # fit with --class-conditional
 
     def __init__(self, model=None, run_dir=None, **params):
         super().__init__(**params)
@@ -278,17 +325,13 @@ def _classes(labels: np.ndarray | None) -> list[int]:
 SAMPLERS: dict[str, type[Sampler]] = {
     s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler)
 }
-# Samplers that draw from something the model holds, not a density fit on its codes.
-MODEL_SAMPLERS = {PriorSampler.name, PixelCNNSampler.name}
 
 
 def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     params = {k: v for k, v in params.items() if v is not None}
-    if name == PriorSampler.name:
-        params["model"] = model
-    if name == PixelCNNSampler.name:
+    if SAMPLERS[name].from_model:
         params.update(model=model, run_dir=run_dir)
     try:
         return SAMPLERS[name](**params)
@@ -300,7 +343,7 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, **params)
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters (fit once, reuse)."""
     sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
-    if name in MODEL_SAMPLERS:
+    if sampler.from_model:
         return sampler
     require_continuous(run.model, f"the {name} sampler")
     folder = run.dir.samplers if run.run_dir else None
@@ -325,9 +368,9 @@ def require_continuous(model, what: str) -> None:
 
 
 class Samples(NamedTuple):
-    images: "torch.Tensor"  # (n, C, H, W) in [0, 1]
-    labels: "torch.Tensor | None"  # (n,) the class each was drawn for, or None
-    codes: "torch.Tensor"  # (n, D) the codes decoded
+    images: torch.Tensor  # (n, C, H, W) in [0, 1]
+    labels: torch.Tensor | None  # (n,) the class each was drawn for, or None
+    codes: torch.Tensor  # (n, D) the codes decoded
 
 
 def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: int = 0) -> Samples:
