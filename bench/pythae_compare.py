@@ -15,7 +15,9 @@ test-set pass, checkpoints): vaelab's number includes more.
     python bench/pythae_compare.py --pythae-python /work/peers/pythae-venv/bin/python
     python bench/pythae_compare.py --pythae-python ... --families vae,wae --epochs 1 --out bench/out/cmp-quick
 
-Resumable: each side's finished families are reused (bench/out/pythae/, bench/out/zoo-mnist/).
+Resumable: each side's finished families are reused (bench/out/pythae_compare/pythae/, and
+vaelab's from bench/zoo.py's own folder, bench/out/zoo-mnist/: run the zoo with
+``--threads 1`` and the same ``--epochs`` / ``--prior-epochs`` for a like-for-like time).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def run_pythae(args, families: list[str]) -> None:
 
 
 def run_vaelab(args, families: list[str]) -> None:
+    if all((args.vaelab_out / SHARED[f] / "zoo_row.json").is_file() for f in families):
+        return  # the zoo has them all
     cmd = [sys.executable, str(BENCH / "zoo.py"), "--families", ",".join(SHARED[f] for f in families), "--epochs",
            str(args.epochs), "--threads", str(args.threads), "--out", str(args.vaelab_out), "--n-samples",
            str(args.n_samples), "--prior-epochs", str(args.prior_epochs)]
@@ -113,17 +117,18 @@ def main() -> None:
     ap.add_argument("--pythae-python", required=True, help="the python of the Pythae venv (bench/peers/README.md)")
     ap.add_argument("--families", default=",".join(SHARED), help=f"comma-separated, of {', '.join(SHARED)}")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--prior-epochs", type=int, default=2, help="PixelCNN epochs for both VQ-VAEs")
+    ap.add_argument("--prior-epochs", type=int, default=10, help="PixelCNN epochs for both VQ-VAEs (zoo.py's default)")
     ap.add_argument("--n-samples", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT / "pythae_compare")
+    ap.add_argument("--vaelab-out", type=Path, default=OUT / "zoo-mnist", help="bench/zoo.py's folder (shared)")
     args = ap.parse_args()
     families = [f for f in args.families.split(",") if f]
     bad = [f for f in families if f not in SHARED]
     if bad:
         sys.exit(f"unknown families {bad}; shared: {', '.join(SHARED)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    args.pythae_out, args.vaelab_out = args.out / "pythae", args.out / "vaelab"
+    args.pythae_out = args.out / "pythae"
     env = child_env(data_root("pythae_compare.py"))
     env.update(OMP_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
     run_pythae(args, families)

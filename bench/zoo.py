@@ -193,11 +193,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = child_env(data_root("zoo.py"))
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
-    rows = []
     for name in names:
         t0 = time.perf_counter()
-        rows.append(family(name, args, env, out))
+        family(name, args, env, out)
         print(f"{name}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    # The table holds every family finished in this folder, not just this call's (a later call
+    # with --families adds rows instead of replacing the table).
+    rows = [json.loads((out / f / "zoo_row.json").read_text()) for f in FAMILIES if (out / f / "zoo_row.json").is_file()]
     text = table(rows, args)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"data": args.data, "epochs": args.epochs, "seed": args.seed,

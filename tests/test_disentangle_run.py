@@ -50,6 +50,7 @@ def test_scores_are_written_and_equal_the_metric_on_the_codes(dsprites_run, caps
     codes = dsprites_run.encode(data.batch(rows)).double().numpy()
     assert r["mig"] == pytest.approx(mig(codes, data.factors[rows].numpy())["mig"])
     assert len(r["mig_per_factor"]) == 6 and r["mig_per_factor"][0] is None  # colour never varies
+    assert r["active_units"] == int((codes.var(0, ddof=1) > 0.01).sum())  # Burda et al.'s count, by hand
 
 
 def test_refusals(dsprites_run, trained_run, capsys):

@@ -17,6 +17,7 @@ import torch
 
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import disentanglement as scores
+from vaelab.evaluation.metrics import active_units as metrics_active_units
 from vaelab.io import write_json
 from vaelab.models import require
 
@@ -43,7 +44,8 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     x = data.batch(rows)
     codes = run.encode(x, None if data.y is None else data.y[rows]).double().numpy()
     factors = data.factors[rows].cpu().numpy()
-    result: dict = {"n": len(rows), "split": split, "seed": seed}
+    result: dict = {"n": len(rows), "split": split, "seed": seed,
+                    "active_units": metrics_active_units(torch.from_numpy(codes))}  # of the scored codes
     t0 = time.perf_counter()
     if "mig" in metrics:
         m = scores.mig(codes, factors)
