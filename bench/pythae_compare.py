@@ -30,8 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from common import BENCH, OUT, REPO, child_env, data_root
 
 # Pythae's family name -> vaelab's (bench/zoo.py)
@@ -122,6 +120,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT / "pythae_compare")
     ap.add_argument("--vaelab-out", type=Path, default=OUT / "zoo-mnist", help="bench/zoo.py's folder (shared)")
+    ap.add_argument("--pythae-only", action="store_true",
+                    help="train the Pythae side and stop (while bench/zoo.py trains vaelab's side in parallel)")
     args = ap.parse_args()
     families = [f for f in args.families.split(",") if f]
     bad = [f for f in families if f not in SHARED]
@@ -132,6 +132,9 @@ def main() -> None:
     env = child_env(data_root("pythae_compare.py"))
     env.update(OMP_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
     run_pythae(args, families)
+    if args.pythae_only:
+        print(f"Pythae's side is in {args.pythae_out}; run again without --pythae-only for the table")
+        return
     run_vaelab(args, families)
     rows = []
     for fam in families:
@@ -156,7 +159,7 @@ def main() -> None:
                         for k in ("prior", "gmm", "recon")}})
     (args.out / "compare.json").write_text(json.dumps({"epochs": args.epochs, "threads": args.threads,
                                                       "loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")
-    g = lambda d, k, f="{:.1f}": "" if not d or d.get(k) is None else f.format(d[k])  # noqa: E731
+    g = lambda d, k, f="{:.1f}": "" if not d or d.get(k) is None else f.format(d[k])
     print("| family | training s (Pythae trainer / vaelab process) | FCD prior | FCD GMM | MSE | SSIM |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
