@@ -100,3 +100,17 @@ def machine_info() -> dict:
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_vaelab(args: list[str], env: dict[str, str], log: Path) -> float:
+    """``python -m vaelab ARGS`` from the repository root, its output appended to ``log``;
+    its wall time in seconds. A failure ends the benchmark with the command and the log."""
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ vaelab {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "vaelab", *args], cwd=REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"vaelab {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - t0

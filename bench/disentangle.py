@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env
+from common import OUT, REPO, child_env, run_vaelab
 
 BODY = ["--data", "dsprites", "--val", "none", "--kind", "vae", "--latent-dim", "10",
         "--set", "model.arch=mlp", "--set", "model.hidden=[256,256]", "--set", "model.activation=relu",
@@ -38,18 +36,6 @@ MODELS = {
     "beta-vae": ["--beta", "4"],
     "beta-tcvae": ["--kind", "beta-tcvae", "--beta", "6"],
 }
-
-
-def vaelab(args: list[str], env: dict, log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write(f"$ vaelab {' '.join(args)}\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "vaelab", *args], cwd=REPO, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"vaelab {' '.join(args)} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
 
 
 def one(name: str, seed: int, args, env: dict) -> dict:
@@ -62,10 +48,13 @@ def one(name: str, seed: int, args, env: dict) -> dict:
     extra = ["--set", f"data.limit={args.limit}"] if args.limit else []
     train_s = None
     if not (run / "summary.json").is_file():
-        resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
-        train_s = vaelab(["train", *BODY, *MODELS[name], *extra, "--epochs", str(args.epochs), "--seed", str(seed),
-                          "--set", f"train.threads={args.threads}", "--no-eval", "--out", str(run), *resume], env, log)
-    vaelab(["disentanglement", str(run), "--n", str(args.n), "--metrics", "mig,factorvae"], env, log)
+        if (run / "checkpoint.safetensors").is_file():  # killed mid-run: continue from its last checkpoint
+            cmd = ["train", "--resume", str(run), "--epochs", str(args.epochs), "--no-eval"]
+        else:
+            cmd = ["train", *BODY, *MODELS[name], *extra, "--epochs", str(args.epochs), "--seed", str(seed),
+                   "--set", f"train.threads={args.threads}", "--no-eval", "--out", str(run), "--overwrite"]
+        train_s = run_vaelab(cmd, env, log)
+    run_vaelab(["disentanglement", str(run), "--n", str(args.n), "--metrics", "mig,factorvae"], env, log)
     scores = json.loads((run / "disentanglement.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     row = {"model": name, "seed": seed, "epochs": args.epochs, "mig": scores["mig"],

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root
+from common import OUT, REPO, child_env, run_vaelab, data_root
 
 MLP = ["model.arch=mlp", "model.hidden=[400]", "model.latent_dim=16", "model.activation=relu",
        "model.output_activation=sigmoid"]
@@ -60,19 +60,6 @@ FAMILIES: dict[str, list[str]] = {
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 
 
-def vaelab(args: list[str], env: dict, log: Path) -> float:
-    """Run ``python -m vaelab ARGS``; its wall time in seconds; exit with its tail on failure."""
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write(f"$ vaelab {' '.join(args)}\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "vaelab", *args], cwd=REPO, env=env, stdout=f,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        sys.exit(f"vaelab {' '.join(args)} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
-
-
 def family(name: str, args, env: dict, out: Path) -> dict:
     run = out / name
     log = out / f"{name}.log"
@@ -81,15 +68,15 @@ def family(name: str, args, env: dict, out: Path) -> dict:
         return json.loads(row_file.read_text())
     sets = [*FAMILIES[name], *DATA[args.data], f"train.epochs={args.epochs}", f"train.seed={args.seed}",
             "train.progress=false"] + ([f"data.limit={args.limit}"] if args.limit else [])
-    wall = vaelab(["train", "--preset", "mlp-vae", "--out", str(run), "--overwrite", "--no-eval",
+    wall = run_vaelab(["train", "--preset", "mlp-vae", "--out", str(run), "--overwrite", "--no-eval",
                    *[a for s in sets for a in ("--set", s)]], env, log)
-    vaelab(["eval", str(run), "--iw-samples", str(args.iw_samples), "--seed", "0"], env, log)
+    run_vaelab(["eval", str(run), "--iw-samples", str(args.iw_samples), "--seed", "0"], env, log)
     ev = json.loads((run / "eval.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "config.json").read_text())["model"]
     samplers = []
     if cfg["posterior"] == "vq":
-        vaelab(["fit-prior", str(run), "--epochs", str(args.prior_epochs)], env, log)
+        run_vaelab(["fit-prior", str(run), "--epochs", str(args.prior_epochs)], env, log)
         samplers = ["pixelcnn"]
     else:
         samplers = (["prior"] if cfg["prior"] != "none" else []) + ["gmm"]
@@ -97,7 +84,7 @@ def family(name: str, args, env: dict, out: Path) -> dict:
     scored = {}
     for s in samplers:
         extra = ["--components", "10"] if s == "gmm" else []
-        vaelab(["eval-samples", str(run), "--sampler", s, "--n", str(args.n_samples), *extra, *judge,
+        run_vaelab(["eval-samples", str(run), "--sampler", s, "--n", str(args.n_samples), *extra, *judge,
                 "--out", str(run / f"samples-{s}")], env, log)
         scored[s] = json.loads((run / f"samples-{s}" / "samples_eval.json").read_text())
     row = {"family": name, "loss": ev["loss"], "nll": ev.get("nll_iw"), "mse": ev["mse"], "ssim": ev.get("ssim"),
@@ -133,7 +120,6 @@ def table(rows: list[dict], args) -> str:
 def figure(rows: list[dict], out: Path, args) -> Path:
     """One row of samples per family (the PixelCNN for VQ-VAE, else the prior, else the GMM)."""
     import numpy as np
-    from PIL import Image
 
     # Drawn again here from each run: ten samples per family, one seed, one picture.
     code = ("import sys, json, numpy as np, torch\n"

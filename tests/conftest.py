@@ -18,9 +18,9 @@ os.environ["VAELAB_NO_PROGRESS"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
@@ -256,3 +256,60 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 
 def cli_error(capsys, *args) -> str:
     return assert_one_line_error(*run_main(capsys, *args))
+
+
+# ----------------------------------------------------------------------------- image folder helpers
+def one_line(e: pytest.ExceptionInfo) -> str:
+    """The message of a raised user error, checked to be one line."""
+    msg = str(e.value)
+    assert "\n" not in msg, f"error message is not one line: {msg!r}"
+    return msg
+
+
+def save_image(path: Path, im, **kw) -> Path:
+    """Save a PIL image, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, **kw)
+    return path
+
+
+def prep_folder(folder, **kw):
+    """vaelab.data.cache.prepare_folder in this process, no progress bar."""
+    from vaelab.data.cache import prepare_folder
+
+    return prepare_folder(folder, workers=kw.pop("workers", 0), progress=False, **kw)
+
+
+# ----------------------------------------------------------------------------- image pairs for metrics
+def image_pairs(kind: str, c: int, h: int, w: int, n: int = 3, waves: tuple[int, int] = (3, 2)):
+    """(n, c, h, w) float64 image pairs in [0, 1] of several kinds, for metrics against their oracles:
+    random, noisy (x and x plus noise), shapes (partly similar), checker (a board and its shifted
+    copy), smooth (sine waves of ``waves`` frequencies and a brightness/contrast change of them),
+    blurred (the same waves and a 5x5 box blur of them: structure lost at the fine scales only)."""
+    rng = np.random.default_rng({"random": 0, "noisy": 1, "shapes": 2, "checker": 3, "smooth": 4, "blurred": 5}[kind])
+    if kind == "random":
+        x, y = rng.random((n, c, h, w)), rng.random((n, c, h, w))
+    elif kind == "noisy":
+        x = rng.random((n, c, h, w))
+        y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    elif kind == "shapes":
+        s, _ = make_shapes(2 * n * c, size=max(h, w), seed=5)
+        s = s[:, :h, :w].astype(np.float64) / 255
+        x, y = s[: n * c].reshape(n, c, h, w), s[n * c:].reshape(n, c, h, w)
+        y = 0.6 * y + 0.4 * x  # partly similar
+    elif kind == "checker":
+        yy, xx = np.mgrid[0:h, 0:w]
+        board = ((yy // 3 + xx // 3) % 2).astype(np.float64)
+        x = np.broadcast_to(board, (n, c, h, w)).copy()
+        y = np.roll(x, shift=1, axis=-1) * 0.8 + 0.1
+    else:
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        fx, fy = waves
+        base = np.stack([np.sin(fx * xx + k) * np.cos(fy * yy - k) for k in range(n * c)]).reshape(n, c, h, w)
+        x = (base + 1) / 2
+        if kind == "smooth":
+            y = np.clip(0.7 * x + 0.2 + rng.normal(0, 0.02, x.shape), 0, 1)
+        else:
+            y = torch.nn.functional.avg_pool2d(torch.from_numpy(x), 5, stride=1, padding=2,
+                                               count_include_pad=False).numpy()
+    return x, y

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_error, one_line, run_main
+from conftest import prep_folder as prep
+from conftest import save_image as save
 from PIL import Image
 
-from conftest import cli_error, run_main
 from vaelab.data import cache as cache_mod
 from vaelab.data import decode as dec
 from vaelab.data.cache import prepare_folder
@@ -20,22 +22,6 @@ from vaelab.errors import DataError
 
 RNG = np.random.default_rng(0)
 
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg, f"error message is not one line: {msg!r}"
-    return msg
-
-
-def save(path: Path, im: Image.Image, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, **kw)
-    return path
-
-
-def prep(folder, **kw):
-    """prepare_folder in this process, no progress bar."""
-    return prepare_folder(folder, workers=kw.pop("workers", 0), progress=False, **kw)
 
 
 # ============================================================================ bad files

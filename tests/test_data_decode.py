@@ -6,33 +6,17 @@ blend, the 16-bit scaling, the rotation, the crop), not by calling the code unde
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import one_line
+from conftest import prep_folder as prep
+from conftest import save_image as save
 from PIL import Image
 
-from vaelab.data.cache import prepare_folder
 from vaelab.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg, f"error message is not one line: {msg!r}"
-    return msg
-
-
-def save(path: Path, im: Image.Image, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, **kw)
-    return path
-
-
-def prep(folder, **kw):
-    """prepare_folder in this process, no progress bar."""
-    return prepare_folder(folder, workers=kw.pop("workers", 0), progress=False, **kw)
 
 
 def blend(colour: np.ndarray, alpha: np.ndarray, bg) -> np.ndarray:

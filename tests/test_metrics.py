@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from conftest import image_pairs
 from skimage.metrics import structural_similarity
 
-from conftest import make_shapes
 from vaelab.evaluation import metrics
 
 
@@ -24,36 +22,11 @@ def sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return structural_similarity(a, b, channel_axis=0, **kw)
 
 
-def _pairs(kind: str, c: int, h: int, w: int, n: int = 3):
-    rng = np.random.default_rng({"random": 0, "noisy": 1, "shapes": 2, "checker": 3, "smooth": 4}[kind])
-    if kind == "random":
-        x, y = rng.random((n, c, h, w)), rng.random((n, c, h, w))
-    elif kind == "noisy":
-        x = rng.random((n, c, h, w))
-        y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
-    elif kind == "shapes":
-        s, _ = make_shapes(2 * n * c, size=max(h, w), seed=5)
-        s = s[:, :h, :w].astype(np.float64) / 255
-        x, y = s[: n * c].reshape(n, c, h, w), s[n * c:].reshape(n, c, h, w)
-        y = 0.6 * y + 0.4 * x  # partly similar
-    elif kind == "checker":
-        yy, xx = np.mgrid[0:h, 0:w]
-        board = ((yy // 3 + xx // 3) % 2).astype(np.float64)
-        x = np.broadcast_to(board, (n, c, h, w)).copy()
-        y = np.roll(x, shift=1, axis=-1) * 0.8 + 0.1
-    else:  # smooth gradients vs a brightness/contrast change of them
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = np.stack([np.sin(3 * xx + k) * np.cos(2 * yy - k) for k in range(n * c)]).reshape(n, c, h, w)
-        x = (base + 1) / 2
-        y = np.clip(0.7 * x + 0.2 + rng.normal(0, 0.02, x.shape), 0, 1)
-    return x, y
-
-
 @pytest.mark.parametrize("kind", ["random", "noisy", "shapes", "checker", "smooth"])
 @pytest.mark.parametrize("chw", [(1, 28, 28), (3, 32, 32), (1, 20, 31), (3, 11, 16)],
                          ids=["grey28", "rgb32", "grey20x31", "rgb11x16"])
 def test_ssim_matches_scikit_image(kind, chw):
-    x, y = _pairs(kind, *chw)
+    x, y = image_pairs(kind, *chw)
     ours = metrics.ssim(torch.from_numpy(x).float(), torch.from_numpy(y).float())
     assert ours.shape == (x.shape[0],) and ours.dtype == torch.float32
     ref = np.array([sk_ssim(x[i].astype(np.float32).astype(np.float64), y[i].astype(np.float32).astype(np.float64))

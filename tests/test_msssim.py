@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_shapes
+from conftest import image_pairs
 
 from vaelab.evaluation import metrics
 
@@ -18,26 +18,8 @@ oracle_core = importlib.import_module("pytorch_msssim.ssim")  # the module (the 
 
 
 def pairs(kind: str, c: int, h: int, w: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, c, h, w) float32 image pairs in [0, 1] of several kinds."""
-    rng = np.random.default_rng({"random": 0, "noisy": 1, "shapes": 2, "smooth": 3, "blurred": 4}[kind])
-    if kind == "random":
-        x, y = rng.random((n, c, h, w)), rng.random((n, c, h, w))
-    elif kind == "noisy":
-        x = rng.random((n, c, h, w))
-        y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
-    elif kind == "shapes":
-        s, _ = make_shapes(2 * n * c, size=max(h, w), seed=5)
-        s = s[:, :h, :w].astype(np.float64) / 255
-        x, y = s[: n * c].reshape(n, c, h, w), s[n * c:].reshape(n, c, h, w)
-        y = 0.6 * y + 0.4 * x
-    else:
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = np.stack([np.sin(9 * xx + k) * np.cos(7 * yy - k) for k in range(n * c)]).reshape(n, c, h, w)
-        x = (base + 1) / 2
-        if kind == "smooth":
-            y = np.clip(0.7 * x + 0.2 + rng.normal(0, 0.02, x.shape), 0, 1)
-        else:  # a blurred copy: structure lost at the fine scales only
-            y = F.avg_pool2d(torch.from_numpy(x), 5, stride=1, padding=2, count_include_pad=False).numpy()
+    """(n, c, h, w) float32 image pairs in [0, 1] (conftest.image_pairs, with finer waves)."""
+    x, y = image_pairs(kind, c, h, w, n, waves=(9, 7))
     return torch.from_numpy(x).float(), torch.from_numpy(y).float()
 
 

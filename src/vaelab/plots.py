@@ -187,8 +187,12 @@ def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, titl
     """One labelled row per (label, images (n, C, H, W)) pair, e.g. original / masked / inpainted."""
     plt = _plt()
     n = max(len(x) for _, x in rows)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.75 + 1.2, len(rows) * 0.85 + 0.6), dpi=120,
-                             squeeze=False)
+    h, w = rows[0][1].shape[-2:]
+    row_h = 0.75 * h / w + 0.12  # tiles 0.75 in wide: the rows as tall as their images, so no gaps
+    width, height = n * 0.75 + 1.2, len(rows) * row_h + (0.5 if title else 0.1)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, height), dpi=120, squeeze=False)
+    fig.subplots_adjust(left=1.1 / width, right=1 - 0.1 / width, bottom=0.05 / height,
+                        top=1 - (0.45 if title else 0.05) / height, hspace=0.12 / row_h)
     for ax, (label, imgs) in zip(axes[:, 0], rows):
         _show(ax, image_grid(imgs.cpu(), nrow=n))
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
