@@ -10,6 +10,7 @@ with the k = 5000 importance-weighted bound, and prints the table beside the pub
     python bench/likelihood.py --stages 2 --eval-k 500 --eval-n 1000 --out bench/out/lik-quick
     python bench/likelihood.py --models vae,iwae5 --beta1 0.99 --stages 4 --tag b99
     python bench/likelihood.py --models vae-2l,iwae5-2l --stages 6   # two stochastic layers
+    python bench/likelihood.py --stages 6 --eval-now                 # score unfinished runs where they are
 
 Everything is resumable: a run killed mid-training continues from its last epoch, a
 finished run is not trained again, and a finished evaluation is reused.
@@ -18,6 +19,7 @@ finished run is not trained again, and a finished evaluation is reused.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -63,9 +65,17 @@ def train_cmd(name: str, rd: Path, args) -> list[str] | None:
                    *[a for s in sets for a in ("--set", s)]]
 
 
+def trained(rd: Path) -> tuple[int, float]:
+    """(epochs trained, training hours) of a run directory, finished or not (history.csv)."""
+    with open(rd / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    return int(rows[-1]["epoch"]), sum(float(r["seconds"]) for r in rows) / 3600
+
+
 def evaluate(rd: Path, args, env) -> dict:
-    """nll_iw with k samples over the test split (or its first --eval-n images), cached."""
-    cache = rd / f"likelihood_k{args.eval_k}_n{args.eval_n or 'all'}.json"
+    """nll_iw with k samples over the test split (or its first --eval-n images), cached
+    per number of epochs trained (a resumed run is scored again)."""
+    cache = rd / f"likelihood_k{args.eval_k}_n{args.eval_n or 'all'}_e{trained(rd)[0]}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     code = (
@@ -101,6 +111,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="extra vaelab --set for every model")
     ap.add_argument("--tag", default="", help="suffix for the run folders (to keep variants apart)")
     ap.add_argument("--out", type=Path, default=OUT / "likelihood")
+    ap.add_argument("--eval-now", action="store_true",
+                    help="train nothing: score every run at its last checkpoint, finished or not")
     args = ap.parse_args()
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
@@ -115,6 +127,11 @@ def main() -> None:
     for name in names:
         rd = run_dir(args.out, name, args)
         cmd = train_cmd(name, rd, args)
+        if args.eval_now:
+            if not (rd / "history.csv").is_file():
+                sys.exit(f"{name}: nothing trained yet in {rd}")
+            print(f"{name}: scored at epoch {trained(rd)[0]} of {stage_epochs(args.stages)} ({rd})")
+            continue
         if cmd is None:
             print(f"{name}: trained ({rd})")
             continue
@@ -130,12 +147,12 @@ def main() -> None:
     rows = []
     for name in names:
         rd = run_dir(args.out, name, args)
-        summary = json.loads((rd / "summary.json").read_text())
+        epochs, hours = trained(rd)
         t0 = time.perf_counter()
         ev = evaluate(rd, args, env)
         rows.append({"model": name, "nll": ev["nll_iw"], "paper": MODELS[name][2], "reimpl": MODELS[name][3],
-                     "active_units": ev["active_units"], "epochs": summary["epochs"],
-                     "train_hours": round(summary["train_seconds"] / 3600, 2),
+                     "active_units": ev["active_units"], "epochs": epochs,
+                     "finished": epochs == stage_epochs(args.stages), "train_hours": round(hours, 2),
                      "eval_seconds": ev.get("eval_seconds", round(time.perf_counter() - t0, 1)),
                      "neg_elbo": ev.get("nelbo", ev["loss"]), "n": ev["n"]})
     result = {"stages": args.stages, "epochs": stage_epochs(args.stages), "beta1": args.beta1, "seed": args.seed,
@@ -150,7 +167,8 @@ def main() -> None:
     for r in rows:
         reimpl = "" if r["reimpl"] is None else f"{r['reimpl']:.2f}"
         print(f"| {r['model']} | {r['nll']:.2f} | {r['paper']:.2f} | {reimpl} | {r['active_units']} | "
-              f"{r['epochs']} | {r['train_hours']:.2f} | {r['eval_seconds']:.0f} |")
+              f"{r['epochs']}{'' if r['finished'] else ' (unfinished)'} | {r['train_hours']:.2f} | "
+              f"{r['eval_seconds']:.0f} |")
 
 
 if __name__ == "__main__":
