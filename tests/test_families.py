@@ -56,7 +56,8 @@ def test_tcvae_splits_the_kl_and_weighs_its_parts():
         out = m(x, generator=gen(1), dataset_size=600)
         q = m.posterior(x)
         z = q.rsample(generator=gen(1))
-        t = tc_decomposition(z, q.mean, q.logvar, 600)
+        t = tc_decomposition(z, q.mean, q.logvar, 600, estimator="mss")  # the default estimator
+        assert not torch.allclose(t["tc"], tc_decomposition(z, q.mean, q.logvar, 600, estimator="mws")["tc"])
     for k in ("mi", "tc", "dwkl"):
         torch.testing.assert_close(out[k], t[k])
     # the three parts add up to log q(z|x) - log p(z) at the draw
@@ -65,6 +66,11 @@ def test_tcvae_splits_the_kl_and_weighs_its_parts():
     torch.testing.assert_close(out["loss"], out["recon"] + out["mi"] + 6.0 * out["tc"] + 2.0 * out["dwkl"])
     with pytest.raises(ConfigError, match="needs the size of the data set"):
         m(x, generator=gen(1))
+    mws = model(kind="beta-tcvae", beta=6.0, tc_alpha=1.0, tc_gamma=2.0, tc_estimator="mws")
+    mws.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        out = mws(x, generator=gen(1), dataset_size=600)
+    torch.testing.assert_close(out["tc"], tc_decomposition(z, q.mean, q.logvar, 600, estimator="mws")["tc"])
 
 
 def test_wae_adds_the_mmd_to_prior_draws():

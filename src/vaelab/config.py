@@ -188,6 +188,10 @@ class ModelConfig:
     # tcvae: recon + tc_alpha MI + beta TC + tc_gamma dimension-wise KL (Chen et al. 2018)
     tc_alpha: float = 1.0
     tc_gamma: float = 1.0
+    # q(z) from the minibatch: mss (stratified, an unbiased estimate of q(z), so eval.json's
+    # mi / tc / dwkl read as what they are named) or mws (the authors' default: every term
+    # offset by a constant of log N or log B per dimension, so a dimension-wise KL reads negative)
+    tc_estimator: str = "mss"
     # MMD objectives (wae-mmd, infovae): weight lambda, kernel (imq | rbf) and its scales s
     # (constants C = s * 2 * latent_dim, for a prior of unit variance; kernels summed over s)
     mmd_weight: float = 10.0
@@ -272,6 +276,7 @@ class ModelConfig:
         _check(self.capacity_gamma > 0, f"model.capacity_gamma must be positive, got {self.capacity_gamma}")
         _check(self.k >= 1, f"model.k (importance samples) must be at least 1, got {self.k}")
         _check(self.mmd_weight >= 0, f"model.mmd_weight must be >= 0, got {self.mmd_weight}")
+        _check(self.tc_estimator in ("mss", "mws"), f"model.tc_estimator must be mss or mws, got {self.tc_estimator!r}")
         _check(self.mmd_kernel in ("imq", "rbf"), f"model.mmd_kernel must be imq or rbf, got {self.mmd_kernel!r}")
         _check(len(self.mmd_scales) >= 1 and all(math.isfinite(s) and s > 0 for s in self.mmd_scales),
                f"model.mmd_scales (the MMD kernel scales) must be positive, got {self.mmd_scales}")

@@ -23,7 +23,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
 - ``iwae``: the importance-weighted bound with ``model.k`` samples (Burda et al. 2016);
   ``nelbo`` is the mean of the k one-sample bounds, for comparison.
 - ``tcvae``: beta-TCVAE (Chen et al. 2018): recon + alpha MI + beta TC + gamma
-  dimension-wise KL, the KL split by the minibatch-weighted-sampling estimator.
+  dimension-wise KL, the KL split by a minibatch estimator of q(z) (``model.tc_estimator``:
+  stratified sampling by default, the authors' weighted sampling as an option).
 - ``wae-mmd``: the WAE (Tolstikhin et al. 2018): recon + lambda MMD(q(z), p(z)), with a
   deterministic or a Gaussian encoder.
 - ``infovae``: InfoVAE / MMD-VAE (Zhao et al. 2019): recon + (1 - alpha) KL + (alpha +
@@ -94,8 +95,8 @@ def tcvae(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0
     z = q.rsample(generator=generator)  # (B, D)
     r = model.recon_loss(model.decode_logits(z, y), x)
     p = model.prior(y, len(x))
-    t = tc_decomposition(z, q.loc, q.logvar, dataset_size, prior=p.log_prob(z))
     cfg = model.cfg
+    t = tc_decomposition(z, q.loc, q.logvar, dataset_size, prior=p.log_prob(z), estimator=cfg.tc_estimator)
     loss = r + cfg.tc_alpha * t["mi"] + kl_weight(cfg, progress) * t["tc"] + cfg.tc_gamma * t["dwkl"]
     return {"loss": loss, "recon": r, "kl": kl_divergence(q, p, z), "mi": t["mi"], "tc": t["tc"],
             "dwkl": t["dwkl"]}
