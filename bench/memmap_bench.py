@@ -113,7 +113,7 @@ def main() -> None:
         prep = run([sys.executable, "-m", "vaelab", "data", "prepare", str(folder), "--image-size", "64"], env)
         if prep["rc"] != 0:
             sys.exit(f"memmap_bench: data prepare {folder} failed: {prep['tail']}")
-        size = sum(f.stat().st_size for f in (folder / ".vaelab-cache").glob("*.npy"))
+        size = sum(f.stat().st_size for f in (folder / ".vaelab-cache").glob("*/*.npy"))
         folders[key] = folder
         result[f"{key}_folder"] = {"path": str(folder), "images": n, "cache_mib": round(size / 2**20, 1),
                                    "made_and_prepared_s": round(time.perf_counter() - t0, 1)}
