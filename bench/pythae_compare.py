@@ -148,8 +148,9 @@ def main() -> None:
                  "v_gmm": None if fam == "vqvae" else str(vaelab_arrays(vdir, "gmm", args.n_samples, env)),
                  "v_recon": str(vaelab_arrays(vdir, "recon", args.n_samples, env))}
         scored_path = args.out / f"{fam}_scores.json"
-        subprocess.run([sys.executable, "-c", SCORE, json.dumps(paths), str(scored_path), str(args.threads)],
-                       cwd=REPO, env=env, check=True)
+        if not scored_path.is_file():  # scored once; delete it to score again
+            subprocess.run([sys.executable, "-c", SCORE, json.dumps(paths), str(scored_path), str(args.threads)],
+                           cwd=REPO, env=env, check=True)
         s = json.loads(scored_path.read_text())
         rows.append({"family": fam,
                      "pythae_seconds": json.loads((pdir / "process_seconds.json").read_text())["seconds"],
