@@ -78,9 +78,10 @@ for key, path in json.loads(sys.argv[1]).items():
         continue
     with np.load(path) as f:
         imgs = torch.from_numpy(f["images"]).float() / 255
-    if key.startswith("recon"):
+    if key.endswith("recon"):  # p_recon, v_recon: reconstructions of the first test images
         n = len(imgs)
-        out[key] = {"mse": float(metrics.mse(imgs, x[:n]).mean()), "ssim": float(metrics.ssim(imgs, x[:n]).mean())}
+        out[key] = {"mse": float(metrics.mse(imgs, x[:n]).mean()), "ssim": float(metrics.ssim(imgs, x[:n]).mean()),
+                    "fcd": judge.fcd(imgs, x)}
     else:
         pred = judge.predict(imgs)
         p = torch.bincount(pred, minlength=10).double() / len(pred)
