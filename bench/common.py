@@ -114,3 +114,13 @@ def run_vaelab(args: list[str], env: dict[str, str], log: Path) -> float:
     if proc.returncode != 0:
         sys.exit(f"vaelab {' '.join(args)} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - t0
+
+
+def pick(text: str, known, what: str) -> list[str]:
+    """The comma-separated names in ``text``, each checked against ``known`` (an unknown one
+    ends the benchmark with the list of known names)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        sys.exit(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    return names

@@ -23,10 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-from common import OUT, REPO, child_env, run_vaelab
+from common import OUT, REPO, child_env, pick, run_vaelab
 
 BODY = ["--data", "dsprites", "--val", "none", "--kind", "vae", "--latent-dim", "10",
         "--set", "model.arch=mlp", "--set", "model.hidden=[256,256]", "--set", "model.activation=relu",
@@ -77,10 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     env = child_env(Path(REPO))  # dSprites is drawn here; no data folder needed
     env["VAELAB_NO_PROGRESS"] = "1"
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        sys.exit(f"disentangle.py: unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    models = pick(args.models, MODELS, "model(s)")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [one(m, s, args, env) for m in models for s in seeds]
     lines = ["| model | seeds | MIG | FactorVAE score | active units | final train loss | train s |",

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root
+from common import OUT, REPO, child_env, data_root, pick
 
 # name -> (preset, overrides, paper NLL, independent re-implementation NLL or None); test NLL at k = 5000.
 # One stochastic layer (Table 1, first block) and two (its second architecture, 100 and 50 units).
@@ -114,10 +114,7 @@ def main() -> None:
     ap.add_argument("--eval-now", action="store_true",
                     help="train nothing: score every run at its last checkpoint, finished or not")
     args = ap.parse_args()
-    names = [m for m in args.models.split(",") if m]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown:
-        sys.exit(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    names = pick(args.models, MODELS, "model(s)")
     env = child_env(data_root("likelihood.py"))
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, OUT, REPO, child_env, data_root
+from common import BENCH, OUT, REPO, child_env, data_root, pick
 
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
@@ -124,10 +124,7 @@ def main() -> None:
     ap.add_argument("--pythae-only", action="store_true",
                     help="train the Pythae side and stop (while bench/zoo.py trains vaelab's side in parallel)")
     args = ap.parse_args()
-    families = [f for f in args.families.split(",") if f]
-    bad = [f for f in families if f not in SHARED]
-    if bad:
-        sys.exit(f"unknown families {bad}; shared: {', '.join(SHARED)}")
+    families = pick(args.families, SHARED, "families (of those both have)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.pythae_out = args.out / "pythae"
     env = child_env(data_root("pythae_compare.py"))

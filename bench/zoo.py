@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, run_vaelab, data_root
+from common import OUT, REPO, child_env, data_root, pick, run_vaelab
 
 MLP = ["model.arch=mlp", "model.hidden=[400]", "model.latent_dim=16", "model.activation=relu",
        "model.output_activation=sigmoid"]
@@ -196,10 +196,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    names = [f for f in args.families.split(",") if f]
-    bad = [f for f in names if f not in FAMILIES]
-    if bad:
-        sys.exit(f"unknown families {bad}; known: {', '.join(FAMILIES)}")
+    names = pick(args.families, FAMILIES, "families")
     out = args.out or OUT / f"zoo-{args.data}"
     out.mkdir(parents=True, exist_ok=True)
     env = child_env(data_root("zoo.py"))
