@@ -155,6 +155,37 @@ def test_torchrun_trains_a_vae_like_one_process_and_rank_0_evaluates(shapes_npz,
     assert abs(two - one) <= spread, (two, one, others)
 
 
+# Run vaelab's command line as `python -m vaelab` does, then write down which threads the process
+# still has (threads-RANK.json beside this script).
+_THREADS_AT_EXIT = """
+import atexit, json, os, runpy, sys
+from pathlib import Path
+out = Path(__file__).with_name(f"threads-{os.environ['RANK']}.json")
+def report():
+    names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    out.write_text(json.dumps(names))
+atexit.register(report)
+sys.argv[0] = "vaelab"
+runpy.run_module("vaelab", run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists the threads through /proc")
+def test_a_finished_rank_leaves_no_process_group_threads_running(shapes_npz, tmp_path):
+    # A process group that outlives destroy_process_group keeps gloo's threads running while the
+    # interpreter shuts down, and a finished rank then sometimes dies with SIGABRT ("terminate
+    # called without an active exception"). Every rank must end with its main thread alone.
+    script = tmp_path / "threads_at_exit.py"
+    script.write_text(_THREADS_AT_EXIT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           "train", *TINY, "--data-path", str(shapes_npz), "--kind", "vae", "--epochs", "1", "--no-eval",
+           "--out", str(tmp_path / "run")]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = {rank: json.loads((tmp_path / f"threads-{rank}.json").read_text()) for rank in (0, 1)}
+    assert all(len(names) == 1 for names in reports.values()), reports  # the main thread; no gloo_* threads
+
+
 def _children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 

@@ -163,6 +163,7 @@ def session(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     device = _rank_device(device_name, ranks)
     own = not dist.is_initialized()
     if own:
+        _import_before_the_group()
         if device.type == "cuda":
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
@@ -171,6 +172,8 @@ def session(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     previous = _on_sigterm(ranks)
     try:
         yield ranks, device
+        if own:
+            _leave_together(ranks)
     except RuntimeError as e:
         if not _lost_peer(e):
             raise
@@ -180,6 +183,35 @@ def session(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
             signal.signal(signal.SIGTERM, previous)
         if own:
             dist.destroy_process_group()
+
+
+def _import_before_the_group() -> None:
+    """Import, before the process group exists, what DistributedDataParallel imports lazily.
+
+    DDP's constructor imports torch._dynamo, which imports torch.distributed.nn.functional,
+    whose functions take ``group=group.WORLD`` as a default argument: imported while a group
+    exists, they hold that group for the life of the process. ``destroy_process_group`` then
+    frees nothing, and the group's gloo threads (gloo_tcp_loop, pt_gloo_runloop) still run while
+    the interpreter shuts down, which sometimes ends a finished rank with SIGABRT ("terminate
+    called without an active exception"). Imported first, the defaults hold None."""
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.nn.functional  # noqa: F401
+
+
+_sessions = 0  # process groups this process has joined: each one's leaving key is its own
+
+
+def _leave_together(ranks: Ranks) -> None:
+    """Wait, through the rendezvous store (no gloo or NCCL message), until every rank has
+    finished its collectives: no process closes its connections while a peer may still read
+    from them. Only on success: a failed rank never arrives, and torchrun stops the others."""
+    global _sessions
+    _sessions += 1
+    store = dist.distributed_c10d._get_default_store()
+    key = f"vaelab/leave/{_sessions}"
+    if store.add(key, 1) == ranks.world:
+        store.set(f"{key}/all", "1")
+    store.wait([f"{key}/all"])
 
 
 def _rank_device(name: str, ranks: Ranks) -> torch.device:
