@@ -76,6 +76,12 @@ def test_fit_prior_then_sample_through_the_codebook(vq_run, tmp_path, capsys):
     rc, out, err = run_main(capsys, "fit-prior", vq_run.run_dir, "--epochs", 2, "--channels", 16, "--layers", 3)
     assert rc == 0, err
     assert "pixelcnn.safetensors" in out and "test NLL" in out
+    # Before it starts, the fit says what it does, how long and where it goes.
+    lines = out.splitlines()
+    said = next(i for i, ln in enumerate(lines) if ln.startswith("fitting a PixelCNN prior on "))
+    assert said < next(i for i, ln in enumerate(lines) if ln.startswith("pixelcnn epoch 1/2"))
+    assert "2 epochs of " in lines[said] and lines[said].endswith(
+        f"written to {vq_run.run_dir / 'priors' / pixelcnn.FILE}")
     net, info = pixelcnn.load(vq_run.run_dir)
     assert info["config"]["height"] == 7 and info["config"]["codes"] == 16 and info["test_nll"] > 0
     rc, out, err = run_main(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn", "--n", 6, "--seed", 2,

@@ -29,6 +29,8 @@ from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError
 from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
+from vaelab.progress import announce, write
+from vaelab.progress import bar as progress_bar
 from vaelab.tensorfiles import load_tensors, save_tensors
 
 FEATURES = 128
@@ -112,18 +114,25 @@ def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 12
     steps = math.ceil(len(train) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        net.train()
-        perm = torch.randperm(len(train), generator=gen)
-        for i in range(steps):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            x, y = _shift(train.batch(idx), gen), train.y[idx]
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log(f"judge epoch {epoch}/{epochs}  loss {loss.item():.4f}  ({time.perf_counter() - t0:.0f}s)")
+    bar = progress_bar(epochs * steps, "judge")
+    try:
+        for epoch in range(1, epochs + 1):
+            net.train()
+            perm = torch.randperm(len(train), generator=gen)
+            for i in range(steps):
+                idx = perm[i * batch_size:(i + 1) * batch_size]
+                x, y = _shift(train.batch(idx), gen), train.y[idx]
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if bar is not None:
+                    bar.update(1)
+            write(log, f"judge epoch {epoch}/{epochs}  loss {loss.item():.4f}  ({time.perf_counter() - t0:.0f}s)")
+    finally:
+        if bar is not None:
+            bar.close()
     judge = Judge(net.eval(), {"dataset": name, "classes": classes, "shape": [c, h, w], "epochs": epochs,
                                "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
     judge.meta["accuracy"] = float((judge.predict(test.float()) == test.y).float().mean())
@@ -171,6 +180,10 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
     judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, image_size=data.image_size,
                             channels=data.channels, val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
                             download=data.download)
+    announce(log, f"training the judge for {judge_key(data)}",
+             why="a small CNN classifier that scores generated, inpainted and steered images; once per data set",
+             cost=f"{epochs} epochs over its training images, a few minutes on a CPU for MNIST",
+             where=f"cached in {folder} for every later use")
     judge = train_judge(load_data(judge_data), judge_key(data), epochs=epochs, log=log)
     save_judge(judge, folder)
     log(f"judge test accuracy {judge.accuracy:.4f}; saved in {folder}")

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.errors import CheckpointError, VaelabError
+from vaelab.progress import announce, write
+from vaelab.progress import bar as progress_bar
 from vaelab.rundir import RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
 
@@ -165,20 +167,31 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(idx) / batch_size)
+    where = f"written to {Path(run.run_dir) / 'priors' / FILE}" if run.run_dir is not None else None
+    announce(log, f"fitting a PixelCNN prior on {len(idx):,} code grids {tuple(idx.shape[1:])}",
+             why="sampling through the codebook draws codes from it", where=where,
+             cost=f"{epochs} epochs of {steps:,} steps, minutes on a CPU (--epochs sets how many)")
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(len(idx), generator=gen)
-        total = torch.zeros(())
-        for s in range(steps):
-            b = perm[s * batch_size:(s + 1) * batch_size]
-            y = labels[b].to(run.device) if conditional else None
-            loss = net.nll(idx[b].to(run.device), y).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().cpu() * len(b)
-        log(f"pixelcnn epoch {epoch}/{epochs}  nll {float(total) / len(idx):.3f} nats per code grid "
-            f"({time.perf_counter() - t0:.0f}s)")
+    bar = progress_bar(epochs * steps, "pixelcnn")
+    try:
+        for epoch in range(1, epochs + 1):
+            perm = torch.randperm(len(idx), generator=gen)
+            total = torch.zeros(())
+            for s in range(steps):
+                b = perm[s * batch_size:(s + 1) * batch_size]
+                y = labels[b].to(run.device) if conditional else None
+                loss = net.nll(idx[b].to(run.device), y).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach().cpu() * len(b)
+                if bar is not None:
+                    bar.update(1)
+            write(log, f"pixelcnn epoch {epoch}/{epochs}  nll {float(total) / len(idx):.3f} nats per code grid "
+                       f"({time.perf_counter() - t0:.0f}s)")
+    finally:
+        if bar is not None:
+            bar.close()
     net.eval()
     info = {"config": asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}

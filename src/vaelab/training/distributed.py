@@ -194,7 +194,7 @@ def _import_before_the_group() -> None:
     frees nothing, and the group's gloo threads (gloo_tcp_loop, pt_gloo_runloop) still run while
     the interpreter shuts down, which sometimes ends a finished rank with SIGABRT ("terminate
     called without an active exception"). Imported first, the defaults hold None."""
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
     import torch.distributed.nn.functional  # noqa: F401
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from vaelab.io import write_json, write_text
 from vaelab.models import build_model, count_params
+from vaelab.progress import bar as progress_bar
+from vaelab.progress import duration, write
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
 from vaelab.training.distributed import RankFailed, Ranks, session
@@ -180,60 +181,69 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     _check_shares(n, bs, ranks)
     net = ranks.wrap(model, device)  # what the steps call: DDP over the model with several ranks
     history: list[dict] = state["history"]
-    for epoch in range(state["epoch"] + 1, t.epochs + 1):
-        t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(t.seed, epoch))
-        perm = torch.randperm(n, device=device)
-        shuffled = train.shuffled(perm)  # this epoch's images (and labels) in order
-        ranks.seed(epoch_seed(t.seed, epoch))  # several ranks: each its own noise from here
-        set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, gamma=t.lr_gamma))
-        sums: torch.Tensor | None = None
-        keys: list[str] = []
-        bar = _progress(steps, f"epoch {epoch}/{t.epochs}", t.progress and ranks.main)
-        with compute_precision(precision, device):
-            for step in range(steps):
-                sl = ranks.part(step * bs, min((step + 1) * bs, n))  # the batch, or this rank's share
-                x = shuffled.batch(sl)
-                y = None if labels is None else shuffled.y[sl]
-                if t.lr_schedule in PER_STEP:
-                    set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps, gamma=t.lr_gamma))
-                progress = ((epoch - 1) + step / steps) / t.epochs
-                with forward_context(precision, device):
-                    parts = net(x, y, progress=progress, dataset_size=n)
-                loss = ranks.batch_loss(parts["loss"], min(bs, n - step * bs))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                part = torch.stack([v.detach().sum() for v in parts.values()])
-                sums = part if sums is None else sums + part
-                keys = list(parts)
-                if (step + 1) % CHECK_EVERY == 0 or step == steps - 1:
-                    total = ranks.sum(sums)  # all ranks' sums (one small all-reduce); sums when alone
-                    _check_finite(total, epoch, step, rd)  # one device sync per interval
+    first = state["epoch"] + 1
+    # One bar for the whole run (a terminal only): the epoch, the running loss, the time left.
+    bar = progress_bar(steps * (t.epochs - first + 1), f"epoch {first}/{t.epochs}", t.progress and ranks.main)
+    started = time.perf_counter()
+    try:
+        for epoch in range(first, t.epochs + 1):
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(t.seed, epoch))
+            perm = torch.randperm(n, device=device)
+            shuffled = train.shuffled(perm)  # this epoch's images (and labels) in order
+            ranks.seed(epoch_seed(t.seed, epoch))  # several ranks: each its own noise from here
+            set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, gamma=t.lr_gamma))
+            sums: torch.Tensor | None = None
+            keys: list[str] = []
+            if bar is not None:
+                bar.set_description(f"epoch {epoch}/{t.epochs}", refresh=False)
+            with compute_precision(precision, device):
+                for step in range(steps):
+                    sl = ranks.part(step * bs, min((step + 1) * bs, n))  # the batch, or this rank's share
+                    x = shuffled.batch(sl)
+                    y = None if labels is None else shuffled.y[sl]
+                    if t.lr_schedule in PER_STEP:
+                        set_lr(opt, lr_at(t.lr_schedule, t.lr, epoch, t.epochs, step / steps, gamma=t.lr_gamma))
+                    progress = ((epoch - 1) + step / steps) / t.epochs
+                    with forward_context(precision, device):
+                        parts = net(x, y, progress=progress, dataset_size=n)
+                    loss = ranks.batch_loss(parts["loss"], min(bs, n - step * bs))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    opt.step()
+                    part = torch.stack([v.detach().sum() for v in parts.values()])
+                    sums = part if sums is None else sums + part
+                    keys = list(parts)
+                    if (step + 1) % CHECK_EVERY == 0 or step == steps - 1:
+                        total = ranks.sum(sums)  # all ranks' sums (one small all-reduce); sums when alone
+                        _check_finite(total, epoch, step, rd)  # one device sync per interval
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{float(total[0]) / min(n, (step + 1) * bs):.2f}", refresh=False)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{float(total[0]) / min(n, (step + 1) * bs):.2f}", refresh=False)
-                if bar is not None:
-                    bar.update(1)
+                        bar.update(1)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": None, "val_loss": None, "seconds": round(seconds, 3),
+                   "lr": opt.param_groups[0]["lr"]}
+            for k, v in zip(keys, (total / n).tolist()):  # the last interval's total is the epoch's
+                row["train_loss" if k == "loss" else f"train_{k}"] = v
+            if val is not None and ranks.main:  # the others go on; they wait at the next step's all-reduce
+                for k, v in evaluate_losses(model, val, t.eval_batch_size, device, seed=t.seed).items():
+                    row["val_loss" if k == "loss" else f"val_{k}"] = v
+            history.append(row)
+            state = {"epoch": epoch, "history": history, "train_seconds": state["train_seconds"] + seconds}
+            msg = f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}"
+            if row["val_loss"] is not None:
+                msg += f"  val_loss {row['val_loss']:.4f}"
+            # The time left: this session's mean epoch time, times the epochs still to go.
+            eta = (time.perf_counter() - started) / (epoch - first + 1) * (t.epochs - epoch)
+            write(log, msg + f"  ({seconds:.1f}s, eta {duration(eta)})")
+            if out is not None:
+                save_epoch(out, model, opt, config, state)
+    finally:
         if bar is not None:
             bar.close()
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": None, "val_loss": None, "seconds": round(seconds, 3),
-               "lr": opt.param_groups[0]["lr"]}
-        for k, v in zip(keys, (total / n).tolist()):  # the last interval's total is the epoch's
-            row["train_loss" if k == "loss" else f"train_{k}"] = v
-        if val is not None and ranks.main:  # the others go on; they wait at the next step's all-reduce
-            for k, v in evaluate_losses(model, val, t.eval_batch_size, device, seed=t.seed).items():
-                row["val_loss" if k == "loss" else f"val_{k}"] = v
-        history.append(row)
-        state = {"epoch": epoch, "history": history, "train_seconds": state["train_seconds"] + seconds}
-        msg = f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}"
-        if row["val_loss"] is not None:
-            msg += f"  val_loss {row['val_loss']:.4f}"
-        log(msg + f"  ({seconds:.1f}s)")
-        if out is not None:
-            save_epoch(out, model, opt, config, state)
     if out is not None:
         write_json(out.summary, {
             "params": count_params(model), "epochs": state["epoch"],
@@ -303,15 +313,6 @@ def save_epoch(rd: RunDir, model, opt, config: RunConfig, state: dict) -> None:
     checkpoint.save_resume(rd, model, opt, state)
     checkpoint.save_weights(rd, model, config)
     write_text(rd.history, _history_csv(state["history"]))
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled or os.environ.get("VAELAB_NO_PROGRESS"):
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (CI logs, pipes).
-    return tqdm(total=total, desc=desc, leave=False, disable=None, mininterval=0.5)
 
 
 __all__ = ["FitResult", "apply_settings", "epoch_seed", "evaluate_losses", "fit", "make_optimizer", "save_epoch"]

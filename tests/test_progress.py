@@ -1,0 +1,85 @@
+"""Long steps say what they do and how far they have come: the training loop's line per epoch
+(with the time left) and its one bar for the whole run, and the judge's announcement."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+
+from conftest import run_main
+
+from vaelab import progress
+
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train_loss (\S+)  \((\d+\.\d)s, eta (\d+s|\d+m\d\ds|\d+h\d\dm)\)$")
+TINY = ["--data", "npz", "--val", "none", "--set", "model.arch=mlp", "--set", "model.hidden=32", "--latent-dim", "2",
+        "--batch-size", "64", "--device", "cpu", "--set", "train.precision=fp32", "--no-eval"]
+
+
+def test_durations_read_like_a_clock():
+    assert [progress.duration(s) for s in (0, 44.6, 84, 3599, 7500)] == ["0s", "45s", "1m24s", "59m59s", "2h05m"]
+
+
+def test_without_a_terminal_each_epoch_is_one_line_with_its_loss_and_the_time_left(capsys, shapes_npz, tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = run_main(capsys, "train", *TINY, "--data-path", shapes_npz, "--epochs", 2, "--out", run)
+    assert rc == 0, err
+    lines = [m for m in map(EPOCH_LINE.match, out.splitlines()) if m]
+    assert [(int(m[1]), int(m[2])) for m in lines] == [(1, 2), (2, 2)]
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    for m, row in zip(lines, history):
+        assert math.isfinite(float(m[3])) and float(m[3]) == round(float(row["train_loss"]), 4)
+    assert lines[-1][5] == "0s"  # nothing left after the last epoch
+    assert "\r" not in err and "it/s" not in err  # no bar when stderr is not a terminal
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_one_bar_runs_through_every_epoch(monkeypatch, tiny_config):
+    from vaelab.training import loop
+
+    monkeypatch.delenv("VAELAB_NO_PROGRESS", raising=False)
+    term = _Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    bars = []
+    monkeypatch.setattr(loop, "progress_bar", lambda *a, **k: bars.append(progress.bar(*a, **k)) or bars[-1])
+    lines: list[str] = []
+    result = loop.fit(tiny_config("train.epochs=3", "train.progress=true"), None, log=lines.append)
+    # 256 images in batches of 64: 4 steps an epoch, 12 in all, on one bar.
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.desc) == (12, 12, "epoch 3/3: ")
+    shown = str(bar)
+    assert re.search(r"loss=\d+\.\d\d", shown) and re.search(r"12/12 \[\d\d:\d\d<\d\d:\d\d", shown), shown
+    assert "epoch 1/3" in term.getvalue()  # drawn on the "terminal"
+    assert [ln.split("  ")[0] for ln in lines if ln.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert len(result.history) == 3
+
+    # Off by the setting or by VAELAB_NO_PROGRESS: no bar, the lines stay.
+    for off, env in (("train.progress=false", None), ("train.progress=true", "1")):
+        if env:
+            monkeypatch.setenv("VAELAB_NO_PROGRESS", env)
+        term.seek(0), term.truncate()
+        lines.clear()
+        loop.fit(tiny_config("train.epochs=1", off), None, log=lines.append)
+        assert term.getvalue() == "" and [ln for ln in lines if ln.startswith("epoch 1/1")]
+
+
+def test_the_judge_says_what_it_trains_before_it_starts(tmp_path, shapes_npz):
+    from vaelab.config import DataConfig
+    from vaelab.evaluation.judge import get_judge
+
+    lines: list[str] = []
+    folder = tmp_path / "judge"
+    judge = get_judge(DataConfig(name="npz", path=str(shapes_npz)), folder=folder, epochs=1, log=lines.append)
+    assert lines[0].startswith("training the judge for npz-") and "1 epochs" in lines[0]
+    assert lines[0].endswith(f"cached in {folder} for every later use")
+    assert lines[1].startswith("judge epoch 1/1")
+    assert (folder / "judge.safetensors").is_file() and 0 <= judge.accuracy <= 1
+    lines.clear()
+    get_judge(DataConfig(name="npz", path=str(shapes_npz)), folder=folder, log=lines.append)
+    assert lines == []  # cached: nothing to announce
