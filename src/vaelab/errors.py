@@ -24,3 +24,7 @@ class CheckpointError(VaelabError):
 
 class TrainingDiverged(VaelabError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command; the message says what was kept and how to go on (exit code 130)."""

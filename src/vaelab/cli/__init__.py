@@ -13,7 +13,7 @@ import sys
 import click
 
 from vaelab.cli import data, explore, generate, report, run, steer, sweep, tools
-from vaelab.errors import VaelabError
+from vaelab.errors import Interrupted, VaelabError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("vaelab: aborted", err=True)
+        sys.exit(130)
+    except Interrupted as e:  # Ctrl-C in a command that says what it kept (train: where to resume)
+        click.echo(f"vaelab: interrupted; {e}", err=True)
         sys.exit(130)
     except click.UsageError as e:  # a bad option or argument: one line, and where to read more
         command = e.ctx.command_path if e.ctx is not None else "vaelab"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -19,7 +21,7 @@ from vaelab.cli.options import (
     run_data_dir_option,
     split_option,
 )
-from vaelab.errors import VaelabError
+from vaelab.errors import Interrupted, VaelabError
 from vaelab.rundir import RunDir
 
 
@@ -90,8 +92,9 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
             saved = RunConfig.from_dict(apply_overrides(load_config(run_dir).to_dict(), extra, overrides))
             if _launched(ctx, nproc, saved.train.device, run_dir):
                 return
-        api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
-                  iw_samples=iw_samples, log=_echo)
+        with _resumable(run_dir):
+            api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
+                      iw_samples=iw_samples, log=_echo)
     else:
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
@@ -104,7 +107,8 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         config = build_config(preset, config_file, overrides, extra)
         if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir):
             return
-        api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
+        with _resumable(run_dir):
+            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     _echo(f"run saved in {run_dir}")
@@ -123,8 +127,24 @@ def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> boo
     if nproc == 1:
         return False
     command = [sys.executable, "-m", "vaelab", "train", *_command_line(ctx, skip=("nproc",))]
-    distributed.launch(command, nproc, note=lambda: resume_note(run_dir, f"vaelab train --nproc {nproc}"))
+    with _resumable(run_dir, f"vaelab train --nproc {nproc}"):
+        distributed.launch(command, nproc, note=lambda: resume_note(run_dir, f"vaelab train --nproc {nproc}"))
     return True
+
+
+@contextlib.contextmanager
+def _resumable(run_dir: Path, command: str = "vaelab train") -> Iterator[None]:
+    """Ctrl-C while training: say which epoch the run directory holds and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from vaelab.training.checkpoint import saved_epoch
+
+        epoch = saved_epoch(run_dir)
+        if epoch is None:
+            raise Interrupted(f"no epoch had finished, so {run_dir} holds no checkpoint") from None
+        raise Interrupted(f"the last checkpoint (epoch {epoch}) is in {run_dir}: "
+                          f"{command} --resume {run_dir} to continue") from None
 
 
 def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
