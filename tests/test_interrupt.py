@@ -38,7 +38,7 @@ def test_ctrl_c_names_the_checkpoint_and_resume_continues_from_it(shapes_npz, tm
             assert p.poll() is None and time.monotonic() < deadline, p.communicate()
             time.sleep(0.02)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
@@ -47,13 +47,12 @@ def test_ctrl_c_names_the_checkpoint_and_resume_continues_from_it(shapes_npz, tm
     saved = saved_epoch(run)
     assert p.returncode == 130, err
     assert saved is not None and saved >= 1
-    assert err.strip().splitlines() == [
-        f"vaelab: interrupted; the last checkpoint (epoch {saved}) is in {run}: "
-        f"vaelab train --resume {run} to continue"]
+    assert err.strip().splitlines() == [(f"vaelab: interrupted; the last checkpoint (epoch {saved}) is in {run}: "
+                                         f"vaelab train --resume {run} to continue")]
     assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]
 
     r = subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--epochs", str(saved + 1),
-                        "--no-eval"], env=_env(), capture_output=True, text=True, timeout=180)
+                        "--no-eval"], check=False, env=_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert f"resuming {run} after epoch {saved}" in r.stdout
     assert [int(row["epoch"]) for row in _history(run)] == list(range(1, saved + 2))
