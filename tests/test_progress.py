@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import re
+import shutil
 
 from conftest import run_main
 
@@ -83,3 +84,29 @@ def test_the_judge_says_what_it_trains_before_it_starts(tmp_path, shapes_npz):
     lines.clear()
     get_judge(DataConfig(name="npz", path=str(shapes_npz)), folder=folder, log=lines.append)
     assert lines == []  # cached: nothing to announce
+
+
+def test_eval_with_importance_samples_says_what_it_costs(capsys, trained_run, tmp_path):
+    run = tmp_path / "run"  # a copy: eval writes eval.json, and the shared run stays as it was
+    shutil.copytree(trained_run.run_dir, run)
+    rc, out, err = run_main(capsys, "eval", run, "--iw-samples", 3, "--device", "cpu")
+    assert rc == 0, err
+    name = trained_run.default_split()
+    n = len(trained_run.split(name))
+    assert out.splitlines()[0] == (f"evaluating {run} on its {n:,} {name} images (nll_iw decodes 3 "
+                                   "posterior samples per image): about 3 times the work of one pass (a smaller "
+                                   "--iw-samples is quicker)")
+    rc, out, err = run_main(capsys, "eval", run, "--iw-samples", 0, "--device", "cpu")
+    assert rc == 0 and not out.startswith("evaluating")  # quick: nothing to announce
+
+
+def test_dsprites_says_it_draws_the_images_once(tmp_path):
+    from vaelab.data import dsprites
+
+    lines: list[str] = []
+    images = dsprites.load_dsprites(tmp_path, limit=64, log=lines.append)[0]
+    assert lines == [("drawing 64 dSprites images (256.0 KiB) (the first use here; nothing is downloaded): once, "
+                      f"seconds to minutes; cached in {tmp_path} for every later use")]
+    assert images.shape == (64, 1, 64, 64)
+    dsprites.load_dsprites(tmp_path, limit=64, log=lines.append)
+    assert len(lines) == 1  # cached: said nothing

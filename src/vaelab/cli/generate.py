@@ -153,6 +153,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     from vaelab.api import Run
     from vaelab.evaluation.judge import get_judge
     from vaelab.latent.sample_eval import _summary, evaluate_samples
+    from vaelab.progress import announce
     from vaelab.rundir import RunDir
 
     if n < 2:
@@ -162,6 +163,9 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     out_dir = Path(out or run_dir)
     if out:
         out_dir.mkdir(parents=True, exist_ok=True)
+    announce(_echo, f"scoring {n:,} images drawn by the {sampler} sampler",
+             why="the judge's features, class predictions and nearest training images",
+             cost="this can take minutes on a CPU for 10,000 (a smaller --n is quicker)")
     result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir,
                               **_only_used(sampler, _sampler_params(components, covariance, scale)))
     for k, v in _summary(result):

@@ -180,6 +180,13 @@ def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
+    if iw_samples > 1 and "density" in run.capabilities:
+        from vaelab.progress import announce
+
+        name = split or run.default_split()
+        announce(_echo, f"evaluating {run_dir} on its {len(run.split(name)):,} {name} images",
+                 why=f"nll_iw decodes {iw_samples} posterior samples per image",
+                 cost=f"about {iw_samples} times the work of one pass (a smaller --iw-samples is quicker)")
     _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True))
     _echo(f"wrote {run.dir.eval}")
 

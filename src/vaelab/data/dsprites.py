@@ -42,14 +42,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vaelab.data.download import cache_dir
+from vaelab.data.memory import size_text
 from vaelab.errors import DataError
 from vaelab.io import atomic_path, write_json
+from vaelab.progress import announce
+from vaelab.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from vaelab.config import DataConfig
@@ -240,13 +244,21 @@ def _write_cache(root: Path, n: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").unlink(missing_ok=True)  # the cache is invalid until meta.json is back
     table = _row_table()
-    with atomic_path(root / "images.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 1, IMAGE_SIZE, IMAGE_SIZE))
-        for s in range(-(-n // _SPRITE)):
-            lo, hi = s * _SPRITE, min(n, (s + 1) * _SPRITE)
-            out[lo:hi, 0] = _render_sprite(s, table).reshape(_SPRITE, IMAGE_SIZE, IMAGE_SIZE)[: hi - lo]
-        out.flush()
-        del out
+    sprites = -(-n // _SPRITE)
+    bar = progress_bar(sprites, "dSprites", unit="sprite")
+    try:
+        with atomic_path(root / "images.npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 1, IMAGE_SIZE, IMAGE_SIZE))
+            for s in range(sprites):
+                lo, hi = s * _SPRITE, min(n, (s + 1) * _SPRITE)
+                out[lo:hi, 0] = _render_sprite(s, table).reshape(_SPRITE, IMAGE_SIZE, IMAGE_SIZE)[: hi - lo]
+                if bar is not None:
+                    bar.update(1)
+            out.flush()
+            del out
+    finally:
+        if bar is not None:
+            bar.close()
     classes = index_factors(np.arange(n))
     for name, array in (("classes", classes), ("values", _values(classes))):
         with atomic_path(root / f"{name}.npy") as tmp, open(tmp, "wb") as f:
@@ -256,7 +268,8 @@ def _write_cache(root: Path, n: int) -> None:
 
 
 def load_dsprites(root: str | os.PathLike | None = None, *, limit: int | None = None,
-                  mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  mmap: bool = True, log: Callable[[str], None] | None = print
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dSprites as (images (N, 1, 64, 64) uint8 0/255, classes (N, 6) int64, values (N, 6) float64).
 
     The arrays are cached in ``root`` (default ``cache_dir() / "dsprites"``), drawn on
@@ -265,6 +278,7 @@ def load_dsprites(root: str | os.PathLike | None = None, *, limit: int | None = 
     ``limit`` keeps the first ``limit`` images (note: in the original's order these are
     all squares; for quick runs and tests); a cache holding at least that many is
     reused. ``mmap`` maps the images copy-on-write instead of reading 3 GB into memory.
+    ``log`` gets one line before the images are drawn (None: silent).
     """
     n = N_IMAGES if limit is None else int(limit)
     if not 0 < n <= N_IMAGES:
@@ -272,6 +286,10 @@ def load_dsprites(root: str | os.PathLike | None = None, *, limit: int | None = 
     root = Path(root) if root is not None else cache_dir() / "dsprites"
     found = _read_cache(root, n, mmap)
     if found is None:
+        if log is not None:
+            announce(log, f"drawing {n:,} dSprites images ({size_text(n * IMAGE_SIZE * IMAGE_SIZE)})",
+                     why="the first use here; nothing is downloaded", cost="once, seconds to minutes",
+                     where=f"cached in {root} for every later use")
         try:
             _write_cache(root, n)
         except OSError as e:
