@@ -142,7 +142,10 @@ def test_grey_and_colour_mixed_become_rgb_with_a_note(tmp_path):
     np.testing.assert_array_equal(res.images[0], np.stack([g, g, g]))
     np.testing.assert_array_equal(res.images[1], c.transpose(2, 0, 1))
     assert len(res.notes) == 1 and "1 of the 2 images" in res.notes[0] and "RGB" in res.notes[0]
-    assert notes == res.notes  # logged through the callback, not printed
+    # logged through the callback, not printed: first what is about to be decoded, then the notes
+    assert notes[0] == (f"decoding the 2 images of {tmp_path} (no cache yet; once: later runs read the cache): "
+                        f"in this process, a bar on a terminal; cached in {res.path}")
+    assert notes[1:] == res.notes
 
 
 def test_all_grey_gives_one_channel_and_channels_can_be_forced(tmp_path):

@@ -45,6 +45,7 @@ from vaelab.data.parallel import default_workers, ordered_map, progress_bar, wor
 from vaelab.errors import ConfigError, DataError
 from vaelab.imageopts import check_image_size, parse_background, parse_crop
 from vaelab.io import atomic_path, write_json
+from vaelab.progress import announce
 
 FORMAT = "vaelab-folder-cache-1"
 CACHE_DIRNAME = ".vaelab-cache"
@@ -352,6 +353,10 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
     workers = default_workers(len(rels)) if workers is None else workers
     if progress is None:
         progress = os.environ.get("VAELAB_NO_PROGRESS") != "1"
+    if log:
+        how = f"{workers} worker processes" if workers else "in this process"
+        announce(log, f"decoding the {len(rels):,} images of {folder}", why=f"{reason}; once: later runs read the cache",
+                 cost=f"{how}, a bar on a terminal", where=f"cached in {d}")
     m, notes = _build(d, folder, rels, classes, listing, o, skip_bad, workers, progress)
     for note in notes:
         if log:
