@@ -110,3 +110,12 @@ def test_dsprites_says_it_draws_the_images_once(tmp_path):
     assert images.shape == (64, 1, 64, 64)
     dsprites.load_dsprites(tmp_path, limit=64, log=lines.append)
     assert len(lines) == 1  # cached: said nothing
+
+
+def test_a_tsne_plot_says_it_may_take_a_while(capsys, trained_run, tmp_path):
+    rc, out, err = run_main(capsys, "plot", trained_run.run_dir, "--kind", "tsne", "--n", 40, "--device", "cpu",
+                            "--out", tmp_path / "tsne.png")
+    assert rc == 0, err
+    assert out.splitlines()[0] == ("t-SNE of 40 codes onto a plane: this can take minutes on a CPU "
+                                   "(a smaller --n is quicker)")
+    assert (tmp_path / "tsne.png").is_file()

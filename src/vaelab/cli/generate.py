@@ -131,6 +131,11 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
     run = Run.load(run_dir, device=device)
+    if kind == "tsne" and run.config.model.latent_dim > 2:
+        from vaelab.progress import announce
+
+        announce(_echo, f"t-SNE of {n or 2000:,} codes onto a plane",
+                 cost="this can take minutes on a CPU (a smaller --n is quicker)")
     path = draw(run, kind, out or run.dir.figure(kind), split=split, n=n, dims=dims_t,
                 pairs=pairs, radius=radius, steps=steps, index=index, mode=between, source=source, target=target,
                 scale=scale, cls=cls, seed=seed)
