@@ -119,3 +119,17 @@ def test_a_tsne_plot_says_it_may_take_a_while(capsys, trained_run, tmp_path):
     assert out.splitlines()[0] == ("t-SNE of 40 codes onto a plane: this can take minutes on a CPU "
                                    "(a smaller --n is quicker)")
     assert (tmp_path / "tsne.png").is_file()
+
+
+def test_a_bar_goes_through_each_item_only_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("VAELAB_NO_PROGRESS", raising=False)
+    items = range(0, 10, 3)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: the items themselves
+    assert progress.each(items, "x") is items
+    term = _Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    wrapped = progress.each(items, "batches", unit="batch")
+    assert list(wrapped) == [0, 3, 6, 9] and wrapped.n == 4 and "0/4" in term.getvalue()
+    assert progress.each(items, "x", on=False) is items
+    monkeypatch.setenv("VAELAB_NO_PROGRESS", "1")
+    assert progress.each(items, "x") is items

@@ -18,9 +18,9 @@ def enabled(setting: bool = True) -> bool:
     return bool(setting) and os.environ.get("VAELAB_NO_PROGRESS", "0") in ("", "0")
 
 
-def bar(total: int, desc: str, on: bool = True, unit: str = "step", file=None):
-    """A tqdm bar over ``total`` units, or None when progress is off or ``file`` (default stderr)
-    is not a terminal. Its right side shows the rate and the time left."""
+def bar(total: int, desc: str, on: bool = True, unit: str = "step", file=None, iterable=None):
+    """A tqdm bar over ``total`` units (of ``iterable`` when given), or None when progress is off or
+    ``file`` (default stderr) is not a terminal. Its right side shows the rate and the time left."""
     if not enabled(on):
         return None
     from tqdm.auto import tqdm
@@ -28,7 +28,15 @@ def bar(total: int, desc: str, on: bool = True, unit: str = "step", file=None):
     out = file if file is not None else sys.stderr
     if file is None and not out.isatty():
         return None
-    return tqdm(total=total, desc=desc, unit=unit, file=out, leave=False, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=out, leave=False, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def each(items, desc: str, on: bool = True, unit: str = "step"):
+    """``items`` (a sized collection) as they are, or through a bar (``bar``'s rules) that
+    advances once per item."""
+    b = bar(len(items), desc, on, unit, iterable=items)
+    return items if b is None else b
 
 
 def write(log: Callable[[str], None], line: str) -> None:
@@ -58,4 +66,4 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-__all__ = ["announce", "bar", "duration", "enabled", "write"]
+__all__ = ["announce", "bar", "duration", "each", "enabled", "write"]

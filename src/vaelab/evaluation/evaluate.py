@@ -14,6 +14,7 @@ import torch
 from vaelab.distributions import kl_per_dim
 from vaelab.evaluation import metrics
 from vaelab.models.likelihoods import classification
+from vaelab.progress import each
 
 # Decoder rows (samples x images) per pass of the importance-weighted estimate: memory stays
 # bounded for --iw-samples 5000 (a conv decoder's 28x28x32 maps at 2,048 rows are 200 MB), and
@@ -77,7 +78,8 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
     kl_sum: torch.Tensor | None = None
     counts: torch.Tensor | None = None  # codebook usage (K,)
     means = []
-    for i in range(0, len(data), batch_size):
+    # A bar (on a terminal) when importance samples make it long: K decodes per image.
+    for i in each(range(0, len(data), batch_size), f"{split} (nll_iw, K={iw})", on=iw > 1, unit="batch"):
         x = data.batch(slice(i, i + batch_size), device)
         y = None if labels is None else labels[i:i + batch_size].to(x.device)
         y_model = (y if y is not None else model.infer_labels(x)) if model.conditional else None
