@@ -155,7 +155,8 @@ def check_nproc(nproc: int, device: torch.device) -> None:
 @contextlib.contextmanager
 def session(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     """(this process's Ranks, its device) for one training run; joins the process group
-    (and leaves it at the end) when torchrun started several processes."""
+    when torchrun started several processes, and leaves it at the end: on success once
+    every rank is done (``_leave_together``), and freed, so no gloo thread outlives it."""
     ranks = env_ranks()
     if ranks.world == 1:
         yield ranks, resolve_device(device_name)
@@ -211,7 +212,7 @@ def _leave_together(ranks: Ranks) -> None:
     key = f"vaelab/leave/{_sessions}"
     if store.add(key, 1) == ranks.world:
         store.set(f"{key}/all", "1")
-    store.wait([f"{key}/all"])
+    store.wait([f"{key}/all"], dist.default_pg_timeout)  # as long as a collective may wait for rank 0's writes
 
 
 def _rank_device(name: str, ranks: Ranks) -> torch.device:
