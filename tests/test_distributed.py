@@ -180,7 +180,7 @@ def test_a_finished_rank_leaves_no_process_group_threads_running(shapes_npz, tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
            "train", *TINY, "--data-path", str(shapes_npz), "--kind", "vae", "--epochs", "1", "--no-eval",
            "--out", str(tmp_path / "run")]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    r = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     reports = {rank: json.loads((tmp_path / f"threads-{rank}.json").read_text()) for rank in (0, 1)}
     assert all(len(names) == 1 for names in reports.values()), reports  # the main thread; no gloo_* threads
