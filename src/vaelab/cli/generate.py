@@ -148,21 +148,35 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @click.option("--scale", type=float)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
-def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out) -> None:
-    """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances."""
+@click.option("--features", help="Also FID, KID and precision/recall on these features: inception (comparable with "
+                                 "papers; needs torch-fidelity) or judge.")
+@click.option("--reference", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="The real images --features compares samples with (the whole split).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out, features, reference,
+                 inception_weights) -> None:
+    """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
+    with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
+    from vaelab.evaluation.fid import FEATURES
     from vaelab.evaluation.judge import get_judge
     from vaelab.latent.sample_eval import _summary, evaluate_samples
     from vaelab.rundir import RunDir
 
     if n < 2:
         raise VaelabError("--n must be at least 2")
+    if features is not None and features not in FEATURES:
+        raise VaelabError(f"unknown --features {features!r}; available: {', '.join(FEATURES)}")
+    if inception_weights and features != "inception":
+        raise VaelabError("--inception-weights applies to --features inception only")
     run = Run.load(run_dir, device="cpu")
     j = get_judge(run.config.data, judge_dir, log=_echo)
     out_dir = Path(out or run_dir)
     if out:
         out_dir.mkdir(parents=True, exist_ok=True)
-    result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir,
+    result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
+                              reference=reference, inception_weights=inception_weights, log=_echo,
                               **_only_used(sampler, _sampler_params(components, covariance, scale)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
