@@ -208,8 +208,16 @@ def fake_torch_fidelity(monkeypatch, tmp_path):
 
 
 def test_eval_samples_inception_path_with_a_stand_in_network(trained_run, shapes_judge, fake_torch_fidelity,
-                                                              tmp_path, capsys):
+                                                              hub_dir, monkeypatch, tmp_path, capsys):
     weights, seen = fake_torch_fidelity
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    line = one_line_error(*run_main(capsys, "eval-samples", trained_run.run_dir, "--n", 64, "--judge",
+                                    shapes_judge[1], "--features", "inception"))
+    assert fid.INCEPTION_FILE in line and fid.INCEPTION_SHA256 in line and f"in {hub_dir}," in line
     rc, out, err = run_main(capsys, "eval-samples", trained_run.run_dir, "--n", 64, "--judge", shapes_judge[1],
                             "--features", "inception", "--inception-weights", weights, "--out", tmp_path / "ev")
     assert rc == 0, err
@@ -236,14 +244,18 @@ def test_eval_samples_feature_errors_are_one_line(trained_run, shapes_judge, cap
     line = one_line_error(*run_main(capsys, "eval-samples", run, "--judge", judge, "--features", "clip"))
     assert "unknown --features 'clip'; available: inception, judge" in line
     line = one_line_error(*run_main(capsys, "eval-samples", run, "--judge", judge, "--n", 64, "--features", "judge"))
-    assert "needs at least 129 samples and 129 reference images" in line and "got 64 samples" in line
+    assert "needs at least 129 samples and 129 reference images" in line and line.endswith(
+        "got 64 samples (raise --n, or use a larger --reference split)")
+    line = one_line_error(*run_main(capsys, "eval-samples", run, "--judge", judge, "--n", 200, "--features", "judge"))
+    assert "got 200 samples and 64 reference images" in line  # the shapes' validation split: 64 images
     line = one_line_error(*run_main(capsys, "eval-samples", run, "--judge", judge, "--inception-weights", __file__))
     assert "--features inception only" in line
+    line = one_line_error(*run_main(capsys, "eval-samples", run, "--judge", judge, "--reference", "train"))
+    assert "--reference applies to --features only" in line
 
 
 def test_eval_samples_features_judge_on_tiny_mnist(mnist_dir, tmp_path, capsys):
-    """A 1-epoch VAE on 256 MNIST zeros and ones (two classes: the test split eval-samples always
-    reads for FCD is then 2,115 digits, not 10,000) and a judge trained on 512: FID, KID, precision and
+    """A 1-epoch VAE on 256 MNIST digits and a judge trained on 512: FID, KID, precision and
     recall on the judge's features against the 256 training digits (--reference train), recomputed
     here (the test split, the default, is what the stand-in Inception test above uses)."""
     from vaelab.api import Run
@@ -252,8 +264,7 @@ def test_eval_samples_features_judge_on_tiny_mnist(mnist_dir, tmp_path, capsys):
     from vaelab.evaluation.judge import save_judge, train_judge
 
     run_dir = tmp_path / "run"
-    rc, out, err = run_main(capsys, "train", "--data", "mnist", "--data-dir", mnist_dir, "--classes", "0,1", "--limit", 256,
-                            "--epochs", 1,
+    rc, out, err = run_main(capsys, "train", "--data", "mnist", "--data-dir", mnist_dir, "--limit", 256, "--epochs", 1,
                             "--latent-dim", 4, "--device", "cpu", "--no-eval", "--out", run_dir)
     assert rc == 0, err
     splits = load_data(DataConfig(name="mnist", data_dir=str(mnist_dir), download=False, limit=512, val="test"))

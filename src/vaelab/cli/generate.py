@@ -150,8 +150,8 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
 @click.option("--features", help="Also FID, KID and precision/recall on these features: inception (comparable with "
                                  "papers; needs torch-fidelity) or judge.")
-@click.option("--reference", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="The real images --features compares samples with (the whole split).")
+@click.option("--reference", type=click.Choice(["test", "train"]),
+              help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
 def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out, features, reference,
@@ -159,7 +159,8 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
     with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
-    from vaelab.evaluation.fid import FEATURES
+    from vaelab.evaluation.fid import FEATURES, InceptionFeatures, check_sizes
+    from vaelab.evaluation.judge import FEATURES as JUDGE_FEATURES
     from vaelab.evaluation.judge import get_judge
     from vaelab.latent.sample_eval import _summary, evaluate_samples
     from vaelab.rundir import RunDir
@@ -170,13 +171,25 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
         raise VaelabError(f"unknown --features {features!r}; available: {', '.join(FEATURES)}")
     if inception_weights and features != "inception":
         raise VaelabError("--inception-weights applies to --features inception only")
+    if reference and features is None:
+        raise VaelabError("--reference applies to --features only (FCD always uses the held-out split)")
+    if features is not None:  # before the judge, which may train for minutes: fail fast
+        check_sizes(InceptionFeatures.dim if features == "inception" else JUDGE_FEATURES, n)
     run = Run.load(run_dir, device="cpu")
+    extractor = None
+    if features == "inception":  # likewise without torch-fidelity or the weights
+        import os
+
+        from vaelab.evaluation.fid import inception_extractor
+
+        extractor = inception_extractor(inception_weights, progress=os.environ.get("VAELAB_NO_PROGRESS") != "1")
     j = get_judge(run.config.data, judge_dir, log=_echo)
     out_dir = Path(out or run_dir)
     if out:
         out_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
-                              reference=reference, inception_weights=inception_weights, log=_echo,
+                              reference=reference or "test", inception_weights=inception_weights,
+                              extractor=extractor, log=_echo,
                               **_only_used(sampler, _sampler_params(components, covariance, scale)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")

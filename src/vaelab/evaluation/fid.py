@@ -55,12 +55,14 @@ def min_samples(dim: int) -> int:
     return dim + 1
 
 
-def check_sizes(dim: int, n_samples: int, n_reference: int) -> None:
+def check_sizes(dim: int, n_samples: int, n_reference: int | None = None) -> None:
+    """Refuse sets too small for FID on ``dim`` features (``n_reference`` None: not known yet)."""
     need = min_samples(dim)
-    if min(n_samples, n_reference) < need:
+    if n_samples < need or (n_reference is not None and n_reference < need):
+        got = f"{n_samples} samples" + ("" if n_reference is None else f" and {n_reference} reference images")
         raise VaelabError(f"FID on {dim}-dimensional features needs at least {need} samples and {need} reference "
-                          f"images (a full-rank covariance); got {n_samples} samples and {n_reference} reference "
-                          f"images (raise --n, or use a larger --reference split)")
+                          f"images (a full-rank covariance); got {got} (raise --n, or use a larger --reference "
+                          f"split)")
 
 
 # ----------------------------------------------------------------------------- weights

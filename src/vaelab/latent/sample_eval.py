@@ -17,12 +17,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from vaelab import plots
 from vaelab.errors import DataError
+from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
 from vaelab.latent.sampling import fitted_sampler, sample_images
 from vaelab.rundir import RunDir
@@ -53,7 +55,8 @@ def _extractor(features: str, judge, inception_weights, log):
     if features == "judge":
         return fid.JudgeFeatures(judge)
     if features == "inception":
-        return fid.inception_extractor(inception_weights, progress=log is not None)
+        progress = log is not None and os.environ.get("VAELAB_NO_PROGRESS") != "1"
+        return fid.inception_extractor(inception_weights, progress=progress)
     raise DataError(f"unknown --features {features!r}; available: {', '.join(fid.FEATURES)}")
 
 
@@ -77,9 +80,11 @@ def _feature_scores(extractor, features: str, samples: torch.Tensor, reference, 
 
 def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 0, nn_samples: int = 1000,
                      out_dir: str | Path | None = None, features: str | None = None, reference: str = "test",
-                     inception_weights: str | Path | None = None, log=None, **sampler_params) -> dict:
+                     inception_weights: str | Path | None = None, extractor=None, log=None,
+                     **sampler_params) -> dict:
     """Score ``n`` samples of ``sampler_name``; ``features`` adds FID, KID and precision/recall
-    against the ``reference`` split ("test": the test split, else validation; "train")."""
+    against the ``reference`` split ("test": the test split, else validation; "train").
+    ``extractor``: the features' network, when the caller built it already."""
     if reference not in ("test", "train"):
         raise DataError(f"unknown --reference {reference!r}; available: test, train")
     splits = run.splits()
@@ -88,19 +93,20 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
         raise DataError("eval-samples compares samples with held-out images, and this run has no test or "
                         "validation split; train with --val 0.1 (or a data set with a test split)")
     ref_split, ref = ("train", train) if reference == "train" else ("test" if splits.test else "val", test)
-    extractor = None
     if features is not None:  # before sampling: a missing library or weights file fails at once
         from vaelab.evaluation.fid import check_sizes
 
-        extractor = _extractor(features, judge, inception_weights, log)
+        extractor = extractor or _extractor(features, judge, inception_weights, log)
         check_sizes(extractor.dim, n, len(ref))
     sampler = fitted_sampler(run, sampler_name, seed=seed, **sampler_params)
     samples, asked, _ = sample_images(run, sampler, n, seed=seed)
     test_x = test.float()
     g = torch.Generator().manual_seed(seed)
     train_sub = train.batch(torch.randperm(len(train), generator=g)[:min(n, len(train))])
+    test_stats = judge.feature_stats(test_x)  # once for both distances (judge.fcd would compute it twice)
     result: dict = {"sampler": sampler_name, "params": sampler.params, "n": len(samples), "seed": seed,
-                    "fcd": judge.fcd(samples, test_x), "fcd_floor": judge.fcd(train_sub, test_x)}
+                    "fcd": frechet_distance(*judge.feature_stats(samples), *test_stats),
+                    "fcd_floor": frechet_distance(*judge.feature_stats(train_sub), *test_stats)}
     pred = judge.predict(samples)
     if asked is not None:
         result["class_accuracy"] = float((pred == asked).float().mean())
@@ -118,7 +124,7 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
     d_t, _ = nearest_distances(test_x[:k], train_x)
     result["nn_distance"] = {"samples_to_train": float(d_s.mean()), "test_to_train": float(d_t.mean()), "n": k}
     result["judge_accuracy"] = judge.accuracy
-    if extractor is not None:
+    if features is not None:
         result.update(_feature_scores(extractor, features, samples, ref.float(), ref_split, seed, log))
     if out_dir is not None:
         out_dir = Path(out_dir)
