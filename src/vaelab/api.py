@@ -1,9 +1,9 @@
 """The Python API: train a run, load it, use it. The CLI is a thin layer over this.
 
     import vaelab
-    run = vaelab.train("mlp-vae", "runs/mlp-vae", overrides=["train.epochs=2"])
+    run = vaelab.train("mlp-vae", "runs/mlp-vae-2ep", overrides=["train.epochs=2"])
     # a folder that holds a run is refused: resume=True continues it, overwrite=True replaces it
-    run = vaelab.Run.load("runs/mlp-vae")
+    run = vaelab.Run.load("runs/mlp-vae-2ep")
     z = run.encode(images)          # (N, latent_dim)
     x_hat = run.decode(z)           # (N, C, H, W) in [0, 1]
     run.evaluate(split="test")      # dict, as in eval.json (save=True writes it)
