@@ -208,7 +208,7 @@ def test_an_onnx_export_records_its_weights_shape_and_drops_parts_of_an_older_ex
     assert sorted(p.name for p in out.iterdir()) == ["encoder.onnx", "onnx.json"]  # the old decoder, sampler gone
 
 
-def test_a_report_leaves_out_what_other_weights_made(mnist_run):
+def test_a_report_and_info_leave_out_what_other_weights_made(mnist_run, capsys):
     from vaelab.api import Run
     from vaelab.report import write_report
 
@@ -224,6 +224,10 @@ def test_a_report_leaves_out_what_other_weights_made(mnist_run):
         (f"note: left out of the report, made from other weights than {RunDir(mnist_run).weights} now holds "
          "(or by an older vaelab): eval.json")]
     assert recorded_id(mnist_run / "report.html") == run.checkpoint_id
+    rc, out, _ = run_main(capsys, "info", str(mnist_run))
+    assert rc == 0 and "nll_iw" not in out
+    assert (f"eval.json: not shown, it was made from other weights (checkpoint {'0' * 16}, now {run.checkpoint_id}); "
+            f"`vaelab eval {mnist_run}` evaluates the weights there now") in out
 
 
 # ------------------------------------------------------------------------------ the class-level rule
