@@ -238,8 +238,10 @@ def test_every_file_commands_write_into_a_run_is_primary_or_records_the_weights(
     commands = [
         ["train", "--preset", "mlp-vae", *common, "--limit", "256", "--epochs", "1", "--latent-dim", "3",
          "--set", "model.hidden=32", "--iw-samples", "1", "--out", str(run_dir)],
-        ["sample", str(run_dir), "--sampler", "gmm", "--components", "2", "--n", "8"],
+        ["sample", str(run_dir), "--sampler", "gmm", "--components", "2", "--n", "8",
+         "--npz", str(run_dir / "samples.npz")],
         ["export", str(run_dir), "--onnx", str(run_dir / "onnx")],
+        ["export", str(run_dir), "--what", "latents", "--n", "20", *common],
         ["inpaint", str(run_dir), "--n", "8", "--method", "single", "--no-judge", *common],
         ["report", str(run_dir), *common],
     ]
@@ -250,5 +252,5 @@ def test_every_file_commands_write_into_a_run_is_primary_or_records_the_weights(
     files = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
     derived = [f for f in files if f not in RunDir.PRIMARY]
     assert {"eval.json", "figures/samples_gmm.png", "samplers/gmm.npz", "onnx/onnx.json", "onnx/encoder.onnx",
-            "inpaint-single/inpaint.png", "report.html"} <= set(derived)
+            "inpaint-single/inpaint.png", "report.html", "latents.csv", "samples.npz"} <= set(derived)
     assert {f: recorded_id(run_dir / f) for f in derived} == {f: current for f in derived}

@@ -23,6 +23,9 @@ SHA-256 of the weights file. It is stored as
     PNG files                    a tEXt chunk "vaelab-checkpoint-id" (figures/*.png, inpaint.png)
     ONNX files                   metadata_props "vaelab-checkpoint-id" (and onnx.json)
     report.html                  <meta name="vaelab-checkpoint-id" content="...">
+    CSV, .npy, other .npz        a sidecar FILE.json with the field (``sidecar(path)``), written
+                                 when the file lies in a run (export's CSV, detect's scores.csv and
+                                 anomaly_maps.npy, sample --npz)
 
 ``recorded_id(path)`` reads it back from any of these. A reader of a derived file compares
 it with the current weights' id: a fitted sampler is refit (with a one-line note), other
@@ -91,6 +94,12 @@ def _png_text(path: Path) -> dict[str, str]:
                 out[k.decode("latin-1")] = v.decode("latin-1")
 
 
+def sidecar(path: str | Path) -> Path:
+    """``FILE.json`` beside ``FILE``: the record of a file that cannot hold one itself (CSV, .npy)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
 def recorded_id(path: str | Path) -> str | None:
     """The checkpoint id a derived file records (see the module docstring), or None."""
     path = Path(path)
@@ -99,8 +108,10 @@ def recorded_id(path: str | Path) -> str | None:
         if suffix == ".json":
             d = json.loads(path.read_text())
             return d.get(ID_FIELD) if isinstance(d, dict) else None
-        if suffix == ".npz":  # a fitted sampler: its parameters file beside it
-            return recorded_id(path.with_suffix(".json")) if path.with_suffix(".json").is_file() else None
+        if suffix == ".npz" and path.with_suffix(".json").is_file():  # a fitted sampler: its parameters file
+            return recorded_id(path.with_suffix(".json"))
+        if suffix in (".npz", ".npy", ".csv"):
+            return recorded_id(sidecar(path)) if sidecar(path).is_file() else None
         if suffix == ".png":
             return _png_text(path).get(ID_TEXT)
         if suffix in (".html", ".htm"):
@@ -298,4 +309,4 @@ class RunDir:
         shutil.rmtree(trash)
 
 
-__all__ = ["ID_FIELD", "ID_TEXT", "RunDir", "checkpoint_id", "recorded_id"]
+__all__ = ["ID_FIELD", "ID_TEXT", "RunDir", "checkpoint_id", "recorded_id", "sidecar"]
