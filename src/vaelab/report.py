@@ -264,7 +264,8 @@ def _kl_bars(kl: list) -> str:
 def _other_results(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
     known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
-    extra = [p for p in sorted(run_dir.glob("*.json")) if p.name not in known and p not in stale]
+    extra = [p for p in sorted(run_dir.glob("*.json"))  # not the records beside a CSV (latents.csv.json)
+             if p.name not in known and p not in stale and not Path(p.stem).suffix]
     pngs = [p for p in figure_paths(run_dir) if p not in stale]
     if not extra and not pngs:
         return []

@@ -180,8 +180,8 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
         log(f"pixelcnn epoch {epoch}/{epochs}  nll {float(total) / len(idx):.3f} nats per code grid "
             f"({time.perf_counter() - t0:.0f}s)")
     net.eval()
-    info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
+    info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
     split = run.default_split()
     if split != "train":
         test_idx, test_y = code_indices(run, split)
