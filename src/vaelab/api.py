@@ -1,8 +1,9 @@
 """The Python API: train a run, load it, use it. The CLI is a thin layer over this.
 
     import vaelab
-    run = vaelab.train("mlp-vae", "runs/mlp-vae", overrides=["train.epochs=2"])
-    run = vaelab.Run.load("runs/mlp-vae")
+    run = vaelab.train("mlp-vae", "runs/mlp-vae-2ep", overrides=["train.epochs=2"])
+    # a folder that holds a run is refused: resume=True continues it, overwrite=True replaces it
+    run = vaelab.Run.load("runs/mlp-vae-2ep")
     z = run.encode(images)          # (N, latent_dim)
     x_hat = run.decode(z)           # (N, C, H, W) in [0, 1]
     run.evaluate(split="test")      # dict, as in eval.json (save=True writes it)
@@ -26,7 +27,7 @@ from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.training import checkpoint
 from vaelab.training.loop import fit
 from vaelab.training.precision import resolve_device
@@ -58,6 +59,12 @@ class Run:
         if self.run_dir is None:
             raise VaelabError("this run has no run directory")
         return RunDir(self.run_dir)
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The id of this run's weights file (``vaelab.rundir.checkpoint_id``), which every file
+        derived from them records; None without a run directory."""
+        return self.dir.checkpoint_id() if self.run_dir is not None else None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -152,7 +159,7 @@ class Run:
         # trains on train+test, so its "test" numbers are not held-out numbers).
         result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
         if save:
-            write_json(self.dir.eval, result)
+            write_json(self.dir.eval, {**result, ID_FIELD: self.checkpoint_id})
         return result
 
     def history(self) -> list[dict]:
@@ -189,10 +196,20 @@ class Run:
 
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
-          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None) -> Run:
+          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None,
+          overwrite: bool = False, keep: tuple[str, ...] = ()) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
     ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
-    ``resume=True`` continues the run in ``run_dir`` with its saved config (plus overrides)."""
+
+    ``run_dir`` must be new, empty, or a run: a trained run there is refused in one line
+    unless ``resume=True`` (continue it with its saved config, plus overrides) or
+    ``overwrite=True`` (remove everything the old run wrote, then train afresh); a folder
+    holding files vaelab did not write is refused either way (``RunDir.prepare_fresh``).
+    ``keep``: names the caller owns in ``run_dir`` (a sweep's trial files), left alone."""
+    from vaelab.training import distributed
+
+    if resume and overwrite:
+        raise VaelabError("resume continues the run and overwrite replaces it: ask for one of them")
     if resume:
         if preset is not None or config_file is not None:
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
@@ -202,6 +219,8 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         config = preset
     else:
         config = build_config(preset, config_file, overrides, extra)
+    if not resume and distributed.is_main():  # a valid config first; under torchrun rank 0 checks and clears
+        RunDir(run_dir).prepare_fresh(overwrite=overwrite, keep=keep)
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)

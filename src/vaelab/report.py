@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_TEXT, RunDir
 
 REPORT = "report.html"
 # Figures in this order first, then any other PNG by name.
@@ -97,7 +97,7 @@ def write_report(path: str | Path, out: str | Path | None = None, generate: bool
     if kind == "run":
         if generate:
             generate_figures(folder, data_dir=data_dir, log=log)
-        page = run_report_html(folder, target.parent)
+        page = run_report_html(folder, target.parent, log=log)
     else:
         page = sweep_report_html(folder, target.parent)
     write_text(target, page)
@@ -127,7 +127,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
     from vaelab.training import checkpoint
 
     rd = RunDir(run_dir)
-    have = {p.stem for p in rd.figures.glob("*.png")}
+    have = {p.stem for p in rd.figures.glob("*.png") if rd.stale(p) is None}  # a stale figure is drawn again
     config = checkpoint.load_config(run_dir)
     # A model with a prior also gets prior samples (Run.figures draws them).
     needs_std = "reconstructions" not in have or (config.model.prior != "none" and "samples_prior" not in have)
@@ -139,7 +139,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
         except VaelabError as e:
             log(f"note: not drawing figures that need the model and data ({e}); "
                 "the report shows the figures already there")
-    if not rd.figure("loss").exists() and rd.history.is_file():
+    if (not rd.figure("loss").exists() or rd.stale(rd.figure("loss"))) and rd.history.is_file():
         written.append(_draw_loss(run_dir, config.preset))
     for p in written:
         log(f"drew {p}")
@@ -176,17 +176,39 @@ def figure_paths(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ run report
-def run_report_html(run_dir: Path, out_dir: Path) -> str:
+def _stale_files(rd: RunDir) -> dict[Path, str]:
+    """The derived files a run report would show that do not belong to the current weights, and why."""
+    paths = [rd.eval, *rd.figures.glob("*.png"), *rd.path.glob("*.json"), *rd.path.glob("*.png")]
+    out = {}
+    for p in paths:
+        if p.is_file() and p.name not in RunDir.PRIMARY and p.name not in ("trial.json", "features.json"):
+            why = rd.stale(p)
+            if why is not None:
+                out[p] = why
+    return out
+
+
+def run_report_html(run_dir: Path, out_dir: Path, log: Callable[[str], None] = lambda s: None) -> str:
+    """The report of a run. Derived files made from other weights than RUN/model.safetensors
+    holds now (or recording none) are left out, and the page and ``log`` say which."""
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
     config = _read_json(rd.config)
+    stale = _stale_files(rd)
     summary = _read_json(rd.summary) if rd.summary.is_file() else None
-    result = _read_json(rd.eval) if rd.eval.is_file() else None
+    result = _read_json(rd.eval) if rd.eval.is_file() and rd.eval not in stale else None
     model, data = config.get("model", {}), config.get("data", {})
     sub = (f"{model.get('kind', '?')} / {model.get('arch', '?')}, latent {model.get('latent_dim', '?')}, "
            f"data {data.get('name', '?')}" + (f", preset {config['preset']}" if config.get("preset") else ""))
     parts = [f"<h1>Run {_e(run_dir.resolve().name)}</h1>",
              f"<p class=sub>{_e(sub)} &middot; {_e(run_dir.resolve())}</p>"]
+    if stale:
+        names = ", ".join(p.relative_to(run_dir).as_posix() for p in stale)
+        log(f"note: left out of the report, made from other weights than {rd.weights} now holds "
+            f"(or by an older vaelab): {names}")
+        parts.append(f"<p class=note>Left out, made from other weights than {_e(RunDir.WEIGHTS)} now holds "
+                     f"(or recording none): " + "; ".join(f"{_e(p.relative_to(run_dir).as_posix())} ({_e(why)})"
+                                                          for p, why in stale.items()) + "</p>")
     parts += ["<h2>Configuration</h2>", _config_table(config),
               _details("full config.json", _pre(json.dumps(config, indent=2)))]
     parts.append("<h2>Metrics</h2>")
@@ -201,12 +223,12 @@ def run_report_html(run_dir: Path, out_dir: Path) -> str:
             parts += ["<h3>KL per latent dimension</h3>", _kl_bars(result["kl_per_dim"])]
     if summary is None and result is None:
         parts.append("<p class=note>No summary.json or eval.json yet (train, then `vaelab eval RUN`).</p>")
-    parts += _history_section(run_dir)
-    figs = [p for p in figure_paths(rd.figures) if p.stem != "loss"]
+    parts += _history_section(run_dir, stale)
+    figs = [p for p in figure_paths(rd.figures) if p.stem != "loss" and p not in stale]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(p, run_dir) for p in figs] or ["<p class=note>No figures in figures/.</p>"]
-    parts += _other_results(run_dir)
-    return _page(f"vaelab run {run_dir.resolve().name}", parts)
+    parts += _other_results(run_dir, stale)
+    return _page(f"vaelab run {run_dir.resolve().name}", parts, checkpoint_id=rd.checkpoint_id())
 
 
 def _config_table(config: dict) -> str:
@@ -217,10 +239,10 @@ def _config_table(config: dict) -> str:
     return _kv_table({"preset": config.get("preset"), **rows})
 
 
-def _history_section(run_dir: Path) -> list[str]:
+def _history_section(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     parts = ["<h2>Training</h2>"]
     loss = RunDir(run_dir).figure("loss")
-    if loss.is_file():
+    if loss.is_file() and loss not in stale:
         parts.append(_figure(loss, run_dir))
     history = _read_csv(RunDir(run_dir).history) if RunDir(run_dir).history.is_file() else []
     if history:
@@ -239,11 +261,12 @@ def _kl_bars(kl: list) -> str:
     return _table(["dim", "KL (nats)", ""], rows, raw_cols={2})
 
 
-def _other_results(run_dir: Path) -> list[str]:
+def _other_results(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
     known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
-    extra = [p for p in sorted(run_dir.glob("*.json")) if p.name not in known]
-    pngs = figure_paths(run_dir)
+    extra = [p for p in sorted(run_dir.glob("*.json"))  # not the records beside a CSV (latents.csv.json)
+             if p.name not in known and p not in stale and not Path(p.stem).suffix]
+    pngs = [p for p in figure_paths(run_dir) if p not in stale]
     if not extra and not pngs:
         return []
     parts = ["<h2>Other results</h2>"]
@@ -323,9 +346,11 @@ def _trial_section(sweep_dir: Path, trial: dict, row: dict | None, out_dir: Path
 
 
 # ------------------------------------------------------------------------------ HTML pieces
-def _page(title: str, parts: list[str]) -> str:
+def _page(title: str, parts: list[str], checkpoint_id: str | None = None) -> str:
+    """The page; a run's report records the id of the weights it shows (vaelab.rundir.ID_TEXT)."""
     body = "\n".join(parts)
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
+    stamp = f'<meta name="{ID_TEXT}" content="{checkpoint_id}">\n' if checkpoint_id else ""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n{stamp}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n<script>{CHECK_SCRIPT}</script>\n</head><body>\n"
             f'<div id="report-check" data-status="pending"></div>\n{body}\n'

@@ -76,13 +76,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 
     from vaelab import plots
     from vaelab.api import Run
-    from vaelab.io import atomic_path
+    from vaelab.io import atomic_path, write_json
     from vaelab.latent.sampling import fitted_sampler, sample_images
+    from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(components, covariance, scale)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -97,6 +98,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
                 if asked is not None:
                     arrays["labels"] = asked.numpy()
                 np.savez_compressed(f, **arrays)
+        if RunDir.owning(npz) is not None:  # inside a run: NPZ.json records the weights (vaelab.rundir)
+            write_json(sidecar(npz), {"file": Path(npz).name, ID_FIELD: run.checkpoint_id})
         _echo(f"wrote {npz}")
 
 

@@ -51,7 +51,8 @@ from vaelab.rundir import RunDir
 @click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out: everything it wrote (figures, samplers, "
+                                                  "exports, reports) is removed first.")
 @click.option("--iw-samples", type=int, default=10, show_default=True,
               help="Importance samples for nll_iw in the final evaluation.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
@@ -91,20 +92,20 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
             if _launched(ctx, nproc, saved.train.device, run_dir):
                 return
         api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
-                  iw_samples=iw_samples, log=_echo)
+                  iw_samples=iw_samples, log=_echo, overwrite=overwrite)
     else:
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
         run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
-        if RunDir(run_dir).resume.exists() and not overwrite:
-            raise VaelabError(f"{run_dir} already holds a run; --resume {run_dir} to continue it, "
-                              "--overwrite to replace it, or choose another --out")
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
-        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir):
+        # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
+        # and clears it here, with the same function, before the processes start.
+        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir,
+                                           prepare=lambda: RunDir(run_dir).prepare_fresh(overwrite=overwrite)):
             return
-        api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
+        api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo, overwrite=overwrite)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     _echo(f"run saved in {run_dir}")
@@ -112,9 +113,10 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
 
 
-def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> bool:
+def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path, prepare=None) -> bool:
     """--nproc N: check N against the devices, then run this same command as N processes
-    through torchrun's launcher (True); N = 1 trains here (False)."""
+    through torchrun's launcher (True); N = 1 trains here (False). ``prepare()`` runs just
+    before the processes start."""
     from vaelab.training import distributed
     from vaelab.training.checkpoint import resume_note
     from vaelab.training.precision import resolve_device
@@ -122,6 +124,8 @@ def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> boo
     distributed.check_nproc(nproc, resolve_device(device))
     if nproc == 1:
         return False
+    if prepare is not None:
+        prepare()
     command = [sys.executable, "-m", "vaelab", "train", *_command_line(ctx, skip=("nproc",))]
     distributed.launch(command, nproc, note=lambda: resume_note(run_dir, f"vaelab train --nproc {nproc}"))
     return True
@@ -218,7 +222,10 @@ def info(run_dir) -> None:
           f"latent {m.latent_dim}, loss {m.loss}, data {cfg.data.name}")
     for name in (RunDir.SUMMARY, RunDir.EVAL):
         p = Path(run_dir) / name
-        if p.is_file():
+        stale = RunDir(run_dir).stale(p) if name == RunDir.EVAL and p.is_file() else None
+        if stale:
+            _echo(f"{name}: not shown, {stale}; `vaelab eval {run_dir}` evaluates the weights there now")
+        elif p.is_file():
             _echo(f"{name}:")
             _print_eval(json.loads(p.read_text()))
 

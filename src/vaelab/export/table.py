@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from vaelab.errors import VaelabError
-from vaelab.io import atomic_path
+from vaelab.io import atomic_path, write_json
+from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
 DEFAULT_DECIMALS = 4  # 1/255 = 0.0039, so 4 decimals still tell all 256 grey levels apart
 DEFAULT_CHUNK = 1000
@@ -110,7 +111,10 @@ def export(run, what: str, out: str | Path, split: str | None = None, n: int | N
         raise VaelabError(f"unknown export {what!r}; known: {', '.join(EXPORTS)}")
     if n is None and what == "reconstructions":
         n = 100
-    return EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    result = EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    if RunDir.owning(out) is not None:  # a CSV inside a run: OUT.json records the weights (vaelab.rundir)
+        write_json(sidecar(out), {"file": Path(out).name, "what": what, ID_FIELD: run.checkpoint_id})
+    return result
 
 
 __all__ = ["EXPORTS", "export", "export_latents", "export_reconstructions", "latent_header",

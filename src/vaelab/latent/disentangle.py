@@ -20,6 +20,7 @@ from vaelab.evaluation import disentanglement as scores
 from vaelab.evaluation.metrics import active_units as metrics_active_units
 from vaelab.io import write_json
 from vaelab.models import require
+from vaelab.rundir import ID_FIELD
 
 METRICS = ("mig", "dci", "factorvae")
 FILE = "disentanglement.json"
@@ -62,7 +63,7 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     log(f"disentanglement of {len(rows):,} {split} images: " + ", ".join(
         f"{k} {v:.4f}" for k, v in result.items() if k in ("mig", "factorvae") or k.startswith("dci_")))
     if out is not None:
-        write_json(Path(out) / FILE, result)
+        write_json(Path(out) / FILE, {**result, ID_FIELD: run.checkpoint_id})
     return result
 
 

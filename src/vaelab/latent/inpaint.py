@@ -288,9 +288,10 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     if out is not None:
         from vaelab import plots
         from vaelab.io import write_json
+        from vaelab.rundir import ID_FIELD
 
         out = Path(out)
-        write_json(out / "inpaint_eval.json", result)
+        write_json(out / "inpaint_eval.json", {**result, ID_FIELD: run.checkpoint_id})
         k = min(16, n)
         shown = x[:k].masked_fill(m[:k], 0.5)  # hidden pixels drawn mid-grey, distinct from black ink
         plots.plot_image_rows([("original", x[:k]), ("masked", shown), ("inpainted", filled[:k])],

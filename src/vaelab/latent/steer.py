@@ -33,7 +33,7 @@ import torch
 
 from vaelab.errors import DataError, VaelabError
 from vaelab.models import frozen, require
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 
 DEFAULT_STEPS = 100
 DEFAULT_LR = 0.05
@@ -262,7 +262,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
         from vaelab.io import write_json
 
         out = Path(out)
-        write_json(RunDir(out).steer_eval, result)
+        write_json(RunDir(out).steer_eval, {**result, ID_FIELD: run.checkpoint_id})
         plot_examples(x, r, judge_end, true, RunDir(out).figure("steer_examples"), n=examples,
                       title=f"steering {steps} steps (prior weight {prior_weight:g}, T {temperature:g}): "
                             f"judge success {result['success_rate']:.1%} of {pairs}")
