@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 import pytest
-
 from conftest import run_main
+
 from vaelab.cli import cli
 from vaelab.config import RunConfig, build_config, preset_names
 
@@ -72,7 +72,7 @@ def commands(block: Block) -> list[str]:
 
 def prose(md: str) -> str:
     """The Markdown outside fenced code blocks."""
-    return re.sub(r"^```.*?^```", "", md, flags=re.S | re.M)
+    return re.sub(r"^```.*?^```", "", md, flags=re.DOTALL | re.MULTILINE)
 
 
 def inline_code(md: str) -> list[str]:
