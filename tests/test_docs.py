@@ -411,3 +411,23 @@ def test_model_parts_listed_match_their_registries():
     for field, registry in (("arch", BODIES), ("posterior", POSTERIORS), ("prior", PRIORS), ("loss", LIKELIHOODS)):
         listed = re.search(rf"\(`model\.{field}`: ([^)]*)\)", text).group(1)
         assert sorted(v.strip() for v in listed.split(",")) == sorted(registry), field
+
+
+def test_every_run_the_readme_reads_is_one_it_trains():
+    """`vaelab sample runs/NAME ...` reads a run some README command makes (`--out runs/NAME`)."""
+    made, read = set(), []
+    for words, where in doc_commands(README):
+        resolved = resolve(words)
+        if resolved is None:
+            continue
+        command, args = resolved
+        if "--out" in args and command.name in ("train", "sweep", "anomaly-bench", "experiment"):
+            made.add(args[args.index("--out") + 1])
+        positional = [p for p in command.params if isinstance(p, click.Argument)]
+        if positional and positional[0].name in ("run_dir", "folder") and args and not args[0].startswith("-"):
+            read.append((args[0], where))
+    assert "runs/mlp-vae" in made and len(read) > 20
+    for path, where in read:
+        if PLACEHOLDER.search(path) or path.startswith("/"):
+            continue
+        assert any(path == m or path.startswith(m + "/") for m in made), f"{where}: no README command makes {path}"
