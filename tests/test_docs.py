@@ -431,3 +431,20 @@ def test_every_run_the_readme_reads_is_one_it_trains():
         if PLACEHOLDER.search(path) or path.startswith("/"):
             continue
         assert any(path == m or path.startswith(m + "/") for m in made), f"{where}: no README command makes {path}"
+
+
+def test_experiment_table_matches_the_experiments():
+    from vaelab.sweep.experiments import EXPERIMENTS, QUICK, QUICK_EPOCHS
+
+    md = README.read_text()
+    rows = table_after(md, "experiment")
+    assert [ticked(r["experiment"])[0] for r in rows] == list(EXPERIMENTS)
+    text = " ".join(prose(md).split())
+    epochs = int(re.search(r"\(held out\), (\d+) epochs per trial", text).group(1))
+    assert {e.epochs for e in EXPERIMENTS.values()} == {epochs}
+    digits, quick_epochs = re.search(r"`--quick` uses the first ([\d,]+) digits for (\d+) epochs", text).groups()
+    assert (QUICK, QUICK_EPOCHS) == ([f"data.limit={digits.replace(',', '')}"], int(quick_epochs))
+    for r in rows:
+        exp = EXPERIMENTS[ticked(r["experiment"])[0]]
+        for latent in re.findall(r"latent (\d+)", r["what it trains"]):
+            assert f"latent {latent}" in exp.description, (r, exp.description)
