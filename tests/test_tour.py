@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,6 @@ NOT_RUN = {
 
 
 def tour_commands() -> list[list[str]]:
-    import shlex
-
     blocks = [b for b in code_blocks(README.read_text()) if b.tour]
     return [shlex.split(c) for b in blocks for c in commands(b)]
 
@@ -97,8 +96,13 @@ def check_outputs(words: list[str], cwd: Path, stdout: str) -> None:
         assert {"config.json", "model.safetensors", "history.csv", "eval.json", "figures/loss.png"} <= set(files)
         missing = [f for f in files if not (cwd / out / f).is_file()]
         assert not missing, f"{out} lacks {missing}"
+        table = {ticked(r["file"])[0]: ticked(r["what"]) for r in table_after(README.read_text(), "file")}
         with open(cwd / out / "history.csv") as f:
-            assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
+            history = list(csv.DictReader(f))
+        assert list(history[0])[:5] == table["history.csv"][0].split(", ")  # epoch, train_loss, ...
+        assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
+        summary = json.loads((cwd / out / "summary.json").read_text())
+        assert set(table["summary.json"]) <= set(summary) and summary["epochs"] == epochs, summary
         ev = json.loads((cwd / out / "eval.json").read_text())
         assert (ev["split"], ev["n"], ev["seen_in_training"]) == ("test", 10000, False)
     elif cmd == "eval":
