@@ -14,6 +14,7 @@ import csv
 import html
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { background: #fdecea; } tr.pending td { color: #888; }
+.table-wrap { max-width: 100%; overflow-x: auto; } .table-wrap table { margin: 0; }
+td.long { min-width: 12em; max-width: 32em; overflow-wrap: anywhere; }
 pre { background: #f7f7f7; padding: 0.7em; overflow-x: auto; font-size: 13px; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; }
@@ -305,22 +308,32 @@ def sweep_report_html(sweep_dir: Path, out_dir: Path) -> str:
 
 
 def _results_table(rows: list[dict]) -> str:
+    """The results table, narrow enough for the page: headers and trial names may break after
+    '.' and '_' (headers) or ',' (trials), error messages wrap, and what is still too wide
+    scrolls in its box."""
     cols = list(rows[0])
     body = []
     for r in rows:
         status = r.get("status", "")
         cls = status if status in ("failed", "pending") else ""
-        cells = "".join(_td(r.get(c, ""), c == "trial") for c in cols)
+        cells = "".join(_td(r.get(c, ""), c == "trial", c == "error") for c in cols)
         body.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    head = "".join(f"<th>{_breakable(c, '._')}</th>" for c in cols)
+    return f"<div class=table-wrap><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
-def _td(value, is_trial: bool = False) -> str:
+def _td(value, is_trial: bool = False, is_long: bool = False) -> str:
     if is_trial and value:
-        return f'<td><a href="#trial-{_e(_slug(value))}">{_e(value)}</a></td>'
+        return f'<td><a href="#trial-{_e(_slug(value))}">{_breakable(value)}</a></td>'
+    if is_long and value:
+        return f"<td class=long>{_e(value)}</td>"
     cls = " class=num" if _is_number(value) else ""
     return f"<td{cls}>{_e(_fmt(value))}</td>"
+
+
+def _breakable(v, after: str = ",") -> str:
+    """Escaped text that a browser may break after any of the characters ``after``."""
+    return re.sub(f"([{re.escape(after)}])(?=.)", r"\1<wbr>", _e(v))
 
 
 def _trial_section(sweep_dir: Path, trial: dict, row: dict | None, out_dir: Path) -> str:
