@@ -71,10 +71,12 @@ def test_inpaint_command(capsys, run_dir, tmp_path):
 
 
 def test_inpaint_latent_opt_to_out(capsys, run_dir, tmp_path):
-    ok(capsys, "inpaint", run_dir, "--mask", "random:8", "--n", 20, "--method", "latent-opt", "--steps", 30,
-       "--no-judge", "--seed", 4, "--out", tmp_path / "o")
+    out = ok(capsys, "inpaint", run_dir, "--mask", "random:8", "--n", 20, "--method", "latent-opt", "--steps", 30,
+             "--no-judge", "--seed", 4, "--out", tmp_path / "o")
     res = json.loads((tmp_path / "o" / "inpaint_eval.json").read_text())
-    assert res["judge_accuracy"] is None and res["seed"] == 4 and res["options"] == {"steps": 30}
+    assert "judge_accuracy" not in res and res["seed"] == 4 and res["options"] == {"steps": 30}
+    assert res["not_applicable"] == {"judge_accuracy": "the judge was turned off (--no-judge)"}
+    assert "None" not in out and "(judge_accuracy not applicable: the judge was turned off (--no-judge))" in out
 
 
 @pytest.mark.parametrize("args,match", [

@@ -183,6 +183,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
               "protocol": protocol, "holdout": None if test is not None else holdout, "limit": limit,
               "test_limit": test_limit, "mean_auroc": round(mean, 4), "per_class": rows,
               "seconds": round(sum(r["train_seconds"] + r["score_seconds"] for r in rows), 1)}
+    result = {k: v for k, v in result.items() if v is not None}  # a setting that does not apply is left out
     if out is not None:
         _write_benchmark(Path(out), result, curves, plots)
     return result

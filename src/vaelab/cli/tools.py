@@ -67,7 +67,10 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
                                  **{k: v for k, v in options.items() if v is not None})
     for k in ("method", "mask", "n", "masked_mse", "masked_mse_input", "ssim", "ssim_input", "judge_accuracy",
               "judge_accuracy_masked", "judge_accuracy_original"):
-        _echo(f"  {k:<24} {_fmt(result[k])}")
+        if k in result:
+            _echo(f"  {k:<24} {_fmt(result[k])}")
+    for k, why in result.get("not_applicable", {}).items():
+        _echo(f"  ({k} not applicable: {why})")
     _echo(f"wrote {out / 'inpaint_eval.json'} and {out / 'inpaint.png'}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.data.dsprites import FACTOR_NAMES
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import disentanglement as scores
 from vaelab.evaluation.metrics import active_units as metrics_active_units
@@ -50,7 +51,13 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     if "mig" in metrics:
         m = scores.mig(codes, factors)
         result["mig"] = m["mig"]
-        result["mig_per_factor"] = [None if np.isnan(g) else float(g) for g in m["gaps"]]
+        # By factor name; a factor that never varies in the scored images has no gap (left out, said why).
+        names = FACTOR_NAMES if run.config.data.name == "dsprites" else [str(k) for k in range(len(m["gaps"]))]
+        result["mig_per_factor"] = {k: float(g) for k, g in zip(names, m["gaps"]) if not np.isnan(g)}
+        constant = [k for k, g in zip(names, m["gaps"]) if np.isnan(g)]
+        if constant:
+            result["not_applicable"] = {f"mig_per_factor.{k}": "the factor never varies in the scored images"
+                                        for k in constant}
     if "dci" in metrics:
         d = scores.dci(codes, factors, seed=seed)
         result.update({f"dci_{k}": float(v) for k, v in d.items() if np.ndim(v) == 0})
