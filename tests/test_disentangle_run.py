@@ -59,3 +59,10 @@ def test_refusals(dsprites_run, trained_run, capsys):
     assert "need ground-truth factors" in cli_error(capsys, "disentanglement", trained_run.run_dir)
     assert "unknown disentanglement score" in cli_error(capsys, "disentanglement", dsprites_run.run_dir,
                                                         "--metrics", "sap")
+
+
+def test_n_larger_than_the_split_is_said(dsprites_run, capsys):
+    rc, out, err = run_main(capsys, "disentanglement", dsprites_run.run_dir, "--n", 1000, "--metrics", "mig")
+    assert rc == 0, err
+    assert "note: the train split holds 300 images; scoring all of them, not 1,000" in out
+    assert json.loads((dsprites_run.run_dir / "disentanglement.json").read_text())["n"] == 300

@@ -229,4 +229,9 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
     out = out or Path(run_dir) / f"{what}.csv"
     kw = {"decimals": decimals} if decimals is not None else {}
     r = export_fn(run, what, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    data, name = run.split(split), split or run.default_split()
+    if n is not None and r["rows"] < n:
+        _echo(f"note: the {name} split holds {len(data)} images; exported all {r['rows']}, not {n}")
+    if what == "latents" and data.y is None:
+        _echo(f"note: the {name} split has no labels; the label column is empty")
     _echo(f"wrote {r['rows']} rows x {r['columns']} columns to {out}")

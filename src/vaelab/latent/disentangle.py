@@ -41,6 +41,8 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
                         f"({run.config.data.name}) has none; use data with factor labels (--data dsprites)")
     if n < 2:
         raise VaelabError(f"the scores need at least 2 images, got n={n}")
+    if n > len(data):
+        log(f"note: the {split} split holds {len(data):,} images; scoring all of them, not {n:,}")
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     x = data.batch(rows)
     codes = run.encode(x, None if data.y is None else data.y[rows]).double().numpy()

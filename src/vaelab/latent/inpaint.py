@@ -263,6 +263,8 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     data = run.split(split)
     split = split or run.default_split()
     builder = parse_mask(mask, data.shape)
+    if n > len(data):
+        log(f"note: the {split} split holds {len(data)} images; inpainting all {len(data)}, not {n}")
     n = min(n, len(data))
     x = data.batch(slice(0, n))  # (n, C, H, W) in [0, 1]
     m = builder(n, seed)  # (n, 1, H, W), True = hidden
