@@ -448,6 +448,18 @@ def test_data_errors_name_files_relative_to_the_data_folder(tmp_path):
     assert one_line(e).startswith(f"cannot read image b/0.png in {tmp_path}: ")
 
 
+def test_train_and_test_folders_of_different_sizes_are_one_line_error(tmp_path):
+    from vaelab.data.cache import prepare_splits
+
+    for split, size in (("train", 8), ("test", 10)):
+        _save_png(tmp_path / split / "a" / "0.png", np.zeros((size, size), np.uint8))
+    with pytest.raises(DataError) as e:  # was a shape error deep in the model
+        prepare_splits(tmp_path)
+    assert one_line(e).startswith(f"images in {tmp_path} have mixed sizes (8x8 in train/, 10x10 in test/)")
+    assert {s: c.images.shape for s, c in prepare_splits(tmp_path, image_size=6).items()} == {
+        "train": (1, 1, 6, 6), "test": (1, 1, 6, 6)}
+
+
 def test_folder_unreadable_file_is_one_line_error(tmp_path):
     _save_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "b.png").write_bytes(b"this is not a png")

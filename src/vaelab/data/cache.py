@@ -373,6 +373,10 @@ def prepare_splits(root: str | Path, log: Callable[[str], None] | None = None, *
         if log:
             log(f"{root}: train/ and test/ differ in colour; both are stored as RGB (3 channels)")
         out = {s: prepare_folder(root / s, log=log, **{**options, "channels": 3}) for s in ("train", "test")}
+    (_, _, h1, w1), (_, _, h2, w2) = (c.images.shape for c in out.values())
+    if (h1, w1) != (h2, w2):
+        raise DataError(f"images in {root} have mixed sizes ({w1}x{h1} in train/, {w2}x{h2} in test/); "
+                        "pass --image-size N to resize them all")
     if out["train"].classes != out["test"].classes:
         names = [", ".join(c.classes or []) or "none" for c in out.values()]
         raise DataError(f"{root}/train and {root}/test have different class folders ({names[0]} vs {names[1]}); "
