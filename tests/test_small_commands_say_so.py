@@ -81,3 +81,19 @@ def test_a_run_directory_is_not_made_a_judge_folder(trained_run, capsys, tmp_pat
     msg = cli_error(capsys, "inpaint", run, "--method", "single", "--n", 4, "--judge", run, "--out", tmp_path / "o")
     assert f"{run} is a run directory, not a judge folder" in msg
     assert run.joinpath("eval.json").read_text() == '{"loss": 1.0}\n' and not (run / "judge.safetensors").exists()
+
+
+def test_latents_csv_of_a_vq_vae_has_a_header_as_wide_as_its_rows(shapes_npz, tmp_path, capsys):
+    from vaelab.api import train
+    from vaelab.config import build_config
+
+    cfg = build_config(None, None, [
+        "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=vq-vae", "model.arch=conv",
+        "model.latent=conv", "model.channels=8,8", "model.codebook_size=16", "train.epochs=1",
+        "train.batch_size=64", "train.device=cpu", "train.progress=false"])
+    run = train(cfg, tmp_path / "vq", evaluate_after=False, log=lambda *_: None)
+    ok(capsys, "export", run.run_dir, "--what", "latents", "--n", 3, "--out", tmp_path / "z.csv")
+    lines = (tmp_path / "z.csv").read_text().splitlines()
+    grid = run.posterior(run.split("val").batch(slice(0, 1))).indices.numel()  # the code grid, e.g. 7x7
+    assert lines[0].split(",") == ["row_id", "label"] + [f"code{i}" for i in range(grid)]  # was latent_dim wide
+    assert all(len(line.split(",")) == 2 + grid for line in lines)
