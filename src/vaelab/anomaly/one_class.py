@@ -143,6 +143,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     labels = sorted(set(images.y.tolist()))
     names = CLASS_NAMES.get(data) or splits.classes or [str(c) for c in range(max(labels) + 1)]
     wanted = labels if normal is None else _resolve(normal, splits.classes, labels, data_path or data)
+    wanted = list(dict.fromkeys(wanted))  # a class named twice (1,1 or 1,digit-one) is run and averaged once
     bad = [c for c in wanted if c not in labels]
     if bad:
         raise VaelabError(f"normal class(es) {bad} not in the training labels {labels}")
