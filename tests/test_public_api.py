@@ -126,7 +126,7 @@ def test_the_readme_names_are_in_their_modules_all():
 
 def _readme_imports() -> list[str]:
     lines = []
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL):
+    for block in re.findall(r"```[a-z]*\n(.*?)```", README.read_text(), flags=re.DOTALL):
         lines += [ln.strip() for ln in block.splitlines() if re.match(r"\s*(import vaelab|from vaelab\S* import )", ln)]
     return lines
 
