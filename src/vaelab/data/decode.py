@@ -105,21 +105,20 @@ def _scale_int16(a: np.ndarray) -> np.ndarray:
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _scale_float(a: np.ndarray) -> np.ndarray:
-    # No file name here: the caller's error names the file (relative to its data folder).
+def _scale_float(a: np.ndarray, name) -> np.ndarray:
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-        raise ValueError("float image with values outside [0, 1] "
+        raise ValueError(f"float image {name} has values outside [0, 1] "
                          f"({np.nanmin(a):.3g}..{np.nanmax(a):.3g}); vaelab reads float images as 0..1")
     return np.rint(a * 255).astype(np.uint8)
 
 
-def _pixels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _pixels(im: Image.Image, name) -> tuple[np.ndarray, np.ndarray | None]:
     """Colour (H, W, 1 or 3) uint8 and alpha (H, W) uint8 or None, from any PIL mode."""
     mode = im.mode
     if mode in INT16_MODES:
         return _scale_int16(np.asarray(im))[..., None], None
     if mode == "F":
-        return _scale_float(np.asarray(im, dtype=np.float64))[..., None], None
+        return _scale_float(np.asarray(im, dtype=np.float64), name)[..., None], None
     if mode == "P":
         grey = _palette_is_grey(im)
         target = ("LA" if grey else "RGBA") if _has_alpha(im) else ("L" if grey else "RGB")
@@ -186,10 +185,11 @@ def decode(path: str, opts: DecodeOptions) -> np.ndarray:
         im.load()
         if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
             im = ImageOps.exif_transpose(im)
+        # An error names the file relative to the data folder (a/0.png, not /data/set/a/0.png).
+        name = os.path.relpath(path, opts.root) if opts.root and isinstance(path, str) else path
         if opts.crop is not None:
-            name = os.path.relpath(path, opts.root) if opts.root and isinstance(path, str) else path
             im = _centre_crop(im, opts.crop, f"{name} in {opts.root}" if opts.root else str(name))
-        out = _to_channels(*_pixels(im), opts)  # (H, W, C)
+        out = _to_channels(*_pixels(im, name), opts)  # (H, W, C)
     if opts.image_size is not None and out.shape[:2] != (opts.image_size, opts.image_size):
         size = (opts.image_size, opts.image_size)
         if out.shape[-1] == 1:
