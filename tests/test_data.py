@@ -432,12 +432,40 @@ def test_folder_mixed_sizes_is_one_line_error(tmp_path):
     assert "mixed sizes" in msg and "a.png" in msg and "b.png" in msg and "--image-size" in msg
 
 
+def test_data_errors_name_files_relative_to_the_data_folder(tmp_path):
+    # Two files called 0.png: the error names a/0.png and b/0.png, not 0.png twice.
+    _save_png(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
+    _save_png(tmp_path / "b" / "0.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataError) as e:
+        load_folder(tmp_path)
+    assert one_line(e).startswith(f"images in {tmp_path} have mixed sizes (8x8 in a/0.png, 10x10 in b/0.png)")
+    with pytest.raises(DataError) as e:  # a crop larger than an image: the same naming
+        load_folder(tmp_path, crop="center:9")
+    assert f"larger than image a/0.png in {tmp_path} (8x8)" in one_line(e)
+    (tmp_path / "b" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as e:
+        load_folder(tmp_path)
+    assert one_line(e).startswith(f"cannot read image b/0.png in {tmp_path}: ")
+
+
+def test_train_and_test_folders_of_different_sizes_are_one_line_error(tmp_path):
+    from vaelab.data.cache import prepare_splits
+
+    for split, size in (("train", 8), ("test", 10)):
+        _save_png(tmp_path / split / "a" / "0.png", np.zeros((size, size), np.uint8))
+    with pytest.raises(DataError) as e:  # was a shape error deep in the model
+        prepare_splits(tmp_path)
+    assert one_line(e).startswith(f"images in {tmp_path} have mixed sizes (8x8 in train/, 10x10 in test/)")
+    assert {s: c.images.shape for s, c in prepare_splits(tmp_path, image_size=6).items()} == {
+        "train": (1, 1, 6, 6), "test": (1, 1, 6, 6)}
+
+
 def test_folder_unreadable_file_is_one_line_error(tmp_path):
     _save_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "b.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError) as e:
         load_folder(tmp_path)
-    assert str(tmp_path / "b.png") in one_line(e) and "--skip-bad" in str(e.value)
+    assert f"image b.png in {tmp_path}" in one_line(e) and "--skip-bad" in str(e.value)
     x, _, _, paths = load_folder(tmp_path, skip_bad=True)  # left out, the rest kept
     assert x.shape == (1, 1, 4, 4) and [Path(p).name for p in paths] == ["a.png"]
 

@@ -49,7 +49,9 @@ def test_scores_are_written_and_equal_the_metric_on_the_codes(dsprites_run, caps
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:200].sort().values
     codes = dsprites_run.encode(data.batch(rows)).double().numpy()
     assert r["mig"] == pytest.approx(mig(codes, data.factors[rows].numpy())["mig"])
-    assert len(r["mig_per_factor"]) == 6 and r["mig_per_factor"][0] is None  # colour never varies
+    # By name; colour never varies in dSprites: no gap, left out and said why (no null in the file).
+    assert list(r["mig_per_factor"]) == ["shape", "scale", "orientation", "posX", "posY"]
+    assert r["not_applicable"] == {"mig_per_factor.color": "the factor never varies in the scored images"}
     assert r["active_units"] == int((codes.var(0, ddof=1) > 0.01).sum())  # Burda et al.'s count, by hand
 
 
@@ -57,3 +59,10 @@ def test_refusals(dsprites_run, trained_run, capsys):
     assert "need ground-truth factors" in cli_error(capsys, "disentanglement", trained_run.run_dir)
     assert "unknown disentanglement score" in cli_error(capsys, "disentanglement", dsprites_run.run_dir,
                                                         "--metrics", "sap")
+
+
+def test_n_larger_than_the_split_is_said(dsprites_run, capsys):
+    rc, out, err = run_main(capsys, "disentanglement", dsprites_run.run_dir, "--n", 1000, "--metrics", "mig")
+    assert rc == 0, err
+    assert "note: the train split holds 300 images; scoring all of them, not 1,000" in out
+    assert json.loads((dsprites_run.run_dir / "disentanglement.json").read_text())["n"] == 300

@@ -252,4 +252,5 @@ def test_evaluate_inpainting(runs, tmp_path):
 
 def test_evaluate_without_judge(runs):
     r = evaluate_inpainting(runs["ae"], mask="bottom", n=10, method="single", use_judge=False)
-    assert r["judge_accuracy"] is None and r["n"] == 10 and 0 < r["ssim"] <= 1
+    assert "judge_accuracy" not in r and r["n"] == 10 and 0 < r["ssim"] <= 1
+    assert set(r["not_applicable"]) == {"judge_accuracy"} and None not in r.values()

@@ -310,6 +310,10 @@ def test_steer_bench_cli_writes_honest_numbers(pred_run, judge_dir, tmp_path, ca
 def test_steer_benchmark_in_python_without_writing(pred_run, shapes_judge):
     r = steer_benchmark(pred_run, pairs=8, judge=shapes_judge[0], steps=5, log=quiet)
     assert r["pairs"] == 8 and 0 <= r["success_rate"] <= 1 and set(r["per_target"]) == {"0", "1", "2", "3"}
+    two = steer_benchmark(pred_run, pairs=2, judge=shapes_judge[0], steps=2, log=quiet)
+    targets = {str(p["target"]) for p in two["records"]}
+    assert set(two["per_target"]) == targets and len(targets) <= 2  # a target never drawn is left out, not None
+    assert all(0 <= v <= 1 for v in two["per_target"].values())
 
 
 # ---------------------------------------------------------------------------- steer CLI

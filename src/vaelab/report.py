@@ -454,3 +454,6 @@ def _read_csv(path: Path) -> list[dict]:
             return list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise VaelabError(f"cannot read {path} as CSV: {e}") from None
+
+
+__all__ = ["figure_paths", "generate_figures", "report_kind", "write_report"]

@@ -143,6 +143,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     labels = sorted(set(images.y.tolist()))
     names = CLASS_NAMES.get(data) or splits.classes or [str(c) for c in range(max(labels) + 1)]
     wanted = labels if normal is None else _resolve(normal, splits.classes, labels, data_path or data)
+    wanted = list(dict.fromkeys(wanted))  # a class named twice (1,1 or 1,digit-one) is run and averaged once
     bad = [c for c in wanted if c not in labels]
     if bad:
         raise VaelabError(f"normal class(es) {bad} not in the training labels {labels}")
@@ -183,6 +184,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
               "protocol": protocol, "holdout": None if test is not None else holdout, "limit": limit,
               "test_limit": test_limit, "mean_auroc": round(mean, 4), "per_class": rows,
               "seconds": round(sum(r["train_seconds"] + r["score_seconds"] for r in rows), 1)}
+    result = {k: v for k, v in result.items() if v is not None}  # a setting that does not apply is left out
     if out is not None:
         _write_benchmark(Path(out), result, curves, plots)
     return result

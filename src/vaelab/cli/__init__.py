@@ -62,3 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         click.echo(f"vaelab: error: {e.strerror or e}{where}", err=True)
         sys.exit(2)
+
+
+__all__ = ["COMMANDS", "cli", "main"]

@@ -67,7 +67,10 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
                                  **{k: v for k, v in options.items() if v is not None})
     for k in ("method", "mask", "n", "masked_mse", "masked_mse_input", "ssim", "ssim_input", "judge_accuracy",
               "judge_accuracy_masked", "judge_accuracy_original"):
-        _echo(f"  {k:<24} {_fmt(result[k])}")
+        if k in result:
+            _echo(f"  {k:<24} {_fmt(result[k])}")
+    for k, why in result.get("not_applicable", {}).items():
+        _echo(f"  ({k} not applicable: {why})")
     _echo(f"wrote {out / 'inpaint_eval.json'} and {out / 'inpaint.png'}")
 
 
@@ -226,4 +229,9 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
     out = out or Path(run_dir) / f"{what}.csv"
     kw = {"decimals": decimals} if decimals is not None else {}
     r = export_fn(run, what, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    data, name = run.split(split), split or run.default_split()
+    if n is not None and r["rows"] < n:
+        _echo(f"note: the {name} split holds {len(data)} images; exported all {r['rows']}, not {n}")
+    if what == "latents" and data.y is None:
+        _echo(f"note: the {name} split has no labels; the label column is empty")
     _echo(f"wrote {r['rows']} rows x {r['columns']} columns to {out}")

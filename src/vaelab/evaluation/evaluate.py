@@ -61,6 +61,11 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
     ``iw_samples`` samples (models with a density, when iw_samples > 0). ``active_units``
     for a continuous latent; ``perplexity`` and ``dead_codes`` for a codebook.
 
+    A field that does not apply is left out, never written as None or NaN: ``iw_samples``
+    appears with ``nll_iw``, and ``not_applicable`` ({field: reason}, only when not empty)
+    says why a number one would expect is missing (nll_iw asked for on a model without a
+    density, SSIM on images smaller than its window, active units of a single image).
+
     Labels: a conditional model reads the split's labels; without them it is evaluated
     with the most probable class (``labels_inferred``), and ``nll_iw`` marginalises over
     classes. With a label predictor and labels: ``predictor`` (its cross-entropy on the
@@ -107,21 +112,32 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
             counts = usage if counts is None else counts + usage
     n = len(data)
     result: dict = {k: v / n for k, v in sums.items()}
+    not_applicable: dict[str, str] = {}
+    if iw_samples > 0 and not iw:
+        not_applicable["nll_iw"] = f"{model.describe()} has no density"
+    if "ssim" not in result:
+        not_applicable["ssim"] = f"SSIM needs images of {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} or larger"
     mu_all = torch.cat(means)
     if "continuous" in caps:
-        result["active_units"] = metrics.active_units(mu_all) if len(mu_all) > 1 else None
+        if len(mu_all) > 1:
+            result["active_units"] = metrics.active_units(mu_all)
+        else:
+            not_applicable["active_units"] = "a variance across images needs 2 or more images"
     if counts is not None:  # how the codebook is used: exp(entropy) of the code frequencies, and unused codes
         result["perplexity"] = model.posterior_head.perplexity(counts)
         result["dead_codes"] = int((counts == 0).sum())
     if kl_sum is not None:
         result["kl_per_dim"] = (kl_sum / n).tolist()
-    result["iw_samples"] = iw or None
+    if iw:
+        result["iw_samples"] = iw
     if model.conditional and labels is None:
         result["labels_inferred"] = True
     result.update({"n": n, "split": split, "seed": seed})
+    if not_applicable:
+        result["not_applicable"] = not_applicable
     first = ["loss", "recon", "kl", "predictor", "predictor_accuracy", "mse", "ssim", "psnr", "nll_iw"]
     last = ["active_units", "perplexity", "dead_codes", "kl_per_dim", "iw_samples", "labels_inferred", "n", "split",
-            "seed"]
+            "seed", "not_applicable"]
     ordered = {k: result[k] for k in first if k in result}
     ordered.update({k: v for k, v in result.items() if k not in first and k not in last})  # other objective parts
     ordered.update({k: result[k] for k in last if k in result})

@@ -10,7 +10,7 @@ import torch
 
 # SSIM and MS-SSIM live below the models (the msssim likelihood is built on them); they are
 # metrics like the others here.
-from vaelab.similarity import (  # noqa: F401
+from vaelab.similarity import (
     MS_SSIM_WEIGHTS,
     SSIM_WINDOW,
     ms_ssim,
@@ -65,3 +65,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(np.asarray(labels), np.asarray(scores)))
+
+
+__all__ = ["MS_SSIM_WEIGHTS", "SSIM_WINDOW", "active_units", "auroc", "frechet_distance", "ms_ssim", "ms_ssim_min_size",
+           "mse", "psnr", "ssim"]

@@ -80,13 +80,12 @@ def export_latents(run, out: str | Path, split: str | None = None, n: int | None
     """Write the posterior parameters (means; log-variances for Gaussian posteriors) of a split's images."""
     data = run.split(split)
     n = len(data) if n is None else min(_check_n(n), len(data))
-    dim = int(run.config.model.latent_dim)
     header = None
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         for sl in _chunks(n, chunk_size):
             params = run.posterior(data.batch(sl), None if data.y is None else data.y[sl]).params()  # name -> (B, D)
-            if header is None:
-                header = latent_header(dim, list(params))
+            if header is None:  # each parameter's own width (a VQ-VAE's code grid is not latent_dim wide)
+                header = ["row_id", "label"] + [f"{p}{i}" for p, v in params.items() for i in range(v.shape[1])]
                 f.write(",".join(header) + "\n")
             values = torch.cat(list(params.values()), 1)
             labels = data.y[sl].numpy() if data.y is not None else np.array([""] * (sl.stop - sl.start))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.data.dsprites import FACTOR_NAMES
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import disentanglement as scores
 from vaelab.evaluation.metrics import active_units as metrics_active_units
@@ -41,6 +42,8 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
                         f"({run.config.data.name}) has none; use data with factor labels (--data dsprites)")
     if n < 2:
         raise VaelabError(f"the scores need at least 2 images, got n={n}")
+    if n > len(data):
+        log(f"note: the {split} split holds {len(data):,} images; scoring all of them, not {n:,}")
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     x = data.batch(rows)
     codes = run.encode(x, None if data.y is None else data.y[rows]).double().numpy()
@@ -51,7 +54,13 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     if "mig" in metrics:
         m = scores.mig(codes, factors)
         result["mig"] = m["mig"]
-        result["mig_per_factor"] = [None if np.isnan(g) else float(g) for g in m["gaps"]]
+        # By factor name; a factor that never varies in the scored images has no gap (left out, said why).
+        names = FACTOR_NAMES if run.config.data.name == "dsprites" else [str(k) for k in range(len(m["gaps"]))]
+        result["mig_per_factor"] = {k: float(g) for k, g in zip(names, m["gaps"]) if not np.isnan(g)}
+        constant = [k for k, g in zip(names, m["gaps"]) if np.isnan(g)]
+        if constant:
+            result["not_applicable"] = {f"mig_per_factor.{k}": "the factor never varies in the scored images"
+                                        for k in constant}
     if "dci" in metrics:
         d = scores.dci(codes, factors, seed=seed)
         result.update({f"dci_{k}": float(v) for k, v in d.items() if np.ndim(v) == 0})

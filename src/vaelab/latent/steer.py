@@ -251,8 +251,8 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
         "num_classes": num_classes, "predictor_weight": run.config.model.predictor_weight,
         "judge": j.meta.get("dataset"), "judge_accuracy": j.meta.get("accuracy"),
         "seconds": round(seconds, 3),
-        "per_target": {str(c): (success_rate(judge_end[target == c], target[target == c])
-                                if bool((target == c).any()) else None) for c in range(num_classes)},
+        "per_target": {str(c): success_rate(judge_end[target == c], target[target == c])  # targets drawn only
+                       for c in range(num_classes) if bool((target == c).any())},
         "records": [{"index": int(i), "label": int(a), "target": int(t), "judge": int(jc), "predictor": int(pc),
                      "prob_start": round(float(p0), 6), "prob_end": round(float(p1), 6)}
                     for i, a, t, jc, pc, p0, p1 in zip(index, true, target, judge_end, pred_end, r.start_prob,

@@ -235,7 +235,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         if out is not None:
             save_epoch(out, model, opt, config, state)
     if out is not None:
-        write_json(out.summary, {
+        write_json(out.summary, {k: v for k, v in {
             "params": count_params(model), "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 3),
             "final_train_loss": history[-1]["train_loss"] if history else None,
@@ -245,7 +245,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
             "preset": config.preset,
             "data_memory_mapped": train.memory_mapped,
             **({"processes": ranks.world} if ranks.world > 1 else {}),
-        })
+        }.items() if v is not None})  # no None: no val split, no preset, no epoch trained
     model.eval()
     return FitResult(model=model, config=config, history=history, run_dir=rd.path if rd else None, splits=splits,
                      main=ranks.main)
