@@ -23,7 +23,7 @@ IW_ROWS = 2048
 
 
 def iw_log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator | None,
-                      rows: int = IW_ROWS) -> torch.Tensor:
+                      rows: int = IW_ROWS, q=None) -> torch.Tensor:
     """The k-sample importance-weighted estimate of log p(x | y) per image (B,), float64,
     in the likelihood's loss convention (subtract ``model.nll_offset()`` for nats).
 
@@ -31,13 +31,14 @@ def iw_log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int, ge
     images), batched (no Python loop over samples within a chunk), combined with a running
     log-sum-exp.
     A conditional model without labels gives log p(x) = log sum_y p(y) p(x | y).
+    ``q``: the posterior q(z | x, y) when the caller has it already (one encoder pass fewer).
     """
     if model.conditional and y is None:
         per_class = [model.class_log_prior[c].double() + iw_log_likelihood(
             model, x, torch.full((len(x),), c, dtype=torch.long, device=x.device), k, generator, rows)
             for c in range(model.cfg.num_classes)]
         return torch.logsumexp(torch.stack(per_class), 0)
-    q = model.posterior(x, y)
+    q = model.posterior(x, y) if q is None else q
     chunk = max(1, rows // max(1, len(x)))
     total = None
     done = 0
@@ -88,9 +89,10 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
         parts["psnr"] = metrics.psnr(x_hat, x)
         if min(x.shape[-2:]) >= metrics.SSIM_WINDOW:  # SSIM is not defined on smaller images
             parts["ssim"] = metrics.ssim(x_hat, x)
-        if iw:
-            parts["nll_iw"] = model.nll_offset() - iw_log_likelihood(model, x, y if model.conditional else None,
-                                                                     iw, gen)
+        if iw:  # q is the posterior the estimate needs, except for a conditional model without labels
+            y_iw = y if model.conditional else None
+            parts["nll_iw"] = model.nll_offset() - iw_log_likelihood(
+                model, x, y_iw, iw, gen, q=q if y_iw is y_model else None)
         if y is not None and model.has_predictor:
             logits = model.predict_logits(q.mean)
             parts["predictor"] = classification(logits, y)
