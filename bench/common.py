@@ -134,12 +134,13 @@ def machine_info() -> dict:
 def machine_line(info: dict, precision: str | None = None, threads: int | None = None,
                  load: tuple[float, float] | None = None) -> str:
     """One line to print beside every timing: CPU model, its vector extensions, threads,
-    precision and the 1-minute load average (at start, and at end when ``load`` has both)."""
+    precision and the 1-minute load average at start and at end (``load``; default: at
+    ``machine_info()`` and now)."""
     ext = info.get("vector_extensions")
     ext = " ".join(ext) if ext else "none of " + "/".join(VECTOR_FLAGS) if ext is not None else "not recorded"
     prec = precision or (f"{info['auto_precision_cpu']} (auto)" if info.get("auto_precision_cpu") else "not recorded")
-    start = load[0] if load else info["loadavg_at_start"][0]
-    end = f" -> {load[1]:.2f} at end" if load and len(load) > 1 and load[1] is not None else ""
+    start, end = load if load else (info["loadavg_at_start"][0], loadavg1())  # default: at start, and now
+    end = f" -> {end:.2f} at end" if end is not None else ""
     return (f"machine: {info['cpu_model']} [{ext}], {info['nproc']} cores, "
             f"{threads or info['torch_threads']} threads, precision {prec}, torch {info['torch']}, "
             f"load average (1 min) {start:.2f} at start{end}")
