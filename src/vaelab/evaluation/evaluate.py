@@ -48,7 +48,8 @@ def iw_log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int, ge
     done = 0
     while done < k:
         kc = min(chunk, k - done)
-        log_w = model.log_weights(x, y, kc, generator=generator, q=q, rows=DECODE_ROWS if x.device.type == "cpu" else None)
+        pieces = DECODE_ROWS if x.device.type == "cpu" else None
+        log_w = model.log_weights(x, y, kc, generator=generator, q=q, rows=pieces)
         lse = torch.logsumexp(log_w.double(), 0)  # (B,)
         total = lse if total is None else torch.logaddexp(total, lse)
         done += kc

@@ -272,8 +272,9 @@ class LatentModel(nn.Module):
         if per >= len(x):
             log_px = -self.recon_loss(self.decode_logits(z, y), x)  # (k, B)
         else:
-            log_px = torch.cat([-self.recon_loss(self.decode_logits(z[:, i:i + per], None if y is None else y[i:i + per]),
-                                                 x[i:i + per]) for i in range(0, len(x), per)], 1)
+            log_px = torch.cat([-self.recon_loss(self.decode_logits(z[:, i:i + per], None if y is None else
+                                                                    y[i:i + per]), x[i:i + per])
+                                for i in range(0, len(x), per)], 1)
         return log_px + self.prior(y, len(x)).log_prob(z) - q.log_prob(z)
 
     def infer_labels(self, x: torch.Tensor) -> torch.Tensor:
