@@ -15,6 +15,9 @@ them ``encode`` uses the most probable class and ``decode`` asks for one.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,10 +224,42 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         config = build_config(preset, config_file, overrides, extra)
     if not resume and distributed.is_main():  # a valid config first; under torchrun rank 0 checks and clears
         RunDir(run_dir).prepare_fresh(overwrite=overwrite, keep=keep)
+    t_fit = time.perf_counter()
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
+        t_eval = time.perf_counter()
         run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
+        t_figures = time.perf_counter()
         run.figures(seed=result.config.train.seed)
+        _add_timing(run.dir, t_fit, eval_s=t_figures - t_eval, figures_s=time.perf_counter() - t_figures)
+    elif result.main and run_dir is not None:
+        _add_timing(run.dir, t_fit)
     return run
+
+
+def _add_timing(rd: RunDir, t_fit: float, **parts: float) -> None:
+    """Complete summary.json's ``timing`` (the training loop wrote its own parts): the
+    evaluation's and the figures' seconds, the process's start-up (interpreter, imports,
+    config: everything before the training loop) and its age now (``process_s``)."""
+    if not rd.summary.is_file():
+        return
+    summary = json.loads(rd.summary.read_text())
+    timing = summary.setdefault("timing", {})
+    timing.update({k: round(v, 3) for k, v in parts.items()})
+    age = _process_age()
+    if age is not None:
+        timing["startup_s"] = round(age - (time.perf_counter() - t_fit), 3)
+        timing["process_s"] = round(age, 3)
+    write_json(rd.summary, summary)
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started, from /proc (Linux); None elsewhere."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
