@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,8 +49,8 @@ class Run:
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> Run:
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
-        if data_dir is not None:
-            config.data.data_dir = data_dir
+        if data_dir is not None:  # checked again: a folder run reads data.path and no data_dir
+            config.data = replace(config.data, data_dir=data_dir)
         return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
 
     @property
@@ -66,7 +66,7 @@ class Run:
     # -------------------------------------------------------------- data
     def splits(self) -> Splits:
         if self._splits is None:
-            self._splits = load_data(self.config.data)
+            self._splits = load_data(self.config.data, seed=self.config.train.seed)
         return self._splits
 
     def split(self, name: str | None = None) -> ImageSet:

@@ -92,9 +92,27 @@ def _convert(v, kind: str):
     return v
 
 
+# Data sources (keys of vaelab.data:DATASETS) that read data.path, and what the path is; the
+# others (mnist, fashion-mnist, dsprites) read data.data_dir. A path given with no source
+# names its source: a .npz or .npy file is npz, anything else an image folder.
+PATH_SOURCES = {"folder": "an image folder", "npz": "a .npz or .npy file"}
+DATA_DIR_SOURCES = ("mnist", "fashion-mnist", "dsprites")  # the rest read data.path, not data.data_dir
+DOWNLOADED = ("mnist", "fashion-mnist")  # data.download=false applies to these only
+# Options that only the image-folder loader reads: (field, its default).
+FOLDER_OPTIONS = (("image_size", None), ("channels", None), ("crop", None), ("background", "white"),
+                  ("skip_bad", False))
+
+
+def source_of(path: str) -> str:
+    """The data source a path names: npz for a .npz or .npy file, else folder."""
+    return "npz" if Path(path).suffix.lower() in (".npz", ".npy") else "folder"
+
+
 @dataclass
 class DataConfig:
-    name: str = "mnist"  # mnist | fashion-mnist | folder | npz
+    # mnist | fashion-mnist | folder | npz | dsprites; None (not given): the source data.path names
+    # (see source_of), else mnist
+    name: str | None = None
     path: str | None = None  # image folder or .npz/.npy file (name = folder | npz)
     data_dir: str | None = None  # root holding mnist/ and fashion-mnist/ (else $VAELAB_DATA, cache)
     train_split: str = "train"  # train | train+test
@@ -106,7 +124,9 @@ class DataConfig:
     background: str = "white"  # folders: what transparent pixels show: white, black or #rrggbb
     skip_bad: bool = False  # folders: leave unreadable images out (listed in the cache manifest)
     in_memory: bool | str = "auto"  # auto (memory-map folders too big for memory) | true | false
-    limit: int | None = None  # keep only the first N training images (quick runs, tests)
+    # keep N training images, a random subset seeded by train.seed (sources may be ordered by
+    # class or factor, e.g. dSprites, so the first N would not be a sample); quick runs, tests
+    limit: int | None = None
     download: bool = True  # fetch mnist / fashion-mnist when absent
     # Binary images from grey levels: "none"; "dynamic" (a fresh Bernoulli draw of every
     # training image each epoch, seeded by (train.seed, epoch), so a resumed run draws the
@@ -140,6 +160,34 @@ class DataConfig:
             _check(len(self.classes) > 0, "data.classes must name at least one class")
         _check(self.binarize in ("none", "dynamic", "static"),
                f"data.binarize must be none, dynamic or static, got {self.binarize!r}")
+        self._check_source()
+
+    def _check_source(self) -> None:
+        """Fill in the source from the path, and refuse an option the source does not read."""
+        if self.name is None:
+            self.name = source_of(self.path) if self.path else "mnist"
+        name = self.name
+        if self.path is not None and name not in PATH_SOURCES:
+            raise ConfigError(f"data.path (--data-path) {self.path} is not read by data.name={name}; "
+                              f"give data.name={source_of(self.path)} (--data) for {PATH_SOURCES[source_of(self.path)]}, "
+                              "or leave the path out")
+        if self.path is not None and name == "folder" and source_of(self.path) == "npz":
+            raise ConfigError(f"data.path (--data-path) {self.path} is {PATH_SOURCES[source_of(self.path)]}, and "
+                              f"data.name={name} reads {PATH_SOURCES[name]}; give data.name={source_of(self.path)}")
+        if self.data_dir is not None and name not in DATA_DIR_SOURCES:
+            raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={name}, which reads data.path; "
+                              "leave it out")
+        if name != "folder":
+            for option, default in FOLDER_OPTIONS:
+                if getattr(self, option) != default:
+                    raise ConfigError(f"data.{option} applies to image folders (data.name=folder) only, and "
+                                      f"data.name is {name}; leave it out (--set data.{option}="
+                                      f"{'null' if default is None else str(default).lower()})")
+        if not self.download and name not in DOWNLOADED:
+            raise ConfigError(f"data.download=false applies to {' and '.join(DOWNLOADED)} only (data.name is {name})")
+        if self.in_memory not in ("auto", "true") and name in DOWNLOADED + ("npz",):
+            raise ConfigError(f"data.in_memory={self.in_memory} does not apply to data.name={name}: it is always "
+                              "read into memory; leave it at auto")
 
 
 @dataclass
@@ -545,13 +593,18 @@ def typed_value(section: str, name: str, value: Any) -> Any:
 
 
 def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:
-    """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts."""
-    if extra:
-        d = merge(d, extra)
+    """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts.
+
+    A data.path given here without a data.name replaces the source of ``d`` (a preset's
+    mnist, say) by the one the path names (``source_of``), instead of being ignored."""
+    update: dict[str, Any] = dict(extra or {})
     for text in overrides or []:
         section, name, value = parse_override(text)
-        d = merge(d, {section: {name: value}})
-    return d
+        update = merge(update, {section: {name: value}})
+    data = update.get("data") or {}
+    if data.get("path") is not None and "name" not in data and isinstance(d.get("data"), dict):
+        d = {**d, "data": {k: v for k, v in d["data"].items() if k != "name"}}
+    return merge(d, update)
 
 
 def build_config(preset: str | None = None, config_file: str | None = None,

@@ -134,7 +134,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
         base.append(f"train.epochs={epochs if epochs is not None else recipe.epochs}")
     extra = list(recipe.overrides) if preset is None else []
     config = build_config(preset or recipe.preset, overrides=base + extra + list(overrides))
-    splits = load_data(config.data)
+    splits = load_data(config.data, seed=config.train.seed)
     images, test = splits.train, splits.test
     if images.y is None or (test is not None and test.y is None):
         raise DataError(f"the one-class benchmark needs labelled images, and {data_path or data} has none "

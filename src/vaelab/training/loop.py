@@ -143,7 +143,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
     out = rd if ranks.main else None  # where this process writes: rank 0 alone
-    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log))
+    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log, seed=t.seed))
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
     shape = list(train.shape)
@@ -172,7 +172,9 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     precision = resolve_precision(t.precision, device)
     procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
     mapped = " (read per batch from the memory-mapped cache)" if train.memory_mapped else ""
-    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
+    d = config.data
+    source = f"data {d.name}" + (f" {d.path}" if d.path else "") + (" (data.limit: a seeded random subset)" if d.limit else "")
+    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; {source}: "
         f"{len(train):,} training images {tuple(shape)}{mapped}; device {device}; precision {precision}{procs}")
 
     n, bs = len(train), t.batch_size
