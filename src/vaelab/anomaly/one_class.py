@@ -113,8 +113,8 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     """The one-class protocol (see the module docstring) for each ``normal`` class (all by
     default). Without ``preset`` the data source's default recipe (``default_recipe``) is used.
     Writes results.csv, results.md, results.json and roc.png to ``out`` when given.
-    ``limit``/``test_limit`` cut the training images per class and the test images (quick
-    checks only)."""
+    ``limit``/``test_limit`` keep a random ``limit`` of the training images per class and
+    ``test_limit`` of the test images, seeded by ``seed`` (quick checks only)."""
     from sklearn.metrics import roc_curve
 
     from vaelab import plots
@@ -147,7 +147,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     if bad:
         raise VaelabError(f"normal class(es) {bad} not in the training labels {labels}")
     if test is not None and test_limit is not None:
-        test = test.subset(torch.arange(min(test_limit, len(test))))
+        test = test.subset(_random_rows(len(test), test_limit, seed))
     protocol = ("trained on one class of the training split, scored on the whole test split" if test is not None
                 else f"trained on {1 - holdout:.0%} of one class, scored on the other {holdout:.0%} of it "
                      f"(held out, seed {seed}) and every image of the other classes")
@@ -156,9 +156,10 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     for c in wanted:
         train, test_c, anomalous = one_class_split(images, c, holdout, seed, test)
         if test is None and test_limit is not None:
-            test_c, anomalous = test_c.subset(torch.arange(min(test_limit, len(test_c)))), anomalous[:test_limit]
+            keep = _random_rows(len(test_c), test_limit, seed)
+            test_c, anomalous = test_c.subset(keep), anomalous[keep.numpy()]
         if limit is not None:
-            train = train.subset(torch.arange(min(limit, len(train))))
+            train = train.subset(_random_rows(len(train), limit, seed))
         config_c = build_config(preset or recipe.preset, overrides=base + [f"data.classes=[{c}]"] + extra
                                 + list(overrides))
         run_dir = Path(out) / "runs" / f"class-{c}" if keep_runs and out else None
@@ -186,6 +187,14 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     if out is not None:
         _write_benchmark(Path(out), result, curves, plots)
     return result
+
+
+def _random_rows(n: int, limit: int, seed: int) -> torch.Tensor:
+    """A seeded random ``limit`` of ``n`` rows, in order (all when ``limit`` >= n): a test
+    split or a folder sorted by class would otherwise give its first classes only, as data.limit."""
+    if limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
 
 
 def _write_benchmark(out: Path, result: dict, curves: dict, plots) -> None:

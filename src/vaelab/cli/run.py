@@ -31,12 +31,14 @@ from vaelab.rundir import RunDir
               help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
 @click.option("--data", type=RegistryChoice("vaelab.data:DATASETS"), help="Data set.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
-@click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
+@click.option("--data-path", help="Image folder or .npz/.npy file; without --data it names the source "
+                                  "(.npz/.npy: npz, else folder).")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
 @click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
-@click.option("--limit", type=int, help="Use only the first N training images.")
+@click.option("--limit", type=int, help="Use only N training images, a random subset seeded by --seed (every "
+                                      "source: some, such as dsprites, are ordered).")
 @click.option("--latent-dim", type=int)
 @click.option("--kind", type=RegistryChoice("vaelab.models:MODELS"),
               help="Model family: the default posterior, prior, objective and conditioning.")

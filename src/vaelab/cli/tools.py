@@ -134,8 +134,10 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
               help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
                    "beside every image of the other classes.")
 @click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
-@click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
-@click.option("--test-limit", type=int, help="Score only the first N test images (quick checks).")
+@click.option("--limit", type=int, help="Use only N training images per class, a random subset seeded by --seed "
+                                      "(quick checks).")
+@click.option("--test-limit", type=int, help="Score only N test images, a random subset seeded by --seed "
+                                           "(quick checks).")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
