@@ -38,8 +38,9 @@ def shapes1k(tmp_path_factory) -> Path:
 
 
 def pred_config(npz: Path, *overrides: str):
+    mlp = [] if "model.arch=conv" in overrides else ["model.hidden=64"]  # an mlp option, refused on conv
     base = ["data.name=npz", f"data.path={npz}", "data.val=0.25", "model.kind=vae", "model.arch=mlp",
-            "model.hidden=64", "model.latent_dim=8", "model.predictor_weight=30", "model.predictor_hidden=32,32",
+            *mlp, "model.latent_dim=8", "model.predictor_weight=30", "model.predictor_hidden=32,32",
             "train.epochs=15", "train.batch_size=64", "train.lr=3e-3", "train.device=cpu", "train.progress=false",
             "train.eval_batch_size=256"]
     return build_config(None, None, base + list(overrides))

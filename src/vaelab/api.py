@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vaelab import distributions
-from vaelab.config import RunConfig, apply_overrides, build_config
+from vaelab.config import RunConfig, apply_overrides, build_config, check_options_used, explicit_keys
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import evaluate
@@ -198,6 +198,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
         config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
+        check_options_used(config, explicit_keys(extra, overrides))
     elif isinstance(preset, RunConfig):
         config = preset
     else:

@@ -495,6 +495,99 @@ class RunConfig:
         )
 
 
+# ---------------------------------------------------------------- options the chosen parts read
+
+CONV_FIELDS = ("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
+               "decoder_channels", "decoder_input_activation", "final_layer")
+
+
+def unused_options(config: RunConfig) -> dict[str, str]:
+    """The options the chosen parts of ``config`` do not read: "section.field" -> why, in words.
+
+    One table, next to the fields it names (a part that starts reading a field edits it
+    here). Sampling tools read a model's prior, so model.prior is never listed."""
+    d, m, t = config.data, config.model, config.train
+    out: dict[str, str] = {}
+
+    def rule(keys: str, used: bool, why: str) -> None:
+        if not used:
+            out.update(dict.fromkeys(keys.split(), why))
+
+    rule("data.path", d.name in PATH_SOURCES, f"data.name={d.name} reads data.data_dir")
+    rule("data.data_dir", d.name in DATA_DIR_SOURCES, f"data.name={d.name} reads data.path")
+    rule(" ".join(f"data.{f}" for f, _ in FOLDER_OPTIONS), d.name == "folder",
+         f"it applies to image folders (data.name=folder), and data.name is {d.name}")
+    rule("data.download", d.name in DOWNLOADED, f"only {' and '.join(DOWNLOADED)} are downloaded")
+    rule("data.in_memory", d.name not in DOWNLOADED + ("npz",), f"data.name={d.name} is always read into memory")
+    rule("data.val", not (d.val == "test" and d.name in ("npz", "dsprites")),
+         f"data.name={d.name} has no test split; give a fraction such as 0.1, or none")
+    kl = m.objective in ("elbo", "tcvae")
+    rule("train.kl_warmup_epochs model.kl_warmup model.beta", kl,
+         f"model.objective={m.objective} has no KL weight to warm up or set (elbo and tcvae have)")
+    rule("model.capacity", m.objective == "elbo", f"capacity annealing is an elbo option, and model.objective "
+         f"is {m.objective}")
+    rule("model.capacity_gamma", m.objective == "elbo" and m.capacity is not None,
+         "it weighs the capacity term, and model.capacity is not set")
+    rule("model.k", m.objective == "iwae", f"importance samples are an iwae option, and model.objective is "
+         f"{m.objective}")
+    rule("model.tc_alpha model.tc_gamma model.tc_estimator", m.objective == "tcvae",
+         f"it is a tcvae option, and model.objective is {m.objective}")
+    rule("model.mmd_weight model.mmd_kernel model.mmd_scales", m.objective in ("wae-mmd", "infovae"),
+         f"it is an MMD option (wae-mmd, infovae), and model.objective is {m.objective}")
+    rule("model.info_alpha", m.objective == "infovae", f"it is an infovae option, and model.objective is {m.objective}")
+    rule("model.commitment", m.objective == "vq", f"it is a vq option, and model.objective is {m.objective}")
+    rule("model.codebook_size model.vq_ema", m.posterior == "vq",
+         f"it is a VQ-VAE option (model.posterior=vq), and model.posterior is {m.posterior}")
+    rule("model.vq_decay", m.posterior == "vq" and m.vq_ema, "it is the EMA codebook's decay, and model.vq_ema is off")
+    rule("model.vamp_components", m.prior == "vamp", f"it is a vamp prior option, and model.prior is {m.prior}")
+    rule("model.hidden2", m.posterior == "gaussian2" or m.prior == "hierarchical",
+         "it is for two stochastic layers (model.posterior=gaussian2, model.prior=hierarchical)")
+    rule("model.condition_dim", m.condition == "embedding",
+         f"it is the width of a label embedding (model.condition=embedding), and model.condition is {m.condition}")
+    rule("model.predictor_hidden", m.predictor_weight > 0, "there is no label predictor (model.predictor_weight=0)")
+    rule("model.num_classes", m.uses_labels, "the model uses no labels (no condition, no predictor)")
+    rule("model.corrupt_level", m.corrupt != "none", "model.corrupt is none")
+    rule("model.sparsity_weight", m.sparsity != "none", "model.sparsity is none")
+    rule("model.sparsity_target", m.sparsity == "kl", f"it is for model.sparsity=kl, and model.sparsity is {m.sparsity}")
+    rule("model.latent_activation", m.posterior == "point",
+         f"it activates an autoencoder's code (model.posterior=point), and model.posterior is {m.posterior}")
+    rule("model.leaky_slope", "leaky_relu" in (m.activation, m.decoder_activation),
+         "no activation is leaky_relu")
+    rule("model.hidden model.decoder_hidden", m.arch == "mlp", f"it is an mlp option, and model.arch is {m.arch}")
+    rule(" ".join(f"model.{f}" for f in CONV_FIELDS), m.arch == "conv",
+         f"it is a conv option, and model.arch is {m.arch}")
+    rule("train.lr_gamma", t.lr_schedule == "exponential",
+         f"it is the exponential schedule's factor, and train.lr_schedule is {t.lr_schedule}")
+    return out
+
+
+def _default(section: str, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse an option the chosen parts do not read (``unused_options``): when it differs
+    from its default, or, even at its default, when it is in ``explicit`` (the keys a user
+    set: CLI flags, --set, a YAML file), instead of training with it silently ignored."""
+    for key, why in unused_options(config).items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if key in explicit or value != typed_value(section, name, _default(section, name)):
+            shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+            raise ConfigError(f"{key}={shown} is not used: {why}; leave it out")
+
+
+def _keys(d: dict | None) -> set[str]:
+    """"section.field" for every field a nested config dict sets."""
+    return {f"{s}.{k}" for s, v in (d or {}).items() if isinstance(v, dict) for k in v}
+
+
+def explicit_keys(extra: dict | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The "section.field" keys that typed values (``extra``) and dotted overrides set."""
+    return _keys(extra) | {".".join(parse_override(o)[:2]) for o in overrides or []}
+
+
 def _build(cls, values: dict, section: str):
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
@@ -609,8 +702,12 @@ def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: lis
 
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides."""
+    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides. An option the
+    chosen parts do not read is refused (``check_options_used``)."""
     d: dict[str, Any] = load_preset(preset) if preset else {}
-    if config_file:
-        d = merge(d, load_yaml(config_file))
-    return RunConfig.from_dict(apply_overrides(d, extra, overrides))
+    user = load_yaml(config_file) if config_file else {}
+    d = merge(d, user)
+    config = RunConfig.from_dict(apply_overrides(d, extra, overrides))
+    # What the user set (not the preset) must be read even where it equals the default.
+    check_options_used(config, explicit_keys(extra, overrides) | _keys(user))
+    return config

@@ -30,6 +30,7 @@ from vaelab.anomaly.scores import (
     DEFAULT_OVERRIDES,
     DEFAULT_PRESET,
     DEFAULT_SCORE,
+    SCORES,
     check_score,
     score_images,
 )
@@ -104,11 +105,16 @@ def _resolve(normal: list, names: list[str] | None, labels: list[int], where: st
     return out
 
 
+HOLDOUT = 0.2  # without a test split: the fraction of the normal class held out and scored
+SAMPLES = 10  # posterior draws K of the elbo and iwnll scores
+
+
 def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = None, out: str | Path | None = None,
                         preset: str | None = None, epochs: int | None = None, score: str | None = None,
                         overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None,
                         data_path: str | None = None, limit: int | None = None, test_limit: int | None = None,
-                        samples: int = 10, seed: int = 1, keep_runs: bool = False, holdout: float = 0.2,
+                        samples: int | None = None, seed: int = 1, keep_runs: bool = False,
+                        holdout: float | None = None,
                         log: Callable[[str], None] = print, verbose: bool = False) -> dict:
     """The one-class protocol (see the module docstring) for each ``normal`` class (all by
     default). Without ``preset`` the data source's default recipe (``default_recipe``) is used.
@@ -125,8 +131,11 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     recipe = default_recipe(data)
     score = score or recipe.score
     check_score(score)
-    if not 0 < holdout < 1:
+    if holdout is not None and not 0 < holdout < 1:
         raise VaelabError(f"the held-out fraction of the normal class must be in (0, 1), got {holdout}")
+    if samples is not None and SCORES[score].needs is None:
+        raise VaelabError(f"samples (--samples) are posterior draws of the elbo and iwnll scores; score {score} "
+                          "draws none: leave it out")
     base = [f"data.name={data}", "data.train_split=train", "data.val=none", "data.classes=null", f"train.seed={seed}"]
     base += [f"data.data_dir={data_dir}"] if data_dir else []
     base += [f"data.path={data_path}"] if data_path else []
@@ -146,6 +155,11 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     bad = [c for c in wanted if c not in labels]
     if bad:
         raise VaelabError(f"normal class(es) {bad} not in the training labels {labels}")
+    if test is not None and holdout is not None:
+        raise VaelabError(f"holdout (--holdout) applies to data without a test split, and {data_path or data} has "
+                          "one (the whole test split is scored): leave it out")
+    holdout = HOLDOUT if holdout is None else holdout
+    samples = SAMPLES if samples is None else samples
     if test is not None and test_limit is not None:
         test = test.subset(_random_rows(len(test), test_limit, seed))
     protocol = ("trained on one class of the training split, scored on the whole test split" if test is not None

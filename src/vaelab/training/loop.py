@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import RunConfig
+from vaelab.config import RunConfig, check_options_used
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from vaelab.io import write_json, write_text
@@ -124,6 +124,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     Started by torchrun, each process trains on its share of every batch (``train.batch_size``
     is the global batch) and only rank 0 logs and writes."""
+    check_options_used(config)  # an option the model, objective or data would not read is an error
     try:
         with session(config.train.device) as (ranks, device), \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
