@@ -661,7 +661,7 @@ def test_load_data_classes_filter(indexed_npz):
 
 
 def test_load_data_limit_is_a_seeded_random_subset(indexed_npz):
-    path, x, y = indexed_npz
+    path, _, _ = indexed_npz
     cfg = DataConfig(name="npz", path=str(path), limit=17)
     s = load_data(cfg, seed=3)
     ids = _ids(s.train)

@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from vaelab import distributions
-from vaelab.config import RunConfig, apply_overrides, build_config, check_options_used, explicit_keys
+from vaelab.config import (
+    RunConfig,
+    apply_overrides,
+    build_config,
+    check_options_used,
+    explicit_keys,
+)
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import evaluate

@@ -569,11 +569,12 @@ def _default(section: str, name: str) -> Any:
 def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
     """Refuse an option the chosen parts do not read (``unused_options``): when it differs
     from its default, or, even at its default, when it is in ``explicit`` (the keys a user
-    set: CLI flags, --set, a YAML file), instead of training with it silently ignored."""
+    set: CLI flags, --set, a YAML file), instead of training with it silently ignored. An
+    explicit null clears an option (a preset's data.image_size=64 for an npz, say): no error."""
     for key, why in unused_options(config).items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if key in explicit or value != typed_value(section, name, _default(section, name)):
+        if (key in explicit and value is not None) or value != typed_value(section, name, _default(section, name)):
             shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
             raise ConfigError(f"{key}={shown} is not used: {why}; leave it out")
 

@@ -145,8 +145,9 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
     run = Run.load(run_dir, device=device)
-    options = dict(split=split, n=n, dims=dims_t, pairs=pairs, radius=radius, steps=steps, index=index, mode=between,
-                   source=source, target=target, scale=scale, cls=cls, seed=seed)
+    options = {"split": split, "n": n, "dims": dims_t, "pairs": pairs, "radius": radius, "steps": steps,
+               "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,
+               "seed": seed}
     path = draw(run, kind, out or run.dir.figure(kind), **{k: v for k, v in options.items() if k in takes})
     _echo(f"wrote {path}")
 
