@@ -244,3 +244,22 @@ def test_auroc_with_one_class_refuses():
         auroc(np.array([0.1, 0.2, 0.3]), np.array([0, 0, 0]))
     with pytest.raises(VaelabError, match="these 2 have no normal one"):
         auroc(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_evaluation_options_not_read_are_refused(capsys, trained_run, tmp_path):
+    from vaelab.api import Run
+
+    line = cli_error(capsys, "train", "--preset", "mlp-ae", "--iw-samples", 5, "--out", tmp_path / "ae")
+    assert "--iw-samples estimates nll_iw, and the ae model has no density" in line
+    line = cli_error(capsys, "train", "--preset", "mlp-vae", "--iw-samples", 5, "--no-eval", "--out", tmp_path / "v")
+    assert "--iw-samples sets the final evaluation, and --no-eval skips it" in line
+    assert "--judge names the judge" in cli_error(capsys, "inpaint", trained_run.run_dir, "--no-judge",
+                                                  "--judge", tmp_path)
+    # a VAE has a density: --iw-samples is read (the evaluation runs and records it), in a copy of the run
+    import shutil
+
+    run = shutil.copytree(trained_run.run_dir, tmp_path / "copy")
+    rc, _, err = run_main(capsys, "eval", run, "--iw-samples", 3, "--split", "val")
+    assert rc == 0, err
+    assert json.loads((run / "eval.json").read_text())["iw_samples"] == 3
+    assert "density" in Run.load(run).capabilities

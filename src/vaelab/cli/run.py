@@ -79,6 +79,9 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
+    iw_given = ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT
+    if iw_given and no_eval:
+        raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     if resume:
@@ -104,6 +107,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
+        _check_iw_samples(iw_samples if iw_given else 0, config.model)
         if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir):
             return
         api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
@@ -112,6 +116,17 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
     _echo(f"run saved in {run_dir}")
     if not no_eval and RunDir(run_dir).eval.exists():
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
+
+
+def _check_iw_samples(iw_samples: int, model) -> None:
+    """--iw-samples K > 0 given for a model without a density (nll_iw would be skipped) is an error."""
+    from vaelab.models import capabilities
+
+    caps = capabilities(model) if not hasattr(model, "capabilities") else model.capabilities
+    if iw_samples > 0 and "density" not in caps:
+        kind = getattr(getattr(model, "cfg", model), "kind", "this")
+        raise VaelabError(f"--iw-samples estimates nll_iw, and the {kind} model has no density to estimate; "
+                          "leave it out (or give 0)")
 
 
 def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> bool:
@@ -155,13 +170,16 @@ def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
 @device_option
-def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
+@click.pass_context
+def eval_cmd(ctx, run_dir, split, iw_samples, seed, data_dir, device) -> None:
     """Evaluate a run: print a table and write RUN/eval.json."""
     from vaelab.api import Run
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
+    if ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT:
+        _check_iw_samples(iw_samples, run.model)
     _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True))
     _echo(f"wrote {run.dir.eval}")
 

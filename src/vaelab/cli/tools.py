@@ -54,6 +54,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
         raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
     if n < 1:
         raise VaelabError("--n must be at least 1")
+    if no_judge and judge_dir is not None:
+        raise VaelabError("--judge names the judge of the accuracies, and --no-judge skips them; give one of them")
     options = {"iterative": {"iterations": iterations}, "latent-opt": {"steps": steps, "lr": lr}}.get(method, {})
     given = {k: v for k, v in (("--iterations", iterations), ("--steps", steps), ("--lr", lr)) if v is not None}
     unused = [k for k in given if k.lstrip("-") not in options]
