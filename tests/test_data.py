@@ -787,3 +787,13 @@ def test_array_with_no_images_is_a_data_error(tmp_path):
     np.save(path, np.zeros((0, 28, 28), np.float32))
     with pytest.raises(DataError):
         load_array(path)
+
+
+def test_default_val_without_a_test_split_says_so(indexed_npz):
+    path, _, _ = indexed_npz
+    notes: list[str] = []
+    s = load_data(DataConfig(path=str(path)), log=notes.append)
+    assert s.val is None and s.notes == notes
+    expected = f"no validation split: {path} has no test split (data.val=test); --val 0.1 holds out a tenth"
+    assert notes == [expected + " of the training images"]
+    assert load_data(DataConfig(path=str(path), val="none")).notes == []

@@ -136,9 +136,12 @@ def test_a_path_names_its_source(tmp_path):
     ({"name": "mnist", "in_memory": "false"}, "data.in_memory=false does not apply to data.name=mnist"),
 ])
 def test_data_options_the_source_does_not_read(kw, message):
+    cfg = DataConfig(**kw)  # a saved run's config.json still loads ...
     with pytest.raises(ConfigError) as e:
-        DataConfig(**kw)
+        cfg.check_used()  # ... but no config with it is made or trained
     assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check_options_used(RunConfig(data=cfg))
 
 
 def test_explicit_mnist_with_a_path_is_one_line(capsys, tmp_path):
@@ -253,6 +256,9 @@ def test_evaluation_options_not_read_are_refused(capsys, trained_run, tmp_path):
     assert "--iw-samples estimates nll_iw, and the ae model has no density" in line
     line = cli_error(capsys, "train", "--preset", "mlp-vae", "--iw-samples", 5, "--no-eval", "--out", tmp_path / "v")
     assert "--iw-samples sets the final evaluation, and --no-eval skips it" in line
+    assert "--no-generate draws none" in cli_error(capsys, "report", trained_run.run_dir, "--no-generate",
+                                                   "--data-dir", tmp_path)
+    assert not (trained_run.run_dir / "report.html").exists()
     assert "--judge names the judge" in cli_error(capsys, "inpaint", trained_run.run_dir, "--no-judge",
                                                   "--judge", tmp_path)
     # a VAE has a density: --iw-samples is read (the evaluation runs and records it), in a copy of the run
@@ -263,3 +269,12 @@ def test_evaluation_options_not_read_are_refused(capsys, trained_run, tmp_path):
     assert rc == 0, err
     assert json.loads((run / "eval.json").read_text())["iw_samples"] == 3
     assert "density" in Run.load(run).capabilities
+
+
+def test_a_saved_config_with_an_unread_option_still_loads():
+    # runs trained before these checks (a preset's mnist and an ignored --data-path) stay loadable
+    saved = {"data": {"name": "mnist", "path": "imgs", "image_size": 32}, "model": {"kind": "ae", "beta": 4.0}}
+    cfg = RunConfig.from_dict(saved)
+    assert cfg.data.name == "mnist" and cfg.data.path == "imgs" and cfg.model.beta == 4.0
+    with pytest.raises(ConfigError, match="data.path"):  # but training it again is refused
+        check_options_used(cfg)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vaelab import distributions
 from vaelab.config import (
+    DATA_DIR_SOURCES,
     RunConfig,
     apply_overrides,
     build_config,
@@ -29,7 +30,7 @@ from vaelab.config import (
     explicit_keys,
 )
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import RunDir
@@ -55,8 +56,11 @@ class Run:
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> Run:
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
-        if data_dir is not None:  # checked again: a folder run reads data.path and no data_dir
-            config.data = replace(config.data, data_dir=data_dir)
+        if data_dir is not None:
+            if config.data.name not in DATA_DIR_SOURCES:
+                raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={config.data.name}, which "
+                                  f"reads data.path ({config.data.path}); leave it out")
+            config.data.data_dir = data_dir
         return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
 
     @property

@@ -160,12 +160,13 @@ class DataConfig:
             _check(len(self.classes) > 0, "data.classes must name at least one class")
         _check(self.binarize in ("none", "dynamic", "static"),
                f"data.binarize must be none, dynamic or static, got {self.binarize!r}")
-        self._check_source()
-
-    def _check_source(self) -> None:
-        """Fill in the source from the path, and refuse an option the source does not read."""
         if self.name is None:
             self.name = source_of(self.path) if self.path else "mnist"
+
+    def check_used(self) -> None:
+        """Refuse an option the source does not read, in one line. Not part of building a
+        config (a saved run's config.json still loads): ``check_options_used`` calls it
+        wherever a config is made or trained."""
         name = self.name
         if self.path is not None and name not in PATH_SOURCES:
             raise ConfigError(f"data.path (--data-path) {self.path} is not read by data.name={name}; "
@@ -571,6 +572,7 @@ def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = 
     from its default, or, even at its default, when it is in ``explicit`` (the keys a user
     set: CLI flags, --set, a YAML file), instead of training with it silently ignored. An
     explicit null clears an option (a preset's data.image_size=64 for an npz, say): no error."""
+    config.data.check_used()  # the data options, with their own messages
     for key, why in unused_options(config).items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

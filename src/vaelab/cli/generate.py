@@ -51,6 +51,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     from vaelab.evaluation.judge import get_judge, judge_key
 
     cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
+    cfg.check_used()  # --data-path for mnist, --data-dir for a folder: refused, not ignored
     j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
     folder = out or cache_dir() / "judge" / judge_key(cfg)
     _echo(f"judge for {j.meta['dataset']}: test accuracy {j.accuracy:.4f} ({j.meta['n_test']:,} images); {folder}/eval.json")

@@ -153,6 +153,9 @@ def load_data(cfg: DataConfig, log: Log | None = None, seed: int = 0) -> Splits:
     val = None
     if cfg.val == "test":
         val = test
+        if test is None:  # the default meets a source without a test split: say so
+            note(f"no validation split: {cfg.path or cfg.name} has no test split (data.val=test); "
+                 "--val 0.1 holds out a tenth of the training images")
     elif cfg.val != "none":
         # A fixed, seeded hold-out: the same images every run of this config.
         n_val = max(1, round(float(cfg.val) * len(train)))
