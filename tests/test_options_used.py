@@ -166,6 +166,8 @@ CLI_CASES = [
     (["train", "--preset", "mlp-vae", "--image-size", "32"], "data.image_size"),
     (["train", "--preset", "deep-ae", "--beta", "1"], "model.beta=1.0 is not used"),
     (["train", "--preset", "mlp-ae", "--set", "model.kl_warmup=0.5"], "model.kl_warmup=0.5 is not used"),
+    (["train", "--preset", "mlp-vae", "--beta", "4", "--set", "model.capacity=25"],
+     "model.beta=4.0 is not used: model.capacity replaces the KL weight"),
     (["train", "--preset", "mlp-vae", "--set", "model.k=5"], "model.k=5 is not used"),
     (["train", "--preset", "conv-vae", "--set", "model.hidden=64"], "model.hidden=[64] is not used"),
     (["train", "--preset", "mlp-vae", "--set", "model.channels=8,16"], "model.channels=[8, 16] is not used"),

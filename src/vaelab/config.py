@@ -522,8 +522,9 @@ def unused_options(config: RunConfig) -> dict[str, str]:
     rule("data.in_memory", d.name not in DOWNLOADED + ("npz",), f"data.name={d.name} is always read into memory")
     rule("data.val", not (d.val == "test" and d.name in ("npz", "dsprites")),
          f"data.name={d.name} has no test split; give a fraction such as 0.1, or none")
-    kl = m.objective in ("elbo", "tcvae")
-    rule("train.kl_warmup_epochs model.kl_warmup model.beta", kl,
+    rule("train.kl_warmup_epochs model.kl_warmup model.beta",
+         m.objective == "tcvae" or (m.objective == "elbo" and m.capacity is None),
+         "model.capacity replaces the KL weight (recon + gamma |KL - C progress|)" if m.objective == "elbo" else
          f"model.objective={m.objective} has no KL weight to warm up or set (elbo and tcvae have)")
     rule("model.capacity", m.objective == "elbo", f"capacity annealing is an elbo option, and model.objective "
          f"is {m.objective}")
