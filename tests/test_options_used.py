@@ -69,18 +69,26 @@ BASES = [
 
 @pytest.mark.parametrize("preset,base", BASES)
 def test_each_unread_option_set_explicitly_is_refused(preset, base):
-    table = unused_options(build_config(preset, overrides=base))
+    cfg = build_config(preset, overrides=base)
+    table = unused_options(cfg)
     assert len(table) >= 8
+    check_options_used(cfg)  # at their defaults and not set by the user: fine
     for key, why in table.items():
         section, name = key.split(".")
         default = next(f for f in dataclasses.fields(type(getattr(RunConfig(), section))) if f.name == name)
         value = default.default_factory() if default.default is dataclasses.MISSING else default.default
         if value is None:  # an explicit null clears an option: allowed (tested below)
             continue
-        with pytest.raises(ConfigError) as e:
-            build_config(preset, overrides=base + [f"{key}={json.dumps(value)}"])
+        with pytest.raises(ConfigError) as e:  # set by the user (build_config passes these keys), at its default
+            check_options_used(cfg, {key})
         msg = str(e.value)
         assert "\n" not in msg and msg.startswith(f"{key}=") and "is not used" in msg and why in msg, msg
+    # the whole way, through --set, for the first of them
+    key = next(k for k in table if k not in ("data.path", "data.data_dir") and getattr(
+        getattr(cfg, k.split(".")[0]), k.split(".")[1]) is not None)
+    value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        build_config(preset, overrides=base + [f"{key}={json.dumps(value)}"])
 
 
 def test_an_explicit_null_clears_a_preset_option():
