@@ -43,6 +43,21 @@ def test_every_train_flag_maps_to_a_config_field():
     assert params - set(COMMON_FLAGS) == own
 
 
+def test_every_train_flag_field_is_read_outside_the_config_and_cli():
+    """A static check that no flag maps to a dead field: each field is read (``.field``) by
+    some module other than config.py and the CLI (data loading, models, objectives, the loop)."""
+    import re
+    from pathlib import Path
+
+    import vaelab
+    from vaelab.cli.options import COMMON_FLAGS
+
+    root = Path(vaelab.__file__).parent
+    code = "\n".join(p.read_text() for p in root.rglob("*.py") if p.name != "config.py" and "cli" not in p.parts)
+    for flag, (section, name) in COMMON_FLAGS.items():
+        assert re.search(rf"\.{name}\b", code), f"--{flag} ({section}.{name}) is read nowhere"
+
+
 def test_the_table_names_existing_fields():
     fields = {f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("model", type(RunConfig().model)),
                                              ("train", type(RunConfig().train))) for f in dataclasses.fields(cls)}
