@@ -25,9 +25,16 @@ from pathlib import Path
 import torch
 
 from vaelab import distributions
-from vaelab.config import RunConfig, apply_overrides, build_config
+from vaelab.config import (
+    DATA_DIR_SOURCES,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    check_options_used,
+    explicit_keys,
+)
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
@@ -54,6 +61,9 @@ class Run:
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
         if data_dir is not None:
+            if config.data.name not in DATA_DIR_SOURCES:
+                raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={config.data.name}, which "
+                                  f"reads data.path ({config.data.path}); leave it out")
             config.data.data_dir = data_dir
         return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
 
@@ -76,7 +86,7 @@ class Run:
     # -------------------------------------------------------------- data
     def splits(self) -> Splits:
         if self._splits is None:
-            self._splits = load_data(self.config.data)
+            self._splits = load_data(self.config.data, seed=self.config.train.seed)
         return self._splits
 
     def split(self, name: str | None = None) -> ImageSet:
@@ -218,6 +228,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
         config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
+        check_options_used(config, explicit_keys(extra, overrides))
     elif isinstance(preset, RunConfig):
         config = preset
     else:

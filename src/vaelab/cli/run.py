@@ -31,12 +31,14 @@ from vaelab.rundir import RunDir
               help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
 @click.option("--data", type=RegistryChoice("vaelab.data:DATASETS"), help="Data set.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
-@click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
+@click.option("--data-path", help="Image folder or .npz/.npy file; without --data it names the source "
+                                  "(.npz/.npy: npz, else folder).")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
 @click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
-@click.option("--limit", type=int, help="Use only the first N training images.")
+@click.option("--limit", type=int, help="Use only N training images, a random subset seeded by --seed (every "
+                                      "source: some, such as dsprites, are ordered).")
 @click.option("--latent-dim", type=int)
 @click.option("--kind", type=RegistryChoice("vaelab.models:MODELS"),
               help="Model family: the default posterior, prior, objective and conditioning.")
@@ -78,6 +80,9 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
+    iw_given = ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT
+    if iw_given and no_eval:
+        raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     if resume:
@@ -100,6 +105,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
+        _check_iw_samples(iw_samples if iw_given else 0, config.model)
         # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
         # and clears it here, with the same function, before the processes start.
         if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir,
@@ -111,6 +117,17 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
     _echo(f"run saved in {run_dir}")
     if not no_eval and RunDir(run_dir).eval.exists():
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
+
+
+def _check_iw_samples(iw_samples: int, model) -> None:
+    """--iw-samples K > 0 given for a model without a density (nll_iw would be skipped) is an error."""
+    from vaelab.models import capabilities
+
+    caps = capabilities(model) if not hasattr(model, "capabilities") else model.capabilities
+    if iw_samples > 0 and "density" not in caps:
+        kind = getattr(getattr(model, "cfg", model), "kind", "this")
+        raise VaelabError(f"--iw-samples estimates nll_iw, and the {kind} model has no density to estimate; "
+                          "leave it out (or give 0)")
 
 
 def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path, prepare=None) -> bool:
@@ -157,13 +174,16 @@ def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
 @device_option
-def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
+@click.pass_context
+def eval_cmd(ctx, run_dir, split, iw_samples, seed, data_dir, device) -> None:
     """Evaluate a run: print a table and write RUN/eval.json."""
     from vaelab.api import Run
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
+    if ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT:
+        _check_iw_samples(iw_samples, run.model)
     _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True))
     _echo(f"wrote {run.dir.eval}")
 

@@ -54,6 +54,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
         raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
     if n < 1:
         raise VaelabError("--n must be at least 1")
+    if no_judge and judge_dir is not None:
+        raise VaelabError("--judge names the judge of the accuracies, and --no-judge skips them; give one of them")
     options = {"iterative": {"iterations": iterations}, "latent-opt": {"steps": steps, "lr": lr}}.get(method, {})
     given = {k: v for k, v in (("--iterations", iterations), ("--steps", steps), ("--lr", lr)) if v is not None}
     unused = [k for k in given if k.lstrip("-") not in options]
@@ -86,7 +88,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
+@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
 @click.option("--maps", is_flag=True,
@@ -98,13 +100,16 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
-    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing
+    from vaelab.anomaly.scores import SCORES, check_contamination, check_score, check_smoothing
     from vaelab.anomaly.scores import detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
     check_contamination(contamination)
     check_smoothing(maps, smooth)
+    if samples is not None and SCORES[score].needs is None:
+        raise VaelabError(f"--samples (posterior draws) applies to the elbo and iwnll scores, not to --score {score}")
+    samples = 10 if samples is None else samples
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
@@ -133,12 +138,14 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 @click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
               help="Anomaly score (default: the default recipe's); elbo and iwnll need a model with a density.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
-@click.option("--holdout", type=float, default=0.2, show_default=True,
+@click.option("--holdout", type=float,
               help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
-                   "beside every image of the other classes.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
-@click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
-@click.option("--test-limit", type=int, help="Score only the first N test images (quick checks).")
+                   "beside every image of the other classes (default 0.2).")
+@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--limit", type=int, help="Use only N training images per class, a random subset seeded by --seed "
+                                      "(quick checks).")
+@click.option("--test-limit", type=int, help="Score only N test images, a random subset seeded by --seed "
+                                           "(quick checks).")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
@@ -161,7 +168,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
     for name, v in (("--epochs", epochs), ("--limit", limit), ("--test-limit", test_limit), ("--samples", samples)):
         if v is not None and v < 1:
             raise VaelabError(f"{name} must be at least 1")
-    if not 0 < holdout < 1:
+    if holdout is not None and not 0 < holdout < 1:
         raise VaelabError(f"--holdout must be a fraction in (0, 1), got {holdout:g}")
     r = one_class_benchmark(data, classes, out=out, preset=preset, epochs=epochs, score=score,
                             overrides=list(overrides), data_dir=data_dir, data_path=data_path, limit=limit,

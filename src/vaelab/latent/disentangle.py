@@ -48,11 +48,20 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     x = data.batch(rows)
     codes = run.encode(x, None if data.y is None else data.y[rows]).double().numpy()
     factors = data.factors[rows].cpu().numpy()
+    # How many values each factor has in the data: a factor the scored rows hold at one value
+    # is refused, not left out. dSprites' own sizes, so a split cut down to some values of a
+    # factor is caught too (its color has one value by design and is left out, as in the literature).
+    if run.config.data.name == "dsprites":
+        from vaelab.data.dsprites import FACTOR_NAMES, FACTOR_SIZES
+
+        known = {"n_values": list(FACTOR_SIZES), "names": list(FACTOR_NAMES)}
+    else:
+        known = {"n_values": [len(torch.unique(c)) for c in data.factors.T], "names": None}
     result: dict = {"n": len(rows), "split": split, "seed": seed,
                     "active_units": metrics_active_units(torch.from_numpy(codes))}  # of the scored codes
     t0 = time.perf_counter()
     if "mig" in metrics:
-        m = scores.mig(codes, factors)
+        m = scores.mig(codes, factors, **known)
         result["mig"] = m["mig"]
         # By factor name; a factor that never varies in the scored images has no gap (left out, said why).
         names = FACTOR_NAMES if run.config.data.name == "dsprites" else [str(k) for k in range(len(m["gaps"]))]
@@ -62,10 +71,10 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
             result["not_applicable"] = {f"mig_per_factor.{k}": "the factor never varies in the scored images"
                                         for k in constant}
     if "dci" in metrics:
-        d = scores.dci(codes, factors, seed=seed)
+        d = scores.dci(codes, factors, seed=seed, **known)
         result.update({f"dci_{k}": float(v) for k, v in d.items() if np.ndim(v) == 0})
     if "factorvae" in metrics:
-        f = scores.factor_vae_score(codes, factors, seed=seed)
+        f = scores.factor_vae_score(codes, factors, seed=seed, **known)
         result["factorvae"] = float(f["score"])
         result["factorvae_active_dims"] = int(f["num_active_dims"])
     result["seconds"] = round(time.perf_counter() - t0, 1)

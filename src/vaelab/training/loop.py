@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import RunConfig
+from vaelab.config import RunConfig, check_options_used
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from vaelab.io import write_json, write_text
@@ -124,6 +124,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     Started by torchrun, each process trains on its share of every batch (``train.batch_size``
     is the global batch) and only rank 0 logs and writes."""
+    check_options_used(config)  # an option the model, objective or data would not read is an error
     try:
         with session(config.train.device) as (ranks, device), \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -144,7 +145,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     rd = RunDir(run_dir) if run_dir is not None else None
     out = rd if ranks.main else None  # where this process writes: rank 0 alone
     clock = {"start": time.perf_counter(), "epochs_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}  # summary's timing
-    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log))
+    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log, seed=t.seed))
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
     clock["data_s"] = time.perf_counter() - clock["start"]
@@ -174,7 +175,9 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     precision = resolve_precision(t.precision, device)
     procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
     mapped = " (read per batch from the memory-mapped cache)" if train.memory_mapped else ""
-    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
+    d = config.data
+    source = f"data {d.name}" + (f" {d.path}" if d.path else "") + (" (data.limit: a seeded random subset)" if d.limit else "")
+    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; {source}: "
         f"{len(train):,} training images {tuple(shape)}{mapped}; device {device}; precision {precision}{procs}")
 
     n, bs = len(train), t.batch_size
