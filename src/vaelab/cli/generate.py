@@ -51,6 +51,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     from vaelab.evaluation.judge import get_judge, judge_key
 
     cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
+    cfg.check_used()  # --data-path for mnist, --data-dir for a folder: refused, not ignored
     j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
     folder = out or cache_dir() / "judge" / judge_key(cfg)
     _echo(f"judge for {j.meta['dataset']}: test accuracy {j.accuracy:.4f} ({j.meta['n_test']:,} images); {folder}/eval.json")
@@ -76,13 +77,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 
     from vaelab import plots
     from vaelab.api import Run
-    from vaelab.io import atomic_path
+    from vaelab.io import atomic_path, write_json
     from vaelab.latent.sampling import fitted_sampler, sample_images
+    from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(components, covariance, scale)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -97,6 +99,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
                 if asked is not None:
                     arrays["labels"] = asked.numpy()
                 np.savez_compressed(f, **arrays)
+        if RunDir.owning(npz) is not None:  # inside a run: NPZ.json records the weights (vaelab.rundir)
+            write_json(sidecar(npz), {"file": Path(npz).name, ID_FIELD: run.checkpoint_id})
         _echo(f"wrote {npz}")
 
 
@@ -123,18 +127,58 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, cls, seed,
          device) -> None:
     """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, styles, recon, loss."""
+    from click.core import ParameterSource
+
     from vaelab.api import Run
     from vaelab.latent.pictures import plot as draw
+    from vaelab.latent.pictures import plot_options
 
+    # Each kind reads some of the options: one given to a kind that does not read it is refused.
+    takes = plot_options(kind)
+    ctx = click.get_current_context()
+    keyword = {"between": "mode"}  # option name -> the plot function's parameter
+    skip = ("run_dir", "kind", "out", "device")
+    given = [p for p in ctx.command.params if p.name not in skip
+             and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+    unused = [p.opts[0] for p in given if keyword.get(p.name, p.name) not in takes]
+    if unused:
+        raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind} (it reads "
+                          f"{', '.join(sorted(takes)) or 'no options'})")
     try:
         dims_t = tuple(int(d) for d in dims.split(","))
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
+    _check_plot_options(kind)
     run = Run.load(run_dir, device=device)
-    path = draw(run, kind, out or run.dir.figure(kind), split=split, n=n, dims=dims_t,
-                pairs=pairs, radius=radius, steps=steps, index=index, mode=between, source=source, target=target,
-                scale=scale, cls=cls, seed=seed)
+    options = {"split": split, "n": n, "dims": dims_t, "pairs": pairs, "radius": radius, "steps": steps,
+               "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,
+               "seed": seed}
+    path = draw(run, kind, out or run.dir.figure(kind), **{k: v for k, v in options.items() if k in takes})
+    if n is not None and n > len(run.split(split)):
+        _echo(f"note: the {split or run.default_split()} split holds {len(run.split(split))} images; "
+              f"plotted all of them, not {n}")
     _echo(f"wrote {path}")
+
+
+# plot's options -> the picture functions' parameters (vaelab.latent.pictures.PLOTS)
+_PLOT_OPTIONS = {"split": "split", "n": "n", "dims": "dims", "pairs": "pairs", "radius": "radius", "steps": "steps",
+                 "index": "index", "between": "mode", "source": "source", "target": "target", "scale": "scale",
+                 "cls": "cls", "seed": "seed"}
+
+
+def _check_plot_options(kind: str) -> None:
+    """An option the picture does not take is an error, not silently ignored (--radius for a scatter)."""
+    import inspect
+
+    from vaelab.latent.pictures import PLOTS
+
+    ctx = click.get_current_context()
+    takes = set(inspect.signature(PLOTS[kind]).parameters)
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    unused = [flags[o] for o, arg in _PLOT_OPTIONS.items()
+              if ctx.get_parameter_source(o) == click.core.ParameterSource.COMMANDLINE and arg not in takes]
+    if unused:
+        raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind}")
 
 
 @click.command("eval-samples")

@@ -27,7 +27,7 @@ from vaelab.errors import DataError
 from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
 from vaelab.latent.sampling import fitted_sampler, sample_images
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 
 
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,7 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
         result.update(_feature_scores(extractor, features, samples, ref.float(), ref_split, seed, log))
     if out_dir is not None:
         out_dir = Path(out_dir)
-        write_json(out_dir / RunDir.SAMPLES_EVAL, result)
+        write_json(out_dir / RunDir.SAMPLES_EVAL, {**result, ID_FIELD: run.checkpoint_id})
         m = min(16, k)
         pairs = torch.stack([samples[:m], train_x[j_s[:m]]], 1).flatten(0, 1)
         plots.plot_grid(pairs, RunDir(out_dir).figure(f"nearest_{sampler_name}"), nrow=8,
