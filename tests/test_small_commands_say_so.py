@@ -56,7 +56,7 @@ def test_inpaint_says_when_n_is_more_than_the_split(trained_run, capsys, tmp_pat
 def test_plot_refuses_an_option_the_picture_does_not_take(trained_run, capsys, tmp_path):
     msg = cli_error(capsys, "plot", trained_run.run_dir, "--kind", "scatter", "--radius", 2, "--from", 1,
                     "--out", tmp_path / "s.png")
-    assert msg.endswith("--radius, --from does not apply to --kind scatter")
+    assert "--radius, --from does not apply to --kind scatter" in msg
     assert not (tmp_path / "s.png").exists()
     out = ok(capsys, "plot", trained_run.run_dir, "--kind", "recon", "--n", 100, "--out", tmp_path / "r.png")
     assert "note: the val split holds 64 images; plotted all of them, not 100" in out

@@ -102,7 +102,11 @@ def check_outputs(words: list[str], cwd: Path, stdout: str) -> None:
         assert list(history[0])[:5] == table["history.csv"][0].split(", ")  # epoch, train_loss, ...
         assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
         summary = json.loads((cwd / out / "summary.json").read_text())
-        assert set(table["summary.json"]) <= set(summary) and summary["epochs"] == epochs, summary
+        # the row names summary.json's fields, then timing's parts
+        fields = table["summary.json"]
+        cut = fields.index("timing") + 1
+        assert set(fields[:cut]) <= set(summary) and summary["epochs"] == epochs, summary
+        assert set(fields[cut:]) <= set(summary["timing"]), summary["timing"]
         ev = json.loads((cwd / out / "eval.json").read_text())
         assert (ev["split"], ev["n"], ev["seen_in_training"]) == ("test", 10000, False)
     elif cmd == "eval":

@@ -55,7 +55,13 @@ def _print_eval(result: dict) -> None:
     older files) is left out, and ``not_applicable`` ({field: reason}) is said in words after it;
     ``checkpoint_id`` (which weights made the file) is bookkeeping, not a result: left out."""
     rows = []
-    for k, v in result.items():
+    flat = {}
+    for k, v in result.items():  # a section (summary.json's timing) as section.field rows
+        if isinstance(v, dict) and k != "not_applicable":
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    for k, v in flat.items():
         if v is None or k in ("not_applicable", "checkpoint_id"):
             continue
         if k == "kl_per_dim":
