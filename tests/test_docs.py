@@ -448,3 +448,20 @@ def test_experiment_table_matches_the_experiments():
         exp = EXPERIMENTS[ticked(r["experiment"])[0]]
         for latent in re.findall(r"latent (\d+)", r["what it trains"]):
             assert f"latent {latent}" in exp.description, (r, exp.description)
+
+
+def test_every_test_the_promises_name_exists():
+    """The README's "What vaelab promises" table names the tests that hold each promise:
+    each named file and test function exists, so a renamed test cannot leave a promise unheld."""
+    text = README.read_text()
+    section = text[text.index("## What vaelab promises"):text.index("## Errors")]
+    named, current = [], None
+    for m in re.finditer(r"`(tests/[\w/]+\.py)?(::\w+)?`", section):
+        if m.group(1):
+            current = m.group(1)
+            assert (README.parent / current).is_file(), f"the promises name {current}, which does not exist"
+        if m.group(2):
+            named.append((current, m.group(2)[2:]))
+    assert len(named) >= 10
+    for path, test in named:
+        assert re.search(rf"^def {test}\(", (README.parent / path).read_text(), re.M), f"{path} has no {test}"
