@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, child_env, data_root, machine_info, run_timed, write_json  # noqa: E402
+from common import (  # noqa: E402
+    OUT,
+    child_env,
+    data_root,
+    machine_info,
+    machine_line,
+    run_timed,
+    write_json,
+)
 
 TARGETS = {"mnist": 0.950, "fashion-mnist": 0.900}
 TIME_LIMIT_S = 15 * 60
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
     write_json(out_root / "anomaly_bench.json", report)
     (out_root / "anomaly_bench.md").write_text("\n".join(tables))
+    print(machine_line(report["machine"]))
     print(f"wrote {out_root / 'anomaly_bench.json'} and {out_root / 'anomaly_bench.md'}")
 
 

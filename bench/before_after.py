@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, machine_info
+from common import OUT, REPO, child_env, data_root, machine_info, machine_line
 
 
 def timed(tree: Path, args: list[str], env: dict, log: Path) -> float:
@@ -88,6 +88,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in med.items()}
     summary = {"machine": machine_info(), "threads": args.threads, "old": str(args.old), "runs": runs,
                "medians": {f"{j} [{s}]": v for (j, s), v in med.items()}, "loadavg_end": os.getloadavg()}
+    print(machine_line(summary["machine"], threads=args.threads))
     print("| measure | old | new | new / old |\n|---|---:|---:|---:|")
     for job in ("mlp-vae whole process s", "conv-vae epoch s"):
         o, n = med[(job, "old")], med[(job, "new")]

@@ -16,6 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
+# The vector extensions that decide CPU speed here: AVX2 (fp32), AVX512, and bf16 in hardware.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -50,7 +52,8 @@ def run_timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         sys.exit(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}\n(full log: {log})")
     return {"wall_s": round(wall, 3), "loadavg_1min_before": round(load_before, 2),
-            "stdout": proc.stdout, "log": str(log.relative_to(REPO))}
+            "loadavg_1min_after": round(loadavg1(), 2), "stdout": proc.stdout,
+            "log": str(log.relative_to(REPO) if log.is_relative_to(REPO) else log)}
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -64,6 +67,35 @@ def summarize(values: list[float]) -> dict:
             "max": round(max(values), 3), "n": len(values)}
 
 
+def loadavg1() -> float:
+    """The 1-minute load average (0.0 where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def auto_precision() -> str | None:
+    """What vaelab's train.precision=auto picks on this machine's CPU (None if vaelab is absent)."""
+    try:
+        import torch
+
+        from vaelab.training.precision import resolve_precision
+    except ImportError:
+        return None
+    return resolve_precision("auto", torch.device("cpu"))
+
+
 def machine_info() -> dict:
     import torch
 
@@ -75,6 +107,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    flags = cpu_flags()
     try:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -88,6 +121,7 @@ def machine_info() -> dict:
         commit, dirty = None, None
     return {
         "cpu_model": cpu, "nproc": nproc, "cpu_count": os.cpu_count(),
+        "vector_extensions": [f for f in VECTOR_FLAGS if f in flags], "auto_precision_cpu": auto_precision(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "python": platform.python_version(), "platform": platform.platform(),
@@ -95,6 +129,21 @@ def machine_info() -> dict:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def machine_line(info: dict, precision: str | None = None, threads: int | None = None,
+                 load: tuple[float, float] | None = None) -> str:
+    """One line to print beside every timing: CPU model, its vector extensions, threads,
+    precision and the 1-minute load average at start and at end (``load``; default: at
+    ``machine_info()`` and now)."""
+    ext = info.get("vector_extensions")
+    ext = " ".join(ext) if ext else "none of " + "/".join(VECTOR_FLAGS) if ext is not None else "not recorded"
+    prec = precision or (f"{info['auto_precision_cpu']} (auto)" if info.get("auto_precision_cpu") else "not recorded")
+    start, end = load if load else (info["loadavg_at_start"][0], loadavg1())  # default: at start, and now
+    end = f" -> {end:.2f} at end" if end is not None else ""
+    return (f"machine: {info['cpu_model']} [{ext}], {info['nproc']} cores, "
+            f"{threads or info['torch_threads']} threads, precision {prec}, torch {info['torch']}, "
+            f"load average (1 min) {start:.2f} at start{end}")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,7 +1,8 @@
 """The conditional VAE's class-conditional samples, scored by the judge (issue 11's target).
 
-Trains the ``cvae`` preset (the mlp-vae body, 784-400-16, conditioned on one-hot labels)
-with latent 16 for 20 epochs on the training digits, the budget of bench/README.md's
+Trains the ``cvae`` preset (the mlp-vae body, 784-400-20, conditioned on one-hot labels)
+at latent 16 for 20 epochs (``--latent-dim 16 --epochs 20``: the preset itself is latent 20,
+10 epochs) on the training digits, the budget of bench/README.md's
 "vae16" rows; then draws 10,000 samples, 1,000 per digit, from the prior and from
 per-class Gaussian mixtures fit on the training codes, decodes each under its class, and
 lets the judge say which digit it sees (class accuracy) and how far the samples' features

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, machine_info, write_json
+from common import OUT, REPO, machine_info, machine_line, write_json
 
 
 def augment(src: Path, dst: Path, copies: int) -> int:
@@ -177,6 +177,7 @@ def main() -> None:
         result["sets"][name]["cores_free_for_2_processes"] = cpu_headroom()
         print(f"  {'cores two processes got':<28} {result['sets'][name]['cores_free_for_2_processes']:7.2f}")
     write_json(OUT / "data_bench.json", result)
+    print(machine_line(info))
     print(f"written {OUT / 'data_bench.json'}")
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, REPO, machine_info, write_json  # noqa: E402
+from common import OUT, REPO, machine_info, machine_line, write_json  # noqa: E402
 
 NORMAL = "smileys-emotion"
 HOLDOUT = 0.2
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     stem += "_seeds" + "-".join(map(str, seeds))
     write_json(out / f"{stem}.json", report)
     (out / f"{stem}.md").write_text(md)
+    print(machine_line(report["machine"]))
     print(md + f"\nwrote {out / stem}.json and .md ({report['wall_seconds_this_invocation']:.0f}s this run)")
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, child_env, data_root, machine_info, write_json  # noqa: E402
+from common import OUT, child_env, data_root, machine_info, machine_line, write_json  # noqa: E402
 
 TARGET_MS = 50.0
 BURST_JS = """
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"picture up {b['ms_after_last_event']} ms after the last event")
     results["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     write_json(Path(args.out), results)
+    print(machine_line(results["machine"]))
     print(f"wrote {args.out} (load average {results['loadavg_1min_before']} before, "
           f"{results['loadavg_1min_after']} after: the machine is shared, timings are noisy)")
 

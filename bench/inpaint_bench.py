@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, data_root, machine_info, write_json  # noqa: E402
+from common import OUT, data_root, machine_info, machine_line, write_json  # noqa: E402
 
 METHODS = ("single", "iterative", "latent-opt")
 TARGET = 0.90
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n(quick run: checks that the script works; the targets are not judged)")
     else:
         print("\n" + json.dumps(targets, indent=1))
+    print(machine_line(info))
     print(f"wrote {out / 'inpaint_bench.json'}")
 
 

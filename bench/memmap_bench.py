@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, machine_info, write_json
+from common import OUT, REPO, machine_info, machine_line, write_json
 from data_bench import augment
 
 MODEL = ["--kind", "ae", "--latent-dim", "32", "--set", "model.arch=mlp", "--set", "model.hidden=[256]",
@@ -171,6 +171,7 @@ def main() -> None:
         result["capped"] = capped
     shutil.rmtree(OUT / "memmap_bench", ignore_errors=True)
     write_json(OUT / "memmap_bench.json", result)
+    print(machine_line(result["machine"]))
     print(f"written {OUT / 'memmap_bench.json'}")
 
 

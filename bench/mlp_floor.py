@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import OUT, data_root, machine_info, write_json
+from common import OUT, data_root, machine_info, machine_line, write_json
 
 TRAIN, TEST, BATCH, EVAL_BATCH = 60_000, 10_000, 128, 1000
 D, H, Z = 784, 400, 20
@@ -333,6 +333,7 @@ def main() -> None:
     if "compiled_rest_s" in res:
         print(f"  torch.compile'd forward  {res['compile_first_step_s']:7.2f} s first step (compiling), then "
               f"{res['compiled_ms_per_step']:.3f} ms/step (last epoch loss {res['compiled_last_epoch_loss']:.2f})")
+    print(machine_line(info))
     print(f"wrote {args.out}")
 
 

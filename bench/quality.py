@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, machine_info, read_history, run_timed, write_json
+from common import OUT, REPO, child_env, data_root, machine_info, machine_line, read_history, run_timed, write_json
 
 PY = sys.executable
 TARGETS = {
@@ -83,6 +83,7 @@ def main() -> None:
         print(f"| {preset} | {r['epochs']} | {r['metric']} | {r['value']:.2f} | <= {r['target_max']} | {met} |")
     if quick:
         print("\nQUICK RUN (--epochs/--limit given): the losses are not comparable with the targets.")
+    print(machine_line(results["machine"]))
     print(f"\nwrote {out}")
 
 

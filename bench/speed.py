@@ -32,7 +32,19 @@ import re
 import sys
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, machine_info, read_history, run_timed, summarize, write_json
+from common import (
+    OUT,
+    REPO,
+    child_env,
+    data_root,
+    loadavg1,
+    machine_info,
+    machine_line,
+    read_history,
+    run_timed,
+    summarize,
+    write_json,
+)
 
 PY = sys.executable
 CONV_IMAGES = 70_000
@@ -71,7 +83,7 @@ def bench_mlp(env: dict, repeat: int, quick: bool, vaelab_set: list[str]) -> dic
         r.update(final_test_loss=float(losses[-1]), epoch_seconds=rj["epoch_seconds"],
                  in_process_wall_s=rj["wall_seconds_in_process"], threads=rj["threads"])
         ref_runs.append(r)
-        print(f"    {r['wall_s']:.1f}s, final test loss {r['final_test_loss']:.4f}", flush=True)
+        print(f"    {r['wall_s']:.1f}s, final test loss {r['final_test_loss']:.4f}{_load(r)}", flush=True)
 
         print(f"[mlp {i + 1}/{repeat}] vaelab:    {' '.join(vl_cmd[1:])}", flush=True)
         v = run_timed(vl_cmd, env, OUT / "logs" / f"vaelab-mlp-{i + 1}.log")
@@ -81,7 +93,7 @@ def bench_mlp(env: dict, repeat: int, quick: bool, vaelab_set: list[str]) -> dic
         v.update(final_test_loss=hist[-1]["val_loss"], epoch_train_seconds=[h["seconds"] for h in hist],
                  threads=summary.get("threads"), precision=summary.get("precision"))
         vl_runs.append(v)
-        print(f"    {v['wall_s']:.1f}s, final test loss {v['final_test_loss']:.4f}", flush=True)
+        print(f"    {v['wall_s']:.1f}s, final test loss {v['final_test_loss']:.4f}{_load(v)}", flush=True)
 
     ref_wall = summarize([r["wall_s"] for r in ref_runs])
     vl_wall = summarize([r["wall_s"] for r in vl_runs])
@@ -128,7 +140,7 @@ def bench_conv(env: dict, repeat: int, quick: bool, vaelab_set: list[str], ref_p
                  train_loss=rj["train_loss"][-1], threads=rj["threads"])
         ref_runs.append(r)
         print(f"    {r['wall_s']:.1f}s process, {r['seconds_per_epoch']:.2f}s per epoch"
-              f"{' (projected)' if r['projected'] else ''}", flush=True)
+              f"{' (projected)' if r['projected'] else ''}{_load(r)}", flush=True)
 
         print(f"[conv {i + 1}/{repeat}] vaelab:    {' '.join(vl_cmd[1:])}", flush=True)
         v = run_timed(vl_cmd, env, OUT / "logs" / f"vaelab-conv-{i + 1}.log")
@@ -145,7 +157,7 @@ def bench_conv(env: dict, repeat: int, quick: bool, vaelab_set: list[str], ref_p
                  precision=summary.get("precision"))
         vl_runs.append(v)
         print(f"    {v['wall_s']:.1f}s process, {v['seconds_per_epoch']:.2f}s per epoch"
-              f"{' (projected)' if v['projected'] else ''}", flush=True)
+              f"{' (projected)' if v['projected'] else ''}{_load(v)}", flush=True)
 
     ref_epoch = summarize([r["seconds_per_epoch"] for r in ref_runs])
     vl_epoch = summarize([r["seconds_per_epoch"] for r in vl_runs])
@@ -166,6 +178,10 @@ def bench_conv(env: dict, repeat: int, quick: bool, vaelab_set: list[str], ref_p
             "faster_than_keras_tf_cpu_43s_reported": vl_epoch["median"] < TARGETS["conv_keras_tf_cpu_s_per_epoch"],
         },
     }
+
+
+def _load(run: dict) -> str:
+    return f" (load average {run['loadavg_1min_before']:.2f} -> {run['loadavg_1min_after']:.2f})"
 
 
 def _yes(flag) -> str:
@@ -226,18 +242,23 @@ def main() -> None:
         results["mlp"] = bench_mlp(env, args.repeat, args.quick, args.vaelab_set)
     if args.only in (None, "conv"):
         results["conv"] = bench_conv(env, args.repeat, args.quick, args.vaelab_set, args.conv_ref_padding)
-    table = markdown(results)
+    m = results["machine"]
+    results["loadavg_1min_end"] = round(loadavg1(), 2)
+    precisions = sorted({str(r.get("precision")) for k in ("mlp", "conv") if k in results
+                         for r in results[k]["vaelab"]["runs"]})
+    threads = sorted({r.get("threads") for k in ("mlp", "conv") if k in results
+                      for side in ("vaelab", "reference") for r in results[k][side]["runs"]} - {None})
+    line = machine_line(m, f"vaelab {', '.join(precisions)}, references fp32",
+                        "/".join(map(str, threads)) or None, (m["loadavg_at_start"][0], results["loadavg_1min_end"]))
+    results["machine_line"] = line
+    table = markdown(results) + "\n\n" + line
     results["table_markdown"] = table
     out = Path(args.out)
     write_json(out, results)
-    m = results["machine"]
-    print(f"\n{m['cpu_model']}, {m['nproc']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-          f"load average at start {m['loadavg_at_start'][0]}"
-          + ("  -- QUICK RUN: not a measurement" if args.quick else ""))
-    precisions = sorted({str(r.get("precision")) for k in ("mlp", "conv") if k in results
-                         for r in results[k]["vaelab"]["runs"]})
-    print(f"vaelab train.precision used: {', '.join(precisions)} (references: fp32)"
-          + (f"; extra --set {' '.join(args.vaelab_set)}" if args.vaelab_set else ""))
+    if args.quick:
+        print("\nQUICK RUN: not a measurement")
+    if args.vaelab_set:
+        print(f"extra --set for vaelab: {' '.join(args.vaelab_set)}")
     print(table)
     print(f"\nwrote {out}")
 

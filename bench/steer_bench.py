@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, data_root, machine_info, write_json  # noqa: E402
+from common import OUT, data_root, machine_info, machine_line, write_json  # noqa: E402
 
 TARGET = 0.90
 JUDGE = OUT / "generation-full" / "judge-mnist"  # trained by generation_bench.py (test accuracy 0.9925)
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.quick:
         print("\n(quick run: checks that the script works; the target is not judged)")
+    print(machine_line(info))
     print(f"wrote {out / 'steer_bench.json'}")
 
 

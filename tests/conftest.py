@@ -132,8 +132,10 @@ def tiny_config(shapes_npz):
     from vaelab.config import build_config
 
     def make(*overrides: str):
+        # model.hidden is an mlp option: a conv config given here would refuse it (not read)
+        mlp = [] if "model.arch=conv" in overrides else ["model.hidden=32"]
         base = ["data.name=npz", f"data.path={shapes_npz}", "data.val=none",
-                "model.kind=vae", "model.arch=mlp", "model.hidden=32", "model.latent_dim=2",
+                "model.kind=vae", "model.arch=mlp", *mlp, "model.latent_dim=2",
                 "train.epochs=2", "train.batch_size=64", "train.device=cpu", "train.progress=false",
                 "train.eval_batch_size=128"]
         return build_config(None, None, base + list(overrides))

@@ -243,7 +243,10 @@ def test_one_class_protocol(shapes_idx_root, tmp_path):
     assert float(rows[-1]["auroc"]) == r["mean_auroc"]
     md = (out / "results.md").read_text()
     assert "| **mean** |" in md and "mlp-ae" in md
-    assert json.loads((out / "results.json").read_text())["mean_auroc"] == r["mean_auroc"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["mean_auroc"] == r["mean_auroc"]
+    # a test split: no holdout; no --limit: none of them written as null
+    assert None not in saved.values() and not {"holdout", "limit", "test_limit"} & set(saved)
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 

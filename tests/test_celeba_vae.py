@@ -121,7 +121,8 @@ def test_running_statistics_are_saved_and_restored(tmp_path, shapes_arrays):
     x = np.repeat(shapes_arrays[0][:48, None], 3, 1)  # (48, 3, 28, 28) colour copies of the shapes
     np.savez(tmp_path / "rgb.npz", x=x)
     cfg = build_config("celeba-vae", overrides=[
-        "data.name=npz", f"data.path={tmp_path / 'rgb.npz'}", "data.val=none", "train.epochs=2",
+        "data.name=npz", f"data.path={tmp_path / 'rgb.npz'}", "data.image_size=null", "data.channels=null",
+        "data.val=none", "train.epochs=2",
         "train.batch_size=16", "train.device=cpu", "train.progress=false", "model.channels=8,8,8",
         "model.decoder_channels=8,8,8", "model.latent_dim=4"])
     model = fit(cfg, tmp_path / "run", log=lambda s: None).model

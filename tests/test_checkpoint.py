@@ -231,7 +231,7 @@ def test_run_evaluate_and_history(run_copy):
     assert r["split"] == "val" and r["n"] == 64 and r["iw_samples"] == 4
     assert not (run_copy / "eval.json").exists()  # evaluating writes nothing unless asked
     assert run.evaluate(split="val", iw_samples=4, save=True) == r  # the same seed, the same numbers
-    assert json.loads((run_copy / "eval.json").read_text()) == r
+    assert json.loads((run_copy / "eval.json").read_text()) == {**r, "checkpoint_id": run.checkpoint_id}
     assert [row["epoch"] for row in run.history()] == ["1"]
     with pytest.raises(Exception, match="no test split"):
         run.evaluate(split="test")

@@ -182,10 +182,16 @@ def test_resume_continues_a_run(run_copy, capsys):
 def test_overwrite(run_copy, shapes_npz, capsys):
     msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, *TRAIN_TINY, "--out", run_copy)
     assert "already holds a run" in msg and "--overwrite" in msg and "--resume" in msg
-    rc, _, err = run_main(capsys, "train", "--data", "npz", "--data-path", shapes_npz, *TRAIN_TINY,
-                          "--set", "model.hidden=16", "--out", run_copy, "--overwrite", "--no-eval")
+    args = ("train", "--data", "npz", "--data-path", shapes_npz, *TRAIN_TINY, "--set", "model.hidden=16",
+            "--out", run_copy, "--overwrite", "--no-eval")
+    # --overwrite removes only a run's content: a file vaelab did not write (the fixture's log) stops it
+    assert "files vaelab did not write (train.stdout)" in cli_error(capsys, *args)
+    assert (run_copy / "figures").is_dir()
+    (run_copy / "train.stdout").unlink()
+    rc, _, err = run_main(capsys, *args)
     assert rc == 0, err
     assert json.loads((run_copy / "config.json").read_text())["model"]["hidden"] == [16]
+    assert not (run_copy / "figures").exists() and not (run_copy / "eval.json").exists()  # the old run's, gone
 
 
 # ---------------------------------------------------------------------------- errors (in-process)

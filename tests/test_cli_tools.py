@@ -71,10 +71,12 @@ def test_inpaint_command(capsys, run_dir, tmp_path):
 
 
 def test_inpaint_latent_opt_to_out(capsys, run_dir, tmp_path):
-    ok(capsys, "inpaint", run_dir, "--mask", "random:8", "--n", 20, "--method", "latent-opt", "--steps", 30,
-       "--no-judge", "--seed", 4, "--out", tmp_path / "o")
+    out = ok(capsys, "inpaint", run_dir, "--mask", "random:8", "--n", 20, "--method", "latent-opt", "--steps", 30,
+             "--no-judge", "--seed", 4, "--out", tmp_path / "o")
     res = json.loads((tmp_path / "o" / "inpaint_eval.json").read_text())
-    assert res["judge_accuracy"] is None and res["seed"] == 4 and res["options"] == {"steps": 30}
+    assert "judge_accuracy" not in res and res["seed"] == 4 and res["options"] == {"steps": 30}
+    assert res["not_applicable"] == {"judge_accuracy": "the judge was turned off (--no-judge)"}
+    assert "None" not in out and "(judge_accuracy not applicable: the judge was turned off (--no-judge))" in out
 
 
 @pytest.mark.parametrize("args,match", [
@@ -154,10 +156,10 @@ def test_anomaly_bench_command(capsys, tmp_path):
         x, y = make_shapes(n, seed=seed)
         write_idx_file(root / "mnist" / f"{stem}-images-idx3-ubyte.gz", x)
         write_idx_file(root / "mnist" / f"{stem}-labels-idx1-ubyte.gz", y.astype(np.uint8))
-    out = ok(capsys, "anomaly-bench", "--data", "mnist", "--data-dir", root, "--normal", "1,3", "--epochs", 1,
+    out = ok(capsys, "anomaly-bench", "--data", "mnist", "--data-dir", root, "--normal", "1,3,1", "--epochs", 1,
              "--preset", "mlp-ae", "--set", "model.hidden=32", "--set", "train.device=cpu", "--out", tmp_path / "b")
     rows = read_csv(tmp_path / "b" / "results.csv")
-    assert [r["class"] for r in rows] == ["1", "3", "mean"]
+    assert [r["class"] for r in rows] == ["1", "3", "mean"]  # 1 named twice: run once, counted once in the mean
     assert all(0 <= float(r["auroc"]) <= 1 for r in rows)
     assert "mean AUROC" in out and "normal class 1" in out
     for name in ("results.md", "results.json", "roc.png"):

@@ -432,12 +432,40 @@ def test_folder_mixed_sizes_is_one_line_error(tmp_path):
     assert "mixed sizes" in msg and "a.png" in msg and "b.png" in msg and "--image-size" in msg
 
 
+def test_data_errors_name_files_relative_to_the_data_folder(tmp_path):
+    # Two files called 0.png: the error names a/0.png and b/0.png, not 0.png twice.
+    _save_png(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
+    _save_png(tmp_path / "b" / "0.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataError) as e:
+        load_folder(tmp_path)
+    assert one_line(e).startswith(f"images in {tmp_path} have mixed sizes (8x8 in a/0.png, 10x10 in b/0.png)")
+    with pytest.raises(DataError) as e:  # a crop larger than an image: the same naming
+        load_folder(tmp_path, crop="center:9")
+    assert f"larger than image a/0.png in {tmp_path} (8x8)" in one_line(e)
+    (tmp_path / "b" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as e:
+        load_folder(tmp_path)
+    assert one_line(e).startswith(f"cannot read image b/0.png in {tmp_path}: ")
+
+
+def test_train_and_test_folders_of_different_sizes_are_one_line_error(tmp_path):
+    from vaelab.data.cache import prepare_splits
+
+    for split, size in (("train", 8), ("test", 10)):
+        _save_png(tmp_path / split / "a" / "0.png", np.zeros((size, size), np.uint8))
+    with pytest.raises(DataError) as e:  # was a shape error deep in the model
+        prepare_splits(tmp_path)
+    assert one_line(e).startswith(f"images in {tmp_path} have mixed sizes (8x8 in train/, 10x10 in test/)")
+    assert {s: c.images.shape for s, c in prepare_splits(tmp_path, image_size=6).items()} == {
+        "train": (1, 1, 6, 6), "test": (1, 1, 6, 6)}
+
+
 def test_folder_unreadable_file_is_one_line_error(tmp_path):
     _save_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "b.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError) as e:
         load_folder(tmp_path)
-    assert str(tmp_path / "b.png") in one_line(e) and "--skip-bad" in str(e.value)
+    assert f"image b.png in {tmp_path}" in one_line(e) and "--skip-bad" in str(e.value)
     x, _, _, paths = load_folder(tmp_path, skip_bad=True)  # left out, the rest kept
     assert x.shape == (1, 1, 4, 4) and [Path(p).name for p in paths] == ["a.png"]
 
@@ -660,14 +688,29 @@ def test_load_data_classes_filter(indexed_npz):
     assert _ids(s.train) == [i for i in range(200) if y[i] in (1, 3)]
 
 
-def test_load_data_limit(indexed_npz):
-    path, x, y = indexed_npz
-    s = load_data(DataConfig(name="npz", path=str(path), limit=17))
-    assert _ids(s.train) == list(range(17))
+def test_load_data_limit_is_a_seeded_random_subset(indexed_npz):
+    path, _, _ = indexed_npz
+    cfg = DataConfig(name="npz", path=str(path), limit=17)
+    s = load_data(cfg, seed=3)
+    ids = _ids(s.train)
+    expected = torch.randperm(200, generator=torch.Generator().manual_seed(3))[:17].sort().values.tolist()
+    assert ids == expected and ids != list(range(17))  # a sample, not the first 17
+    assert (s.train.y.numpy() == np.array(ids) % 4).all()  # labels follow their images
+    assert _ids(load_data(cfg, seed=3).train) == ids  # reproducible
+    assert _ids(load_data(cfg, seed=4).train) != ids  # and drawn by the seed
     s = load_data(DataConfig(name="npz", path=str(path), classes=[2], limit=5))
-    assert _ids(s.train) == [2, 6, 10, 14, 18]
+    assert len(s.train) == 5 and all(i % 4 == 2 for i in _ids(s.train))  # drawn from the kept class
     s = load_data(DataConfig(name="npz", path=str(path), limit=10_000))
-    assert len(s.train) == 200
+    assert _ids(s.train) == list(range(200))  # more than there are: all, in order
+
+
+def test_limit_on_class_ordered_data_keeps_every_class(tmp_path):
+    # 100 images of class 0, then 100 of class 1 (a folder sorted by class): the first 20 would be class 0 only
+    x = np.zeros((200, 4, 4), np.uint8)
+    path = tmp_path / "ordered.npz"
+    np.savez(path, x=x, y=np.repeat([0, 1], 100))
+    s = load_data(DataConfig(path=str(path), limit=20))
+    assert set(s.train.y.tolist()) == {0, 1}
 
 
 def test_load_data_val_fraction_disjoint_and_deterministic(indexed_npz):
@@ -688,7 +731,8 @@ def test_load_data_val_fraction_with_limit(indexed_npz):
     path, _, _ = indexed_npz
     s = load_data(DataConfig(name="npz", path=str(path), val="0.1", limit=40))
     assert len(s.val) == 4 and len(s.train) == 36
-    assert sorted(_ids(s.train) + _ids(s.val)) == list(range(40))
+    kept = torch.randperm(200, generator=torch.Generator().manual_seed(0))[:40].sort().values.tolist()
+    assert sorted(_ids(s.train) + _ids(s.val)) == kept  # the hold-out comes out of the limited subset
 
 
 def test_load_data_errors(indexed_npz, tmp_path):
@@ -771,3 +815,13 @@ def test_array_with_no_images_is_a_data_error(tmp_path):
     np.save(path, np.zeros((0, 28, 28), np.float32))
     with pytest.raises(DataError):
         load_array(path)
+
+
+def test_default_val_without_a_test_split_says_so(indexed_npz):
+    path, _, _ = indexed_npz
+    notes: list[str] = []
+    s = load_data(DataConfig(path=str(path)), log=notes.append)
+    assert s.val is None and s.notes == notes
+    expected = f"no validation split: {path} has no test split (data.val=test); --val 0.1 holds out a tenth"
+    assert notes == [expected + " of the training images"]
+    assert load_data(DataConfig(path=str(path), val="none")).notes == []

@@ -49,7 +49,9 @@ def test_scores_are_written_and_equal_the_metric_on_the_codes(dsprites_run, caps
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:200].sort().values
     codes = dsprites_run.encode(data.batch(rows)).double().numpy()
     assert r["mig"] == pytest.approx(mig(codes, data.factors[rows].numpy())["mig"])
-    assert len(r["mig_per_factor"]) == 6 and r["mig_per_factor"][0] is None  # colour never varies
+    # By name; colour never varies in dSprites: no gap, left out and said why (no null in the file).
+    assert list(r["mig_per_factor"]) == ["shape", "scale", "orientation", "posX", "posY"]
+    assert r["not_applicable"] == {"mig_per_factor.color": "the factor never varies in the scored images"}
     assert r["active_units"] == int((codes.var(0, ddof=1) > 0.01).sum())  # Burda et al.'s count, by hand
 
 
@@ -57,3 +59,45 @@ def test_refusals(dsprites_run, trained_run, capsys):
     assert "need ground-truth factors" in cli_error(capsys, "disentanglement", trained_run.run_dir)
     assert "unknown disentanglement score" in cli_error(capsys, "disentanglement", dsprites_run.run_dir,
                                                         "--metrics", "sap")
+
+
+def test_n_larger_than_the_split_is_said(dsprites_run, capsys):
+    rc, out, err = run_main(capsys, "disentanglement", dsprites_run.run_dir, "--n", 1000, "--metrics", "mig")
+    assert rc == 0, err
+    assert "note: the train split holds 300 images; scoring all of them, not 1,000" in out
+    assert json.loads((dsprites_run.run_dir / "disentanglement.json").read_text())["n"] == 300
+
+
+def test_a_factor_held_at_one_value_is_refused_not_null(tmp_path, monkeypatch, capsys):
+    """The first images of dSprites (what data.limit used to keep) are squares of one scale:
+    MIG and the FactorVAE score of shape and scale cannot be computed, and say so in one line."""
+    from vaelab.api import train
+    from vaelab.config import build_config
+    from vaelab.data import dsprites as ds
+
+    idx = np.arange(0, 40 * 1024, 137)  # shape 0 (square), scale 0; every orientation and position varies
+    monkeypatch.setattr(ds, "load_dsprites", lambda root=None, **kw: ds.render_dsprites(idx))
+    cfg = build_config(None, None, ["data.name=dsprites", "data.val=none", "model.kind=vae", "model.hidden=[32]",
+                                    "model.latent_dim=3", "train.epochs=1", "train.progress=false"])
+    run = train(cfg, tmp_path / "squares", evaluate_after=False, log=lambda *_: None)
+    for metric in ("mig", "factorvae", "dci"):
+        line = cli_error(capsys, "disentanglement", run.run_dir, "--n", 100, "--metrics", metric)
+        assert "factor shape takes one of its 3 values in all 100 samples, so no score of it can be computed" in line
+    assert not (run.run_dir / "disentanglement.json").exists()
+
+
+def test_scores_refuse_a_factor_absent_from_the_rows():
+    from vaelab.errors import VaelabError
+    from vaelab.evaluation.disentanglement import dci, factor_vae_score, mig
+
+    rng = np.random.default_rng(0)
+    factors = np.stack([np.zeros(60, int), rng.integers(0, 4, 60), np.zeros(60, int)], axis=1)
+    codes = rng.normal(size=(60, 3))
+    # without n_values a constant factor is left out (dSprites' colour): the gap is NaN
+    assert np.isnan(mig(codes, factors)["gaps"][2])
+    # told that factor 2 has 5 values in the data, its absence is an error, named
+    for fn in (mig, dci, factor_vae_score):
+        with pytest.raises(VaelabError, match="factor size takes one of its 5 values in all 60 samples"):
+            fn(codes, factors, n_values=[1, 4, 5], names=["colour", "pos", "size"])
+    # factor 0 has one value in the data too: left out as before
+    assert mig(codes, factors[:, :2], n_values=[1, 4])["mig"] >= 0

@@ -245,3 +245,17 @@ def test_full_set(tmp_path):
     assert np.array_equal(images[pick], ds.render_dsprites(pick)[0])
     area = (images[::997, 0] > 0).sum(axis=(1, 2))
     assert area.min() >= 50 and area.max() <= 400
+
+
+def test_limit_takes_a_seeded_random_subset_not_the_first_small_squares(monkeypatch):
+    # 120 images in the original's factor order: the first ones are all squares
+    idx = np.sort(np.random.default_rng(0).choice(ds.N_IMAGES, 120, replace=False))
+    monkeypatch.setattr(ds, "load_dsprites", lambda root=None, **kw: ds.render_dsprites(idx))
+    assert set(ds.index_factors(idx[:20])[:, 1].tolist()) == {0}  # the first 20: one shape
+    cfg = DataConfig(name="dsprites", val="none", limit=20)
+    s = load_data(cfg, seed=1)
+    assert len(s.train) == 20 and len(set(s.train.factors[:, 1].tolist())) > 1
+    assert len(set(s.train.factors[:, 2].tolist())) > 1  # and more than one scale
+    keep = torch.randperm(120, generator=torch.Generator().manual_seed(1))[:20].sort().values
+    assert torch.equal(s.train.factors, torch.from_numpy(ds.index_factors(idx[keep.numpy()])))
+    assert torch.equal(load_data(cfg, seed=1).train.factors, s.train.factors)  # reproducible

@@ -151,7 +151,8 @@ def test_training_on_msssim_lowers_it(tmp_path):
     x, _ = pairs("shapes", 3, 48, 48, n=32)
     np.savez(tmp_path / "d.npz", x=(x.numpy() * 255).astype(np.uint8))
     cfg = build_config("celeba-vae", overrides=[
-        "data.name=npz", f"data.path={tmp_path / 'd.npz'}", "data.val=none", "model.loss=msssim",
+        "data.name=npz", f"data.path={tmp_path / 'd.npz'}", "data.val=none", "data.image_size=null",
+        "data.channels=null", "model.loss=msssim",
         "model.channels=8,16,16", "model.decoder_channels=16,8,8", "model.latent_dim=8", "train.epochs=6",
         "train.batch_size=16", "train.lr=0.005", "train.device=cpu", "train.progress=false", "train.precision=fp32"])
     r = fit(cfg, None, log=lambda s: None)

@@ -229,3 +229,72 @@ def test_browser_check_catches_broken_images_and_script_errors(tmp_path, run_dir
         str(n_good), str(bad), str(errors)), check
     if breakage.startswith("<script>"):
         assert any("no_such_function" in line for line in console), console
+
+
+WIDTH_SCRIPT = """<div id="width-check"></div><script>
+window.addEventListener("load", function () {
+  var d = document.getElementById("width-check"), wrap = document.querySelector(".table-wrap"),
+      table = wrap && wrap.querySelector("table"), body = document.body.getBoundingClientRect();
+  d.setAttribute("data-page-scroll", document.documentElement.scrollWidth);
+  d.setAttribute("data-page-client", document.documentElement.clientWidth);
+  d.setAttribute("data-wrapped", wrap ? 1 : 0);
+  if (wrap) {
+    d.setAttribute("data-wrap-right", Math.ceil(wrap.getBoundingClientRect().right));
+    d.setAttribute("data-body-right", Math.ceil(body.right));
+    d.setAttribute("data-wrap-client", wrap.clientWidth);
+    d.setAttribute("data-table-scroll", table.scrollWidth);
+  }
+});
+</script></body>"""
+
+
+def _widths(page: Path, profile: Path, width: int) -> dict[str, int]:
+    """Load ``page`` in headless Chromium ``width`` pixels wide: the page's and the results table's widths."""
+    probe = page.with_name(f"probe-{width}.html")
+    probe.write_text(page.read_text().replace("</body>", WIDTH_SCRIPT))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--user-data-dir={profile}", f"--window-size={width},900", "--hide-scrollbars",
+           "--virtual-time-budget=5000", "--dump-dom", probe.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    m = re.search(r'<div id="width-check"([^>]*)>', proc.stdout)
+    assert m, f"no #width-check in the page Chromium dumped (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return {k: int(v) for k, v in re.findall(r'data-([\w-]+)="(\d+)"', m.group(1))}
+
+
+def test_sweep_results_table_fits_the_page_in_chromium(tmp_path):
+    """The README's 6-trial sweep (two swept fields, every metric column) and a failed trial
+    with a long error: the table fits a 1280-pixel window without scrolling; in a 700-pixel
+    one it scrolls inside its own box and the page itself never runs wider than the window."""
+    _chromium()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    cols = ["trial", "model.latent_dim", "model.loss", "status", "loss", "mse", "ssim", "psnr", "active_units",
+            "params", "train_seconds", "error"]
+    trials, rows = [], []
+    for d in (2, 8, 20):
+        for loss in ("bce", "euclidean"):
+            tid = f"latent_dim={d},loss={loss}"
+            trials.append({"id": tid, "params": {"model.latent_dim": d, "model.loss": loss}, "dir": f"trials/{tid}"})
+            rows.append({"trial": tid, "model.latent_dim": d, "model.loss": loss, "status": "done", "loss": 111.5512,
+                         "mse": 0.012391, "ssim": 0.834211, "psnr": 19.771, "active_units": d, "params": 652824,
+                         "train_seconds": 18.6931, "error": ""})
+    rows[-1].update(status="failed", error="training stopped: the loss became NaN at epoch 3 step 217 (lr 0.001); "
+                    "the last good checkpoint is trials/latent_dim=20,loss=euclidean/checkpoint.safetensors")
+    (sweep / "sweep.json").write_text(json.dumps({"name": "latent", "preset": "mlp-vae",
+                                                  "params": ["model.latent_dim", "model.loss"], "base": [],
+                                                  "epochs": 3, "trials": trials}))
+    with open(sweep / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+    page = write_report(sweep, log=_quiet)
+    assert '<div class=table-wrap><table><tr><th>trial</th><th>model.<wbr>latent_<wbr>dim</th>' in page.read_text()
+
+    wide = _widths(page, tmp_path / "profile", 1280)
+    assert wide["wrapped"] == 1
+    assert wide["page-scroll"] <= wide["page-client"], wide
+    assert wide["table-scroll"] <= wide["wrap-client"], wide  # no scrolling needed at 1280 pixels
+    narrow = _widths(page, tmp_path / "profile", 700)
+    assert narrow["page-scroll"] <= narrow["page-client"], narrow  # the page never scrolls sideways
+    assert narrow["wrap-right"] <= narrow["body-right"], narrow
+    assert narrow["table-scroll"] > narrow["wrap-client"], narrow  # the table scrolls in its box instead

@@ -38,8 +38,9 @@ def shapes1k(tmp_path_factory) -> Path:
 
 
 def pred_config(npz: Path, *overrides: str):
+    mlp = [] if "model.arch=conv" in overrides else ["model.hidden=64"]  # an mlp option, refused on conv
     base = ["data.name=npz", f"data.path={npz}", "data.val=0.25", "model.kind=vae", "model.arch=mlp",
-            "model.hidden=64", "model.latent_dim=8", "model.predictor_weight=30", "model.predictor_hidden=32,32",
+            *mlp, "model.latent_dim=8", "model.predictor_weight=30", "model.predictor_hidden=32,32",
             "train.epochs=15", "train.batch_size=64", "train.lr=3e-3", "train.device=cpu", "train.progress=false",
             "train.eval_batch_size=256"]
     return build_config(None, None, base + list(overrides))
@@ -309,7 +310,16 @@ def test_steer_bench_cli_writes_honest_numbers(pred_run, judge_dir, tmp_path, ca
 
 def test_steer_benchmark_in_python_without_writing(pred_run, shapes_judge):
     r = steer_benchmark(pred_run, pairs=8, judge=shapes_judge[0], steps=5, log=quiet)
-    assert r["pairs"] == 8 and 0 <= r["success_rate"] <= 1 and set(r["per_target"]) == {"0", "1", "2", "3"}
+    assert r["pairs"] == 8 and 0 <= r["success_rate"] <= 1
+    # one rate per target class drawn, never a null for a class no pair went to
+    drawn = {str(p["target"]) for p in r["records"]}
+    assert set(r["per_target"]) == set(r["pairs_per_target"]) == drawn
+    assert sum(r["pairs_per_target"].values()) == 8
+    for c, rate in r["per_target"].items():
+        mine = [p["judge"] == p["target"] for p in r["records"] if str(p["target"]) == c]
+        assert rate == pytest.approx(np.mean(mine))
+    few = steer_benchmark(pred_run, pairs=1, judge=shapes_judge[0], steps=1, log=quiet)
+    assert list(few["per_target"]) == [str(few["records"][0]["target"])]  # 1 of 4 classes: no nulls
 
 
 # ---------------------------------------------------------------------------- steer CLI

@@ -16,7 +16,7 @@ import vaelab
 from vaelab.training import checkpoint
 from vaelab.config import RunConfig
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
-from vaelab.evaluation.evaluate import evaluate
+from vaelab.evaluation.evaluate import evaluate, iw_log_likelihood
 from vaelab.models import LatentModel
 from vaelab.training.loop import fit, resolve_device
 
@@ -293,6 +293,22 @@ def test_evaluate_numbers(tmp_path, tiny_config):
     assert "nll_iw" not in evaluate(res.model, data, iw_samples=0)
 
 
+def test_evaluate_nll_iw_is_the_estimate_with_its_own_encoder_pass(tiny_config):
+    """evaluate() hands the batch's posterior to the importance-weighted pass (one encoder
+    pass fewer); the numbers must be those of the estimate that encodes again, bit for bit."""
+    res = fit(tiny_config("train.epochs=1"), None, log=quiet)
+    data = res.splits.train.subset(torch.arange(90))
+    r = evaluate(res.model, data, iw_samples=7, seed=5, batch_size=40)
+    gen = torch.Generator().manual_seed(5)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, 90, 40):
+            x = data.batch(slice(i, i + 40), "cpu")
+            res.model(x, None, generator=gen, dataset_size=90)  # the draw evaluate's loss takes first
+            total += float(iw_log_likelihood(res.model, x, None, 7, gen).sum())
+    assert r["nll_iw"] == res.model.nll_offset() - total / 90
+
+
 def test_api_train_writes_eval_and_figures(tmp_path, tiny_config):
     run = vaelab.train(tiny_config("train.epochs=1", "data.val=0.25"), tmp_path / "run", iw_samples=3, log=quiet)
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -300,6 +316,15 @@ def test_api_train_writes_eval_and_figures(tmp_path, tiny_config):
     for name in ("loss.png", "reconstructions.png", "samples_prior.png"):
         assert (tmp_path / "run" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert run.history()[0]["epoch"] == "1"
+    # summary.json's timing: the parts of the process, adding up to its age at the end
+    t = json.loads((tmp_path / "run" / "summary.json").read_text())["timing"]
+    assert t["epochs_s"] == pytest.approx(float(run.history()[0]["seconds"]), abs=0.002)
+    inside = t["data_s"] + t["setup_s"] + t["epochs_s"] + t["val_s"] + t["checkpoint_s"]
+    assert t["val_s"] > 0 and t["checkpoint_s"] > 0 and inside <= t["fit_s"] + 0.005
+    assert t["fit_s"] - inside < 0.05 * t["fit_s"] + 0.05  # little of fit() is left unaccounted for
+    parts = t["startup_s"] + t["fit_s"] + t["eval_s"] + t["figures_s"]
+    assert t["startup_s"] > 0 and t["eval_s"] > 0 and t["figures_s"] > 0
+    assert parts == pytest.approx(t["process_s"], rel=0.05, abs=0.1)
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp"])

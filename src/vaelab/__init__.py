@@ -29,7 +29,12 @@ _API = {
     "fit": "vaelab.training.loop",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+# The public names (README.md's Python API): import vaelab, then vaelab.<name>.
+__all__ = [
+    "MODELS", "AnomalyDetector", "DataConfig", "ImageSet", "ModelConfig", "Run", "RunConfig", "Splits", "TrainConfig",
+    "VaelabError", "__version__", "build_config", "build_model", "evaluate", "fit", "load_data", "preset_names",
+    "train",
+]
 
 
 def __getattr__(name: str):

@@ -1,8 +1,9 @@
 """The Python API: train a run, load it, use it. The CLI is a thin layer over this.
 
     import vaelab
-    run = vaelab.train("mlp-vae", "runs/mlp-vae", overrides=["train.epochs=2"])
-    run = vaelab.Run.load("runs/mlp-vae")
+    run = vaelab.train("mlp-vae", "runs/mlp-vae-2ep", overrides=["train.epochs=2"])
+    # a folder that holds a run is refused: resume=True continues it, overwrite=True replaces it
+    run = vaelab.Run.load("runs/mlp-vae-2ep")
     z = run.encode(images)          # (N, latent_dim)
     x_hat = run.decode(z)           # (N, C, H, W) in [0, 1]
     run.evaluate(split="test")      # dict, as in eval.json (save=True writes it)
@@ -14,6 +15,9 @@ them ``encode`` uses the most probable class and ``decode`` asks for one.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +25,19 @@ from pathlib import Path
 import torch
 
 from vaelab import distributions
-from vaelab.config import RunConfig, apply_overrides, build_config
+from vaelab.config import (
+    DATA_DIR_SOURCES,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    check_options_used,
+    explicit_keys,
+)
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.training import checkpoint
 from vaelab.training.loop import fit
 from vaelab.training.precision import resolve_device
@@ -50,6 +61,9 @@ class Run:
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
         if data_dir is not None:
+            if config.data.name not in DATA_DIR_SOURCES:
+                raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={config.data.name}, which "
+                                  f"reads data.path ({config.data.path}); leave it out")
             config.data.data_dir = data_dir
         return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
 
@@ -60,13 +74,19 @@ class Run:
         return RunDir(self.run_dir)
 
     @property
+    def checkpoint_id(self) -> str | None:
+        """The id of this run's weights file (``vaelab.rundir.checkpoint_id``), which every file
+        derived from them records; None without a run directory."""
+        return self.dir.checkpoint_id() if self.run_dir is not None else None
+
+    @property
     def capabilities(self) -> frozenset[str]:
         return self.model.capabilities
 
     # -------------------------------------------------------------- data
     def splits(self) -> Splits:
         if self._splits is None:
-            self._splits = load_data(self.config.data)
+            self._splits = load_data(self.config.data, seed=self.config.train.seed)
         return self._splits
 
     def split(self, name: str | None = None) -> ImageSet:
@@ -152,7 +172,7 @@ class Run:
         # trains on train+test, so its "test" numbers are not held-out numbers).
         result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
         if save:
-            write_json(self.dir.eval, result)
+            write_json(self.dir.eval, {**result, ID_FIELD: self.checkpoint_id})
         return result
 
     def history(self) -> list[dict]:
@@ -189,23 +209,68 @@ class Run:
 
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
-          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None) -> Run:
+          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None,
+          overwrite: bool = False, keep: tuple[str, ...] = ()) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
     ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
-    ``resume=True`` continues the run in ``run_dir`` with its saved config (plus overrides)."""
+
+    ``run_dir`` must be new, empty, or a run: a trained run there is refused in one line
+    unless ``resume=True`` (continue it with its saved config, plus overrides) or
+    ``overwrite=True`` (remove everything the old run wrote, then train afresh); a folder
+    holding files vaelab did not write is refused either way (``RunDir.prepare_fresh``).
+    ``keep``: names the caller owns in ``run_dir`` (a sweep's trial files), left alone."""
+    from vaelab.training import distributed
+
+    if resume and overwrite:
+        raise VaelabError("resume continues the run and overwrite replaces it: ask for one of them")
     if resume:
         if preset is not None or config_file is not None:
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
         config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
+        check_options_used(config, explicit_keys(extra, overrides))
     elif isinstance(preset, RunConfig):
         config = preset
     else:
         config = build_config(preset, config_file, overrides, extra)
+    if not resume and distributed.is_main():  # a valid config first; under torchrun rank 0 checks and clears
+        RunDir(run_dir).prepare_fresh(overwrite=overwrite, keep=keep)
+    t_fit = time.perf_counter()
     result = fit(config, run_dir, resume=resume, log=log)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
+        t_eval = time.perf_counter()
         run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
+        t_figures = time.perf_counter()
         run.figures(seed=result.config.train.seed)
+        _add_timing(run.dir, t_fit, eval_s=t_figures - t_eval, figures_s=time.perf_counter() - t_figures)
+    elif result.main and run_dir is not None:
+        _add_timing(run.dir, t_fit)
     return run
+
+
+def _add_timing(rd: RunDir, t_fit: float, **parts: float) -> None:
+    """Complete summary.json's ``timing`` (the training loop wrote its own parts): the
+    evaluation's and the figures' seconds, the process's start-up (interpreter, imports,
+    config: everything before the training loop) and its age now (``process_s``)."""
+    if not rd.summary.is_file():
+        return
+    summary = json.loads(rd.summary.read_text())
+    timing = summary.setdefault("timing", {})
+    timing.update({k: round(v, 3) for k, v in parts.items()})
+    age = _process_age()
+    if age is not None:
+        timing["startup_s"] = round(age - (time.perf_counter() - t_fit), 3)
+        timing["process_s"] = round(age, 3)
+    write_json(rd.summary, summary)
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started, from /proc (Linux); None elsewhere."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None

@@ -92,9 +92,27 @@ def _convert(v, kind: str):
     return v
 
 
+# Data sources (keys of vaelab.data:DATASETS) that read data.path, and what the path is; the
+# others (mnist, fashion-mnist, dsprites) read data.data_dir. A path given with no source
+# names its source: a .npz or .npy file is npz, anything else an image folder.
+PATH_SOURCES = {"folder": "an image folder", "npz": "a .npz or .npy file"}
+DATA_DIR_SOURCES = ("mnist", "fashion-mnist", "dsprites")  # the rest read data.path, not data.data_dir
+DOWNLOADED = ("mnist", "fashion-mnist")  # data.download=false applies to these only
+# Options that only the image-folder loader reads: (field, its default).
+FOLDER_OPTIONS = (("image_size", None), ("channels", None), ("crop", None), ("background", "white"),
+                  ("skip_bad", False))
+
+
+def source_of(path: str) -> str:
+    """The data source a path names: npz for a .npz or .npy file, else folder."""
+    return "npz" if Path(path).suffix.lower() in (".npz", ".npy") else "folder"
+
+
 @dataclass
 class DataConfig:
-    name: str = "mnist"  # mnist | fashion-mnist | folder | npz
+    # mnist | fashion-mnist | folder | npz | dsprites; None (not given): the source data.path names
+    # (see source_of), else mnist
+    name: str | None = None
     path: str | None = None  # image folder or .npz/.npy file (name = folder | npz)
     data_dir: str | None = None  # root holding mnist/ and fashion-mnist/ (else $VAELAB_DATA, cache)
     train_split: str = "train"  # train | train+test
@@ -106,7 +124,9 @@ class DataConfig:
     background: str = "white"  # folders: what transparent pixels show: white, black or #rrggbb
     skip_bad: bool = False  # folders: leave unreadable images out (listed in the cache manifest)
     in_memory: bool | str = "auto"  # auto (memory-map folders too big for memory) | true | false
-    limit: int | None = None  # keep only the first N training images (quick runs, tests)
+    # keep N training images, a random subset seeded by train.seed (sources may be ordered by
+    # class or factor, e.g. dSprites, so the first N would not be a sample); quick runs, tests
+    limit: int | None = None
     download: bool = True  # fetch mnist / fashion-mnist when absent
     # Binary images from grey levels: "none"; "dynamic" (a fresh Bernoulli draw of every
     # training image each epoch, seeded by (train.seed, epoch), so a resumed run draws the
@@ -140,6 +160,35 @@ class DataConfig:
             _check(len(self.classes) > 0, "data.classes must name at least one class")
         _check(self.binarize in ("none", "dynamic", "static"),
                f"data.binarize must be none, dynamic or static, got {self.binarize!r}")
+        if self.name is None:
+            self.name = source_of(self.path) if self.path else "mnist"
+
+    def check_used(self) -> None:
+        """Refuse an option the source does not read, in one line. Not part of building a
+        config (a saved run's config.json still loads): ``check_options_used`` calls it
+        wherever a config is made or trained."""
+        name = self.name
+        if self.path is not None and name not in PATH_SOURCES:
+            raise ConfigError(f"data.path (--data-path) {self.path} is not read by data.name={name}; "
+                              f"give data.name={source_of(self.path)} (--data) for {PATH_SOURCES[source_of(self.path)]}, "
+                              "or leave the path out")
+        if self.path is not None and name == "folder" and source_of(self.path) == "npz":
+            raise ConfigError(f"data.path (--data-path) {self.path} is {PATH_SOURCES[source_of(self.path)]}, and "
+                              f"data.name={name} reads {PATH_SOURCES[name]}; give data.name={source_of(self.path)}")
+        if self.data_dir is not None and name not in DATA_DIR_SOURCES:
+            raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={name}, which reads data.path; "
+                              "leave it out")
+        if name != "folder":
+            for option, default in FOLDER_OPTIONS:
+                if getattr(self, option) != default:
+                    raise ConfigError(f"data.{option} applies to image folders (data.name=folder) only, and "
+                                      f"data.name is {name}; leave it out (--set data.{option}="
+                                      f"{'null' if default is None else str(default).lower()})")
+        if not self.download and name not in DOWNLOADED:
+            raise ConfigError(f"data.download=false applies to {' and '.join(DOWNLOADED)} only (data.name is {name})")
+        if self.in_memory not in ("auto", "true") and name in DOWNLOADED + ("npz",):
+            raise ConfigError(f"data.in_memory={self.in_memory} does not apply to data.name={name}: it is always "
+                              "read into memory; leave it at auto")
 
 
 @dataclass
@@ -447,6 +496,102 @@ class RunConfig:
         )
 
 
+# ---------------------------------------------------------------- options the chosen parts read
+
+CONV_FIELDS = ("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
+               "decoder_channels", "decoder_input_activation", "final_layer")
+
+
+def unused_options(config: RunConfig) -> dict[str, str]:
+    """The options the chosen parts of ``config`` do not read: "section.field" -> why, in words.
+
+    One table, next to the fields it names (a part that starts reading a field edits it
+    here). Sampling tools read a model's prior, so model.prior is never listed."""
+    d, m, t = config.data, config.model, config.train
+    out: dict[str, str] = {}
+
+    def rule(keys: str, used: bool, why: str) -> None:
+        if not used:
+            out.update(dict.fromkeys(keys.split(), why))
+
+    rule("data.path", d.name in PATH_SOURCES, f"data.name={d.name} reads data.data_dir")
+    rule("data.data_dir", d.name in DATA_DIR_SOURCES, f"data.name={d.name} reads data.path")
+    rule(" ".join(f"data.{f}" for f, _ in FOLDER_OPTIONS), d.name == "folder",
+         f"it applies to image folders (data.name=folder), and data.name is {d.name}")
+    rule("data.download", d.name in DOWNLOADED, f"only {' and '.join(DOWNLOADED)} are downloaded")
+    rule("data.in_memory", d.name not in DOWNLOADED + ("npz",), f"data.name={d.name} is always read into memory")
+    rule("data.val", not (d.val == "test" and d.name in ("npz", "dsprites")),
+         f"data.name={d.name} has no test split; give a fraction such as 0.1, or none")
+    rule("train.kl_warmup_epochs model.kl_warmup model.beta",
+         m.objective == "tcvae" or (m.objective == "elbo" and m.capacity is None),
+         "model.capacity replaces the KL weight (recon + gamma |KL - C progress|)" if m.objective == "elbo" else
+         f"model.objective={m.objective} has no KL weight to warm up or set (elbo and tcvae have)")
+    rule("model.capacity", m.objective == "elbo", f"capacity annealing is an elbo option, and model.objective "
+         f"is {m.objective}")
+    rule("model.capacity_gamma", m.objective == "elbo" and m.capacity is not None,
+         "it weighs the capacity term, and model.capacity is not set")
+    rule("model.k", m.objective == "iwae", f"importance samples are an iwae option, and model.objective is "
+         f"{m.objective}")
+    rule("model.tc_alpha model.tc_gamma model.tc_estimator", m.objective == "tcvae",
+         f"it is a tcvae option, and model.objective is {m.objective}")
+    rule("model.mmd_weight model.mmd_kernel model.mmd_scales", m.objective in ("wae-mmd", "infovae"),
+         f"it is an MMD option (wae-mmd, infovae), and model.objective is {m.objective}")
+    rule("model.info_alpha", m.objective == "infovae", f"it is an infovae option, and model.objective is {m.objective}")
+    rule("model.commitment", m.objective == "vq", f"it is a vq option, and model.objective is {m.objective}")
+    rule("model.codebook_size model.vq_ema", m.posterior == "vq",
+         f"it is a VQ-VAE option (model.posterior=vq), and model.posterior is {m.posterior}")
+    rule("model.vq_decay", m.posterior == "vq" and m.vq_ema, "it is the EMA codebook's decay, and model.vq_ema is off")
+    rule("model.vamp_components", m.prior == "vamp", f"it is a vamp prior option, and model.prior is {m.prior}")
+    rule("model.hidden2", m.posterior == "gaussian2" or m.prior == "hierarchical",
+         "it is for two stochastic layers (model.posterior=gaussian2, model.prior=hierarchical)")
+    rule("model.condition_dim", m.condition == "embedding",
+         f"it is the width of a label embedding (model.condition=embedding), and model.condition is {m.condition}")
+    rule("model.predictor_hidden", m.predictor_weight > 0, "there is no label predictor (model.predictor_weight=0)")
+    rule("model.num_classes", m.uses_labels, "the model uses no labels (no condition, no predictor)")
+    rule("model.corrupt_level", m.corrupt != "none", "model.corrupt is none")
+    rule("model.sparsity_weight", m.sparsity != "none", "model.sparsity is none")
+    rule("model.sparsity_target", m.sparsity == "kl", f"it is for model.sparsity=kl, and model.sparsity is {m.sparsity}")
+    rule("model.latent_activation", m.posterior == "point",
+         f"it activates an autoencoder's code (model.posterior=point), and model.posterior is {m.posterior}")
+    rule("model.leaky_slope", "leaky_relu" in (m.activation, m.decoder_activation),
+         "no activation is leaky_relu")
+    rule("model.hidden model.decoder_hidden", m.arch == "mlp", f"it is an mlp option, and model.arch is {m.arch}")
+    rule(" ".join(f"model.{f}" for f in CONV_FIELDS), m.arch == "conv",
+         f"it is a conv option, and model.arch is {m.arch}")
+    rule("train.lr_gamma", t.lr_schedule == "exponential",
+         f"it is the exponential schedule's factor, and train.lr_schedule is {t.lr_schedule}")
+    return out
+
+
+def _default(section: str, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse an option the chosen parts do not read (``unused_options``): when it differs
+    from its default, or, even at its default, when it is in ``explicit`` (the keys a user
+    set: CLI flags, --set, a YAML file), instead of training with it silently ignored. An
+    explicit null clears an option (a preset's data.image_size=64 for an npz, say): no error."""
+    config.data.check_used()  # the data options, with their own messages
+    for key, why in unused_options(config).items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if (key in explicit and value is not None) or value != typed_value(section, name, _default(section, name)):
+            shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+            raise ConfigError(f"{key}={shown} is not used: {why}; leave it out")
+
+
+def _keys(d: dict | None) -> set[str]:
+    """"section.field" for every field a nested config dict sets."""
+    return {f"{s}.{k}" for s, v in (d or {}).items() if isinstance(v, dict) for k in v}
+
+
+def explicit_keys(extra: dict | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The "section.field" keys that typed values (``extra``) and dotted overrides set."""
+    return _keys(extra) | {".".join(parse_override(o)[:2]) for o in overrides or []}
+
+
 def _build(cls, values: dict, section: str):
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
@@ -545,19 +690,28 @@ def typed_value(section: str, name: str, value: Any) -> Any:
 
 
 def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:
-    """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts."""
-    if extra:
-        d = merge(d, extra)
+    """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts.
+
+    A data.path given here without a data.name replaces the source of ``d`` (a preset's
+    mnist, say) by the one the path names (``source_of``), instead of being ignored."""
+    update: dict[str, Any] = dict(extra or {})
     for text in overrides or []:
         section, name, value = parse_override(text)
-        d = merge(d, {section: {name: value}})
-    return d
+        update = merge(update, {section: {name: value}})
+    data = update.get("data") or {}
+    if data.get("path") is not None and "name" not in data and isinstance(d.get("data"), dict):
+        d = {**d, "data": {k: v for k, v in d["data"].items() if k != "name"}}
+    return merge(d, update)
 
 
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides."""
+    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides. An option the
+    chosen parts do not read is refused (``check_options_used``)."""
     d: dict[str, Any] = load_preset(preset) if preset else {}
-    if config_file:
-        d = merge(d, load_yaml(config_file))
-    return RunConfig.from_dict(apply_overrides(d, extra, overrides))
+    user = load_yaml(config_file) if config_file else {}
+    d = merge(d, user)
+    config = RunConfig.from_dict(apply_overrides(d, extra, overrides))
+    # What the user set (not the preset) must be read even where it equals the default.
+    check_options_used(config, explicit_keys(extra, overrides) | _keys(user))
+    return config

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vaelab.io import atomic_path
+from vaelab.rundir import ID_TEXT, RunDir
 
 
 def _plt():
@@ -25,9 +26,14 @@ def _plt():
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """Save and close ``fig``. A PNG saved inside a run directory records the id of that run's
+    weights (a tEXt chunk, ``vaelab.rundir``): the figure is of the weights there now."""
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    run = RunDir.owning(path) if fmt == "png" else None
+    meta = {ID_TEXT: run.checkpoint_id()} if run is not None else None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=fig.dpi, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", metadata=meta)
     _plt().close(fig)
     return path
 

@@ -14,12 +14,13 @@ import csv
 import html
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_TEXT, RunDir
 
 REPORT = "report.html"
 # Figures in this order first, then any other PNG by name.
@@ -49,6 +50,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { background: #fdecea; } tr.pending td { color: #888; }
+.table-wrap { max-width: 100%; overflow-x: auto; } .table-wrap table { margin: 0; }
+td.long { min-width: 12em; max-width: 32em; overflow-wrap: anywhere; }
 pre { background: #f7f7f7; padding: 0.7em; overflow-x: auto; font-size: 13px; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; }
@@ -97,7 +100,7 @@ def write_report(path: str | Path, out: str | Path | None = None, generate: bool
     if kind == "run":
         if generate:
             generate_figures(folder, data_dir=data_dir, log=log)
-        page = run_report_html(folder, target.parent)
+        page = run_report_html(folder, target.parent, log=log)
     else:
         page = sweep_report_html(folder, target.parent)
     write_text(target, page)
@@ -127,7 +130,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
     from vaelab.training import checkpoint
 
     rd = RunDir(run_dir)
-    have = {p.stem for p in rd.figures.glob("*.png")}
+    have = {p.stem for p in rd.figures.glob("*.png") if rd.stale(p) is None}  # a stale figure is drawn again
     config = checkpoint.load_config(run_dir)
     # A model with a prior also gets prior samples (Run.figures draws them).
     needs_std = "reconstructions" not in have or (config.model.prior != "none" and "samples_prior" not in have)
@@ -139,7 +142,7 @@ def generate_figures(run_dir: Path, data_dir: str | None = None, log: Callable[[
         except VaelabError as e:
             log(f"note: not drawing figures that need the model and data ({e}); "
                 "the report shows the figures already there")
-    if not rd.figure("loss").exists() and rd.history.is_file():
+    if (not rd.figure("loss").exists() or rd.stale(rd.figure("loss"))) and rd.history.is_file():
         written.append(_draw_loss(run_dir, config.preset))
     for p in written:
         log(f"drew {p}")
@@ -176,17 +179,39 @@ def figure_paths(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ run report
-def run_report_html(run_dir: Path, out_dir: Path) -> str:
+def _stale_files(rd: RunDir) -> dict[Path, str]:
+    """The derived files a run report would show that do not belong to the current weights, and why."""
+    paths = [rd.eval, *rd.figures.glob("*.png"), *rd.path.glob("*.json"), *rd.path.glob("*.png")]
+    out = {}
+    for p in paths:
+        if p.is_file() and p.name not in RunDir.PRIMARY and p.name not in ("trial.json", "features.json"):
+            why = rd.stale(p)
+            if why is not None:
+                out[p] = why
+    return out
+
+
+def run_report_html(run_dir: Path, out_dir: Path, log: Callable[[str], None] = lambda s: None) -> str:
+    """The report of a run. Derived files made from other weights than RUN/model.safetensors
+    holds now (or recording none) are left out, and the page and ``log`` say which."""
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
     config = _read_json(rd.config)
+    stale = _stale_files(rd)
     summary = _read_json(rd.summary) if rd.summary.is_file() else None
-    result = _read_json(rd.eval) if rd.eval.is_file() else None
+    result = _read_json(rd.eval) if rd.eval.is_file() and rd.eval not in stale else None
     model, data = config.get("model", {}), config.get("data", {})
     sub = (f"{model.get('kind', '?')} / {model.get('arch', '?')}, latent {model.get('latent_dim', '?')}, "
            f"data {data.get('name', '?')}" + (f", preset {config['preset']}" if config.get("preset") else ""))
     parts = [f"<h1>Run {_e(run_dir.resolve().name)}</h1>",
              f"<p class=sub>{_e(sub)} &middot; {_e(run_dir.resolve())}</p>"]
+    if stale:
+        names = ", ".join(p.relative_to(run_dir).as_posix() for p in stale)
+        log(f"note: left out of the report, made from other weights than {rd.weights} now holds "
+            f"(or by an older vaelab): {names}")
+        parts.append(f"<p class=note>Left out, made from other weights than {_e(RunDir.WEIGHTS)} now holds "
+                     f"(or recording none): " + "; ".join(f"{_e(p.relative_to(run_dir).as_posix())} ({_e(why)})"
+                                                          for p, why in stale.items()) + "</p>")
     parts += ["<h2>Configuration</h2>", _config_table(config),
               _details("full config.json", _pre(json.dumps(config, indent=2)))]
     parts.append("<h2>Metrics</h2>")
@@ -201,12 +226,12 @@ def run_report_html(run_dir: Path, out_dir: Path) -> str:
             parts += ["<h3>KL per latent dimension</h3>", _kl_bars(result["kl_per_dim"])]
     if summary is None and result is None:
         parts.append("<p class=note>No summary.json or eval.json yet (train, then `vaelab eval RUN`).</p>")
-    parts += _history_section(run_dir)
-    figs = [p for p in figure_paths(rd.figures) if p.stem != "loss"]
+    parts += _history_section(run_dir, stale)
+    figs = [p for p in figure_paths(rd.figures) if p.stem != "loss" and p not in stale]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(p, run_dir) for p in figs] or ["<p class=note>No figures in figures/.</p>"]
-    parts += _other_results(run_dir)
-    return _page(f"vaelab run {run_dir.resolve().name}", parts)
+    parts += _other_results(run_dir, stale)
+    return _page(f"vaelab run {run_dir.resolve().name}", parts, checkpoint_id=rd.checkpoint_id())
 
 
 def _config_table(config: dict) -> str:
@@ -217,10 +242,10 @@ def _config_table(config: dict) -> str:
     return _kv_table({"preset": config.get("preset"), **rows})
 
 
-def _history_section(run_dir: Path) -> list[str]:
+def _history_section(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     parts = ["<h2>Training</h2>"]
     loss = RunDir(run_dir).figure("loss")
-    if loss.is_file():
+    if loss.is_file() and loss not in stale:
         parts.append(_figure(loss, run_dir))
     history = _read_csv(RunDir(run_dir).history) if RunDir(run_dir).history.is_file() else []
     if history:
@@ -239,11 +264,12 @@ def _kl_bars(kl: list) -> str:
     return _table(["dim", "KL (nats)", ""], rows, raw_cols={2})
 
 
-def _other_results(run_dir: Path) -> list[str]:
+def _other_results(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
     known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
-    extra = [p for p in sorted(run_dir.glob("*.json")) if p.name not in known]
-    pngs = figure_paths(run_dir)
+    extra = [p for p in sorted(run_dir.glob("*.json"))  # not the records beside a CSV (latents.csv.json)
+             if p.name not in known and p not in stale and not Path(p.stem).suffix]
+    pngs = [p for p in figure_paths(run_dir) if p not in stale]
     if not extra and not pngs:
         return []
     parts = ["<h2>Other results</h2>"]
@@ -282,22 +308,32 @@ def sweep_report_html(sweep_dir: Path, out_dir: Path) -> str:
 
 
 def _results_table(rows: list[dict]) -> str:
+    """The results table, narrow enough for the page: headers and trial names may break after
+    '.' and '_' (headers) or ',' (trials), error messages wrap, and what is still too wide
+    scrolls in its box."""
     cols = list(rows[0])
     body = []
     for r in rows:
         status = r.get("status", "")
         cls = status if status in ("failed", "pending") else ""
-        cells = "".join(_td(r.get(c, ""), c == "trial") for c in cols)
+        cells = "".join(_td(r.get(c, ""), c == "trial", c == "error") for c in cols)
         body.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    head = "".join(f"<th>{_breakable(c, '._')}</th>" for c in cols)
+    return f"<div class=table-wrap><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
-def _td(value, is_trial: bool = False) -> str:
+def _td(value, is_trial: bool = False, is_long: bool = False) -> str:
     if is_trial and value:
-        return f'<td><a href="#trial-{_e(_slug(value))}">{_e(value)}</a></td>'
+        return f'<td><a href="#trial-{_e(_slug(value))}">{_breakable(value)}</a></td>'
+    if is_long and value:
+        return f"<td class=long>{_e(value)}</td>"
     cls = " class=num" if _is_number(value) else ""
     return f"<td{cls}>{_e(_fmt(value))}</td>"
+
+
+def _breakable(v, after: str = ",") -> str:
+    """Escaped text that a browser may break after any of the characters ``after``."""
+    return re.sub(f"([{re.escape(after)}])(?=.)", r"\1<wbr>", _e(v))
 
 
 def _trial_section(sweep_dir: Path, trial: dict, row: dict | None, out_dir: Path) -> str:
@@ -323,9 +359,11 @@ def _trial_section(sweep_dir: Path, trial: dict, row: dict | None, out_dir: Path
 
 
 # ------------------------------------------------------------------------------ HTML pieces
-def _page(title: str, parts: list[str]) -> str:
+def _page(title: str, parts: list[str], checkpoint_id: str | None = None) -> str:
+    """The page; a run's report records the id of the weights it shows (vaelab.rundir.ID_TEXT)."""
     body = "\n".join(parts)
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
+    stamp = f'<meta name="{ID_TEXT}" content="{checkpoint_id}">\n' if checkpoint_id else ""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n{stamp}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n<script>{CHECK_SCRIPT}</script>\n</head><body>\n"
             f'<div id="report-check" data-status="pending"></div>\n{body}\n'
@@ -416,3 +454,6 @@ def _read_csv(path: Path) -> list[dict]:
             return list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise VaelabError(f"cannot read {path} as CSV: {e}") from None
+
+
+__all__ = ["figure_paths", "generate_figures", "report_kind", "write_report"]

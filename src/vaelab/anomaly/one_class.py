@@ -30,6 +30,7 @@ from vaelab.anomaly.scores import (
     DEFAULT_OVERRIDES,
     DEFAULT_PRESET,
     DEFAULT_SCORE,
+    SCORES,
     check_score,
     score_images,
 )
@@ -104,17 +105,22 @@ def _resolve(normal: list, names: list[str] | None, labels: list[int], where: st
     return out
 
 
+HOLDOUT = 0.2  # without a test split: the fraction of the normal class held out and scored
+SAMPLES = 10  # posterior draws K of the elbo and iwnll scores
+
+
 def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = None, out: str | Path | None = None,
                         preset: str | None = None, epochs: int | None = None, score: str | None = None,
                         overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None,
                         data_path: str | None = None, limit: int | None = None, test_limit: int | None = None,
-                        samples: int = 10, seed: int = 1, keep_runs: bool = False, holdout: float = 0.2,
+                        samples: int | None = None, seed: int = 1, keep_runs: bool = False,
+                        holdout: float | None = None,
                         log: Callable[[str], None] = print, verbose: bool = False) -> dict:
     """The one-class protocol (see the module docstring) for each ``normal`` class (all by
     default). Without ``preset`` the data source's default recipe (``default_recipe``) is used.
     Writes results.csv, results.md, results.json and roc.png to ``out`` when given.
-    ``limit``/``test_limit`` cut the training images per class and the test images (quick
-    checks only)."""
+    ``limit``/``test_limit`` keep a random ``limit`` of the training images per class and
+    ``test_limit`` of the test images, seeded by ``seed`` (quick checks only)."""
     from sklearn.metrics import roc_curve
 
     from vaelab import plots
@@ -125,8 +131,11 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     recipe = default_recipe(data)
     score = score or recipe.score
     check_score(score)
-    if not 0 < holdout < 1:
+    if holdout is not None and not 0 < holdout < 1:
         raise VaelabError(f"the held-out fraction of the normal class must be in (0, 1), got {holdout}")
+    if samples is not None and SCORES[score].needs is None:
+        raise VaelabError(f"samples (--samples) are posterior draws of the elbo and iwnll scores; score {score} "
+                          "draws none: leave it out")
     base = [f"data.name={data}", "data.train_split=train", "data.val=none", "data.classes=null", f"train.seed={seed}"]
     base += [f"data.data_dir={data_dir}"] if data_dir else []
     base += [f"data.path={data_path}"] if data_path else []
@@ -134,7 +143,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
         base.append(f"train.epochs={epochs if epochs is not None else recipe.epochs}")
     extra = list(recipe.overrides) if preset is None else []
     config = build_config(preset or recipe.preset, overrides=base + extra + list(overrides))
-    splits = load_data(config.data)
+    splits = load_data(config.data, seed=config.train.seed)
     images, test = splits.train, splits.test
     if images.y is None or (test is not None and test.y is None):
         raise DataError(f"the one-class benchmark needs labelled images, and {data_path or data} has none "
@@ -143,11 +152,17 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     labels = sorted(set(images.y.tolist()))
     names = CLASS_NAMES.get(data) or splits.classes or [str(c) for c in range(max(labels) + 1)]
     wanted = labels if normal is None else _resolve(normal, splits.classes, labels, data_path or data)
+    wanted = list(dict.fromkeys(wanted))  # a class named twice (1,1 or 1,digit-one) is run and averaged once
     bad = [c for c in wanted if c not in labels]
     if bad:
         raise VaelabError(f"normal class(es) {bad} not in the training labels {labels}")
+    if test is not None and holdout is not None:
+        raise VaelabError(f"holdout (--holdout) applies to data without a test split, and {data_path or data} has "
+                          "one (the whole test split is scored): leave it out")
+    holdout = HOLDOUT if holdout is None else holdout
+    samples = SAMPLES if samples is None else samples
     if test is not None and test_limit is not None:
-        test = test.subset(torch.arange(min(test_limit, len(test))))
+        test = test.subset(_random_rows(len(test), test_limit, seed))
     protocol = ("trained on one class of the training split, scored on the whole test split" if test is not None
                 else f"trained on {1 - holdout:.0%} of one class, scored on the other {holdout:.0%} of it "
                      f"(held out, seed {seed}) and every image of the other classes")
@@ -156,9 +171,10 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     for c in wanted:
         train, test_c, anomalous = one_class_split(images, c, holdout, seed, test)
         if test is None and test_limit is not None:
-            test_c, anomalous = test_c.subset(torch.arange(min(test_limit, len(test_c)))), anomalous[:test_limit]
+            keep = _random_rows(len(test_c), test_limit, seed)
+            test_c, anomalous = test_c.subset(keep), anomalous[keep.numpy()]
         if limit is not None:
-            train = train.subset(torch.arange(min(limit, len(train))))
+            train = train.subset(_random_rows(len(train), limit, seed))
         config_c = build_config(preset or recipe.preset, overrides=base + [f"data.classes=[{c}]"] + extra
                                 + list(overrides))
         run_dir = Path(out) / "runs" / f"class-{c}" if keep_runs and out else None
@@ -183,9 +199,18 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
               "protocol": protocol, "holdout": None if test is not None else holdout, "limit": limit,
               "test_limit": test_limit, "mean_auroc": round(mean, 4), "per_class": rows,
               "seconds": round(sum(r["train_seconds"] + r["score_seconds"] for r in rows), 1)}
+    result = {k: v for k, v in result.items() if v is not None}  # a setting that does not apply is left out
     if out is not None:
         _write_benchmark(Path(out), result, curves, plots)
     return result
+
+
+def _random_rows(n: int, limit: int, seed: int) -> torch.Tensor:
+    """A seeded random ``limit`` of ``n`` rows, in order (all when ``limit`` >= n): a test
+    split or a folder sorted by class would otherwise give its first classes only, as data.limit."""
+    if limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
 
 
 def _write_benchmark(out: Path, result: dict, curves: dict, plots) -> None:

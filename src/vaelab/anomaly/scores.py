@@ -28,6 +28,7 @@ from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import metrics
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import require
+from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
 # The default model of the detector and of `vaelab anomaly-bench`: the mlp-vae preset
 # (784-400-20, BCE + KL) for 30 epochs, scored by the MSE of its reconstruction through the
@@ -272,6 +273,11 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
         from vaelab.anomaly.maps import write_maps
 
         result["maps"] = write_maps(run.model, x, y, scores, out.parent, smooth, score=score)
+    if RunDir.owning(out) is not None:  # files inside a run record its weights (vaelab.rundir)
+        from vaelab.io import write_json
+
+        for f in [out] + ([Path(result["maps"]["npy"])] if maps else []):
+            write_json(sidecar(f), {"file": f.name, ID_FIELD: run.checkpoint_id})
     return result
 
 

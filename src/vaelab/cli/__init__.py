@@ -7,6 +7,8 @@ to see the traceback instead.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -36,6 +38,11 @@ for _command in COMMANDS:
 
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("VAELAB_DEBUG"))
+    # At exit, keep the interpreter's last garbage collection off the million objects that
+    # torch (and torch._dynamo, which torch.optim imports) leave behind: after `vaelab train`
+    # that pass took longer than the data loading. atexit handlers still run, and objects are
+    # still freed by reference count; only cyclic garbage is left to the OS.
+    atexit.register(gc.freeze)
     try:
         cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except click.exceptions.Abort:
@@ -65,3 +72,6 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         click.echo(f"vaelab: error: {e.strerror or e}{where}", err=True)
         sys.exit(2)
+
+
+__all__ = ["COMMANDS", "cli", "main"]

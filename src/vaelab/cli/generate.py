@@ -51,6 +51,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
     from vaelab.evaluation.judge import get_judge, judge_key
 
     cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
+    cfg.check_used()  # --data-path for mnist, --data-dir for a folder: refused, not ignored
     j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
     folder = out or cache_dir() / "judge" / judge_key(cfg)
     _echo(f"judge for {j.meta['dataset']}: test accuracy {j.accuracy:.4f} ({j.meta['n_test']:,} images); {folder}/eval.json")
@@ -76,13 +77,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 
     from vaelab import plots
     from vaelab.api import Run
-    from vaelab.io import atomic_path
+    from vaelab.io import atomic_path, write_json
     from vaelab.latent.sampling import fitted_sampler, sample_images
+    from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(components, covariance, scale)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -97,6 +99,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
                 if asked is not None:
                     arrays["labels"] = asked.numpy()
                 np.savez_compressed(f, **arrays)
+        if RunDir.owning(npz) is not None:  # inside a run: NPZ.json records the weights (vaelab.rundir)
+            write_json(sidecar(npz), {"file": Path(npz).name, ID_FIELD: run.checkpoint_id})
         _echo(f"wrote {npz}")
 
 
@@ -123,23 +127,63 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, cls, seed,
          device) -> None:
     """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, styles, recon, loss."""
+    from click.core import ParameterSource
+
     from vaelab.api import Run
     from vaelab.latent.pictures import plot as draw
+    from vaelab.latent.pictures import plot_options
 
+    # Each kind reads some of the options: one given to a kind that does not read it is refused.
+    takes = plot_options(kind)
+    ctx = click.get_current_context()
+    keyword = {"between": "mode"}  # option name -> the plot function's parameter
+    skip = ("run_dir", "kind", "out", "device")
+    given = [p for p in ctx.command.params if p.name not in skip
+             and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+    unused = [p.opts[0] for p in given if keyword.get(p.name, p.name) not in takes]
+    if unused:
+        raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind} (it reads "
+                          f"{', '.join(sorted(takes)) or 'no options'})")
     try:
         dims_t = tuple(int(d) for d in dims.split(","))
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
+    _check_plot_options(kind)
     run = Run.load(run_dir, device=device)
     if kind == "tsne" and run.config.model.latent_dim > 2:
         from vaelab.progress import announce
 
         announce(_echo, f"t-SNE of {n or 2000:,} codes onto a plane",
                  cost="this can take minutes on a CPU (a smaller --n is quicker)")
-    path = draw(run, kind, out or run.dir.figure(kind), split=split, n=n, dims=dims_t,
-                pairs=pairs, radius=radius, steps=steps, index=index, mode=between, source=source, target=target,
-                scale=scale, cls=cls, seed=seed)
+    options = {"split": split, "n": n, "dims": dims_t, "pairs": pairs, "radius": radius, "steps": steps,
+               "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,
+               "seed": seed}
+    path = draw(run, kind, out or run.dir.figure(kind), **{k: v for k, v in options.items() if k in takes})
+    if n is not None and n > len(run.split(split)):
+        _echo(f"note: the {split or run.default_split()} split holds {len(run.split(split))} images; "
+              f"plotted all of them, not {n}")
     _echo(f"wrote {path}")
+
+
+# plot's options -> the picture functions' parameters (vaelab.latent.pictures.PLOTS)
+_PLOT_OPTIONS = {"split": "split", "n": "n", "dims": "dims", "pairs": "pairs", "radius": "radius", "steps": "steps",
+                 "index": "index", "between": "mode", "source": "source", "target": "target", "scale": "scale",
+                 "cls": "cls", "seed": "seed"}
+
+
+def _check_plot_options(kind: str) -> None:
+    """An option the picture does not take is an error, not silently ignored (--radius for a scatter)."""
+    import inspect
+
+    from vaelab.latent.pictures import PLOTS
+
+    ctx = click.get_current_context()
+    takes = set(inspect.signature(PLOTS[kind]).parameters)
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    unused = [flags[o] for o, arg in _PLOT_OPTIONS.items()
+              if ctx.get_parameter_source(o) == click.core.ParameterSource.COMMANDLINE and arg not in takes]
+    if unused:
+        raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind}")
 
 
 @click.command("eval-samples")
@@ -153,9 +197,19 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @click.option("--scale", type=float)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
-def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out) -> None:
-    """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances."""
+@click.option("--features", help="Also FID, KID and precision/recall on these features: inception (comparable with "
+                                 "papers; needs torch-fidelity) or judge.")
+@click.option("--reference", type=click.Choice(["test", "train"]),
+              help="The real images --features compares samples with, the whole split (default: test).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out, features, reference,
+                 inception_weights) -> None:
+    """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
+    with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
+    from vaelab.evaluation.fid import FEATURES, InceptionFeatures, check_sizes
+    from vaelab.evaluation.judge import FEATURES as JUDGE_FEATURES
     from vaelab.evaluation.judge import get_judge
     from vaelab.latent.sample_eval import _summary, evaluate_samples
     from vaelab.progress import announce
@@ -163,7 +217,22 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
 
     if n < 2:
         raise VaelabError("--n must be at least 2")
+    if features is not None and features not in FEATURES:
+        raise VaelabError(f"unknown --features {features!r}; available: {', '.join(FEATURES)}")
+    if inception_weights and features != "inception":
+        raise VaelabError("--inception-weights applies to --features inception only")
+    if reference and features is None:
+        raise VaelabError("--reference applies to --features only (FCD always uses the held-out split)")
+    if features is not None:  # before the judge, which may train for minutes: fail fast
+        check_sizes(InceptionFeatures.dim if features == "inception" else JUDGE_FEATURES, n)
     run = Run.load(run_dir, device="cpu")
+    extractor = None
+    if features == "inception":  # likewise without torch-fidelity or the weights
+        import os
+
+        from vaelab.evaluation.fid import inception_extractor
+
+        extractor = inception_extractor(inception_weights, progress=os.environ.get("VAELAB_NO_PROGRESS") != "1")
     j = get_judge(run.config.data, judge_dir, log=_echo)
     out_dir = Path(out or run_dir)
     if out:
@@ -171,7 +240,9 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     announce(_echo, f"scoring {n:,} images drawn by the {sampler} sampler",
              why="the judge's features, class predictions and nearest training images",
              cost="this can take minutes on a CPU for 10,000 (a smaller --n is quicker)")
-    result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir,
+    result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
+                              reference=reference or "test", inception_weights=inception_weights,
+                              extractor=extractor, log=_echo,
                               **_only_used(sampler, _sampler_params(components, covariance, scale)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")

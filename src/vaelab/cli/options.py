@@ -51,8 +51,19 @@ def _echo(msg: str) -> None:
 
 
 def _print_eval(result: dict) -> None:
+    """A table of ``result`` (eval.json, summary.json): a field without a value (None, from
+    older files) is left out, and ``not_applicable`` ({field: reason}) is said in words after it;
+    ``checkpoint_id`` (which weights made the file) is bookkeeping, not a result: left out."""
     rows = []
-    for k, v in result.items():
+    flat = {}
+    for k, v in result.items():  # a section (summary.json's timing) as section.field rows
+        if isinstance(v, dict) and k != "not_applicable":
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    for k, v in flat.items():
+        if v is None or k in ("not_applicable", "checkpoint_id"):
+            continue
         if k == "kl_per_dim":
             v = "[" + ", ".join(f"{x:.2f}" for x in v[:10]) + (", ...]" if len(v) > 10 else "]")
         elif isinstance(v, float):
@@ -61,3 +72,5 @@ def _print_eval(result: dict) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         _echo(f"  {k:<{width}}  {v}")
+    for k, why in result.get("not_applicable", {}).items():
+        _echo(f"  ({k} not applicable: {why})")

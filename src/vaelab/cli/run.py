@@ -33,12 +33,14 @@ from vaelab.rundir import RunDir
               help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
 @click.option("--data", type=RegistryChoice("vaelab.data:DATASETS"), help="Data set.")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
-@click.option("--data-path", help="Image folder or .npz/.npy file, for --data folder/npz.")
+@click.option("--data-path", help="Image folder or .npz/.npy file; without --data it names the source "
+                                  "(.npz/.npy: npz, else folder).")
 @click.option("--train-split", type=click.Choice(["train", "train+test"]))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
 @click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
-@click.option("--limit", type=int, help="Use only the first N training images.")
+@click.option("--limit", type=int, help="Use only N training images, a random subset seeded by --seed (every "
+                                      "source: some, such as dsprites, are ordered).")
 @click.option("--latent-dim", type=int)
 @click.option("--kind", type=RegistryChoice("vaelab.models:MODELS"),
               help="Model family: the default posterior, prior, objective and conditioning.")
@@ -53,7 +55,8 @@ from vaelab.rundir import RunDir
 @click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out: everything it wrote (figures, samplers, "
+                                                  "exports, reports) is removed first.")
 @click.option("--iw-samples", type=int, default=10, show_default=True,
               help="Importance samples for nll_iw in the final evaluation.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
@@ -79,6 +82,9 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
+    iw_given = ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT
+    if iw_given and no_eval:
+        raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     if resume:
@@ -94,21 +100,22 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
                 return
         with _resumable(run_dir):
             api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
-                      iw_samples=iw_samples, log=_echo)
+                      iw_samples=iw_samples, log=_echo, overwrite=overwrite)
     else:
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
         run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
-        if RunDir(run_dir).resume.exists() and not overwrite:
-            raise VaelabError(f"{run_dir} already holds a run; --resume {run_dir} to continue it, "
-                              "--overwrite to replace it, or choose another --out")
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
-        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir):
+        _check_iw_samples(iw_samples if iw_given else 0, config.model)
+        # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
+        # and clears it here, with the same function, before the processes start.
+        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir,
+                                           prepare=lambda: RunDir(run_dir).prepare_fresh(overwrite=overwrite)):
             return
         with _resumable(run_dir):
-            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo)
+            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo, overwrite=overwrite)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     _echo(f"run saved in {run_dir}")
@@ -116,9 +123,21 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
 
 
-def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> bool:
+def _check_iw_samples(iw_samples: int, model) -> None:
+    """--iw-samples K > 0 given for a model without a density (nll_iw would be skipped) is an error."""
+    from vaelab.models import capabilities
+
+    caps = capabilities(model) if not hasattr(model, "capabilities") else model.capabilities
+    if iw_samples > 0 and "density" not in caps:
+        kind = getattr(getattr(model, "cfg", model), "kind", "this")
+        raise VaelabError(f"--iw-samples estimates nll_iw, and the {kind} model has no density to estimate; "
+                          "leave it out (or give 0)")
+
+
+def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path, prepare=None) -> bool:
     """--nproc N: check N against the devices, then run this same command as N processes
-    through torchrun's launcher (True); N = 1 trains here (False)."""
+    through torchrun's launcher (True); N = 1 trains here (False). ``prepare()`` runs just
+    before the processes start."""
     from vaelab.training import distributed
     from vaelab.training.checkpoint import resume_note
     from vaelab.training.precision import resolve_device
@@ -126,6 +145,8 @@ def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path) -> boo
     distributed.check_nproc(nproc, resolve_device(device))
     if nproc == 1:
         return False
+    if prepare is not None:
+        prepare()
     command = [sys.executable, "-m", "vaelab", "train", *_command_line(ctx, skip=("nproc",))]
     with _resumable(run_dir, f"vaelab train --nproc {nproc}"):
         distributed.launch(command, nproc, note=lambda: resume_note(run_dir, f"vaelab train --nproc {nproc}"))
@@ -173,13 +194,16 @@ def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
 @device_option
-def eval_cmd(run_dir, split, iw_samples, seed, data_dir, device) -> None:
+@click.pass_context
+def eval_cmd(ctx, run_dir, split, iw_samples, seed, data_dir, device) -> None:
     """Evaluate a run: print a table and write RUN/eval.json."""
     from vaelab.api import Run
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
+    if ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT:
+        _check_iw_samples(iw_samples, run.model)
     if iw_samples > 1 and "density" in run.capabilities:
         from vaelab.progress import announce
 
@@ -245,7 +269,10 @@ def info(run_dir) -> None:
           f"latent {m.latent_dim}, loss {m.loss}, data {cfg.data.name}")
     for name in (RunDir.SUMMARY, RunDir.EVAL):
         p = Path(run_dir) / name
-        if p.is_file():
+        stale = RunDir(run_dir).stale(p) if name == RunDir.EVAL and p.is_file() else None
+        if stale:
+            _echo(f"{name}: not shown, {stale}; `vaelab eval {run_dir}` evaluates the weights there now")
+        elif p.is_file():
             _echo(f"{name}:")
             _print_eval(json.loads(p.read_text()))
 

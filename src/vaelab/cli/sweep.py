@@ -55,7 +55,7 @@ def _finish(rows: list[dict], out: Path) -> None:
               help="Fixed override for every trial (repeatable).")
 @click.option("--epochs", type=int, help="Epochs per trial (default: the preset's).")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
-@click.option("--limit", type=int, help="Use only the first N training images in every trial.")
+@click.option("--limit", type=int, help="Use only N training images in every trial (a random subset, seeded by train.seed).")
 @click.option("--iw-samples", type=int, default=0, show_default=True,
               help="Importance samples for nll_iw in each trial's evaluation (0 skips it).")
 @click.option("--out", type=click.Path(file_okay=False), help="Sweep directory (default runs/sweep-PRESET).")

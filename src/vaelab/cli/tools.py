@@ -54,6 +54,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
         raise VaelabError(f"unknown inpainting method {method!r}; known: {', '.join(METHODS)}")
     if n < 1:
         raise VaelabError("--n must be at least 1")
+    if no_judge and judge_dir is not None:
+        raise VaelabError("--judge names the judge of the accuracies, and --no-judge skips them; give one of them")
     options = {"iterative": {"iterations": iterations}, "latent-opt": {"steps": steps, "lr": lr}}.get(method, {})
     given = {k: v for k, v in (("--iterations", iterations), ("--steps", steps), ("--lr", lr)) if v is not None}
     unused = [k for k in given if k.lstrip("-") not in options]
@@ -67,7 +69,10 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
                                  **{k: v for k, v in options.items() if v is not None})
     for k in ("method", "mask", "n", "masked_mse", "masked_mse_input", "ssim", "ssim_input", "judge_accuracy",
               "judge_accuracy_masked", "judge_accuracy_original"):
-        _echo(f"  {k:<24} {_fmt(result[k])}")
+        if k in result:
+            _echo(f"  {k:<24} {_fmt(result[k])}")
+    for k, why in result.get("not_applicable", {}).items():
+        _echo(f"  ({k} not applicable: {why})")
     _echo(f"wrote {out / 'inpaint_eval.json'} and {out / 'inpaint.png'}")
 
 
@@ -83,7 +88,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
+@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
 @click.option("--maps", is_flag=True,
@@ -95,13 +100,16 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
-    from vaelab.anomaly.scores import check_contamination, check_score, check_smoothing
+    from vaelab.anomaly.scores import SCORES, check_contamination, check_score, check_smoothing
     from vaelab.anomaly.scores import detect as detect_fn
     from vaelab.api import Run
 
     check_score(score)
     check_contamination(contamination)
     check_smoothing(maps, smooth)
+    if samples is not None and SCORES[score].needs is None:
+        raise VaelabError(f"--samples (posterior draws) applies to the elbo and iwnll scores, not to --score {score}")
+    samples = 10 if samples is None else samples
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
@@ -130,12 +138,14 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 @click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
               help="Anomaly score (default: the default recipe's); elbo and iwnll need a model with a density.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
-@click.option("--holdout", type=float, default=0.2, show_default=True,
+@click.option("--holdout", type=float,
               help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
-                   "beside every image of the other classes.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Posterior samples K for elbo / iwnll.")
-@click.option("--limit", type=int, help="Use only the first N training images per class (quick checks).")
-@click.option("--test-limit", type=int, help="Score only the first N test images (quick checks).")
+                   "beside every image of the other classes (default 0.2).")
+@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--limit", type=int, help="Use only N training images per class, a random subset seeded by --seed "
+                                      "(quick checks).")
+@click.option("--test-limit", type=int, help="Score only N test images, a random subset seeded by --seed "
+                                           "(quick checks).")
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
@@ -158,7 +168,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
     for name, v in (("--epochs", epochs), ("--limit", limit), ("--test-limit", test_limit), ("--samples", samples)):
         if v is not None and v < 1:
             raise VaelabError(f"{name} must be at least 1")
-    if not 0 < holdout < 1:
+    if holdout is not None and not 0 < holdout < 1:
         raise VaelabError(f"--holdout must be a fraction in (0, 1), got {holdout:g}")
     r = one_class_benchmark(data, classes, out=out, preset=preset, epochs=epochs, score=score,
                             overrides=list(overrides), data_dir=data_dir, data_path=data_path, limit=limit,
@@ -226,4 +236,9 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
     out = out or Path(run_dir) / f"{what}.csv"
     kw = {"decimals": decimals} if decimals is not None else {}
     r = export_fn(run, what, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    data, name = run.split(split), split or run.default_split()
+    if n is not None and r["rows"] < n:
+        _echo(f"note: the {name} split holds {len(data)} images; exported all {r['rows']}, not {n}")
+    if what == "latents" and data.y is None:
+        _echo(f"note: the {name} split has no labels; the label column is empty")
     _echo(f"wrote {r['rows']} rows x {r['columns']} columns to {out}")

@@ -201,8 +201,9 @@ def open_cache(d: Path, m: dict, folder: Path) -> FolderCache:
 
 
 # ---------------------------------------------------------------- building
-def _bad_file(path: str, error: str) -> DataError:
-    return DataError(f"cannot read image {path}: {error}; remove or replace it, or pass --skip-bad "
+# Errors name a file by its path relative to the data folder (a/0.png and b/0.png differ).
+def _bad_file(folder: Path, rel: str, error: str) -> DataError:
+    return DataError(f"cannot read image {rel} in {folder}: {error}; remove or replace it, or pass --skip-bad "
                      "(data.skip_bad=true) to leave unreadable files out")
 
 
@@ -212,10 +213,10 @@ def _chunks(folder: Path, rels: list[str]) -> list[list[str]]:
     return [[os.path.join(base, r) for r in rels[i:i + CHUNK]] for i in range(0, len(rels), CHUNK)]
 
 
-def _sort_out(rel: str, full: str, err: str, skip_bad: bool, skipped: list[dict]) -> None:
+def _sort_out(folder: Path, rel: str, err: str, skip_bad: bool, skipped: list[dict]) -> None:
     """A bad file: an error, or (with skip_bad) an entry in ``skipped``."""
     if not skip_bad:
-        raise _bad_file(full, err)
+        raise _bad_file(folder, rel, err)
     skipped.append({"path": rel, "error": err})
 
 
@@ -226,9 +227,9 @@ def _choose_channels(pool, rels: list[str], folder: Path, o: dict, bg: tuple, sk
     chunks = _chunks(folder, rels)
     with progress_bar(len(rels), f"reading headers of {folder.name}", progress) as bar:
         for chunk, results in zip(chunks, ordered_map(pool, dec.probe_chunk, chunks, bg)):
-            for full, (grey, err) in zip(chunk, results):
+            for _, (grey, err) in zip(chunk, results):
                 if err is not None:
-                    _sort_out(rels[i], full, err, skip_bad, skipped)
+                    _sort_out(folder, rels[i], err, skip_bad, skipped)
                 else:
                     greys.append(grey)
                     good.append(rels[i])
@@ -243,9 +244,9 @@ def _choose_channels(pool, rels: list[str], folder: Path, o: dict, bg: tuple, sk
     return (1 if greys and n_grey == len(greys) else 3), good
 
 
-def _mixed_sizes(folder: Path, first: tuple, f1: str, shape: tuple, f2: str) -> DataError:
-    return DataError(f"images in {folder} have mixed sizes ({first[2]}x{first[1]} in {os.path.basename(f1)}, "
-                     f"{shape[2]}x{shape[1]} in {os.path.basename(f2)}); pass --image-size N to resize them all")
+def _mixed_sizes(folder: Path, first: tuple, rel1: str, shape: tuple, rel2: str) -> DataError:
+    return DataError(f"images in {folder} have mixed sizes ({first[2]}x{first[1]} in {rel1}, "
+                     f"{shape[2]}x{shape[1]} in {rel2}); pass --image-size N to resize them all")
 
 
 def _decode_into(tmp: Path, pool, rels: list[str], folder: Path, opts: dec.DecodeOptions, skip_bad: bool,
@@ -255,16 +256,16 @@ def _decode_into(tmp: Path, pool, rels: list[str], folder: Path, opts: dec.Decod
     chunks = _chunks(folder, rels)
     with progress_bar(len(rels), f"decoding {folder.name}", progress) as bar:
         for chunk, results in zip(chunks, ordered_map(pool, dec.decode_chunk, chunks, opts)):
-            for full, (a, err) in zip(chunk, results):
+            for _, (a, err) in zip(chunk, results):
                 rel, i = rels[i], i + 1
                 if err is not None:
-                    _sort_out(rel, full, err, skip_bad, skipped)
+                    _sort_out(folder, rel, err, skip_bad, skipped)
                     continue
                 if out is None:  # the first good image fixes (C, H, W)
-                    first = (a.shape, full)
+                    first = (a.shape, rel)
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), *a.shape))
                 elif a.shape != first[0]:
-                    raise _mixed_sizes(folder, first[0], first[1], a.shape, full)
+                    raise _mixed_sizes(folder, first[0], first[1], a.shape, rel)
                 out[len(kept)] = a
                 kept.append(rel)
             bar.update(len(chunk))
@@ -298,7 +299,7 @@ def _build(d: Path, folder: Path, rels: list[str], classes: list[str] | None, li
         channels, good = _choose_channels(pool, rels, folder, o, bg, skip_bad, progress, skipped, notes)
         if not good:
             raise DataError(f"no readable images in {folder}: all {len(rels)} files are unreadable")
-        opts = dec.DecodeOptions(channels, o["image_size"], parse_crop(o["crop"]), bg)
+        opts = dec.DecodeOptions(channels, o["image_size"], parse_crop(o["crop"]), bg, root=str(folder))
         with atomic_path(d / "images.npy") as tmp:
             kept = _decode_into(tmp, pool, good, folder, opts, skip_bad, progress, skipped)
     arrays = {"images": checksums(d / "images.npy")}
@@ -341,7 +342,7 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
         m, why = validate(d, folder, o, listing, full=verify)
         if m is not None:
             if m["skipped"] and not skip_bad:  # built with skip_bad: the bad files are still there
-                raise _bad_file(os.path.join(str(folder), m["skipped"][0]["path"]), m["skipped"][0]["error"])
+                raise _bad_file(folder, m["skipped"][0]["path"], m["skipped"][0]["error"])
             c = open_cache(d, m, folder)
             c.seconds = time.perf_counter() - t0
             return c
@@ -377,6 +378,10 @@ def prepare_splits(root: str | Path, log: Callable[[str], None] | None = None, *
         if log:
             log(f"{root}: train/ and test/ differ in colour; both are stored as RGB (3 channels)")
         out = {s: prepare_folder(root / s, log=log, **{**options, "channels": 3}) for s in ("train", "test")}
+    (_, _, h1, w1), (_, _, h2, w2) = (c.images.shape for c in out.values())
+    if (h1, w1) != (h2, w2):
+        raise DataError(f"images in {root} have mixed sizes ({w1}x{h1} in train/, {w2}x{h2} in test/); "
+                        "pass --image-size N to resize them all")
     if out["train"].classes != out["test"].classes:
         names = [", ".join(c.classes or []) or "none" for c in out.values()]
         raise DataError(f"{root}/train and {root}/test have different class folders ({names[0]} vs {names[1]}); "

@@ -20,6 +20,7 @@ PIL's decompression-bomb limit stays on: an absurdly large image is a bad file.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class DecodeOptions:
     image_size: int | None = None  # square resize after the crop
     crop: tuple[int, int] | None = None  # centre crop (height, width) before the resize
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels show this
+    root: str = ""  # the data folder: an error names a file by its path relative to it
 
 
 def grey_value(rgb: tuple[int, int, int]) -> int:
@@ -103,20 +105,20 @@ def _scale_int16(a: np.ndarray) -> np.ndarray:
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _scale_float(a: np.ndarray, path: str) -> np.ndarray:
+def _scale_float(a: np.ndarray, name) -> np.ndarray:
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-        raise ValueError(f"float image {path} has values outside [0, 1] "
+        raise ValueError(f"float image {name} has values outside [0, 1] "
                          f"({np.nanmin(a):.3g}..{np.nanmax(a):.3g}); vaelab reads float images as 0..1")
     return np.rint(a * 255).astype(np.uint8)
 
 
-def _pixels(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _pixels(im: Image.Image, name) -> tuple[np.ndarray, np.ndarray | None]:
     """Colour (H, W, 1 or 3) uint8 and alpha (H, W) uint8 or None, from any PIL mode."""
     mode = im.mode
     if mode in INT16_MODES:
         return _scale_int16(np.asarray(im))[..., None], None
     if mode == "F":
-        return _scale_float(np.asarray(im, dtype=np.float64), path)[..., None], None
+        return _scale_float(np.asarray(im, dtype=np.float64), name)[..., None], None
     if mode == "P":
         grey = _palette_is_grey(im)
         target = ("LA" if grey else "RGBA") if _has_alpha(im) else ("L" if grey else "RGB")
@@ -166,10 +168,10 @@ def _to_channels(colour: np.ndarray, alpha: np.ndarray | None, opts: DecodeOptio
     return composite(colour, alpha, (grey_value(opts.background),))
 
 
-def _centre_crop(im: Image.Image, crop: tuple[int, int], path: str) -> Image.Image:
+def _centre_crop(im: Image.Image, crop: tuple[int, int], name: str) -> Image.Image:
     h, w = crop
     if h > im.height or w > im.width:
-        raise DataError(f"crop center:{h}x{w} is larger than image {path} ({im.height}x{im.width}); "
+        raise DataError(f"crop center:{h}x{w} is larger than image {name} ({im.height}x{im.width}); "
                         "choose a smaller --crop")
     # Offsets rounded as torchvision's CenterCrop rounds them, so crops match its pipelines.
     top, left = round((im.height - h) / 2.0), round((im.width - w) / 2.0)
@@ -183,9 +185,11 @@ def decode(path: str, opts: DecodeOptions) -> np.ndarray:
         im.load()
         if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
             im = ImageOps.exif_transpose(im)
+        # An error names the file relative to the data folder (a/0.png, not /data/set/a/0.png).
+        name = os.path.relpath(path, opts.root) if opts.root and isinstance(path, str) else path
         if opts.crop is not None:
-            im = _centre_crop(im, opts.crop, path)
-        out = _to_channels(*_pixels(im, path), opts)  # (H, W, C)
+            im = _centre_crop(im, opts.crop, f"{name} in {opts.root}" if opts.root else str(name))
+        out = _to_channels(*_pixels(im, name), opts)  # (H, W, C)
     if opts.image_size is not None and out.shape[:2] != (opts.image_size, opts.image_size):
         size = (opts.image_size, opts.image_size)
         if out.shape[-1] == 1:

@@ -276,9 +276,10 @@ def load_dsprites(root: str | os.PathLike | None = None, *, limit: int | None = 
     first use (about 3 GB of images) and drawn again when the cache is missing,
     truncated, of another shape or dtype, or from another version of this drawing.
     ``limit`` keeps the first ``limit`` images (note: in the original's order these are
-    all squares; for quick runs and tests); a cache holding at least that many is
-    reused. ``mmap`` maps the images copy-on-write instead of reading 3 GB into memory.
-    ``log`` gets one line before the images are drawn (None: silent).
+    all squares; for the cache's own tests; ``data.limit`` takes a random subset of
+    all of them instead); a cache holding at least that many is reused. ``mmap`` maps the
+    images copy-on-write instead of reading 3 GB into memory. ``log`` gets one line before
+    the images are drawn (None: silent).
     """
     n = N_IMAGES if limit is None else int(limit)
     if not 0 < n <= N_IMAGES:

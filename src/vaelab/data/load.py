@@ -118,9 +118,10 @@ def resolve_classes(wanted: list, names: list[str] | None, where: str) -> list[i
     return out
 
 
-def load_data(cfg: DataConfig, log: Log | None = None) -> Splits:
+def load_data(cfg: DataConfig, log: Log | None = None, seed: int = 0) -> Splits:
     """Load, filter and split a data set as described by ``cfg``; notes go to ``log`` and
-    ``Splits.notes``."""
+    ``Splits.notes``. ``seed`` draws the subset ``data.limit`` keeps: runs pass their
+    ``train.seed``, so a run and everything that reloads its data see the same images."""
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {cfg.name!r}; known: {', '.join(DATASETS)}")
     notes: list[str] = []
@@ -143,11 +144,18 @@ def load_data(cfg: DataConfig, log: Log | None = None) -> Splits:
             raise DataError(f"data.train_split=train+test needs a test split, and {cfg.name} has none")
         extra = _keep_classes(test, wanted) if wanted is not None else test
         train = concat(train, extra, "train")
-    if cfg.limit is not None:
-        train = train.subset(torch.arange(min(cfg.limit, len(train))))
+    if cfg.limit is not None and cfg.limit < len(train):
+        # A seeded random subset, kept in the source's order, for every source: some are
+        # ordered (dSprites by factor, its first N all small squares; folders by class),
+        # and one rule for all (MNIST's shuffled digits too) keeps data.limit meaning one thing.
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:cfg.limit]
+        train = train.subset(keep.sort().values)
     val = None
     if cfg.val == "test":
         val = test
+        if test is None:  # the default meets a source without a test split: say so
+            note(f"no validation split: {cfg.path or cfg.name} has no test split (data.val=test); "
+                 "--val 0.1 holds out a tenth of the training images")
     elif cfg.val != "none":
         # A fixed, seeded hold-out: the same images every run of this config.
         n_val = max(1, round(float(cfg.val) * len(train)))

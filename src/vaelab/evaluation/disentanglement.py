@@ -6,7 +6,8 @@ values; each column is relabelled 0..K-1). Conventions follow disentanglement_li
 (Locatello et al. 2019), the reference most published numbers come from:
 
 - a factor that never varies (dSprites' color) carries no information and is left
-  out of every score; its per-factor entries are NaN;
+  out of every score; its per-factor entries are NaN. A factor that varies in the data
+  but not in the scored rows (``n_values`` says how many values each has) is refused;
 - mutual information is in nats, estimated on codes discretised into 20 equal-width
   bins over each dimension's range (``mig``);
 - DCI uses gradient boosted trees (scikit-learn's defaults) as disentanglement_lib;
@@ -28,8 +29,13 @@ from sklearn.metrics import mutual_info_score
 from vaelab.errors import VaelabError
 
 
-def _prepare(codes, factors, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Checked codes (N, D) float64, factors relabelled (N, F) int64, and which factors vary (F,) bool."""
+def _prepare(codes, factors, what: str, n_values=None, names=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked codes (N, D) float64, factors relabelled (N, F) int64, and which factors vary (F,) bool.
+
+    ``n_values`` (F,), when given, is how many values each factor takes in the whole data
+    set: a factor that varies there but takes one value in these rows (a subset that left
+    the rest out) cannot be scored, and is refused instead of being left out like a
+    factor that never varies. ``names`` (F,) name the factors in that message."""
     if factors is None:
         raise VaelabError(f"{what} needs ground-truth factor labels (e.g. data dsprites); this data has none")
     codes = np.asarray(codes, dtype=np.float64)
@@ -50,6 +56,14 @@ def _prepare(codes, factors, what: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     labels = np.stack([np.unique(factors[:, j], return_inverse=True)[1].reshape(-1)
                        for j in range(factors.shape[1])], axis=1).astype(np.int64)
     varies = labels.max(axis=0) > 0  # (F,)
+    if n_values is not None:
+        if len(n_values) != labels.shape[1]:
+            raise VaelabError(f"{what}: n_values has {len(n_values)} entries for {labels.shape[1]} factors")
+        for k in np.nonzero((np.asarray(n_values) > 1) & ~varies)[0]:
+            name = names[k] if names is not None else f"{k}"
+            raise VaelabError(f"{what}: factor {name} takes one of its {n_values[k]} values in all {len(codes)} "
+                              "samples, so no score of it can be computed; score a random sample of the whole "
+                              "data (more images, or a run trained without a data.limit taken in order)")
     if not varies.any():
         raise VaelabError(f"{what}: no factor takes more than one value in these {len(codes)} samples")
     return codes, labels, varies
@@ -74,7 +88,7 @@ def mutual_information(a, b) -> float:
     return float(mutual_info_score(np.asarray(a), np.asarray(b)))
 
 
-def mig(codes, factors, *, bins: int = 20) -> dict:
+def mig(codes, factors, *, bins: int = 20, n_values=None, names=None) -> dict:
     """Mutual Information Gap (Chen et al. 2018, "Isolating Sources of Disentanglement").
 
     For each factor k: (I(z_j*; v_k) - I(z_j'; v_k)) / H(v_k), the gap between the two
@@ -86,7 +100,7 @@ def mig(codes, factors, *, bins: int = 20) -> dict:
     Returns ``mig``, ``gaps`` (F,) (NaN for constant factors), ``mutual_info`` (D, F)
     and ``entropy`` (F,), both in nats.
     """
-    codes, labels, varies = _prepare(codes, factors, "MIG")
+    codes, labels, varies = _prepare(codes, factors, "MIG", n_values, names)
     if bins < 2:
         raise VaelabError(f"MIG needs at least 2 bins, got {bins}")
     binned = discretize(codes, bins)  # (N, D)
@@ -108,7 +122,8 @@ def _one_minus_entropy(p: np.ndarray, axis: int) -> np.ndarray:
     return 1.0 - _entropy(p + 1e-11, base=k, axis=axis)
 
 
-def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100, seed: int = 0) -> dict:
+def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100, seed: int = 0,
+        n_values=None, names=None) -> dict:
     """Disentanglement, completeness, informativeness (Eastwood & Williams 2018, "A Framework for
     the Quantitative Evaluation of Disentangled Representations").
 
@@ -126,7 +141,7 @@ def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100
     ``informativeness_test``, ``importance`` (D, F) (NaN columns for constant
     factors), ``per_code`` (D,) and ``per_factor`` (F,).
     """
-    codes, labels, varies = _prepare(codes, factors, "DCI")
+    codes, labels, varies = _prepare(codes, factors, "DCI", n_values, names)
     n = len(codes)
     n_test = round(n * test_fraction)
     if not 0 < test_fraction < 1 or n_test < 1 or n - n_test < 2:
@@ -161,7 +176,8 @@ def dci(codes, factors, *, test_fraction: float = 1 / 3, n_estimators: int = 100
 
 
 def factor_vae_score(codes, factors, *, batch_size: int = 64, n_train: int = 10_000, n_eval: int = 5_000,
-                     n_variance: int = 10_000, prune_threshold: float = 0.05, seed: int = 0) -> dict:
+                     n_variance: int = 10_000, prune_threshold: float = 0.05, seed: int = 0,
+                     n_values=None, names=None) -> dict:
     """FactorVAE disentanglement score (Kim & Mnih 2018, "Disentangling by Factorising").
 
     Codes are divided by their standard deviation over ``n_variance`` random rows;
@@ -177,7 +193,7 @@ def factor_vae_score(codes, factors, *, batch_size: int = 64, n_train: int = 10_
     ``num_active_dims``. With no active dimension every score is 0, as in
     disentanglement_lib.
     """
-    codes, labels, varies = _prepare(codes, factors, "FactorVAE score")
+    codes, labels, varies = _prepare(codes, factors, "FactorVAE score", n_values, names)
     if batch_size < 2 or n_train < 1 or n_eval < 1 or n_variance < 2:
         raise VaelabError("FactorVAE score needs batch_size >= 2, n_train, n_eval >= 1 and n_variance >= 2")
     rng = np.random.default_rng(seed)

@@ -21,10 +21,14 @@ from vaelab.progress import each
 # rows beyond a few thousand only cost page faults (conv-vae, k = 10 over 1,000 images, one
 # thread: 5.7 s in chunks of 1,000 rows, 6.5 s as one pass of 10,000).
 IW_ROWS = 2048
+# On the CPU each chunk's draws then go through the decoder in pieces of DECODE_ROWS rows (the
+# same draws, the same numbers): the conv-vae decoder's maps of 512 rows stay in cache, and a
+# chunk of 2,000 rows took 1.5x as long at one thread (in-process, min of 4). On CUDA one pass.
+DECODE_ROWS = 512
 
 
 def iw_log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator | None,
-                      rows: int = IW_ROWS) -> torch.Tensor:
+                      rows: int = IW_ROWS, q=None) -> torch.Tensor:
     """The k-sample importance-weighted estimate of log p(x | y) per image (B,), float64,
     in the likelihood's loss convention (subtract ``model.nll_offset()`` for nats).
 
@@ -32,19 +36,22 @@ def iw_log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int, ge
     images), batched (no Python loop over samples within a chunk), combined with a running
     log-sum-exp.
     A conditional model without labels gives log p(x) = log sum_y p(y) p(x | y).
+    ``q``: the posterior q(z | x, y) when the caller has it already (one encoder pass fewer).
     """
     if model.conditional and y is None:
         per_class = [model.class_log_prior[c].double() + iw_log_likelihood(
             model, x, torch.full((len(x),), c, dtype=torch.long, device=x.device), k, generator, rows)
             for c in range(model.cfg.num_classes)]
         return torch.logsumexp(torch.stack(per_class), 0)
-    q = model.posterior(x, y)
+    q = model.posterior(x, y) if q is None else q
     chunk = max(1, rows // max(1, len(x)))
     total = None
     done = 0
     while done < k:
         kc = min(chunk, k - done)
-        lse = torch.logsumexp(model.log_weights(x, y, kc, generator=generator, q=q).double(), 0)  # (B,)
+        pieces = DECODE_ROWS if x.device.type == "cpu" else None
+        log_w = model.log_weights(x, y, kc, generator=generator, q=q, rows=pieces)
+        lse = torch.logsumexp(log_w.double(), 0)  # (B,)
         total = lse if total is None else torch.logaddexp(total, lse)
         done += kc
     return total - math.log(k)
@@ -61,6 +68,11 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
     the posterior mean. ``nll_iw`` is the importance-weighted NLL in nats with
     ``iw_samples`` samples (models with a density, when iw_samples > 0). ``active_units``
     for a continuous latent; ``perplexity`` and ``dead_codes`` for a codebook.
+
+    A field that does not apply is left out, never written as None or NaN: ``iw_samples``
+    appears with ``nll_iw``, and ``not_applicable`` ({field: reason}, only when not empty)
+    says why a number one would expect is missing (nll_iw asked for on a model without a
+    density, SSIM on images smaller than its window, active units of a single image).
 
     Labels: a conditional model reads the split's labels; without them it is evaluated
     with the most probable class (``labels_inferred``), and ``nll_iw`` marginalises over
@@ -90,9 +102,10 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
         parts["psnr"] = metrics.psnr(x_hat, x)
         if min(x.shape[-2:]) >= metrics.SSIM_WINDOW:  # SSIM is not defined on smaller images
             parts["ssim"] = metrics.ssim(x_hat, x)
-        if iw:
-            parts["nll_iw"] = model.nll_offset() - iw_log_likelihood(model, x, y if model.conditional else None,
-                                                                     iw, gen)
+        if iw:  # q is the posterior the estimate needs, except for a conditional model without labels
+            y_iw = y if model.conditional else None
+            parts["nll_iw"] = model.nll_offset() - iw_log_likelihood(
+                model, x, y_iw, iw, gen, q=q if y_iw is y_model else None)
         if y is not None and model.has_predictor:
             logits = model.predict_logits(q.mean)
             parts["predictor"] = classification(logits, y)
@@ -109,21 +122,32 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
             counts = usage if counts is None else counts + usage
     n = len(data)
     result: dict = {k: v / n for k, v in sums.items()}
+    not_applicable: dict[str, str] = {}
+    if iw_samples > 0 and not iw:
+        not_applicable["nll_iw"] = f"{model.describe()} has no density"
+    if "ssim" not in result:
+        not_applicable["ssim"] = f"SSIM needs images of {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} or larger"
     mu_all = torch.cat(means)
     if "continuous" in caps:
-        result["active_units"] = metrics.active_units(mu_all) if len(mu_all) > 1 else None
+        if len(mu_all) > 1:
+            result["active_units"] = metrics.active_units(mu_all)
+        else:
+            not_applicable["active_units"] = "a variance across images needs 2 or more images"
     if counts is not None:  # how the codebook is used: exp(entropy) of the code frequencies, and unused codes
         result["perplexity"] = model.posterior_head.perplexity(counts)
         result["dead_codes"] = int((counts == 0).sum())
     if kl_sum is not None:
         result["kl_per_dim"] = (kl_sum / n).tolist()
-    result["iw_samples"] = iw or None
+    if iw:
+        result["iw_samples"] = iw
     if model.conditional and labels is None:
         result["labels_inferred"] = True
     result.update({"n": n, "split": split, "seed": seed})
+    if not_applicable:
+        result["not_applicable"] = not_applicable
     first = ["loss", "recon", "kl", "predictor", "predictor_accuracy", "mse", "ssim", "psnr", "nll_iw"]
     last = ["active_units", "perplexity", "dead_codes", "kl_per_dim", "iw_samples", "labels_inferred", "n", "split",
-            "seed"]
+            "seed", "not_applicable"]
     ordered = {k: result[k] for k in first if k in result}
     ordered.update({k: v for k, v in result.items() if k not in first and k not in last})  # other objective parts
     ordered.update({k: result[k] for k in last if k in result})

@@ -26,11 +26,12 @@ from torch import nn
 from vaelab.config import DataConfig
 from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
-from vaelab.errors import CheckpointError, DataError
+from vaelab.errors import CheckpointError, DataError, VaelabError
 from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
 from vaelab.progress import announce, write
 from vaelab.progress import bar as progress_bar
+from vaelab.rundir import RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
 
 FEATURES = 128
@@ -175,7 +176,16 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
     """Load the judge from ``folder`` (default: the user cache, keyed by data set) or train it."""
     folder = Path(folder) if folder else cache_dir() / "judge" / judge_key(data)
     if not retrain and (folder / "judge.safetensors").is_file():
-        return load_judge(folder)
+        judge, want = load_judge(folder), judge_key(data)
+        # A judge of another data set would give meaningless accuracies (a user folder's key also
+        # hashes its path, so only a standard data set's name is held against it).
+        if judge.meta.get("dataset") != want and {judge.meta.get("dataset"), want} & {"mnist", "fashion-mnist"}:
+            raise VaelabError(f"the judge in {folder} was trained on {judge.meta.get('dataset')}, not {want}; "
+                              f"pass another judge folder, or train one with `vaelab judge --data {data.name} --out DIR`")
+        return judge
+    if RunDir(folder).config.is_file():  # its eval.json would replace the run's
+        raise VaelabError(f"{folder} is a run directory, not a judge folder; pass another folder to --judge/--out "
+                          "(or leave it out for the cached judge)")
     # The judge trains on the standard split of the data set, whatever the run used.
     judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, image_size=data.image_size,
                             channels=data.channels, val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",

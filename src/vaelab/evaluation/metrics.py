@@ -10,7 +10,7 @@ import torch
 
 # SSIM and MS-SSIM live below the models (the msssim likelihood is built on them); they are
 # metrics like the others here.
-from vaelab.similarity import (  # noqa: F401
+from vaelab.similarity import (
     MS_SSIM_WEIGHTS,
     SSIM_WINDOW,
     ms_ssim,
@@ -61,7 +61,20 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve; ``labels`` 1 marks the positive (anomalous) class."""
+    """Area under the ROC curve; ``labels`` 1 marks the positive (anomalous) class. Both
+    classes must be present: with one the area is undefined, and that is an error."""
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(np.asarray(labels), np.asarray(scores)))
+    from vaelab.errors import VaelabError
+
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if len(present) < 2:
+        which = "normal" if len(present) and present[0] == 1 else "anomalous"
+        raise VaelabError(f"AUROC needs normal and anomalous images, and these {len(labels)} have no {which} one; "
+                          "score more (or a random sample of the) test images")
+    return float(roc_auc_score(labels, np.asarray(scores)))
+
+
+__all__ = ["MS_SSIM_WEIGHTS", "SSIM_WINDOW", "active_units", "auroc", "frechet_distance", "ms_ssim", "ms_ssim_min_size",
+           "mse", "psnr", "ssim"]

@@ -20,10 +20,12 @@ is dynamic; everything else is fixed by the run's config.
 
 Conditional models take ``label`` (a class 0..K-1) wherever the PyTorch call takes one.
 ``DIR/onnx.json`` describes every file: inputs and outputs with dtypes and shapes ("batch"
-for the dynamic dimension), the opset, and the largest difference from PyTorch that
+for the dynamic dimension; ``image_input``: an image is [N, C, H, W] float32 in [0, 1]), the
+id of the weights exported (``checkpoint_id``, also in each file's metadata_props), the opset, and the largest difference from PyTorch that
 onnxruntime measured on random inputs at two batch sizes (files are only written when it
 is within ``TOLERANCE``). All files are written beside each other first and moved into
-``DIR`` once every part has exported and passed, so a failure leaves nothing half-done.
+``DIR`` once every part has exported and passed, so a failure leaves nothing half-done; part
+files an earlier export listed in ``DIR/onnx.json`` and not exported now are removed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import shutil
 import tempfile
@@ -48,6 +51,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics
 from vaelab.io import write_json
 from vaelab.models import require
+from vaelab.rundir import ID_FIELD, ID_TEXT
 
 OPSET = 18  # onnxruntime >= 1.14 runs it
 MANIFEST = "onnx.json"
@@ -203,6 +207,9 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
         "input_shape": list(cfg.input_shape), "latent_dim": int(cfg.latent_dim),
         "num_classes": int(cfg.num_classes) if model.conditional else None,
         "images": "float32 (batch, C, H, W) in [0, 1], as the run's data (C = 1 grey, 3 RGB)",
+        # What an image input takes, exactly: a (N, H, W) array is refused by onnxruntime ("Invalid rank").
+        "image_input": {"shape": ["N", *map(int, cfg.input_shape)], "dtype": "float32", "range": [0.0, 1.0]},
+        ID_FIELD: run.checkpoint_id,  # the weights exported (vaelab.rundir): a re-export follows new weights
         "checked": None if ort is None else {"runtime": f"onnxruntime {ort.__version__}",
                                              "batch_sizes": list(CHECK_BATCHES), "tolerance": TOLERANCE},
         "parts": {},
@@ -212,17 +219,30 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=out_dir))
     try:
         for name in names:
-            manifest["parts"][name] = _export_part(model, name, tmp, ort)
+            manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD])
             log(f"exported the {name}: {_signature(manifest['parts'][name])}")
+        old = _old_files(out_dir)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # no description while the files change
         for f in sorted(tmp.iterdir()):  # every part passed: move them in, then the description
             f.replace(out_dir / f.name)
+        for f in old - {p["file"] for p in manifest["parts"].values()}:
+            (out_dir / f).unlink(missing_ok=True)  # a part of an earlier export not exported now
         write_json(out_dir / MANIFEST, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
-def _export_part(model, name: str, folder: Path, ort) -> dict:
+def _old_files(out_dir: Path) -> set[str]:
+    """The part files an earlier export's onnx.json lists in ``out_dir`` (only those are ever removed)."""
+    try:
+        parts = json.loads((out_dir / MANIFEST).read_text()).get("parts", {})
+        return {Path(p["file"]).name for p in parts.values() if str(p.get("file", "")).endswith(".onnx")}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return set()
+
+
+def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None) -> dict:
     part = PARTS[name]
     graph = part.graph(model).eval()
     gen = torch.Generator().manual_seed(0)
@@ -242,6 +262,8 @@ def _export_part(model, name: str, folder: Path, ort) -> dict:
         if fixed:  # torch.export fixed the batch size instead of failing: say so rather than ship it
             raise VaelabError(f"the {name} of {model.describe()} could not be exported with a dynamic batch "
                               f"({', '.join(fixed)} fixed at {EXAMPLE_BATCH}); nothing was written")
+        if checkpoint_id:  # the weights it was made from, inside the file too (vaelab.rundir.ID_TEXT)
+            program.model.metadata_props[ID_TEXT] = checkpoint_id
         program.save(path)
         ref = graph(*example.values())
     ref = ref if isinstance(ref, tuple) else (ref,)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from vaelab.errors import VaelabError
-from vaelab.io import atomic_path
+from vaelab.io import atomic_path, write_json
+from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
 DEFAULT_DECIMALS = 4  # 1/255 = 0.0039, so 4 decimals still tell all 256 grey levels apart
 DEFAULT_CHUNK = 1000
@@ -41,7 +42,8 @@ def _write_rows(f, first_cols: list[np.ndarray], values: np.ndarray, decimals: i
     """Write rows of integer/str leading columns then floats (B, K) with fixed decimals.
 
     One ``%`` format per row over a preformatted template: several times faster than the
-    csv module for thousands of float columns, and byte-identical whatever the chunking.
+    csv module for thousands of float columns. The layout is the same whatever the chunking; a value
+    may differ in its last digit, as the CPU's matrix kernels round a batch of 7 and of 1000 differently.
     """
     lead = "".join("%s," for _ in first_cols)
     row_fmt = lead + ",".join([f"%.{decimals}f"] * values.shape[1]) + "\n"
@@ -78,13 +80,12 @@ def export_latents(run, out: str | Path, split: str | None = None, n: int | None
     """Write the posterior parameters (means; log-variances for Gaussian posteriors) of a split's images."""
     data = run.split(split)
     n = len(data) if n is None else min(_check_n(n), len(data))
-    dim = int(run.config.model.latent_dim)
     header = None
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         for sl in _chunks(n, chunk_size):
             params = run.posterior(data.batch(sl), None if data.y is None else data.y[sl]).params()  # name -> (B, D)
-            if header is None:
-                header = latent_header(dim, list(params))
+            if header is None:  # each parameter's own width (a VQ-VAE's code grid is not latent_dim wide)
+                header = ["row_id", "label"] + [f"{p}{i}" for p, v in params.items() for i in range(v.shape[1])]
                 f.write(",".join(header) + "\n")
             values = torch.cat(list(params.values()), 1)
             labels = data.y[sl].numpy() if data.y is not None else np.array([""] * (sl.stop - sl.start))
@@ -109,7 +110,10 @@ def export(run, what: str, out: str | Path, split: str | None = None, n: int | N
         raise VaelabError(f"unknown export {what!r}; known: {', '.join(EXPORTS)}")
     if n is None and what == "reconstructions":
         n = 100
-    return EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    result = EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)
+    if RunDir.owning(out) is not None:  # a CSV inside a run: OUT.json records the weights (vaelab.rundir)
+        write_json(sidecar(out), {"file": Path(out).name, "what": what, ID_FIELD: run.checkpoint_id})
+    return result
 
 
 __all__ = ["EXPORTS", "export", "export_latents", "export_reconstructions", "latent_header",

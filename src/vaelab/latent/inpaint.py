@@ -263,6 +263,8 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     data = run.split(split)
     split = split or run.default_split()
     builder = parse_mask(mask, data.shape)
+    if n > len(data):
+        log(f"note: the {split} split holds {len(data)} images; inpainting all {len(data)}, not {n}")
     n = min(n, len(data))
     x = data.batch(slice(0, n))  # (n, C, H, W) in [0, 1]
     m = builder(n, seed)  # (n, 1, H, W), True = hidden
@@ -274,8 +276,10 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
               "hidden_fraction": float(m.float().mean()),
               "masked_mse": masked_mse(filled, x, m), "masked_mse_input": masked_mse(masked, x, m),
               "ssim": float(metrics.ssim(filled, x).mean()), "ssim_input": float(metrics.ssim(masked, x).mean()),
-              "judge_accuracy": None, "judge_accuracy_masked": None, "judge_accuracy_original": None,
               "seconds": round(seconds, 3)}
+    if not use_judge or data.y is None:  # no judge accuracies: left out, and why
+        result["not_applicable"] = {"judge_accuracy": "the judge was turned off (--no-judge)" if not use_judge
+                                    else f"the {split} split has no labels to judge against"}
     if use_judge and data.y is not None:
         from vaelab.evaluation.judge import resolve_judge
 
@@ -288,9 +292,10 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     if out is not None:
         from vaelab import plots
         from vaelab.io import write_json
+        from vaelab.rundir import ID_FIELD
 
         out = Path(out)
-        write_json(out / "inpaint_eval.json", result)
+        write_json(out / "inpaint_eval.json", {**result, ID_FIELD: run.checkpoint_id})
         k = min(16, n)
         shown = x[:k].masked_fill(m[:k], 0.5)  # hidden pixels drawn mid-grey, distinct from black ink
         plots.plot_image_rows([("original", x[:k]), ("masked", shown), ("inpainted", filled[:k])],

@@ -305,7 +305,20 @@ PLOTS = {
 }
 
 
-def plot(run, kind: str, out: str | Path, **options) -> Path:
+def plot_options(kind: str) -> frozenset[str]:
+    """The options plot ``kind`` reads (its function's keyword parameters)."""
+    import inspect
+
     if kind not in PLOTS:
         raise ConfigError(f"unknown plot kind {kind!r}; available: {', '.join(PLOTS)}")
+    params = inspect.signature(PLOTS[kind]).parameters.values()
+    return frozenset(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("run", "out"))
+
+
+def plot(run, kind: str, out: str | Path, **options) -> Path:
+    """Draw plot ``kind``; an option it does not read (not None) is an error, not ignored."""
+    takes = plot_options(kind)
+    unused = sorted(k for k, v in options.items() if v is not None and k not in takes)
+    if unused:
+        raise ConfigError(f"plot {kind} does not use {', '.join(unused)}; it reads {', '.join(sorted(takes)) or 'none'}")
     return PLOTS[kind](run, out, **options)

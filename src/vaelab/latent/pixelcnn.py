@@ -29,7 +29,7 @@ from torch import nn
 from vaelab.errors import CheckpointError, VaelabError
 from vaelab.progress import announce, write
 from vaelab.progress import bar as progress_bar
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
 
 FILE = "pixelcnn.safetensors"
@@ -193,8 +193,8 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
         if bar is not None:
             bar.close()
     net.eval()
-    info = {"config": asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
+    info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
     split = run.default_split()
     if split != "train":
         test_idx, test_y = code_indices(run, split)
@@ -207,15 +207,27 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
 
 
 def save(net: GatedPixelCNN, info: dict, run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "priors" / FILE
-    save_tensors(path, net.state_dict(), {"info": json.dumps(info)})
+    """``RUN/priors/pixelcnn.safetensors``; its metadata records the weights it was fit on
+    (``info["checkpoint_id"]``, from ``fit_pixelcnn``)."""
+    path = RunDir(run_dir).priors / FILE
+    save_tensors(path, net.state_dict(), {"info": json.dumps(info), ID_FIELD: info.get(ID_FIELD) or ""})
     return path
 
 
+def stale(run_dir: str | Path) -> str | None:
+    """Why the run's PixelCNN prior does not belong to its weights (one phrase), or None."""
+    return RunDir(run_dir).stale(RunDir(run_dir).priors / FILE)
+
+
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, dict]:
-    path = Path(run_dir) / "priors" / FILE
+    """The run's prior; one fit on other weights than RUN/model.safetensors now holds is refused."""
+    path = RunDir(run_dir).priors / FILE
     if not path.is_file():
         raise VaelabError(f"{run_dir} has no PixelCNN prior ({path}); fit one with `vaelab fit-prior {run_dir}`")
+    why = stale(run_dir)
+    if why is not None:
+        raise VaelabError(f"{path} does not belong to {RunDir(run_dir).weights}: {why}; "
+                          f"fit it again with `vaelab fit-prior {run_dir}`")
     tensors, meta = load_tensors(path)
     info = json.loads(meta["info"])
     net = GatedPixelCNN(PixelCNNConfig(**info["config"]))

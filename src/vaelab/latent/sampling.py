@@ -16,6 +16,7 @@ sampling, so a scale below 1 trades variety for fidelity.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,6 +27,7 @@ from vaelab.errors import ConfigError, DataError
 if TYPE_CHECKING:
     import torch
 from vaelab.io import atomic_path, write_json
+from vaelab.rundir import ID_FIELD
 
 
 def _mixture_sample(weights: np.ndarray, means: np.ndarray, chols: np.ndarray, n: int,
@@ -92,14 +94,16 @@ class Sampler:
         raise NotImplementedError
 
     # -- persistence: arrays + JSON, never pickle
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, checkpoint_id: str | None = None) -> Path:
+        """``NAME.npz`` (arrays), then ``NAME.json``: parameters, seed and the id of the weights
+        whose codes it was fit on (written last, so a half-saved pair is never reused)."""
         folder = Path(folder)
         path = folder / f"{self.name}.npz"
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **self.arrays)
         write_json(folder / f"{self.name}.json", {"sampler": self.name, "params": self.params,
-                                                  "seed": getattr(self, "fit_seed", None)})
+                                                  "seed": getattr(self, "fit_seed", None), ID_FIELD: checkpoint_id})
         return path
 
     @classmethod
@@ -182,6 +186,8 @@ class PixelCNNSampler(Sampler):
         reason = super().missing(run)
         if reason is None and (run.run_dir is None or not (Path(run.run_dir) / "priors" / pixelcnn.FILE).is_file()):
             return "no PixelCNN prior was fit on its codes (`vaelab fit-prior RUN`)"
+        if reason is None and pixelcnn.stale(run.run_dir) is not None:
+            return f"its PixelCNN prior is stale ({pixelcnn.stale(run.run_dir)}): fit it again (`vaelab fit-prior RUN`)"
         return reason
 
     @classmethod
@@ -339,25 +345,32 @@ def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
         raise ConfigError(f"sampler {name}: {e}") from None
 
 
-def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, **params) -> Sampler:
+def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Callable[[str], None] = print,
+                   **params) -> Sampler:
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
-    it was fit before with the same parameters (fit once, reuse)."""
+    it was fit before with the same parameters on the same weights (fit once, reuse). One fit
+    on other weights (the run was retrained or resumed), or by a vaelab that recorded none,
+    is fit again, with a one-line note to ``log``."""
     sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
     if sampler.from_model:
         return sampler
     require_continuous(run.model, f"the {name} sampler")
     folder = run.dir.samplers if run.run_dir else None
+    current = run.checkpoint_id
     if folder and not refit and (folder / f"{name}.json").is_file():
         meta = json.loads((folder / f"{name}.json").read_text())
         if meta["params"] == sampler.params and meta.get("seed") == seed:
-            return Sampler.load(folder, name)
+            stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
+            if stale is None:
+                return Sampler.load(folder, name)
+            log(f"note: refitting the {name} sampler: {folder / name}.npz is stale ({stale})")
     train = run.split("train")
     codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
     sampler.fit(codes, labels, seed=seed)
     sampler.fit_seed = seed
     if folder:
-        sampler.save(folder)
+        sampler.save(folder, current)
     return sampler
 
 

@@ -33,7 +33,7 @@ import torch
 
 from vaelab.errors import DataError, VaelabError
 from vaelab.models import frozen, require
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 
 DEFAULT_STEPS = 100
 DEFAULT_LR = 0.05
@@ -209,7 +209,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
     ``out/figures/steer_examples.png``): ``success_rate`` (share of final images the
     judge assigns to the target class), ``predictor_success_rate`` (the same by the
     predictor, which was optimised and so is not the measure), baselines on the
-    starting reconstructions, per-target-class success, and one record per pair.
+    starting reconstructions, per-target-class success (for the target classes drawn) and one record per pair.
     ``judge``: a ``vaelab.judge.Judge``, a folder for ``get_judge``, or None for the
     cached judge of the run's data set (trained on first use).
     """
@@ -251,8 +251,10 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
         "num_classes": num_classes, "predictor_weight": run.config.model.predictor_weight,
         "judge": j.meta.get("dataset"), "judge_accuracy": j.meta.get("accuracy"),
         "seconds": round(seconds, 3),
-        "per_target": {str(c): (success_rate(judge_end[target == c], target[target == c])
-                                if bool((target == c).any()) else None) for c in range(num_classes)},
+        # The target classes drawn (with few pairs, some are not): a rate per class measured, no nulls.
+        "per_target": {str(c): success_rate(judge_end[target == c], target[target == c])
+                       for c in target.unique().tolist()},
+        "pairs_per_target": {str(c): int((target == c).sum()) for c in target.unique().tolist()},
         "records": [{"index": int(i), "label": int(a), "target": int(t), "judge": int(jc), "predictor": int(pc),
                      "prob_start": round(float(p0), 6), "prob_end": round(float(p1), 6)}
                     for i, a, t, jc, pc, p0, p1 in zip(index, true, target, judge_end, pred_end, r.start_prob,
@@ -262,7 +264,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
         from vaelab.io import write_json
 
         out = Path(out)
-        write_json(RunDir(out).steer_eval, result)
+        write_json(RunDir(out).steer_eval, {**result, ID_FIELD: run.checkpoint_id})
         plot_examples(x, r, judge_end, true, RunDir(out).figure("steer_examples"), n=examples,
                       title=f"steering {steps} steps (prior weight {prior_weight:g}, T {temperature:g}): "
                             f"judge success {result['success_rate']:.1%} of {pairs}")

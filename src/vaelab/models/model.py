@@ -259,15 +259,22 @@ class LatentModel(nn.Module):
 
     # ------------------------------------------------------------------ densities
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator | None = None,
-                    q: Distribution | None = None) -> torch.Tensor:
+                    q: Distribution | None = None, rows: int | None = None) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k|y) - log q(z_k|x, y) for k posterior draws: (k, B).
 
         log p(x|z) is minus the reconstruction loss (the likelihood's convention; add
-        ``nll_offset`` for nats). All k draws go through the decoder as one batch.
+        ``nll_offset`` for nats). All k draws go through the decoder as one batch, or, with
+        ``rows``, in pieces of about ``rows`` decoder rows (the same draws and numbers).
         """
         q = self.posterior(x, y) if q is None else q
         z = q.rsample((k,), generator=generator)  # (k, B, D)
-        log_px = -self.recon_loss(self.decode_logits(z, y), x)  # (k, B)
+        per = len(x) if rows is None else max(1, rows // k)  # images per decoder pass
+        if per >= len(x):
+            log_px = -self.recon_loss(self.decode_logits(z, y), x)  # (k, B)
+        else:
+            log_px = torch.cat([-self.recon_loss(self.decode_logits(z[:, i:i + per], None if y is None else
+                                                                    y[i:i + per]), x[i:i + per])
+                                for i in range(0, len(x), per)], 1)
         return log_px + self.prior(y, len(x)).log_prob(z) - q.log_prob(z)
 
     def infer_labels(self, x: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,6 @@ def run_experiment(name: str, out: str | Path | None = None, quick: bool = False
 
         log(f"wrote {write_report(out)}")
     return out
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "get", "run_experiment"]

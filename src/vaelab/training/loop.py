@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import RunConfig
+from vaelab.config import RunConfig, check_options_used
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from vaelab.io import write_json, write_text
@@ -125,6 +125,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     Started by torchrun, each process trains on its share of every batch (``train.batch_size``
     is the global batch) and only rank 0 logs and writes."""
+    check_options_used(config)  # an option the model, objective or data would not read is an error
     try:
         with session(config.train.device) as (ranks, device), \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -144,9 +145,11 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
     out = rd if ranks.main else None  # where this process writes: rank 0 alone
-    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log))
+    clock = {"start": time.perf_counter(), "epochs_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}  # summary's timing
+    splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log, seed=t.seed))
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
+    clock["data_s"] = time.perf_counter() - clock["start"]
     shape = list(train.shape)
     if config.model.input_shape is None:
         config.model.input_shape = shape
@@ -173,13 +176,16 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     precision = resolve_precision(t.precision, device)
     procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
     mapped = " (read per batch from the memory-mapped cache)" if train.memory_mapped else ""
-    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; "
+    d = config.data
+    source = f"data {d.name}" + (f" {d.path}" if d.path else "") + (" (data.limit: a seeded random subset)" if d.limit else "")
+    log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; {source}: "
         f"{len(train):,} training images {tuple(shape)}{mapped}; device {device}; precision {precision}{procs}")
 
     n, bs = len(train), t.batch_size
     steps = math.ceil(n / bs)
     _check_shares(n, bs, ranks)
     net = ranks.wrap(model, device)  # what the steps call: DDP over the model with several ranks
+    clock["setup_s"] = time.perf_counter() - clock["start"] - clock["data_s"]
     history: list[dict] = state["history"]
     first = state["epoch"] + 1
     # One bar for the whole run (a terminal only): the epoch, the running loss, the time left.
@@ -224,13 +230,16 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
                     if bar is not None:
                         bar.update(1)
             seconds = time.perf_counter() - t0
+            clock["epochs_s"] += seconds
             row = {"epoch": epoch, "train_loss": None, "val_loss": None, "seconds": round(seconds, 3),
                    "lr": opt.param_groups[0]["lr"]}
             for k, v in zip(keys, (total / n).tolist()):  # the last interval's total is the epoch's
                 row["train_loss" if k == "loss" else f"train_{k}"] = v
             if val is not None and ranks.main:  # the others go on; they wait at the next step's all-reduce
+                t_val = time.perf_counter()
                 for k, v in evaluate_losses(model, val, t.eval_batch_size, device, seed=t.seed).items():
                     row["val_loss" if k == "loss" else f"val_{k}"] = v
+                clock["val_s"] += time.perf_counter() - t_val
             history.append(row)
             state = {"epoch": epoch, "history": history, "train_seconds": state["train_seconds"] + seconds}
             msg = f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}"
@@ -240,12 +249,14 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
             eta = (time.perf_counter() - started) / (epoch - first + 1) * (t.epochs - epoch)
             write(log, msg + f"  ({seconds:.1f}s, eta {duration(eta)})")
             if out is not None:
+                t_save = time.perf_counter()
                 save_epoch(out, model, opt, config, state)
+                clock["checkpoint_s"] += time.perf_counter() - t_save
     finally:
         if bar is not None:
             bar.close()
     if out is not None:
-        write_json(out.summary, {
+        write_json(out.summary, {k: v for k, v in {
             "params": count_params(model), "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 3),
             "final_train_loss": history[-1]["train_loss"] if history else None,
@@ -255,7 +266,11 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
             "preset": config.preset,
             "data_memory_mapped": train.memory_mapped,
             **({"processes": ranks.world} if ranks.world > 1 else {}),
-        })
+            # Seconds spent by this process (api.train adds the evaluation's, the figures' and
+            # the start-up's): epochs_s is the sum of history.csv's seconds of this session.
+            "timing": {k: round(clock[k], 3) for k in ("data_s", "setup_s", "epochs_s", "val_s", "checkpoint_s")}
+            | {"fit_s": round(time.perf_counter() - clock["start"], 3)},
+        }.items() if v is not None})  # no None: no val split, no preset, no epoch trained
     model.eval()
     return FitResult(model=model, config=config, history=history, run_dir=rd.path if rd else None, splits=splits,
                      main=ranks.main)
