@@ -109,8 +109,10 @@ def shown_pixels(driver, element) -> np.ndarray:
 
 
 def model_pixels(run, code, cls=None) -> np.ndarray:
+    """The model's decode of ``code`` rounded to 8 bits in float32, as any float32 pipeline does
+    (float64 arithmetic can round a value a hair from k + 0.5 the other way)."""
     img = run.decode(torch.tensor([code], dtype=torch.float32), cls)[0, 0]
-    return np.rint(img.numpy().astype(np.float64) * 255).astype(np.uint8)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def assert_shows_decode(driver, run, state, element_id="view"):
