@@ -79,6 +79,19 @@ def test_bad_values_are_caught_before_any_training(tmp_path, shapes_npz):
     assert not (tmp_path / "s" / "trials").exists()
 
 
+def test_a_sweep_of_images_too_small_for_ssim_finishes_and_says_its_loss(tmp_path):
+    """8x8 images have no SSIM (an 11x11 window): each trial's line gives what it has."""
+    import numpy as np
+    from conftest import make_shapes
+
+    x, y = make_shapes(64, size=8, seed=0)
+    np.savez(tmp_path / "small.npz", x=x, y=y)
+    lines = []
+    rows = sw.run_sweep(_spec(tmp_path / "small.npz", {"model.latent_dim": [2]}), tmp_path / "s", log=lines.append)
+    assert rows[0]["status"] == "done" and rows[0].get("ssim") is None  # an empty cell in results.csv
+    assert any(line.startswith("[1/1] latent_dim=2: loss ") and "ssim" not in line for line in lines), lines
+
+
 # ------------------------------------------------------------------------------ a real sweep
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory, shapes_npz):

@@ -314,8 +314,9 @@ def _run(spec: SweepSpec, out: Path, workers: int, executor: str, ray_address: s
     def record(row: dict) -> None:
         rows[row["trial"]] = row
         done_count[0] += 1
-        what = (f"loss {row['loss']:.4g}, ssim {row['ssim']:.4f}" if row["status"] == "done"
-                else f"FAILED: {row['error']}")
+        # the scores a trial has (no ssim for images under 11x11: its eval leaves it out)
+        what = (", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "ssim") if isinstance(row.get(k), float))
+                if row["status"] == "done" else f"FAILED: {row['error']}")
         log(f"[{done_count[0]}/{len(spec.trials)}] {row['trial']}: {what} ({row.get('seconds', 0):.1f} s)")
 
     d = spec.to_dict()
