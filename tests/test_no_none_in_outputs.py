@@ -108,3 +108,20 @@ def test_summary_and_info_leave_out_what_does_not_apply(vq_run, capsys):
     assert rc == 0, err
     assert "None" not in out and "nan" not in out
     assert_numbers(table(out))
+
+
+def test_train_asks_nll_iw_of_a_model_with_a_density_only(capsys, tmp_path, shapes_npz):
+    """`vaelab train` without --iw-samples: 10 importance samples for a VAE, none for an
+    autoencoder (no "not applicable" note it did not ask for); --iw-samples on an AE is refused."""
+    base = ["--data", "npz", "--data-path", shapes_npz, "--set", "model.hidden=32", "--latent-dim", "2",
+            "--epochs", "1", "--batch-size", "64"]
+    rc, out, err = run_main(capsys, "train", *base, "--kind", "ae", "--out", tmp_path / "ae")
+    assert rc == 0, err
+    ev = json.loads((tmp_path / "ae" / "eval.json").read_text())
+    assert "nll_iw" not in ev and "not_applicable" not in ev and "not applicable" not in out
+    rc, out, err = run_main(capsys, "train", *base, "--kind", "vae", "--out", tmp_path / "vae")
+    assert rc == 0, err
+    ev = json.loads((tmp_path / "vae" / "eval.json").read_text())
+    assert ev["iw_samples"] == 10 and math.isfinite(ev["nll_iw"])
+    rc, out, err = run_main(capsys, "train", *base, "--kind", "ae", "--iw-samples", "5", "--out", tmp_path / "ae2")
+    assert rc == 2 and "has no density" in err and not (tmp_path / "ae2").exists()

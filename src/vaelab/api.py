@@ -209,10 +209,12 @@ class Run:
 
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
-          iw_samples: int = TRAIN_IW_SAMPLES, log: Callable[[str], None] = print, extra: dict | None = None,
+          iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
           overwrite: bool = False, keep: tuple[str, ...] = ()) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
     ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
+    ``iw_samples``: importance samples for the final nll_iw; None gives 10 for a model with a
+    density and none for the others (an autoencoder's eval.json then has no nll_iw to explain).
 
     ``run_dir`` must be new, empty, or a run: a trained run there is refused in one line
     unless ``resume=True`` (continue it with its saved config, plus overrides) or
@@ -241,6 +243,8 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
         t_eval = time.perf_counter()
+        if iw_samples is None:  # not asked for: nll_iw where the model has a density, else not at all
+            iw_samples = TRAIN_IW_SAMPLES if "density" in run.capabilities else 0
         run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
         t_figures = time.perf_counter()
         run.figures(seed=result.config.train.seed)

@@ -57,8 +57,9 @@ from vaelab.rundir import RunDir
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out: everything it wrote (figures, samplers, "
                                                   "exports, reports) is removed first.")
-@click.option("--iw-samples", type=int, default=10, show_default=True,
-              help="Importance samples for nll_iw in the final evaluation.")
+@click.option("--iw-samples", type=int,
+              help="Importance samples for nll_iw in the final evaluation [default: 10 for models with a "
+                   "density, none otherwise].")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 @click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
                                         "CPU core or GPU); --batch-size stays the global batch.")
@@ -82,7 +83,9 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         extra.setdefault("data", {})["classes"] = [int(c) if c.lstrip("-").isdigit() else c for c in names]
     # Flags travel as typed values (extra), never as text to be re-parsed.
     overrides = list(overrides)
-    iw_given = ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT
+    iw_given = iw_samples is not None
+    if iw_given and iw_samples < 0:
+        raise VaelabError("--iw-samples must be >= 0")
     if iw_given and no_eval:
         raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
     if nproc is not None and "WORLD_SIZE" in os.environ:
@@ -108,7 +111,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         from vaelab.config import build_config
 
         config = build_config(preset, config_file, overrides, extra)
-        _check_iw_samples(iw_samples if iw_given else 0, config.model)
+        _check_iw_samples(iw_samples or 0, config.model)
         # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
         # and clears it here, with the same function, before the processes start.
         if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir,
