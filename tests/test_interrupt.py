@@ -22,6 +22,13 @@ def _env() -> dict[str, str]:
     return subprocess_env(PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
+def _ctrl_c_reaches_python() -> None:
+    """For the child: SIGINT as at a terminal. A job that a non-interactive shell starts in the
+    background (CI may run the suite so) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: the test's Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _history(run: Path) -> list[dict]:
     with open(run / "history.csv") as f:
         return list(csv.DictReader(f))
@@ -31,7 +38,8 @@ def test_ctrl_c_names_the_checkpoint_and_resume_continues_from_it(shapes_npz, tm
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "vaelab", "train", *TINY, "--data-path", str(shapes_npz), "--epochs", "1000",
            "--out", str(run)]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_ctrl_c_reaches_python)
     try:
         deadline = time.monotonic() + 120
         while not ((run / "history.csv").is_file() and _history(run)):  # a first checkpoint is written
