@@ -148,7 +148,6 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
         dims_t = tuple(int(d) for d in dims.split(","))
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
-    _check_plot_options(kind)
     run = Run.load(run_dir, device=device)
     if kind == "tsne" and run.config.model.latent_dim > 2:
         from vaelab.progress import announce
@@ -163,27 +162,6 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
         _echo(f"note: the {split or run.default_split()} split holds {len(run.split(split))} images; "
               f"plotted all of them, not {n}")
     _echo(f"wrote {path}")
-
-
-# plot's options -> the picture functions' parameters (vaelab.latent.pictures.PLOTS)
-_PLOT_OPTIONS = {"split": "split", "n": "n", "dims": "dims", "pairs": "pairs", "radius": "radius", "steps": "steps",
-                 "index": "index", "between": "mode", "source": "source", "target": "target", "scale": "scale",
-                 "cls": "cls", "seed": "seed"}
-
-
-def _check_plot_options(kind: str) -> None:
-    """An option the picture does not take is an error, not silently ignored (--radius for a scatter)."""
-    import inspect
-
-    from vaelab.latent.pictures import PLOTS
-
-    ctx = click.get_current_context()
-    takes = set(inspect.signature(PLOTS[kind]).parameters)
-    flags = {p.name: p.opts[0] for p in ctx.command.params}
-    unused = [flags[o] for o, arg in _PLOT_OPTIONS.items()
-              if ctx.get_parameter_source(o) == click.core.ParameterSource.COMMANDLINE and arg not in takes]
-    if unused:
-        raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind}")
 
 
 @click.command("eval-samples")
