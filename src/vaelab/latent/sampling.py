@@ -186,8 +186,9 @@ class PixelCNNSampler(Sampler):
         reason = super().missing(run)
         if reason is None and (run.run_dir is None or not (Path(run.run_dir) / "priors" / pixelcnn.FILE).is_file()):
             return "no PixelCNN prior was fit on its codes (`vaelab fit-prior RUN`)"
-        if reason is None and pixelcnn.stale(run.run_dir) is not None:
-            return f"its PixelCNN prior is stale ({pixelcnn.stale(run.run_dir)}): fit it again (`vaelab fit-prior RUN`)"
+        stale = pixelcnn.stale(run.run_dir) if reason is None else None
+        if stale is not None:
+            return f"its PixelCNN prior is stale ({stale}): fit it again (`vaelab fit-prior RUN`)"
         return reason
 
     @classmethod
