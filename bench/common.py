@@ -76,13 +76,10 @@ def loadavg1() -> float:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's feature flags, read as vaelab's auto precision reads them (empty where none are listed)."""
+    from vaelab.training.precision import cpu_flags as read
+
+    return set(read() or ())
 
 
 def auto_precision() -> str | None:

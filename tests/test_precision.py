@@ -29,7 +29,7 @@ SAPPHIRE_RAPIDS = AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
     (None, False, "fp32"),
 ])
 def test_auto_precision_on_cpu_follows_the_cpu_flags(monkeypatch, flags, onednn, expected):
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: None if flags is None else frozenset(flags))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: None if flags is None else frozenset(flags))
     monkeypatch.setattr(precision, "_mkldnn_bf16", lambda: onednn)
     assert precision.resolve_precision("auto", CPU) == expected
     assert precision.resolve_precision("fp32", CPU) == "fp32"  # an explicit choice is kept
@@ -37,7 +37,7 @@ def test_auto_precision_on_cpu_follows_the_cpu_flags(monkeypatch, flags, onednn,
 
 
 def test_cpu_flags_reader_reads_this_machine():
-    flags = precision._cpu_flags()
+    flags = precision.cpu_flags()
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()

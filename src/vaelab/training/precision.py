@@ -77,7 +77,7 @@ def forward_context(precision: str, device: torch.device):
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def _cpu_flags() -> frozenset[str] | None:
+def cpu_flags() -> frozenset[str] | None:
     """The CPU's feature flags (the ``flags`` line of /proc/cpuinfo, x86 Linux); None elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -99,8 +99,8 @@ def _mkldnn_bf16() -> bool:
 def _cpu_has_bf16() -> bool:
     """bf16 computed natively: oneDNN's bf16 and, where the CPU lists its flags, one of
     ``NATIVE_BF16_FLAGS`` (elsewhere, e.g. ARM, oneDNN's answer alone)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return _mkldnn_bf16() and (flags is None or bool(flags & NATIVE_BF16_FLAGS))
 
 
-__all__ = ["compute_precision", "forward_context", "resolve_device", "resolve_precision"]
+__all__ = ["compute_precision", "cpu_flags", "forward_context", "resolve_device", "resolve_precision"]
