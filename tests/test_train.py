@@ -202,7 +202,7 @@ def test_nan_in_the_first_epoch(tiny_config, monkeypatch):
 
 def test_the_loss_is_read_back_once_per_interval_not_per_step(tiny_config, monkeypatch):
     """A per-step .item() stalls a GPU; the loop syncs once per CHECK_EVERY steps (and at an epoch's end)."""
-    from vaelab.training import loop
+    from vaelab.training import trainer as loop
 
     reads = []
     real = loop._check_finite

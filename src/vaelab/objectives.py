@@ -49,10 +49,36 @@ Parts = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class OptimStep:
+    """One optimisation step per batch (the trainer runs them; ``Objective.steps`` declares
+    them): a parameter group, the loss it descends (a key of the forward's parts, a per-image
+    (B,) tensor), and its optimizer settings (None: the train config's ``lr`` and Adam betas)."""
+
+    name: str
+    params: list[torch.nn.Parameter]
+    loss: str = "loss"
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class Objective:
+    """What a model minimises: ``fn`` (the per-image loss and its parts), the capabilities it
+    ``requires``; optionally its own ``options`` (a dataclass: vaelab.models.options) and
+    ``check(cfg)``; ``networks(cfg) -> {name: nn.Module}``, networks of its own the model
+    holds (a discriminator: ``model.critics[name]``, saved with the weights); ``steps(model)
+    -> [OptimStep, ...]``, several optimisation steps per batch, each over its own parameter
+    group (default: one over every parameter, on ``loss``); ``drops``: capabilities a model
+    trained this way no longer has (a density its loss does not bound)."""
+
     fn: Callable[..., Parts]
     requires: frozenset[str]  # model capabilities it needs (see vaelab.models.CAPABILITIES)
     description: str
+    options: type | None = None
+    check: Callable[..., None] | None = None
+    networks: Callable[..., dict] | None = None
+    steps: Callable[..., list[OptimStep]] | None = None
+    drops: frozenset[str] = frozenset()
 
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
@@ -151,4 +177,4 @@ OBJECTIVES: dict[str, Objective] = {
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
 }
 
-__all__ = ["OBJECTIVES", "Objective", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
+__all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
