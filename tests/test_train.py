@@ -223,7 +223,7 @@ def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
 def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
     """train.kl_warmup_epochs becomes model.kl_warmup, a fraction of training; the loop passes
     the objective its progress, so the KL weight ramps per step as it did per epoch."""
-    from vaelab.objectives import kl_weight
+    from vaelab.models.objectives import kl_weight
 
     real_forward = LatentModel.forward
     weights: list[float] = []

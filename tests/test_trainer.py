@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vaelab.errors import ConfigError
-from vaelab.objectives import OBJECTIVES, Objective, OptimStep
+from vaelab.models.objectives import OBJECTIVES, Objective, OptimStep
 from vaelab.training import checkpoint
 from vaelab.training.callbacks import Callback
 from vaelab.training.loop import fit

@@ -198,7 +198,7 @@ class ModelConfig:
     # Parts; None = the family's choice (written out in the run's config.json).
     posterior: str | None = None  # vaelab.models.POSTERIORS: point | gaussian
     prior: str | None = None  # vaelab.models.PRIORS: none | normal | conditional (learned p(z|y))
-    objective: str | None = None  # vaelab.objectives.OBJECTIVES: recon | elbo | iwae
+    objective: str | None = None  # vaelab.models.objectives.OBJECTIVES: recon | elbo | iwae
     condition: str | None = None  # feed the label to encoder and decoder: none | onehot | embedding
     condition_dim: int = 16  # width of the learned label embedding (condition=embedding)
     input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None

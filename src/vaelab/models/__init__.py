@@ -5,7 +5,7 @@ and conditioning. ``ModelConfig`` fills in whatever the user left unset from its
 family, so a config may also mix parts freely (``--set model.objective=iwae``).
 Every family is built by one class, ``LatentModel``; the parts have their own
 registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
-(model.loss), and ``vaelab.objectives.OBJECTIVES``. Adding a family is one entry here.
+(model.loss), and ``vaelab.models.objectives.OBJECTIVES``. Adding a family is one entry here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from vaelab.models.model import LatentModel, capabilities
 from vaelab.models.options import resolve
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
-from vaelab.objectives import OBJECTIVES
+from vaelab.models.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig

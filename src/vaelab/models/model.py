@@ -34,7 +34,7 @@ from vaelab.models.bodies import BODIES, build_predictor
 from vaelab.models.likelihoods import build_likelihood, classification
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
-from vaelab.objectives import OBJECTIVES
+from vaelab.models.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.objectives import OptimStep
+from vaelab.models.contract import OptimStep
 from vaelab.training.distributed import Ranks
 from vaelab.training.precision import compute_precision, forward_context
 from vaelab.training.schedules import PER_STEP, lr_at
