@@ -271,7 +271,7 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
 def disentanglement(run_dir, n, metrics, split, seed, data_dir, device) -> None:
     """MIG, DCI and the FactorVAE score of a run's codes against its data's factors (dSprites)."""
     from vaelab.api import Run
-    from vaelab.latent.disentangle import FILE, score_disentanglement
+    from vaelab.latent.factors import FILE, score_disentanglement
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     score_disentanglement(run, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), seed=seed,
