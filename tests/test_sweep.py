@@ -357,6 +357,9 @@ def test_unknown_executor_and_bad_workers(tmp_path, shapes_npz):
         sw.run_sweep(spec, tmp_path / "a", executor="slurm", log=_quiet)
     with pytest.raises(ConfigError, match="workers"):
         sw.run_sweep(spec, tmp_path / "a", workers=0, log=_quiet)
+    with pytest.raises(ConfigError, match="--ray-address applies to --executor ray"):  # not silently ignored
+        sw.run_sweep(spec, tmp_path / "a", executor="local", ray_address="127.0.0.1:1", log=_quiet)
+    assert not (tmp_path / "a").exists()
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import _echo
+from vaelab.cli.options import RegistryChoice, RegistryHelp, _echo, registry_help
 from vaelab.errors import VaelabError
 from vaelab.rundir import RunDir
 
 _PARALLEL = [
     click.option("--workers", type=int, default=1, show_default=True,
                  help="Trials run at once; torch threads are split so workers x threads <= cores."),
-    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                 help="local processes, or Ray tasks (pip install 'vaelab[ray]')."),
+    click.option("--executor", type=RegistryChoice("vaelab.sweep.executors:EXECUTORS"), default="local",
+                 show_default=True, cls=RegistryHelp, help=lambda: registry_help("vaelab.sweep.executors:EXECUTORS")),
     click.option("--ray-address", help="An existing Ray cluster (e.g. ray://head:10001); default: start one locally."),
 ]
 
@@ -95,7 +95,7 @@ def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_sam
 @_parallel
 def experiment(name, quick, list_, epochs, overrides, data_dir, out, no_report, workers, executor,
                ray_address) -> None:
-    """Run a built-in study (latent-dim, depth, loss, architecture) with its report."""
+    """Run a built-in study with its report (--list names them)."""
     from vaelab.sweep.experiments import EXPERIMENTS, run_experiment
     from vaelab.sweep.runner import read_results
 
