@@ -35,7 +35,7 @@ from vaelab.rundir import RunDir
 @click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
 @click.option("--data-path", help="Image folder or .npz/.npy file; without --data it names the source "
                                   "(.npz/.npy: npz, else folder).")
-@click.option("--train-split", type=click.Choice(["train", "train+test"]))
+@click.option("--train-split", type=RegistryChoice("vaelab.config:TRAIN_SPLITS"))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
 @click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")
