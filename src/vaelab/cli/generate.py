@@ -10,6 +10,7 @@ from vaelab.cli.options import (
     RegistryChoice,
     RegistryHelp,
     _echo,
+    data_dir_help,
     device_option,
     registry,
     run_data_dir_option,
@@ -68,7 +69,7 @@ def _only_used(name: str, params: dict) -> dict:
 @click.command()
 @click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data:DATASETS"),
               help="Labelled data set.")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the judge (default: the user cache).")
 @click.option("--epochs", type=int, default=6, show_default=True)
@@ -199,9 +200,10 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @_sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
-@click.option("--features", type=RegistryChoice("vaelab.evaluation.fid:FEATURES"),
-              help="Also FID, KID and precision/recall on these features (inception: comparable with papers, needs "
-                   "torch-fidelity).")
+@click.option("--features", cls=RegistryHelp,
+              help=lambda: f"Also FID, KID and precision/recall on these features: "
+                           f"{', '.join(registry('vaelab.evaluation.fid:FEATURES'))} (inception: comparable with "
+                           "papers, needs torch-fidelity).")
 @click.option("--reference", type=RegistryChoice("vaelab.latent.sample_eval:REFERENCES"),
               help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),

@@ -83,6 +83,13 @@ def takers(source: str, param: str) -> str:
     return ", ".join(found)
 
 
+def data_dir_help(more: str = "") -> str:
+    """--data-dir: the folder holding the downloadable data sets, each in its own sub-folder."""
+    names = [f"{name}/" for name in registry("vaelab.data.download:SOURCES")]
+    return f"Folder holding {', '.join(names[:-1])} and {names[-1]}{more}." if len(names) > 1 else \
+        f"Folder holding {names[0]}{more}."
+
+
 def _echo(msg: str) -> None:
     click.echo(msg)
 

@@ -64,10 +64,11 @@ def options(entry) -> list[dict]:
     """The options an entry declares: the fields of its ``options`` dataclass, or a sampler's
     constructor parameters; each {name, type, default, help}."""
     declared = getattr(entry, "options", None)
-    if isinstance(declared, type) and dataclasses.is_dataclass(declared):
+    if dataclasses.is_dataclass(declared):  # the type (its defaults), or an instance (its values)
         out = []
         for f in dataclasses.fields(declared):
-            default = (f.default if f.default is not dataclasses.MISSING
+            default = (getattr(declared, f.name) if not isinstance(declared, type)
+                       else f.default if f.default is not dataclasses.MISSING
                        else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             out.append({"name": f.name, "type": kind, "default": _json_value(default),

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import RegistryChoice, RegistryHelp, _echo, registry_help
+from vaelab.cli.options import (
+    RegistryChoice,
+    RegistryHelp,
+    _echo,
+    data_dir_help,
+    registry_help,
+)
 from vaelab.errors import VaelabError
 from vaelab.rundir import RunDir
 
@@ -54,7 +60,7 @@ def _finish(rows: list[dict], out: Path) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Fixed override for every trial (repeatable).")
 @click.option("--epochs", type=int, help="Epochs per trial (default: the preset's).")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--limit", type=int, help="Use only N training images in every trial (a random subset, seeded by train.seed).")
 @click.option("--iw-samples", type=int, default=0, show_default=True,
               help="Importance samples for nll_iw in each trial's evaluation (0 skips it).")

@@ -14,6 +14,7 @@ from vaelab.cli.options import (
     RegistryChoice,
     RegistryHelp,
     _echo,
+    data_dir_help,
     device_option,
     registry,
     run_data_dir_option,
@@ -42,6 +43,13 @@ def _score_help() -> str:
 
 
 _METHODS = "vaelab.latent.inpaint:METHODS"
+
+
+def _samples_help() -> str:
+    from vaelab.anomaly.scores import SCORES
+
+    drawn = [k for k, s in SCORES.items() if s.needs is not None]
+    return f"Posterior samples K for the {', '.join(drawn)} scores (default 10)."
 
 
 # ------------------------------------------------------------------------------ inpaint
@@ -112,7 +120,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
-@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--samples", type=int, cls=RegistryHelp, help=lambda: _samples_help())
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
 @click.option("--maps", is_flag=True,
@@ -165,12 +173,12 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 @click.option("--holdout", type=float,
               help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
                    "beside every image of the other classes (default 0.2).")
-@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--samples", type=int, cls=RegistryHelp, help=lambda: _samples_help())
 @click.option("--limit", type=int, help="Use only N training images per class, a random subset seeded by --seed "
                                       "(quick checks).")
 @click.option("--test-limit", type=int, help="Score only N test images, a random subset seeded by --seed "
                                            "(quick checks).")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--keep-runs", is_flag=True, help="Keep each class's run directory under OUT/runs/.")
