@@ -146,6 +146,16 @@ def test_sampler_and_score_help_name_every_entry_that_reads_them(capsys):
     assert "elbo, iwnll need a density" in text
 
 
+def test_each_plot_option_names_the_kinds_that_read_it(capsys):
+    from vaelab.latent.pictures import PLOTS, plot_options
+
+    rc, out, _ = run_main(capsys, "plot", "--help")
+    text = " ".join(out.split()).replace("/ ", "/")
+    for option, param in (("--n", "n"), ("--steps", "steps"), ("--between", "mode"), ("--class", "cls")):
+        kinds = "/".join(k for k in PLOTS if param in plot_options(k))
+        assert kinds and f"{option} " in text and f" {kinds}: " in text.split(f"{option} ", 1)[1][:120], option
+
+
 @pytest.mark.parametrize("command, option, source", [
     ("explore", "--projection", "vaelab.explore.projection:PROJECTIONS"),
     ("fit-prior", "--prior", "vaelab.latent.pixelcnn:LEARNED_PRIORS"),

@@ -50,6 +50,15 @@ def _sampler_options(f):
     return f
 
 
+def _plot_help(param: str, text: str):
+    """The help of a plot option: the kinds that read it (their function's ``param``), then ``text``."""
+    def help_text() -> str:
+        from vaelab.latent.pictures import PLOTS, plot_options
+
+        return f"{'/'.join(k for k in PLOTS if param in plot_options(k))}: {text}"
+    return help_text
+
+
 def _only_used(name: str, params: dict) -> dict:
     """The options a sampler's constructor takes; one it does not take is an error (a --scale
     given to the prior sampler would otherwise be silently ignored)."""
@@ -136,19 +145,28 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 @click.option("--kind", required=True, type=RegistryChoice("vaelab.latent.pictures:PLOTS"))
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/KIND.png).")
 @split_option
-@click.option("--n", type=int, help="Number of images (scatter/pca: all; tsne: 2000; recon: 16).")
-@click.option("--dims", default="0,1", show_default=True, help="scatter: latent dimensions to plot.")
-@click.option("--pairs", help="pca: class pairs to project (default 0-1,4-9 when present).")
-@click.option("--radius", type=float, help="traverse: range [-r, r] (2-D grid default 1, rows default 3).")
-@click.option("--steps", type=int, help="traverse/interpolate: points per axis or path.")
-@click.option("--index", type=int, help="traverse: vary around this image's code (default z = 0).")
+@click.option("--n", type=int, cls=RegistryHelp,
+              help=_plot_help("n", "number of images (default all; tsne 2000, recon 16, styles 8)."))
+@click.option("--dims", default="0,1", show_default=True, cls=RegistryHelp,
+              help=_plot_help("dims", "latent dimensions to plot."))
+@click.option("--pairs", cls=RegistryHelp,
+              help=_plot_help("pairs", "class pairs to project (default 0-1,4-9 when present)."))
+@click.option("--radius", type=float, cls=RegistryHelp,
+              help=_plot_help("radius", "range [-r, r] (2-D grid default 1, rows default 3)."))
+@click.option("--steps", type=int, cls=RegistryHelp, help=_plot_help("steps", "points per axis or path."))
+@click.option("--index", type=int, cls=RegistryHelp,
+              help=_plot_help("index", "vary around this image's code (default z = 0)."))
 @click.option("--between", type=click.Choice(["class", "images"]), default="class", show_default=True,
-              help="interpolate: between two class means or two images.")
-@click.option("--from", "source", type=int, help="interpolate: first class (default 1 if present) or image index.")
-@click.option("--to", "target", type=int, help="interpolate: second class (default 7 if present) or image index.")
-@click.option("--scale", type=float, help="basis: length of the basis vectors (default 3).")
-@click.option("--class", "cls", type=int, help="Conditional models: the class codes are decoded under "
-                                                "(traverse, interpolate, basis; default: the image's class, else 0).")
+              cls=RegistryHelp, help=_plot_help("mode", "between two class means or two images."))
+@click.option("--from", "source", type=int, cls=RegistryHelp,
+              help=_plot_help("source", "first class (default 1 if present) or image index."))
+@click.option("--to", "target", type=int, cls=RegistryHelp,
+              help=_plot_help("target", "second class (default 7 if present) or image index."))
+@click.option("--scale", type=float, cls=RegistryHelp,
+              help=_plot_help("scale", "length of the basis vectors (default 3)."))
+@click.option("--class", "cls", type=int, cls=RegistryHelp,
+              help=_plot_help("cls", "the class a conditional model decodes codes under (default: the image's "
+                                     "class, else 0)."))
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, cls, seed,
