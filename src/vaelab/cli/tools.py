@@ -157,9 +157,9 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 
 # ------------------------------------------------------------------------------ anomaly-bench
 @click.command("anomaly-bench")
-@click.option("--data", default="mnist", show_default=True,
-              help="mnist, fashion-mnist, folder (class sub-folders; with train/ and test/, or one set of which a "
-                   "part of the normal class is held out), or npz (labelled).")
+@click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data:DATASETS"),
+              help="A labelled data set; a folder holds class sub-folders, with train/ and test/, or one set of "
+                   "which a part of the normal class is held out.")
 @click.option("--normal", default="all", show_default=True,
               help="Normal classes to run: all, or label numbers or class (folder) names, e.g. 3,5 or smileys-emotion.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
