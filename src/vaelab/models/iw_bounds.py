@@ -27,15 +27,18 @@ Defaults follow the paper's MNIST experiments as Pythae reproduces them
 (clementchadebec/benchmark_VAE, examples/scripts/reproducibility/{miwae,piwae,ciwae}.py: the
 IWAE paper's 784-200-200-50 network, M = K = 8 for MIWAE and PIWAE, K = 64 and beta = 0.5 for
 CIWAE; its README quotes the paper's test NLL 84.97, 84.46, 84.57 and its own 85.09, 84.58,
-84.74). Pythae's config classes default to M = 5, K = 10 (MIWAE, PIWAE) and K = 10, beta = 0.5
-(CIWAE); we take the paper's settings, those of the published numbers (bench/likelihood.py).
+84.74, and names CIWAE's beta 0.05 where its script sets 0.5). Pythae's config classes default
+to M = 5, K = 10 (MIWAE, PIWAE) and K = 10, beta = 0.5 (CIWAE); we take the paper's settings,
+those of the published numbers (bench/likelihood.py).
 
-Where Pythae differs: its losses are the self-normalised surrogates sum_k sg(w~_k) log w_k,
-which have the bound's gradient but not its value; here the loss is the bound itself
-(log-mean-exp), so the number in the history and eval.json is the bound (same gradient). Its
-PIWAE sums both losses into ``loss``; here
-``loss`` is the decoder's IWAE bound (the density bound eval reports) and the encoder's
-MIWAE bound is ``loss_encoder``.
+Where Pythae differs: its MIWAE and PIWAE normalise the weights over the M axis of (B, M, K)
+(``log_w.max(1)``, ``w.sum(axis=1)``), so its MIWAE(M, K) is the paper's MIWAE(K, M); at the
+paper's M = K = 8 the two agree (bench/peers/iw_bounds_pythae.py compares the gradients: equal
+to 1e-6 with M and K swapped). Its losses are the self-normalised surrogates
+sum_k sg(w~_k) log w_k, which have the bound's gradient but not its value; here the loss is
+the bound itself (log-mean-exp), so the number in the history and eval.json is the bound.
+Its PIWAE sums both losses into ``loss``; here ``loss`` is the decoder's IWAE bound (the
+density bound eval reports) and the encoder's MIWAE bound is ``loss_encoder``.
 """
 
 from __future__ import annotations
