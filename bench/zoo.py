@@ -8,7 +8,7 @@ match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/
 beta-VAE beta 4, beta-TCVAE beta 6, IWAE k 10, WAE and InfoVAE lambda 10 (IMQ, seven
 scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
 MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
-Pythae side yet).
+Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md).
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
