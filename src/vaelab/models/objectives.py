@@ -134,13 +134,13 @@ OBJECTIVES: dict[str, Objective] = {
     "elbo": Objective(elbo, frozenset({"prior", "stochastic"}),
                       "negative ELBO: recon + beta * KL (warm-up and capacity annealing as options)"),
     "iwae": Objective(iwae, frozenset({"density"}), "importance-weighted bound with model.k samples"),
+    **IW_OBJECTIVES,  # miwae, piwae, ciwae (Rainforth et al. 2018): vaelab.models.iw_bounds
     "tcvae": Objective(tcvae, frozenset({"prior", "stochastic"}),
                        "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL"),
     "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))"),
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),
                          "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
-    **IW_OBJECTIVES,  # miwae, piwae, ciwae (Rainforth et al. 2018): vaelab.models.iw_bounds
 }
 
 __all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
