@@ -6,7 +6,9 @@ applies (784-400-16, ReLU, sigmoid output; latent 16), the same epochs, batch 12
 grid of 16-d codes, 64 codes) and a gated PixelCNN prior fit afterwards. The settings
 match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/PYTHAE.md):
 beta-VAE beta 4, beta-TCVAE beta 6, IWAE k 10, WAE and InfoVAE lambda 10 (IMQ, seven
-scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE.
+scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
+MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
+Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md).
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -50,6 +52,10 @@ FAMILIES: dict[str, list[str]] = {
     "beta-vae": [*MLP, "model.kind=vae", "model.beta=4"],
     "cvae": [*MLP, "model.kind=cvae"],
     "iwae": [*MLP, "model.kind=iwae", "model.k=10"],
+    # Rainforth et al. (2018) at Pythae's config defaults (M 5, K 10; CIWAE K 10, beta 0.5)
+    "miwae": [*MLP, "model.kind=miwae", "model.miwae.m=5", "model.miwae.k=10"],
+    "piwae": [*MLP, "model.kind=piwae", "model.piwae.m=5", "model.piwae.k=10"],
+    "ciwae": [*MLP, "model.kind=ciwae", "model.ciwae.k=10", "model.ciwae.beta=0.5"],
     "beta-tcvae": [*MLP, "model.kind=beta-tcvae", "model.beta=6"],
     "wae": [*MLP, "model.kind=wae", "model.loss=euclidean", "model.mmd_weight=10"],
     "infovae": [*MLP, "model.kind=infovae", "model.mmd_weight=10"],

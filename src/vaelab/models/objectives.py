@@ -22,6 +22,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   capacity-annealed form recon + gamma |KL - C progress| (Burgess et al. 2018).
 - ``iwae``: the importance-weighted bound with ``model.k`` samples (Burda et al. 2016);
   ``nelbo`` is the mean of the k one-sample bounds, for comparison.
+- ``miwae``, ``piwae``, ``ciwae``: other poolings of the same log-weights (Rainforth et al.
+  2018), in ``vaelab.models.iw_bounds``.
 - ``tcvae``: beta-TCVAE (Chen et al. 2018): recon + alpha MI + beta TC + gamma
   dimension-wise KL, the KL split by a minibatch estimator of q(z) (``model.tc_estimator``:
   stratified sampling by default, the authors' weighted sampling as an option).
@@ -42,6 +44,7 @@ from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_me
 from vaelab.errors import ConfigError
 from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
+from vaelab.models.iw_bounds import IW_OBJECTIVES
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     r = model.recon_loss(model.decode_logits(q.mean, y), x)
@@ -131,6 +134,7 @@ OBJECTIVES: dict[str, Objective] = {
     "elbo": Objective(elbo, frozenset({"prior", "stochastic"}),
                       "negative ELBO: recon + beta * KL (warm-up and capacity annealing as options)"),
     "iwae": Objective(iwae, frozenset({"density"}), "importance-weighted bound with model.k samples"),
+    **IW_OBJECTIVES,  # miwae, piwae, ciwae (Rainforth et al. 2018): vaelab.models.iw_bounds
     "tcvae": Objective(tcvae, frozenset({"prior", "stochastic"}),
                        "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL"),
     "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))"),
