@@ -184,7 +184,7 @@ def _stale_files(rd: RunDir) -> dict[Path, str]:
     paths = [rd.eval, *rd.figures.glob("*.png"), *rd.path.glob("*.json"), *rd.path.glob("*.png")]
     out = {}
     for p in paths:
-        if p.is_file() and p.name not in RunDir.PRIMARY and p.name not in ("trial.json", "features.json"):
+        if p.is_file() and p.name not in (*RunDir.PRIMARY, *RunDir.LOGS, "trial.json", "features.json"):
             why = rd.stale(p)
             if why is not None:
                 out[p] = why
