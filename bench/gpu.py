@@ -54,7 +54,7 @@ from vaelab.api import Run
 from vaelab.config import build_config
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
-from vaelab.training import loop
+from vaelab.training import loop, trainer
 
 MLP_EPOCH_TARGET_S = 0.5
 BATCH = 128
@@ -167,9 +167,10 @@ def plain_epochs(kind: str, images: torch.Tensor, device: torch.device, epochs: 
 
 # ----------------------------------------------------------------------------- sync check
 def step_lines() -> tuple[int, int]:
-    """The lines of one training step in training/loop.py: from ``for step in range(steps)`` to
-    the interval check (``if (step + 1) % CHECK_EVERY``), which syncs on purpose."""
-    lines = Path(loop.__file__).read_text().splitlines()
+    """The lines of one training step in training/trainer.py: from ``for step in range(steps)`` to
+    the interval check (``if (step + 1) % CHECK_EVERY``), which syncs on purpose. (The backward
+    and optimizer steps run in ``Trainer._descend``, called from these lines: its frames count.)"""
+    lines = Path(trainer.__file__).read_text().splitlines()
     start = next(i for i, ln in enumerate(lines, 1) if ln.strip().startswith("for step in range(steps)"))
     end = next(i for i, ln in enumerate(lines, 1) if i > start and "% CHECK_EVERY" in ln)
     return start, end
@@ -184,7 +185,7 @@ def step_syncs(splits: Splits, device: torch.device, work: Path, steps: int = 20
     overrides = [f"train.device={device}", "train.epochs=1", "train.progress=false", "data.val=none"]
     loop.fit(build_config("mlp-vae", overrides=overrides), work / "sync-warm", splits=small, log=quiet)
     start, end = step_lines()
-    file = str(Path(loop.__file__).resolve())
+    file = str(Path(trainer.__file__).resolve())
     seen = {"in_step": 0, "elsewhere": 0, "where": []}
 
     def hook(message, category, filename, lineno, file_=None, line=None):
@@ -203,7 +204,7 @@ def step_syncs(splits: Splits, device: torch.device, work: Path, steps: int = 20
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return {"steps": -(-n // BATCH), "syncs_in_step": seen["in_step"], "syncs_outside_steps": seen["elsewhere"],
-            "first_in_step": seen["where"], "step_lines": f"training/loop.py:{start}-{end - 1}"}
+            "first_in_step": seen["where"], "step_lines": f"training/trainer.py:{start}-{end - 1}"}
 
 
 # ----------------------------------------------------------------------------- DDP

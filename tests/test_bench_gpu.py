@@ -36,7 +36,7 @@ def test_gpu_bench_quick_on_cpu_writes_every_figure(tmp_path):
 
 
 def test_gpu_bench_finds_the_training_step_in_the_loop():
-    """The sync check counts syncs raised from loop.py's step lines: they must still frame a step."""
+    """The sync check counts syncs raised from trainer.py's step lines: they must still frame a step."""
     sys.path.insert(0, str(REPO / "bench"))
     try:
         spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu.py")
@@ -45,6 +45,10 @@ def test_gpu_bench_finds_the_training_step_in_the_loop():
     finally:
         sys.path.remove(str(REPO / "bench"))
     start, end = mod.step_lines()
-    body = Path(mod.loop.__file__).read_text().splitlines()[start - 1:end - 1]
+    body = Path(mod.trainer.__file__).read_text().splitlines()[start - 1:end - 1]
     text = "\n".join(body)
-    assert start < end and "loss.backward()" in text and "opt.step()" in text and "CHECK_EVERY" not in text
+    assert start < end and "self._descend(" in text and "CHECK_EVERY" not in text
+    import inspect
+
+    descend = inspect.getsource(mod.trainer.Trainer._descend)
+    assert "loss.backward()" in descend and "opt.step()" in descend

@@ -10,7 +10,7 @@ import torch
 
 from vaelab.errors import ConfigError
 from vaelab.distributions import log_normal as gaussian_log_density
-from vaelab.estimators import WAE_SCALES, mmd, tc_decomposition
+from vaelab.models.estimators import WAE_SCALES, mmd, tc_decomposition
 
 D64 = torch.float64
 

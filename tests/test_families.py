@@ -11,7 +11,7 @@ from torch.distributions import Normal
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.estimators import mmd, tc_decomposition
+from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models import MODELS, build_model, require
 from vaelab.models.model import corrupt, sparsity_penalty
 

@@ -13,7 +13,7 @@ from scipy import stats
 from vaelab.config import ModelConfig
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import build_model
-from vaelab.objectives import OBJECTIVES, kl_weight
+from vaelab.models.objectives import OBJECTIVES, kl_weight
 
 
 def small(seed=0, **kw):

@@ -42,13 +42,13 @@ class _Terminal(io.StringIO):
 
 
 def test_on_a_terminal_one_bar_runs_through_every_epoch(monkeypatch, tiny_config):
-    from vaelab.training import loop
+    from vaelab.training import callbacks, loop
 
     monkeypatch.delenv("VAELAB_NO_PROGRESS", raising=False)
     term = _Terminal()
     monkeypatch.setattr("sys.stderr", term)
     bars = []
-    monkeypatch.setattr(loop, "progress_bar", lambda *a, **k: bars.append(progress.bar(*a, **k)) or bars[-1])
+    monkeypatch.setattr(callbacks, "progress_bar", lambda *a, **k: bars.append(progress.bar(*a, **k)) or bars[-1])
     lines: list[str] = []
     result = loop.fit(tiny_config("train.epochs=3", "train.progress=true"), None, log=lines.append)
     # 256 images in batches of 64: 4 steps an epoch, 12 in all, on one bar.

@@ -27,6 +27,8 @@ MOVED_MODULES = [
     ("vaelab.viz.report", "vaelab.report", "write_report"),
     ("vaelab.viz.plots", "vaelab.plots", "plot_grid"),
     ("vaelab.anomaly.detector", "vaelab.anomaly.scores", "score_images"),
+    ("vaelab.objectives", "vaelab.models.objectives", "OBJECTIVES"),
+    ("vaelab.estimators", "vaelab.models.estimators", "tc_decomposition"),
 ]
 # old modules whose names now live in two modules: the shim holds them (the same objects)
 MOVED_SPLIT = {"vaelab.anomaly.detector": {"AnomalyDetector": "vaelab.anomaly.estimator",

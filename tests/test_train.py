@@ -202,7 +202,7 @@ def test_nan_in_the_first_epoch(tiny_config, monkeypatch):
 
 def test_the_loss_is_read_back_once_per_interval_not_per_step(tiny_config, monkeypatch):
     """A per-step .item() stalls a GPU; the loop syncs once per CHECK_EVERY steps (and at an epoch's end)."""
-    from vaelab.training import loop
+    from vaelab.training import trainer as loop
 
     reads = []
     real = loop._check_finite
@@ -223,7 +223,7 @@ def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
 def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
     """train.kl_warmup_epochs becomes model.kl_warmup, a fraction of training; the loop passes
     the objective its progress, so the KL weight ramps per step as it did per epoch."""
-    from vaelab.objectives import kl_weight
+    from vaelab.models.objectives import kl_weight
 
     real_forward = LatentModel.forward
     weights: list[float] = []

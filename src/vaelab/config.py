@@ -198,7 +198,7 @@ class ModelConfig:
     # Parts; None = the family's choice (written out in the run's config.json).
     posterior: str | None = None  # vaelab.models.POSTERIORS: point | gaussian
     prior: str | None = None  # vaelab.models.PRIORS: none | normal | conditional (learned p(z|y))
-    objective: str | None = None  # vaelab.objectives.OBJECTIVES: recon | elbo | iwae
+    objective: str | None = None  # vaelab.models.objectives.OBJECTIVES: recon | elbo | iwae
     condition: str | None = None  # feed the label to encoder and decoder: none | onehot | embedding
     condition_dim: int = 16  # width of the learned label embedding (condition=embedding)
     input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None
@@ -277,6 +277,11 @@ class ModelConfig:
     predictor_weight: float = 0.0
     predictor_hidden: list[int] = field(default_factory=lambda: [64, 64])  # its hidden widths
     num_classes: int | None = None  # predictor outputs; filled in from the data labels when None
+    # The options of the chosen parts that declare their own (vaelab.models.options): part name ->
+    # its options (a dict as read; the part's dataclass once the config is built). Written and
+    # read as sections of the model section: --set model.factorvae.gamma=10, YAML
+    # ``model: {factorvae: {gamma: 10}}``, config.json the same.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _coerce(self, "model")
@@ -395,10 +400,17 @@ class ModelConfig:
                f"model.predictor_hidden must be one or more positive widths, got {self.predictor_hidden}")
         _check(self.num_classes is None or self.num_classes >= 2,
                f"model.num_classes must be at least 2, got {self.num_classes}")
+        from vaelab.models import resolve_options
+
+        resolve_options(self)  # each chosen part's options section, typed, and each part's own check
         missing = OBJECTIVES[self.objective].requires - capabilities(self)
         _check(not missing, f"model.objective={self.objective} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, "
                f"and model.kind={self.kind} (posterior {self.posterior}, prior {self.prior}) has none; "
                "choose another objective or model")
+
+    def opts(self, part: str):
+        """The options of the chosen part ``part`` (its dataclass, defaults filled in)."""
+        return self.options[part]
 
     @property
     def uses_labels(self) -> bool:
@@ -476,7 +488,9 @@ class RunConfig:
         return RunConfig.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["model"].update(d["model"].pop("options"))  # each part's options: a section of model
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -596,6 +610,10 @@ def _build(cls, values: dict, section: str):
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
     names = {f.name for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:  # a mapping under a name that is no field: the options of a part
+        sections = {k: v for k, v in values.items() if k not in names and isinstance(v, dict)}
+        values = {k: v for k, v in values.items() if k not in sections}
+        values["options"] = merge(dict(values.get("options") or {}), sections)
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown {section} option(s) {sorted(unknown)}; valid: {sorted(names)}")
@@ -654,8 +672,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r} must look like section.field=value, e.g. model.latent_dim=16")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
+    if len(parts) == 3 and parts[0] == "model" and all(parts):  # model.<part>.<option>: a part's own option
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and "," in value:
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        return "model", f"{parts[1]}.{parts[2]}", value
     if len(parts) != 2 or parts[0] not in _SECTIONS:
-        raise ConfigError(f"override key {key!r} must be data.X, model.X or train.X")
+        raise ConfigError(f"override key {key!r} must be data.X, model.X, train.X or model.PART.X")
     section, name = parts
     names = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
     if name not in names:
@@ -677,8 +703,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def typed_value(section: str, name: str, value: Any) -> Any:
     """``value`` converted to the type of ``section.name`` (``"1e-3"`` -> 0.001 for a float field)."""
-    if value is None:
-        return None
+    if value is None or (section == "model" and "." in name):  # a part's option: typed by its part
+        return value
     hint = typing.get_type_hints(_SECTIONS[section])[name]
     kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
     try:
@@ -689,6 +715,12 @@ def typed_value(section: str, name: str, value: Any) -> Any:
                           f"got {value!r}") from None
 
 
+def nested(name: str, value: Any) -> dict[str, Any]:
+    """``{"a": {"b": value}}`` for the dotted name "a.b" (a part's option), ``{name: value}`` otherwise."""
+    head, _, rest = name.partition(".")
+    return {head: nested(rest, value)} if rest else {name: value}
+
+
 def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:
     """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts.
 
@@ -697,7 +729,7 @@ def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: lis
     update: dict[str, Any] = dict(extra or {})
     for text in overrides or []:
         section, name, value = parse_override(text)
-        update = merge(update, {section: {name: value}})
+        update = merge(update, {section: nested(name, value)})
     data = update.get("data") or {}
     if data.get("path") is not None and "name" not in data and isinstance(d.get("data"), dict):
         d = {**d, "data": {k: v for k, v in d["data"].items() if k != "name"}}

@@ -44,7 +44,7 @@ from vaelab.rundir import RunDir
 @click.option("--latent-dim", type=int)
 @click.option("--kind", type=RegistryChoice("vaelab.models:MODELS"),
               help="Model family: the default posterior, prior, objective and conditioning.")
-@click.option("--objective", type=RegistryChoice("vaelab.objectives:OBJECTIVES"), help="What the model minimises.")
+@click.option("--objective", type=RegistryChoice("vaelab.models.objectives:OBJECTIVES"), help="What the model minimises.")
 @click.option("--prior", type=RegistryChoice("vaelab.models:PRIORS"), help="Prior p(z) (or p(z|y)).")
 @click.option("--loss", type=RegistryChoice("vaelab.models:LIKELIHOODS"), help="Likelihood p(x|z) and its loss.")
 @click.option("--beta", type=float, help="Weight of the KL term.")

@@ -5,7 +5,7 @@ and conditioning. ``ModelConfig`` fills in whatever the user left unset from its
 family, so a config may also mix parts freely (``--set model.objective=iwae``).
 Every family is built by one class, ``LatentModel``; the parts have their own
 registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
-(model.loss), and ``vaelab.objectives.OBJECTIVES``. Adding a family is one entry here.
+(model.loss), and ``vaelab.models.objectives.OBJECTIVES``. Adding a family is one entry here.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.bodies import BODIES
 from vaelab.models.likelihoods import LIKELIHOODS
 from vaelab.models.model import LatentModel, capabilities
+from vaelab.models.options import resolve
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
-from vaelab.objectives import OBJECTIVES
+from vaelab.models.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -65,6 +66,18 @@ CAPABILITIES: dict[str, str] = {
     "predictor": "a label predictor on the code (train with --set model.predictor_weight=10)",
     "codebook": "a discrete codebook (a VQ-VAE)",
 }
+
+
+# The parts a config chooses, by role: (the ModelConfig field that names it, its registry).
+PARTS: dict[str, tuple[str, dict]] = {
+    "body": ("arch", BODIES), "posterior": ("posterior", POSTERIORS), "prior": ("prior", PRIORS),
+    "likelihood": ("loss", LIKELIHOODS), "objective": ("objective", OBJECTIVES),
+}
+
+
+def resolve_options(cfg: ModelConfig) -> None:
+    """Each chosen part's options section as its dataclass, and each part's own check (one line)."""
+    resolve(cfg, PARTS)
 
 
 def build_model(cfg: ModelConfig) -> LatentModel:
@@ -123,6 +136,7 @@ __all__ = [
     "LIKELIHOODS",
     "MODELS",
     "OBJECTIVES",
+    "PARTS",
     "POSTERIORS",
     "PRIORS",
     "Family",
@@ -133,4 +147,5 @@ __all__ = [
     "frozen",
     "glorot_init",
     "require",
+    "resolve_options",
 ]

@@ -34,7 +34,7 @@ from vaelab.models.bodies import BODIES, build_predictor
 from vaelab.models.likelihoods import build_likelihood, classification
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
-from vaelab.objectives import OBJECTIVES
+from vaelab.models.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -57,7 +57,7 @@ def capabilities(cfg: ModelConfig) -> frozenset[str]:
         caps.add("labels")
     if cfg.predictor_weight > 0:
         caps.add("predictor")
-    return frozenset(caps)
+    return frozenset(caps) - OBJECTIVES[cfg.objective].drops
 
 
 def corrupt(x: torch.Tensor, kind: str, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -139,8 +139,16 @@ class LatentModel(nn.Module):
             self.register_buffer("class_log_prior", torch.full((k,), -math.log(k)))
         # Built last, so the other parts start from the same weights with or without it.
         self.predictor = build_predictor(cfg) if cfg.predictor_weight > 0 else None
+        # Networks of the objective's own (a discriminator), after every other part: the
+        # model's weights start the same with or without them.
+        self.critics = nn.ModuleDict(self.objective.networks(cfg) if self.objective.networks else {})
         self.signed = cfg.output_activation == "tanh"
         self.capabilities = capabilities(cfg)
+
+    def optimisation_steps(self):
+        """The objective's optimisation steps (each a parameter group with its own optimizer),
+        or None: one step over every parameter on ``loss``."""
+        return self.objective.steps(self) if self.objective.steps else None
 
     # ------------------------------------------------------------------ what it offers
     def describe(self) -> str:

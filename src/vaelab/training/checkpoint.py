@@ -36,35 +36,58 @@ def save_weights(run_dir: str | Path, model: torch.nn.Module, config: RunConfig)
     _save(Path(run_dir) / WEIGHTS, model.state_dict(), {"config": config.to_json(), "format": FORMAT})
 
 
-def save_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                state: dict[str, Any]) -> None:
-    """One file: weights, optimizer state, and ``state`` (epoch, history, ...) as JSON."""
+def _optimizers(optimizer) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer (a model's only one, named "model") or several by name."""
+    return optimizer if isinstance(optimizer, dict) else {"model": optimizer}
+
+
+def _prefix(i: int, name: str) -> tuple[str, str]:
+    """Tensor-name and metadata-key prefixes of the i-th optimizer: the first keeps the names of
+    checkpoints written before models had several (``optim.``), the others carry their name."""
+    return ("optim.", "") if i == 0 else (f"optim-{name}.", f"-{name}")
+
+
+def save_resume(run_dir: str | Path, model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """One file: weights, every optimizer's state (one, or a dict name -> optimizer), and
+    ``state`` (epoch, history, ...) as JSON."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in opt["state"].items():
-        for name, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{name}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"]),
-            "optim_scalars": json.dumps(scalars), "format": FORMAT}
+    meta = {"state": json.dumps(state), "format": FORMAT}
+    opts = _optimizers(optimizer)
+    for i, (name, opt) in enumerate(opts.items()):
+        tprefix, mkey = _prefix(i, name)
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, st in sd["state"].items():
+            for key, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"{tprefix}{idx}.{key}"] = value
+                else:
+                    scalars.setdefault(str(idx), {})[key] = value
+        meta[f"param_groups{mkey}"] = json.dumps(sd["param_groups"])
+        meta[f"optim_scalars{mkey}"] = json.dumps(scalars)
+    meta["optimizers"] = json.dumps(list(opts))
     _save(Path(run_dir) / RESUME, tensors, meta)
 
 
-def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer) -> dict[str, Any]:
+    """Load weights and every optimizer's state from the resume file; return ``state``."""
     tensors, meta = _load(Path(run_dir) / RESUME)
     try:
         model.load_state_dict(migrate({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, meta))
-        state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, name = k.split(".", 2)
-                state.setdefault(int(idx), {})[name] = v
-        for idx, d in json.loads(meta["optim_scalars"]).items():
-            state.setdefault(int(idx), {}).update(d)
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        opts = _optimizers(optimizer)
+        saved = json.loads(meta.get("optimizers", '["model"]'))
+        if len(saved) != len(opts) or saved[1:] != list(opts)[1:]:
+            raise ValueError(f"it holds the state of the optimizers {saved}, this model trains {list(opts)}")
+        for i, (name, opt) in enumerate(opts.items()):
+            tprefix, mkey = _prefix(i, name)
+            state: dict[int, dict[str, Any]] = {}
+            for k, v in tensors.items():
+                if k.startswith(tprefix):
+                    idx, key = k[len(tprefix):].split(".", 1)
+                    state.setdefault(int(idx), {})[key] = v
+            for idx, d in json.loads(meta[f"optim_scalars{mkey}"]).items():
+                state.setdefault(int(idx), {}).update(d)
+            opt.load_state_dict({"state": state, "param_groups": json.loads(meta[f"param_groups{mkey}"])})
         return json.loads(meta["state"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
