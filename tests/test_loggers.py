@@ -3,6 +3,7 @@ ran, read back through the libraries' own readers; resume; the one-line refusals
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import io
 import json
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.conftest import assert_one_line_error, run_main
 from vaelab.errors import ConfigError
 from vaelab.rundir import RunDir
 from vaelab.training.loggers import make_loggers
@@ -22,7 +24,7 @@ ROWS = [{"epoch": 1, "train_loss": 180.5, "val_loss": 170.25, "seconds": 1.5, "l
         {"epoch": 2, "train_loss": 140.75, "val_loss": None, "seconds": 1.25, "lr": 5e-4, "train_recon": 125.0,
          "train_kl": 15.75}]
 EVAL = {"loss": 101.5, "nll_iw": 99.25, "split": "test", "parts": {"recon": 80.0, "kl": 21.5},
-        "converged": True, "checkpoint_id": "0123456789abcdef"}
+        "kl_per_dim": [0.5, 1.25], "converged": True, "checkpoint_id": "0123456789abcdef"}
 
 
 def _trainer(run_dir, epoch=0, *overrides, main=True):
@@ -147,7 +149,8 @@ def test_tensorboard_holds_every_number_of_each_row_the_evaluation_the_figures_a
     assert "epoch" not in tags["scalars"]  # the step, not a scalar
     evals = {t: _scalars(acc, t) for t in tags["scalars"] if t.startswith("eval/")}
     assert evals == {"eval/loss": [(2, 101.5)], "eval/nll_iw": [(2, 99.25)], "eval/parts/recon": [(2, 80.0)],
-                     "eval/parts/kl": [(2, 21.5)]}  # numeric leaves only: no split, bool or id
+                     "eval/parts/kl": [(2, 21.5)], "eval/kl_per_dim/0": [(2, 0.5)],
+                     "eval/kl_per_dim/1": [(2, 1.25)]}  # numeric leaves only: no split, bool or id
     [image] = acc.Images("figures/loss")
     assert (image.step, image.width, image.height) == (2, 20, 12)
     from PIL import Image
@@ -235,7 +238,8 @@ def test_mlflow_holds_params_metrics_per_epoch_the_evaluation_and_the_figures(ru
         assert _history(client, lg.run_id, key) == [(1, ROWS[0][key]), (2, ROWS[1][key])], key
     assert _history(client, lg.run_id, "val_loss") == [(1, 170.25)]
     assert {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")} == {
-        "eval/loss": 101.5, "eval/nll_iw": 99.25, "eval/parts/recon": 80.0, "eval/parts/kl": 21.5}
+        "eval/loss": 101.5, "eval/nll_iw": 99.25, "eval/parts/recon": 80.0, "eval/parts/kl": 21.5,
+        "eval/kl_per_dim/0": 0.5, "eval/kl_per_dim/1": 1.25}
     assert _history(client, lg.run_id, "eval/nll_iw") == [(2, 99.25)]
     assert "epoch" not in run.data.metrics
     assert sorted(a.path for a in client.list_artifacts(lg.run_id)) == ["eval.json", "figures"]
@@ -305,6 +309,35 @@ def test_a_failed_training_ends_its_mlflow_run_as_failed(runs):
 
 
 
+def test_a_logger_that_fails_mid_run_says_so_once_and_the_training_goes_on(runs, monkeypatch):
+    pytest.importorskip("mlflow")
+    run_dir = runs / "store-gone"
+    [lg] = make_loggers("mlflow", run_dir)
+    notes = []
+    trainer = _trainer(run_dir)
+    trainer.log = notes.append
+    lg.on_fit_start(trainer)
+    lg.on_epoch_end(trainer, ROWS[0])
+
+    def locked(*args, **kw):
+        raise RuntimeError("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+
+    monkeypatch.setattr(lg.client, "log_batch", locked)
+    monkeypatch.setattr(lg.client, "set_terminated", locked)
+    trainer.epoch = 2
+    lg.on_epoch_end(trainer, ROWS[1])  # no exception reaches the trainer
+    lg.on_fit_end(trainer)
+    lg.on_evaluation(trainer, EVAL)
+    assert notes == [("note: --log mlflow stopped ((sqlite3.OperationalError) database is locked); the training "
+                      "goes on and the run directory holds every epoch")]
+    monkeypatch.undo()
+    assert _history(_client(lg.uri), lg.run_id, "train_loss") == [(1, 180.5)]  # what came before is kept
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not a logger's failure: it stops the training
+        monkeypatch.setattr(lg, "stopped", False)
+        monkeypatch.setattr(lg, "_log_metrics", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        lg.on_epoch_end(trainer, ROWS[1])
+
+
 # ------------------------------------------------------------------------------ the run directory
 def test_the_logs_are_the_training_s_own_files(tmp_path):
     """--overwrite clears them with the run; a report does not call mlflow.json stale."""
@@ -319,3 +352,55 @@ def test_the_logs_are_the_training_s_own_files(tmp_path):
     assert _stale_files(rd) == {}
     rd.prepare_fresh(overwrite=True)
     assert list(rd.path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ vaelab train --log
+def test_vaelab_train_logs_epochs_evaluation_and_figures_and_a_resume_continues(runs, mnist_dir, capsys):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    run_dir = runs / "cli-run"
+    common = ["--data-dir", str(mnist_dir), "--limit", "256", "--latent-dim", "3", "--set", "model.hidden=32"]
+    rc, _, err = run_main(capsys, "train", "--preset", "mlp-vae", *common, "--epochs", "1", "--iw-samples", "1",
+                          "--out", run_dir, "--log", "tensorboard,mlflow")
+    assert rc == 0, err
+    history = list(csv.DictReader(RunDir(run_dir).history.open()))
+    evaluation = json.loads(RunDir(run_dir).eval.read_text())
+    figures = sorted(p.name for p in RunDir(run_dir).figures.glob("*.png"))
+    assert len(history) == 1 and {"loss.png", "reconstructions.png"} <= set(figures)
+
+    acc = _events(run_dir / RunDir.TENSORBOARD)
+    for key in ("train_loss", "val_loss", "train_kl", "lr", "seconds"):
+        assert _scalars(acc, key) == [(1, pytest.approx(float(history[0][key]), rel=1e-6))], key
+    assert _scalars(acc, "eval/nll_iw") == [(1, pytest.approx(evaluation["nll_iw"], rel=1e-6))]
+    assert sorted(acc.Tags()["images"]) == sorted(f"figures/{f[:-4]}" for f in figures)
+
+    saved = json.loads((run_dir / RunDir.MLFLOW).read_text())
+    assert saved["tracking_uri"] == f"sqlite:///{runs}/mlflow.db"
+    client = _client(saved["tracking_uri"])
+    run = client.get_run(saved["run_id"])
+    assert (run.info.run_name, run.info.status) == ("cli-run", "FINISHED")
+    assert run.data.params["model.hidden"] == "[32]" and run.data.params["data.limit"] == "256"
+    assert _history(client, run.info.run_id, "train_loss") == [(1, float(history[0]["train_loss"]))]
+    assert run.data.metrics["eval/nll_iw"] == evaluation["nll_iw"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == [f"figures/{f}" for f in figures]
+    assert "eval.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    # A bad --log or store is refused before anything happens: --overwrite removes nothing.
+    weights = RunDir(run_dir).weights.read_bytes()
+    for extra, msg in [(["--log", "wandb"], "--log wandb: no such logger; choose from tensorboard, mlflow"),
+                       (["--log", "mlflow", "--tracking-uri", f"sqlite:///{runs}/none/mlflow.db"],
+                        f"--log mlflow: cannot open the MLflow tracking store sqlite:///{runs}/none/mlflow.db")]:
+        rc, out, err = run_main(capsys, "train", "--preset", "mlp-vae", *common, "--epochs", "1", "--out", run_dir,
+                                "--overwrite", *extra)
+        assert assert_one_line_error(rc, out, err).startswith(f"vaelab: error: {msg}")
+        assert RunDir(run_dir).weights.read_bytes() == weights and (run_dir / "figures").is_dir()
+
+    rc, _, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "2", "--no-eval",
+                          "--log", "tensorboard,mlflow")
+    assert rc == 0, err
+    history = list(csv.DictReader(RunDir(run_dir).history.open()))
+    assert json.loads((run_dir / RunDir.MLFLOW).read_text())["run_id"] == run.info.run_id
+    assert _history(client, run.info.run_id, "train_loss") == [(int(r["epoch"]), float(r["train_loss"]))
+                                                               for r in history] and len(history) == 2
+    assert client.get_run(run.info.run_id).data.tags["resumed.train.epochs"] == "2"
+    assert [s for s, _ in _scalars(_events(run_dir / RunDir.TENSORBOARD), "train_loss")] == [1, 2]

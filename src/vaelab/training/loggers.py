@@ -20,6 +20,7 @@ is cheap), and ``make_loggers`` opens everything it can before training starts: 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -34,15 +35,19 @@ from pathlib import Path
 from vaelab.errors import ConfigError, Interrupted
 from vaelab.io import write_json
 from vaelab.rundir import RunDir
+from vaelab.training.callbacks import Callback
 
 
-def flatten(d: dict, sep: str, prefix: str = "") -> dict:
-    """Nested dicts as one level: {"a": {"b": 1}} -> {"a<sep>b": 1}."""
+def flatten(d: dict, sep: str, prefix: str = "", lists: bool = False) -> dict:
+    """Nested dicts as one level: {"a": {"b": 1}} -> {"a<sep>b": 1}; with ``lists``, lists too
+    ({"kl_per_dim": [0.1, 0.2]} -> {"kl_per_dim<sep>0": 0.1, ...})."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if lists and isinstance(v, (list, tuple)):
+            v = {str(i): x for i, x in enumerate(v)}
         if isinstance(v, dict):
-            out.update(flatten(v, sep, key))
+            out.update(flatten(v, sep, key, lists))
         else:
             out[key] = v
     return out
@@ -58,18 +63,39 @@ def _row_scalars(row: dict) -> dict[str, float]:
     return {k: v for k, v in numeric(row).items() if k != "epoch"}
 
 
-def _failed_status() -> str | None:
-    """MLflow's end status when called while an exception propagates (the trainer's finally), else None."""
-    exc = sys.exc_info()[1]
+def _noted(method):
+    """A logger's callback that fails (its store gone, a full disk) says so in one note and the
+    logger logs no more; the training goes on (the run's own files hold every epoch). Only the
+    main process logs."""
+
+    @functools.wraps(method)
+    def call(self, trainer, *args):
+        if self.stopped or not trainer.main:
+            return
+        try:
+            method(self, trainer, *args)
+        except Exception as e:  # noqa: BLE001 -- any failure of the library or its store: logging is not training
+            self.stopped = True
+            getattr(trainer, "log", print)(f"note: --log {self.name} stopped ({_first_line(e)}); the training goes "
+                                           "on and the run directory holds every epoch")
+
+    return call
+
+
+def _end_status(trainer) -> str:
+    """MLflow's status for a fit that ended: KILLED by Ctrl-C, FAILED by an error, else FINISHED.
+    The trainer says (``trainer.failed``); otherwise the exception propagating through its finally."""
+    exc = getattr(trainer, "failed", None) or sys.exc_info()[1]
     if exc is None:
-        return None
+        return "FINISHED"
     return "KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED"
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Scalars, evaluation, figures and the config into ``RUN/tensorboard/`` (torch's SummaryWriter)."""
 
     name = "tensorboard"
+    stopped = False
     modules = ("tensorboard",)  # what torch.utils.tensorboard needs
     extra = "tensorboard"
     library = "TensorBoard"
@@ -90,33 +116,29 @@ class TensorBoardLogger:
             self._writer = SummaryWriter(str(self.dir), purge_step=purge if not self._closed else None)
         return self._writer
 
+    @_noted
     def on_fit_start(self, trainer) -> None:
-        if not trainer.main:
-            return
         w = self.writer(trainer)
         text = json.dumps(trainer.config.to_dict(), indent=2)
         w.add_text("config", "\n".join("    " + line for line in text.splitlines()), trainer.epoch)  # code block
         w.flush()
 
+    @_noted
     def on_epoch_end(self, trainer, row: dict) -> None:
-        if not trainer.main:
-            return
         w = self.writer(trainer)
         for k, v in _row_scalars(row).items():
             w.add_scalar(k, v, row["epoch"])
         w.flush()
 
+    @_noted
     def on_evaluation(self, trainer, metrics: dict) -> None:
-        if not trainer.main:
-            return
         w = self.writer(trainer)
-        for k, v in numeric(flatten(metrics, "/", "eval")).items():
+        for k, v in numeric(flatten(metrics, "/", "eval", lists=True)).items():
             w.add_scalar(k, v, trainer.epoch)
         self._done_or_flush()
 
+    @_noted
     def on_artifacts(self, trainer, paths: list) -> None:
-        if not trainer.main:
-            return
         import numpy as np
         from PIL import Image
 
@@ -127,6 +149,7 @@ class TensorBoardLogger:
                     w.add_image(f"figures/{p.stem}", np.asarray(im.convert("RGB")), trainer.epoch, dataformats="HWC")
         self._done_or_flush()
 
+    @_noted
     def on_fit_end(self, trainer) -> None:
         self.close()
         self._closed = True
@@ -144,10 +167,11 @@ class TensorBoardLogger:
             self._writer = None
 
 
-class MlflowLogger:
+class MlflowLogger(Callback):
     """The run in an MLflow tracking store: params, metrics per epoch, evaluation, figures."""
 
     name = "mlflow"
+    stopped = False
     modules = ("mlflow", "sqlalchemy", "alembic")  # the last two: the sqlite store
     extra = "mlflow"
     library = "MLflow"
@@ -215,9 +239,8 @@ class MlflowLogger:
             raise self._fail(_first_line(e)) from e
 
     # -------------------------------------------------------------------------- callbacks
+    @_noted
     def on_fit_start(self, trainer) -> None:
-        if not trainer.main:
-            return
         params = {k: v if isinstance(v, str) else json.dumps(v)
                   for k, v in flatten(trainer.config.to_dict(), ".").items()}
         self.run_id = self._resumed_run() if trainer.epoch else None
@@ -270,23 +293,27 @@ class MlflowLogger:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    @_noted
     def on_epoch_end(self, trainer, row: dict) -> None:
-        if trainer.main and self.run_id is not None:
+        if self.run_id is not None:
             self._log_metrics(_row_scalars(row), row["epoch"])
 
+    @_noted
     def on_evaluation(self, trainer, metrics: dict) -> None:
-        if trainer.main and self.run_id is not None:
-            self._log_metrics(numeric(flatten(metrics, "/", "eval")), trainer.epoch)
+        if self.run_id is not None:
+            self._log_metrics(numeric(flatten(metrics, "/", "eval", lists=True)), trainer.epoch)
 
+    @_noted
     def on_artifacts(self, trainer, paths: list) -> None:
-        if not (trainer.main and self.run_id is not None):
+        if self.run_id is None:
             return
         for p in map(Path, paths):
             self.client.log_artifact(self.run_id, str(p), "figures" if p.suffix.lower() == ".png" else None)
 
+    @_noted
     def on_fit_end(self, trainer) -> None:
-        if trainer.main and self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=_failed_status() or "FINISHED")
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=_end_status(trainer))
 
 
 @contextmanager
