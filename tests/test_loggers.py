@@ -292,6 +292,19 @@ def test_a_resumed_run_continues_the_same_mlflow_run(runs):
     assert gone.run_id not in (first.run_id, fresh.run_id, moved.run_id, None)
 
 
+def test_a_run_resumed_with_log_for_the_first_time_logs_its_earlier_epochs_too(runs):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    run_dir = runs / "later"
+    trainer = _trainer(run_dir, 1)
+    trainer.history = [dict(ROWS[0])]  # trained without --log: epoch 1 is in history.csv only
+    tb, ml = make_loggers("tensorboard,mlflow", run_dir)
+    _drive([tb, ml], trainer, ROWS[1:])
+    assert _scalars(_events(run_dir / RunDir.TENSORBOARD), "train_loss") == [(1, 180.5), (2, 140.75)]
+    assert _scalars(_events(run_dir / RunDir.TENSORBOARD), "val_loss") == [(1, 170.25)]
+    assert _history(_client(ml.uri), ml.run_id, "train_loss") == [(1, 180.5), (2, 140.75)]
+
+
 def test_a_failed_training_ends_its_mlflow_run_as_failed(runs):
     pytest.importorskip("mlflow")
     run_dir = runs / "failed"

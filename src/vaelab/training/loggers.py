@@ -118,7 +118,12 @@ class TensorBoardLogger(Callback):
 
     @_noted
     def on_fit_start(self, trainer) -> None:
+        new = not any(self.dir.glob("events.out.tfevents.*"))
         w = self.writer(trainer)
+        if new:  # a run resumed with --log for the first time: its earlier epochs too
+            for row in getattr(trainer, "history", []):
+                for k, v in _row_scalars(row).items():
+                    w.add_scalar(k, v, row["epoch"])
         text = json.dumps(trainer.config.to_dict(), indent=2)
         w.add_text("config", "\n".join("    " + line for line in text.splitlines()), trainer.epoch)  # code block
         w.flush()
@@ -249,6 +254,8 @@ class MlflowLogger(Callback):
             name = self.run_dir.name if self.run_dir is not None else None
             self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             self._log_params(params)
+            for row in getattr(trainer, "history", []):  # a run resumed with --log for the first time
+                self._log_metrics(_row_scalars(row), row["epoch"])
         else:
             # MLflow refuses to change a logged param: a value changed on resume goes into a tag.
             self.client.update_run(self.run_id, status="RUNNING")
