@@ -353,8 +353,8 @@ def test_a_logger_that_fails_mid_run_says_so_once_and_the_training_goes_on(runs,
 
 # ------------------------------------------------------------------------------ the run directory
 def test_the_logs_are_the_training_s_own_files(tmp_path):
-    """--overwrite clears them with the run; a report does not call mlflow.json stale."""
-    from vaelab.report import _stale_files
+    """--overwrite clears them with the run; a report neither calls mlflow.json stale nor shows it as a result."""
+    from vaelab.report import _other_results, _stale_files
 
     rd = RunDir(tmp_path / "run")
     (rd.path / RunDir.TENSORBOARD).mkdir(parents=True)
@@ -362,7 +362,7 @@ def test_the_logs_are_the_training_s_own_files(tmp_path):
     rd.config.write_text("{}")
     rd.weights.write_bytes(b"\0" * 8)
     (rd.path / RunDir.MLFLOW).write_text(json.dumps({"run_id": "x"}))
-    assert _stale_files(rd) == {}
+    assert _stale_files(rd) == {} and _other_results(rd.path) == []
     rd.prepare_fresh(overwrite=True)
     assert list(rd.path.iterdir()) == []
 

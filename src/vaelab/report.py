@@ -266,7 +266,7 @@ def _kl_bars(kl: list) -> str:
 
 def _other_results(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
-    known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
+    known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL, RunDir.MLFLOW}  # mlflow.json: a log's address, no result
     extra = [p for p in sorted(run_dir.glob("*.json"))  # not the records beside a CSV (latents.csv.json)
              if p.name not in known and p not in stale and not Path(p.stem).suffix]
     pngs = [p for p in figure_paths(run_dir) if p not in stale]
