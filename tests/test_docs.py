@@ -375,18 +375,24 @@ def test_every_command_of_the_cli_is_in_the_readme():
 
 
 # ----------------------------------------------------------------------------- registries
-def test_family_table_matches_the_model_registry():
-    from vaelab.models import MODELS
+def test_family_table_matches_vaelab_parts():
+    """Every family `vaelab parts` lists has a row, every row names one of them, and the
+    parts a row names are the family's."""
+    from vaelab.cli.parts import parts_table
 
+    families = {f["name"]: f["details"] for f in parts_table(["families"])["families"]}
     rows = table_after(README.read_text(), "`--kind`")
-    assert [ticked(r["`--kind`"])[0] for r in rows] == list(MODELS)
+    named = [ticked(r["`--kind`"])[0] for r in rows]
+    assert not set(families) - set(named), f"no README row for {sorted(set(families) - set(named))}"
+    assert not set(named) - set(families), f"the README names no family {sorted(set(named) - set(families))}"
+    assert named == list(families)  # in the registry's order, each once
     for r in rows:
-        family = MODELS[ticked(r["`--kind`"])[0]]
+        family = families[ticked(r["`--kind`"])[0]]
         cell = r["parts (posterior, prior, objective)"]
         while "(" in cell:  # drop the remarks in parentheses, innermost first
             cell = re.sub(r"\([^()]*\)", "", cell)
         parts = [p.strip() for p in cell.split(",")]
-        assert parts == [family.posterior, family.prior, family.objective], r
+        assert parts == [family["posterior"], family["prior"], family["objective"]], r
 
 
 def test_plot_kinds_samplers_and_scores_match_their_registries():

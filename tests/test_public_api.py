@@ -28,6 +28,7 @@ MOVED_MODULES = [
     ("vaelab.viz.plots", "vaelab.plots", "plot_grid"),
     ("vaelab.anomaly.detector", "vaelab.anomaly.scores", "score_images"),
     ("vaelab.objectives", "vaelab.models.objectives", "OBJECTIVES"),
+    ("vaelab.latent.disentangle", "vaelab.latent.factors", "score_disentanglement"),
     ("vaelab.estimators", "vaelab.models.estimators", "tc_decomposition"),
 ]
 # old modules whose names now live in two modules: the shim holds them (the same objects)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab.errors import ConfigError, DataError
-from vaelab.latent.sampling import SAMPLERS, Sampler, make_sampler
+from vaelab.latent.sampling import COVARIANCES, SAMPLERS, Sampler, make_sampler
 
 
 def clustered(n=600, d=3, seed=0):
@@ -94,7 +94,14 @@ def test_mixture_scale_shrinks_each_component():
     np.testing.assert_allclose(spread, spread_base / 2, rtol=0.1)
 
 
-@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_the_covariance_types_are_scikit_learns():
+    from sklearn.mixture import GaussianMixture
+
+    (accepted,) = GaussianMixture._parameter_constraints["covariance_type"]
+    assert set(COVARIANCES) == set(accepted.options)
+
+
+@pytest.mark.parametrize("cov", COVARIANCES)
 def test_gmm_covariance_types(cov):
     z, y, _ = clustered(300)
     draws = make_sampler("gmm", components=3, covariance=cov).fit(z, y).sample(500, seed=0)

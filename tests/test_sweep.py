@@ -51,7 +51,7 @@ def test_parse_grid_gives_typed_values_and_expands_every_combination():
 @pytest.mark.parametrize("bad, words", [
     ("model.latent_dim", "must look like"),
     ("model.nope=1,2", "unknown option"),
-    ("latent_dim=1,2", "must be data.X, model.X or train.X"),
+    ("latent_dim=1,2", "must be data.X, model.X, train.X or model.PART.X"),
     ("model.latent_dim=", "no values"),
 ])
 def test_bad_grid_is_one_clear_error(bad, words):
@@ -305,6 +305,35 @@ def test_a_worker_that_dies_is_recorded_lost_and_the_other_jobs_finish():
     assert "worker process died" in next(r["error"] for r in rows if r["trial"] == "job0")
 
 
+def test_the_ray_executor_takes_the_registrys_call(monkeypatch):
+    """EXECUTORS["ray"] is called as every executor is (fn, jobs, workers, threads, record, lost,
+    address=); a stand-in for Ray runs each task in this process, so no Ray is needed."""
+    import sys
+    import types
+
+    from vaelab.sweep import executors
+
+    calls: dict = {}
+    fake = types.ModuleType("ray")
+    fake.is_initialized = lambda: False
+    fake.init = lambda address=None, **kw: calls.setdefault("init", address)
+    fake.shutdown = lambda: calls.setdefault("shutdown", True)
+    fake.wait = lambda refs, num_returns=1: (refs[:1], refs[1:])
+    fake.get = lambda ref: ref()
+
+    def remote(num_cpus):
+        calls["num_cpus"] = num_cpus
+        return lambda fn: types.SimpleNamespace(remote=lambda *args: lambda: fn(*args))
+
+    fake.remote = remote
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    rows = []
+    jobs = [("a", (1,)), ("b", (2,))]
+    executors.EXECUTORS["ray"](lambda x: {"trial": f"t{x}"}, jobs, 2, 3, rows.append, None, address=None)
+    assert sorted(r["trial"] for r in rows) == ["t1", "t2"]
+    assert calls == {"num_cpus": 3, "init": None, "shutdown": True}
+
+
 def test_worker_processes_give_the_same_results_as_one_process(tmp_path, shapes_npz, small_sweep):
     _, _, rows = small_sweep
     spec = _spec(shapes_npz, {"model.latent_dim": [2, 3], "model.loss": ["bce", "euclidean"]})
@@ -357,6 +386,9 @@ def test_unknown_executor_and_bad_workers(tmp_path, shapes_npz):
         sw.run_sweep(spec, tmp_path / "a", executor="slurm", log=_quiet)
     with pytest.raises(ConfigError, match="workers"):
         sw.run_sweep(spec, tmp_path / "a", workers=0, log=_quiet)
+    with pytest.raises(ConfigError, match="--ray-address applies to --executor ray"):  # not silently ignored
+        sw.run_sweep(spec, tmp_path / "a", executor="local", ray_address="127.0.0.1:1", log=_quiet)
+    assert not (tmp_path / "a").exists()
 
 
 # ------------------------------------------------------------------------------ CLI

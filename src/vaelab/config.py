@@ -108,6 +108,10 @@ def source_of(path: str) -> str:
     return "npz" if Path(path).suffix.lower() in (".npz", ".npy") else "folder"
 
 
+# data.train_split: what the model trains on (train+test: both, for the papers that did).
+TRAIN_SPLITS = ("train", "train+test")
+
+
 @dataclass
 class DataConfig:
     # mnist | fashion-mnist | folder | npz | dsprites; None (not given): the source data.path names
@@ -135,8 +139,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _coerce(self, "data")
-        _check(self.train_split in ("train", "train+test"),
-               f"data.train_split must be 'train' or 'train+test', got {self.train_split!r}")
+        _check(self.train_split in TRAIN_SPLITS,
+               f"data.train_split must be one of {', '.join(TRAIN_SPLITS)}, got {self.train_split!r}")
         if self.val not in ("test", "none"):
             try:
                 frac = float(self.val)

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from vaelab.cli import data, explore, generate, report, run, steer, sweep, tools
+from vaelab.cli import data, explore, generate, parts, report, run, steer, sweep, tools
 from vaelab.errors import Interrupted, VaelabError
 
 
@@ -30,7 +30,7 @@ COMMANDS = [
     generate.disentanglement,
     tools.inpaint, tools.detect, tools.anomaly_bench, tools.export,
     report.report, sweep.sweep, sweep.experiment, steer.steer, steer.steer_bench,
-    data.data, explore.explore,
+    data.data, explore.explore, parts.parts,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

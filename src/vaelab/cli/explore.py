@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_option
+from vaelab.cli.options import (
+    RegistryChoice,
+    _echo,
+    device_option,
+    run_data_dir_option,
+    split_option,
+)
 
 
 @click.command()
@@ -14,7 +20,7 @@ from vaelab.cli.options import _echo, device_option, run_data_dir_option, split_
               help="Address to bind; 0.0.0.0 makes the explorer reachable from other machines (no login).")
 @split_option
 @click.option("--n", type=int, default=5000, show_default=True, help="Images of the split on the map.")
-@click.option("--projection", type=click.Choice(["pca", "tsne", "umap"]), default="pca", show_default=True,
+@click.option("--projection", type=RegistryChoice("vaelab.explore.projection:PROJECTIONS"), default="pca", show_default=True,
               help="How codes of more than 2 dimensions are drawn (umap needs umap-learn).")
 @click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
 @run_data_dir_option

@@ -8,16 +8,55 @@ import click
 
 from vaelab.cli.options import (
     RegistryChoice,
+    RegistryHelp,
     _echo,
+    data_dir_help,
     device_option,
+    registry,
     run_data_dir_option,
     split_option,
+    takers,
 )
 from vaelab.errors import VaelabError
 
 
 def _sampler_params(components, covariance, scale) -> dict:
     return {"components": components, "covariance": covariance, "scale": scale}
+
+
+def _class_help() -> str:
+    from vaelab.latent.sampling import SAMPLERS, Sampler
+
+    always = [n for n, s in SAMPLERS.items() if s.conditional]
+    maybe = [n for n, s in SAMPLERS.items() if not s.conditional and s.takes_class.__func__ is not Sampler.takes_class.__func__]
+    return (f"Class to sample: {', '.join(always)} need one; {', '.join(maybe)} take one when the model (or its "
+            "prior) is class-conditional.")
+
+
+_SAMPLERS = "vaelab.latent.sampling:SAMPLERS"
+_SAMPLER_OPTIONS = [  # the sampler's own parameters; each help names the samplers that read it
+    click.option("--components", type=int, cls=RegistryHelp,
+                 help=lambda: f"Mixture components ({takers(_SAMPLERS, 'components')})."),
+    click.option("--covariance", type=RegistryChoice("vaelab.latent.sampling:COVARIANCES"), cls=RegistryHelp,
+                 help=lambda: f"GMM covariance type ({takers(_SAMPLERS, 'covariance')})."),
+    click.option("--scale", type=float, cls=RegistryHelp,
+                 help=lambda: f"Covariance scale, < 1 trades variety for fidelity ({takers(_SAMPLERS, 'scale')})."),
+]
+
+
+def _sampler_options(f):
+    for opt in reversed(_SAMPLER_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _plot_help(param: str, text: str):
+    """The help of a plot option: the kinds that read it (their function's ``param``), then ``text``."""
+    def help_text() -> str:
+        from vaelab.latent.pictures import PLOTS, plot_options
+
+        return f"{'/'.join(k for k in PLOTS if param in plot_options(k))}: {text}"
+    return help_text
 
 
 def _only_used(name: str, params: dict) -> dict:
@@ -39,7 +78,7 @@ def _only_used(name: str, params: dict) -> dict:
 @click.command()
 @click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data:DATASETS"),
               help="Labelled data set.")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the judge (default: the user cache).")
 @click.option("--epochs", type=int, default=6, show_default=True)
@@ -62,11 +101,8 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--sampler", default="prior", show_default=True, type=RegistryChoice("vaelab.latent.sampling:SAMPLERS"),
               help="Where codes come from: the model's prior, or a density fit on the training codes.")
 @click.option("--n", type=int, default=100, show_default=True)
-@click.option("--class", "cls", type=int, help="Class to sample (class-gaussian, class-gmm).")
-@click.option("--components", type=int, help="Mixture components (gmm default 10, class-gmm default 3).")
-@click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]), help="GMM covariance type.")
-@click.option("--scale", type=float, help="Covariance scale for gmm, class-gaussian, class-gmm "
-                                        "(< 1 trades variety for fidelity; default 1).")
+@click.option("--class", "cls", type=int, cls=RegistryHelp, help=_class_help)
+@_sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
@@ -109,19 +145,28 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
 @click.option("--kind", required=True, type=RegistryChoice("vaelab.latent.pictures:PLOTS"))
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/figures/KIND.png).")
 @split_option
-@click.option("--n", type=int, help="Number of images (scatter/pca: all; tsne: 2000; recon: 16).")
-@click.option("--dims", default="0,1", show_default=True, help="scatter: latent dimensions to plot.")
-@click.option("--pairs", help="pca: class pairs to project (default 0-1,4-9 when present).")
-@click.option("--radius", type=float, help="traverse: range [-r, r] (2-D grid default 1, rows default 3).")
-@click.option("--steps", type=int, help="traverse/interpolate: points per axis or path.")
-@click.option("--index", type=int, help="traverse: vary around this image's code (default z = 0).")
+@click.option("--n", type=int, cls=RegistryHelp,
+              help=_plot_help("n", "number of images (default all; tsne 2000, recon 16, styles 8)."))
+@click.option("--dims", default="0,1", show_default=True, cls=RegistryHelp,
+              help=_plot_help("dims", "latent dimensions to plot."))
+@click.option("--pairs", cls=RegistryHelp,
+              help=_plot_help("pairs", "class pairs to project (default 0-1,4-9 when present)."))
+@click.option("--radius", type=float, cls=RegistryHelp,
+              help=_plot_help("radius", "range [-r, r] (2-D grid default 1, rows default 3)."))
+@click.option("--steps", type=int, cls=RegistryHelp, help=_plot_help("steps", "points per axis or path."))
+@click.option("--index", type=int, cls=RegistryHelp,
+              help=_plot_help("index", "vary around this image's code (default z = 0)."))
 @click.option("--between", type=click.Choice(["class", "images"]), default="class", show_default=True,
-              help="interpolate: between two class means or two images.")
-@click.option("--from", "source", type=int, help="interpolate: first class (default 1 if present) or image index.")
-@click.option("--to", "target", type=int, help="interpolate: second class (default 7 if present) or image index.")
-@click.option("--scale", type=float, help="basis: length of the basis vectors (default 3).")
-@click.option("--class", "cls", type=int, help="Conditional models: the class codes are decoded under "
-                                                "(traverse, interpolate, basis; default: the image's class, else 0).")
+              cls=RegistryHelp, help=_plot_help("mode", "between two class means or two images."))
+@click.option("--from", "source", type=int, cls=RegistryHelp,
+              help=_plot_help("source", "first class (default 1 if present) or image index."))
+@click.option("--to", "target", type=int, cls=RegistryHelp,
+              help=_plot_help("target", "second class (default 7 if present) or image index."))
+@click.option("--scale", type=float, cls=RegistryHelp,
+              help=_plot_help("scale", "length of the basis vectors (default 3)."))
+@click.option("--class", "cls", type=int, cls=RegistryHelp,
+              help=_plot_help("cls", "the class a conditional model decodes codes under (default: the image's "
+                                     "class, else 0)."))
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, between, source, target, scale, cls, seed,
@@ -170,14 +215,14 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @click.option("--n", type=int, default=10000, show_default=True)
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
               help="Judge folder: loaded if it holds one, else trained and saved there (default: the user cache).")
-@click.option("--components", type=int)
-@click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]))
-@click.option("--scale", type=float)
+@_sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for samples_eval.json and figures (default RUN).")
-@click.option("--features", help="Also FID, KID and precision/recall on these features: inception (comparable with "
-                                 "papers; needs torch-fidelity) or judge.")
-@click.option("--reference", type=click.Choice(["test", "train"]),
+@click.option("--features", cls=RegistryHelp,
+              help=lambda: f"Also FID, KID and precision/recall on these features: "
+                           f"{', '.join(registry('vaelab.evaluation.fid:FEATURES'))} (inception: comparable with "
+                           "papers, needs torch-fidelity).")
+@click.option("--reference", type=RegistryChoice("vaelab.latent.sample_eval:REFERENCES"),
               help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
@@ -229,7 +274,8 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
 
 @click.command("fit-prior")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--prior", type=click.Choice(["pixelcnn"]), default="pixelcnn", show_default=True,
+@click.option("--prior", type=RegistryChoice("vaelab.latent.pixelcnn:LEARNED_PRIORS"), default="pixelcnn",
+              show_default=True,
               help="The learned prior over a VQ-VAE's code grid.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -252,8 +298,8 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
         raise VaelabError("--lr must be positive")
     pixelcnn.check_finished(Path(run_dir))
     run = Run.load(run_dir, device=device)
-    net, info = pixelcnn.fit_pixelcnn(run, epochs=epochs, batch_size=batch_size, lr=lr, channels=channels,
-                                      layers=layers, conditional=class_conditional, seed=seed, log=_echo)
+    net, info = pixelcnn.LEARNED_PRIORS[prior](run, epochs=epochs, batch_size=batch_size, lr=lr, channels=channels,
+                                               layers=layers, conditional=class_conditional, seed=seed, log=_echo)
     path = pixelcnn.save(net, info, run_dir)
     test = f"; test NLL {info['test_nll']:.2f} nats per code grid" if "test_nll" in info else ""
     _echo(f"wrote {path} (train NLL {info['train_nll']:.2f}{test}); sample with --sampler pixelcnn")
@@ -262,8 +308,9 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=10000, show_default=True, help="Images scored (a random subset, seeded).")
-@click.option("--metrics", default="mig,factorvae", show_default=True,
-              help="Comma-separated: mig, dci (gradient boosted trees: minutes), factorvae.")
+@click.option("--metrics", default="mig,factorvae", show_default=True, cls=RegistryHelp,
+              help=lambda: f"Comma-separated, of {', '.join(registry('vaelab.latent.disentangle:METRICS'))} (dci fits "
+                           "gradient boosted trees: minutes).")
 @click.option("--split", default="train", show_default=True, help="dSprites has only a training split.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
@@ -271,7 +318,7 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
 def disentanglement(run_dir, n, metrics, split, seed, data_dir, device) -> None:
     """MIG, DCI and the FactorVAE score of a run's codes against its data's factors (dSprites)."""
     from vaelab.api import Run
-    from vaelab.latent.disentangle import FILE, score_disentanglement
+    from vaelab.latent.factors import FILE, score_disentanglement
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     score_disentanglement(run, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), seed=seed,

@@ -23,27 +23,71 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 
 class RegistryChoice(click.Choice):
-    """A choice among the keys of a registry (``"vaelab.latent.pictures:PLOTS"``), read when
-    first needed: adding a registry entry needs no CLI edit, and ``vaelab --help`` does not
-    import the registries' modules (torch among them)."""
+    """A choice among the keys of a registry (``"vaelab.latent.pictures:PLOTS"``), read each
+    time it is needed: adding a registry entry needs no CLI edit, and ``vaelab --help`` does
+    not import the registries' modules (torch among them)."""
 
     def __init__(self, source: str, case_sensitive: bool = True):
         self._source = source
-        self._keys: tuple[str, ...] | None = None
         super().__init__((), case_sensitive)
 
     @property
     def choices(self) -> tuple[str, ...]:
-        if self._keys is None:
-            import importlib
-
-            module, name = self._source.split(":")
-            self._keys = tuple(getattr(importlib.import_module(module), name))
-        return self._keys
+        return tuple(registry(self._source))
 
     @choices.setter
     def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry decides
         pass
+
+
+def registry(source: str):
+    """The registry ``"module:NAME"`` (a dict, or a tuple of names), imported now."""
+    import importlib
+
+    module, name = source.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class RegistryHelp(click.Option):
+    """An option whose ``help`` may be a function, called when the help is shown: a help text
+    that names a registry's entries is built from the registry, and ``vaelab --help`` still
+    imports none of them."""
+
+    def __init__(self, *args, help=None, **kwargs):  # help: click's own name
+        self._help_fn = help if callable(help) else None
+        super().__init__(*args, help=None if callable(help) else help, **kwargs)
+
+    def get_help_record(self, ctx):
+        if self._help_fn is not None:
+            self.help = self._help_fn()
+        return super().get_help_record(ctx)
+
+
+def registry_help(source: str) -> str:
+    """Each entry of a registry and its one line of help: ``"local: ...; ray: ..."``."""
+    from vaelab.cli.parts import describe
+
+    return "; ".join(f"{name}: {describe(entry).rstrip('.')}" for name, entry in registry(source).items()) + "."
+
+
+def takers(source: str, param: str) -> str:
+    """The entries of a registry whose function (a class: its constructor) takes keyword ``param``,
+    each with its default: ``"gmm default 10, class-gmm default 3"``."""
+    import inspect
+
+    found = []
+    for name, entry in registry(source).items():
+        p = inspect.signature(entry.__init__ if isinstance(entry, type) else entry).parameters.get(param)
+        if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            found.append(name if p.default is p.empty else f"{name} default {p.default}")
+    return ", ".join(found)
+
+
+def data_dir_help(more: str = "") -> str:
+    """--data-dir: the folder holding the downloadable data sets, each in its own sub-folder."""
+    names = [f"{name}/" for name in registry("vaelab.data.download:SOURCES")]
+    return f"Folder holding {', '.join(names[:-1])} and {names[-1]}{more}." if len(names) > 1 else \
+        f"Folder holding {names[0]}{more}."
 
 
 def _echo(msg: str) -> None:

@@ -15,8 +15,10 @@ from click.core import ParameterSource
 from vaelab.cli.options import (
     COMMON_FLAGS,
     RegistryChoice,
+    RegistryHelp,
     _echo,
     _print_eval,
+    data_dir_help,
     device_option,
     run_data_dir_option,
     split_option,
@@ -32,10 +34,11 @@ from vaelab.rundir import RunDir
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set model.hidden=512,256 (repeatable).")
 @click.option("--data", type=RegistryChoice("vaelab.data:DATASETS"), help="Data set.")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, then ~/.cache/vaelab).")
+@click.option("--data-dir", cls=RegistryHelp,
+              help=lambda: data_dir_help(" (default $VAELAB_DATA, then ~/.cache/vaelab)"))
 @click.option("--data-path", help="Image folder or .npz/.npy file; without --data it names the source "
                                   "(.npz/.npy: npz, else folder).")
-@click.option("--train-split", type=click.Choice(["train", "train+test"]))
+@click.option("--train-split", type=RegistryChoice("vaelab.config:TRAIN_SPLITS"))
 @click.option("--val", help="Validation split: test, none, or a fraction such as 0.1.")
 @click.option("--classes", help="Keep only these labels or class-folder names, e.g. 3,5 or cats.")
 @click.option("--image-size", type=int, help="Resize folder images to this square size.")

@@ -7,15 +7,21 @@ from pathlib import Path
 
 import click
 
-from vaelab.cli.options import _echo
+from vaelab.cli.options import (
+    RegistryChoice,
+    RegistryHelp,
+    _echo,
+    data_dir_help,
+    registry_help,
+)
 from vaelab.errors import VaelabError
 from vaelab.rundir import RunDir
 
 _PARALLEL = [
     click.option("--workers", type=int, default=1, show_default=True,
                  help="Trials run at once; torch threads are split so workers x threads <= cores."),
-    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                 help="local processes, or Ray tasks (pip install 'vaelab[ray]')."),
+    click.option("--executor", type=RegistryChoice("vaelab.sweep.executors:EXECUTORS"), default="local",
+                 show_default=True, cls=RegistryHelp, help=lambda: registry_help("vaelab.sweep.executors:EXECUTORS")),
     click.option("--ray-address", help="An existing Ray cluster (e.g. ray://head:10001); default: start one locally."),
 ]
 
@@ -54,7 +60,7 @@ def _finish(rows: list[dict], out: Path) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Fixed override for every trial (repeatable).")
 @click.option("--epochs", type=int, help="Epochs per trial (default: the preset's).")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--limit", type=int, help="Use only N training images in every trial (a random subset, seeded by train.seed).")
 @click.option("--iw-samples", type=int, default=0, show_default=True,
               help="Importance samples for nll_iw in each trial's evaluation (0 skips it).")
@@ -95,7 +101,7 @@ def sweep(preset, config_file, grids, overrides, epochs, data_dir, limit, iw_sam
 @_parallel
 def experiment(name, quick, list_, epochs, overrides, data_dir, out, no_report, workers, executor,
                ray_address) -> None:
-    """Run a built-in study (latent-dim, depth, loss, architecture) with its report."""
+    """Run a built-in study with its report (--list names them)."""
     from vaelab.sweep.experiments import EXPERIMENTS, run_experiment
     from vaelab.sweep.runner import read_results
 

@@ -12,16 +12,44 @@ import click
 
 from vaelab.cli.options import (
     RegistryChoice,
+    RegistryHelp,
     _echo,
+    data_dir_help,
     device_option,
+    registry,
     run_data_dir_option,
     split_option,
+    takers,
 )
 from vaelab.errors import VaelabError
 
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _score_help() -> str:
+    """Which scores serve every model (and the image sizes they need), and which need a capability."""
+    from vaelab.anomaly.scores import SCORES
+
+    every = [k + (f" ({s.min_side}x{s.min_side} and larger)" if s.min_side > 1 else "")
+             for k, s in SCORES.items() if s.needs is None]
+    needs: dict[str, list[str]] = {}
+    for k, s in SCORES.items():
+        if s.needs is not None:
+            needs.setdefault(s.needs, []).append(k)
+    return "; ".join([f"{', '.join(every)} serve every model"]
+                     + [f"{', '.join(names)} need a {need}" for need, names in needs.items()]) + "."
+
+
+_METHODS = "vaelab.latent.inpaint:METHODS"
+
+
+def _samples_help() -> str:
+    from vaelab.anomaly.scores import SCORES
+
+    drawn = [k for k, s in SCORES.items() if s.needs is not None]
+    return f"Posterior samples K for the {', '.join(drawn)} scores (default 10)."
 
 
 # ------------------------------------------------------------------------------ inpaint
@@ -34,9 +62,11 @@ def _fmt(v) -> str:
               help="latent-opt was the best in bench/ (93% judge accuracy on MNIST).")
 @click.option("--n", type=int, default=1000, show_default=True, help="Inpaint the first N images of the split.")
 @split_option
-@click.option("--iterations", type=int, help="iterative: passes through the model (default 50).")
-@click.option("--steps", type=int, help="latent-opt: Adam steps (default 300).")
-@click.option("--lr", type=float, help="latent-opt: Adam learning rate (default 0.05).")
+@click.option("--iterations", type=int, cls=RegistryHelp,
+              help=lambda: f"Passes through the model ({takers(_METHODS, 'iterations')}).")
+@click.option("--steps", type=int, cls=RegistryHelp, help=lambda: f"Adam steps ({takers(_METHODS, 'steps')}).")
+@click.option("--lr", type=float, cls=RegistryHelp,
+              help=lambda: f"Adam learning rate ({takers(_METHODS, 'lr')}).")
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
               help="Judge folder (default: the cached judge for the data set; trained on first use).")
 @click.option("--no-judge", is_flag=True, help="Skip the judge accuracies.")
@@ -47,6 +77,8 @@ def _fmt(v) -> str:
 def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, no_judge, seed, out, data_dir,
             device) -> None:
     """Fill hidden pixels with the model; write inpaint_eval.json and inpaint.png."""
+    import inspect
+
     from vaelab.api import Run
     from vaelab.latent.inpaint import METHODS, evaluate_inpainting, parse_mask
 
@@ -56,7 +88,8 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
         raise VaelabError("--n must be at least 1")
     if no_judge and judge_dir is not None:
         raise VaelabError("--judge names the judge of the accuracies, and --no-judge skips them; give one of them")
-    options = {"iterative": {"iterations": iterations}, "latent-opt": {"steps": steps, "lr": lr}}.get(method, {})
+    takes = inspect.signature(METHODS[method]).parameters  # the method's own options
+    options = {k: v for k, v in (("iterations", iterations), ("steps", steps), ("lr", lr)) if k in takes}
     given = {k: v for k, v in (("--iterations", iterations), ("--steps", steps), ("--lr", lr)) if v is not None}
     unused = [k for k in given if k.lstrip("-") not in options]
     if unused:
@@ -83,12 +116,11 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
               help="IDX images file (.gz or -ubyte; labels from the matching labels file), image folder, "
                    "or .npz/.npy array.")
 @click.option("--score", default="mse", show_default=True, type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
-              help="Reconstruction scores (mse, bce, 1 - ssim, 1 - msssim for 48x48 and larger) serve every "
-                   "model; elbo and iwnll need a density.")
+              cls=RegistryHelp, help=lambda: _score_help())
 @click.option("--contamination", type=float, default=0.05, show_default=True,
               help="Fraction of the run's own TRAINING images above the threshold; the threshold is "
                    "their (1 - contamination) score quantile.")
-@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--samples", type=int, cls=RegistryHelp, help=lambda: _samples_help())
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True,
               help="CSV path; scores_hist.png and most_anomalous.png are written beside it.")
 @click.option("--maps", is_flag=True,
@@ -125,9 +157,9 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 
 # ------------------------------------------------------------------------------ anomaly-bench
 @click.command("anomaly-bench")
-@click.option("--data", default="mnist", show_default=True,
-              help="mnist, fashion-mnist, folder (class sub-folders; with train/ and test/, or one set of which a "
-                   "part of the normal class is held out), or npz (labelled).")
+@click.option("--data", default="mnist", show_default=True, type=RegistryChoice("vaelab.data:DATASETS"),
+              help="A labelled data set; a folder holds class sub-folders, with train/ and test/, or one set of "
+                   "which a part of the normal class is held out.")
 @click.option("--normal", default="all", show_default=True,
               help="Normal classes to run: all, or label numbers or class (folder) names, e.g. 3,5 or smileys-emotion.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -135,18 +167,18 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
 @click.option("--preset", help="Model preset (default: mlp-vae for 30 epochs; for --data folder the default of "
                                "bench/README.md's emoji table).")
 @click.option("--epochs", type=int, help="Training epochs per class (default: the default recipe's, or the --preset's own).")
-@click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"),
-              help="Anomaly score (default: the default recipe's); elbo and iwnll need a model with a density.")
+@click.option("--score", type=RegistryChoice("vaelab.anomaly.scores:SCORES"), cls=RegistryHelp,
+              help=lambda: f"Anomaly score (default: the default recipe's). {_score_help()}")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help="Config override (repeatable).")
 @click.option("--holdout", type=float,
               help="Without a test split: the fraction of the normal class held out (seeded by --seed) and scored "
                    "beside every image of the other classes (default 0.2).")
-@click.option("--samples", type=int, help="Posterior samples K for elbo / iwnll (default 10).")
+@click.option("--samples", type=int, cls=RegistryHelp, help=lambda: _samples_help())
 @click.option("--limit", type=int, help="Use only N training images per class, a random subset seeded by --seed "
                                       "(quick checks).")
 @click.option("--test-limit", type=int, help="Score only N test images, a random subset seeded by --seed "
                                            "(quick checks).")
-@click.option("--data-dir", help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--data-path", help="Image folder (--data folder) or .npz file (--data npz).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--keep-runs", is_flag=True, help="Keep each class's run directory under OUT/runs/.")
@@ -183,7 +215,7 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"),
-              help="CSV of reconstructions (the default) or latents.")
+              help="What to write as CSV (default: reconstructions).")
 @split_option
 @click.option("--n", type=int, help="First N images (default: 100 reconstructions, every latent code).")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV path (default RUN/WHAT.csv).")
@@ -191,8 +223,9 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 @click.option("--chunk-size", type=int, help="Images per written chunk (default 1000).")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False),
               help="Instead of a CSV: write the model as ONNX files into this folder, with onnx.json.")
-@click.option("--parts", help="With --onnx: encoder, decoder, scorer, sampler, comma-separated "
-                              "(default: every part the model has).")
+@click.option("--parts", cls=RegistryHelp,
+              help=lambda: f"With --onnx: comma-separated, of {', '.join(registry('vaelab.export.onnx:PARTS'))} "
+                           "(default: every part the model has).")
 @run_data_dir_option
 @device_option
 def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, data_dir, device) -> None:

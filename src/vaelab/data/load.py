@@ -32,10 +32,12 @@ def _idx_loader(name: str) -> Callable[[DataConfig, Log], tuple]:
         xtr, ytr = read_idx_pair(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])
         xte, yte = read_idx_pair(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
         return (xtr[:, None], ytr, None), (xte[:, None], yte, None), [str(i) for i in range(10)]
+    load.__doc__ = "28x28 grey images of 10 classes, train and test splits (IDX files in --data-dir, downloaded when missing)."
     return load
 
 
 def _folder_loader(cfg: DataConfig, log: Log):
+    """An image folder (--data-path; class sub-folders, train/ and test/ if any), decoded once into a cache."""
     from vaelab.data.cache import prepare_splits
 
     if not cfg.path:
@@ -48,10 +50,20 @@ def _folder_loader(cfg: DataConfig, log: Log):
 
 
 def _array_loader(cfg: DataConfig, log: Log):
+    """Images from a .npz (x or images, labels from y or labels) or .npy file (--data-path)."""
     if not cfg.path:
         raise DataError("data.name=npz needs --data-path (data.path) pointing at a .npz or .npy file")
     x, y = load_array(cfg.path)
     return (x, y, None), None, None
+
+
+def _dsprites(cfg: DataConfig, log: Log | None = None):
+    """dSprites: 737,280 binary 64x64 shapes with known factors (generated, not downloaded)."""
+    from vaelab.data.dsprites import (
+        load_for_config,  # imported when asked for: it draws 737,280 images once
+    )
+
+    return load_for_config(cfg)
 
 
 # Registry: adding a data source is one function and one entry.
@@ -60,16 +72,8 @@ DATASETS: dict[str, Callable[[DataConfig, Log], tuple]] = {
     "fashion-mnist": _idx_loader("fashion-mnist"),
     "folder": _folder_loader,
     "npz": _array_loader,
-    "dsprites": lambda cfg, log=None: _dsprites(cfg),
+    "dsprites": _dsprites,
 }
-
-
-def _dsprites(cfg: DataConfig):
-    from vaelab.data.dsprites import (
-        load_for_config,  # imported when asked for: it draws 737,280 images once
-    )
-
-    return load_for_config(cfg)
 
 
 def _keep_mapped(cfg: DataConfig, parts: list) -> bool:

@@ -13,11 +13,12 @@ and ``place(code)`` (a new code, such as an uploaded image's -> a spot on the ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vaelab.errors import ConfigError, VaelabError
 
-PROJECTIONS = ("pca", "tsne", "umap")
 UMAP_MISSING = ("--projection umap needs umap-learn, which is not installed: pip install umap-learn "
                 "(or use --projection pca or tsne)")
 
@@ -67,6 +68,8 @@ class Identity(Projection):
 
 
 class PCA(Projection):
+    """The first two principal components; a spot decodes its inverse projection plus the mean."""
+
     name = "pca"
 
     def __init__(self, codes: np.ndarray, seed: int = 0):
@@ -105,20 +108,28 @@ class Nearest(Projection):
         return self.points[self.nearest_code(np.asarray(code, dtype=np.float64))]
 
 
-def _tsne(codes: np.ndarray, seed: int) -> np.ndarray:
+def tsne(codes: np.ndarray, seed: int = 0) -> Projection:
+    """t-SNE (scikit-learn); no inverse: a spot decodes the code of the image nearest to it."""
     from sklearn.manifold import TSNE
 
     # perplexity must stay below the number of points (a small split of a tiny run)
     perplexity = float(min(30.0, max(1.0, (len(codes) - 1) / 3)))
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(codes)
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(codes)
+    return Nearest("tsne", codes, np.asarray(points, dtype=np.float64))
 
 
-def _umap(codes: np.ndarray, seed: int) -> np.ndarray:
+def umap(codes: np.ndarray, seed: int = 0) -> Projection:
+    """UMAP (needs umap-learn); no inverse: a spot decodes the code of the image nearest to it."""
     try:
-        import umap
+        import umap as umap_learn
     except ImportError:
         raise VaelabError(UMAP_MISSING) from None
-    return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(codes), dtype=np.float64)
+    points = umap_learn.UMAP(n_components=2, random_state=seed).fit_transform(codes)
+    return Nearest("umap", codes, np.asarray(points, dtype=np.float64))
+
+
+# Registry: --projection -> (codes (N, D), seed) -> Projection, for codes of more than 2 dimensions.
+PROJECTIONS: dict[str, Callable[[np.ndarray, int], Projection]] = {"pca": PCA, "tsne": tsne, "umap": umap}
 
 
 def check_projection(name: str) -> None:
@@ -127,7 +138,7 @@ def check_projection(name: str) -> None:
         raise ConfigError(f"unknown projection {name!r}; choose one of {', '.join(PROJECTIONS)}")
     if name == "umap":
         try:
-            import umap  # noqa: F401
+            import umap as umap_learn  # noqa: F401
         except ImportError:
             raise VaelabError(UMAP_MISSING) from None
 
@@ -140,7 +151,4 @@ def make_projection(name: str, codes: np.ndarray, seed: int = 0) -> Projection:
         return Identity(codes, seed)
     if len(codes) < 3:
         raise ConfigError(f"the map needs at least 3 images to project {codes.shape[1]}-D codes; got {len(codes)}")
-    if name == "pca":
-        return PCA(codes, seed)
-    points = _tsne(codes, seed) if name == "tsne" else _umap(codes, seed)
-    return Nearest(name, codes, np.asarray(points, dtype=np.float64))
+    return PROJECTIONS[name](codes, seed)

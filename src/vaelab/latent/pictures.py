@@ -59,6 +59,7 @@ def _scatter_by_class(ax, pts: np.ndarray, labels: np.ndarray | None, names: dic
 
 
 def plot_scatter(run, out, split=None, n=None, dims=(0, 1), **_) -> Path:
+    """Latent means coloured by label, two dimensions at a time (--dims)."""
     z, y = codes_and_labels(run, split, n)
     d = z.shape[1]
     if d == 1:
@@ -76,6 +77,7 @@ def plot_scatter(run, out, split=None, n=None, dims=(0, 1), **_) -> Path:
 
 
 def plot_tsne(run, out, split=None, n=2000, seed=0, **_) -> Path:
+    """t-SNE of the latent means, coloured by label."""
     from sklearn.manifold import TSNE
 
     z, y = codes_and_labels(run, split, n or 2000)
@@ -114,6 +116,7 @@ def _default_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def plot_pca(run, out, split=None, n=None, pairs=None, **_) -> Path:
+    """Eigenvalue spectrum of the latent covariance, and 2-D projections of class pairs."""
     z, y = codes_and_labels(run, split, n)
     pairs = ([] if y is None else _pairs(pairs) if pairs else _default_pairs(y))
     plt = plots._plt()
@@ -158,6 +161,7 @@ def _kl_per_dim(run, split=None, n=2000) -> np.ndarray | None:
 
 
 def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, cls=None, **_) -> Path:
+    """Codes decoded along the latent axes: a grid for 2-D codes, else one row per dimension."""
     require(run.model, "continuous", "a latent traversal")
     d = run.config.model.latent_dim
     plt = plots._plt()
@@ -216,6 +220,7 @@ def _under(cls: int | None) -> str:
 
 
 def plot_interpolate(run, out, split=None, steps=None, source=None, target=None, mode="class", cls=None, **_) -> Path:
+    """Decoded path between two class means or two images."""
     require(run.model, "continuous", "an interpolation")
     steps = steps or 10
     data = run.split(split)
@@ -249,6 +254,7 @@ def plot_interpolate(run, out, split=None, steps=None, source=None, target=None,
 
 
 def plot_basis(run, out, scale=None, cls=None, **_) -> Path:
+    """Decoded standard basis vectors."""
     require(run.model, "continuous", "decoded basis vectors")
     d = run.config.model.latent_dim
     scale = scale or 3.0
@@ -285,6 +291,7 @@ def plot_styles(run, out, split=None, n=None, **_) -> Path:
 
 
 def plot_recon(run, out, split=None, n=None, **_) -> Path:
+    """Originals above their reconstructions."""
     data = run.split(split)
     m = min(n or 16, len(data))
     x = data.batch(slice(0, m))
@@ -292,6 +299,7 @@ def plot_recon(run, out, split=None, n=None, **_) -> Path:
 
 
 def plot_loss(run, out, **_) -> Path:
+    """Loss curves per epoch (history.csv)."""
     history = run.history()
     if not history:
         raise ConfigError(f"{run.run_dir} has no history.csv to plot")

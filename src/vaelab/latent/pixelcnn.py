@@ -206,6 +206,10 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     return net, info
 
 
+# Registry: `vaelab fit-prior --prior` -> its fit function (run, epochs=, ...) -> (network, info).
+LEARNED_PRIORS: dict[str, Callable[..., tuple[GatedPixelCNN, dict]]] = {"pixelcnn": fit_pixelcnn}
+
+
 def save(net: GatedPixelCNN, info: dict, run_dir: str | Path) -> Path:
     """``RUN/priors/pixelcnn.safetensors``; its metadata records the weights it was fit on
     (``info["checkpoint_id"]``, from ``fit_pixelcnn``)."""
@@ -238,4 +242,4 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Gated
     return net.to(device).eval(), info
 
 
-__all__ = ["FILE", "GatedPixelCNN", "PixelCNNConfig", "check_finished", "code_indices", "fit_pixelcnn", "load", "save"]
+__all__ = ["FILE", "LEARNED_PRIORS", "GatedPixelCNN", "PixelCNNConfig", "check_finished", "code_indices", "fit_pixelcnn", "load", "save"]

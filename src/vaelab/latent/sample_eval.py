@@ -78,6 +78,10 @@ def _feature_scores(extractor, features: str, samples: torch.Tensor, reference, 
     return {**scores, "fid_protocol": protocol}
 
 
+# What --reference compares samples with: "test" (the test split, else validation) or "train".
+REFERENCES = ("test", "train")
+
+
 def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 0, nn_samples: int = 1000,
                      out_dir: str | Path | None = None, features: str | None = None, reference: str = "test",
                      inception_weights: str | Path | None = None, extractor=None, log=None,
@@ -85,8 +89,8 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
     """Score ``n`` samples of ``sampler_name``; ``features`` adds FID, KID and precision/recall
     against the ``reference`` split ("test": the test split, else validation; "train").
     ``extractor``: the features' network, when the caller built it already."""
-    if reference not in ("test", "train"):
-        raise DataError(f"unknown --reference {reference!r}; available: test, train")
+    if reference not in REFERENCES:
+        raise DataError(f"unknown --reference {reference!r}; available: {', '.join(REFERENCES)}")
     splits = run.splits()
     train, test = splits.train, splits.test or splits.val
     if test is None:

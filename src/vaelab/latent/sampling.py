@@ -235,12 +235,18 @@ class PixelCNNSampler(Sampler):
             return self.model.posterior_head.lookup(idx).double().cpu().numpy()
 
 
+# scikit-learn's GaussianMixture covariance_type values (tests/test_sampling.py checks them against it).
+COVARIANCES = ("full", "tied", "diag", "spherical")
+
+
 class GMMSampler(Sampler):
+    """A Gaussian mixture (scikit-learn) fit on the training codes."""
+
     name = "gmm"
 
     def __init__(self, components: int = 10, covariance: str = "full", scale: float = 1.0, **params):
-        if covariance not in ("full", "tied", "diag", "spherical"):
-            raise ConfigError(f"covariance must be full, tied, diag or spherical, got {covariance!r}")
+        if covariance not in COVARIANCES:
+            raise ConfigError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
         if int(components) < 1:
             raise ConfigError(f"components must be >= 1, got {components}")
         if float(scale) <= 0:
@@ -272,6 +278,8 @@ class GMMSampler(Sampler):
 
 
 class ClassGaussianSampler(Sampler):
+    """One full-covariance Gaussian per class, fit on that class's training codes."""
+
     name = "class-gaussian"
     conditional = True
 
@@ -299,6 +307,8 @@ class ClassGaussianSampler(Sampler):
 
 
 class ClassGMMSampler(GMMSampler):
+    """One Gaussian mixture per class, fit on that class's training codes."""
+
     name = "class-gmm"
     conditional = True
 

@@ -321,10 +321,13 @@ class Body(NamedTuple):
     decoder: Callable  # (cfg, extra_in) -> nn.Module
     join: Callable  # (x (B, C, H, W), e (B, E)) -> encoder input
     channels_last: bool  # activations and weights in NHWC (oneDNN's fast conv kernels)
+    description: str = ""  # one line, for `vaelab parts`
 
 
 # Registry: model.arch -> Body. Adding an architecture is three functions and one entry.
 BODIES: dict[str, Body] = {
-    "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False),
-    "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True),
+    "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False,
+                description="fully connected layers of model.hidden widths; the decoder mirrors them"),
+    "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True,
+                 description="convolutions of model.channels, then model.dense layers; the decoder mirrors them"),
 }

@@ -61,6 +61,8 @@ class Likelihood:
 
 
 class Bernoulli(Likelihood):
+    """Bernoulli pixels: binary cross-entropy from the logits, summed over pixels."""
+
     name = "bce"
 
     def loss(self, logits, target):
@@ -89,7 +91,9 @@ class Gaussian(Likelihood):
 
 
 class MSSSIM(Likelihood):
-    """1 - MS-SSIM (``vaelab.similarity.ms_ssim``) of each reconstruction, on images in [0, 1]
+    """1 - MS-SSIM of each reconstruction: a loss, not a density.
+
+    1 - MS-SSIM (``vaelab.similarity.ms_ssim``) of each reconstruction, on images in [0, 1]
     (a tanh model's output and data mapped back from [-1, 1]: MS-SSIM's luminance term is not
     shift-invariant), nothing else mixed in. PyTorch-VAE's MSSIMVAE trains the VanillaVAE on
     the same 1 - MS-SSIM + kld_weight * KL (their MS-SSIM of the batch; here per image).
@@ -120,11 +124,21 @@ class MSSSIM(Likelihood):
                               f"and these are {shape[-2]}x{shape[-1]}; use mse or bce")
 
 
+def _mse(output_activation: str) -> Gaussian:
+    """Fixed-variance Gaussian: the squared error averaged over pixels."""
+    return Gaussian(output_activation, "mean")
+
+
+def _euclidean(output_activation: str) -> Gaussian:
+    """Fixed-variance Gaussian: the squared error summed over pixels (variance 1/2)."""
+    return Gaussian(output_activation, "sum")
+
+
 # Registry: model.loss -> likelihood (built with the model's output activation).
 LIKELIHOODS = {
     "bce": Bernoulli,
-    "mse": lambda act: Gaussian(act, "mean"),
-    "euclidean": lambda act: Gaussian(act, "sum"),
+    "mse": _mse,
+    "euclidean": _euclidean,
     "msssim": MSSSIM,
 }
 

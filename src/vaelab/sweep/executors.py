@@ -1,6 +1,6 @@
 """Where sweep trials run: worker processes on this machine, or Ray tasks.
 
-Both take ``jobs``, a list of (key, args) for one picklable top-level function, and
+``EXECUTORS`` names them. Both take ``jobs``, a list of (key, args) for one picklable top-level function, and
 report each result through ``record``; a job whose process or task died is reported
 through ``lost(key, reason)``, so one crash never stops the other jobs.
 """
@@ -22,7 +22,8 @@ Lost = Callable[[str, str], dict]
 
 
 def run_in_processes(fn: Callable[..., dict], jobs: list[Job], workers: int, threads: int, record: Record,
-                     lost: Lost) -> None:
+                     lost: Lost, address: str | None = None) -> None:
+    """Worker processes on this machine, --workers at once (a Ray address does not apply)."""
     # Spawned (not forked) workers: forking a process that has started torch's thread
     # pools can deadlock. Each worker limits its own torch threads before training.
     queue, isolate = list(jobs), False
@@ -68,8 +69,11 @@ def die_with_parent() -> None:
         pass
 
 
-def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: str | None, record: Record,
-               lost: Lost) -> None:
+def run_on_ray(fn: Callable[..., dict], jobs: list[Job], workers: int, threads: int, record: Record, lost: Lost,
+               address: str | None = None) -> None:
+    """Ray tasks, on a new local instance or the cluster at --ray-address (pip install 'vaelab[ray]').
+
+    Ray decides how many run at once from each task's ``threads`` CPUs; ``workers`` is not read."""
     try:
         import ray
     except ImportError:
@@ -103,6 +107,10 @@ def run_on_ray(fn: Callable[..., dict], jobs: list[Job], threads: int, address: 
     finally:
         if started:
             ray.shutdown()
+
+
+# Registry: --executor -> fn(trial function, jobs, workers, threads, record, lost, address=None).
+EXECUTORS: dict[str, Callable[..., None]] = {"local": run_in_processes, "ray": run_on_ray}
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

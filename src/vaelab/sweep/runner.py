@@ -41,7 +41,6 @@ __all__ = ["SweepSpec", "Trial", "expand_grid", "parse_grid", "read_results", "r
 
 TRIAL_FILE = "trial.json"
 LOCK = ".sweep.lock"
-EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -248,8 +247,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, workers: int = 1, executor: str 
               ray_address: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Run every unfinished trial of ``spec`` into ``out``; write results and figures; return the rows."""
     out = Path(out)
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor not in executors.EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(executors.EXECUTORS)}, got {executor!r}")
+    if ray_address is not None and executor != "ray":
+        raise ConfigError(f"--ray-address applies to --executor ray, not to --executor {executor}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if not spec.trials:
@@ -328,17 +329,15 @@ def _run(spec: SweepSpec, out: Path, workers: int, executor: str, ray_address: s
         write_json(out / t.dir / TRIAL_FILE, row)
         return row
 
-    if executor == "ray":
-        # The sweep folder must be visible to every Ray node (a shared file system);
-        # results come back with the task, so results.csv does not depend on it.
-        jobs = [(t.id, (d, _trial_dict(t), str(out.resolve()), threads)) for t in pending]
-        executors.run_on_ray(run_trial, jobs, threads, ray_address, record, lost)
-    elif workers == 1:
+    if executor == "local" and workers == 1:
         for t in pending:
             record(run_trial(d, _trial_dict(t), str(out), None))
     else:
-        jobs = [(t.id, (d, _trial_dict(t), str(out), threads)) for t in pending]
-        executors.run_in_processes(run_trial, jobs, workers, threads, record, lost)
+        # Ray: the sweep folder must be visible to every Ray node (a shared file system), by
+        # an absolute path; results come back with the task, so results.csv does not depend on it.
+        folder = str(out.resolve()) if executor == "ray" else str(out)
+        jobs = [(t.id, (d, _trial_dict(t), folder, threads)) for t in pending]
+        executors.EXECUTORS[executor](run_trial, jobs, workers, threads, record, lost, address=ray_address)
 
     ordered = [rows.get(t.id) or {"trial": t.id, **t.params, "status": "pending"} for t in spec.trials]
     write_results(out, spec, ordered)
