@@ -354,7 +354,7 @@ def test_a_logger_that_fails_mid_run_says_so_once_and_the_training_goes_on(runs,
 # ------------------------------------------------------------------------------ the run directory
 def test_the_logs_are_the_training_s_own_files(tmp_path):
     """--overwrite clears them with the run; a report neither calls mlflow.json stale nor shows it as a result."""
-    from vaelab.report import _other_results, _stale_files
+    from vaelab.report.html import _other_results, _stale_files
 
     rd = RunDir(tmp_path / "run")
     (rd.path / RunDir.TENSORBOARD).mkdir(parents=True)

@@ -20,6 +20,7 @@ from vaelab.cli.options import (
     _print_eval,
     data_dir_help,
     device_option,
+    registry_help,
     run_data_dir_option,
     split_option,
 )
@@ -66,8 +67,9 @@ from vaelab.rundir import RunDir
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 @click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
                                         "CPU core or GPU); --batch-size stays the global batch.")
-@click.option("--log", "log_to", metavar="NAMES", help="Log the training to tensorboard (RUN/tensorboard), mlflow, "
-                                                      "or both: --log tensorboard,mlflow.")
+@click.option("--log", "log_to", metavar="NAMES", cls=RegistryHelp,
+              help=lambda: f"Log the training ({registry_help('vaelab.training.loggers:LOGGERS')} Several: "
+                           "--log tensorboard,mlflow).")
 @click.option("--tracking-uri", metavar="URI", help="--log mlflow: the tracking store [default: sqlite:///PARENT/"
                                                     "mlflow.db, PARENT the folder holding the run].")
 @click.option("--experiment", metavar="NAME", help="--log mlflow: the experiment [default: vaelab].")

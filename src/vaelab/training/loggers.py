@@ -92,7 +92,8 @@ def _end_status(trainer) -> str:
 
 
 class TensorBoardLogger(Callback):
-    """Scalars, evaluation, figures and the config into ``RUN/tensorboard/`` (torch's SummaryWriter)."""
+    """TensorBoard event files in ``RUN/tensorboard/``: each epoch's numbers, the evaluation, the figures, the
+    config (through torch's SummaryWriter)."""
 
     name = "tensorboard"
     stopped = False
@@ -173,7 +174,8 @@ class TensorBoardLogger(Callback):
 
 
 class MlflowLogger(Callback):
-    """The run in an MLflow tracking store: params, metrics per epoch, evaluation, figures."""
+    """An MLflow run (default store ``sqlite:///PARENT/mlflow.db``): the config as params, each epoch's numbers,
+    the evaluation, the figures."""
 
     name = "mlflow"
     stopped = False
