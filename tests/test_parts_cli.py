@@ -20,10 +20,11 @@ def registries() -> dict[str, dict]:
     from vaelab.latent.sampling import SAMPLERS
     from vaelab.models import BODIES, LIKELIHOODS, MODELS, POSTERIORS, PRIORS
     from vaelab.objectives import OBJECTIVES
+    from vaelab.training.loggers import LOGGERS
 
     return {"families": MODELS, "bodies": BODIES, "posteriors": POSTERIORS, "priors": PRIORS,
             "likelihoods": LIKELIHOODS, "objectives": OBJECTIVES, "samplers": SAMPLERS, "scores": SCORES,
-            "data": DATASETS, "plots": PLOTS}
+            "data": DATASETS, "plots": PLOTS, "loggers": LOGGERS}
 
 
 def sections_of(out: str) -> dict[str, list[str]]:

@@ -233,11 +233,13 @@ def test_a_report_and_info_leave_out_what_other_weights_made(mnist_run, capsys):
 # ------------------------------------------------------------------------------ the class-level rule
 def test_every_file_commands_write_into_a_run_is_primary_or_records_the_weights(tmp_path, mnist_dir, capsys):
     pytest.importorskip("onnxscript")
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
     run_dir = tmp_path / "run"
     common = ["--data-dir", str(mnist_dir)]
     commands = [
         ["train", "--preset", "mlp-vae", *common, "--limit", "256", "--epochs", "1", "--latent-dim", "3",
-         "--set", "model.hidden=32", "--iw-samples", "1", "--out", str(run_dir)],
+         "--set", "model.hidden=32", "--iw-samples", "1", "--out", str(run_dir), "--log", "tensorboard,mlflow"],
         ["sample", str(run_dir), "--sampler", "gmm", "--components", "2", "--n", "8",
          "--npz", str(run_dir / "samples.npz")],
         ["export", str(run_dir), "--onnx", str(run_dir / "onnx")],
@@ -250,7 +252,9 @@ def test_every_file_commands_write_into_a_run_is_primary_or_records_the_weights(
         assert rc == 0, (args, err)
     current = checkpoint_id(RunDir(run_dir).weights)
     files = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
-    derived = [f for f in files if f not in RunDir.PRIMARY]
+    own = [f for f in files if f in RunDir.PRIMARY or f.split("/")[0] in RunDir.LOGS]  # the training's
+    assert {RunDir.MLFLOW, *RunDir.PRIMARY} <= set(own) and any(f.startswith("tensorboard/") for f in own)
+    derived = [f for f in files if f not in own]
     assert {"eval.json", "figures/samples_gmm.png", "samplers/gmm.npz", "onnx/onnx.json", "onnx/encoder.onnx",
             "inpaint-single/inpaint.png", "report.html", "latents.csv", "samples.npz"} <= set(derived)
     assert {f: recorded_id(run_dir / f) for f in derived} == {f: current for f in derived}

@@ -39,6 +39,7 @@ from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.training import checkpoint
+from vaelab.training.loggers import make_loggers
 from vaelab.training.loop import fit
 from vaelab.training.precision import resolve_device
 
@@ -210,7 +211,8 @@ class Run:
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
           iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
-          overwrite: bool = False, keep: tuple[str, ...] = ()) -> Run:
+          overwrite: bool = False, keep: tuple[str, ...] = (), loggers: str | list[str] | None = None,
+          tracking_uri: str | None = None, experiment: str | None = None) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
     ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
     ``iw_samples``: importance samples for the final nll_iw; None gives 10 for a model with a
@@ -220,7 +222,13 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     unless ``resume=True`` (continue it with its saved config, plus overrides) or
     ``overwrite=True`` (remove everything the old run wrote, then train afresh); a folder
     holding files vaelab did not write is refused either way (``RunDir.prepare_fresh``).
-    ``keep``: names the caller owns in ``run_dir`` (a sweep's trial files), left alone."""
+    ``keep``: names the caller owns in ``run_dir`` (a sweep's trial files), left alone.
+
+    ``loggers``: "tensorboard", "mlflow" or both ("tensorboard,mlflow", or a list), with the
+    MLflow store ``tracking_uri`` (default ``sqlite:///PARENT/mlflow.db`` beside ``run_dir``) and
+    ``experiment`` (default "vaelab"); see ``vaelab.training.loggers``. They are opened before
+    anything else happens (a bad name or store costs nothing) and log each epoch, the
+    evaluation and the figures."""
     from vaelab.training import distributed
 
     if resume and overwrite:
@@ -235,10 +243,12 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         config = preset
     else:
         config = build_config(preset, config_file, overrides, extra)
+    # Under torchrun rank 0 alone logs: the others make no logger (nor open the store at once).
+    callbacks = make_loggers(loggers or [], run_dir, tracking_uri, experiment) if distributed.is_main() else []
     if not resume and distributed.is_main():  # a valid config first; under torchrun rank 0 checks and clears
         RunDir(run_dir).prepare_fresh(overwrite=overwrite, keep=keep)
     t_fit = time.perf_counter()
-    result = fit(config, run_dir, resume=resume, log=log)
+    result = fit(config, run_dir, resume=resume, log=log, callbacks=callbacks)
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
@@ -247,8 +257,11 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
             iw_samples = TRAIN_IW_SAMPLES if "density" in run.capabilities else 0
         run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
         t_figures = time.perf_counter()
-        run.figures(seed=result.config.train.seed)
+        figures = run.figures(seed=result.config.train.seed)
         _add_timing(run.dir, t_fit, eval_s=t_figures - t_eval, figures_s=time.perf_counter() - t_figures)
+        for cb in callbacks:  # eval.json as written (with its checkpoint id), then the files
+            cb.on_evaluation(result.trainer, json.loads(run.dir.eval.read_text()))
+            cb.on_artifacts(result.trainer, [*figures, run.dir.eval])
     elif result.main and run_dir is not None:
         _add_timing(run.dir, t_fit)
     return run

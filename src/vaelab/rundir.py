@@ -5,6 +5,8 @@
     RUN/checkpoint.safetensors   weights + optimizer + training state, for --resume
     RUN/history.csv              one row per epoch
     RUN/summary.json             parameters, epochs, time, device
+    RUN/tensorboard/             TensorBoard event files (train --log tensorboard)
+    RUN/mlflow.json              the MLflow run this run logs to (train --log mlflow)
     RUN/eval.json                the evaluation (vaelab eval)
     RUN/samples_eval.json        scores of generated samples (vaelab eval-samples)
     RUN/steer_eval.json          the steering benchmark (vaelab steer-bench)
@@ -12,7 +14,9 @@
     RUN/samplers/                fitted latent samplers (arrays + JSON, never pickle)
     RUN/priors/                  learned priors (the PixelCNN of fit-prior)
 
-Provenance. The first five are the run's primary files. Every other file vaelab writes
+Provenance. The first five are the run's primary files; the training's logs (``LOGS``: the
+two after them) follow the training as history.csv does, across resumes, and belong to no one
+set of weights. Every other file vaelab writes
 into a run directory is *derived* from the weights and records which weights: the
 checkpoint id, ``checkpoint_id(RUN/model.safetensors)``, the first 16 hex digits of the
 SHA-256 of the weights file. It is stored as
@@ -151,6 +155,9 @@ class RunDir:
     SAMPLERS = "samplers"
     PRIORS = "priors"
     PRIMARY = (CONFIG, WEIGHTS, RESUME, HISTORY, SUMMARY)  # the training's own files: never stamped
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow.json"
+    LOGS = (TENSORBOARD, MLFLOW)  # the training's logs (train --log): its own too, never stamped
     # Entries other vaelab commands write into a run (besides any file that records a checkpoint
     # id, and folders holding one of OUTPUT_FILES: an ONNX export, an inpainting folder).
     DERIVED = (EVAL, SAMPLES_EVAL, STEER_EVAL, FIGURES, SAMPLERS, PRIORS, "report.html", "inpaint_eval.json",
@@ -259,7 +266,7 @@ class RunDir:
     def _is_content(self, entry: Path) -> bool:
         """Whether a top-level entry is something vaelab writes into a run."""
         name = entry.name
-        if name in self.PRIMARY or name in self.DERIVED or name.startswith(self.TRASH):
+        if name in self.PRIMARY or name in self.LOGS or name in self.DERIVED or name.startswith(self.TRASH):
             return True
         if name.startswith(".") and (name.endswith(".tmp") or name.startswith(".onnx-")):
             return True  # an atomic write's or an export's leftover

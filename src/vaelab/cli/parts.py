@@ -1,4 +1,4 @@
-"""``vaelab parts``: every family, model part, sampler, score, data source and plot kind,
+"""``vaelab parts``: every family, model part, sampler, score, data source, plot kind and logger,
 each with one line of help and its options, read from the registries themselves.
 
 ``parts_table()`` builds the listing (tests and ``--json`` read it); nothing here repeats a
@@ -31,6 +31,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "scores": ("vaelab.anomaly.scores:SCORES", "detect --score"),
     "data": ("vaelab.data:DATASETS", "--data, data.name"),
     "plots": ("vaelab.latent.pictures:PLOTS", "plot --kind"),
+    "loggers": ("vaelab.training.loggers:LOGGERS", "train --log"),
 }
 
 _SENTENCE = re.compile(r"(.+?\.)(?=\s+[A-Z(`]|$)")  # up to a full stop before a capital ("et al. 2017" goes on)

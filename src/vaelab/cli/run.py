@@ -20,6 +20,7 @@ from vaelab.cli.options import (
     _print_eval,
     data_dir_help,
     device_option,
+    registry_help,
     run_data_dir_option,
     split_option,
 )
@@ -66,9 +67,15 @@ from vaelab.rundir import RunDir
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 @click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
                                         "CPU core or GPU); --batch-size stays the global batch.")
+@click.option("--log", "log_to", metavar="NAMES", cls=RegistryHelp,
+              help=lambda: f"Log the training ({registry_help('vaelab.training.loggers:LOGGERS')} Several: "
+                           "--log tensorboard,mlflow).")
+@click.option("--tracking-uri", metavar="URI", help="--log mlflow: the tracking store [default: sqlite:///PARENT/"
+                                                    "mlflow.db, PARENT the folder holding the run].")
+@click.option("--experiment", metavar="NAME", help="--log mlflow: the experiment [default: vaelab].")
 @click.pass_context
 def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, nproc,
-          **flags) -> None:
+          log_to, tracking_uri, experiment, **flags) -> None:
     """Train a model; write the run directory, eval.json and figures.
 
     Under torchrun (torchrun --nproc-per-node N -m vaelab train ...) each process trains on
@@ -93,6 +100,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
+    logging = {"loggers": log_to, "tracking_uri": tracking_uri, "experiment": experiment}
     if resume:
         if preset or config_file:
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
@@ -102,11 +110,11 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
             from vaelab.training.checkpoint import load_config
 
             saved = RunConfig.from_dict(apply_overrides(load_config(run_dir).to_dict(), extra, overrides))
-            if _launched(ctx, nproc, saved.train.device, run_dir):
+            if _launched(ctx, nproc, saved.train.device, run_dir, prepare=lambda: _open_loggers(run_dir, **logging)):
                 return
         with _resumable(run_dir):
             api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
-                      iw_samples=iw_samples, log=_echo, overwrite=overwrite)
+                      iw_samples=iw_samples, log=_echo, overwrite=overwrite, **logging)
     else:
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
@@ -117,16 +125,25 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         _check_iw_samples(iw_samples or 0, config.model)
         # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
         # and clears it here, with the same function, before the processes start.
-        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir,
-                                           prepare=lambda: RunDir(run_dir).prepare_fresh(overwrite=overwrite)):
+        if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir, prepare=lambda: (
+                _open_loggers(run_dir, **logging), RunDir(run_dir).prepare_fresh(overwrite=overwrite))):
             return
         with _resumable(run_dir):
-            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo, overwrite=overwrite)
+            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo, overwrite=overwrite,
+                      **logging)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     _echo(f"run saved in {run_dir}")
     if not no_eval and RunDir(run_dir).eval.exists():
         _print_eval(json.loads(RunDir(run_dir).eval.read_text()))
+
+
+def _open_loggers(run_dir: Path, loggers, tracking_uri, experiment) -> None:
+    """--nproc: open the loggers here, before the processes start (rank 0 opens them again)."""
+    from vaelab.training.loggers import make_loggers
+
+    if loggers or tracking_uri or experiment:
+        make_loggers(loggers or [], run_dir, tracking_uri, experiment)
 
 
 def _check_iw_samples(iw_samples: int, model) -> None:

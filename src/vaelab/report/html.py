@@ -184,7 +184,7 @@ def _stale_files(rd: RunDir) -> dict[Path, str]:
     paths = [rd.eval, *rd.figures.glob("*.png"), *rd.path.glob("*.json"), *rd.path.glob("*.png")]
     out = {}
     for p in paths:
-        if p.is_file() and p.name not in RunDir.PRIMARY and p.name not in ("trial.json", "features.json"):
+        if p.is_file() and p.name not in (*RunDir.PRIMARY, *RunDir.LOGS, "trial.json", "features.json"):
             why = rd.stale(p)
             if why is not None:
                 out[p] = why
@@ -266,7 +266,7 @@ def _kl_bars(kl: list) -> str:
 
 def _other_results(run_dir: Path, stale: dict = {}) -> list[str]:  # noqa: B006 (read only)
     """Other JSON results (samples_eval.json, inpaint_eval.json, ...) and top-level PNGs."""
-    known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL}
+    known = {RunDir.CONFIG, RunDir.SUMMARY, RunDir.EVAL, RunDir.MLFLOW}  # mlflow.json: a log's address, no result
     extra = [p for p in sorted(run_dir.glob("*.json"))  # not the records beside a CSV (latents.csv.json)
              if p.name not in known and p not in stale and not Path(p.stem).suffix]
     pngs = [p for p in figure_paths(run_dir) if p not in stale]
