@@ -6,8 +6,8 @@ units instead of their 1,200 so it fits this machine), Adam 1e-3, batch 256, the
 seed and the same number of passes over all 737,280 dSprites images (``--epochs``).
 beta-VAE weighs the KL by 4 (Higgins et al.), beta-TCVAE the total correlation by 6
 (Chen et al.; minibatch-weighted sampling with the data set's size), FactorVAE the
-discriminator's TC estimate by gamma 35 (Kim & Mnih's dSprites setting, as Pythae's
-reproduction config; its discriminator 6 x 1000 units with its own Adam, lr 1e-4, betas
+discriminator's TC estimate by gamma 35 (Pythae's reproduction config for Kim & Mnih's
+dSprites runs; its discriminator 6 layers, 1000 units wide, with its own Adam, lr 1e-4, betas
 0.5/0.9, the paper's; the VAE's own Adam stays at this budget's 1e-3). Each run is then
 scored by ``vaelab disentanglement`` on 10,000 random training images (dSprites has
 no other split): MIG (disentanglement_lib's 20-bin estimator), the FactorVAE score, and the

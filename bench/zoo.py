@@ -5,9 +5,9 @@ applies (784-400-16, ReLU, sigmoid output; latent 16), the same epochs, batch 12
 1e-3 and seed, the test set evaluated each epoch; VQ-VAE uses a small conv body (a 7x7
 grid of 16-d codes, 64 codes) and a gated PixelCNN prior fit afterwards. The settings
 match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/PYTHAE.md):
-beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 x 1000 with
-Adam 1e-4, betas 0.5/0.9), IWAE k 10, WAE and InfoVAE lambda 10 (IMQ, seven
-scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE.
+beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 layers of
+1000 units, with Adam 1e-4, betas 0.5/0.9), IWAE k 10, WAE and InfoVAE lambda 10 (IMQ,
+seven scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE.
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the

@@ -231,6 +231,7 @@ def test_tools_work_on_a_one_epoch_run(tiny_config, tmp_path, capsys):
     fit(tiny_config(*SMALL, "train.epochs=1", "data.val=0.25"), run_dir, log=quiet)
     rc, out, err = run_main(capsys, "eval", run_dir, "--iw-samples", "5", "--seed", "0")
     assert rc == 0, err
+    assert all(f"\n  {k} " in out for k in ("tc", "disc", "disc_acc", "nll_iw"))  # printed with the others
     ev = json.loads((run_dir / "eval.json").read_text())
     for k in ("loss", "recon", "kl", "tc", "disc", "disc_acc", "nll_iw"):
         assert math.isfinite(ev[k]), k

@@ -1,7 +1,7 @@
 """FactorVAE (Kim & Mnih 2018, "Disentangling by Factorising", ICML; arXiv:1802.05983).
 
 The model's loss is the negative ELBO plus gamma times the total correlation of the
-aggregate posterior, TC = KL(q(z) || prod_j q(z_j)) (the paper's Eq. 2):
+aggregate posterior, TC = KL(q(z) || prod_j q(z_j)):
 
     loss = recon + KL(q(z|x) || p(z)) + gamma * [D(z)_0 - D(z)_1],   z ~ q(z|x)
 
@@ -9,11 +9,11 @@ where D is a discriminator with two logits trained to tell codes z ~ q(z) (class
 codes whose dimensions were shuffled independently across the batch (``permute_dims``,
 the paper's Algorithm 1; samples of prod_j q(z_j), class 1). For the optimal D,
 softmax(D(z))_0 = q(z) / (q(z) + prod_j q(z_j)), so the logit difference D(z)_0 - D(z)_1
-is log q(z) / prod_j q(z_j) and its mean over q(z) is the TC: the density-ratio trick of
-the paper's Section 3. The discriminator's loss is the cross-entropy of that two-class
+is log q(z) / prod_j q(z_j) and its mean over q(z) is the TC: the density-ratio trick the
+paper uses. The discriminator's loss is the cross-entropy of that two-class
 problem on detached codes (no gradient reaches the encoder from it):
 
-    disc = 1/2 [CE(D(z), 0) + CE(D(permute_dims(z)), 1)]     (the paper's Algorithm 2, line 10)
+    disc = 1/2 [CE(D(z), 0) + CE(D(permute_dims(z)), 1)]     (the paper's Algorithm 2)
 
 Each is a per-image (B,) part: ``loss``, ``recon``, ``kl``, ``tc`` (the estimate, nats;
 it can be negative while D is poor), ``disc`` (the discriminator's loss) and
@@ -39,8 +39,8 @@ clementchadebec/benchmark_VAE; its trainer ``trainers/adversarial_trainer``):
   lr 1e-4 for both and Adam's default betas (0.9, 0.999) for the discriminator too.
 - gamma: the default 35 is Pythae's reproduction setting for the paper's dSprites
   experiment (``examples/scripts/configs/dsprites/factorvae/factorvae_config.json``,
-  latent 10, Bernoulli likelihood); the paper sweeps gamma over a range (10 to 100 on
-  dSprites) and reports the trade-off. Pythae's model default is 2 (and 5 in its MNIST
+  latent 10, Bernoulli likelihood); the paper reports results over a range of gamma (the
+  trade-off between reconstruction and disentanglement). Pythae's model default is 2 (and 5 in its MNIST
   config).
 - Batches: the paper draws two batches per iteration, one for the VAE step (whose codes
   are also the discriminator's class-0 samples) and a second one that is permuted for the
@@ -93,7 +93,7 @@ SLOPE = 0.2  # the paper's leaky ReLU slope
 @dataclass
 class FactorVAEOptions:
     gamma: float = field(default=35.0, metadata={"help": "weight of the total correlation estimate in the model's "
-                                                         "loss (35: the paper's dSprites setting, as in Pythae)"})
+                                                         "loss (35: Pythae's reproduction of the paper's dSprites runs)"})
     disc_hidden: list[int] = field(default_factory=lambda: [1000] * 5, metadata={
         "help": "the discriminator's hidden widths (paper: 5 hidden layers of 1000, leaky ReLU 0.2, 2 logits)"})
     disc_lr: float = field(default=1e-4, metadata={"help": "the discriminator's Adam learning rate (paper: 1e-4)"})
