@@ -5,8 +5,9 @@ applies (784-400-16, ReLU, sigmoid output; latent 16), the same epochs, batch 12
 1e-3 and seed, the test set evaluated each epoch; VQ-VAE uses a small conv body (a 7x7
 grid of 16-d codes, 64 codes) and a gated PixelCNN prior fit afterwards. The settings
 match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/PYTHAE.md):
-beta-VAE beta 4, beta-TCVAE beta 6, IWAE k 10, WAE and InfoVAE lambda 10 (IMQ, seven
-scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
+beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 layers of
+1000 units, with Adam 1e-4, betas 0.5/0.9), IWAE k 10, WAE and InfoVAE lambda 10 (IMQ,
+seven scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
 MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
 Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md).
 
@@ -63,6 +64,7 @@ FAMILIES: dict[str, list[str]] = {
     "hvae": ["model.arch=mlp", "model.hidden=[400]", "model.kind=hvae", "model.latent_dims=[16,8]",
              "model.hidden2=[100]", "model.activation=relu", "model.output_activation=sigmoid"],
     "vq-vae": [*CONV_VQ, "model.kind=vq-vae", "model.loss=euclidean"],
+    "factor-vae": [*MLP, "model.kind=factor-vae", "model.factorvae.gamma=35"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 
@@ -174,8 +176,8 @@ def figure(rows: list[dict], out: Path, args) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110)
-    for ax, (name, sampler, imgs) in zip(axes, tiles):
+    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110, squeeze=False)
+    for ax, (name, sampler, imgs) in zip(axes[:, 0], tiles):  # one family: still a column of axes
         ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])

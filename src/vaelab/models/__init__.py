@@ -59,6 +59,8 @@ MODELS: dict[str, Family] = {
     "hvae": Family("two stochastic layers z1, z2 (the IWAE paper's second architecture)", "gaussian2",
                    "hierarchical", "elbo"),
     "vq-vae": Family("VQ-VAE: a grid of codes from a learned codebook", "vq", "none", "vq"),
+    "factor-vae": Family("FactorVAE: the total correlation penalised through a discriminator on permuted codes",
+                         "gaussian", "normal", "factorvae"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.

@@ -31,6 +31,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   deterministic or a Gaussian encoder.
 - ``infovae``: InfoVAE / MMD-VAE (Zhao et al. 2019): recon + (1 - alpha) KL + (alpha +
   lambda - 1) MMD(q(z), p(z)).
+- ``factorvae``: FactorVAE (Kim & Mnih 2018): recon + KL + gamma TC, the TC estimated by a
+  discriminator on permuted codes, trained by its own optimiser (``vaelab.models.factorvae``).
 - ``vq``: VQ-VAE (van den Oord et al. 2017): recon through the quantised code, plus the
   codebook term |sg(z_e) - e|^2 (unless the codebook follows an EMA) and the commitment
   term beta |z_e - sg(e)|^2, summed over the code's elements.
@@ -44,7 +46,9 @@ from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_me
 from vaelab.errors import ConfigError
 from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
+from vaelab.models.factorvae import FACTORVAE
 from vaelab.models.iw_bounds import IW_OBJECTIVES
+
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     r = model.recon_loss(model.decode_logits(q.mean, y), x)
@@ -141,6 +145,7 @@ OBJECTIVES: dict[str, Objective] = {
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),
                          "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
+    "factorvae": FACTORVAE,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
