@@ -162,6 +162,15 @@ def check_field(setting: str, where: str) -> None:
     if key == "section.field":  # the README's placeholder
         return
     section, _, field = key.partition(".")
+    if section == "model" and field.count(".") == 1:  # model.PART.OPTION: an option the part declares
+        from vaelab.models import PARTS
+        from vaelab.models.options import option_fields
+
+        part, option = field.split(".")
+        entries = [reg[part] for _, reg in PARTS.values() if part in reg and reg[part] is not None]
+        assert any(option in {f.name for f in option_fields(e)} for e in entries), \
+            f"{where}: no part {part!r} with an option {option!r} ({key})"
+        return
     assert section in FIELDS and field in FIELDS[section], f"{where}: no config field {key!r}"
 
 
