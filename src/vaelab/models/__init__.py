@@ -54,6 +54,8 @@ MODELS: dict[str, Family] = {
     "hvae": Family("two stochastic layers z1, z2 (the IWAE paper's second architecture)", "gaussian2",
                    "hierarchical", "elbo"),
     "vq-vae": Family("VQ-VAE: a grid of codes from a learned codebook", "vq", "none", "vq"),
+    "vae-gan": Family("VAE-GAN: reconstruction in a discriminator's features, the decoder also a GAN generator",
+                      "gaussian", "normal", "vaegan"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.

@@ -42,6 +42,7 @@ from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_me
 from vaelab.errors import ConfigError
 from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
+from vaelab.models.vaegan import OBJECTIVE as VAEGAN
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     r = model.recon_loss(model.decode_logits(q.mean, y), x)
@@ -137,6 +138,7 @@ OBJECTIVES: dict[str, Objective] = {
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),
                          "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
+    "vaegan": VAEGAN,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
