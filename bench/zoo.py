@@ -57,6 +57,7 @@ FAMILIES: dict[str, list[str]] = {
     "hvae": ["model.arch=mlp", "model.hidden=[400]", "model.kind=hvae", "model.latent_dims=[16,8]",
              "model.hidden2=[100]", "model.activation=relu", "model.output_activation=sigmoid"],
     "vq-vae": [*CONV_VQ, "model.kind=vq-vae", "model.loss=euclidean"],
+    "vae-gan": [*MLP, "model.kind=vae-gan"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 
@@ -69,6 +70,15 @@ def samplers_of(cfg: dict) -> list[str]:
         return ["pixelcnn"]
     fitted = "class-gmm" if cfg.get("condition", "none") != "none" else "gmm"
     return (["prior"] if cfg["prior"] != "none" else []) + [fitted]
+
+
+def has_density(run: Path) -> bool:
+    """Whether the trained model in ``run`` has a density (an nll_iw to estimate)."""
+    code = ("import sys\nfrom vaelab.api import Run\n"
+            "print('density' in Run.load(sys.argv[1], device='cpu').capabilities)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(run)], cwd=REPO, env=child_env(data_root("zoo.py")),
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1] == "True"
 
 
 def family(name: str, args, env: dict, out: Path) -> dict:
@@ -92,7 +102,9 @@ def family(name: str, args, env: dict, out: Path) -> dict:
         (run / "eval.json").unlink(missing_ok=True)
     ev_file = run / "eval.json"
     if not ev_file.is_file() or json.loads(ev_file.read_text()).get("iw_samples") not in (args.iw_samples, None):
-        run_vaelab(["eval", str(run), "--iw-samples", str(args.iw_samples), "--seed", "0"], env, log)
+        # --iw-samples only where there is a density to estimate (vaelab refuses it elsewhere)
+        iw = ["--iw-samples", str(args.iw_samples)] if has_density(run) else []
+        run_vaelab(["eval", str(run), *iw, "--seed", "0"], env, log)
     ev = json.loads(ev_file.read_text())
     summary = json.loads(summary_file.read_text())
     cfg = json.loads((run / "config.json").read_text())["model"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import cli_error, run_main
+
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.models import build_model
@@ -82,6 +82,24 @@ def test_losses_are_the_papers_on_a_tiny_fixed_network(opts):
     assert m.capabilities == {"continuous", "stochastic", "prior"}  # no density
 
 
+def test_the_discriminator_body_and_its_batch_norm_are_options():
+    m = build_model(ModelConfig(kind="vae-gan", arch="mlp", input_shape=[1, 8, 8], hidden=[8], latent_dim=2,
+                                options={"vaegan": {"arch": "conv", "widths": [4, 6], "norm": "batch"}}))
+    dis = m.critics["discriminator"]
+    assert [type(b[0]).__name__ for b in dis.blocks] == ["Conv2d", "Conv2d"]
+    bn = dis.blocks[1][1]
+    assert isinstance(bn, torch.nn.BatchNorm2d) and dis.out.in_features == 6 * 2 * 2
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    m.train()
+    m(x, generator=torch.Generator().manual_seed(1))
+    assert int(bn.num_batches_tracked) == 1  # one pass over real, reconstructed and prior-sampled images
+    m.eval()
+    with torch.no_grad():
+        a = m(x, generator=torch.Generator().manual_seed(1))
+        b = m(x, generator=torch.Generator().manual_seed(1))
+    assert int(bn.num_batches_tracked) == 1 and torch.equal(a["disc"], b["disc"])  # running statistics in eval
+
+
 def test_groups_partition_the_parameters_with_the_predictor_on_the_encoders_side():
     m = build_model(ModelConfig(kind="vae-gan", arch="mlp", input_shape=[1, 6, 6], hidden=[8], latent_dim=2,
                                 predictor_weight=1.0, num_classes=3))
@@ -129,9 +147,9 @@ def test_each_step_descends_its_own_loss_alone(tiny_config, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     fit(cfg, None, log=quiet)
     assert sorted(got) == ["decoder", "discriminator", "encoder"]
-    for name in got:
+    for name, grad in got.items():
         assert expected[name].abs().sum() > 0, name
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_one_epoch_moves_all_three_groups_with_their_own_settings(tiny_config):
@@ -186,12 +204,12 @@ def vaegan_run(tmp_path_factory, shapes_npz):
 
 def test_the_tools_on_a_trained_run(vaegan_run, tmp_path, capsys):
     rd = vaegan_run.run_dir
-    rc, out, err = run_main(capsys, "eval", rd)
+    rc, _, err = run_main(capsys, "eval", rd)
     assert rc == 0, err
     ev = json.loads((rd / "eval.json").read_text())
     assert "nll_iw" not in ev and ev["loss"] == pytest.approx(ev["kl"] + ev["llike"], rel=1e-5)
     assert {"disc", "decoder", "gan", "recon", "mse"} <= set(ev)
-    rc, out, err = run_main(capsys, "sample", rd, "--n", 8, "--seed", 5, "--out", tmp_path / "s.png",
+    rc, _, err = run_main(capsys, "sample", rd, "--n", 8, "--seed", 5, "--out", tmp_path / "s.png",
                             "--npz", tmp_path / "s.npz")
     assert rc == 0, err
     with np.load(tmp_path / "s.npz") as f:
@@ -200,7 +218,7 @@ def test_the_tools_on_a_trained_run(vaegan_run, tmp_path, capsys):
                                rtol=1e-6)
     decoded = vaegan_run.decode(torch.from_numpy(codes)).numpy()
     assert np.abs(images / 255.0 - decoded).max() <= 0.5 / 255 + 1e-6
-    rc, out, err = run_main(capsys, "report", rd, "--out", tmp_path / "r.html")
+    rc, _, err = run_main(capsys, "report", rd, "--out", tmp_path / "r.html")
     assert rc == 0, err
     msg = cli_error(capsys, "eval", rd, "--iw-samples", 10)
     assert "density" in msg
@@ -209,7 +227,7 @@ def test_the_tools_on_a_trained_run(vaegan_run, tmp_path, capsys):
 def test_onnx_export_leaves_the_discriminator_out(vaegan_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    rc, out, err = run_main(capsys, "export", vaegan_run.run_dir, "--onnx", tmp_path / "onnx")
+    rc, _, err = run_main(capsys, "export", vaegan_run.run_dir, "--onnx", tmp_path / "onnx")
     assert rc == 0, err
     made = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
     assert sorted(made["parts"]) == ["decoder", "encoder", "sampler", "scorer"]  # no discriminator
@@ -238,6 +256,8 @@ def test_bad_options_are_one_line(tiny_config):
         (["model.vaegan.widths=[8,0]"], "model.vaegan.widths must be one or more positive sizes"),
         (["model.vaegan.discriminator_betas=[0.5]"], r"model.vaegan.discriminator_betas must be two numbers"),
         (["model.vaegan.encoder_lr=0"], "model.vaegan.encoder_lr must be > 0"),
+        (["model.vaegan.arch=resnet"], "model.vaegan.arch must be auto, mlp or conv, got 'resnet'"),
+        (["model.vaegan.norm=layer"], "model.vaegan.norm must be none or batch, got 'layer'"),
         (["model.condition=onehot", "model.num_classes=4"],
          "objective vaegan's discriminator does not see labels, and model.condition is onehot"),
         (["model.kind=ae", "model.prior=normal", "model.objective=vaegan"], "needs a stochastic posterior"),

@@ -53,7 +53,7 @@ import time
 
 T_START = time.perf_counter()
 
-FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae"]
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "vaegan"]
 IMQ_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # Pythae's default kernel scales
 
 
@@ -97,6 +97,12 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "commitment_loss_factor": 0.25, "quantization_loss_factor": 1.0,
             "num_embeddings": codebook_size,  # Pythae's default 512
             "use_ema": False, "decay": 0.99,
+        }),
+        # Pythae's defaults, its own MLP discriminator (784-256-1, the feature loss on its last
+        # layer) and its CoupledOptimizerAdversarialTrainer (three Adams, lr --lr each).
+        "vaegan": ("VAEGAN", "VAEGANConfig", {
+            "reconstruction_loss": "bce", "adversarial_loss_scale": 0.5, "reconstruction_layer": -1,
+            "equilibrium": 0.68, "margin": 0.4,
         }),
     }
 
@@ -186,7 +192,7 @@ from pythae.samplers import (  # noqa: E402
     GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
     PixelCNNSamplerConfig, VAMPSampler,
 )
-from pythae.trainers import BaseTrainerConfig  # noqa: E402
+from pythae.trainers import BaseTrainerConfig, CoupledOptimizerAdversarialTrainerConfig  # noqa: E402
 from pythae.trainers.training_callbacks import TrainingCallback  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - T_START
@@ -469,12 +475,16 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         res["params"] = {"total": n_params(model), "encoder": n_params(model.encoder),
                          "decoder": n_params(model.decoder), "other": extra}
 
-        train_config = BaseTrainerConfig(
-            output_dir=str(fam_dir / "pythae"), num_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-            optimizer_cls="Adam", learning_rate=args.lr, seed=args.seed, no_cuda=True,
-            steps_saving=None, steps_predict=None,
-        )
+        common = {"output_dir": str(fam_dir / "pythae"), "num_epochs": args.epochs,
+                  "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.batch_size,
+                  "seed": args.seed, "no_cuda": True, "steps_saving": None, "steps_predict": None}
+        if family == "vaegan":  # Pythae's VAEGAN needs its three-optimizer trainer
+            train_config = CoupledOptimizerAdversarialTrainerConfig(
+                **common, encoder_optimizer_cls="Adam", decoder_optimizer_cls="Adam",
+                discriminator_optimizer_cls="Adam", encoder_learning_rate=args.lr, decoder_learning_rate=args.lr,
+                discriminator_learning_rate=args.lr)
+        else:
+            train_config = BaseTrainerConfig(**common, optimizer_cls="Adam", learning_rate=args.lr)
         recorder = Recorder()
         pipeline = TrainingPipeline(model=model, training_config=train_config)
         t = time.perf_counter()

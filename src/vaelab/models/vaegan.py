@@ -46,13 +46,14 @@ CoupledOptimizerAdversarialTrainer) differs, and what vaelab follows:
 - ``generator=minimax`` (default) is Algorithm 1's decoder loss (-L_GAN, saturating, as in
   the authors' code and Pythae); ``non-saturating`` replaces its GAN part with
   -log D(x~) - log D(x_p) (Goodfellow et al. 2014's practical variant).
-- No batch norm in the discriminator (the paper has it): its statistics would mix the real
-  and generated images of one forward pass.
+- ``norm=batch`` puts the paper's batch norm after each hidden layer of the discriminator
+  (its statistics over the real, reconstructed and prior-sampled images of one pass, as in the
+  authors' code; running averages in eval mode); the default is none.
 
 The discriminator is an MLP for mlp bodies (Linear layers of ``widths``, leaky ReLU) and a
 conv net for conv bodies (4x4 stride-2 convs of ``widths`` channels, leaky ReLU, then one
-Linear to the logit). Its learning rate and Adam betas, like the encoder's and decoder's,
-are options (none: the train config's ``lr`` and betas; Pythae's trainer defaults to 1e-4
+Linear to the logit); ``arch`` picks either for any body. Its learning rate and Adam betas,
+like the encoder's and decoder's, are options (none: the train config's ``lr`` and betas; Pythae's trainer defaults to 1e-4
 for all three, the paper used RMSProp at 3e-4).
 
 The model has no density (its reconstruction term is not the likelihood's): ``drops``.
@@ -62,6 +63,7 @@ Its ``recon`` part is the likelihood's pixel loss of x~, reported only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -89,9 +91,13 @@ class VAEGANOptions:
     gamma: float = field(default=1e-2, metadata={
         "help": "weight of the feature reconstruction L_llike in the decoder's loss against the GAN loss "
                 "(gamma L_llike - L_GAN)"})
+    arch: str = field(default="auto", metadata={
+        "help": "the discriminator's body: mlp, conv (4x4 stride-2 convs), or auto (model.arch's)"})
     widths: list[int] | None = field(default=None, metadata={
-        "help": "the discriminator's hidden layers: Linear widths for mlp bodies (default 512,256), "
-                "conv channels for conv bodies (default 32,64,128)"})
+        "help": "the discriminator's hidden layers: Linear widths for an mlp (default 512,256), "
+                "conv channels for a conv net (default 32,64,128)"})
+    norm: str = field(default="none", metadata={
+        "help": "normalisation after each hidden layer of the discriminator: none or batch (the paper's batch norm)"})
     layer: int | None = field(default=None, metadata={
         "help": "the discriminator's hidden layer l (1 = first) whose features L_llike compares "
                 "(default: its last)"})
@@ -119,6 +125,10 @@ class VAEGANOptions:
             raise ConfigError(f"{w}.widths must be one or more positive sizes, got {self.widths}")
         if self.layer is not None and self.layer < 1:
             raise ConfigError(f"{w}.layer must be a hidden layer of the discriminator (1 = the first), got {self.layer}")
+        if self.arch not in ("auto", *DEFAULT_WIDTHS):
+            raise ConfigError(f"{w}.arch must be auto, mlp or conv, got {self.arch!r}")
+        if self.norm not in ("none", "batch"):
+            raise ConfigError(f"{w}.norm must be none or batch, got {self.norm!r}")
         if self.generator not in GENERATORS:
             raise ConfigError(f"{w}.generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
         for name in ("encoder_lr", "decoder_lr", "discriminator_lr"):
@@ -129,9 +139,15 @@ class VAEGANOptions:
             _betas(getattr(self, name), f"{w}.{name}")
 
 
+def arch_of(cfg) -> str:
+    """The discriminator's body: model.vaegan.arch, or model.arch's where that is auto."""
+    a = cfg.opts(NAME).arch
+    return cfg.arch if a == "auto" else a
+
+
 def widths_of(cfg) -> list[int]:
     o = cfg.opts(NAME)
-    return [int(v) for v in (o.widths if o.widths is not None else DEFAULT_WIDTHS[cfg.arch])]
+    return [int(v) for v in (o.widths if o.widths is not None else DEFAULT_WIDTHS[arch_of(cfg)])]
 
 
 def feature_layer(cfg) -> int:
@@ -161,21 +177,24 @@ class Discriminator(nn.Module):
 def build_discriminator(cfg) -> Discriminator:
     c, h, w = cfg.input_shape
     widths = widths_of(cfg)
+    batch = cfg.opts(NAME).norm == "batch"
     blocks: list[nn.Module] = []
-    if cfg.arch == "conv":
+    if arch_of(cfg) == "conv":
         cin = c
         for cout in widths:
             h, w = (h - 2) // 2 + 1, (w - 2) // 2 + 1  # kernel 4, stride 2, padding 1
             if h < 1 or w < 1:
                 raise ConfigError(f"model.{NAME}.widths has {len(widths)} stride-2 conv layers, too many for "
                                   f"{cfg.input_shape[1]}x{cfg.input_shape[2]} images; give fewer")
-            blocks.append(nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2)))
+            blocks.append(nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), *([nn.BatchNorm2d(cout)] if batch else []),
+                                        nn.LeakyReLU(0.2)))
             cin = cout
         features = cin * h * w
     else:
         widths = [c * h * w, *widths]
-        blocks = [nn.Sequential(nn.Flatten(), nn.Linear(widths[0], widths[1]), nn.LeakyReLU(0.2))]
-        blocks += [nn.Sequential(nn.Linear(a, b), nn.LeakyReLU(0.2)) for a, b in zip(widths[1:], widths[2:])]
+        blocks = [nn.Sequential(*([nn.Flatten()] if i == 0 else []), nn.Linear(a, b),
+                                *([nn.BatchNorm1d(b)] if batch else []), nn.LeakyReLU(0.2))
+                  for i, (a, b) in enumerate(pairwise(widths))]
         features = widths[-1]
     return Discriminator(blocks, features)
 
@@ -231,9 +250,10 @@ def check(cfg) -> None:
     if cfg.condition != "none":
         raise ConfigError(f"objective {NAME}'s discriminator does not see labels, and model.condition is "
                           f"{cfg.condition}; use model.condition=none (a label predictor is fine)")
-    if cfg.arch not in DEFAULT_WIDTHS:
-        raise ConfigError(f"objective {NAME} has a discriminator for mlp and conv bodies, and model.arch is {cfg.arch}")
     o = cfg.opts(NAME)
+    if arch_of(cfg) not in DEFAULT_WIDTHS:
+        raise ConfigError(f"objective {NAME} has a discriminator for mlp and conv bodies, and model.arch is {cfg.arch}; "
+                          f"set model.{NAME}.arch=mlp or conv")
     if o.layer is not None and o.layer > len(widths_of(cfg)):
         raise ConfigError(f"model.{NAME}.layer={o.layer} is deeper than the discriminator's "
                           f"{len(widths_of(cfg))} hidden layers (model.{NAME}.widths)")
