@@ -99,7 +99,7 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "use_ema": False, "decay": 0.99,
         }),
         # Pythae's defaults, its own MLP discriminator (784-256-1, the feature loss on its last
-        # layer) and its CoupledOptimizerAdversarialTrainer (three Adams, lr --lr each).
+        # layer) and its CoupledOptimizerAdversarialTrainer (three Adams, --gan-lr each).
         "vaegan": ("VAEGAN", "VAEGANConfig", {
             "reconstruction_loss": "bce", "adversarial_loss_scale": 0.5, "reconstruction_layer": -1,
             "equilibrium": 0.68, "margin": 0.4,
@@ -119,6 +119,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="train and eval batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent-dim", type=int, default=16, help="MLP families' latent size")
+    p.add_argument("--gan-lr", type=float, default=3e-4,
+                   help="VAEGAN: the learning rate of its three Adams, betas (0.5, 0.999) (as vaelab's zoo row)")
     p.add_argument("--codebook-size", type=int, default=64, help="VQ-VAE codebook entries K")
     p.add_argument("--code-dim", type=int, default=16, help="VQ-VAE code vector size D")
     p.add_argument("--seed", type=int, default=1)
@@ -479,10 +481,12 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
                   "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.batch_size,
                   "seed": args.seed, "no_cuda": True, "steps_saving": None, "steps_predict": None}
         if family == "vaegan":  # Pythae's VAEGAN needs its three-optimizer trainer
+            adam = {"betas": (0.5, 0.999)}
             train_config = CoupledOptimizerAdversarialTrainerConfig(
                 **common, encoder_optimizer_cls="Adam", decoder_optimizer_cls="Adam",
-                discriminator_optimizer_cls="Adam", encoder_learning_rate=args.lr, decoder_learning_rate=args.lr,
-                discriminator_learning_rate=args.lr)
+                discriminator_optimizer_cls="Adam", encoder_optimizer_params=adam, decoder_optimizer_params=adam,
+                discriminator_optimizer_params=adam, encoder_learning_rate=args.gan_lr,
+                decoder_learning_rate=args.gan_lr, discriminator_learning_rate=args.gan_lr)
         else:
             train_config = BaseTrainerConfig(**common, optimizer_cls="Adam", learning_rate=args.lr)
         recorder = Recorder()

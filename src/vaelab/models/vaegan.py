@@ -26,8 +26,11 @@ does not reach the discriminator. ``gamma`` weighs content (L_llike) against sty
 in the decoder's loss; the authors' code weights the decoder's two gradients w and -(1 - w)
 with w = recon_vs_gan_weight (1e-6 on CelebA with a deep feature layer, 1e-2 its default),
 i.e. gamma = w / (1 - w); Pythae's ``adversarial_loss_scale`` s gives (1 - s) L_llike - s L_GAN,
-gamma = (1 - s) / s = 1 at its default 0.5. The default here is 1e-2 (the authors' default
-weight), for a feature layer of a few hundred units (options ``widths``, ``layer``).
+gamma = (1 - s) / s = 1 at its default 0.5. The default here is Pythae's, 1: with a feature
+layer of a few hundred units (options ``widths``, ``layer``) L_llike is tens of nats, and at
+1e-2 the GAN term ruled the decoder, which then ignored z (every prior sample one image, in
+short MNIST runs); the authors' 1e-6 goes with the 65,536 batch-normalised features of their
+CelebA discriminator.
 
 Where Pythae's VAEGAN (pythae/models/vae_gan/vae_gan_model.py, trained by its
 CoupledOptimizerAdversarialTrainer) differs, and what vaelab follows:
@@ -55,6 +58,12 @@ conv net for conv bodies (4x4 stride-2 convs of ``widths`` channels, leaky ReLU,
 Linear to the logit); ``arch`` picks either for any body. Its learning rate and Adam betas,
 like the encoder's and decoder's, are options (none: the train config's ``lr`` and betas; Pythae's trainer defaults to 1e-4
 for all three, the paper used RMSProp at 3e-4).
+
+``kl_weight`` (not in the paper, whose weight is 1) weighs L_prior in the encoder's loss:
+L_llike is a unit-variance Gaussian over the discriminator's features, so its scale is that
+of the features, and an MLP discriminator's few hundred small activations give tens of nats
+where the pixel likelihood gives a hundred or more; against the full KL the encoder then
+codes almost nothing (KL about 1 nat in short MNIST runs).
 
 The model has no density (its reconstruction term is not the likelihood's): ``drops``.
 Its ``recon`` part is the likelihood's pixel loss of x~, reported only.
@@ -88,9 +97,11 @@ def _betas(value, where: str) -> tuple[float, float] | None:
 
 @dataclass
 class VAEGANOptions:
-    gamma: float = field(default=1e-2, metadata={
+    gamma: float = field(default=1.0, metadata={
         "help": "weight of the feature reconstruction L_llike in the decoder's loss against the GAN loss "
                 "(gamma L_llike - L_GAN)"})
+    kl_weight: float = field(default=1.0, metadata={
+        "help": "weight of L_prior in the encoder's loss (1: the paper's KL + L_llike)"})
     arch: str = field(default="auto", metadata={
         "help": "the discriminator's body: mlp, conv (4x4 stride-2 convs), or auto (model.arch's)"})
     widths: list[int] | None = field(default=None, metadata={
@@ -121,6 +132,8 @@ class VAEGANOptions:
         w = f"model.{NAME}"
         if self.gamma < 0:
             raise ConfigError(f"{w}.gamma must be >= 0, got {self.gamma}")
+        if self.kl_weight < 0:
+            raise ConfigError(f"{w}.kl_weight must be >= 0, got {self.kl_weight}")
         if self.widths is not None and (not self.widths or any(int(v) < 1 for v in self.widths)):
             raise ConfigError(f"{w}.widths must be one or more positive sizes, got {self.widths}")
         if self.layer is not None and self.layer < 1:
@@ -229,7 +242,7 @@ def vaegan(model, x, y, q: Distribution, *, generator=None, progress: float = 1.
         gan = F.softplus(-d_p) + (F.softplus(-d_tilde) if o.gan_on_recon else 0)
     with torch.no_grad():  # reported, not descended: the pixel loss of the likelihood
         recon = model.recon_loss(logits, x)
-    return {"loss": kl + llike, "kl": kl, "llike": llike, "decoder": o.gamma * llike + gan, "gan": gan,
+    return {"loss": o.kl_weight * kl + llike, "kl": kl, "llike": llike, "decoder": o.gamma * llike + gan, "gan": gan,
             "disc": disc, "recon": recon}
 
 
