@@ -53,7 +53,7 @@ import time
 
 T_START = time.perf_counter()
 
-FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae"]
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan"]
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
@@ -106,6 +106,12 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "num_embeddings": codebook_size,  # Pythae's default 512
             "use_ema": False, "decay": 0.99,
         }),
+        # Pythae's defaults, its own MLP discriminator (784-256-1, the feature loss on its last
+        # layer) and its CoupledOptimizerAdversarialTrainer (three Adams, --gan-lr each).
+        "vaegan": ("VAEGAN", "VAEGANConfig", {
+            "reconstruction_loss": "bce", "adversarial_loss_scale": 0.5, "reconstruction_layer": -1,
+            "equilibrium": 0.68, "margin": 0.4,
+        }),
     }
 
 
@@ -121,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="train and eval batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent-dim", type=int, default=16, help="MLP families' latent size")
+    p.add_argument("--gan-lr", type=float, default=3e-4,
+                   help="VAEGAN: the learning rate of its three Adams, betas (0.5, 0.999) (as vaelab's zoo row)")
     p.add_argument("--codebook-size", type=int, default=64, help="VQ-VAE codebook entries K")
     p.add_argument("--code-dim", type=int, default=16, help="VQ-VAE code vector size D")
     p.add_argument("--seed", type=int, default=1)
@@ -194,7 +202,11 @@ from pythae.samplers import (  # noqa: E402
     GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
     PixelCNNSamplerConfig, VAMPSampler,
 )
-from pythae.trainers import AdversarialTrainerConfig, BaseTrainerConfig  # noqa: E402
+from pythae.trainers import (  # noqa: E402
+    AdversarialTrainerConfig,
+    BaseTrainerConfig,
+    CoupledOptimizerAdversarialTrainerConfig,
+)
 from pythae.trainers.training_callbacks import TrainingCallback  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - T_START
@@ -485,6 +497,13 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
                 **common, autoencoder_optimizer_cls="Adam", autoencoder_learning_rate=args.lr,
                 discriminator_optimizer_cls="Adam", discriminator_learning_rate=DISC_LR,
                 discriminator_optimizer_params={"betas": DISC_BETAS})
+        elif family == "vaegan":  # Pythae's VAEGAN needs its three-optimizer trainer
+            adam = {"betas": (0.5, 0.999)}
+            train_config = CoupledOptimizerAdversarialTrainerConfig(
+                **common, encoder_optimizer_cls="Adam", decoder_optimizer_cls="Adam",
+                discriminator_optimizer_cls="Adam", encoder_optimizer_params=adam, decoder_optimizer_params=adam,
+                discriminator_optimizer_params=adam, encoder_learning_rate=args.gan_lr,
+                decoder_learning_rate=args.gan_lr, discriminator_learning_rate=args.gan_lr)
         else:
             train_config = BaseTrainerConfig(**common, optimizer_cls="Adam", learning_rate=args.lr)
         recorder = Recorder()

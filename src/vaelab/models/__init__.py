@@ -61,6 +61,8 @@ MODELS: dict[str, Family] = {
     "vq-vae": Family("VQ-VAE: a grid of codes from a learned codebook", "vq", "none", "vq"),
     "factor-vae": Family("FactorVAE: the total correlation penalised through a discriminator on permuted codes",
                          "gaussian", "normal", "factorvae"),
+    "vae-gan": Family("VAE-GAN: reconstruction in a discriminator's features, the decoder also a GAN generator",
+                      "gaussian", "normal", "vaegan"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.

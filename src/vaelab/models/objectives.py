@@ -48,6 +48,7 @@ from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models.factorvae import FACTORVAE
 from vaelab.models.iw_bounds import IW_OBJECTIVES
+from vaelab.models.vaegan import OBJECTIVE as VAEGAN
 
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
@@ -146,6 +147,7 @@ OBJECTIVES: dict[str, Objective] = {
                          "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
     "factorvae": FACTORVAE,
+    "vaegan": VAEGAN,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
