@@ -219,15 +219,16 @@ def trained_cvae(tmp_path_factory, shapes_npz):
 
 @pytest.fixture(scope="session")
 def shapes_judge(tmp_path_factory, shapes_npz):
-    """The judge classifier of the synthetic shapes, trained once for the whole session (8
-    epochs on 192 of the 256 shapes) and saved: (Judge, its folder, the splits it saw)."""
+    """The judge classifier of the synthetic shapes, trained once for the whole session (16
+    epochs on 192 of the 256 shapes: 0.92-0.95 held-out accuracy over six seeds, where 8
+    gave 0.78-0.84) and saved: (Judge, its folder, the splits it saw)."""
     from vaelab.config import DataConfig
     from vaelab.data import load_data
     from vaelab.evaluation.judge import save_judge, train_judge
 
     folder = tmp_path_factory.mktemp("judge") / "shapes"
     splits = load_data(DataConfig(name="npz", path=str(shapes_npz), val="0.25"))
-    judge = train_judge(splits, "shapes", epochs=8, batch_size=32, log=lambda *_: None)
+    judge = train_judge(splits, "shapes", epochs=16, batch_size=32, log=lambda *_: None)
     save_judge(judge, folder)
     return judge, folder, splits
 

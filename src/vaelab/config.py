@@ -24,7 +24,7 @@ from vaelab.imageopts import check_image_size, parse_background, parse_crop
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "none")
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
-LR_SCHEDULES = ("constant", "cosine", "iwae", "exponential")
+LR_SCHEDULES = ("constant", "cosine", "iwae", "exponential", "onecycle")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -438,7 +438,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     # Learning rate per epoch: "constant"; "cosine" (from lr down to 0 over the epochs, per
     # step); "iwae" (Burda et al. 2016: lr * 10^(-i/7) for stage i of 3^i epochs, i = 0, 1, ...);
-    # "exponential" (lr * lr_gamma^(epoch - 1): PyTorch's ExponentialLR stepped once per epoch).
+    # "exponential" (lr * lr_gamma^(epoch - 1): PyTorch's ExponentialLR stepped once per epoch);
+    # "onecycle" (per step: up from lr / 25 to lr over 30% of the steps, then down to lr / 25e4).
     lr_schedule: str = "constant"
     lr_gamma: float = 0.95  # the exponential schedule's factor per epoch
     seed: int = 1

@@ -6,8 +6,8 @@ costs one byte per pixel and no per-item Python runs in the training loop. Sets 
 not fit in memory stay memory-mapped (``MemmapImageSet``, read per batch).
 
 Modules: ``load`` (the registry of sources, ``load_data``), ``sets`` (``ImageSet``,
-``MemmapImageSet``, ``Splits``), ``cache`` (``prepare_folder``: image folders decoded once
-into memory-mappable caches), ``decode`` (one image file -> array), ``images`` (listing
+``MemmapImageSet``, ``TensorSet``, ``Splits``), ``cache`` (``prepare_folder``: image folders
+decoded once into memory-mappable caches), ``decode`` (one image file -> array), ``images`` (listing
 folders, .npz/.npy arrays), ``idx``, ``download``.
 
 Names are imported on first use (PEP 562): worker processes that decode images import
@@ -21,11 +21,12 @@ import importlib
 _API = {
     "DATASETS": "vaelab.data.load", "load_data": "vaelab.data.load", "resolve_classes": "vaelab.data.load",
     "ImageSet": "vaelab.data.sets", "MemmapImageSet": "vaelab.data.sets", "Splits": "vaelab.data.sets",
+    "TensorSet": "vaelab.data.sets",
     "FolderCache": "vaelab.data.cache", "prepare_folder": "vaelab.data.cache",
 }
 
-__all__ = ["DATASETS", "FolderCache", "ImageSet", "MemmapImageSet", "Splits", "load_data", "prepare_folder",
-           "resolve_classes"]
+__all__ = ["DATASETS", "FolderCache", "ImageSet", "MemmapImageSet", "Splits", "TensorSet", "load_data",
+           "prepare_folder", "resolve_classes"]
 
 
 def __getattr__(name: str):

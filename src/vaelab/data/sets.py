@@ -9,6 +9,9 @@ Two kinds with one interface (``__len__``, ``shape``, ``batch(index, device)``, 
   folder cache, see ``cache.py``) for data that does not fit in memory. ``batch`` reads
   just the batch's rows, in file order, from the page cache or the disk.
 
+``TensorSet`` holds rows that are not images (code indices) with the part of that interface
+the trainer reads.
+
 ``shuffled(perm)`` gives one epoch's order: the in-memory set gathers the permuted
 tensor once (then every batch is a contiguous slice), the memmap set returns a lazy view.
 The loop draws ``perm`` itself, from the random stream it seeds per epoch.
@@ -92,6 +95,43 @@ class ImageSet:
         if self.binarize == "dynamic":
             view.x = bernoulli_uint8(view.x)
         return view
+
+
+@dataclass
+class TensorSet:
+    """Rows of any tensor, handed out as they are: data that are not images (a VQ-VAE's code
+    indices (N, h, w) for its PixelCNN prior), with the interface the trainer reads
+    (``__len__``, ``shuffled(perm)``, ``batch(index)``, ``y``)."""
+
+    x: torch.Tensor  # (N, ...) of any dtype
+    y: torch.Tensor | None = None  # (N,) int64 labels, or None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def batch(self, index, device: torch.device | str | None = None) -> torch.Tensor:
+        """The rows ``index`` (a slice or index tensor), unconverted."""
+        xb = self.x[index]
+        return xb if device is None else xb.to(device, non_blocking=True)
+
+    def subset(self, index) -> TensorSet:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return TensorSet(self.x[index.to(self.x.device)], None if self.y is None else self.y[index.to(self.y.device)])
+
+    def to(self, device) -> TensorSet:
+        return TensorSet(self.x.to(device), None if self.y is None else self.y.to(device))
+
+    def shuffled(self, perm: torch.Tensor) -> TensorSet:
+        """This epoch's rows (and labels) in the order ``perm`` (N,), gathered once."""
+        return self.subset(perm)
 
 
 def bernoulli_uint8(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

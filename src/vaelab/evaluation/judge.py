@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import DataConfig
+from vaelab.config import DataConfig, TrainConfig
 from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError, VaelabError
 from vaelab.evaluation.metrics import frechet_distance
 from vaelab.io import write_json
-from vaelab.progress import announce, write
-from vaelab.progress import bar as progress_bar
+from vaelab.progress import announce
 from vaelab.rundir import RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
+from vaelab.training.callbacks import Progress
+from vaelab.training.trainer import Trainer
 
 FEATURES = 128
 
@@ -91,16 +91,33 @@ class Judge:
         return frechet_distance(*self.feature_stats(x1), *self.feature_stats(x2))
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+def _shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     """Random translation by up to ``max_shift`` pixels (one shift per batch: cheap, and
-    enough augmentation for a 99% MNIST classifier)."""
-    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
+    enough augmentation for a 99% MNIST classifier), from torch's random stream (which the
+    trainer seeds per epoch)."""
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,)))
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
+class JudgeFit(nn.Module):
+    """The judge as the trainer trains a model: ``forward(x, y) -> {"loss": cross-entropy per
+    image}`` on randomly shifted images."""
+
+    def __init__(self, net: JudgeNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **_) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(self.net(_shift(x)), y, reduction="none")}
+
+
 def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 128, lr: float = 2e-3,
-                seed: int = 0, log: Callable[[str], None] = print) -> Judge:
-    """Train the judge on ``splits.train`` (labels required) and measure test accuracy."""
+                seed: int = 0, log: Callable[[str], None] = print, callbacks: Sequence = ()) -> Judge:
+    """Train the judge on ``splits.train`` (labels required) and measure test accuracy.
+
+    It trains through the one trainer (``vaelab.training.trainer.Trainer``): Adam at a 1cycle
+    learning rate peaking at ``lr`` (``train.lr_schedule=onecycle``), a line per epoch;
+    ``callbacks`` run after the progress one."""
     train, test = splits.train, splits.test or splits.val
     if train.y is None:
         raise DataError(f"the judge needs labelled data, and {name} has no labels")
@@ -108,32 +125,13 @@ def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 12
         raise DataError(f"the judge needs a labelled test or validation split to report accuracy ({name})")
     classes = int(max(int(train.y.max()), int(test.y.max())) + 1)
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     c, h, w = train.shape
     net = JudgeNet(c, (h, w), classes)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = math.ceil(len(train) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     t0 = time.perf_counter()
-    bar = progress_bar(epochs * steps, "judge")
-    try:
-        for epoch in range(1, epochs + 1):
-            net.train()
-            perm = torch.randperm(len(train), generator=gen)
-            for i in range(steps):
-                idx = perm[i * batch_size:(i + 1) * batch_size]
-                x, y = _shift(train.batch(idx), gen), train.y[idx]
-                loss = F.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if bar is not None:
-                    bar.update(1)
-            write(log, f"judge epoch {epoch}/{epochs}  loss {loss.item():.4f}  ({time.perf_counter() - t0:.0f}s)")
-    finally:
-        if bar is not None:
-            bar.close()
+    settings = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule="onecycle", seed=seed,
+                           device="cpu", precision="fp32")
+    progress = Progress(log, name="judge", losses=lambda row: f"loss {row['train_loss']:.4f}")
+    Trainer(JudgeFit(net), train.to("cpu"), settings, labels=True, callbacks=[progress, *callbacks], log=log).fit()
     judge = Judge(net.eval(), {"dataset": name, "classes": classes, "shape": [c, h, w], "epochs": epochs,
                                "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
     judge.meta["accuracy"] = float((judge.predict(test.float()) == test.y).float().mean())

@@ -2,7 +2,7 @@
 2016, "Conditional image generation with PixelCNN decoders"), optionally class-conditional.
 
 ``fit_pixelcnn(run)`` encodes the run's training images to code indices (N, h, w) and
-trains the PixelCNN on them by cross-entropy; ``save`` / ``load`` keep it beside the run
+trains the PixelCNN on them by cross-entropy, through the one trainer; ``save`` / ``load`` keep it beside the run
 (``RUN/priors/pixelcnn.safetensors``, its settings in the metadata: never a pickle);
 ``sample`` draws index grids in raster order, which the VQ-VAE's codebook and decoder turn
 into images (``vaelab sample --sampler pixelcnn``).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,11 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaelab.config import TrainConfig
+from vaelab.data import TensorSet
 from vaelab.errors import CheckpointError, VaelabError
-from vaelab.progress import announce, write
-from vaelab.progress import bar as progress_bar
+from vaelab.progress import announce
 from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
+from vaelab.training.callbacks import Progress
+from vaelab.training.trainer import Trainer
 
 FILE = "pixelcnn.safetensors"
 
@@ -148,10 +151,25 @@ def check_finished(run_dir: Path) -> None:
                           f"finish it with `vaelab train --resume {run_dir}`, then fit the prior")
 
 
+class PriorFit(nn.Module):
+    """The PixelCNN as the trainer trains a model: ``forward(idx, y) -> {"loss": NLL per code
+    grid}`` (``y`` only when class-conditional)."""
+
+    def __init__(self, net: GatedPixelCNN):
+        super().__init__()
+        self.net = net
+
+    def forward(self, idx: torch.Tensor, y: torch.Tensor | None = None, **_) -> dict[str, torch.Tensor]:
+        return {"loss": self.net.nll(idx, y)}
+
+
 def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, channels: int = 64,
                  layers: int = 8, kernel: int = 5, conditional: bool = False, seed: int = 0,
-                 log: Callable[[str], None] = print) -> tuple[GatedPixelCNN, dict]:
-    """Train a PixelCNN on the run's training codes; report its NLL on the test split."""
+                 log: Callable[[str], None] = print, callbacks: Sequence = ()) -> tuple[GatedPixelCNN, dict]:
+    """Train a PixelCNN on the run's training codes; report its NLL on the test split.
+
+    It trains through the one trainer (``vaelab.training.trainer.Trainer``: Adam at a constant
+    ``lr``), a line per epoch; ``callbacks`` run after the progress one."""
     from vaelab.models import require
 
     require(run.model, "codebook", "a PixelCNN prior")
@@ -164,37 +182,21 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
                          int(labels.max()) + 1 if conditional else None)
     torch.manual_seed(seed)
     net = GatedPixelCNN(cfg).to(run.device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(idx) / batch_size)
     where = f"written to {Path(run.run_dir) / 'priors' / FILE}" if run.run_dir is not None else None
     announce(log, f"fitting a PixelCNN prior on {len(idx):,} code grids {tuple(idx.shape[1:])}",
              why="sampling through the codebook draws codes from it", where=where,
              cost=f"{epochs} epochs of {steps:,} steps, minutes on a CPU (--epochs sets how many)")
     t0 = time.perf_counter()
-    bar = progress_bar(epochs * steps, "pixelcnn")
-    try:
-        for epoch in range(1, epochs + 1):
-            perm = torch.randperm(len(idx), generator=gen)
-            total = torch.zeros(())
-            for s in range(steps):
-                b = perm[s * batch_size:(s + 1) * batch_size]
-                y = labels[b].to(run.device) if conditional else None
-                loss = net.nll(idx[b].to(run.device), y).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach().cpu() * len(b)
-                if bar is not None:
-                    bar.update(1)
-            write(log, f"pixelcnn epoch {epoch}/{epochs}  nll {float(total) / len(idx):.3f} nats per code grid "
-                       f"({time.perf_counter() - t0:.0f}s)")
-    finally:
-        if bar is not None:
-            bar.close()
+    settings = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision="fp32")
+    progress = Progress(log, name="pixelcnn", losses=lambda row: f"nll {row['train_loss']:.3f} nats per code grid")
+    codes = TensorSet(idx, labels if conditional else None).to(run.device)
+    trainer = Trainer(PriorFit(net), codes, settings, device=run.device, labels=conditional,
+                      callbacks=[progress, *callbacks], log=log).fit()
+    train_nll = trainer.history[-1]["train_loss"] if trainer.history else None
     net.eval()
     info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size,
-            "lr": lr, "seed": seed, "train_nll": float(total) / len(idx), "train_seconds": round(time.perf_counter() - t0, 1)}
+            "lr": lr, "seed": seed, "train_nll": train_nll, "train_seconds": round(time.perf_counter() - t0, 1)}
     split = run.default_split()
     if split != "train":
         test_idx, test_y = code_indices(run, split)
@@ -242,4 +244,5 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Gated
     return net.to(device).eval(), info
 
 
-__all__ = ["FILE", "LEARNED_PRIORS", "GatedPixelCNN", "PixelCNNConfig", "check_finished", "code_indices", "fit_pixelcnn", "load", "save"]
+__all__ = ["FILE", "LEARNED_PRIORS", "GatedPixelCNN", "PixelCNNConfig", "PriorFit", "check_finished", "code_indices",
+           "fit_pixelcnn", "load", "save"]

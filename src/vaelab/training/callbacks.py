@@ -96,21 +96,28 @@ class Validation(Callback):
 
 class Progress(Callback):
     """One tqdm bar for the whole run (a terminal only): the epoch, the running loss, the time
-    left; and a line per epoch through ``log`` (``epoch 3/10  train_loss ...  (12.0s, eta 1m24s)``)."""
+    left; and a line per epoch through ``log`` (``epoch 3/10  train_loss ...  (12.0s, eta 1m24s)``).
 
-    def __init__(self, log: Callable[[str], None], bar: bool = True):
+    ``name`` goes before "epoch" (``judge epoch 3/6``) and ``losses(row)`` says what the line
+    reports of the history row (by default ``train_loss ...  val_loss ...``)."""
+
+    def __init__(self, log: Callable[[str], None], bar: bool = True, name: str = "",
+                 losses: Callable[[dict], str] | None = None):
         self.log, self.show = log, bar
+        self.prefix = f"{name} " if name else ""
+        self.losses = losses or _losses
         self.bar = None
 
     def on_fit_start(self, trainer) -> None:
         first, epochs = trainer.epoch + 1, trainer.train.epochs
         self.first, self.started = first, time.perf_counter()
-        self.bar = progress_bar(trainer.steps_per_epoch * max(0, epochs - first + 1), f"epoch {first}/{epochs}",
-                                self.show and trainer.main)
+        self.bar = progress_bar(trainer.steps_per_epoch * max(0, epochs - first + 1),
+                                f"{self.prefix}epoch {first}/{epochs}", self.show and trainer.main)
 
     def on_interval(self, trainer, steps: int, loss: float) -> None:
         if self.bar is not None:
-            self.bar.set_description(f"epoch {trainer.epoch + 1}/{trainer.train.epochs}", refresh=False)
+            desc = f"{self.prefix}epoch {trainer.epoch + 1}/{trainer.train.epochs}"
+            self.bar.set_description(desc, refresh=False)
             self.bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
             self.bar.update(steps)
 
@@ -118,9 +125,7 @@ class Progress(Callback):
         if not trainer.main:
             return
         epoch, epochs = row["epoch"], trainer.train.epochs
-        msg = f"epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}"
-        if row.get("val_loss") is not None:
-            msg += f"  val_loss {row['val_loss']:.4f}"
+        msg = f"{self.prefix}epoch {epoch}/{epochs}  {self.losses(row)}"
         # The time left: this session's mean epoch time, times the epochs still to go.
         eta = (time.perf_counter() - self.started) / (epoch - self.first + 1) * (epochs - epoch)
         write(self.log, msg + f"  ({row['seconds']:.1f}s, eta {duration(eta)})")
@@ -129,6 +134,13 @@ class Progress(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _losses(row: dict) -> str:
+    msg = f"train_loss {row['train_loss']:.4f}"
+    if row.get("val_loss") is not None:
+        msg += f"  val_loss {row['val_loss']:.4f}"
+    return msg
 
 
 def history_csv(history: list[dict]) -> str:
