@@ -52,6 +52,7 @@ FAMILIES: dict[str, list[str]] = {
     "iwae": [*MLP, "model.kind=iwae", "model.k=10"],
     "beta-tcvae": [*MLP, "model.kind=beta-tcvae", "model.beta=6"],
     "wae": [*MLP, "model.kind=wae", "model.loss=euclidean", "model.mmd_weight=10"],
+    "aae": [*MLP, "model.kind=aae", "model.loss=bce"],
     "infovae": [*MLP, "model.kind=infovae", "model.mmd_weight=10"],
     "vamp": [*MLP, "model.kind=vamp", "model.vamp_components=50"],
     "hvae": ["model.arch=mlp", "model.hidden=[400]", "model.kind=hvae", "model.latent_dims=[16,8]",
@@ -69,6 +70,14 @@ def samplers_of(cfg: dict) -> list[str]:
         return ["pixelcnn"]
     fitted = "class-gmm" if cfg.get("condition", "none") != "none" else "gmm"
     return (["prior"] if cfg["prior"] != "none" else []) + [fitted]
+
+
+def has_density(run: Path) -> bool:
+    """Whether the run's model has a density p(x) (vaelab's own capabilities, from its config.json)."""
+    from vaelab.config import RunConfig
+    from vaelab.models import capabilities
+
+    return "density" in capabilities(RunConfig.from_dict(json.loads((run / "config.json").read_text())).model)
 
 
 def family(name: str, args, env: dict, out: Path) -> dict:
@@ -92,7 +101,9 @@ def family(name: str, args, env: dict, out: Path) -> dict:
         (run / "eval.json").unlink(missing_ok=True)
     ev_file = run / "eval.json"
     if not ev_file.is_file() or json.loads(ev_file.read_text()).get("iw_samples") not in (args.iw_samples, None):
-        run_vaelab(["eval", str(run), "--iw-samples", str(args.iw_samples), "--seed", "0"], env, log)
+        # nll_iw only where the model has a density (eval refuses --iw-samples for the others)
+        iw = ["--iw-samples", str(args.iw_samples)] if has_density(run) else []
+        run_vaelab(["eval", str(run), *iw, "--seed", "0"], env, log)
     ev = json.loads(ev_file.read_text())
     summary = json.loads(summary_file.read_text())
     cfg = json.loads((run / "config.json").read_text())["model"]

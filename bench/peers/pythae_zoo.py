@@ -36,7 +36,11 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   MLP families (all but vqvae): encoder Linear(784, 400) - ReLU - two heads
   Linear(400, latent) for the mean and the log-variance (wae: the mean head only, its
   encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
-  Sigmoid. This is the PyTorch examples VAE (there with latent 20).
+  Sigmoid. This is the PyTorch examples VAE (there with latent 20). aae: the same
+  encoder with both heads (Pythae's Adversarial_AE reads the log-variance even with
+  ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
+  is unused) and Pythae's default discriminator Linear(latent, 256) - ReLU -
+  Linear(256, 1) - Sigmoid, trained by Pythae's AdversarialTrainer (its own Adam).
   vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
   Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
   ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
@@ -53,7 +57,7 @@ import time
 
 T_START = time.perf_counter()
 
-FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae"]
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "aae", "infovae", "vamp", "vqvae"]
 IMQ_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # Pythae's default kernel scales
 
 
@@ -80,6 +84,12 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "reg_weight": 10.0,
             "kernel_bandwidth": 1.0,
             "scales": list(IMQ_SCALES), "reconstruction_loss_scale": 1.0,
+        }),
+        "aae": ("Adversarial_AE", "Adversarial_AE_Config", {
+            "reconstruction_loss": "bce",
+            "adversarial_loss_scale": 1.0,  # Pythae's default 0.5; vaelab's adversarial_weight default 1
+            "reconstruction_loss_scale": 1.0,
+            "deterministic_posterior": True,  # Pythae's default False (Gaussian); vaelab's aae: point
         }),
         "infovae": ("INFOVAE_MMD", "INFOVAE_MMD_Config", {
             "reconstruction_loss": "bce", "kernel_choice": "imq", "alpha": 0.0,
@@ -186,7 +196,7 @@ from pythae.samplers import (  # noqa: E402
     GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
     PixelCNNSamplerConfig, VAMPSampler,
 )
-from pythae.trainers import BaseTrainerConfig  # noqa: E402
+from pythae.trainers import AdversarialTrainerConfig, BaseTrainerConfig  # noqa: E402
 from pythae.trainers.training_callbacks import TrainingCallback  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - T_START
@@ -469,12 +479,16 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         res["params"] = {"total": n_params(model), "encoder": n_params(model.encoder),
                          "decoder": n_params(model.decoder), "other": extra}
 
-        train_config = BaseTrainerConfig(
-            output_dir=str(fam_dir / "pythae"), num_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-            optimizer_cls="Adam", learning_rate=args.lr, seed=args.seed, no_cuda=True,
-            steps_saving=None, steps_predict=None,
-        )
+        common = {"output_dir": str(fam_dir / "pythae"), "num_epochs": args.epochs,
+                  "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.batch_size,
+                  "learning_rate": args.lr, "seed": args.seed, "no_cuda": True, "steps_saving": None,
+                  "steps_predict": None}  # (the AdversarialTrainer reads its two rates below, not learning_rate)
+        if family == "aae":  # Pythae's pipeline requires its AdversarialTrainer: two Adams, one rate here
+            train_config = AdversarialTrainerConfig(
+                **common, autoencoder_optimizer_cls="Adam", autoencoder_learning_rate=args.lr,
+                discriminator_optimizer_cls="Adam", discriminator_learning_rate=args.lr)
+        else:
+            train_config = BaseTrainerConfig(**common, optimizer_cls="Adam")
         recorder = Recorder()
         pipeline = TrainingPipeline(model=model, training_config=train_config)
         t = time.perf_counter()
