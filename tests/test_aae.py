@@ -281,25 +281,24 @@ def test_sample_decodes_prior_draws(aae_run, tmp_path, capsys):
     assert np.array_equal((decoded.numpy() * 255).round().astype(np.uint8), images[:8])
 
 
-def test_onnx_exports_encoder_and_decoder_not_the_discriminator(aae_run, tmp_path):
-    pytest.importorskip("onnxruntime")
+def test_onnx_export_leaves_the_discriminator_out(aae_run, tmp_path):
     pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
     from vaelab.export.onnx import available_parts, export_onnx
 
     assert {"encoder", "decoder", "sampler"} <= set(available_parts(aae_run.model))
-    manifest = export_onnx(aae_run, tmp_path / "onnx", parts=["encoder", "decoder"])
-    assert set(manifest["parts"]) == {"encoder", "decoder"}
-    assert all(p["max_abs_diff"] < 1e-4 for p in manifest["parts"].values())
-    import onnx
-
-    enc = onnx.load(str(tmp_path / "onnx" / "encoder.onnx"))
-    n_weights = sum(int(np.prod(t.dims)) for t in enc.graph.initializer)
-    disc = sum(p.numel() for p in aae_run.model.critics.parameters())
-    body = sum(p.numel() for p in aae_run.model.encoder.parameters()) + \
-        sum(p.numel() for p in aae_run.model.posterior_head.parameters())
-    assert body <= n_weights < body + 16 and disc > 16  # the encoder's weights (and a few constants), no discriminator
-    shapes = {tuple(t.dims) for t in enc.graph.initializer}
-    assert not shapes & {tuple(p.shape) for p in aae_run.model.critics.parameters() if p.dim() == 2}
+    # Numerics against onnxruntime are tests/test_onnx.py's; here: what goes into the encoder's graph (the
+    # decoder's and the sampler's are built from the decoder alone, as for every family).
+    manifest = export_onnx(aae_run, tmp_path / "onnx", parts=["encoder"], check=False)
+    assert set(manifest["parts"]) == {"encoder"}
+    m = aae_run.model
+    disc = {tuple(p.shape) for p in m.critics.parameters() if p.dim() == 2}
+    count = lambda *mods: sum(p.numel() for mod in mods for p in mod.parameters())
+    graph = onnx.load(str(tmp_path / "onnx" / "encoder.onnx")).graph
+    n, weights = sum(int(np.prod(t.dims)) for t in graph.initializer), count(m.encoder, m.posterior_head)
+    assert weights <= n < weights + 16  # its own weights (and a few constants), no discriminator
+    assert not {tuple(t.dims) for t in graph.initializer} & disc
+    assert count(m.critics) > 16
 
 
 def test_report_and_explorer_work(aae_run, tmp_path, capsys):
