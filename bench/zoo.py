@@ -179,8 +179,8 @@ def figure(rows: list[dict], out: Path, args) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110)
-    for ax, (name, sampler, imgs) in zip(axes, tiles):
+    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110, squeeze=False)
+    for ax, (name, sampler, imgs) in zip(axes[:, 0], tiles):  # squeeze=False: one family is a row too
         ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
