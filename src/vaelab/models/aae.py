@@ -16,11 +16,11 @@ discriminator's loss) and ``disc_acc`` (the fraction of its two decisions per im
 gets right: 0, 0.5 or 1; near 0.5 on average when q(z) matches p(z)).
 
 The encoder is deterministic (``model.posterior=point``, the ``aae`` family's default:
-the paper reports its experiments with a deterministic q(z|x)) or Gaussian
-(``--set model.posterior=gaussian``, z drawn by reparameterisation: the paper's second
-choice and Pythae's default). With ``model.aae.supervised=true`` the discriminator also
-sees the one-hot label, D(z, y) against D(z', y) with z' ~ p(z|y): the paper's Section
-2.3 (the label picks the prior's component; with ``model.prior=conditional`` a learned
+the paper finds its three choices of q(z|x) alike and uses the deterministic one in its
+experiments) or Gaussian (``--set model.posterior=gaussian``, z drawn by
+reparameterisation: the paper's second choice and Pythae's default). With
+``model.aae.supervised=true`` the discriminator also sees the one-hot label, D(z, y)
+against D(z', y) with z' ~ p(z|y): the paper's Section 2.3 (the label picks the prior's component; with ``model.prior=conditional`` a learned
 Gaussian per class, with ``normal`` q(z|y) is matched to N(0, I) for every class, so the
 code carries the style and not the class, the paper's Section 5). It needs the labels in
 training, so it asks for ``model.condition`` (onehot: the decoder sees the label too, the
@@ -57,8 +57,8 @@ Where this follows the paper, and where it or Pythae differ
   Pythae's ``adversarial_loss_scale`` to 1 as well.
 - Discriminator: Pythae's default, one hidden layer of 256 ReLU units (``disc_hidden``);
   the paper's MNIST discriminator has two of 1000 (``--set model.aae.disc_hidden=1000,1000``).
-  Pythae ends it in a sigmoid and takes the BCE of the probability (clamped at log 1e-44);
-  here the BCE is taken from the logit (the same loss, stable in the tails).
+  Pythae ends it in a sigmoid and takes the BCE of the probability (PyTorch clamps its logs
+  at -100); here the BCE is taken from the logit (the same loss, stable in the tails).
 - Optimisers: Pythae's AdversarialTrainer gives the autoencoder and the discriminator the
   same learning rate (1e-4 by default) and Adam's default betas (0.9, 0.999), which are
   this objective's defaults (``disc_lr`` none: train.lr). The paper uses SGD with momentum.
