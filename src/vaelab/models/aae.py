@@ -20,11 +20,12 @@ the paper finds its three choices of q(z|x) alike and uses the deterministic one
 experiments) or Gaussian (``--set model.posterior=gaussian``, z drawn by
 reparameterisation: the paper's second choice and Pythae's default). With
 ``model.aae.supervised=true`` the discriminator also sees the one-hot label, D(z, y)
-against D(z', y) with z' ~ p(z|y): the paper's Section 2.3 (the label picks the prior's component; with ``model.prior=conditional`` a learned
-Gaussian per class, with ``normal`` q(z|y) is matched to N(0, I) for every class, so the
-code carries the style and not the class, the paper's Section 5). It needs the labels in
-training, so it asks for ``model.condition`` (onehot: the decoder sees the label too, the
-paper's supervised AAE of Section 5).
+against D(z', y) with z' ~ p(z|y): the paper's Section 2.3 (the label picks the prior's
+component; with ``model.prior=conditional`` a learned Gaussian per class, with ``normal``
+q(z|y) is matched to N(0, I) for every class, so the code carries the style and not the
+class, the paper's Section 5). It needs the labels in training, so it asks for
+``model.condition`` (onehot: the decoder sees the label too, the paper's supervised AAE of
+Section 5).
 
 Two optimisation steps per batch (the trainer's coupled update: one forward, then each
 group's gradient over its own parameters only, then both updates): ``model`` (encoder,
