@@ -1,7 +1,7 @@
 """vaelab beside Pythae, family by family, on one architecture and budget (issue 12).
 
 For every family both have (VAE, beta-VAE, beta-TCVAE, IWAE, WAE, InfoVAE, VampPrior,
-VQ-VAE, FactorVAE, VAE-GAN): Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
+VQ-VAE, FactorVAE, VAE-GAN, adversarial AE): Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
 (bench/peers/README.md), vaelab with bench/zoo.py, the same layers (the PyTorch tutorial
 body 784-400-16, a small conv body for VQ-VAE), data, epochs, batch, optimiser and
 settings (PYTHAE.md lists them), one thread each, one after the other. Both sides' samples
@@ -35,7 +35,7 @@ from common import BENCH, OUT, REPO, child_env, data_root, pick
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
-          "vaegan": "vae-gan"}
+          "vaegan": "vae-gan", "aae": "aae"}
 
 
 def run_pythae(args, families: list[str]) -> None:

@@ -60,6 +60,7 @@ FAMILIES: dict[str, list[str]] = {
     "ciwae": [*MLP, "model.kind=ciwae", "model.ciwae.k=10", "model.ciwae.beta=0.5"],
     "beta-tcvae": [*MLP, "model.kind=beta-tcvae", "model.beta=6"],
     "wae": [*MLP, "model.kind=wae", "model.loss=euclidean", "model.mmd_weight=10"],
+    "aae": [*MLP, "model.kind=aae", "model.loss=bce"],
     "infovae": [*MLP, "model.kind=infovae", "model.mmd_weight=10"],
     "vamp": [*MLP, "model.kind=vamp", "model.vamp_components=50"],
     "hvae": ["model.arch=mlp", "model.hidden=[400]", "model.kind=hvae", "model.latent_dims=[16,8]",

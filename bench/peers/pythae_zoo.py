@@ -36,7 +36,11 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   MLP families (all but vqvae): encoder Linear(784, 400) - ReLU - two heads
   Linear(400, latent) for the mean and the log-variance (wae: the mean head only, its
   encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
-  Sigmoid. This is the PyTorch examples VAE (there with latent 20).
+  Sigmoid. This is the PyTorch examples VAE (there with latent 20). aae: the same
+  encoder with both heads (Pythae's Adversarial_AE reads the log-variance even with
+  ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
+  is unused) and Pythae's default discriminator Linear(latent, 256) - ReLU -
+  Linear(256, 1) - Sigmoid, trained by Pythae's AdversarialTrainer (its own Adam).
   vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
   Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
   ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
@@ -53,7 +57,7 @@ import time
 
 T_START = time.perf_counter()
 
-FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan"]
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae"]
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
@@ -83,6 +87,12 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "reg_weight": 10.0,
             "kernel_bandwidth": 1.0,
             "scales": list(IMQ_SCALES), "reconstruction_loss_scale": 1.0,
+        }),
+        "aae": ("Adversarial_AE", "Adversarial_AE_Config", {
+            "reconstruction_loss": "bce",
+            "adversarial_loss_scale": 1.0,  # Pythae's default 0.5; vaelab's adversarial_weight default 1
+            "reconstruction_loss_scale": 1.0,
+            "deterministic_posterior": True,  # Pythae's default False (Gaussian); vaelab's aae: point
         }),
         "infovae": ("INFOVAE_MMD", "INFOVAE_MMD_Config", {
             "reconstruction_loss": "bce", "kernel_choice": "imq", "alpha": 0.0,
@@ -504,6 +514,10 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
                 discriminator_optimizer_cls="Adam", encoder_optimizer_params=adam, decoder_optimizer_params=adam,
                 discriminator_optimizer_params=adam, encoder_learning_rate=args.gan_lr,
                 decoder_learning_rate=args.gan_lr, discriminator_learning_rate=args.gan_lr)
+        elif family == "aae":  # Pythae's pipeline requires its AdversarialTrainer: two Adams, one rate here
+            train_config = AdversarialTrainerConfig(
+                **common, autoencoder_optimizer_cls="Adam", autoencoder_learning_rate=args.lr,
+                discriminator_optimizer_cls="Adam", discriminator_learning_rate=args.lr)
         else:
             train_config = BaseTrainerConfig(**common, optimizer_cls="Adam", learning_rate=args.lr)
         recorder = Recorder()

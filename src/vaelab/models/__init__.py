@@ -53,6 +53,8 @@ MODELS: dict[str, Family] = {
     "beta-tcvae": Family("beta-TCVAE: the KL split into MI, total correlation and dimension-wise KL",
                          "gaussian", "normal", "tcvae"),
     "wae": Family("Wasserstein autoencoder, MMD penalty, deterministic encoder", "point", "normal", "wae-mmd"),
+    "aae": Family("adversarial autoencoder: a discriminator on codes matches q(z) to the prior", "point", "normal",
+                  "aae"),
     "infovae": Family("InfoVAE / MMD-VAE: KL and MMD to the prior", "gaussian", "normal", "infovae"),
     "vamp": Family("VAE with the VampPrior (a mixture of posteriors at learned pseudo-inputs)", "gaussian", "vamp",
                    "elbo"),

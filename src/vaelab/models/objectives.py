@@ -29,6 +29,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   stratified sampling by default, the authors' weighted sampling as an option).
 - ``wae-mmd``: the WAE (Tolstikhin et al. 2018): recon + lambda MMD(q(z), p(z)), with a
   deterministic or a Gaussian encoder.
+- ``aae``: the adversarial autoencoder (Makhzani et al. 2015): recon + weight BCE(D(z), 1), a
+  discriminator on codes against prior draws, trained by its own optimiser (``vaelab.models.aae``).
 - ``infovae``: InfoVAE / MMD-VAE (Zhao et al. 2019): recon + (1 - alpha) KL + (alpha +
   lambda - 1) MMD(q(z), p(z)).
 - ``factorvae``: FactorVAE (Kim & Mnih 2018): recon + KL + gamma TC, the TC estimated by a
@@ -44,6 +46,7 @@ import torch
 
 from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_mean_exp
 from vaelab.errors import ConfigError
+from vaelab.models.aae import OBJECTIVE as AAE
 from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models.factorvae import FACTORVAE
@@ -143,6 +146,7 @@ OBJECTIVES: dict[str, Objective] = {
     "tcvae": Objective(tcvae, frozenset({"prior", "stochastic"}),
                        "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL"),
     "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))"),
+    "aae": AAE,
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),
                          "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
     "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
