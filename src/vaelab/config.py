@@ -9,6 +9,7 @@ itself in ``__post_init__`` and says what is wrong in words.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -286,16 +287,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _coerce(self, "model")
         # The registries live with the code they name; imported here, when a config is built.
-        from vaelab.models import (
-            BODIES,
-            CAPABILITIES,
-            LIKELIHOODS,
-            MODELS,
-            OBJECTIVES,
-            POSTERIORS,
-            PRIORS,
-            capabilities,
-        )
+        from vaelab.models import BODIES, LIKELIHOODS, MODELS, OBJECTIVES, POSTERIORS, PRIORS, check_parts
 
         _check_name("model.kind", self.kind, MODELS)
         family = MODELS[self.kind]
@@ -309,9 +301,6 @@ class ModelConfig:
         _check_name("model.loss", self.loss, LIKELIHOODS)
         _check(self.condition in ("none", "onehot", "embedding"),
                f"model.condition must be none, onehot or embedding, got {self.condition!r}")
-        if self.prior == "conditional":
-            _check(self.condition != "none", "model.prior=conditional learns p(z|y) and needs a conditional model "
-                   "(model.kind=cvae, or model.condition=onehot)")
         _check(self.latent_dim >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
         _check(self.condition_dim >= 1, f"model.condition_dim must be at least 1, got {self.condition_dim}")
         _check(self.output_activation in OUTPUT_ACTIVATIONS,
@@ -393,7 +382,9 @@ class ModelConfig:
             _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
             _check(self.posterior in ("point", "vq"), "model.latent=conv (the feature map is the code) is for "
                    "autoencoders and VQ-VAEs (model.posterior=point or vq); VAEs need a dense latent")
-            _check(self.condition == "none", "a conditional model needs a vector code (model.latent=dense)")
+            _check(self.condition == "none", f"model.condition={self.condition} feeds labels to a vector code, and "
+                   f"model.latent=conv makes the code a feature map (model.posterior={self.posterior}); "
+                   "give model.latent=dense or model.condition=none")
         _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
                f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")
         _check(len(self.predictor_hidden) >= 1 and all(h > 0 for h in self.predictor_hidden),
@@ -403,10 +394,7 @@ class ModelConfig:
         from vaelab.models import resolve_options
 
         resolve_options(self)  # each chosen part's options section, typed, and each part's own check
-        missing = OBJECTIVES[self.objective].requires - capabilities(self)
-        _check(not missing, f"model.objective={self.objective} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, "
-               f"and model.kind={self.kind} (posterior {self.posterior}, prior {self.prior}) has none; "
-               "choose another objective or model")
+        check_parts(self)  # each objective and prior served by the other parts
 
     def opts(self, part: str):
         """The options of the chosen part ``part`` (its dataclass, defaults filled in)."""
@@ -666,6 +654,12 @@ def merge(base: dict, update: dict) -> dict:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them is slow; configs are built often)."""
+    return typing.get_type_hints(cls)
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``section.field=value``; the value is read as YAML (``16``, ``[32, 64]``, ``null``)."""
     if "=" not in text:
@@ -692,7 +686,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = raw
     # List fields also take comma lists (model.hidden=512,256) and single numbers
     # (data.classes=3), except those that accept a plain int too (model.kernel_size=3).
-    hint = str(typing.get_type_hints(_SECTIONS[section])[name])
+    hint = str(_hints(_SECTIONS[section])[name])
     if hint.startswith("list"):
         if isinstance(value, str) and "," in value:
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
@@ -705,7 +699,7 @@ def typed_value(section: str, name: str, value: Any) -> Any:
     """``value`` converted to the type of ``section.name`` (``"1e-3"`` -> 0.001 for a float field)."""
     if value is None or (section == "model" and "." in name):  # a part's option: typed by its part
         return value
-    hint = typing.get_type_hints(_SECTIONS[section])[name]
+    hint = _hints(_SECTIONS[section])[name]
     kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
     try:
         return _convert(value, kind)

@@ -65,6 +65,8 @@ CAPABILITIES: dict[str, str] = {
     "labels": "a conditional model p(x|z, y)",
     "predictor": "a label predictor on the code (train with --set model.predictor_weight=10)",
     "codebook": "a discrete codebook (a VQ-VAE)",
+    "diagonal": "a diagonal-Gaussian posterior q(z|x) (a mean and a variance per dimension: model.posterior=gaussian)",
+    "two_layers": "codes [z1, z2] from two stochastic layers (model.posterior=gaussian2)",
 }
 
 
@@ -78,6 +80,22 @@ PARTS: dict[str, tuple[str, dict]] = {
 def resolve_options(cfg: ModelConfig) -> None:
     """Each chosen part's options section as its dataclass, and each part's own check (one line)."""
     resolve(cfg, PARTS)
+
+
+def check_parts(cfg: ModelConfig) -> None:
+    """Refuse, in one line naming both parts, an objective or a prior the other parts cannot serve."""
+    have = capabilities(cfg)
+    prior = PRIORS[cfg.prior]
+    missing = (getattr(prior, "requires", frozenset()) if prior is not None else frozenset()) - have
+    if missing:
+        raise ConfigError(f"model.prior={cfg.prior} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, and "
+                          f"this model (model.kind={cfg.kind}: posterior {cfg.posterior}, condition {cfg.condition}) "
+                          "has none; choose another prior or posterior")
+    missing = OBJECTIVES[cfg.objective].requires - have
+    if missing:
+        raise ConfigError(f"model.objective={cfg.objective} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}"
+                          f", and model.kind={cfg.kind} (posterior {cfg.posterior}, prior {cfg.prior}) has none; "
+                          "choose another objective or model")
 
 
 def build_model(cfg: ModelConfig) -> LatentModel:
@@ -143,6 +161,7 @@ __all__ = [
     "LatentModel",
     "build_model",
     "capabilities",
+    "check_parts",
     "count_params",
     "frozen",
     "glorot_init",

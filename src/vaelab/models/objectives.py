@@ -131,7 +131,7 @@ OBJECTIVES: dict[str, Objective] = {
     "elbo": Objective(elbo, frozenset({"prior", "stochastic"}),
                       "negative ELBO: recon + beta * KL (warm-up and capacity annealing as options)"),
     "iwae": Objective(iwae, frozenset({"density"}), "importance-weighted bound with model.k samples"),
-    "tcvae": Objective(tcvae, frozenset({"prior", "stochastic"}),
+    "tcvae": Objective(tcvae, frozenset({"prior", "stochastic", "diagonal"}),
                        "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL"),
     "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))"),
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),

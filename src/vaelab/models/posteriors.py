@@ -4,8 +4,10 @@
 returns a ``vaelab.distributions`` object. Heads compute in fp32 even under autocast:
 the code statistics feed the KL and the sampling noise. Class attributes say what the
 head offers (``vaelab.models.capabilities`` reads them): ``stochastic`` (draws differ),
-``continuous`` (codes live in R^D), ``codebook`` (discrete codes from a codebook), and
-``decoder_dim`` (how many leading code dimensions the decoder reads; all by default).
+``continuous`` (codes live in R^D), ``codebook`` (discrete codes from a codebook),
+``diagonal`` (q is one diagonal Gaussian, a ``DiagNormal``: a mean and a log-variance per
+dimension), ``two_layers`` (codes [z1, z2] from two stochastic layers), and ``decoder_dim``
+(how many leading code dimensions the decoder reads; all by default).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class PointPosterior(nn.Module):
     """An autoencoder's code: z = act(W h), a point mass. ``model.latent=conv`` takes the
     encoder's last feature map itself as the code (no weights here)."""
 
-    stochastic, continuous, codebook = False, True, False
+    stochastic, continuous, codebook, diagonal, two_layers = False, True, False, False, False
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -48,7 +50,7 @@ class GaussianPosterior(nn.Module):
     """q(z|x) = N(mu(h), diag(exp(logvar(h)))): two linear heads, as in the PyTorch (fc21/fc22)
     and Keras (z_mean/z_log_var) tutorials."""
 
-    stochastic, continuous, codebook = True, True, False
+    stochastic, continuous, codebook, diagonal, two_layers = True, True, False, True, False
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -77,7 +79,8 @@ class TwoLayerPosterior(nn.Module):
     """q(z1|x) q(z2|z1), the IWAE paper's second architecture: z1 from the encoder body's
     features, z2 from z1 through ``model.hidden2``. Codes are [z1, z2]; the decoder reads z1."""
 
-    stochastic, continuous, codebook = True, True, False
+    # q is a product of two Gaussians, not one diagonal Gaussian: no tcvae, no VampPrior
+    stochastic, continuous, codebook, diagonal, two_layers = True, True, False, False, True
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -100,7 +103,7 @@ class VQPosterior(nn.Module):
     trained by the codebook loss term, or (``model.vq_ema``) an exponential moving average
     of the encoder outputs assigned to each code (buffers, updated in training mode)."""
 
-    stochastic, continuous, codebook = False, False, True
+    stochastic, continuous, codebook, diagonal, two_layers = False, False, True, False, False
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()

@@ -10,6 +10,9 @@ built from its other parts).
   posteriors at K learned pseudo-inputs, (1/K) sum_k q(z | u_k).
 - ``hierarchical``: p(z2) p(z1|z2) for the two-stochastic-layer posterior (codes [z1, z2]),
   p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.hidden2`` (Burda et al. 2016).
+
+A prior class says what the rest of the model must offer for it (``requires``: model
+capabilities, ``vaelab.models.CAPABILITIES``), checked when the config is built.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class NormalPrior(nn.Module):
     """N(0, I); holds no weights (a buffer tells it the device and dtype)."""
 
     needs_labels = False
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -52,6 +56,7 @@ class ConditionalPrior(nn.Module):
     """p(z|y) = N(mu_y, diag(exp(logvar_y))), one learned mean and log-variance per class."""
 
     needs_labels = True
+    requires = frozenset({"labels"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -74,12 +79,17 @@ class VampPrior(nn.Module):
     one-sample estimate, and nll_iw / the prior sampler work from the mixture."""
 
     needs_labels = False
+    requires = frozenset({"diagonal"})  # its components are the posterior's own means and variances
+
+    @staticmethod
+    def check(cfg: ModelConfig) -> None:
+        if cfg.condition != "none":
+            raise ConfigError(f"model.prior=vamp is the mixture of q(z|u_k) at unlabelled pseudo-inputs, and "
+                              f"model.condition={cfg.condition} would need labels for them; choose another prior "
+                              "or model.condition=none")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.condition != "none":
-            raise ConfigError("model.prior=vamp is the mixture of q(z|u_k) at unlabelled pseudo-inputs; "
-                              "a conditional model would need labels for them")
         self.pseudo = nn.Parameter(torch.randn(cfg.vamp_components, *cfg.input_shape) * 0.01 + 0.05)
 
     def pseudo_inputs(self) -> torch.Tensor:
@@ -94,6 +104,7 @@ class HierarchicalPrior(nn.Module):
     """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through ``model.hidden2``."""
 
     needs_labels = False
+    requires = frozenset({"two_layers"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
