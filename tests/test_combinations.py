@@ -36,8 +36,8 @@ def _data() -> ImageSet:
 def _body(posterior: str) -> list[str]:
     """The tiniest body a posterior takes: a VQ-VAE quantises a conv feature map."""
     if posterior == "vq":
-        return ["model.arch=conv", "model.latent=conv", "model.channels=4", "model.codebook_size=4"]
-    two = ["model.latent_dims=2,2", "model.hidden2=4"] if posterior == "gaussian2" else []
+        return ["model.arch=conv", "model.latent=conv", "model.channels=4", "model.vq.codebook_size=4"]
+    two = ["model.gaussian2.latent_dims=2,2", "model.gaussian2.hidden2=4"] if posterior == "gaussian2" else []
     return ["model.arch=mlp", "model.hidden=4", *two]
 
 

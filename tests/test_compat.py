@@ -64,7 +64,7 @@ def test_old_runs_keep_their_family_and_parts(tmp_path):
 
 def test_an_old_run_resumes(tmp_path):
     """A v1 checkpoint (weights, optimizer) continues training under today's names."""
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.training.loop import fit
 
     run_dir = tmp_path / "run"

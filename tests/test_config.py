@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from vaelab.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_preset,
-                           parse_override, preset_names)
+from vaelab.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_preset,
+    parse_override,
+    preset_names,
+)
+from vaelab.configure import build_config, config_from_dict
 from vaelab.errors import ConfigError
 from vaelab.models import build_model, count_params
 
@@ -130,15 +138,16 @@ def test_precedence_preset_file_extra_overrides(tmp_path):
     f.write_text("model: {latent_dim: 5, beta: 2.0}\ntrain: {epochs: 7, seed: 3}\n")
     cfg = build_config("mlp-vae", str(f), overrides=["train.epochs=9"], extra={"train": {"seed": 4}})
     assert cfg.model.hidden == [400]  # preset
-    assert cfg.model.latent_dim == 5 and cfg.model.beta == 2.0  # file over preset
+    assert cfg.model.latent_dim == 5 and cfg.model.opts("elbo").beta == 2.0  # file over preset
     assert cfg.train.seed == 4  # extra over file
     assert cfg.train.epochs == 9  # override over everything
 
 
 def test_round_trip_through_json():
     cfg = build_config("conv-vae", overrides=["data.classes=1,7", "train.epochs=3"])
-    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    again = config_from_dict(json.loads(cfg.to_json()))
     assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert again.model.opts("elbo") == cfg.model.opts("elbo") and "elbo" in json.loads(cfg.to_json())["model"]
 
 
 def test_defaults_are_valid():
@@ -211,8 +220,8 @@ def test_conv_list_lengths_must_match_channels():
 def test_unknown_sections_and_fields_in_dicts_and_files(tmp_path):
     with pytest.raises(ConfigError, match="unknown config section"):
         RunConfig.from_dict({"optimizer": {"lr": 1}})
-    with pytest.raises(ConfigError, match="unknown model option"):
-        RunConfig.from_dict({"model": {"latent": "dense", "depth": 3}})
+    with pytest.raises(ConfigError, match="unknown model option 'model.depth'"):
+        config_from_dict({"model": {"latent": "dense", "depth": 3}})
     with pytest.raises(ConfigError, match="must be a mapping"):
         RunConfig.from_dict({"model": [1, 2]})
     with pytest.raises(ConfigError, match="must be a mapping"):
@@ -263,6 +272,6 @@ def test_non_string_device_raises_config_error():
                                                  ("train.weight_decay=1e-5", "train", "weight_decay")])
 def test_scientific_notation_gives_floats(text, section, name):
     cfg = build_config("mlp-vae", overrides=[text])
-    value = getattr(getattr(cfg, section), name)
+    value = cfg.model.opts("elbo").beta if name == "beta" else getattr(getattr(cfg, section), name)
     assert isinstance(value, float), f"{section}.{name} is {value!r} ({type(value).__name__})"
     assert value == float(text.split("=")[1])

@@ -51,7 +51,8 @@ def test_parse_grid_gives_typed_values_and_expands_every_combination():
 @pytest.mark.parametrize("bad, words", [
     ("model.latent_dim", "must look like"),
     ("model.nope=1,2", "unknown option"),
-    ("latent_dim=1,2", "must be data.X, model.X or train.X"),
+    ("latent_dim=1,2", "must be data.X, model.X, train.X or model.PART.X"),
+    ("model.iwae.kk=1,2", "unknown option model.iwae.kk of iwae; its options: k"),
     ("model.latent_dim=", "no values"),
 ])
 def test_bad_grid_is_one_clear_error(bad, words):

@@ -10,16 +10,17 @@ registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.bodies import BODIES
 from vaelab.models.likelihoods import LIKELIHOODS
 from vaelab.models.model import LatentModel, capabilities
-from vaelab.models.options import resolve
+from vaelab.models.options import aliases, fold, option_fields, resolve
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
 from vaelab.models.objectives import OBJECTIVES
@@ -82,9 +83,89 @@ def resolve_options(cfg: ModelConfig) -> None:
     resolve(cfg, PARTS)
 
 
+def chosen_parts(model: dict[str, Any]) -> dict[str, str]:
+    """Config field -> the part it names, for a model section as read (a family fills in
+    what it leaves unset). Unknown names are left for ``resolve_model`` to refuse."""
+    from vaelab.config import ModelConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    family = MODELS.get(model.get("kind") or defaults["kind"])
+    out = {}
+    for field in ("arch", "posterior", "prior", "objective", "loss", "condition"):
+        value = model.get(field)
+        if value is None:
+            value = getattr(family, field, None) if field in ("posterior", "prior", "objective", "condition") \
+                else defaults[field]
+        out[field] = value
+    return out
+
+
+def fold_section(model: dict[str, Any], chosen: dict[str, str] | None = None) -> dict[str, Any]:
+    """A model section (one layer of a config as read: a preset, a YAML file, overrides) with
+    each old flat option name (``k``) moved into the section of the part that reads it
+    (``iwae: {k: ...}``; ``chosen``: the parts of the whole config, see ``chosen_parts``), so
+    that layers given in different spellings merge in their order."""
+    return fold(model, chosen_parts(model) if chosen is None else chosen, PARTS)
+
+
+def _unused_alias(key: str, value: Any, owners: list, cfg: ModelConfig) -> str:
+    what = " or ".join(dict.fromkeys(f"the {role} {part} (model.{part}.{option})" for role, _, part, option in owners))
+    now = ", ".join(dict.fromkeys(f"model.{field} is {getattr(cfg, field)}" for _, field, _, _ in owners))
+    shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+    return f"model.{key}={shown} is not used: it is an option of {what}, and {now}; leave it out"
+
+
+def resolve_model(cfg: ModelConfig, explicit: frozenset[str] | set[str] = frozenset(), strict: bool = True) -> ModelConfig:
+    """Make ``cfg`` whole and check it, in place (again on a resolved config: a no-op but for the
+    checks): the family's parts where it leaves them unset; the part names checked against
+    their registries; old flat option names (``model.k``) moved into their part's section; each
+    chosen part's options typed (its dataclass) and checked; every pairing of parts checked
+    (``check_parts``). Refusals are ConfigErrors of one line.
+
+    An old flat name that no chosen part reads is refused when ``explicit`` (the "model.NAME"
+    keys a user set) names it or its value is not the default; otherwise (a config.json
+    written before parts owned their options lists every option) it is dropped, as it is
+    anyway with ``strict=False`` (a saved run loads: its model never read it)."""
+    _check_name("model.kind", cfg.kind, MODELS)
+    family = MODELS[cfg.kind]
+    for part in ("posterior", "prior", "objective", "condition"):
+        if getattr(cfg, part) is None:
+            setattr(cfg, part, getattr(family, part))
+    for field, registry in (("arch", BODIES), ("posterior", POSTERIORS), ("prior", PRIORS), ("objective", OBJECTIVES),
+                            ("loss", LIKELIHOODS)):
+        _check_name(f"model.{field}", getattr(cfg, field), registry)
+    cfg.options = fold(cfg.options, {f: getattr(cfg, f) for f, _ in PARTS.values()}, PARTS)
+    table = aliases(PARTS)
+    for key in [k for k, v in cfg.options.items() if not isinstance(v, dict) and not dataclasses.is_dataclass(v)]:
+        value = cfg.options.pop(key)
+        if key not in table:
+            fields = sorted(f.name for f in dataclasses.fields(cfg) if f.name != "options")
+            raise ConfigError(f"unknown model option 'model.{key}'; valid: {', '.join(fields)}, or a part's "
+                              "options as model.PART.OPTION")
+        owners = table[key]
+        _, field, part, option = owners[0]
+        entry = PARTS[owners[0][0]][1][part]
+        default = next(f for f in option_fields(entry) if f.name == option)
+        default = default.default_factory() if default.default is dataclasses.MISSING else default.default
+        if strict and (f"model.{key}" in explicit or (value is not None and value != default)):
+            raise ConfigError(_unused_alias(key, value, owners, cfg))
+    resolve(cfg, PARTS)
+    check_parts(cfg)
+    return cfg
+
+
+def _check_name(key: str, value: str, registry) -> None:
+    if value not in registry:
+        raise ConfigError(f"{key} must be one of {', '.join(sorted(registry))}, got {value!r}")
+
+
 def check_parts(cfg: ModelConfig) -> None:
     """Refuse, in one line naming both parts, an objective or a prior the other parts cannot serve."""
     have = capabilities(cfg)
+    if cfg.latent == "conv" and not getattr(POSTERIORS[cfg.posterior], "feature_map", False):
+        raise ConfigError(f"model.latent=conv (the feature map is the code) is for autoencoders and VQ-VAEs "
+                          f"(model.posterior=point or vq), and model.posterior is {cfg.posterior}; VAEs need a "
+                          "dense latent (model.latent=dense)")
     prior = PRIORS[cfg.prior]
     missing = (getattr(prior, "requires", frozenset()) if prior is not None else frozenset()) - have
     if missing:
@@ -102,6 +183,7 @@ def build_model(cfg: ModelConfig) -> LatentModel:
     """Build the model a ``ModelConfig`` describes (``cfg.input_shape`` must be set)."""
     if cfg.input_shape is None:
         raise ConfigError("model.input_shape is unset; it is filled in from the data when training")
+    resolve_model(cfg)  # a config made by hand is checked as a built one is
     model = LatentModel(cfg)
     if cfg.init == "glorot":
         glorot_init(model)
@@ -162,9 +244,12 @@ __all__ = [
     "build_model",
     "capabilities",
     "check_parts",
+    "chosen_parts",
     "count_params",
+    "fold_section",
     "frozen",
     "glorot_init",
     "require",
+    "resolve_model",
     "resolve_options",
 ]

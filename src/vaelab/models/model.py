@@ -125,8 +125,7 @@ class LatentModel(nn.Module):
         self.posterior_head = head(cfg, features)
         # The decoder reads the code's first decoder_dim dimensions (z1 of a two-layer model).
         self.decoder_dim = head.decoder_dim(cfg) if hasattr(head, "decoder_dim") else cfg.latent_dim
-        dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim,
-                                                                         latent_dims=None)
+        dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim)
         self.decoder = body.decoder(dec_cfg, extra)
         prior = PRIORS[cfg.prior]
         self.prior_net = prior(cfg) if prior is not None else None

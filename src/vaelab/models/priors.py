@@ -9,7 +9,7 @@ built from its other parts).
 - ``vamp``: the VampPrior (Tomczak & Welling 2018), the mixture of the model's own
   posteriors at K learned pseudo-inputs, (1/K) sum_k q(z | u_k).
 - ``hierarchical``: p(z2) p(z1|z2) for the two-stochastic-layer posterior (codes [z1, z2]),
-  p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.hidden2`` (Burda et al. 2016).
+  p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.gaussian2.hidden2`` (Burda et al. 2016).
 
 A prior class says what the rest of the model must offer for it (``requires``: model
 capabilities, ``vaelab.models.CAPABILITIES``), checked when the config is built.
@@ -17,6 +17,7 @@ capabilities, ``vaelab.models.CAPABILITIES``), checked when the config is built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,6 +72,16 @@ class ConditionalPrior(nn.Module):
         return DiagNormal(self.mu[y], self.logvar[y])
 
 
+@dataclass
+class VampOptions:
+    components: int = field(default=500, metadata={"help": "K, the number of learned pseudo-inputs",
+                                                   "alias": "vamp_components"})
+
+    def __post_init__(self) -> None:
+        if self.components < 1:
+            raise ConfigError(f"model.vamp.components must be at least 1, got {self.components}")
+
+
 class VampPrior(nn.Module):
     """(1/K) sum_k q(z | u_k) at K learned pseudo-inputs u_k, images in [0, 1].
 
@@ -80,6 +91,7 @@ class VampPrior(nn.Module):
 
     needs_labels = False
     requires = frozenset({"diagonal"})  # its components are the posterior's own means and variances
+    options = VampOptions
 
     @staticmethod
     def check(cfg: ModelConfig) -> None:
@@ -90,7 +102,7 @@ class VampPrior(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.pseudo = nn.Parameter(torch.randn(cfg.vamp_components, *cfg.input_shape) * 0.01 + 0.05)
+        self.pseudo = nn.Parameter(torch.randn(cfg.opts("vamp").components, *cfg.input_shape) * 0.01 + 0.05)
 
     def pseudo_inputs(self) -> torch.Tensor:
         return torch.nn.functional.hardtanh(self.pseudo, 0.0, 1.0)  # (K, C, H, W)
@@ -101,18 +113,18 @@ class VampPrior(nn.Module):
 
 
 class HierarchicalPrior(nn.Module):
-    """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through ``model.hidden2``."""
+    """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through the two-layer
+    posterior's ``hidden2`` reversed (its options: ``model.gaussian2``)."""
 
     needs_labels = False
     requires = frozenset({"two_layers"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.latent_dims is None:
-            raise ConfigError("model.prior=hierarchical needs model.latent_dims [z1, z2] (and model.posterior=gaussian2)")
-        d1, d2 = cfg.latent_dims
+        o = cfg.opts(cfg.posterior)  # the two-layer posterior's sizes (requires two_layers)
+        d1, d2 = o.latent_dims
         self.d1, self.d2 = d1, d2
-        self.z1 = GaussianLayer(d2, list(reversed(cfg.hidden2)), d1, cfg.activation)
+        self.z1 = GaussianLayer(d2, list(reversed(o.hidden2)), d1, cfg.activation)
         self.register_buffer("anchor", torch.zeros(()), persistent=False)
 
     def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
@@ -126,4 +138,4 @@ PRIORS: dict[str, type[nn.Module] | None] = {
     "hierarchical": HierarchicalPrior,
 }
 
-__all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampPrior"]
+__all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampOptions", "VampPrior"]
