@@ -155,7 +155,7 @@ def test_norm_and_leaky_slope_leave_other_presets_alone():
     ({"norm": "layer"}, "model.norm must be one of batch, none"),
     ({"final_layer": "dense"}, "model.final_layer must be one of conv, transpose"),
     ({"leaky_slope": -1}, "model.leaky_slope must be >= 0"),
-    ({"decoder_channels": [8, 8]}, "model.decoder_channels needs model.arch=conv and model.final_kernel"),
+    ({"decoder_channels": [8, 8]}, "model.decoder_channels needs model.final_kernel"),
     ({"decoder_channels": [8], "final_kernel": 3}, "needs 2 positive widths"),
 ])
 def test_body_option_errors(change, match):

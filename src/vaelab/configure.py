@@ -32,12 +32,34 @@ from vaelab.config import (
 )
 from vaelab.errors import ConfigError
 from vaelab.models import OBJECTIVES, PARTS, chosen_parts, fold_section, resolve_model
-from vaelab.models.options import aliases, option_fields
+from vaelab.models.options import aliases, build_options, option_fields
 
 
 def _folded(layer: dict[str, Any], chosen: dict[str, str]) -> dict[str, Any]:
     model = layer.get("model")
     return {**layer, "model": fold_section(model, chosen)} if isinstance(model, dict) else layer
+
+
+def _unused_defaults(layer: dict[str, Any], chosen: dict[str, str]) -> dict[str, Any]:
+    """``layer`` (a preset, or a saved config.json) without the sections of parts the merged
+    config does not use whose values are all their part's defaults: ``iwae-paper`` says
+    ``iwae: {k: 5}``, and ``--set model.objective=elbo`` must still give its VAE. A section
+    with another value is left, to be refused; so is every section a user gives."""
+    model = layer.get("model")
+    if not isinstance(model, dict):
+        return layer
+    keep = dict(model)
+    for name, raw in model.items():
+        entries = [(f, r[name]) for f, r in PARTS.values() if isinstance(raw, dict) and name in r]
+        if not entries or any(chosen.get(f) == name for f, _ in entries):
+            continue
+        classes = {e.options for _, e in entries if getattr(e, "options", None) is not None}
+        try:
+            if classes and all(build_options(c, name, raw) == c() for c in classes):
+                del keep[name]
+        except ConfigError:
+            pass  # a bad value: refused with the section itself
+    return {**layer, "model": keep}
 
 
 def _from_layers(layers: list[dict[str, Any]], extra: dict | None, overrides: list[str] | None,
@@ -47,7 +69,12 @@ def _from_layers(layers: list[dict[str, Any]], extra: dict | None, overrides: li
     model = merged.get("model")
     chosen = chosen_parts(model if isinstance(model, dict) else {})
     base = [_folded(x, chosen) for x in layers]
-    d = apply_overrides(functools.reduce(merge, base), _folded(update, chosen))
+    base[0] = _unused_defaults(base[0], chosen)
+    # The flags, then the --set texts, each folded on its own: a later one wins in either spelling.
+    flags, texts = (_folded(apply_overrides({}, e, o), chosen) for e, o in ((extra, None), (None, overrides)))
+    if "model" in update:
+        update = {**update, "model": merge(flags.get("model") or {}, texts.get("model") or {})}
+    d = apply_overrides(functools.reduce(merge, base), update)
     return resolve_run(RunConfig.from_dict(d), explicit, strict)
 
 

@@ -134,6 +134,9 @@ def resolve_model(cfg: ModelConfig, explicit: frozenset[str] | set[str] = frozen
     for field, registry in (("arch", BODIES), ("posterior", POSTERIORS), ("prior", PRIORS), ("objective", OBJECTIVES),
                             ("loss", LIKELIHOODS)):
         _check_name(f"model.{field}", getattr(cfg, field), registry)
+    names = {n for _, registry in PARTS.values() for n in registry}
+    # model.PART=null clears a section (a preset's options of a part the user swaps out)
+    cfg.options = {k: v for k, v in cfg.options.items() if not (v is None and k in names)}
     cfg.options = fold(cfg.options, {f: getattr(cfg, f) for f, _ in PARTS.values()}, PARTS)
     table = aliases(PARTS)
     for key in [k for k, v in cfg.options.items() if not isinstance(v, dict) and not dataclasses.is_dataclass(v)]:
