@@ -199,6 +199,11 @@ CLI_CASES = [
      "model.elbo.beta=4.0 is not used: model.elbo.capacity replaces the KL weight"),
     (["train", "--preset", "mlp-vae", "--set", "model.k=5"], ("model.k=5 is not used: it is an option of the "
                                                                "objective iwae (model.iwae.k), and model.objective is elbo")),
+    # the example: a TypeError in the posterior before; now one line when the config is built
+    (["train", "--preset", "mlp-vae", "--kind", "hvae"], "model.posterior=gaussian2 needs the sizes of its two "
+                                                         "layers: --set model.gaussian2.latent_dims=[z1,z2]"),
+    (["train", "--preset", "mlp-vae", "--kind", "hvae", "--prior", "vamp", "--set", "model.latent_dims=[4,2]"],
+     "model.prior=vamp needs a diagonal-Gaussian posterior"),
     (["train", "--preset", "mlp-vae", "--set", "model.iwae.k=5"], ("model.iwae holds options of the objective iwae, "
                                                                    "and model.objective is elbo")),
     (["train", "--preset", "conv-vae", "--set", "model.hidden=64"], "model.hidden=[64] is not used"),

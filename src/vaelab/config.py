@@ -3,7 +3,10 @@
 A run is fully described by a ``RunConfig`` (saved as ``config.json`` in the run
 directory). Configs come from a preset (``presets/NAME.yaml``), a YAML file,
 and dotted overrides such as ``model.latent_dim=16``; each dataclass validates
-itself in ``__post_init__`` and says what is wrong in words.
+itself in ``__post_init__`` and says what is wrong in words. This module knows no
+model: the model section holds the part names and one options section per part
+(``model.iwae.k``), which the parts type and check when ``vaelab.configure`` builds
+the config.
 """
 
 from __future__ import annotations
@@ -347,7 +350,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_gamma: float = 0.95  # the exponential schedule's factor per epoch
     seed: int = 1
-    kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.kl_warmup)
+    kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.elbo.kl_warmup)
     grad_clip: float | None = None  # max global gradient norm
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (default: all cores)
@@ -400,6 +403,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The dataclasses of a mapping, as read: parts not yet filled in or checked, part
+        options as plain mappings. A run's config is built with ``vaelab.configure``
+        (``config_from_dict``, ``build_config``), which checks it with the parts."""
         if not isinstance(d, dict):
             raise ConfigError("a config must be a mapping with keys data, model, train")
         unknown = set(d) - {"data", "model", "train", "preset"}

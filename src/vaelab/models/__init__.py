@@ -1,8 +1,10 @@
 """Models assembled from parts, and the registry of families.
 
 A family (``model.kind``) names a default choice of parts: posterior, prior, objective
-and conditioning. ``ModelConfig`` fills in whatever the user left unset from its
-family, so a config may also mix parts freely (``--set model.objective=iwae``).
+and conditioning. ``resolve_model`` (called when a config is built) fills in whatever the
+user left unset from its family, so a config may also mix parts freely (``--set
+model.objective=iwae``), types each chosen part's options and refuses parts that do not
+go together.
 Every family is built by one class, ``LatentModel``; the parts have their own
 registries: ``BODIES`` (model.arch), ``POSTERIORS``, ``PRIORS``, ``LIKELIHOODS``
 (model.loss), and ``vaelab.models.objectives.OBJECTIVES``. Adding a family is one entry here.
