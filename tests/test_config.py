@@ -341,7 +341,8 @@ def test_an_old_name_for_a_part_not_used_is_refused_or_dropped():
 def test_a_presets_section_of_a_part_swapped_out():
     assert set(build_config("iwae-paper", overrides=["model.objective=elbo"]).model.options) == {"elbo"}
     with pytest.raises(ConfigError, match=r"model.elbo holds options of the objective elbo, and model.objective is "
-                                          r"recon; leave it out \(model.elbo=null clears it\)"):
+                                          r"recon; leave it out, or set model.objective=elbo \(model.elbo=null "
+                                          r"clears a preset's\)"):
         build_config("celeba-vae", overrides=["model.kind=ae"])  # its elbo.beta=0.001 is no default
     cfg = build_config("celeba-vae", overrides=["model.kind=ae", "model.elbo=null"])
     assert cfg.model.objective == "recon" and cfg.model.options == {}

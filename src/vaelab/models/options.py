@@ -153,8 +153,8 @@ def resolve(cfg, parts: dict[str, tuple[str, dict]]) -> None:
         for role, (field, registry) in parts.items():
             if section in registry:
                 raise ConfigError(f"model.{section} holds options of the {role} {section}, and model.{field} is "
-                                  f"{getattr(cfg, field)}; leave it out (model.{section}=null clears it), or set "
-                                  f"model.{field}={section}")
+                                  f"{getattr(cfg, field)}; leave it out, or set model.{field}={section} "
+                                  f"(model.{section}=null clears a preset's)")
         with_options = [n for n, es in chosen.items() if any(option_fields(e) for _, _, e in es)]
         raise ConfigError(f"model.{section} is neither an option nor a part of this model; the parts with options "
                           f"here: {', '.join(with_options) or 'none'}")
