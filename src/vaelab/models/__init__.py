@@ -111,7 +111,10 @@ def fold_section(model: dict[str, Any], chosen: dict[str, str] | None = None) ->
 
 
 def _unused_alias(key: str, value: Any, owners: list, cfg: ModelConfig) -> str:
-    what = " or ".join(dict.fromkeys(f"the {role} {part} (model.{part}.{option})" for role, _, part, option in owners))
+    by_path: dict[str, list[str]] = {}  # the vq section serves two parts: name it once
+    for role, _, part, option in owners:
+        by_path.setdefault(f"model.{part}.{option}", []).append(f"the {role} {part}")
+    what = " or ".join(f"{' and '.join(parts)} ({path})" for path, parts in by_path.items())
     now = ", ".join(dict.fromkeys(f"model.{field} is {getattr(cfg, field)}" for _, field, _, _ in owners))
     shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
     return f"model.{key}={shown} is not used: it is an option of {what}, and {now}; leave it out"
