@@ -1,7 +1,8 @@
 """No option silently ignored: an option the chosen parts do not read is refused in one line.
 
 The class-level checks: every CLI flag of `train` maps to a config field; every option of
-the table ``vaelab.config.unused_options`` is refused when set explicitly where it is not
+the table ``vaelab.configure.unused_options`` (vaelab.config's, and the model fields the parts
+declare they read) is refused when set explicitly where it is not
 read; the presets rely on no unread option. Then the cases one by one: a data path without
 a source that reads it, folder options on other sources, family options, plot options.
 """
@@ -15,14 +16,13 @@ import numpy as np
 import pytest
 from conftest import cli_error, make_shapes, run_main, write_idx_file
 
-from vaelab.config import (
-    DataConfig,
-    RunConfig,
+from vaelab.config import DataConfig, RunConfig, preset_names
+from vaelab.configure import (
+    build_config,
     check_options_used,
-    preset_names,
+    config_from_dict,
     unused_options,
 )
-from vaelab.configure import build_config, config_from_dict
 from vaelab.errors import ConfigError, VaelabError
 
 
@@ -200,8 +200,8 @@ CLI_CASES = [
     (["train", "--preset", "mlp-vae", "--set", "model.k=5"], ("model.k=5 is not used: it is an option of the "
                                                                "objective iwae (model.iwae.k), and model.objective is elbo")),
     # the issue's example: a TypeError in the posterior before; now one line when the config is built
-    (["train", "--preset", "mlp-vae", "--kind", "hvae"], "model.posterior=gaussian2 needs the sizes of its two "
-                                                         "layers: --set model.gaussian2.latent_dims=[z1,z2]"),
+    (["train", "--preset", "mlp-vae", "--kind", "hvae"], ("model.posterior=gaussian2 needs the sizes of its two "
+                                                          "layers: --set model.gaussian2.latent_dims=[z1,z2]")),
     (["train", "--preset", "mlp-vae", "--kind", "hvae", "--prior", "vamp", "--set", "model.latent_dims=[4,2]"],
      "model.prior=vamp needs a diagonal-Gaussian posterior"),
     (["train", "--preset", "mlp-vae", "--set", "model.iwae.k=5"], ("model.iwae holds options of the objective iwae, "

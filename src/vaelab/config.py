@@ -421,11 +421,7 @@ class RunConfig:
 
 # ---------------------------------------------------------------- options the chosen parts read
 
-CONV_FIELDS = ("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
-               "decoder_channels", "decoder_input_activation", "final_layer")
-
-
-def unused_options(config: RunConfig) -> dict[str, str]:
+def unused_options(config: RunConfig, parts: dict[str, str] | None = None) -> dict[str, str]:
     """The options the chosen parts of ``config`` do not read: "section.field" -> why, in words.
 
     One table, next to the fields it names (a part that starts reading a field edits it
@@ -433,7 +429,9 @@ def unused_options(config: RunConfig) -> dict[str, str]:
     part owns (model.PART.OPTION) are not here: a section of a part the config does not use
     is refused when the config is built (vaelab.models.options), and so is an old flat name
     of one (``model.k`` on an elbo), as is train.kl_warmup_epochs for an objective with no
-    KL weight (vaelab.configure)."""
+    KL weight (vaelab.configure). The model fields a part declares it reads (``Body.reads``:
+    the mlp's hidden widths, the conv fields; ``PointPosterior.reads``) come in as ``parts``
+    (``vaelab.models.unread_fields``; ``vaelab.configure.unused_options`` passes them)."""
     d, m, t = config.data, config.model, config.train
     out: dict[str, str] = {}
 
@@ -456,15 +454,11 @@ def unused_options(config: RunConfig) -> dict[str, str]:
     rule("model.corrupt_level", m.corrupt != "none", "model.corrupt is none")
     rule("model.sparsity_weight", m.sparsity != "none", "model.sparsity is none")
     rule("model.sparsity_target", m.sparsity == "kl", f"it is for model.sparsity=kl, and model.sparsity is {m.sparsity}")
-    rule("model.latent_activation", m.posterior == "point",
-         f"it activates an autoencoder's code (model.posterior=point), and model.posterior is {m.posterior}")
     rule("model.leaky_slope", "leaky_relu" in (m.activation, m.decoder_activation),
          "no activation is leaky_relu")
-    rule("model.hidden model.decoder_hidden", m.arch == "mlp", f"it is an mlp option, and model.arch is {m.arch}")
-    rule(" ".join(f"model.{f}" for f in CONV_FIELDS), m.arch == "conv",
-         f"it is a conv option, and model.arch is {m.arch}")
     rule("train.lr_gamma", t.lr_schedule == "exponential",
          f"it is the exponential schedule's factor, and train.lr_schedule is {t.lr_schedule}")
+    out.update(parts or {})
     return out
 
 
@@ -473,13 +467,14 @@ def _default(section: str, name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
-def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset(),
+                       parts: dict[str, str] | None = None) -> None:
     """Refuse an option the chosen parts do not read (``unused_options``): when it differs
     from its default, or, even at its default, when it is in ``explicit`` (the keys a user
     set: CLI flags, --set, a YAML file), instead of training with it silently ignored. An
     explicit null clears an option (a preset's data.image_size=64 for an npz, say): no error."""
     config.data.check_used()  # the data options, with their own messages
-    for key, why in unused_options(config).items():
+    for key, why in unused_options(config, parts).items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if (key in explicit and value is not None) or value != typed_value(section, name, _default(section, name)):

@@ -18,20 +18,20 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from vaelab import config as _config
 from vaelab.config import (
     _SECTIONS,
     RunConfig,
     _hints,
     _keys,
     apply_overrides,
-    check_options_used,
     explicit_keys,
     load_preset,
     load_yaml,
     merge,
 )
 from vaelab.errors import ConfigError
-from vaelab.models import OBJECTIVES, PARTS, chosen_parts, fold_section, resolve_model
+from vaelab.models import OBJECTIVES, PARTS, chosen_parts, fold_section, resolve_model, unread_fields
 from vaelab.models.options import aliases, build_options, option_fields
 
 
@@ -128,6 +128,18 @@ def resolve_run(config: RunConfig, explicit: set[str] | frozenset[str] = frozens
     return config
 
 
+def unused_options(config: RunConfig) -> dict[str, str]:
+    """The options the chosen parts and data source of ``config`` do not read: "section.field"
+    -> why (``vaelab.config.unused_options``, with the model fields the parts declare they read)."""
+    return _config.unused_options(config, unread_fields(config.model))
+
+
+def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse, in one line, an option of ``unused_options`` that is set: when it differs from
+    its default, or even at its default when ``explicit`` names it (a user set it)."""
+    _config.check_options_used(config, explicit, unread_fields(config.model))
+
+
 def check_option_name(section: str, name: str) -> None:
     """Refuse, in one line, ``section.name`` that names no option: for the model section a
     field, a part's option (``iwae.k``) or an old flat name of one (``k``). Values are not
@@ -151,4 +163,5 @@ def check_option_name(section: str, name: str) -> None:
                       + (", or a part's options as model.PART.OPTION" if section == "model" else ""))
 
 
-__all__ = ["build_config", "check_option_name", "config_from_dict", "resolve_run"]
+__all__ = ["build_config", "check_option_name", "check_options_used", "config_from_dict", "resolve_run",
+           "unused_options"]

@@ -167,6 +167,25 @@ def _check_name(key: str, value: str, registry) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(sorted(registry))}, got {value!r}")
 
 
+def unread_fields(cfg: ModelConfig) -> dict[str, str]:
+    """The ModelConfig fields that a part declares it reads (``reads``: the mlp's widths, the
+    conv fields, the point posterior's code activation) and no chosen part of that role
+    reads: "model.FIELD" -> why, in words (for ``vaelab.config.unused_options``)."""
+    out: dict[str, str] = {}
+    for role, (field, registry) in PARTS.items():
+        chosen = getattr(cfg, field)
+        read = set(getattr(registry.get(chosen), "reads", ()))
+        readers: dict[str, list[str]] = {}
+        for name, entry in registry.items():
+            for f in getattr(entry, "reads", ()):
+                readers.setdefault(f, []).append(name)
+        for f, names in readers.items():
+            if f not in read:
+                out[f"model.{f}"] = (f"it is an option of the {role} {' and '.join(names)} (model.{field}="
+                                     f"{names[0]}), and model.{field} is {chosen}")
+    return out
+
+
 def check_parts(cfg: ModelConfig) -> None:
     """Refuse, in one line naming both parts, an objective or a prior the other parts cannot serve."""
     have = capabilities(cfg)
@@ -260,4 +279,5 @@ __all__ = [
     "require",
     "resolve_model",
     "resolve_options",
+    "unread_fields",
 ]

@@ -322,6 +322,7 @@ class Body(NamedTuple):
     join: Callable  # (x (B, C, H, W), e (B, E)) -> encoder input
     channels_last: bool  # activations and weights in NHWC (oneDNN's fast conv kernels)
     check: Callable | None = None  # (cfg) -> None: refuse, in one line, what this body cannot build
+    reads: tuple[str, ...] = ()  # the ModelConfig fields only this kind of body reads (refused for another)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -359,6 +360,9 @@ def check_conv(cfg: ModelConfig) -> None:
 
 # Registry: model.arch -> Body. Adding an architecture is three functions and one entry.
 BODIES: dict[str, Body] = {
-    "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False, check=check_mlp),
-    "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True, check=check_conv),
+    "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False, check=check_mlp,
+                reads=("hidden", "decoder_hidden")),
+    "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True, check=check_conv,
+                 reads=("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
+                        "decoder_channels", "decoder_input_activation", "final_layer")),
 }

@@ -41,6 +41,7 @@ class PointPosterior(nn.Module):
 
     stochastic, continuous, codebook, diagonal, two_layers = False, True, False, False, False
     feature_map = True
+    reads = ("latent_activation",)  # an autoencoder's code activation (a ModelConfig field)
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
