@@ -53,7 +53,7 @@ def run_one(name: str, seed: int, images, classes: list[str], epochs: int, root:
     from vaelab.anomaly.one_class import one_class_split
     from vaelab.anomaly.scores import SCORES as REGISTRY
     from vaelab.anomaly.scores import score_images
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import Splits
     from vaelab.evaluation import metrics
     from vaelab.training.loop import fit

@@ -51,7 +51,7 @@ from common import OUT, loadavg1, machine_info, machine_line, write_json
 from torch import nn
 
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import VaelabError
 from vaelab.training import loop, trainer

@@ -225,7 +225,7 @@ def run_hand(train: torch.Tensor, epochs: int) -> tuple[float, float]:
 
 def run_vaelab(train: torch.Tensor, epochs: int) -> tuple[float, float]:
     """vaelab's own loop (``vaelab.training.fit``) on the mlp-vae preset, precision mixed, no test pass."""
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import ImageSet, Splits
     from vaelab.training.loop import fit
 
@@ -242,7 +242,7 @@ def run_compiled(train: torch.Tensor, epochs: int) -> tuple[float, float, float]
     import os
 
     os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"  # time a cold compile, not a cache hit
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.models import build_model
     from vaelab.training.loop import forward_context, make_optimizer
 

@@ -129,7 +129,7 @@ def save_shapes(path: Path, n: int, seed: int) -> Path:
 def tiny_config(shapes_npz):
     """``tiny_config(*overrides)``: a small, fast RunConfig on the synthetic shapes:
     mlp VAE 784-32-2, 2 epochs, batch 64, no validation, CPU."""
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     def make(*overrides: str):
         # model.hidden is an mlp option: a conv config given here would refuse it (not read)
@@ -193,7 +193,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def trained_run(tmp_path_factory, shapes_npz):
     """A small VAE (latent 4) trained for 3 epochs on the labelled shapes, with a test split."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "vae4"
     cfg = build_config(None, None, [
@@ -207,7 +207,7 @@ def trained_run(tmp_path_factory, shapes_npz):
 def trained_cvae(tmp_path_factory, shapes_npz):
     """A small conditional VAE (latent 4, one-hot labels) trained for 3 epochs on the labelled shapes."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "cvae4"
     cfg = build_config(None, None, [
@@ -316,3 +316,20 @@ def image_pairs(kind: str, c: int, h: int, w: int, n: int = 3, waves: tuple[int,
             y = torch.nn.functional.avg_pool2d(torch.from_numpy(x), 5, stride=1, padding=2,
                                                count_include_pad=False).numpy()
     return x, y
+
+
+# ----------------------------------------------------------------------------- model configs
+def model_config(**kw):
+    """A ModelConfig from keyword values, built as a config is (``vaelab.models.resolve_model``):
+    old flat names of part options (``k=5``, ``vamp_components=10``) are accepted as they are
+    in YAML and overrides, and moved into their part's section."""
+    import dataclasses
+
+    from vaelab.config import ModelConfig
+    from vaelab.models import resolve_model
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    options = {k: v for k, v in kw.items() if k not in fields}
+    cfg = ModelConfig(**{k: v for k, v in kw.items() if k in fields and k != "options"},
+                      options={**kw.get("options", {}), **options})
+    return resolve_model(cfg)

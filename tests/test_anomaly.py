@@ -19,7 +19,7 @@ from vaelab.anomaly.scores import SCORES, as_images, load_input, score_images, t
 from sklearn.exceptions import NotFittedError
 
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.errors import DataError, VaelabError
 from vaelab.anomaly.one_class import one_class_benchmark
 from vaelab.training.loop import fit

@@ -106,6 +106,6 @@ def test_default_recipes():
     folder = default_recipe("folder")
     # Chosen by the emoji table (bench/README.md): the dense AE, 100 epochs, 1 - SSIM.
     assert folder is DEFAULT_RECIPES["folder"] and (folder.preset, folder.score, folder.epochs) == ("fc-ae-rgb64", "ssim", 100)
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     build_config(folder.preset, overrides=list(folder.overrides))  # a valid recipe

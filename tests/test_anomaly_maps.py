@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_error, run_main
+from conftest import cli_error, model_config, run_main
 from scipy import ndimage
 
 from vaelab import api
 from vaelab.anomaly.maps import error_maps, smooth_maps, smoothing_matrix
 from vaelab.anomaly.scores import score_images
-from vaelab.config import ModelConfig, build_config
+from vaelab.configure import build_config
 from vaelab.models import build_model
 
 
@@ -37,7 +37,7 @@ def test_smoothed_maps_equal_scipys_gaussian_filter_and_keep_their_sum(shape, si
 
 def tanh_model():
     torch.manual_seed(0)
-    return build_model(ModelConfig(kind="ae", arch="conv", input_shape=[3, 16, 16], channels=[4, 8], latent_dim=5,
+    return build_model(model_config(kind="ae", arch="conv", input_shape=[3, 16, 16], channels=[4, 8], latent_dim=5,
                                    output_activation="tanh", loss="mse"))
 
 

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from vaelab.training import checkpoint
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.errors import CheckpointError
 from vaelab.training.loop import fit, make_optimizer
 

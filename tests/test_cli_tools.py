@@ -18,7 +18,7 @@ from conftest import cli_error, make_shapes, run_main, save_shapes, write_idx_fi
 from vaelab import api
 from vaelab.anomaly.scores import score_images, threshold_at
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 
 
 def ok(capsys, *args) -> str:

@@ -64,7 +64,7 @@ def test_old_runs_keep_their_family_and_parts(tmp_path):
 
 def test_an_old_run_resumes(tmp_path):
     """A v1 checkpoint (weights, optimizer) continues training under today's names."""
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.training.loop import fit
 
     run_dir = tmp_path / "run"
@@ -86,3 +86,42 @@ def test_an_old_run_resumes(tmp_path):
                run_dir, resume=True, log=lambda *_: None)
     assert len(more.history) == 2
     torch.testing.assert_close(more.history[0]["train_loss"], res.history[0]["train_loss"])
+
+
+# ---------------------------------------------------------------- runs written before parts owned their options
+FLAT = Path(__file__).parent / "fixtures" / "flat_runs"  # tests/fixtures/make_flat_runs.py (commit cae6f31)
+FLAT_RUNS = {
+    # name: the options its flat config.json gave, as today's sections read them
+    "iwae-k3": {"iwae": {"k": 3}},
+    "tcvae-beta3": {"tcvae": {"alpha": 0.5, "beta": 3.0, "gamma": 1.0, "estimator": "mws", "kl_warmup": 0.0}},
+    "hvae-two-layers": {"gaussian2": {"latent_dims": [3, 2], "hidden2": [8]},
+                        "elbo": {"beta": 1.0, "kl_warmup": 0.5, "capacity": None, "capacity_gamma": 1000.0}},
+    "vq-ema": {"vq": {"codebook_size": 8, "commitment": 0.5, "ema": True, "decay": 0.9}},
+}
+
+
+def flat_run(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(FLAT / name, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["data"]["path"] = str(V1 / "shapes.npz")
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_RUNS))
+def test_a_run_with_flat_options_loads_into_sections_and_evaluates_to_its_numbers(tmp_path, name):
+    old = json.loads((FLAT / name / "eval.json").read_text())
+    saved = json.loads((FLAT / name / "config.json").read_text())["model"]
+    assert not any(isinstance(v, dict) for v in saved.values())  # the old, flat layout
+    run = Run.load(flat_run(tmp_path, name), device="cpu")
+    m = run.config.model
+    assert run.config.to_dict()["model"].items() >= FLAT_RUNS[name].items()
+    assert set(m.options) == set(FLAT_RUNS[name])  # the options of parts the run does not use are gone
+    new = run.evaluate(split="val", iw_samples=old.get("iw_samples") or 0, seed=old["seed"])
+    numbers = {k for k, v in old.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "n"}
+    assert numbers >= {"loss", "mse"} and len(numbers) >= 6
+    for k in sorted(numbers):
+        assert new[k] == pytest.approx(old[k], rel=1e-5, abs=1e-7), k
+    if "kl_per_dim" in old:
+        assert new["kl_per_dim"] == pytest.approx(old["kl_per_dim"], rel=1e-5, abs=1e-7)

@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from vaelab.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_preset,
-                           parse_override, preset_names)
+from vaelab.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_preset,
+    parse_override,
+    preset_names,
+)
+from vaelab.configure import build_config, config_from_dict
 from vaelab.errors import ConfigError
 from vaelab.models import build_model, count_params
 
@@ -130,15 +138,16 @@ def test_precedence_preset_file_extra_overrides(tmp_path):
     f.write_text("model: {latent_dim: 5, beta: 2.0}\ntrain: {epochs: 7, seed: 3}\n")
     cfg = build_config("mlp-vae", str(f), overrides=["train.epochs=9"], extra={"train": {"seed": 4}})
     assert cfg.model.hidden == [400]  # preset
-    assert cfg.model.latent_dim == 5 and cfg.model.beta == 2.0  # file over preset
+    assert cfg.model.latent_dim == 5 and cfg.model.opts("elbo").beta == 2.0  # file over preset
     assert cfg.train.seed == 4  # extra over file
     assert cfg.train.epochs == 9  # override over everything
 
 
 def test_round_trip_through_json():
     cfg = build_config("conv-vae", overrides=["data.classes=1,7", "train.epochs=3"])
-    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    again = config_from_dict(json.loads(cfg.to_json()))
     assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert again.model.opts("elbo") == cfg.model.opts("elbo") and "elbo" in json.loads(cfg.to_json())["model"]
 
 
 def test_defaults_are_valid():
@@ -211,8 +220,8 @@ def test_conv_list_lengths_must_match_channels():
 def test_unknown_sections_and_fields_in_dicts_and_files(tmp_path):
     with pytest.raises(ConfigError, match="unknown config section"):
         RunConfig.from_dict({"optimizer": {"lr": 1}})
-    with pytest.raises(ConfigError, match="unknown model option"):
-        RunConfig.from_dict({"model": {"latent": "dense", "depth": 3}})
+    with pytest.raises(ConfigError, match="unknown model option 'model.depth'"):
+        config_from_dict({"model": {"latent": "dense", "depth": 3}})
     with pytest.raises(ConfigError, match="must be a mapping"):
         RunConfig.from_dict({"model": [1, 2]})
     with pytest.raises(ConfigError, match="must be a mapping"):
@@ -263,6 +272,93 @@ def test_non_string_device_raises_config_error():
                                                  ("train.weight_decay=1e-5", "train", "weight_decay")])
 def test_scientific_notation_gives_floats(text, section, name):
     cfg = build_config("mlp-vae", overrides=[text])
-    value = getattr(getattr(cfg, section), name)
+    value = cfg.model.opts("elbo").beta if name == "beta" else getattr(getattr(cfg, section), name)
     assert isinstance(value, float), f"{section}.{name} is {value!r} ({type(value).__name__})"
     assert value == float(text.split("=")[1])
+
+
+# ---------------------------------------------------------------------------- part options: sections and old names
+# Every flat model option a part now owns, its section and option, and a value away from its default.
+ALIASES = {
+    "beta": ("elbo", "beta", 4.0), "kl_warmup": ("elbo", "kl_warmup", 0.5), "capacity": ("elbo", "capacity", 5.0),
+    "k": ("iwae", "k", 7), "tc_alpha": ("tcvae", "alpha", 2.0), "tc_gamma": ("tcvae", "gamma", 3.0),
+    "tc_estimator": ("tcvae", "estimator", "mws"), "mmd_weight": ("wae-mmd", "weight", 2.0),
+    "mmd_kernel": ("wae-mmd", "kernel", "rbf"), "mmd_scales": ("wae-mmd", "scales", [1.0, 2.0]),
+    "info_alpha": ("infovae", "alpha", 0.5), "vamp_components": ("vamp", "components", 9),
+    "codebook_size": ("vq", "codebook_size", 16), "commitment": ("vq", "commitment", 0.5),
+    "vq_ema": ("vq", "ema", True), "latent_dims": ("gaussian2", "latent_dims", [3, 2]),
+    "hidden2": ("gaussian2", "hidden2", [8]),
+}
+USES = {"elbo": ["model.kind=vae"], "iwae": ["model.kind=iwae"], "tcvae": ["model.kind=beta-tcvae"],
+        "wae-mmd": ["model.kind=wae"], "infovae": ["model.kind=infovae"], "vamp": ["model.kind=vamp"],
+        "vq": ["model.kind=vq-vae", "model.arch=conv", "model.latent=conv"],
+        "gaussian2": ["model.kind=hvae", "model.gaussian2.latent_dims=[4,4]"]}
+
+
+def _opt(cfg, part, option):
+    return getattr(cfg.model.opts(part), option)
+
+
+@pytest.mark.parametrize("old", sorted(ALIASES))
+def test_an_old_flat_name_is_an_alias_of_its_parts_option_everywhere(old, tmp_path):
+    part, option, value = ALIASES[old]
+    base = [u for u in USES[part] if not u.startswith(f"model.{part}.{option}=")]  # itself given below
+    base += ["model.hidden=8"] if "model.arch=conv" not in base else []
+    text = json.dumps(value)
+    by_set = build_config(None, overrides=[*base, f"model.{old}={text}"])  # --set model.k=7
+    assert _opt(by_set, part, option) == value
+    assert by_set.to_dict()["model"][part][option] == value and old not in by_set.to_dict()["model"]
+    f = tmp_path / "c.yaml"  # YAML model: {k: 7}
+    f.write_text(f"model: {{{old}: {text}}}\n")
+    assert _opt(build_config(None, str(f), overrides=base), part, option) == value
+    saved = json.loads(by_set.to_json())  # config.json as an older vaelab wrote it: flat
+    flat = {(p, o): name for name, (p, o, _) in ALIASES.items()}
+    saved["model"] = {k: v for k, v in saved["model"].items() if not isinstance(v, dict)} | {
+        flat[p, o]: v for p, sec in saved["model"].items() if isinstance(sec, dict) for o, v in sec.items()
+        if (p, o) in flat}
+    assert _opt(config_from_dict(saved), part, option) == value
+    # the new spelling, and the later layer wins whichever spelling each uses
+    assert _opt(build_config(None, overrides=[*base, f"model.{part}.{option}={text}"]), part, option) == value
+    other = [5, 5] if option == "latent_dims" else getattr(type(by_set.model.opts(part))(), option)  # its default
+    later = build_config(None, str(f), overrides=[*base, f"model.{part}.{option}={json.dumps(other)}"])
+    assert _opt(later, part, option) == other != value
+
+
+def test_an_old_name_for_a_part_not_used_is_refused_or_dropped():
+    with pytest.raises(ConfigError, match=r"^model.codebook_size=64 is not used: it is an option of the posterior vq "
+                                          r"and the objective vq \(model.vq.codebook_size\), and model.posterior is "
+                                          r"gaussian, model.objective is elbo; leave it out$"):
+        build_config("mlp-vae", overrides=["model.codebook_size=64"])
+    with pytest.raises(ConfigError, match="model.k=5 is not used"):  # set by the user: refused at its default too
+        build_config("mlp-vae", overrides=["model.k=5"])
+    # a saved run lists every old option at its default: dropped (and any value, for a run loaded to be used)
+    cfg = config_from_dict({"model": {"kind": "ae", "k": 5, "beta": 1.0, "mmd_scales": [0.1]}}, strict=False)
+    assert cfg.model.options == {}
+    with pytest.raises(ConfigError, match="model.mmd_scales=.* is not used"):
+        config_from_dict({"model": {"kind": "ae", "k": 5, "mmd_scales": [0.1]}})
+
+
+def test_a_presets_section_of_a_part_swapped_out():
+    assert set(build_config("iwae-paper", overrides=["model.objective=elbo"]).model.options) == {"elbo"}
+    with pytest.raises(ConfigError, match=r"model.elbo holds options of the objective elbo, and model.objective is "
+                                          r"recon; leave it out, or set model.objective=elbo \(model.elbo=null "
+                                          r"clears a preset's\)"):
+        build_config("celeba-vae", overrides=["model.kind=ae"])  # its elbo.beta=0.001 is no default
+    cfg = build_config("celeba-vae", overrides=["model.kind=ae", "model.elbo=null"])
+    assert cfg.model.objective == "recon" and cfg.model.options == {}
+    with pytest.raises(ConfigError, match="model.iwae holds options of the objective iwae"):  # the user's: refused
+        build_config("iwae-paper", overrides=["model.objective=elbo", "model.iwae.k=5"])
+
+
+def test_config_knows_no_model():
+    import ast
+    from pathlib import Path
+
+    import vaelab.config
+
+    tree = ast.parse(Path(vaelab.config.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith(("vaelab.models", "vaelab.configure"))}, imported
+    with pytest.raises(AttributeError, match="cfg.opts"):
+        build_config("mlp-vae").model.beta  # noqa: B018  (an option a part owns now)

@@ -144,4 +144,4 @@ def test_refusals_are_one_line(trained_cvae, shapes_npz, tmp_path, capsys, shape
     assert "needs a conditional model" in msg
     msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, "--objective", "iwae",
                     "--set", "model.k=0", "--out", tmp_path / "r4")
-    assert "model.k (importance samples) must be at least 1" in msg
+    assert "model.iwae.k (importance samples) must be at least 1" in msg  # given as model.k, its old name

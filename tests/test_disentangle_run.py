@@ -14,7 +14,7 @@ from conftest import cli_error, run_main
 def dsprites_run(tmp_path_factory, monkeypatch_module):
     """A tiny VAE on 300 dSprites images drawn without the 3 GB cache (load_dsprites patched)."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import dsprites as ds
 
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_a_factor_held_at_one_value_is_refused_not_null(tmp_path, monkeypatch, c
     """The first images of dSprites (what data.limit used to keep) are squares of one scale:
     MIG and the FactorVAE score of shape and scale cannot be computed, and say so in one line."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import dsprites as ds
 
     idx = np.arange(0, 40 * 1024, 137)  # shape 0 (square), scale 0; every orientation and position varies

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, cli_error, subprocess_env
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.training import distributed
 from vaelab.training.distributed import Ranks
 from vaelab.training.loop import fit

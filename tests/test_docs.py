@@ -16,7 +16,9 @@ import pytest
 from conftest import run_main
 
 from vaelab.cli import cli
-from vaelab.config import RunConfig, build_config, preset_names
+from vaelab.config import RunConfig, preset_names
+from vaelab.configure import build_config
+from vaelab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -157,19 +159,19 @@ FILE_SUFFIXES = {".safetensors", ".json", ".csv", ".png", ".npy", ".npz", ".yaml
 
 
 def check_field(setting: str, where: str) -> None:
-    """``section.field=...``: a config field that exists."""
+    """``section.field=...``: a config field that exists, or a part's option (``model.PART.OPTION``,
+    or its old flat name ``model.k``)."""
+    from vaelab.configure import check_option_name
+
     key = setting.split("=", 1)[0]
-    if key == "section.field":  # the README's placeholder
+    if key in ("section.field", "model.PART.OPTION"):  # the README's placeholders
         return
     section, _, field = key.partition(".")
-    if section == "model" and field.count(".") == 1:  # model.PART.OPTION: an option the part declares
-        from vaelab.models import PARTS
-        from vaelab.models.options import option_fields
-
-        part, option = field.split(".")
-        entries = [reg[part] for _, reg in PARTS.values() if part in reg and reg[part] is not None]
-        assert any(option in {f.name for f in option_fields(e)} for e in entries), \
-            f"{where}: no part {part!r} with an option {option!r} ({key})"
+    if section == "model" and field not in FIELDS[section]:
+        try:
+            check_option_name(section, field)
+        except ConfigError as e:
+            raise AssertionError(f"{where}: {e}") from None
         return
     assert section in FIELDS and field in FIELDS[section], f"{where}: no config field {key!r}"
 
@@ -251,7 +253,9 @@ def test_preset_table_row_matches_the_preset_file(name):
     latent = re.search(r"latent (\d+)", model)
     if m.arch == "mlp":
         if m.kind == "hvae":
-            want = [[input_size(cfg), *m.hidden, m.latent_dims[0]], [m.latent_dims[0], *m.hidden2, m.latent_dims[1]]]
+            two = m.opts("gaussian2")
+            want = [[input_size(cfg), *m.hidden, two.latent_dims[0]], [two.latent_dims[0], *two.hidden2,
+                                                                        two.latent_dims[1]]]
         else:
             want = [[input_size(cfg), *m.hidden, m.latent_dim]]
         assert chains[:len(want)] == want, f"{name}: the README says {model!r}"
@@ -292,7 +296,8 @@ def test_preset_table_row_matches_the_preset_file(name):
     assert int(re.search(r"batch (\d+)", recipe).group(1)) == t.batch_size, recipe
     assert int(number(re.search(r"([\d,]+) epochs\b", recipe).group(1))) == t.epochs, recipe
     beta = re.search(r"beta (\d[\d.e-]*)", recipe)
-    assert (number(beta.group(1)) if beta else 1.0) == m.beta, recipe
+    kl_weight = getattr(m.options.get(m.objective), "beta", 1.0)  # elbo's and tcvae's option
+    assert (number(beta.group(1)) if beta else 1.0) == kl_weight, recipe
 
 
 def test_preset_table_parameters_and_kinds_match_vaelab_presets(capsys):

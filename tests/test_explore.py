@@ -62,7 +62,7 @@ def client(explorer):
 def trained_ae(tmp_path_factory, shapes_npz):
     """A small deterministic autoencoder (latent 4) on the shapes: no prior, no KL."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     cfg = build_config(None, None, [
         "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=ae", "model.arch=mlp",
@@ -452,7 +452,7 @@ def test_a_float_image_outside_0_1_is_refused_in_one_line(client, tmp_path):
 
 def test_a_colour_model_gets_colour_pictures_and_colour_uploads(tmp_path):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 12, 10, 3), dtype=np.uint8)  # non-square RGB

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.errors import VaelabError
 from vaelab.export.table import export, export_latents, export_reconstructions, latent_header, reconstruction_header
 from vaelab.training.loop import fit

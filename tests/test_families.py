@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import model_config
 from torch.distributions import Normal
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models import MODELS, build_model, require
+from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models.model import corrupt, sparsity_penalty
 
 
@@ -20,7 +20,7 @@ def model(**kw):
     torch.manual_seed(0)
     base = dict(arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3)
     base.update(kw)
-    return build_model(ModelConfig(**base))
+    return build_model(model_config(**base))
 
 
 def images(n=8, seed=0):
@@ -93,7 +93,7 @@ def test_infovae_weights_kl_and_mmd():
         out = m(x, generator=gen(3))
     torch.testing.assert_close(out["loss"], out["recon"] + 0.75 * out["kl"] + 2.25 * out["mmd"])
     with pytest.raises(ConfigError, match="mmd_scales"):
-        ModelConfig(kind="infovae", mmd_scales=[1.0, 0.0])
+        model_config(kind="infovae", mmd_scales=[1.0, 0.0])
 
 
 def test_vampprior_is_the_mixture_of_posteriors_at_the_pseudo_inputs():
@@ -115,8 +115,10 @@ def test_vampprior_is_the_mixture_of_posteriors_at_the_pseudo_inputs():
         zs = qx.rsample(generator=gen(6))
         torch.testing.assert_close(out["kl"], log_n(zs, qx.mean, qx.logvar) - m.prior(None, 5).log_prob(zs))
     assert "density" in m.capabilities
-    with pytest.raises(ConfigError, match="vamp_components"):
-        ModelConfig(kind="vamp", vamp_components=0)
+    with pytest.raises(ConfigError, match="model.vamp.components must be at least 1"):
+        model_config(kind="vamp", vamp_components=0)  # the old flat name: an alias
+    with pytest.raises(ConfigError, match="model.vamp.components must be at least 1"):
+        model_config(kind="vamp", options={"vamp": {"components": 0}})
 
 
 def test_two_stochastic_layers_chain_and_decode_from_z1():
@@ -158,9 +160,9 @@ def test_vq_snaps_to_the_nearest_code_and_passes_gradients_straight_through():
         with pytest.raises(VaelabError, match=f"{tool} needs"):
             require(m, cap, tool)
     with pytest.raises(ConfigError, match="codebook_size"):
-        ModelConfig(kind="vq-vae", arch="conv", latent="conv", codebook_size=0)
+        model_config(kind="vq-vae", arch="conv", latent="conv", codebook_size=0)
     with pytest.raises(ConfigError, match="model.posterior=vq quantises a grid"):
-        ModelConfig(kind="vq-vae")
+        model_config(kind="vq-vae")
 
 
 def test_vq_ema_codebook_moves_towards_its_assigned_outputs():
@@ -231,4 +233,4 @@ def test_sparsity_penalties():
     out = m(images(3))
     torch.testing.assert_close(out["loss"], out["recon"] + 0.5 * out["sparsity"])
     with pytest.raises(ConfigError, match="latent_activation=sigmoid"):
-        ModelConfig(kind="ae", sparsity="kl")
+        model_config(kind="ae", sparsity="kl")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.errors import DataError, VaelabError
 from vaelab.latent.inpaint import METHODS, evaluate_inpainting, inpaint, masked_mse, optimise_codes, parse_mask
 from vaelab.training.loop import fit

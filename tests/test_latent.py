@@ -53,7 +53,7 @@ def test_styles_decode_one_code_under_every_class(trained_cvae, trained_run, tmp
 
 def test_traverse_of_a_2d_latent_is_a_grid(tmp_path, shapes_npz):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     cfg = build_config(None, None, ["data.name=npz", f"data.path={shapes_npz}", "data.val=none", "model.hidden=32",
                                     "model.latent_dim=2", "train.epochs=1", "train.progress=false"])

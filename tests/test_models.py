@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_config
 from torch import nn
 
-from vaelab.config import ModelConfig, build_config, preset_names
+from vaelab.config import ModelConfig, preset_names
+from vaelab.configure import build_config
 from vaelab.errors import ConfigError
 from vaelab.models import CAPABILITIES, MODELS, build_model, require
 
@@ -26,7 +28,7 @@ def preset_model(name: str, **changes):
 def small(**kw) -> ModelConfig:
     base = dict(kind="vae", arch="mlp", input_shape=[1, 6, 5], hidden=[16], latent_dim=3)
     base.update(kw)
-    return ModelConfig(**base)
+    return model_config(**base)
 
 
 def rand_images(shape, b=3, seed=0):
@@ -53,7 +55,7 @@ def test_preset_forward_and_reconstruct(name):
             assert (out["loss"] <= out["nelbo"] + 1e-4).all() and "density" in model.capabilities
         elif objective == "elbo":
             assert (out["kl"] >= 0).all() and "density" in model.capabilities
-            torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
+            torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.opts("elbo").beta * out["kl"])
         else:
             assert torch.equal(out["loss"], out["recon"]) and "density" not in model.capabilities
         if "recon" in out:
@@ -103,7 +105,7 @@ def test_conv_vae_layers_match_keras_tutorial():
 def test_conv_decoder_lands_on_the_input_size(shape, channels, k, s):
     for kind, latent, fk, padding in (("vae", "dense", 3, "symmetric"), ("vae", "dense", None, "symmetric"),
                                       ("ae", "conv", None, "symmetric"), ("vae", "dense", 3, "same")):
-        cfg = ModelConfig(kind=kind, arch="conv", input_shape=shape, channels=channels, kernel_size=k, strides=s,
+        cfg = model_config(kind=kind, arch="conv", input_shape=shape, channels=channels, kernel_size=k, strides=s,
                           latent=latent, final_kernel=fk, dense=[8] if latent == "dense" else [], latent_dim=2,
                           padding=padding)
         m = build_model(cfg)
@@ -216,9 +218,9 @@ def test_padding_option_keeps_parameters_and_checks_its_value():
     assert list(same.state_dict()) == list(sym.state_dict())
     assert all(a.shape == b.shape for a, b in zip(same.state_dict().values(), sym.state_dict().values()))
     with pytest.raises(ConfigError, match="model.padding must be"):
-        ModelConfig(padding="valid")
+        model_config(padding="valid")
     with pytest.raises(ConfigError, match="stride 1 needs an odd kernel"):
-        build_model(ModelConfig(arch="conv", input_shape=[1, 8, 8], channels=[4], kernel_size=4, strides=1,
+        build_model(model_config(arch="conv", input_shape=[1, 8, 8], channels=[4], kernel_size=4, strides=1,
                                 padding="same"))
     assert build_config("conv-vae").train.adam_eps == 1e-7 and build_config("mlp-vae").train.adam_eps == 1e-8
 
@@ -287,9 +289,9 @@ def test_mlp_decoder_hidden_and_activations():
 
 def test_build_model_errors():
     with pytest.raises(ConfigError, match="input_shape"):
-        build_model(ModelConfig())
+        build_model(model_config())
     with pytest.raises(ConfigError, match="too many"):
-        build_model(ModelConfig(arch="conv", input_shape=[1, 4, 4], channels=[8, 8, 8], kernel_size=4, dense=[4]))
+        build_model(model_config(arch="conv", input_shape=[1, 4, 4], channels=[8, 8, 8], kernel_size=4, dense=[4]))
 
 
 def test_glorot_init_is_keras_default_and_set_by_the_keras_presets():
@@ -297,7 +299,7 @@ def test_glorot_init_is_keras_default_and_set_by_the_keras_presets():
 
     from torch import nn
 
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.models import build_model
 
     cfg = build_config("conv-vae", overrides=["model.input_shape=[1,28,28]"])

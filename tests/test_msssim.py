@@ -87,14 +87,14 @@ def test_gradients_stay_finite_for_identical_and_anticorrelated_images():
 
 # ---------------------------------------------------------------------------- the msssim loss and score
 def msssim_model(**kw):
-    from vaelab.config import ModelConfig
+    from conftest import model_config
     from vaelab.models import build_model
 
     base = {"kind": "vae", "arch": "conv", "input_shape": [3, 48, 48], "channels": [8, 16], "latent_dim": 4,
             "loss": "msssim", "output_activation": "tanh"}
     base.update(kw)
     torch.manual_seed(0)
-    return build_model(ModelConfig(**base))
+    return build_model(model_config(**base))
 
 
 @pytest.mark.parametrize("output", ["tanh", "sigmoid"])
@@ -111,12 +111,12 @@ def test_msssim_loss_is_one_minus_msssim_of_the_images(output):
         assert lk.shape == (2, 4)
         torch.testing.assert_close(lk[0], loss)
         out = model(x)
-        torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.beta * out["kl"])
+        torch.testing.assert_close(out["loss"], out["recon"] + model.cfg.opts("elbo").beta * out["kl"])
 
 
 def test_msssim_loss_is_not_a_density_and_tools_that_need_one_refuse():
     from vaelab.anomaly.scores import score_images
-    from vaelab.config import ModelConfig
+    from conftest import model_config
     from vaelab.errors import ConfigError, VaelabError
 
     model = msssim_model()
@@ -125,7 +125,7 @@ def test_msssim_loss_is_not_a_density_and_tools_that_need_one_refuse():
     with pytest.raises(VaelabError, match="anomaly score 'elbo' needs a density"):
         score_images(model, x, "elbo")
     with pytest.raises(ConfigError, match="model.objective=iwae needs a density"):
-        ModelConfig(kind="vae", arch="conv", loss="msssim", objective="iwae")
+        model_config(kind="vae", arch="conv", loss="msssim", objective="iwae")
     with pytest.raises(ConfigError, match=r"model.loss=msssim needs images of at least 48x48 .* these are 28x28"):
         msssim_model(input_shape=[1, 28, 28])
 
@@ -145,7 +145,7 @@ def test_msssim_score_and_its_size_limit():
 
 
 def test_training_on_msssim_lowers_it(tmp_path):
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.training.loop import fit
 
     x, _ = pairs("shapes", 3, 48, 48, n=32)

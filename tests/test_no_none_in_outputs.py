@@ -46,7 +46,7 @@ def no_none(obj) -> bool:
 @pytest.fixture(scope="module")
 def vq_run(tmp_path_factory, shapes_npz) -> Path:
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "vq"
     cfg = build_config(None, None, [
@@ -88,12 +88,12 @@ def test_eval_without_iw_samples_has_no_iw_field_and_no_note(trained_run, capsys
 def test_one_image_and_small_images_say_what_does_not_apply():
     import torch
 
-    from vaelab.config import ModelConfig
+    from conftest import model_config
     from vaelab.data import ImageSet
     from vaelab.evaluation.evaluate import evaluate
     from vaelab.models import build_model
 
-    model = build_model(ModelConfig(kind="vae", arch="mlp", hidden=[8], latent_dim=2, input_shape=[1, 6, 6]))
+    model = build_model(model_config(kind="vae", arch="mlp", hidden=[8], latent_dim=2, input_shape=[1, 6, 6]))
     x = torch.zeros(1, 1, 6, 6, dtype=torch.uint8)
     r = evaluate(model.eval(), ImageSet(x, None), iw_samples=3)
     assert no_none(r) and r["iw_samples"] == 3 and math.isfinite(r["nll_iw"])

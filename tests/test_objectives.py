@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import model_config
 from scipy import stats
 
-from vaelab.config import ModelConfig
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import build_model
 from vaelab.models.objectives import OBJECTIVES, kl_weight
@@ -20,7 +20,7 @@ def small(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(kind="vae", arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3)
     cfg.update(kw)
-    return build_model(ModelConfig(**cfg)).eval()
+    return build_model(model_config(**cfg)).eval()
 
 
 def binary_images(n=16, seed=0):
@@ -82,7 +82,7 @@ def test_iwae_objective_is_minus_the_log_mean_weight():
 
 
 def test_iwae_trains_its_bound_down():
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import ImageSet, Splits
     from vaelab.training.loop import fit
 
@@ -193,7 +193,7 @@ def test_log_weights_decoded_in_pieces_are_the_same_numbers(arch):
         whole = m.log_weights(x, None, 3, generator=gen(2))
         for rows in (3, 20, 64, 3 * 36):
             torch.testing.assert_close(m.log_weights(x, None, 3, generator=gen(2), rows=rows), whole, rtol=0, atol=0)
-    c = build_model(ModelConfig(kind="cvae", arch="mlp", hidden=[16], latent_dim=2, num_classes=3,
+    c = build_model(model_config(kind="cvae", arch="mlp", hidden=[16], latent_dim=2, num_classes=3,
                                 input_shape=[1, 6, 6])).eval()
     y = torch.arange(37) % 3
     with torch.no_grad():

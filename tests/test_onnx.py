@@ -13,7 +13,7 @@ import torch
 
 from conftest import cli_error, run_main
 from vaelab.api import Run
-from vaelab.config import build_config
+from vaelab.configure import build_config
 from vaelab.errors import VaelabError
 from vaelab.training.loop import fit
 

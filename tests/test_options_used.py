@@ -1,7 +1,8 @@
 """No option silently ignored: an option the chosen parts do not read is refused in one line.
 
 The class-level checks: every CLI flag of `train` maps to a config field; every option of
-the table ``vaelab.config.unused_options`` is refused when set explicitly where it is not
+the table ``vaelab.configure.unused_options`` (vaelab.config's, and the model fields the parts
+declare they read) is refused when set explicitly where it is not
 read; the presets rely on no unread option. Then the cases one by one: a data path without
 a source that reads it, folder options on other sources, family options, plot options.
 """
@@ -15,12 +16,11 @@ import numpy as np
 import pytest
 from conftest import cli_error, make_shapes, run_main, write_idx_file
 
-from vaelab.config import (
-    DataConfig,
-    RunConfig,
+from vaelab.config import DataConfig, RunConfig, preset_names
+from vaelab.configure import (
     build_config,
     check_options_used,
-    preset_names,
+    config_from_dict,
     unused_options,
 )
 from vaelab.errors import ConfigError, VaelabError
@@ -30,10 +30,13 @@ from vaelab.errors import ConfigError, VaelabError
 def test_every_train_flag_maps_to_a_config_field():
     from vaelab.cli.options import COMMON_FLAGS
     from vaelab.cli.run import train
+    from vaelab.models import PARTS
+    from vaelab.models.options import aliases
 
     params = {p.name for p in train.params}
     sections = {s: {f.name for f in dataclasses.fields(cls)} for s, cls in
                 (("data", DataConfig), ("model", type(RunConfig().model)), ("train", type(RunConfig().train)))}
+    sections["model"] |= set(aliases(PARTS))  # --beta: the old flat name of elbo's and tcvae's beta
     for flag, (section, name) in COMMON_FLAGS.items():
         assert flag in params, f"--{flag} is in COMMON_FLAGS but not an option of train"
         assert name in sections[section], f"--{flag} maps to {section}.{name}, which is no config field"
@@ -117,8 +120,10 @@ def test_a_non_default_unread_value_is_refused_by_fit_too(tiny_config, tmp_path)
     from vaelab.training.loop import fit
 
     cfg = tiny_config("model.kind=ae")
-    cfg.model.beta = 4.0  # the API path: a RunConfig built by hand, never through build_config
-    with pytest.raises(ConfigError, match=r"model.beta=4.0 is not used: model.objective=recon has no KL weight"):
+    cfg.model.options["beta"] = 4.0  # the API path: a RunConfig changed by hand, never through build_config
+    with pytest.raises(ConfigError, match=r"model.beta=4.0 is not used: it is an option of the objective elbo "
+                                          r"\(model.elbo.beta\) or the objective tcvae \(model.tcvae.beta\), and "
+                                          r"model.objective is recon; leave it out"):
         fit(cfg, tmp_path / "run", log=lambda s: None)
     assert not (tmp_path / "run").exists()
 
@@ -126,10 +131,11 @@ def test_a_non_default_unread_value_is_refused_by_fit_too(tiny_config, tmp_path)
 def test_read_options_pass():
     cfg = build_config("mlp-vae", overrides=["model.beta=4", "model.objective=tcvae", "model.tc_alpha=2",
                                              "train.lr_schedule=exponential", "train.lr_gamma=0.9"])
-    assert cfg.model.tc_alpha == 2 and cfg.train.lr_gamma == 0.9
+    assert cfg.model.opts("tcvae").alpha == 2 and cfg.model.opts("tcvae").beta == 4 and cfg.train.lr_gamma == 0.9
     cfg = build_config("mlp-vae", overrides=["model.objective=elbo", "model.capacity=5", "model.capacity_gamma=100"])
-    assert cfg.model.capacity_gamma == 100
-    with pytest.raises(ConfigError, match="model.capacity_gamma=100.0 is not used: .*model.capacity is not set"):
+    assert cfg.model.opts("elbo").capacity_gamma == 100
+    with pytest.raises(ConfigError, match="model.elbo.capacity_gamma=100.0 is not used: .*model.elbo.capacity is "
+                                          "not set"):
         build_config("mlp-vae", overrides=["model.capacity_gamma=100"])
 
 
@@ -190,8 +196,16 @@ CLI_CASES = [
     (["train", "--preset", "deep-ae", "--beta", "1"], "model.beta=1.0 is not used"),
     (["train", "--preset", "mlp-ae", "--set", "model.kl_warmup=0.5"], "model.kl_warmup=0.5 is not used"),
     (["train", "--preset", "mlp-vae", "--beta", "4", "--set", "model.capacity=25"],
-     "model.beta=4.0 is not used: model.capacity replaces the KL weight"),
-    (["train", "--preset", "mlp-vae", "--set", "model.k=5"], "model.k=5 is not used"),
+     "model.elbo.beta=4.0 is not used: model.elbo.capacity replaces the KL weight"),
+    (["train", "--preset", "mlp-vae", "--set", "model.k=5"], ("model.k=5 is not used: it is an option of the "
+                                                               "objective iwae (model.iwae.k), and model.objective is elbo")),
+    # the issue's example: a TypeError in the posterior before; now one line when the config is built
+    (["train", "--preset", "mlp-vae", "--kind", "hvae"], ("model.posterior=gaussian2 needs the sizes of its two "
+                                                          "layers: --set model.gaussian2.latent_dims=[z1,z2]")),
+    (["train", "--preset", "mlp-vae", "--kind", "hvae", "--prior", "vamp", "--set", "model.latent_dims=[4,2]"],
+     "model.prior=vamp needs a diagonal-Gaussian posterior"),
+    (["train", "--preset", "mlp-vae", "--set", "model.iwae.k=5"], ("model.iwae holds options of the objective iwae, "
+                                                                   "and model.objective is elbo")),
     (["train", "--preset", "conv-vae", "--set", "model.hidden=64"], "model.hidden=[64] is not used"),
     (["train", "--preset", "mlp-vae", "--set", "model.channels=8,16"], "model.channels=[8, 16] is not used"),
     (["train", "--preset", "mlp-vae", "--set", "train.lr_gamma=0.9"], "train.lr_gamma=0.9 is not used"),
@@ -299,7 +313,8 @@ def test_evaluation_options_not_read_are_refused(capsys, trained_run, tmp_path):
 def test_a_saved_config_with_an_unread_option_still_loads():
     # runs trained before these checks (a preset's mnist and an ignored --data-path) stay loadable
     saved = {"data": {"name": "mnist", "path": "imgs", "image_size": 32}, "model": {"kind": "ae", "beta": 4.0}}
-    cfg = RunConfig.from_dict(saved)
-    assert cfg.data.name == "mnist" and cfg.data.path == "imgs" and cfg.model.beta == 4.0
+    cfg = config_from_dict(saved, strict=False)  # as a run directory's config.json is read
+    # the autoencoder never read beta: it is dropped, as an option of no part of this model
+    assert cfg.data.name == "mnist" and cfg.data.path == "imgs" and cfg.model.options == {}
     with pytest.raises(ConfigError, match="data.path"):  # but training it again is refused
         check_options_used(cfg)

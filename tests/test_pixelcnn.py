@@ -40,7 +40,7 @@ def test_no_logit_sees_its_own_or_a_later_position(conditional):
 def vq_run(tmp_path_factory, shapes_npz):
     """A tiny VQ-VAE (7x7 grid of 4-d codes, 16 codes) trained 2 epochs on the labelled shapes."""
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "vq"
     cfg = build_config(None, None, ["data.name=npz", f"data.path={shapes_npz}", "data.val=0.25",

@@ -17,7 +17,7 @@ QUIET = lambda *_: None
 
 
 def _mnist_config(mnist_dir, *extra: str):
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     return build_config("mlp-vae", None, [
         f"data.data_dir={mnist_dir}", "data.limit=256", "data.download=false", "model.hidden=32",

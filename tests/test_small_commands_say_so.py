@@ -30,7 +30,7 @@ def test_export_says_when_n_is_more_than_the_split(trained_run, capsys, tmp_path
 
 def test_export_of_an_unlabelled_split_says_the_label_column_is_empty(tmp_path, capsys):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     x = (np.random.default_rng(0).random((40, 8, 8)) * 255).astype(np.uint8)
     np.savez(tmp_path / "x.npz", x=x)  # no labels
@@ -85,7 +85,7 @@ def test_a_run_directory_is_not_made_a_judge_folder(trained_run, capsys, tmp_pat
 
 def test_latents_csv_of_a_vq_vae_has_a_header_as_wide_as_its_rows(shapes_npz, tmp_path, capsys):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     cfg = build_config(None, None, [
         "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=vq-vae", "model.arch=conv",

@@ -10,14 +10,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cli_error, model_config, run_main, save_shapes
 
 import vaelab
-from conftest import cli_error, run_main, save_shapes
-from vaelab.training import checkpoint
-from vaelab.config import ModelConfig, build_config
+from vaelab.configure import build_config
 from vaelab.errors import ConfigError, DataError, VaelabError
+from vaelab.latent.steer import (
+    draw_pairs,
+    frame_steps,
+    steer,
+    steer_benchmark,
+    success_rate,
+)
 from vaelab.models import build_model
-from vaelab.latent.steer import draw_pairs, frame_steps, steer, steer_benchmark, success_rate
+from vaelab.training import checkpoint
 from vaelab.training.loop import fit
 
 
@@ -63,7 +69,7 @@ def judge_dir(shapes_judge):
 
 # ---------------------------------------------------------------------------- config
 def test_predictor_config_defaults_and_validation():
-    m = ModelConfig()
+    m = model_config()
     assert m.predictor_weight == 0.0 and m.predictor_hidden == [64, 64] and m.num_classes is None
     cfg = build_config(None, None, ["model.predictor_weight=5", "model.predictor_hidden=32,16", "model.num_classes=10"])
     assert (cfg.model.predictor_weight, cfg.model.predictor_hidden, cfg.model.num_classes) == (5.0, [32, 16], 10)
@@ -79,7 +85,7 @@ def test_predictor_config_defaults_and_validation():
 
 def test_building_a_predictor_needs_num_classes():
     with pytest.raises(ConfigError, match="num_classes is unset"):
-        build_model(ModelConfig(input_shape=[1, 28, 28], predictor_weight=1.0))
+        build_model(model_config(input_shape=[1, 28, 28], predictor_weight=1.0))
 
 
 # ---------------------------------------------------------------------------- training

@@ -52,6 +52,7 @@ def test_parse_grid_gives_typed_values_and_expands_every_combination():
     ("model.latent_dim", "must look like"),
     ("model.nope=1,2", "unknown option"),
     ("latent_dim=1,2", "must be data.X, model.X, train.X or model.PART.X"),
+    ("model.iwae.kk=1,2", "unknown option model.iwae.kk of iwae; its options: k"),
     ("model.latent_dim=", "no values"),
 ])
 def test_bad_grid_is_one_clear_error(bad, words):
@@ -418,3 +419,14 @@ def test_cli_sweep_with_a_failed_trial_exits_1_with_one_line(tmp_path, shapes_np
 ])
 def test_cli_sweep_errors(tmp_path, capsys, args, words):
     assert words in cli_error(capsys, "sweep", *args, "--out", tmp_path / "s")
+
+
+def test_a_sweep_grids_over_a_parts_option_in_either_spelling():
+    """model.beta (elbo's beta by its old name) and model.iwae.k (a part's section) are grid keys."""
+    grid = sw.parse_grid(["model.beta=1,4", "model.iwae.k=2,3"])
+    assert grid == {"model.beta": [1, 4], "model.iwae.k": [2, 3]}
+    spec = sw.SweepSpec(trials=sw.expand_grid({"model.iwae.k": grid["model.iwae.k"]}), preset="mlp-vae",
+                        base=["model.objective=iwae"])
+    assert [sw.trial_config(spec, t).model.opts("iwae").k for t in spec.trials] == [2, 3]
+    spec = sw.SweepSpec(trials=sw.expand_grid({"model.beta": grid["model.beta"]}), preset="mlp-vae")
+    assert [sw.trial_config(spec, t).model.opts("elbo").beta for t in spec.trials] == [1.0, 4.0]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import vaelab
 from vaelab.training import checkpoint
-from vaelab.config import RunConfig
+from vaelab.configure import config_from_dict
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaelab.evaluation.evaluate import evaluate, iw_log_likelihood
 from vaelab.models import LatentModel
@@ -74,7 +74,7 @@ def test_fit_writes_the_run_directory(tmp_path, tiny_config):
     assert summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.01)
     assert summary["final_train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
 
-    saved = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    saved = config_from_dict(json.loads((run / "config.json").read_text()))
     assert saved == res.config and saved.model.input_shape == [1, 28, 28]
     assert cfg.model.input_shape is None  # fit() resolves a copy; the caller's config is left alone
 
@@ -221,7 +221,7 @@ def test_exploding_learning_rate_diverges(tmp_path, tiny_config):
 
 # ---------------------------------------------------------------------------- KL warm-up
 def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
-    """train.kl_warmup_epochs becomes model.kl_warmup, a fraction of training; the loop passes
+    """train.kl_warmup_epochs becomes model.elbo.kl_warmup, a fraction of training; the loop passes
     the objective its progress, so the KL weight ramps per step as it did per epoch."""
     from vaelab.models.objectives import kl_weight
 
@@ -235,7 +235,7 @@ def test_kl_warmup_schedule_and_loss(tmp_path, tiny_config, monkeypatch):
 
     monkeypatch.setattr(LatentModel, "forward", forward)
     warm_cfg = tiny_config("train.epochs=3", "train.kl_warmup_epochs=2")
-    assert warm_cfg.model.kl_warmup == pytest.approx(2 / 3)
+    assert warm_cfg.model.opts("elbo").kl_warmup == pytest.approx(2 / 3)
     warm = fit(warm_cfg, tmp_path / "w", log=quiet).history
     steps = 4
     expected = [min(1.0, ((e - 1) + s / steps) / 2) for e in (1, 2, 3) for s in range(steps)]

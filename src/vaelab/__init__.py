@@ -21,7 +21,7 @@ _API = {
     "AnomalyDetector": "vaelab.anomaly.estimator",
     "Run": "vaelab.api", "train": "vaelab.api",
     "DataConfig": "vaelab.config", "ModelConfig": "vaelab.config", "RunConfig": "vaelab.config",
-    "TrainConfig": "vaelab.config", "build_config": "vaelab.config", "preset_names": "vaelab.config",
+    "TrainConfig": "vaelab.config", "build_config": "vaelab.configure", "preset_names": "vaelab.config",
     "ImageSet": "vaelab.data", "Splits": "vaelab.data", "load_data": "vaelab.data",
     "VaelabError": "vaelab.errors",
     "evaluate": "vaelab.evaluation.evaluate",

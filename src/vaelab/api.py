@@ -25,14 +25,8 @@ from pathlib import Path
 import torch
 
 from vaelab import distributions
-from vaelab.config import (
-    DATA_DIR_SOURCES,
-    RunConfig,
-    apply_overrides,
-    build_config,
-    check_options_used,
-    explicit_keys,
-)
+from vaelab.config import DATA_DIR_SOURCES, RunConfig
+from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
@@ -237,8 +231,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         if preset is not None or config_file is not None:
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
-        config = RunConfig.from_dict(apply_overrides(checkpoint.load_config(run_dir).to_dict(), extra, overrides))
-        check_options_used(config, explicit_keys(extra, overrides))
+        config = config_from_dict(checkpoint.load_config(run_dir).to_dict(), extra, overrides)
     elif isinstance(preset, RunConfig):
         config = preset
     else:

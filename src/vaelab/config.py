@@ -3,12 +3,17 @@
 A run is fully described by a ``RunConfig`` (saved as ``config.json`` in the run
 directory). Configs come from a preset (``presets/NAME.yaml``), a YAML file,
 and dotted overrides such as ``model.latent_dim=16``; each dataclass validates
-itself in ``__post_init__`` and says what is wrong in words.
+itself in ``__post_init__`` and says what is wrong in words. This module knows no
+model: the model section holds the part names and one options section per part
+(``model.iwae.k``), which the parts type and check when ``vaelab.configure`` builds
+the config.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -200,9 +205,9 @@ class ModelConfig:
     kind: str = "vae"  # the family, a key of vaelab.models.MODELS (ae, vae, cvae, ...): default parts
     arch: str = "mlp"  # encoder/decoder body, a key of vaelab.models.BODIES: mlp | conv
     # Parts; None = the family's choice (written out in the run's config.json).
-    posterior: str | None = None  # vaelab.models.POSTERIORS: point | gaussian
-    prior: str | None = None  # vaelab.models.PRIORS: none | normal | conditional (learned p(z|y))
-    objective: str | None = None  # vaelab.models.objectives.OBJECTIVES: recon | elbo | iwae
+    posterior: str | None = None  # vaelab.models.POSTERIORS: point | gaussian | gaussian2 | vq
+    prior: str | None = None  # vaelab.models.PRIORS: none | normal | conditional (learned p(z|y)) | vamp | ...
+    objective: str | None = None  # vaelab.models.objectives.OBJECTIVES: recon | elbo | iwae | ...
     condition: str | None = None  # feed the label to encoder and decoder: none | onehot | embedding
     condition_dim: int = 16  # width of the learned label embedding (condition=embedding)
     input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None
@@ -230,38 +235,6 @@ class ModelConfig:
     latent_activation: str | None = None  # ae only, e.g. "tanh"
     output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
     loss: str = "bce"  # the likelihood, a key of vaelab.models.LIKELIHOODS: bce | mse | euclidean
-    beta: float = 1.0  # weight of the KL term (elbo)
-    # KL warm-up (elbo): the KL weight ramps from 0 to beta over this fraction of training
-    # (above 1: the ramp outlasts the run). train.kl_warmup_epochs, when set, fills it in
-    # as kl_warmup_epochs / epochs, so a run resumed for more epochs keeps its ramp in epochs.
-    kl_warmup: float = 0.0
-    capacity: float | None = None  # elbo: target KL C in nats, annealed from 0 (Burgess et al. 2018)
-    capacity_gamma: float = 1000.0  # elbo with capacity: weight gamma of |KL - C progress|
-    k: int = 5  # iwae: importance samples per image
-    # tcvae: recon + tc_alpha MI + beta TC + tc_gamma dimension-wise KL (Chen et al. 2018)
-    tc_alpha: float = 1.0
-    tc_gamma: float = 1.0
-    # q(z) from the minibatch: mss (stratified, an unbiased estimate of q(z), so eval.json's
-    # mi / tc / dwkl read as what they are named) or mws (the authors' default: every term
-    # offset by a constant of log N or log B per dimension, so a dimension-wise KL reads negative)
-    tc_estimator: str = "mss"
-    # MMD objectives (wae-mmd, infovae): weight lambda, kernel (imq | rbf) and its scales s
-    # (constants C = s * 2 * latent_dim, for a prior of unit variance; kernels summed over s)
-    mmd_weight: float = 10.0
-    mmd_kernel: str = "imq"
-    mmd_scales: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0])
-    info_alpha: float = 0.0  # infovae: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD
-    vamp_components: int = 500  # prior vamp: K learned pseudo-inputs (Tomczak & Welling 2018)
-    # posterior vq (VQ-VAE): K code vectors of the encoder's last channel width, commitment
-    # beta, and optionally an EMA codebook (decay) instead of the codebook loss term
-    codebook_size: int = 512
-    commitment: float = 0.25
-    vq_ema: bool = False
-    vq_decay: float = 0.99
-    # posterior gaussian2 / prior hierarchical (two stochastic layers, Burda et al. 2016):
-    # latent_dims [z1, z2]; hidden2 the deterministic widths between the stochastic layers
-    latent_dims: list[int] | None = None
-    hidden2: list[int] = field(default_factory=lambda: [100, 100])
     # Denoising: corrupt the encoder's input while training (gaussian: noise of std level;
     # salt_pepper: a fraction level of pixels set to 0 or 1; mask: a fraction level set to 0)
     corrupt: str = "none"
@@ -283,71 +256,26 @@ class ModelConfig:
     num_classes: int | None = None  # predictor outputs; filled in from the data labels when None
     # The options of the chosen parts that declare their own (vaelab.models.options): part name ->
     # its options (a dict as read; the part's dataclass once the config is built). Written and
-    # read as sections of the model section: --set model.factorvae.gamma=10, YAML
-    # ``model: {factorvae: {gamma: 10}}``, config.json the same.
+    # read as sections of the model section: --set model.iwae.k=50, YAML ``model: {iwae: {k: 50}}``,
+    # config.json the same. As read it may also hold old flat names of part options (model.k),
+    # which vaelab.models.resolve_model moves into their part's section.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Only what needs no part: the parts (names, their options, which go together) are
+        # checked by vaelab.models.resolve_model when the config is built (vaelab.configure).
         _coerce(self, "model")
-        # The registries live with the code they name; imported here, when a config is built.
-        from vaelab.models import (
-            BODIES,
-            CAPABILITIES,
-            LIKELIHOODS,
-            MODELS,
-            OBJECTIVES,
-            POSTERIORS,
-            PRIORS,
-            capabilities,
-        )
-
-        _check_name("model.kind", self.kind, MODELS)
-        family = MODELS[self.kind]
-        for part in ("posterior", "prior", "objective", "condition"):
-            if getattr(self, part) is None:
-                setattr(self, part, getattr(family, part))
-        _check_name("model.arch", self.arch, BODIES)
-        _check_name("model.posterior", self.posterior, POSTERIORS)
-        _check_name("model.prior", self.prior, PRIORS)
-        _check_name("model.objective", self.objective, OBJECTIVES)
-        _check_name("model.loss", self.loss, LIKELIHOODS)
-        _check(self.condition in ("none", "onehot", "embedding"),
+        _check(self.condition in (None, "none", "onehot", "embedding"),
                f"model.condition must be none, onehot or embedding, got {self.condition!r}")
-        if self.prior == "conditional":
-            _check(self.condition != "none", "model.prior=conditional learns p(z|y) and needs a conditional model "
-                   "(model.kind=cvae, or model.condition=onehot)")
         _check(self.latent_dim >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
         _check(self.condition_dim >= 1, f"model.condition_dim must be at least 1, got {self.condition_dim}")
         _check(self.output_activation in OUTPUT_ACTIVATIONS,
                f"model.output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
                f"got {self.output_activation!r}")
-        if self.loss == "bce":
-            _check(self.output_activation == "sigmoid",
-                   "model.loss=bce needs model.output_activation=sigmoid (outputs in [0, 1])")
         for name in ("activation", "decoder_activation", "latent_activation"):
             value = getattr(self, name)
             _check(value is None or value in ACTIVATIONS,
                    f"model.{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
-        _check(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
-        _check(self.kl_warmup >= 0, f"model.kl_warmup must be >= 0 (a fraction of training), got {self.kl_warmup}")
-        _check(self.capacity is None or self.capacity >= 0, f"model.capacity must be >= 0 nats, got {self.capacity}")
-        _check(self.capacity_gamma > 0, f"model.capacity_gamma must be positive, got {self.capacity_gamma}")
-        _check(self.k >= 1, f"model.k (importance samples) must be at least 1, got {self.k}")
-        _check(self.mmd_weight >= 0, f"model.mmd_weight must be >= 0, got {self.mmd_weight}")
-        _check(self.tc_estimator in ("mss", "mws"), f"model.tc_estimator must be mss or mws, got {self.tc_estimator!r}")
-        _check(self.mmd_kernel in ("imq", "rbf"), f"model.mmd_kernel must be imq or rbf, got {self.mmd_kernel!r}")
-        _check(len(self.mmd_scales) >= 1 and all(math.isfinite(s) and s > 0 for s in self.mmd_scales),
-               f"model.mmd_scales (the MMD kernel scales) must be positive, got {self.mmd_scales}")
-        _check(self.vamp_components >= 1, f"model.vamp_components must be at least 1, got {self.vamp_components}")
-        _check(self.codebook_size >= 1, f"model.codebook_size (VQ-VAE codes) must be at least 1, got "
-               f"{self.codebook_size}")
-        _check(self.commitment >= 0, f"model.commitment must be >= 0, got {self.commitment}")
-        _check(0 < self.vq_decay < 1, f"model.vq_decay must be in (0, 1), got {self.vq_decay}")
-        if self.latent_dims is not None:
-            _check(len(self.latent_dims) == 2 and all(d >= 1 for d in self.latent_dims),
-                   f"model.latent_dims must be two sizes [z1, z2], got {self.latent_dims}")
-            self.latent_dim = sum(self.latent_dims)
-        _check(all(h > 0 for h in self.hidden2), "model.hidden2 widths must be positive")
         _check(self.corrupt in ("none", "gaussian", "salt_pepper", "mask"),
                f"model.corrupt must be none, gaussian, salt_pepper or mask, got {self.corrupt!r}")
         _check(self.corrupt_level >= 0 and (self.corrupt in ("none", "gaussian") or self.corrupt_level <= 1),
@@ -358,63 +286,47 @@ class ModelConfig:
         if self.sparsity == "kl":
             _check(self.latent_activation == "sigmoid", "model.sparsity=kl compares activation rates and needs codes "
                    "in (0, 1): set model.latent_activation=sigmoid")
-        _check(self.objective != "iwae" or self.beta == 1.0,
-               f"model.objective=iwae bounds log p(x) and has no beta; leave model.beta at 1 (got {self.beta})")
         _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
-        from vaelab.models.bodies import FINAL_LAYERS, NORMS
-
-        _check_name("model.norm", self.norm, NORMS)
-        _check_name("model.final_layer", self.final_layer, FINAL_LAYERS)
         _check(math.isfinite(self.leaky_slope) and self.leaky_slope >= 0,
                f"model.leaky_slope must be >= 0, got {self.leaky_slope}")
-        if self.decoder_channels is not None:
-            _check(self.arch == "conv" and self.final_kernel is not None,
-                   "model.decoder_channels needs model.arch=conv and model.final_kernel (the layer to the image channels)")
-            _check(len(self.decoder_channels) == len(self.channels) and all(c > 0 for c in self.decoder_channels),
-                   f"model.decoder_channels needs {len(self.channels)} positive widths (one per conv layer), "
-                   f"got {self.decoder_channels}")
         _check(self.padding in ("symmetric", "same"),
                f"model.padding must be 'symmetric' or 'same', got {self.padding!r}")
-        _check(all(h > 0 for h in self.hidden), "model.hidden widths must be positive")
         _check(all(c > 0 for c in self.channels), "model.channels must be positive")
-        if self.arch == "conv":
-            _check(len(self.channels) >= 1, "model.channels needs at least one conv layer")
-            for name in ("kernel_size", "strides"):
-                v = getattr(self, name)
-                if isinstance(v, list):
-                    _check(len(v) == len(self.channels),
-                           f"model.{name} has {len(v)} entries but model.channels has {len(self.channels)}")
         if self.input_shape is not None:
             _check(len(self.input_shape) == 3 and all(s > 0 for s in self.input_shape),
                    f"model.input_shape must be (C, H, W), got {self.input_shape}")
         _check(self.final_kernel is None or (self.final_kernel > 0 and self.final_kernel % 2 == 1),
                f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
-        if self.posterior == "vq":
-            _check(self.arch == "conv" and self.latent == "conv", "model.posterior=vq quantises a grid of codes: it "
-                   "needs model.arch=conv and model.latent=conv (the encoder's last feature map)")
-        if self.latent == "conv":
-            _check(self.arch == "conv", "model.latent=conv needs model.arch=conv")
-            _check(self.posterior in ("point", "vq"), "model.latent=conv (the feature map is the code) is for "
-                   "autoencoders and VQ-VAEs (model.posterior=point or vq); VAEs need a dense latent")
-            _check(self.condition == "none", "a conditional model needs a vector code (model.latent=dense)")
         _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
                f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")
         _check(len(self.predictor_hidden) >= 1 and all(h > 0 for h in self.predictor_hidden),
                f"model.predictor_hidden must be one or more positive widths, got {self.predictor_hidden}")
         _check(self.num_classes is None or self.num_classes >= 2,
                f"model.num_classes must be at least 2, got {self.num_classes}")
-        from vaelab.models import resolve_options
 
-        resolve_options(self)  # each chosen part's options section, typed, and each part's own check
-        missing = OBJECTIVES[self.objective].requires - capabilities(self)
-        _check(not missing, f"model.objective={self.objective} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, "
-               f"and model.kind={self.kind} (posterior {self.posterior}, prior {self.prior}) has none; "
-               "choose another objective or model")
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting a name that is no field would be ignored silently (model.beta is now a part's option).
+        if name not in _hints(ModelConfig):
+            raise AttributeError(f"ModelConfig has no field {name!r}; a part's options are set in its section, "
+                                 f"cfg.options[PART] (model.PART.{name})")
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str):
+        # Only for names that are no field: an option that a part now owns (model.beta was one).
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        raise AttributeError(f"ModelConfig has no field {name!r}; a part's options are read as "
+                             f"cfg.opts(PART).{name} (the config's section model.PART)")
 
     def opts(self, part: str):
         """The options of the chosen part ``part`` (its dataclass, defaults filled in)."""
-        return self.options[part]
+        value = self.options.get(part)
+        if value is None or isinstance(value, dict):
+            raise ConfigError(f"model.{part}: no options of a chosen part of this config"
+                              + (" (the config is not resolved: build it with vaelab.configure.build_config or "
+                                 "vaelab.models.resolve_model)" if isinstance(value, dict) else ""))
+        return value
 
     @property
     def uses_labels(self) -> bool:
@@ -443,7 +355,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_gamma: float = 0.95  # the exponential schedule's factor per epoch
     seed: int = 1
-    kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.kl_warmup)
+    kl_warmup_epochs: float = 0.0  # KL weight ramps from 0 to beta over this many epochs (sets model.elbo.kl_warmup)
     grad_clip: float | None = None  # max global gradient norm
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (default: all cores)
@@ -483,14 +395,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None
 
-    def __post_init__(self) -> None:
-        t = self.train
-        if t.kl_warmup_epochs:
-            # The objective sees progress as a fraction of training; warm-up in epochs becomes one.
-            self.model.kl_warmup = t.kl_warmup_epochs / t.epochs if t.epochs else 1.0
-
     def copy(self) -> RunConfig:
-        return RunConfig.from_dict(self.to_dict())
+        return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -502,6 +408,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The dataclasses of a mapping, as read: parts not yet filled in or checked, part
+        options as plain mappings. A run's config is built with ``vaelab.configure``
+        (``config_from_dict``, ``build_config``), which checks it with the parts."""
         if not isinstance(d, dict):
             raise ConfigError("a config must be a mapping with keys data, model, train")
         unknown = set(d) - {"data", "model", "train", "preset"}
@@ -517,15 +426,17 @@ class RunConfig:
 
 # ---------------------------------------------------------------- options the chosen parts read
 
-CONV_FIELDS = ("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
-               "decoder_channels", "decoder_input_activation", "final_layer")
-
-
-def unused_options(config: RunConfig) -> dict[str, str]:
+def unused_options(config: RunConfig, parts: dict[str, str] | None = None) -> dict[str, str]:
     """The options the chosen parts of ``config`` do not read: "section.field" -> why, in words.
 
     One table, next to the fields it names (a part that starts reading a field edits it
-    here). Sampling tools read a model's prior, so model.prior is never listed."""
+    here). Sampling tools read a model's prior, so model.prior is never listed. The options a
+    part owns (model.PART.OPTION) are not here: a section of a part the config does not use
+    is refused when the config is built (vaelab.models.options), and so is an old flat name
+    of one (``model.k`` on an elbo), as is train.kl_warmup_epochs for an objective with no
+    KL weight (vaelab.configure). The model fields a part declares it reads (``Body.reads``:
+    the mlp's hidden widths, the conv fields; ``PointPosterior.reads``) come in as ``parts``
+    (``vaelab.models.unread_fields``; ``vaelab.configure.unused_options`` passes them)."""
     d, m, t = config.data, config.model, config.train
     out: dict[str, str] = {}
 
@@ -541,28 +452,6 @@ def unused_options(config: RunConfig) -> dict[str, str]:
     rule("data.in_memory", d.name not in DOWNLOADED + ("npz",), f"data.name={d.name} is always read into memory")
     rule("data.val", not (d.val == "test" and d.name in ("npz", "dsprites")),
          f"data.name={d.name} has no test split; give a fraction such as 0.1, or none")
-    rule("train.kl_warmup_epochs model.kl_warmup model.beta",
-         m.objective == "tcvae" or (m.objective == "elbo" and m.capacity is None),
-         "model.capacity replaces the KL weight (recon + gamma |KL - C progress|)" if m.objective == "elbo" else
-         f"model.objective={m.objective} has no KL weight to warm up or set (elbo and tcvae have)")
-    rule("model.capacity", m.objective == "elbo", f"capacity annealing is an elbo option, and model.objective "
-         f"is {m.objective}")
-    rule("model.capacity_gamma", m.objective == "elbo" and m.capacity is not None,
-         "it weighs the capacity term, and model.capacity is not set")
-    rule("model.k", m.objective == "iwae", f"importance samples are an iwae option, and model.objective is "
-         f"{m.objective}")
-    rule("model.tc_alpha model.tc_gamma model.tc_estimator", m.objective == "tcvae",
-         f"it is a tcvae option, and model.objective is {m.objective}")
-    rule("model.mmd_weight model.mmd_kernel model.mmd_scales", m.objective in ("wae-mmd", "infovae"),
-         f"it is an MMD option (wae-mmd, infovae), and model.objective is {m.objective}")
-    rule("model.info_alpha", m.objective == "infovae", f"it is an infovae option, and model.objective is {m.objective}")
-    rule("model.commitment", m.objective == "vq", f"it is a vq option, and model.objective is {m.objective}")
-    rule("model.codebook_size model.vq_ema", m.posterior == "vq",
-         f"it is a VQ-VAE option (model.posterior=vq), and model.posterior is {m.posterior}")
-    rule("model.vq_decay", m.posterior == "vq" and m.vq_ema, "it is the EMA codebook's decay, and model.vq_ema is off")
-    rule("model.vamp_components", m.prior == "vamp", f"it is a vamp prior option, and model.prior is {m.prior}")
-    rule("model.hidden2", m.posterior == "gaussian2" or m.prior == "hierarchical",
-         "it is for two stochastic layers (model.posterior=gaussian2, model.prior=hierarchical)")
     rule("model.condition_dim", m.condition == "embedding",
          f"it is the width of a label embedding (model.condition=embedding), and model.condition is {m.condition}")
     rule("model.predictor_hidden", m.predictor_weight > 0, "there is no label predictor (model.predictor_weight=0)")
@@ -570,15 +459,11 @@ def unused_options(config: RunConfig) -> dict[str, str]:
     rule("model.corrupt_level", m.corrupt != "none", "model.corrupt is none")
     rule("model.sparsity_weight", m.sparsity != "none", "model.sparsity is none")
     rule("model.sparsity_target", m.sparsity == "kl", f"it is for model.sparsity=kl, and model.sparsity is {m.sparsity}")
-    rule("model.latent_activation", m.posterior == "point",
-         f"it activates an autoencoder's code (model.posterior=point), and model.posterior is {m.posterior}")
     rule("model.leaky_slope", "leaky_relu" in (m.activation, m.decoder_activation),
          "no activation is leaky_relu")
-    rule("model.hidden model.decoder_hidden", m.arch == "mlp", f"it is an mlp option, and model.arch is {m.arch}")
-    rule(" ".join(f"model.{f}" for f in CONV_FIELDS), m.arch == "conv",
-         f"it is a conv option, and model.arch is {m.arch}")
     rule("train.lr_gamma", t.lr_schedule == "exponential",
          f"it is the exponential schedule's factor, and train.lr_schedule is {t.lr_schedule}")
+    out.update(parts or {})
     return out
 
 
@@ -587,13 +472,14 @@ def _default(section: str, name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
-def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+def check_options_used(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset(),
+                       parts: dict[str, str] | None = None) -> None:
     """Refuse an option the chosen parts do not read (``unused_options``): when it differs
     from its default, or, even at its default, when it is in ``explicit`` (the keys a user
     set: CLI flags, --set, a YAML file), instead of training with it silently ignored. An
     explicit null clears an option (a preset's data.image_size=64 for an npz, say): no error."""
     config.data.check_used()  # the data options, with their own messages
-    for key, why in unused_options(config).items():
+    for key, why in unused_options(config, parts).items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if (key in explicit and value is not None) or value != typed_value(section, name, _default(section, name)):
@@ -615,8 +501,11 @@ def _build(cls, values: dict, section: str):
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
     names = {f.name for f in dataclasses.fields(cls)}
-    if cls is ModelConfig:  # a mapping under a name that is no field: the options of a part
-        sections = {k: v for k, v in values.items() if k not in names and isinstance(v, dict)}
+    if cls is ModelConfig:
+        # A name that is no field: a mapping is the options of a part; anything else an old flat
+        # name of a part's option (model.k), which vaelab.models.resolve_model moves into its
+        # part's section (or refuses: a typo, or an option of a part this config does not use).
+        sections = {k: v for k, v in values.items() if k not in names}
         values = {k: v for k, v in values.items() if k not in sections}
         values["options"] = merge(dict(values.get("options") or {}), sections)
     unknown = set(values) - names
@@ -671,6 +560,12 @@ def merge(base: dict, update: dict) -> dict:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them is slow; configs are built often)."""
+    return typing.get_type_hints(cls)
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``section.field=value``; the value is read as YAML (``16``, ``[32, 64]``, ``null``)."""
     if "=" not in text:
@@ -689,15 +584,21 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override key {key!r} must be data.X, model.X, train.X or model.PART.X")
     section, name = parts
     names = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
-    if name not in names:
-        raise ConfigError(f"unknown option {key!r}; valid {section} options: {', '.join(sorted(names))}")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if name not in names and section == "model" and name != "options":
+        # An old flat name of a part's option (model.k), or a typo: the parts judge when the
+        # config is built (vaelab.models.resolve_model). Comma lists read as lists.
+        if isinstance(value, str) and "," in value:
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        return section, name, value
+    if name not in names:
+        raise ConfigError(f"unknown option {key!r}; valid {section} options: {', '.join(sorted(names))}")
     # List fields also take comma lists (model.hidden=512,256) and single numbers
     # (data.classes=3), except those that accept a plain int too (model.kernel_size=3).
-    hint = str(typing.get_type_hints(_SECTIONS[section])[name])
+    hint = str(_hints(_SECTIONS[section])[name])
     if hint.startswith("list"):
         if isinstance(value, str) and "," in value:
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
@@ -708,9 +609,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def typed_value(section: str, name: str, value: Any) -> Any:
     """``value`` converted to the type of ``section.name`` (``"1e-3"`` -> 0.001 for a float field)."""
-    if value is None or (section == "model" and "." in name):  # a part's option: typed by its part
+    if value is None or (section == "model" and name not in _hints(ModelConfig)):  # a part's option: its part types it
         return value
-    hint = typing.get_type_hints(_SECTIONS[section])[name]
+    hint = _hints(_SECTIONS[section])[name]
     kind = (hint.__name__ if isinstance(hint, type) else str(hint)).replace(" | None", "")
     try:
         return _convert(value, kind)
@@ -739,16 +640,3 @@ def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: lis
     if data.get("path") is not None and "name" not in data and isinstance(d.get("data"), dict):
         d = {**d, "data": {k: v for k, v in d["data"].items() if k != "name"}}
     return merge(d, update)
-
-
-def build_config(preset: str | None = None, config_file: str | None = None,
-                 overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides. An option the
-    chosen parts do not read is refused (``check_options_used``)."""
-    d: dict[str, Any] = load_preset(preset) if preset else {}
-    user = load_yaml(config_file) if config_file else {}
-    d = merge(d, user)
-    config = RunConfig.from_dict(apply_overrides(d, extra, overrides))
-    # What the user set (not the preset) must be read even where it equals the default.
-    check_options_used(config, explicit_keys(extra, overrides) | _keys(user))
-    return config

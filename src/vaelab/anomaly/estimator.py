@@ -132,7 +132,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         return self._config(list(self._input(X, fitting=None, images=images).shape[1:]), table=not images)
 
     def _config(self, shape: list[int], table: bool):
-        from vaelab.config import RunConfig, apply_overrides, load_preset, merge
+        from vaelab.config import apply_overrides, load_preset, merge
+        from vaelab.configure import config_from_dict
 
         preset = self.preset or (None if table else d.DEFAULT_PRESET)
         extra = {"model": {}, "train": {"device": self.device, "progress": bool(self.verbose)}}
@@ -158,7 +159,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             forced["model"] = {"arch": "mlp", "input_shape": shape}
         elif self.run_dir is not None:
             forced["data"]["path"] = str((Path(self.run_dir) / "train.npz").resolve())
-        return RunConfig.from_dict(merge(cfg, forced))
+        return config_from_dict(merge(cfg, forced))
 
     # ------------------------------------------------------------------ wrap a trained run
     @classmethod

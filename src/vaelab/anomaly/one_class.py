@@ -124,7 +124,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     from sklearn.metrics import roc_curve
 
     from vaelab import plots
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
     from vaelab.data import Splits, load_data
     from vaelab.training.loop import fit
 

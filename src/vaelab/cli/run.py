@@ -106,10 +106,10 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
             raise VaelabError("--resume continues a run with its saved config; drop --preset/--config")
         run_dir = Path(resume)
         if nproc is not None:
-            from vaelab.config import RunConfig, apply_overrides
+            from vaelab.configure import config_from_dict
             from vaelab.training.checkpoint import load_config
 
-            saved = RunConfig.from_dict(apply_overrides(load_config(run_dir).to_dict(), extra, overrides))
+            saved = config_from_dict(load_config(run_dir).to_dict(), extra, overrides)
             if _launched(ctx, nproc, saved.train.device, run_dir, prepare=lambda: _open_loggers(run_dir, **logging)):
                 return
         with _resumable(run_dir):
@@ -119,7 +119,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
         run_dir = Path(out or f"runs/{preset or Path(config_file or 'run').stem}")
-        from vaelab.config import build_config
+        from vaelab.configure import build_config
 
         config = build_config(preset, config_file, overrides, extra)
         _check_iw_samples(iw_samples or 0, config.model)
@@ -266,7 +266,8 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
 @click.command()
 def presets() -> None:
     """List the named configurations and their parameter counts."""
-    from vaelab.config import build_config, preset_names
+    from vaelab.config import preset_names
+    from vaelab.configure import build_config
     from vaelab.models import build_model, count_params
 
     for name in preset_names():

@@ -118,7 +118,7 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
                 kl_sum = per_dim.double().sum(0) if kl_sum is None else kl_sum + per_dim.double().sum(0)
         means.append(q.mean.float().cpu())
         if "codebook" in caps:
-            usage = torch.bincount(q.indices.flatten().cpu(), minlength=model.cfg.codebook_size)
+            usage = torch.bincount(q.indices.flatten().cpu(), minlength=model.cfg.opts("vq").codebook_size)
             counts = usage if counts is None else counts + usage
     n = len(data)
     result: dict = {k: v / n for k, v in sums.items()}

@@ -177,7 +177,7 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     idx, labels = code_indices(run, "train")
     if conditional and labels is None:
         raise VaelabError("a class-conditional PixelCNN needs labelled training images, and this run's data has none")
-    k = run.model.cfg.codebook_size
+    k = run.model.cfg.opts("vq").codebook_size
     cfg = PixelCNNConfig(k, idx.shape[1], idx.shape[2], channels, layers, kernel,
                          int(labels.max()) + 1 if conditional else None)
     torch.manual_seed(seed)

@@ -322,12 +322,52 @@ class Body(NamedTuple):
     join: Callable  # (x (B, C, H, W), e (B, E)) -> encoder input
     channels_last: bool  # activations and weights in NHWC (oneDNN's fast conv kernels)
     description: str = ""  # one line, for `vaelab parts`
+    check: Callable | None = None  # (cfg) -> None: refuse, in one line, what this body cannot build
+    reads: tuple[str, ...] = ()  # the ModelConfig fields only this kind of body reads (refused for another)
+
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def check_mlp(cfg: ModelConfig) -> None:
+    _check(cfg.latent == "dense", "model.latent=conv (the last feature map is the code) needs model.arch=conv, and "
+           "model.arch is mlp")
+    _check(all(h > 0 for h in cfg.hidden), "model.hidden widths must be positive")
+
+
+def check_conv(cfg: ModelConfig) -> None:
+    _check(cfg.norm in NORMS, f"model.norm must be one of {', '.join(sorted(NORMS))}, got {cfg.norm!r}")
+    _check(cfg.final_layer in FINAL_LAYERS,
+           f"model.final_layer must be one of {', '.join(sorted(FINAL_LAYERS))}, got {cfg.final_layer!r}")
+    _check(len(cfg.channels) >= 1, "model.channels needs at least one conv layer")
+    for name in ("kernel_size", "strides"):
+        v = getattr(cfg, name)
+        if isinstance(v, list):
+            _check(len(v) == len(cfg.channels), f"model.{name} has {len(v)} entries but model.channels has "
+                   f"{len(cfg.channels)}")
+    if cfg.decoder_channels is not None:
+        _check(cfg.final_kernel is not None,
+               "model.decoder_channels needs model.final_kernel (the layer to the image channels)")
+        _check(len(cfg.decoder_channels) == len(cfg.channels) and all(c > 0 for c in cfg.decoder_channels),
+               f"model.decoder_channels needs {len(cfg.channels)} positive widths (one per conv layer), "
+               f"got {cfg.decoder_channels}")
+    if cfg.latent == "conv":
+        _check(cfg.condition == "none", f"model.condition={cfg.condition} feeds labels to a vector code, and "
+               f"model.latent=conv makes the code a feature map (model.posterior={cfg.posterior}); "
+               "give model.latent=dense or model.condition=none")
 
 
 # Registry: model.arch -> Body. Adding an architecture is three functions and one entry.
 BODIES: dict[str, Body] = {
     "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False,
-                description="fully connected layers of model.hidden widths; the decoder mirrors them"),
+                description="fully connected layers of model.hidden widths; the decoder mirrors them",
+                check=check_mlp, reads=("hidden", "decoder_hidden")),
     "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True,
-                 description="convolutions of model.channels, then model.dense layers; the decoder mirrors them"),
+                 description="convolutions of model.channels, then model.dense layers; the decoder mirrors them",
+                 check=check_conv,
+                 reads=("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
+                        "decoder_channels", "decoder_input_activation", "final_layer")),
 }

@@ -65,6 +65,12 @@ class Bernoulli(Likelihood):
 
     name = "bce"
 
+    @staticmethod
+    def check(cfg) -> None:
+        if cfg.output_activation != "sigmoid":
+            raise ConfigError(f"model.loss=bce needs model.output_activation=sigmoid (outputs in [0, 1]), got "
+                              f"{cfg.output_activation}")
+
     def loss(self, logits, target):
         # From logits: one fused, numerically stable op instead of sigmoid then log.
         return F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").sum(IMAGE_DIMS)

@@ -44,7 +44,7 @@ def capabilities(cfg: ModelConfig) -> frozenset[str]:
     """What a model with these parts offers; tools and objectives ask for these by name
     (``vaelab.models.CAPABILITIES`` says what each means)."""
     head = POSTERIORS[cfg.posterior]
-    caps = {name for name in ("continuous", "codebook") if getattr(head, name)}
+    caps = {name for name in ("continuous", "codebook", "diagonal", "two_layers") if getattr(head, name)}
     stochastic = head.stochastic
     prior = PRIORS[cfg.prior] is not None
     if stochastic:
@@ -125,8 +125,7 @@ class LatentModel(nn.Module):
         self.posterior_head = head(cfg, features)
         # The decoder reads the code's first decoder_dim dimensions (z1 of a two-layer model).
         self.decoder_dim = head.decoder_dim(cfg) if hasattr(head, "decoder_dim") else cfg.latent_dim
-        dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim,
-                                                                         latent_dims=None)
+        dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim)
         self.decoder = body.decoder(dec_cfg, extra)
         prior = PRIORS[cfg.prior]
         self.prior_net = prior(cfg) if prior is not None else None

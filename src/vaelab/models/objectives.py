@@ -18,14 +18,14 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
 - ``recon``: the reconstruction loss through the posterior mean (autoencoders).
 - ``elbo``: recon + beta * KL(q(z|x) || p(z)) with the KL in closed form where there
   is one (else a one-sample Monte-Carlo estimate), the KL weight warmed up linearly
-  over the first ``model.kl_warmup`` of training; with ``model.capacity`` C, the
+  over the first ``model.elbo.kl_warmup`` of training; with ``model.elbo.capacity`` C, the
   capacity-annealed form recon + gamma |KL - C progress| (Burgess et al. 2018).
-- ``iwae``: the importance-weighted bound with ``model.k`` samples (Burda et al. 2016);
+- ``iwae``: the importance-weighted bound with ``model.iwae.k`` samples (Burda et al. 2016);
   ``nelbo`` is the mean of the k one-sample bounds, for comparison.
 - ``miwae``, ``piwae``, ``ciwae``: other poolings of the same log-weights (Rainforth et al.
   2018), in ``vaelab.models.iw_bounds``.
 - ``tcvae``: beta-TCVAE (Chen et al. 2018): recon + alpha MI + beta TC + gamma
-  dimension-wise KL, the KL split by a minibatch estimator of q(z) (``model.tc_estimator``:
+  dimension-wise KL, the KL split by a minibatch estimator of q(z) (``model.tcvae.estimator``:
   stratified sampling by default, the authors' weighted sampling as an option).
 - ``wae-mmd``: the WAE (Tolstikhin et al. 2018): recon + lambda MMD(q(z), p(z)), with a
   deterministic or a Gaussian encoder.
@@ -38,9 +38,16 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
 - ``vq``: VQ-VAE (van den Oord et al. 2017): recon through the quantised code, plus the
   codebook term |sg(z_e) - e|^2 (unless the codebook follows an EMA) and the commitment
   term beta |z_e - sg(e)|^2, summed over the code's elements.
+
+Each objective's options are its own dataclass (``vaelab.models.options``): the section
+``model.<objective>`` of the config, read as ``cfg.opts(name)``. A field's ``alias`` is the
+flat name it had before (``model.k``), still accepted.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,10 +56,103 @@ from vaelab.errors import ConfigError
 from vaelab.models.aae import OBJECTIVE as AAE
 from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
+from vaelab.models.posteriors import VQOptions, check_vq
 from vaelab.models.factorvae import FACTORVAE
 from vaelab.models.iw_bounds import IW_OBJECTIVES
 from vaelab.models.vaegan import OBJECTIVE as VAEGAN
 
+
+def _opt(default, help: str, alias: str | None = None):
+    """A dataclass field with its help and (for options that were model fields) its old flat name."""
+    return field(default=default, metadata={"help": help} | ({"alias": alias} if alias else {}))
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ElboOptions:
+    beta: float = _opt(1.0, "weight of the KL term", "beta")
+    kl_warmup: float = _opt(0.0, "the KL weight ramps from 0 to beta over this fraction of training (above 1: the "
+                            "ramp outlasts the run); train.kl_warmup_epochs fills it in", "kl_warmup")
+    capacity: float | None = _opt(None, "target KL C in nats, annealed from 0: recon + gamma |KL - C progress| "
+                                  "(Burgess et al. 2018)", "capacity")
+    capacity_gamma: float = _opt(1000.0, "weight gamma of |KL - C progress| (with capacity)", "capacity_gamma")
+
+    def __post_init__(self) -> None:
+        _need(self.beta >= 0, f"model.elbo.beta must be >= 0, got {self.beta}")
+        _need(self.kl_warmup >= 0, f"model.elbo.kl_warmup must be >= 0 (a fraction of training), got {self.kl_warmup}")
+        _need(self.capacity is None or self.capacity >= 0, f"model.elbo.capacity must be >= 0 nats, got {self.capacity}")
+        _need(self.capacity_gamma > 0, f"model.elbo.capacity_gamma must be positive, got {self.capacity_gamma}")
+
+
+def _check_elbo(cfg) -> None:
+    o = cfg.opts("elbo")
+    if o.capacity is None:
+        _need(o.capacity_gamma == 1000.0, f"model.elbo.capacity_gamma={o.capacity_gamma} is not used: it weighs the "
+              "capacity term, and model.elbo.capacity is not set; leave it out")
+        return
+    for name, default in (("beta", 1.0), ("kl_warmup", 0.0)):
+        _need(getattr(o, name) == default, f"model.elbo.{name}={getattr(o, name)} is not used: model.elbo.capacity "
+              "replaces the KL weight (recon + gamma |KL - C progress|); leave it out"
+              + (" (and train.kl_warmup_epochs)" if name == "kl_warmup" else ""))
+
+
+@dataclass
+class IwaeOptions:
+    k: int = _opt(5, "importance samples per image", "k")
+
+    def __post_init__(self) -> None:
+        _need(self.k >= 1, f"model.iwae.k (importance samples) must be at least 1, got {self.k}")
+
+
+TC_ESTIMATORS = ("mss", "mws")
+
+
+@dataclass
+class TcvaeOptions:
+    alpha: float = _opt(1.0, "weight of the mutual information term", "tc_alpha")
+    beta: float = _opt(1.0, "weight of the total correlation", "beta")
+    gamma: float = _opt(1.0, "weight of the dimension-wise KL", "tc_gamma")
+    # q(z) from the minibatch: mss (stratified, an unbiased estimate of q(z), so eval.json's
+    # mi / tc / dwkl read as what they are named) or mws (the authors' default: every term
+    # offset by a constant of log N or log B per dimension, so a dimension-wise KL reads negative)
+    estimator: str = _opt("mss", "q(z) from the minibatch: mss (stratified) or mws (the authors' weighted sampling)",
+                          "tc_estimator")
+    kl_warmup: float = _opt(0.0, "the TC weight ramps from 0 to beta over this fraction of training; "
+                            "train.kl_warmup_epochs fills it in", "kl_warmup")
+
+    def __post_init__(self) -> None:
+        _need(self.beta >= 0, f"model.tcvae.beta must be >= 0, got {self.beta}")
+        _need(self.kl_warmup >= 0, f"model.tcvae.kl_warmup must be >= 0 (a fraction of training), got {self.kl_warmup}")
+        _need(self.estimator in TC_ESTIMATORS, f"model.tcvae.estimator must be mss or mws, got {self.estimator!r}")
+
+
+MMD_KERNELS = ("imq", "rbf")
+
+
+@dataclass
+class MmdOptions:
+    """MMD objectives: weight lambda, kernel and its scales s (constants C = s * 2 * latent_dim,
+    for a prior of unit variance; kernels summed over s)."""
+
+    weight: float = _opt(10.0, "weight lambda of the MMD term", "mmd_weight")
+    kernel: str = _opt("imq", "the MMD kernel: imq or rbf", "mmd_kernel")
+    scales: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
+                                metadata={"help": "the kernel's scales (summed over)", "alias": "mmd_scales"})
+
+    def __post_init__(self) -> None:
+        _need(self.weight >= 0, f"model.mmd_weight must be >= 0, got {self.weight}")
+        _need(self.kernel in MMD_KERNELS, f"model.mmd_kernel must be imq or rbf, got {self.kernel!r}")
+        _need(len(self.scales) >= 1 and all(math.isfinite(s) and s > 0 for s in self.scales),
+              f"model.mmd_scales (the MMD kernel scales) must be positive, got {self.scales}")
+
+
+@dataclass
+class InfovaeOptions(MmdOptions):
+    alpha: float = _opt(0.0, "recon + (1 - alpha) KL + (alpha + lambda - 1) MMD", "info_alpha")
 
 def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     r = model.recon_loss(model.decode_logits(q.mean, y), x)
@@ -60,11 +160,13 @@ def recon(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0
 
 
 def kl_weight(cfg, progress: float) -> float:
-    """beta, ramped linearly from 0 over the first ``cfg.kl_warmup`` of training. Progress 1
-    (the default outside training: evaluation, validation) is the objective itself, full beta."""
-    if cfg.kl_warmup and cfg.kl_warmup > 0 and progress < 1:
-        return cfg.beta * min(1.0, progress / cfg.kl_warmup)
-    return cfg.beta
+    """beta, ramped linearly from 0 over the first ``kl_warmup`` of training: both options of
+    the config's objective (``cfg.opts(cfg.objective)``). Progress 1 (the default outside
+    training: evaluation, validation) is the objective itself, full beta."""
+    o = cfg.opts(cfg.objective)
+    if o.kl_warmup and o.kl_warmup > 0 and progress < 1:
+        return o.beta * min(1.0, progress / o.kl_warmup)
+    return o.beta
 
 
 def elbo(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
@@ -72,16 +174,17 @@ def elbo(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0,
     r = model.recon_loss(model.decode_logits(z, y), x)
     kl = kl_divergence(q, model.prior(y, len(x)), z)
     cfg = model.cfg
-    if cfg.capacity is not None:
+    o = cfg.opts("elbo")
+    if o.capacity is not None:
         # Burgess et al. (2018): push the KL to a target capacity that grows during training.
-        loss = r + cfg.capacity_gamma * (kl - cfg.capacity * progress).abs()
+        loss = r + o.capacity_gamma * (kl - o.capacity * progress).abs()
     else:
         loss = r + kl_weight(cfg, progress) * kl
     return {"loss": loss, "recon": r, "kl": kl}
 
 
 def iwae(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
-    log_w = model.log_weights(x, y, model.cfg.k, generator=generator, q=q)  # (k, B)
+    log_w = model.log_weights(x, y, model.cfg.opts("iwae").k, generator=generator, q=q)  # (k, B)
     return {"loss": -log_mean_exp(log_w, 0), "nelbo": -log_w.mean(0)}
 
 
@@ -94,25 +197,25 @@ def tcvae(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0
     z = q.rsample(generator=generator)  # (B, D)
     r = model.recon_loss(model.decode_logits(z, y), x)
     p = model.prior(y, len(x))
-    cfg = model.cfg
-    t = tc_decomposition(z, q.loc, q.logvar, dataset_size, prior=p.log_prob(z), estimator=cfg.tc_estimator)
-    loss = r + cfg.tc_alpha * t["mi"] + kl_weight(cfg, progress) * t["tc"] + cfg.tc_gamma * t["dwkl"]
+    o = model.cfg.opts("tcvae")
+    t = tc_decomposition(z, q.loc, q.logvar, dataset_size, prior=p.log_prob(z), estimator=o.estimator)
+    loss = r + o.alpha * t["mi"] + kl_weight(model.cfg, progress) * t["tc"] + o.gamma * t["dwkl"]
     return {"loss": loss, "recon": r, "kl": kl_divergence(q, p, z), "mi": t["mi"], "tc": t["tc"],
             "dwkl": t["dwkl"]}
 
 
 def _mmd_to_prior(model, z: torch.Tensor, y, generator) -> torch.Tensor:
     """MMD^2 between the batch's codes z (B, D) and as many prior draws, as a (B,) tensor."""
-    cfg = model.cfg
+    o = model.cfg.opts(model.cfg.objective)
     zp = model.prior(y, len(z)).sample(generator=generator).to(z.dtype)
-    return mmd(z, zp, kernel=cfg.mmd_kernel, scale=cfg.mmd_scales).expand(len(z))
+    return mmd(z, zp, kernel=o.kernel, scale=o.scales).expand(len(z))
 
 
 def wae_mmd(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     z = q.rsample(generator=generator)  # the code itself for a deterministic encoder
     r = model.recon_loss(model.decode_logits(z, y), x)
     m = _mmd_to_prior(model, z, y, generator)
-    return {"loss": r + model.cfg.mmd_weight * m, "recon": r, "mmd": m}
+    return {"loss": r + model.cfg.opts("wae-mmd").weight * m, "recon": r, "mmd": m}
 
 
 def infovae(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
@@ -120,7 +223,8 @@ def infovae(model, x, y, q: Distribution, *, generator=None, progress: float = 1
     r = model.recon_loss(model.decode_logits(z, y), x)
     kl = kl_divergence(q, model.prior(y, len(x)), z)
     m = _mmd_to_prior(model, z, y, generator)
-    a, lam = model.cfg.info_alpha, model.cfg.mmd_weight
+    o = model.cfg.opts("infovae")
+    a, lam = o.alpha, o.weight
     return {"loss": r + (1 - a) * kl + (a + lam - 1) * m, "recon": r, "kl": kl, "mmd": m}
 
 
@@ -128,9 +232,10 @@ def vq(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, *
     r = model.recon_loss(model.decode_logits(q.mean, y), x)  # q.mean: straight-through z_q
     ze, e = q.encoded, q.quantized  # (B, D') each
     commit = (ze - e.detach()).square().sum(1)
-    loss = r + model.cfg.commitment * commit
+    o = model.cfg.opts("vq")
+    loss = r + o.commitment * commit
     parts = {"loss": loss, "recon": r, "commit": commit}
-    if not model.cfg.vq_ema:  # with an EMA codebook the codebook term is the update itself
+    if not o.ema:  # with an EMA codebook the codebook term is the update itself
         parts["codebook"] = (ze.detach() - e).square().sum(1)
         parts["loss"] = loss + parts["codebook"]
     return parts
@@ -140,18 +245,24 @@ def vq(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, *
 OBJECTIVES: dict[str, Objective] = {
     "recon": Objective(recon, frozenset(), "reconstruction loss through the posterior mean"),
     "elbo": Objective(elbo, frozenset({"prior", "stochastic"}),
-                      "negative ELBO: recon + beta * KL (warm-up and capacity annealing as options)"),
-    "iwae": Objective(iwae, frozenset({"density"}), "importance-weighted bound with model.k samples"),
-    **IW_OBJECTIVES,  # miwae, piwae, ciwae (Rainforth et al. 2018): vaelab.models.iw_bounds
-    "tcvae": Objective(tcvae, frozenset({"prior", "stochastic"}),
-                       "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL"),
-    "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))"),
-    "aae": AAE,
+                      "negative ELBO: recon + beta * KL (warm-up and capacity annealing as options)",
+                      options=ElboOptions, check=_check_elbo),
+    "iwae": Objective(iwae, frozenset({"density"}), "importance-weighted bound with model.iwae.k samples",
+                      options=IwaeOptions),
+    "tcvae": Objective(tcvae, frozenset({"prior", "stochastic", "diagonal"}),
+                       "beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL", options=TcvaeOptions),
+    "wae-mmd": Objective(wae_mmd, frozenset({"prior", "continuous"}), "WAE: recon + lambda MMD(q(z), p(z))",
+                         options=MmdOptions),
     "infovae": Objective(infovae, frozenset({"prior", "stochastic"}),
-                         "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD"),
-    "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms"),
+                         "InfoVAE: recon + (1 - alpha) KL + (alpha + lambda - 1) MMD", options=InfovaeOptions),
+    # Shares the section model.vq (and its check) with the posterior vq: one part, two roles.
+    "vq": Objective(vq, frozenset({"codebook"}), "VQ-VAE: recon + codebook + commitment terms", options=VQOptions,
+                    check=check_vq),
+    **IW_OBJECTIVES,  # miwae, piwae, ciwae (Rainforth et al. 2018): vaelab.models.iw_bounds
+    "aae": AAE,
     "factorvae": FACTORVAE,
     "vaegan": VAEGAN,
 }
 
-__all__ = ["OBJECTIVES", "Objective", "OptimStep", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]
+__all__ = ["OBJECTIVES", "ElboOptions", "InfovaeOptions", "IwaeOptions", "MmdOptions", "Objective", "OptimStep",
+           "TcvaeOptions", "elbo", "infovae", "iwae", "kl_weight", "recon", "tcvae", "vq", "wae_mmd"]

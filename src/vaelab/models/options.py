@@ -8,6 +8,11 @@ the part: ``--set model.factorvae.gamma=10``, YAML ``model: {factorvae: {gamma: 
 and the same nesting in a run's ``config.json``. ``resolve(cfg)`` (called when a config is
 built) turns each chosen part's section into its dataclass (defaults filled in, types
 checked) and refuses a section for a part the config does not use.
+
+Options that were fields of the model section before parts owned them keep their old flat
+names as aliases (``--set model.k=50`` is ``model.iwae.k=50``): a field declares its old
+name as ``metadata["alias"]``, and ``fold`` moves such a key into the section of the chosen
+part that answers to it.
 """
 
 from __future__ import annotations
@@ -68,9 +73,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def build_options(entry, name: str, raw: Any):
-    """The dataclass of ``entry``'s options from the section ``raw`` (a dict, or already one)."""
-    cls = entry.options
+def build_options(cls, name: str, raw: Any):
+    """The options dataclass ``cls`` of the part ``name`` from its section ``raw`` (a dict, or already one)."""
     if isinstance(raw, cls):
         raw = dataclasses.asdict(raw)
     if raw is None:
@@ -92,36 +96,85 @@ def build_options(entry, name: str, raw: Any):
         raise ConfigError(f"model.{name}: {e}") from None
 
 
+def _chosen(cfg, parts: dict[str, tuple[str, dict]]) -> dict[str, list[tuple[str, str, Any]]]:
+    """Part name -> [(role, config field, registry entry)]: one name may fill two roles (the
+    posterior vq and the objective vq share the section model.vq and its options)."""
+    chosen: dict[str, list[tuple[str, str, Any]]] = {}
+    for role, (field, registry) in parts.items():
+        name = getattr(cfg, field)
+        chosen.setdefault(name, []).append((role, field, registry.get(name)))
+    return chosen
+
+
+def aliases(parts: dict[str, tuple[str, dict]]) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Old flat names of part options (``model.k``, a field's ``metadata["alias"]``) -> every
+    (role, config field, part, option) that answers to it (``beta``: elbo's and tcvae's)."""
+    out: dict[str, list[tuple[str, str, str, str]]] = {}
+    for role, (field, registry) in parts.items():
+        for name, entry in registry.items():
+            for f in option_fields(entry):
+                if "alias" in f.metadata and (role, field, name, f.name) not in out.get(f.metadata["alias"], []):
+                    out.setdefault(f.metadata["alias"], []).append((role, field, name, f.name))
+    return out
+
+
+def fold(section: dict, chosen: dict[str, str], parts: dict[str, tuple[str, dict]]) -> dict:
+    """A copy of the mapping ``section`` (the model section as read, or ``cfg.options``) with each
+    old flat name that a chosen part answers to moved into that part's section
+    (``{"k": 50}`` -> ``{"iwae": {"k": 50}}``). ``chosen``: config field -> the part it names.
+    Flat names no chosen part reads are left where they are, for the caller to judge."""
+    out = dict(section)
+    table = aliases(parts)
+    for key in [k for k in section if k in table and not isinstance(section[k], dict)]:
+        owners = [(part, option) for _, field, part, option in table[key] if chosen.get(field) == part]
+        if not owners:
+            continue
+        part, option = owners[0]
+        raw = out.get(part)
+        own = dataclasses.asdict(raw) if dataclasses.is_dataclass(raw) else dict(raw or {})
+        if option in own and own[option] != section[key] and not dataclasses.is_dataclass(raw):
+            raise ConfigError(f"model.{key} and model.{part}.{option} are both set ({section[key]!r}, "
+                              f"{own[option]!r}); give model.{part}.{option} alone")
+        own[option] = out.pop(key)
+        out[part] = own
+    return out
+
+
 def resolve(cfg, parts: dict[str, tuple[str, dict]]) -> None:
     """Fill ``cfg.options`` with the dataclass of every chosen part that has options, refuse a
-    section of a part not chosen, then run each chosen part's ``check(cfg)``.
+    section of a part not chosen, then run each chosen part's ``check(cfg)`` (once each).
 
     ``parts``: role -> (the config field that chooses it, its registry), e.g.
     ``{"objective": ("objective", OBJECTIVES)}``."""
-    chosen = {}
-    for role, (field, registry) in parts.items():
-        name = getattr(cfg, field)
-        chosen[name] = (role, field, registry.get(name))
+    chosen = _chosen(cfg, parts)
     for section in list(cfg.options):
         if section in chosen:
             continue
         for role, (field, registry) in parts.items():
             if section in registry:
                 raise ConfigError(f"model.{section} holds options of the {role} {section}, and model.{field} is "
-                                  f"{getattr(cfg, field)}; leave it out, or set model.{field}={section}")
+                                  f"{getattr(cfg, field)}; leave it out, or set model.{field}={section} "
+                                  f"(model.{section}=null clears a preset's)")
+        with_options = [n for n, es in chosen.items() if any(option_fields(e) for _, _, e in es)]
         raise ConfigError(f"model.{section} is neither an option nor a part of this model; the parts with options "
-                          f"here: {', '.join(n for n, (_, _, e) in chosen.items() if option_fields(e)) or 'none'}")
-    for name, (_, _, entry) in chosen.items():
-        if entry is not None and getattr(entry, "options", None) is not None:
-            cfg.options[name] = build_options(entry, name, cfg.options.get(name))
-        elif name in cfg.options and cfg.options[name]:
+                          f"here: {', '.join(with_options) or 'none'}")
+    for name, entries in chosen.items():
+        classes = {e.options for _, _, e in entries if e is not None and getattr(e, "options", None) is not None}
+        if len(classes) > 1:  # a programming error: two parts of one name must share their options
+            raise TypeError(f"the parts named {name} declare different options: {sorted(c.__name__ for c in classes)}")
+        if classes:
+            cfg.options[name] = build_options(next(iter(classes)), name, cfg.options.get(name))
+        elif cfg.options.get(name):
             raise ConfigError(f"model.{name} has no options; leave model.{name} out")
         else:
             cfg.options.pop(name, None)
-    for name, (_, _, entry) in chosen.items():
-        check = getattr(entry, "check", None)
-        if check is not None:
-            check(cfg)
+    done = set()
+    for entries in chosen.values():
+        for _, _, entry in entries:
+            check = getattr(entry, "check", None)
+            if check is not None and check not in done:
+                done.add(check)
+                check(cfg)
 
 
-__all__ = ["build_options", "option_fields", "resolve"]
+__all__ = ["aliases", "build_options", "fold", "option_fields", "resolve"]

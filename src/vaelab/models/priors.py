@@ -9,11 +9,15 @@ built from its other parts).
 - ``vamp``: the VampPrior (Tomczak & Welling 2018), the mixture of the model's own
   posteriors at K learned pseudo-inputs, (1/K) sum_k q(z | u_k).
 - ``hierarchical``: p(z2) p(z1|z2) for the two-stochastic-layer posterior (codes [z1, z2]),
-  p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.hidden2`` (Burda et al. 2016).
+  p(z2) = N(0, I) and p(z1|z2) Gaussian through ``model.gaussian2.hidden2`` (Burda et al. 2016).
+
+A prior class says what the rest of the model must offer for it (``requires``: model
+capabilities, ``vaelab.models.CAPABILITIES``), checked when the config is built.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +41,7 @@ class NormalPrior(nn.Module):
     """N(0, I); holds no weights (a buffer tells it the device and dtype)."""
 
     needs_labels = False
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -52,6 +57,7 @@ class ConditionalPrior(nn.Module):
     """p(z|y) = N(mu_y, diag(exp(logvar_y))), one learned mean and log-variance per class."""
 
     needs_labels = True
+    requires = frozenset({"labels"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -66,6 +72,16 @@ class ConditionalPrior(nn.Module):
         return DiagNormal(self.mu[y], self.logvar[y])
 
 
+@dataclass
+class VampOptions:
+    components: int = field(default=500, metadata={"help": "K, the number of learned pseudo-inputs",
+                                                   "alias": "vamp_components"})
+
+    def __post_init__(self) -> None:
+        if self.components < 1:
+            raise ConfigError(f"model.vamp.components must be at least 1, got {self.components}")
+
+
 class VampPrior(nn.Module):
     """(1/K) sum_k q(z | u_k) at K learned pseudo-inputs u_k, images in [0, 1].
 
@@ -74,13 +90,19 @@ class VampPrior(nn.Module):
     one-sample estimate, and nll_iw / the prior sampler work from the mixture."""
 
     needs_labels = False
+    requires = frozenset({"diagonal"})  # its components are the posterior's own means and variances
+    options = VampOptions
+
+    @staticmethod
+    def check(cfg: ModelConfig) -> None:
+        if cfg.condition != "none":
+            raise ConfigError(f"model.prior=vamp is the mixture of q(z|u_k) at unlabelled pseudo-inputs, and "
+                              f"model.condition={cfg.condition} would need labels for them; choose another prior "
+                              "or model.condition=none")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.condition != "none":
-            raise ConfigError("model.prior=vamp is the mixture of q(z|u_k) at unlabelled pseudo-inputs; "
-                              "a conditional model would need labels for them")
-        self.pseudo = nn.Parameter(torch.randn(cfg.vamp_components, *cfg.input_shape) * 0.01 + 0.05)
+        self.pseudo = nn.Parameter(torch.randn(cfg.opts("vamp").components, *cfg.input_shape) * 0.01 + 0.05)
 
     def pseudo_inputs(self) -> torch.Tensor:
         return torch.nn.functional.hardtanh(self.pseudo, 0.0, 1.0)  # (K, C, H, W)
@@ -91,17 +113,18 @@ class VampPrior(nn.Module):
 
 
 class HierarchicalPrior(nn.Module):
-    """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through ``model.hidden2``."""
+    """p(z2) p(z1|z2) over codes [z1, z2]: z2 ~ N(0, I), z1 from z2 through the two-layer
+    posterior's ``hidden2`` reversed (its options: ``model.gaussian2``)."""
 
     needs_labels = False
+    requires = frozenset({"two_layers"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.latent_dims is None:
-            raise ConfigError("model.prior=hierarchical needs model.latent_dims [z1, z2] (and model.posterior=gaussian2)")
-        d1, d2 = cfg.latent_dims
+        o = cfg.opts(cfg.posterior)  # the two-layer posterior's sizes (requires two_layers)
+        d1, d2 = o.latent_dims
         self.d1, self.d2 = d1, d2
-        self.z1 = GaussianLayer(d2, list(reversed(cfg.hidden2)), d1, cfg.activation)
+        self.z1 = GaussianLayer(d2, list(reversed(o.hidden2)), d1, cfg.activation)
         self.register_buffer("anchor", torch.zeros(()), persistent=False)
 
     def forward(self, model, y: torch.Tensor | None, batch: int | None) -> Distribution:
@@ -115,4 +138,4 @@ PRIORS: dict[str, type[nn.Module] | None] = {
     "hierarchical": HierarchicalPrior,
 }
 
-__all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampPrior"]
+__all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampOptions", "VampPrior"]

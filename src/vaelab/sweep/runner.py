@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelab.config import build_config, parse_override, typed_value
+from vaelab.config import merge, nested, parse_override, typed_value
+from vaelab.configure import build_config, check_option_name
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.io import write_json
 from vaelab.rundir import RunDir
@@ -113,6 +114,7 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
         values = []
         for v in split_values(raw):
             section, name, value = parse_override(f"{key}={v}")
+            check_option_name(section, name)  # model.nope: refused here, not in every trial
             values.append(typed_value(section, name, value))
         if not values:
             raise ConfigError(f"--grid {key} has no values; give them as {key}=v1,v2")
@@ -143,9 +145,8 @@ def expand_grid(grid: dict[str, list]) -> list[Trial]:
 
 def _extra(params: dict[str, Any]) -> dict:
     extra: dict = {}
-    for key, value in params.items():
-        section, name = key.split(".", 1)
-        extra.setdefault(section, {})[name] = value
+    for key, value in params.items():  # model.PART.OPTION nests: {"model": {"PART": {"OPTION": value}}}
+        extra = merge(extra, nested(key, value))
     return extra
 
 

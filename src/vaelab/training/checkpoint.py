@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vaelab.config import RunConfig
+from vaelab.configure import config_from_dict
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.rundir import RunDir
 from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
@@ -144,7 +145,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train`")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        return config_from_dict(json.loads(path.read_text()), strict=False)  # training it again checks all
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"{path} is not a valid run config: {e}") from None
 

@@ -20,16 +20,26 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import RunConfig, check_options_used
+from vaelab.config import RunConfig
+from vaelab.configure import resolve_run
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.errors import CheckpointError, ConfigError, DataError
 from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
-from vaelab.training.callbacks import Checkpoint, Progress, Summary, Validation, evaluate_losses, save_epoch
+from vaelab.training.callbacks import (
+    Checkpoint,
+    Progress,
+    Summary,
+    Validation,
+    evaluate_losses,
+    save_epoch,
+)
 from vaelab.training.distributed import RankFailed, Ranks, session
-from vaelab.training.precision import resolve_device  # noqa: F401  (imported from here by callers)
-from vaelab.training.precision import resolve_precision
+from vaelab.training.precision import (
+    resolve_device,  # noqa: F401  (imported from here by callers)
+    resolve_precision,
+)
 from vaelab.training.trainer import Trainer, epoch_seed, make_adam
 
 
@@ -60,7 +70,9 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
 
     Started by torchrun, each process trains on its share of every batch (``train.batch_size``
     is the global batch) and only rank 0 logs and writes."""
-    check_options_used(config)  # an option the model, objective or data would not read is an error
+    # Built and checked as build_config does (a config assembled in code too): an option the
+    # model, objective or data would not read is an error. A copy: the caller's is not changed.
+    config = resolve_run(config.copy())
     try:
         with session(config.train.device) as (ranks, device), \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
