@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cli_error, run_main
+from conftest import cli_error, model_config, run_main
 from torch import nn
 
-from vaelab.config import ModelConfig
 from vaelab.distributions import PointMass
 from vaelab.errors import ConfigError
 from vaelab.models import MODELS, OBJECTIVES, build_model
@@ -32,7 +31,7 @@ def small(**kw):
     torch.manual_seed(0)
     base = {"kind": "aae", "arch": "mlp", "input_shape": [1, 6, 6], "hidden": [16], "latent_dim": 3}
     base.update(kw)
-    return build_model(ModelConfig(**base))
+    return build_model(model_config(**base))
 
 
 def set_linear_disc(model, w: torch.Tensor, b: float) -> None:
@@ -245,7 +244,7 @@ def test_resume_is_bit_exact(tiny_config, tmp_path):
 @pytest.fixture(scope="module")
 def aae_run(tmp_path_factory, shapes_npz):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     cfg = build_config(None, None, [
         "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=aae", "model.posterior=gaussian",

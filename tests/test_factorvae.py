@@ -11,9 +11,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import one_line, run_main
+from conftest import model_config, one_line, run_main
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.models import MODELS, build_model
 from vaelab.models.factorvae import (
@@ -99,7 +98,7 @@ def small_model(**kw):
     base = {"kind": "factor-vae", "arch": "mlp", "input_shape": [1, 6, 6], "hidden": [16], "latent_dim": 3,
             "options": {"factorvae": {"disc_hidden": [8, 8], "gamma": 7.0}}}
     base.update(kw)
-    return build_model(ModelConfig(**base))
+    return build_model(model_config(**base))
 
 
 def test_the_loss_is_the_elbo_plus_gamma_times_the_discriminators_estimate():
@@ -141,7 +140,7 @@ def test_the_loss_is_the_elbo_plus_gamma_times_the_discriminators_estimate():
 
 
 def test_the_paper_defaults_and_other_posteriors_and_priors():
-    cfg = ModelConfig(kind="factor-vae", latent_dim=10)
+    cfg = model_config(kind="factor-vae", latent_dim=10)
     o = cfg.opts("factorvae")
     assert (o.gamma, o.disc_hidden, o.disc_lr, o.disc_beta1, o.disc_beta2) == (35.0, [1000] * 5, 1e-4, 0.5, 0.9)
     assert MODELS["factor-vae"].objective == "factorvae"

@@ -9,9 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import run_main
+from conftest import model_config, run_main
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.models import MODELS, build_model
 from vaelab.models.iw_bounds import encoder_parameters
@@ -31,7 +30,7 @@ def small(kind: str, seed: int = 0, iw_k: int | None = None, **opts):
     extra = {"options": {kind: opts}} if opts else {}
     if iw_k is not None:
         extra["k"] = iw_k
-    return build_model(ModelConfig(kind=kind, arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3,
+    return build_model(model_config(kind=kind, arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3,
                                    **extra)).eval()
 
 
@@ -120,7 +119,7 @@ def test_piwae_steps_split_the_parameters_into_inference_and_generative_networks
     assert ids(dec.params) | ids(enc.params) == ids(m.parameters())
     # A prior with weights of its own (the VampPrior's pseudo-inputs) belongs to the generative network.
     torch.manual_seed(0)
-    v = build_model(ModelConfig(kind="piwae", prior="vamp", vamp_components=3, arch="mlp", input_shape=[1, 6, 6],
+    v = build_model(model_config(kind="piwae", prior="vamp", vamp_components=3, arch="mlp", input_shape=[1, 6, 6],
                                 hidden=[16], latent_dim=3))
     dec, enc = v.optimisation_steps()
     assert ids(v.prior_net.parameters()) and ids(v.prior_net.parameters()) <= ids(dec.params)

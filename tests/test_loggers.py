@@ -28,7 +28,7 @@ EVAL = {"loss": 101.5, "nll_iw": 99.25, "split": "test", "parts": {"recon": 80.0
 
 
 def _trainer(run_dir, epoch=0, *overrides, main=True):
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     return SimpleNamespace(config=build_config("mlp-vae", None, list(overrides)), run_dir=run_dir, epoch=epoch,
                            main=main, model=None)

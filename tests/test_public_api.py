@@ -43,6 +43,7 @@ MOVED_NAMES = [
     ("vaelab.export", "export_latents", "vaelab.export.table"),
     ("vaelab.export", "EXPORTS", "vaelab.export.table"),
     ("vaelab.sweep", "trial_config", "vaelab.sweep.runner"),
+    ("vaelab.config", "build_config", "vaelab.configure"),
 ]
 SHIMS = {old for old, _, _ in MOVED_MODULES} | {"vaelab.viz"}
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cli_error, run_main
+from conftest import cli_error, model_config, run_main
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.models import build_model
 from vaelab.models.objectives import OBJECTIVES, Objective
@@ -28,7 +27,7 @@ def quiet(msg: str) -> None:
 
 def tiny(**opts):
     torch.manual_seed(0)
-    return build_model(ModelConfig(kind="vae-gan", arch="mlp", input_shape=[1, 6, 6], hidden=[8], latent_dim=2,
+    return build_model(model_config(kind="vae-gan", arch="mlp", input_shape=[1, 6, 6], hidden=[8], latent_dim=2,
                                    options={"vaegan": {"widths": [5, 4], **opts}}))
 
 
@@ -79,11 +78,11 @@ def test_losses_are_the_papers_on_a_tiny_fixed_network(opts):
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-5, msg=k)
     torch.testing.assert_close(got["recon"], recon, rtol=1e-4, atol=1e-4)  # the pixel loss, reported
-    assert m.capabilities == {"continuous", "stochastic", "prior"}  # no density
+    assert m.capabilities == {"continuous", "stochastic", "prior", "diagonal"}  # no density
 
 
 def test_the_discriminator_body_and_its_batch_norm_are_options():
-    m = build_model(ModelConfig(kind="vae-gan", arch="mlp", input_shape=[1, 8, 8], hidden=[8], latent_dim=2,
+    m = build_model(model_config(kind="vae-gan", arch="mlp", input_shape=[1, 8, 8], hidden=[8], latent_dim=2,
                                 options={"vaegan": {"arch": "conv", "widths": [4, 6], "norm": "batch"}}))
     dis = m.critics["discriminator"]
     assert [type(b[0]).__name__ for b in dis.blocks] == ["Conv2d", "Conv2d"]
@@ -101,7 +100,7 @@ def test_the_discriminator_body_and_its_batch_norm_are_options():
 
 
 def test_groups_partition_the_parameters_with_the_predictor_on_the_encoders_side():
-    m = build_model(ModelConfig(kind="vae-gan", arch="mlp", input_shape=[1, 6, 6], hidden=[8], latent_dim=2,
+    m = build_model(model_config(kind="vae-gan", arch="mlp", input_shape=[1, 6, 6], hidden=[8], latent_dim=2,
                                 predictor_weight=1.0, num_classes=3))
     steps = {s.name: {id(p) for p in s.params} for s in m.optimisation_steps()}
     assert list(steps) == ["encoder", "decoder", "discriminator"]
@@ -193,7 +192,7 @@ def test_resume_is_bit_exact(tiny_config, tmp_path):
 @pytest.fixture(scope="module")
 def vaegan_run(tmp_path_factory, shapes_npz):
     from vaelab.api import train
-    from vaelab.config import build_config
+    from vaelab.configure import build_config
 
     cfg = build_config(None, None, [
         "data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.kind=vae-gan", "model.arch=conv",
@@ -280,7 +279,7 @@ def test_bad_options_are_one_line(tiny_config):
         assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="model.vaegan holds options of the objective vaegan"):
         tiny_config("model.kind=vae", "model.vaegan.gamma=1")
-    cfg = ModelConfig(kind="vae-gan", arch="conv", channels=[4], latent_dim=2, input_shape=[1, 6, 6],
+    cfg = model_config(kind="vae-gan", arch="conv", channels=[4], latent_dim=2, input_shape=[1, 6, 6],
                       options={"vaegan": {"widths": [4, 4, 4, 4]}})
     with pytest.raises(ConfigError, match="model.vaegan.widths has 4 stride-2 conv layers, too many for 6x6"):
         build_model(cfg)

@@ -640,3 +640,18 @@ def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: lis
     if data.get("path") is not None and "name" not in data and isinstance(d.get("data"), dict):
         d = {**d, "data": {k: v for k, v in d["data"].items() if k != "name"}}
     return merge(d, update)
+
+
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "apply_overrides", "check_options_used",
+           "explicit_keys", "load_preset", "load_yaml", "merge", "parse_override", "preset_names", "source_of",
+           "typed_value", "unused_options"]
+
+# Names that moved to vaelab.configure (building a config needs the model registries, which
+# this module must not import); the old path works for one release, with a DeprecationWarning.
+_MOVED = {"build_config": "vaelab.configure"}
+
+
+def __getattr__(name: str):
+    from vaelab._deprecated import moved_name
+
+    return moved_name(__name__, name, _MOVED)
