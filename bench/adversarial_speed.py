@@ -43,6 +43,7 @@ def main() -> None:
     env.update(OMP_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    load_start = loadavg1()
     seconds: dict[str, list[float]] = {f: [] for f in families}
     runs = []
     for r in range(args.repeat):
@@ -61,13 +62,13 @@ def main() -> None:
                   f"load before {res['loadavg_1min_before']:.2f})", flush=True)
     med = {f: statistics.median(v) for f, v in seconds.items()}
     info = machine_info()
-    print(machine_line(info, threads=args.threads))
+    print(machine_line(info, threads=args.threads, load=(load_start, loadavg1())))
     print("| family | epoch s (median) | x the VAE's |\n|---|---:|---:|")
     for f in families:
         print(f"| {f} | {med[f]:.2f} | {med[f] / med['vae']:.2f} |")
     (out / "adversarial_speed.json").write_text(json.dumps(
         {"machine": info, "threads": args.threads, "limit": args.limit, "runs": runs, "median_epoch_s": med,
-         "ratio_to_vae": {f: round(med[f] / med["vae"], 3) for f in families}, "loadavg_end": loadavg1()},
+         "ratio_to_vae": {f: round(med[f] / med["vae"], 3) for f in families}, "loadavg_start": load_start, "loadavg_end": loadavg1()},
         indent=2) + "\n")
 
 
