@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import click
 
 COMMON_FLAGS = {
@@ -65,8 +68,6 @@ class RegistryHelp(click.Option):
 
 def registry_help(source: str) -> str:
     """Each entry of a registry and its one line of help: ``"local: ...; ray: ..."``."""
-    from vaelab.cli.parts import describe
-
     return "; ".join(f"{name}: {describe(entry).rstrip('.')}" for name, entry in registry(source).items()) + "."
 
 
@@ -118,3 +119,22 @@ def _print_eval(result: dict) -> None:
         _echo(f"  {k:<{width}}  {v}")
     for k, why in result.get("not_applicable", {}).items():
         _echo(f"  ({k} not applicable: {why})")
+
+
+_SENTENCE = re.compile(r"(.+?\.)(?=\s+[A-Z(`]|$)")  # up to a full stop before a capital ("et al. 2017" goes on)
+
+
+def describe(entry) -> str:
+    """One line about a registry entry: its ``description``, else the first sentence of its
+    docstring (a class's or function's own, never one inherited or a container type's)."""
+    if entry is None:  # an entry that leaves the part out (model.prior=none)
+        return "nothing: the model goes without this part"
+    text = getattr(entry, "description", None)
+    if not isinstance(text, str):
+        own = inspect.isclass(entry) or inspect.isroutine(entry)
+        text = entry.__dict__.get("__doc__") if inspect.isclass(entry) else entry.__doc__ if own else None
+    if not text:
+        return ""
+    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split()).replace("``", "`")
+    m = _SENTENCE.match(paragraph)
+    return m.group(1) if m else paragraph

@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 
 import click
 
-from vaelab.cli.options import _echo, registry
+from vaelab.cli.options import _echo, describe, registry
 
 # section -> (its registry, what chooses one of its entries)
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -34,23 +33,6 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "loggers": ("vaelab.training.loggers:LOGGERS", "train --log"),
 }
 
-_SENTENCE = re.compile(r"(.+?\.)(?=\s+[A-Z(`]|$)")  # up to a full stop before a capital ("et al. 2017" goes on)
-
-
-def describe(entry) -> str:
-    """One line about a registry entry: its ``description``, else the first sentence of its
-    docstring (a class's or function's own, never one inherited or a container type's)."""
-    if entry is None:  # an entry that leaves the part out (model.prior=none)
-        return "nothing: the model goes without this part"
-    text = getattr(entry, "description", None)
-    if not isinstance(text, str):
-        own = inspect.isclass(entry) or inspect.isroutine(entry)
-        text = entry.__dict__.get("__doc__") if inspect.isclass(entry) else entry.__doc__ if own else None
-    if not text:
-        return ""
-    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split()).replace("``", "`")
-    m = _SENTENCE.match(paragraph)
-    return m.group(1) if m else paragraph
 
 
 def _json_value(v):
