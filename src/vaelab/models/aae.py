@@ -89,7 +89,7 @@ from torch import nn
 from vaelab.distributions import Distribution
 from vaelab.errors import ConfigError, DataError
 from vaelab.models.bodies import mlp
-from vaelab.models.contract import Objective, OptimStep, Parts
+from vaelab.models.contract import Objective, OptimStep, Parts, other_parameters
 
 NAME = "aae"  # the objective's registry name and its options section (model.aae.*)
 
@@ -155,8 +155,7 @@ def _networks(cfg) -> dict[str, nn.Module]:
 def _steps(model) -> list[OptimStep]:
     o = model.cfg.opts(NAME)
     disc = list(model.critics["disc"].parameters())
-    ids = {id(p) for p in disc}
-    return [OptimStep("model", [p for p in model.parameters() if id(p) not in ids]),
+    return [OptimStep("model", other_parameters(model, disc)),
             OptimStep("disc", disc, loss="disc", lr=o.disc_lr, betas=(o.disc_beta1, o.disc_beta2))]
 
 

@@ -45,4 +45,11 @@ class Objective:
     drops: frozenset[str] = frozenset()
 
 
-__all__ = ["Objective", "OptimStep", "Parts"]
+def other_parameters(model: torch.nn.Module, *groups: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The model's trainable parameters in none of ``groups``: the group that, with them,
+    splits every trainable parameter between the optimisation steps (the trainer checks it)."""
+    taken = {id(p) for g in groups for p in g}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+
+
+__all__ = ["Objective", "OptimStep", "Parts", "other_parameters"]

@@ -81,7 +81,7 @@ from torch import nn
 from vaelab.distributions import Distribution, kl_divergence
 from vaelab.errors import ConfigError
 from vaelab.models.bodies import mlp
-from vaelab.models.contract import Objective, OptimStep, Parts
+from vaelab.models.contract import Objective, OptimStep, Parts, other_parameters
 
 NAME = "factorvae"  # the objective's registry name and its options section (model.factorvae.*)
 # Posteriors whose codes are flat vectors in R^D drawn by reparameterisation (what
@@ -165,8 +165,7 @@ def networks(cfg) -> dict[str, nn.Module]:
 def steps(model) -> list[OptimStep]:
     o = model.cfg.opts(NAME)
     disc = list(model.critics.parameters())
-    ids = {id(p) for p in disc}
-    return [OptimStep("model", [p for p in model.parameters() if id(p) not in ids and p.requires_grad]),
+    return [OptimStep("model", other_parameters(model, disc)),
             OptimStep("disc", disc, loss="disc", lr=o.disc_lr, betas=(o.disc_beta1, o.disc_beta2))]
 
 

@@ -49,7 +49,7 @@ import torch
 
 from vaelab.distributions import Distribution, log_mean_exp
 from vaelab.errors import ConfigError
-from vaelab.models.contract import Objective, OptimStep, Parts
+from vaelab.models.contract import Objective, OptimStep, Parts, other_parameters
 
 
 def _at_least_one(where: str, value: int) -> None:
@@ -129,9 +129,7 @@ def piwae_steps(model) -> list[OptimStep]:
     """The decoder step (every parameter not in the inference network: decoder body,
     likelihood, prior) on ``loss``, the IWAE bound; the encoder step on ``loss_encoder``."""
     enc = encoder_parameters(model)
-    ids = {id(p) for p in enc}
-    dec = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    return [OptimStep("decoder", dec), OptimStep("encoder", enc, loss="loss_encoder")]
+    return [OptimStep("decoder", other_parameters(model, enc)), OptimStep("encoder", enc, loss="loss_encoder")]
 
 
 def piwae_check(cfg) -> None:

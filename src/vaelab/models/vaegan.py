@@ -80,7 +80,7 @@ from torch import nn
 
 from vaelab.distributions import Distribution, kl_divergence
 from vaelab.errors import ConfigError
-from vaelab.models.contract import Objective, OptimStep, Parts
+from vaelab.models.contract import Objective, OptimStep, Parts, other_parameters
 
 NAME = "vaegan"
 GENERATORS = ("minimax", "non-saturating")
@@ -250,8 +250,7 @@ def steps(model) -> list[OptimStep]:
     o = model.cfg.opts(NAME)
     dec = list(model.decoder.parameters())
     dis = list(model.critics.parameters())
-    taken = {id(p) for p in dec + dis}
-    enc = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    enc = other_parameters(model, dec, dis)
     w = f"model.{NAME}"
     return [OptimStep("encoder", enc, loss="loss", lr=o.encoder_lr, betas=_betas(o.encoder_betas, w)),
             OptimStep("decoder", dec, loss="decoder", lr=o.decoder_lr, betas=_betas(o.decoder_betas, w)),
