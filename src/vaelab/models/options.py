@@ -33,8 +33,7 @@ def option_fields(entry) -> list[dataclasses.Field]:
 
 def _typed(value: Any, hint: Any, where: str) -> Any:
     """``value`` as the annotated type (YAML reads 1e-4 as a string; the CLI gives an int for 2)."""
-    text = hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
-    text = str(hint) if not isinstance(hint, type) else text
+    text = hint.__name__ if isinstance(hint, type) else str(hint)  # "float", "list[int]", "float | None"
     if value is None:
         if "None" in text:
             return None
