@@ -17,6 +17,7 @@ dimension, so ``log_prob`` of (K, B, D) codes is (K, B).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -231,6 +232,55 @@ class Ancestral(Distribution):
         return self.first.log_prob(a) + self.second(a).log_prob(b)
 
 
+class Flowed(Distribution):
+    """A normalizing-flow posterior: z = flow(z0), z0 ~ ``base`` (a DiagNormal), for an
+    invertible ``flow(z0, context) -> (z, log |det dz/dz0|)`` with per-item ``context`` tensors
+    (B, ...) (vaelab.models.flows). Its density is the change of variables
+
+        log q(z) = log base(z0) - log |det dz/dz0|,
+
+    known where z0 is: at this object's own draws. ``rsample`` keeps log q of each draw, and
+    ``log_prob(z)`` returns it for a tensor ``rsample`` returned (the flows have no cheap
+    inverse, so log q of any other code is refused). No closed-form KL: ``kl_divergence``
+    takes the Monte-Carlo estimate at the draw. ``mean`` is the flow's image of the base
+    mean, flow(mu): the mean of q itself has no closed form. The flow runs in fp32 even
+    under autocast."""
+
+    def __init__(self, base: DiagNormal, flow: Callable, context: tuple[torch.Tensor, ...] = ()):
+        self.base, self.flow, self.context = base, flow, tuple(context)
+        self._drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # (z, log q(z)) of each rsample
+        self._mean: torch.Tensor | None = None
+        self._grad = torch.is_grad_enabled()  # the mean, computed when first asked, as if computed here
+
+    def push(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow(z0), log |det|) for base codes z0 (..., B, D)."""
+        with torch.autocast(z0.device.type, enabled=False):
+            return self.flow(z0.float(), tuple(c.float() for c in self.context))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self._mean is None:
+            with torch.set_grad_enabled(self._grad):
+                self._mean = self.push(self.base.mean)[0]
+        return self._mean
+
+    def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
+        z0 = self.base.rsample(sample_shape, generator)
+        z, log_det = self.push(z0)
+        self._drawn.append((z, self.base.log_prob(z0) - log_det))
+        return z
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        for drawn, log_q in reversed(self._drawn):
+            if z is drawn:
+                return log_q
+        raise ValueError("a flow posterior's log q(z|x) is known only at its own draws (pass the tensor its "
+                         "rsample returned): the flow is not inverted")
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"code": self.mean, "base_mu": self.base.loc, "base_logvar": self.base.logvar}
+
+
 # ------------------------------------------------------------------------------------ densities
 def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Element-wise log N(z; mean, exp(logvar)), broadcast, not summed."""
@@ -293,6 +343,9 @@ def cat(dists: list[Distribution]) -> Distribution:
         return Quantized(*(torch.cat([getattr(d, a) for d in dists]) for a in ("encoded", "quantized", "indices")))
     if isinstance(first, Ancestral):  # the chain's networks stay behind: keep the means of both layers
         return PointMass(torch.cat([d.mean for d in dists]))
+    if isinstance(first, Flowed) and all(isinstance(d, Flowed) and d.flow is first.flow for d in dists):
+        base = DiagNormal(torch.cat([d.base.loc for d in dists]), torch.cat([d.base.logvar for d in dists]))
+        return Flowed(base, first.flow, tuple(torch.cat(c) for c in zip(*(d.context for d in dists))))
     raise TypeError(f"cannot concatenate {type(first).__name__} distributions")
 
 
@@ -306,6 +359,12 @@ def to(d: Distribution, device) -> Distribution:
         return Quantized(d.encoded.to(device), d.quantized.to(device), d.indices.to(device))
     if isinstance(d, Ancestral):
         return PointMass(d.mean.to(device))
+    if isinstance(d, Flowed):
+        flow = d.flow
+        weights = list(flow.parameters()) if isinstance(flow, torch.nn.Module) else []
+        if weights and weights[0].device != torch.device(device):  # a copy of the flow beside its codes
+            flow = copy.deepcopy(flow).to(device)
+        return Flowed(to(d.base, device), flow, tuple(c.to(device) for c in d.context))
     raise TypeError(f"cannot move a {type(d).__name__}")
 
 
@@ -315,6 +374,7 @@ __all__ = [
     "Ancestral",
     "DiagNormal",
     "Distribution",
+    "Flowed",
     "MixtureDiagNormal",
     "PointMass",
     "Quantized",

@@ -8,7 +8,9 @@ is dynamic; everything else is fixed by the run's config.
 
 - ``encoder``: image (B, C, H, W) float32 in [0, 1] [, label (B,) int64] -> the posterior's
   parameters, (B, D) each: ``mu`` and ``logvar`` for a Gaussian posterior; an autoencoder's
-  point posterior has no variance, so its encoder outputs ``mu`` (the code) alone;
+  point posterior has no variance, so its encoder outputs ``mu`` (the code) alone; a flow
+  posterior (planar, radial, iaf) outputs ``code`` (the flow's image of the base mean) and
+  its base Gaussian's ``base_mu``, ``base_logvar``, and the entry's ``note`` says so;
 - ``decoder``: code (B, D) float32 [, label] -> image (B, C, H, W) in [0, 1];
 - ``scorer``: image -> score (B,), the ``mse`` anomaly score (per-pixel mean squared error of
   the reconstruction through the posterior mean; higher = more anomalous), as
@@ -271,6 +273,8 @@ def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None 
              "outputs": [_spec(k, v) for k, v in zip(outputs, ref)], "what": part.what}
     if name == "encoder" and "stochastic" not in model.capabilities:
         entry["note"] = "a point posterior (autoencoder): mu is the code itself; there is no posterior variance"
+    if name == "encoder" and getattr(model.posterior_head, "export_note", None):
+        entry["note"] = model.posterior_head.export_note  # a flow posterior: what its outputs are, and are not
     if name in ("encoder", "decoder", "sampler") and model.conditional:
         entry["label"] = f"int64 class 0..{model.cfg.num_classes - 1}"
     if name == "scorer" and model.conditional:

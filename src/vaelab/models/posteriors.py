@@ -9,7 +9,9 @@ head offers (``vaelab.models.capabilities`` reads them): ``stochastic`` (draws d
 dimension), ``two_layers`` (codes [z1, z2] from two stochastic layers), and ``decoder_dim``
 (how many leading code dimensions the decoder reads; all by default), ``feature_map`` (it
 takes the encoder's last feature map as the code: ``model.latent=conv``). A head may own
-options (a dataclass, section ``model.<posterior>``) and a ``check(cfg)``.
+options (a dataclass, section ``model.<posterior>``) and a ``check(cfg)``. The flow
+posteriors planar, radial and iaf (``vaelab.models.flows``) are stochastic and continuous
+but not diagonal: their q has no closed-form KL (``vaelab.distributions.Flowed``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vaelab.distributions import (
 )
 from vaelab.errors import ConfigError
 from vaelab.models.bodies import activation, conv_sizes, mlp
+from vaelab.models.flows import FLOW_POSTERIORS
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -227,6 +230,7 @@ class VQPosterior(nn.Module):
 # Registry: model.posterior -> head class (cfg, encoder feature width).
 POSTERIORS: dict[str, type[nn.Module]] = {
     "point": PointPosterior, "gaussian": GaussianPosterior, "gaussian2": TwoLayerPosterior, "vq": VQPosterior,
+    **FLOW_POSTERIORS,  # planar, radial, iaf: a Gaussian through a normalizing flow (vaelab.models.flows)
 }
 
 __all__ = ["POSTERIORS", "GaussianLayer", "GaussianPosterior", "PointPosterior", "TwoLayerOptions", "TwoLayerPosterior",
