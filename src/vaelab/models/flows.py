@@ -26,17 +26,20 @@ objective and ``nll_iw`` use log q of each of their k draws, every draw flowed.
   et al. 2015) over z_{t-1} that also reads a context h from the encoder, giving [m_t, s_t];
   sigma_t = sigmoid(s_t), z_t = sigma_t z_{t-1} + (1 - sigma_t) m_t (the paper's numerically
   stable form, eq. 13-14), log |det| = sum_i log sigma_{t,i}. The variable ordering is
-  reversed between steps. The bias of s starts at +2, so sigma starts near 1 and each step
-  starts close to the identity (the paper's advice: "such as close to +1 or +2").
+  reversed between steps. The bias of s starts at +1, so sigma starts near 1 and each step
+  starts close to the identity (the paper's advice: s "close to +1 or +2"; van den Berg et
+  al.'s IAF, below, adds a forget bias of 1). As there, h joins the MADE's first hidden layer.
 
 Defaults and where this differs from Pythae (clementchadebec/benchmark_VAE:
 src/pythae/models/normalizing_flows/{planar_flow,radial_flow,iaf,made}, models/vae_lin_nf,
 models/vae_iaf):
 
 - Planar and radial parameters are amortised (``amortised=true``): the encoder computes every
-  image's u, w, b (or z0, alpha, beta), as the paper's inference network computes the flow's
-  parameters from x. Pythae's VAE_LinNF learns one set shared by all images
-  (``amortised=false`` here, initialised N(0, 1) as Pythae does).
+  image's u, w, b (or z0, alpha, beta), as the reference code of van den Berg et al. (2018,
+  "Sylvester Normalizing Flows for Variational Inference", riannevdberg/sylvester-flows,
+  models/flows.py ``Planar``: "Model assumes amortized flow parameters") does for the paper's
+  planar flow. Pythae's VAE_LinNF learns one set shared by all images (``amortised=false``
+  here, initialised N(0, 1) as Pythae does).
 - Pythae's PlanarFlow uses u as given, with log(|1 + psi.u| + 1e-4): the step need not be
   invertible and log |det| is off by the 1e-4; here u_hat keeps it invertible and log |det|
   exact. Pythae's radial alpha is exp(.), here softplus(.).
@@ -71,6 +74,11 @@ if TYPE_CHECKING:
     from vaelab.config import ModelConfig
 
 Context = tuple[torch.Tensor, ...]
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for a half-precision tensor (autocast's), else as it is (a float64 model stays float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _steps_at_least_one(part: str, steps: int) -> None:
@@ -119,13 +127,19 @@ class IafOptions:
 
 
 # ------------------------------------------------------------------------------ planar and radial
+def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u_hat, w.u_hat) for u, w (..., D): u_hat = u + (m(w.u) - w.u) w / |w|^2 with
+    m(x) = -1 + softplus(x), so that w.u_hat = m(w.u) > -1 (the paper's appendix A.1)."""
+    wu = (w * u).sum(-1, keepdim=True)
+    m = F.softplus(wu) - 1
+    return u + (m - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12), m
+
+
 def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
     """One planar step on codes z (..., B, D) with per-image u, w (B, D) and b (B,):
     (f(z), log |det df/dz|) with u replaced by u_hat (w.u_hat > -1, so f is invertible)."""
-    wu = (w * u).sum(-1, keepdim=True)  # (B, 1)
-    m = F.softplus(wu) - 1  # m(w.u) = w.u_hat, in (-1, inf)
-    u_hat = u + (m - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+    u_hat, m = planar_u_hat(u, w)
     t = torch.tanh((z * w).sum(-1) + b)  # (..., B)
     # u_hat.psi(z) = (1 - tanh^2) w.u_hat = (1 - tanh^2) m(w.u) > -1
     log_det = torch.log1p(((1 - t.square()) * m.squeeze(-1)).clamp_min(-1 + 1e-6))
@@ -161,7 +175,7 @@ class _Amortised(nn.Module):
             self.shared = nn.Parameter(torch.randn(n))  # N(0, 1), as Pythae initialises its flows
 
     def context(self, h: torch.Tensor) -> Context:
-        flat = self.net(h).float() if hasattr(self, "net") else self.shared.expand(h.shape[0], -1)
+        flat = wide(self.net(h)) if hasattr(self, "net") else self.shared.expand(h.shape[0], -1)
         flat = flat.reshape(h.shape[0], self.steps, sum(self.sizes))
         return tuple(flat.split(self.sizes, -1))
 
@@ -226,7 +240,7 @@ class MADE(nn.Module):
         out_mask = deg_in[:, None] > degrees[-1][None, :]  # (D, H): strictly earlier variables only
         self.out = MaskedLinear(hidden[-1], 2 * dim, out_mask.repeat(2, 1))
         with torch.no_grad():
-            self.out.bias[dim:].fill_(2.0)  # s starts at +2: sigma near 1, each step near the identity
+            self.out.bias[dim:].fill_(1.0)  # s starts near +1: sigma near 1, each step near the identity
         self.context = nn.Linear(context, hidden[0], bias=False) if context else None
         self.dim = dim
 
@@ -254,7 +268,7 @@ class IAFFlow(nn.Module):
         self.steps = nn.ModuleList(MADE(dim, hidden, context, order) for order in self.orders)
 
     def context(self, h: torch.Tensor) -> Context:
-        return (self.h(h).float(),) if self.h is not None else ()
+        return (wide(self.h(h)),) if self.h is not None else ()
 
     def forward(self, z: torch.Tensor, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
         h = context[0] if context else None
@@ -288,9 +302,9 @@ class FlowPosterior(nn.Module):
         raise NotImplementedError
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        base = DiagNormal(self.mu(h).float(), self.logvar(h).float())
+        base = DiagNormal(wide(self.mu(h)), wide(self.logvar(h)))
         with torch.autocast(h.device.type, enabled=False):
-            context = self.flow.context(h.float())
+            context = self.flow.context(wide(h))
         return Flowed(base, self.flow, context)
 
 
@@ -329,4 +343,4 @@ FLOW_POSTERIORS: dict[str, type[nn.Module]] = {"planar": PlanarPosterior, "radia
 
 __all__ = ["FLOW_POSTERIORS", "MADE", "FlowPosterior", "IAFFlow", "IAFPosterior", "IafOptions", "MaskedLinear",
            "PlanarFlow", "PlanarOptions", "PlanarPosterior", "RadialFlow", "RadialOptions", "RadialPosterior",
-           "planar_step", "radial_step"]
+           "planar_step", "planar_u_hat", "radial_step"]
