@@ -10,7 +10,9 @@ beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 laye
 seven scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
 MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
 Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
-VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is).
+VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
+the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
+VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults.
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -71,6 +73,12 @@ FAMILIES: dict[str, list[str]] = {
     # first layer (512 units) and the KL weighted 0.05 against it (at 1 the encoder codes ~1 nat).
     "vae-gan": [*MLP, "model.kind=vae-gan", "model.vaegan.layer=1", "model.vaegan.kl_weight=0.05", "train.lr=3e-4",
                 "train.adam_beta1=0.5"],
+    # Normalizing-flow posteriors at their defaults (vaelab.models.flows): 10 amortised planar or
+    # radial steps; 2 IAF steps of 3 x 128 MADEs with a 128-unit context (Pythae: VAE_LinNF with 10
+    # shared steps, VAE_IAF 2 x 3 x 128 without a context)
+    "vae-planar": [*MLP, "model.kind=vae", "model.posterior=planar"],
+    "vae-radial": [*MLP, "model.kind=vae", "model.posterior=radial"],
+    "vae-iaf": [*MLP, "model.kind=vae", "model.posterior=iaf"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

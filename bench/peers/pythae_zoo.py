@@ -57,7 +57,8 @@ import time
 
 T_START = time.perf_counter()
 
-FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae"]
+FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
+                "vae-planar", "vae-radial", "vae-iaf"]
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
@@ -121,6 +122,13 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
         "vaegan": ("VAEGAN", "VAEGANConfig", {
             "reconstruction_loss": "bce", "adversarial_loss_scale": 0.5, "reconstruction_layer": -1,
             "equilibrium": 0.68, "margin": 0.4,
+        }),
+        # Normalizing-flow posteriors: vaelab's 10 steps (Pythae's default flows=["Planar", "Planar"]);
+        # Pythae's flow parameters are shared by all images (vaelab's default: amortised).
+        "vae-planar": ("VAE_LinNF", "VAE_LinNF_Config", {"reconstruction_loss": "bce", "flows": ["Planar"] * 10}),
+        "vae-radial": ("VAE_LinNF", "VAE_LinNF_Config", {"reconstruction_loss": "bce", "flows": ["Radial"] * 10}),
+        "vae-iaf": ("VAE_IAF", "VAE_IAF_Config", {  # Pythae's defaults, as vaelab's model.iaf
+            "reconstruction_loss": "bce", "n_made_blocks": 2, "n_hidden_in_made": 3, "hidden_size": 128,
         }),
     }
 
