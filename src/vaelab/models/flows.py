@@ -43,8 +43,8 @@ models/vae_iaf):
 - Pythae's PlanarFlow uses u as given, with log(|1 + psi.u| + 1e-4): the step need not be
   invertible and log |det| is off by the 1e-4; here u_hat keeps it invertible and log |det|
   exact. Pythae's radial alpha is exp(.), here softplus(.).
-- K: Pythae's VAE_LinNF defaults to two planar steps; the paper's MNIST experiments used
-  K = 2 to 80 steps; here K = 10 (``model.planar.steps``, ``model.radial.steps``).
+- K: Pythae's VAE_LinNF defaults to two planar steps; the paper's MNIST table compares K = 10,
+  20, 40 and 80; here K = 10 (``model.planar.steps``, ``model.radial.steps``).
 - Pythae's IAF is the affine z exp(s) + m (no sigmoid gate, no context), over its MADE with 3
   ReLU hidden layers of 128 units and 2 blocks; here the paper's gated update and context h
   (``model.iaf.context`` units, 0 for none), 2 steps with 3 ELU hidden layers of 128 units
