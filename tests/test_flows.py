@@ -305,6 +305,9 @@ def test_chunks_of_a_flow_posterior_join_and_move_as_one():
         whole = m.posterior(x)
         joined = cat([to(m.posterior(x[:4]), "cpu"), to(m.posterior(x[4:]), "cpu")])
         assert isinstance(joined, Flowed)
+    # the mean, computed when first asked (here, outside no_grad), as if computed where q was: no graph
+    assert not joined.mean.requires_grad
+    with torch.no_grad():
         assert torch.allclose(joined.mean, whole.mean, atol=1e-6)
         assert list(joined.params()) == ["code", "base_mu", "base_logvar"]
         g = torch.Generator().manual_seed(1)
@@ -389,3 +392,16 @@ def test_the_elbo_anomaly_score_of_a_flow_uses_its_own_log_q(planar_run):
         hand = m.recon_loss(m.decode_logits(z), x).mean(0) + (q.log_prob(z) - m.prior(None, 6).log_prob(z)).mean(0)
     assert s.shape == (6,)
     assert torch.allclose(torch.as_tensor(s), hand.double(), rtol=1e-5)
+
+
+def test_sample_and_the_latent_plots_work_on_a_flow_run(capsys, planar_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for args in (["sample", planar_run.dir.path, "--n", "4", "--out", tmp_path / "s.png"],
+                 ["plot", planar_run.dir.path, "--kind", "traverse", "--out", tmp_path / "t.png"],
+                 ["plot", planar_run.dir.path, "--kind", "scatter", "--out", tmp_path / "c.png"]):
+        rc, _, err = run_main(capsys, *args)
+        assert rc == 0, err
+        png = np.asarray(Image.open(args[-1]))
+        assert png.std() > 0
