@@ -315,6 +315,23 @@ def test_chunks_of_a_flow_posterior_join_and_move_as_one():
                               atol=1e-6)
 
 
+def test_chunks_whose_flows_are_copies_join_and_others_are_refused():
+    """Run.posterior on a GPU moves each chunk to the CPU with its own copy of the flow."""
+    import copy
+
+    m = flow_model("iaf")
+    x = images(6)
+    with torch.no_grad():
+        a, b = m.posterior(x[:3]), m.posterior(x[3:])
+        b_copy = Flowed(b.base, copy.deepcopy(b.flow), b.context)
+        joined = cat([a, b_copy])
+        assert torch.allclose(joined.mean, m.posterior(x).mean, atol=1e-6)
+        other = copy.deepcopy(b.flow)
+        next(other.parameters()).add_(0.1)
+        with pytest.raises(TypeError, match="Flowed"):
+            cat([a, Flowed(b.base, other, b.context)])
+
+
 # ------------------------------------------------------------------------------ training and the tools
 def history_losses(run_dir) -> list[float]:
     import csv

@@ -345,6 +345,18 @@ def kl_divergence(q: Distribution, p: Distribution, z: torch.Tensor | None = Non
     return q.log_prob(z) - p.log_prob(z)
 
 
+def _same_flow(a, b) -> bool:
+    """One flow, or copies of one (``to`` copies a flow to the device of its codes): the same
+    module type with equal weights."""
+    if a is b:
+        return True
+    if not (isinstance(a, torch.nn.Module) and type(a) is type(b)):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)
+
+
 def cat(dists: list[Distribution]) -> Distribution:
     """Concatenate distributions of one type along the batch (encode a split in chunks)."""
     first = dists[0]
@@ -356,7 +368,7 @@ def cat(dists: list[Distribution]) -> Distribution:
         return Quantized(*(torch.cat([getattr(d, a) for d in dists]) for a in ("encoded", "quantized", "indices")))
     if isinstance(first, Ancestral):  # the chain's networks stay behind: keep the means of both layers
         return PointMass(torch.cat([d.mean for d in dists]))
-    if isinstance(first, Flowed) and all(isinstance(d, Flowed) and d.flow is first.flow for d in dists):
+    if isinstance(first, Flowed) and all(isinstance(d, Flowed) and _same_flow(d.flow, first.flow) for d in dists):
         base = DiagNormal(torch.cat([d.base.loc for d in dists]), torch.cat([d.base.logvar for d in dists]))
         return Flowed(base, first.flow, tuple(torch.cat(c) for c in zip(*(d.context for d in dists))))
     raise TypeError(f"cannot concatenate {type(first).__name__} distributions")
