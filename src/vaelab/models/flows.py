@@ -284,7 +284,8 @@ class IAFFlow(nn.Module):
 # ------------------------------------------------------------------------------ posterior heads
 class FlowPosterior(nn.Module):
     """q(z|x): a diagonal Gaussian q0 (two linear heads, as ``gaussian``) through a flow whose
-    parameters (or context) come from the same encoder features."""
+    parameters (or context) come from the same encoder features. Each registered head says
+    which flow: ``build_flow(cfg, features)``."""
 
     # q is not one diagonal Gaussian (no tcvae, no VampPrior) and has no closed-form KL
     stochastic, continuous, codebook, diagonal, two_layers = True, True, False, False, False
@@ -297,9 +298,6 @@ class FlowPosterior(nn.Module):
         self.mu = nn.Linear(features, cfg.latent_dim)
         self.logvar = nn.Linear(features, cfg.latent_dim)
         self.flow = self.build_flow(cfg, features)
-
-    def build_flow(self, cfg: ModelConfig, features: int) -> nn.Module:
-        raise NotImplementedError
 
     def forward(self, h: torch.Tensor) -> Distribution:
         base = DiagNormal(wide(self.mu(h)), wide(self.logvar(h)))
