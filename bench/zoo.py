@@ -10,7 +10,9 @@ beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 laye
 seven scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
 MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
 Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
-VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is).
+VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
+RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
+decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -71,6 +73,10 @@ FAMILIES: dict[str, list[str]] = {
     # first layer (512 units) and the KL weighted 0.05 against it (at 1 the encoder codes ~1 nat).
     "vae-gan": [*MLP, "model.kind=vae-gan", "model.vaegan.layer=1", "model.vaegan.kl_weight=0.05", "train.lr=3e-4",
                 "train.adam_beta1=0.5"],
+    # Ghosh et al. 2020 at Pythae's MNIST configs (the families' defaults), Pythae's squared error;
+    # no prior: scored by the GMM on their codes only (the paper's ex-post density)
+    "rae-l2": [*MLP, "model.kind=rae-l2", "model.loss=euclidean"],
+    "rae-gp": [*MLP, "model.kind=rae-gp", "model.loss=euclidean"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 
