@@ -260,3 +260,32 @@ def test_a_run_without_a_continuous_latent_is_refused_in_one_line(tmp_path, shap
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "the two-stage sampler needs a continuous latent space" in err
     assert not (run.run_dir / "samplers" / "two-stage.json").exists()
+
+
+def test_onnx_export_of_the_two_stage_sampler(rae_run, tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from vaelab.errors import VaelabError
+    from vaelab.export.onnx import export_onnx, resolve_parts
+
+    assert resolve_parts(rae_run.model, None) == ["encoder", "decoder", "scorer"]  # only when asked for
+    with pytest.raises(VaelabError, match=r"the ONNX two-stage part is the run's fitted two-stage sampler, and none "
+                                          r"was given: `vaelab export RUN --onnx DIR --parts two-stage` fits it"):
+        export_onnx(rae_run, tmp_path / "none", parts=["two-stage"])
+    s = fitted_sampler(rae_run, "two-stage", seed=0, log=lambda *_: None, **SMALL)
+    rc, out, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "onnx", "--parts",
+                            "decoder,two-stage")
+    assert rc == 0, err
+    assert "refitting" not in out  # the saved fit (50 epochs) is the one exported
+    manifest = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
+    part = manifest["parts"]["two-stage"]
+    assert part["inputs"] == [{"name": "noise", "dtype": "float32", "shape": ["batch", 4]}]
+    assert part["outputs"][0]["shape"] == ["batch", 1, 28, 28] and part["max_abs_diff"] <= 1e-4
+    noise = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    got = ort.InferenceSession(str(tmp_path / "onnx" / "two-stage.onnx")).run(None, {"noise": noise.numpy()})[0]
+    with torch.no_grad():
+        want = rae_run.decode(s.net.decode(noise))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    # the prior's sampler part is refused in one line: an RAE has no prior
+    rc, _, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "p", "--parts", "sampler")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "the ONNX sampler needs a prior" in err, err

@@ -507,6 +507,17 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     return sampler
 
 
+def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
+    """The run's sampler ``name`` as it was last fit (the settings and seed its JSON records),
+    fit again if it is stale or its file changed, and fit with its defaults if it never was."""
+    path = run.dir.samplers / f"{name}.json" if run.run_dir else None
+    if path is not None and path.is_file():
+        meta = json.loads(path.read_text())
+        if meta.get("sampler") == name and isinstance(meta.get("params"), dict):
+            return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
+    return fitted_sampler(run, name, log=log)
+
+
 def require_continuous(model, what: str) -> None:
     from vaelab.models import require
 
