@@ -289,3 +289,26 @@ def test_onnx_export_of_the_two_stage_sampler(rae_run, tmp_path, capsys):
     # the prior's sampler part is refused in one line: an RAE has no prior
     rc, _, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "p", "--parts", "sampler")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "the ONNX sampler needs a prior" in err, err
+
+
+def test_its_settings_from_the_command_line(rae_run, tmp_path, capsys):
+    rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "two-stage", "--sampler-option", "epochs=3",
+                          "--sampler-option", "hidden=16", "--sampler-option", "latent=none", "--n", 4,
+                          "--out", tmp_path / "s.png")
+    assert rc == 0, err
+    meta = json.loads((rae_run.dir.samplers / "two-stage.json").read_text())
+    assert meta["params"]["epochs"] == 3 and meta["params"]["hidden"] == 16 and meta["params"]["latent"] is None
+    assert meta["stage2"]["config"] == {"dim": 4, "latent": 4, "hidden": 16, "depth": 2}
+    for args, want in (
+        (["--sampler-option", "epochs"], "--sampler-option expects KEY=VALUE (e.g. epochs=50), got 'epochs'"),
+        (["--sampler-option", "epochs=0"], "sampler two-stage: epochs must be >= 1, got 0"),
+        (["--sampler-option", "scale=2"], "--sampler-option scale=... : give --scale instead"),
+        (["--sampler-option", "width=3"], ("--sampler-option width does not apply to --sampler two-stage (its "
+                                           "settings: batch_size, depth, epochs, hidden, latent, lr, scale)")),
+        (["--components", "3"], "--components does not apply to --sampler two-stage"),
+    ):
+        rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "two-stage", *args, "--n", 4,
+                              "--out", tmp_path / "t.png")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and want in err, (args, err)
+    rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "gmm", "--sampler-option", "epochs=3")
+    assert rc == 2 and "--sampler-option epochs does not apply to --sampler gmm" in err, err
