@@ -9,9 +9,9 @@ stage 2 fits the codes' distribution, where a stage-1 model's aggregate posterio
 N(0, I)), and MLPs whose input is concatenated to their last hidden layer, as in the
 authors' code (github.com/daib13/TwoStageVAE: ``second_depth`` 3 dense layers of
 ``second_dim`` 1024, ReLU). The defaults here are smaller (2 layers of 128, 20 epochs of
-batch 128, Adam 1e-3): on 60,000 16-d codes that is about 9,400 steps of a 40k-parameter
-network, seconds on one CPU thread, where the paper's width fits image-sized data sets on a
-GPU. Where this differs from the paper: the codes are standardised per dimension before
+batch 128, Adam 1e-3): on 60,000 16-d codes that is about 9,400 steps of a 44k-parameter
+network (about 0.3 TFLOP forward and backward, a CPU thread's work for seconds to tens of
+seconds; not timed here), where the paper's width suits image-sized data sets on a GPU. Where this differs from the paper: the codes are standardised per dimension before
 stage 2 (a fixed affine map, undone after sampling, so one learning rate serves codes of
 any scale); it is fit on the posterior means, as every fitted sampler here is (the paper
 draws z ~ q(z|x) from a stage-1 VAE; a deterministic autoencoder has only the mean); and it
