@@ -145,12 +145,22 @@ def test_a_tampered_file_is_refit_never_unpickled(rae_run, tmp_path):
     s = fitted_sampler(rae_run, "two-stage", seed=0, log=notes.append, **SMALL)
     assert not marker.exists() and len(notes) == 1 and "pickle" in notes[0]
     np.testing.assert_array_equal(s.sample(32, seed=5), good)
-    # 3. settings in the JSON that do not match the weights: refused in one line, then refit
+    # 3. settings in the JSON that do not match the weights (a huge width): refused from the weights'
+    # shapes before any network is built
     meta = json.loads(meta_path.read_text())
-    meta["stage2"]["config"]["hidden"] = 7
+    meta["stage2"]["config"]["hidden"] = 10**9
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="does not match its own settings"):
+    with pytest.raises(CheckpointError, match=r"does not match its own settings: its weights are a network of "
+                                              r"\{'dim': 4, 'latent': 4, 'hidden': 128, 'depth': 2\}"):
         Sampler.load(folder, "two-stage")
+    # 4. a JSON that does not read: refit, with a note
+    meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"two-stage\.json does not read as a two-stage sampler's settings"):
+        Sampler.load(folder, "two-stage")
+    notes = []
+    s = fitted_sampler(rae_run, "two-stage", seed=0, log=notes.append, **SMALL)
+    assert notes == [f"note: refitting the two-stage sampler: {meta_path} does not read as JSON"]
+    np.testing.assert_array_equal(s.sample(32, seed=5), good)
     assert not marker.exists()
 
 

@@ -134,8 +134,12 @@ class Sampler:
         """The sampler ``name`` saved in ``folder``; a CheckpointError (one line) when its file
         changed since (its SHA-256 is not the one NAME.json records) or does not read."""
         folder = Path(folder)
-        meta = json.loads((folder / f"{name}.json").read_text())
-        s = SAMPLERS[name](**meta["params"])
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+            s = SAMPLERS[name](**meta["params"])
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+            raise CheckpointError(f"{folder / name}.json does not read as a {name} sampler's settings "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         path = folder / f"{name}{s.suffix}"
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
@@ -430,14 +434,18 @@ class TwoStageSampler(Sampler):
         return {"stage2": self.info}
 
     def _read(self, path: Path, meta: dict) -> None:
-        from vaelab.latent.two_stage import build
+        from vaelab.latent.two_stage import build, config_of
         from vaelab.tensorfiles import load_tensors
 
         tensors, _ = load_tensors(path)  # safetensors only: a pickle is refused before it is parsed
-        net = build(meta["stage2"]["config"])
         try:
+            # the shapes of the weights, checked against the JSON, before a network is built
+            config = config_of(tensors)
+            if config != meta["stage2"]["config"]:
+                raise RuntimeError(f"its weights are a network of {config}, its JSON says {meta['stage2']['config']}")
+            net = build(config)
             net.load_state_dict(tensors)
-        except RuntimeError as e:
+        except (RuntimeError, DataError) as e:
             raise CheckpointError(f"{path} does not match its own settings: {str(e).splitlines()[0]}") from None
         self.net, self.info = net.eval(), meta["stage2"]
 
@@ -479,7 +487,7 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters on the same weights (fit once, reuse). One fit
     on other weights (the run was retrained or resumed), or by a vaelab that recorded none,
-    is fit again, with a one-line note to ``log``."""
+    or whose files changed since or do not read, is fit again, with a one-line note to ``log``."""
     sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
     if sampler.from_model:
         return sampler
@@ -487,8 +495,12 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     folder = run.dir.samplers if run.run_dir else None
     current = run.checkpoint_id
     if folder and not refit and (folder / f"{name}.json").is_file():
-        meta = json.loads((folder / f"{name}.json").read_text())
-        if meta["params"] == sampler.params and meta.get("seed") == seed:
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+            log(f"note: refitting the {name} sampler: {folder / name}.json does not read as JSON")
+        if isinstance(meta, dict) and meta.get("params") == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
                 try:
@@ -512,8 +524,11 @@ def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
     fit again if it is stale or its file changed, and fit with its defaults if it never was."""
     path = run.dir.samplers / f"{name}.json" if run.run_dir else None
     if path is not None and path.is_file():
-        meta = json.loads(path.read_text())
-        if meta.get("sampler") == name and isinstance(meta.get("params"), dict):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            meta = None  # fitted_sampler says so, and fits it again
+        if isinstance(meta, dict) and meta.get("sampler") == name and isinstance(meta.get("params"), dict):
             return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
     return fitted_sampler(run, name, log=log)
 

@@ -77,6 +77,16 @@ def build(config: dict) -> TwoStageVAE:
     return TwoStageVAE(int(config["dim"]), int(config["latent"]), int(config["hidden"]), int(config["depth"]))
 
 
+def config_of(tensors: dict[str, torch.Tensor]) -> dict:
+    """The ``network_config`` a state dict's shapes imply (read before anything is allocated)."""
+    try:
+        dim, (latent, width) = tensors["shift"].numel(), tuple(tensors["mu.weight"].shape)
+        depth = sum(1 for k in tensors if k.startswith("enc.") and k.endswith(".weight"))
+    except (KeyError, ValueError) as e:
+        raise DataError(f"not a two-stage network's weights ({type(e).__name__}: {e})") from None
+    return {"dim": int(dim), "latent": int(latent), "hidden": int(width - dim), "depth": depth}
+
+
 def network_config(dim: int, o: TwoStageOptions) -> dict:
     return {"dim": dim, "latent": o.latent or dim, "hidden": o.hidden, "depth": o.depth}
 
@@ -118,4 +128,4 @@ def sample_codes(net: TwoStageVAE, n: int, scale: float = 1.0, seed: int = 0) ->
     return net.decode(u).double().numpy()
 
 
-__all__ = ["TwoStageOptions", "TwoStageVAE", "build", "fit_two_stage", "network_config", "sample_codes"]
+__all__ = ["TwoStageOptions", "TwoStageVAE", "build", "config_of", "fit_two_stage", "network_config", "sample_codes"]
