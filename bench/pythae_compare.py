@@ -1,7 +1,7 @@
 """vaelab beside Pythae, family by family, on one architecture and budget (issue 12).
 
 For every family both have (VAE, beta-VAE, beta-TCVAE, IWAE, WAE, InfoVAE, VampPrior,
-VQ-VAE, FactorVAE, VAE-GAN, adversarial AE): Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
+VQ-VAE, FactorVAE, VAE-GAN, adversarial AE, RAE-L2, RAE-GP): Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
 (bench/peers/README.md), vaelab with bench/zoo.py, the same layers (the PyTorch tutorial
 body 784-400-16, a small conv body for VQ-VAE), data, epochs, batch, optimiser and
 settings (PYTHAE.md lists them), one thread each, one after the other. Both sides' samples
@@ -35,7 +35,8 @@ from common import BENCH, OUT, REPO, child_env, data_root, pick
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
-          "vaegan": "vae-gan", "aae": "aae"}
+          "vaegan": "vae-gan", "aae": "aae", "rae-l2": "rae-l2", "rae-gp": "rae-gp"}
+NO_PRIOR = ("rae-l2", "rae-gp")  # vaelab's have no prior: scored by the GMM (Pythae's NormalSampler draws N(0, I))
 
 
 def run_pythae(args, families: list[str]) -> None:
@@ -140,10 +141,10 @@ def main() -> None:
         pdir, vdir = args.pythae_out / fam, args.vaelab_out / SHARED[fam]
         pres = json.loads((pdir / "result.json").read_text())
         vrow = json.loads((vdir / "zoo_row.json").read_text())
-        prior = "pixelcnn" if fam == "vqvae" else "prior"
+        prior = "pixelcnn" if fam == "vqvae" else None if fam in NO_PRIOR else "prior"
         paths = {"p_prior": str(pdir / "samples_prior.npz"), "p_gmm": str(pdir / "samples_gmm.npz"),
                  "p_recon": str(pdir / "recon_test.npz"),
-                 "v_prior": str(vaelab_arrays(vdir, prior, args.n_samples, env)),
+                 "v_prior": prior and str(vaelab_arrays(vdir, prior, args.n_samples, env)),
                  "v_gmm": None if fam == "vqvae" else str(vaelab_arrays(vdir, "gmm", args.n_samples, env)),
                  "v_recon": str(vaelab_arrays(vdir, "recon", args.n_samples, env))}
         scored_path = args.out / f"{fam}_scores.json"

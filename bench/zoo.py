@@ -13,6 +13,8 @@ Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.
 VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
 the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
 VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults.
+RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
+decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -79,6 +81,10 @@ FAMILIES: dict[str, list[str]] = {
     "vae-planar": [*MLP, "model.kind=vae", "model.posterior=planar"],
     "vae-radial": [*MLP, "model.kind=vae", "model.posterior=radial"],
     "vae-iaf": [*MLP, "model.kind=vae", "model.posterior=iaf"],
+    # Ghosh et al. 2020 at Pythae's MNIST configs (the families' defaults), Pythae's squared error;
+    # no prior: scored by the GMM on their codes only (the paper's ex-post density)
+    "rae-l2": [*MLP, "model.kind=rae-l2", "model.loss=euclidean"],
+    "rae-gp": [*MLP, "model.kind=rae-gp", "model.loss=euclidean"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

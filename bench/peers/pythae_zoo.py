@@ -18,7 +18,8 @@ reconstructs the test set. Per family, under ``OUT/<family>/``:
                              Pythae's per-epoch train/eval losses, the final model's loss
                              parts on the test set, parameter counts, configs, errors
     samples_prior.npz        images uint8 (N, 1, 28, 28): NormalSampler / VAMPSampler /
-                             PixelCNNSampler (vqvae)
+                             PixelCNNSampler (vqvae); for rae-l2 / rae-gp (no prior)
+                             Pythae's NormalSampler draws N(0, I) all the same
     samples_gmm.npz          images: GaussianMixtureSampler (10 components) fit on the
                              training codes (Pythae's sampler cannot take vqvae's
                              (N, D, 7, 7) codes: recorded as "unsupported")
@@ -34,8 +35,8 @@ For wall times run one family per process on a quiet machine.
 
 Architectures (fixed, layer for layer reproducible; PyTorch default initialisation):
   MLP families (all but vqvae): encoder Linear(784, 400) - ReLU - two heads
-  Linear(400, latent) for the mean and the log-variance (wae: the mean head only, its
-  encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
+  Linear(400, latent) for the mean and the log-variance (wae, rae-l2, rae-gp: the mean
+  head only, their encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
   Sigmoid. This is the PyTorch examples VAE (there with latent 20). aae: the same
   encoder with both heads (Pythae's Adversarial_AE reads the log-variance even with
   ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
@@ -58,7 +59,9 @@ import time
 T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
-                "vae-planar", "vae-radial", "vae-iaf"]
+                "vae-planar", "vae-radial", "vae-iaf",
+                "rae-l2", "rae-gp"]
+DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
@@ -117,6 +120,13 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "num_embeddings": codebook_size,  # Pythae's default 512
             "use_ema": False, "decay": 0.99,
         }),
+        # Ghosh et al. 2020, at Pythae's MNIST configs (examples/scripts/configs/mnist/rae_*_config.json);
+        # reconstruction is always a summed squared error in Pythae. RAE-L2's reg_weight is the decoder
+        # Adam's weight decay (the gradient of reg_weight/2 ||theta||^2: vaelab's model.rae-l2.weight 5e-5).
+        "rae-l2": ("RAE_L2", "RAE_L2_Config", {"embedding_weight": 1e-2, "reg_weight": 1e-4}),
+        # Pythae's gradient penalty is of the reconstruction with respect to the input image
+        # (vaelab's, as the paper's, with respect to the code: src/vaelab/models/rae.py).
+        "rae-gp": ("RAE_GP", "RAE_GP_Config", {"embedding_weight": 1e-2, "reg_weight": 1e-4}),
         # Pythae's defaults, its own MLP discriminator (784-256-1, the feature loss on its last
         # layer) and its CoupledOptimizerAdversarialTrainer (three Adams, --gan-lr each).
         "vaegan": ("VAEGAN", "VAEGANConfig", {
@@ -199,6 +209,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
+import contextlib  # noqa: E402
 import gzip  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -224,6 +235,7 @@ from pythae.trainers import (  # noqa: E402
     AdversarialTrainerConfig,
     BaseTrainerConfig,
     CoupledOptimizerAdversarialTrainerConfig,
+    CoupledOptimizerTrainerConfig,
 )
 from pythae.trainers.training_callbacks import TrainingCallback  # noqa: E402
 
@@ -432,7 +444,7 @@ def build_model(family: str, args):
         encoder, decoder, arch = ConvEncoder(args.code_dim), ConvDecoder(args.code_dim), "conv"
     else:
         config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
-        variational = family != "wae"
+        variational = family not in DETERMINISTIC
         encoder = MLPEncoder(args.latent_dim, variational=variational)
         decoder = MLPDecoder(args.latent_dim)
         arch = "mlp" if variational else "mlp-deterministic"
@@ -452,18 +464,22 @@ def reconstruct(model, family: str, x: np.ndarray, batch: int):
         else:
             rec = model.predict(xb).recon_x
         mean.append(to_uint8(rec))
-        sampled.append(to_uint8(model.reconstruct(xb)))
+        with torch.enable_grad() if family == "rae-gp" else contextlib.nullcontext():  # its forward differentiates
+            sampled.append(to_uint8(model.reconstruct(xb)))
     return np.concatenate(mean), np.concatenate(sampled)
 
 
 @torch.no_grad()
-def loss_parts(model, x: np.ndarray, batch: int) -> dict:
+def loss_parts(model, x: np.ndarray, batch: int, grad: bool = False) -> dict:
     """Every scalar of the model's forward output (loss, recon_loss, reg_loss / mmd_loss /
-    vq_loss), averaged over the batches of x in order, as Pythae's eval pass averages them."""
+    vq_loss), averaged over the batches of x in order, as Pythae's eval pass averages them.
+    ``grad``: the forward itself differentiates (RAE-GP's penalty; Pythae's trainer retries
+    its eval step with gradients on for it)."""
     model.eval()
     sums, n, counts = {}, 0, None
     for i in range(0, len(x), batch):
-        out = model(DatasetOutput(data=torch.from_numpy(x[i:i + batch])), dataset_size=len(x))
+        with torch.enable_grad() if grad else contextlib.nullcontext():
+            out = model(DatasetOutput(data=torch.from_numpy(x[i:i + batch])), dataset_size=len(x))
         for k, v in out.items():
             if torch.is_tensor(v) and v.numel() == 1:
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -526,6 +542,12 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
             train_config = AdversarialTrainerConfig(
                 **common, autoencoder_optimizer_cls="Adam", autoencoder_learning_rate=args.lr,
                 discriminator_optimizer_cls="Adam", discriminator_learning_rate=args.lr)
+        elif family == "rae-l2":  # Pythae's pipeline requires its CoupledOptimizerTrainer and sets the
+            # decoder's weight decay to the config's reg_weight; the encoder has none
+            train_config = CoupledOptimizerTrainerConfig(
+                **common, encoder_optimizer_cls="Adam", encoder_learning_rate=args.lr,
+                encoder_optimizer_params={"weight_decay": 0.0}, decoder_optimizer_cls="Adam",
+                decoder_learning_rate=args.lr, decoder_optimizer_params={"weight_decay": config.reg_weight})
         else:
             train_config = BaseTrainerConfig(**common, optimizer_cls="Adam", learning_rate=args.lr)
         recorder = Recorder()
@@ -551,7 +573,7 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         model.eval()
         seed_all(args.seed)
         t = time.perf_counter()
-        res["test_loss_parts"] = loss_parts(model, test_x, args.batch_size)
+        res["test_loss_parts"] = loss_parts(model, test_x, args.batch_size, grad=family == "rae-gp")
         res["timings"]["test_loss_parts_seconds"] = round(time.perf_counter() - t, 3)
 
         # Reconstructions of the first n-recon test images.

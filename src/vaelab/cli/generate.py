@@ -20,8 +20,28 @@ from vaelab.cli.options import (
 from vaelab.errors import VaelabError
 
 
-def _sampler_params(components, covariance, scale) -> dict:
-    return {"components": components, "covariance": covariance, "scale": scale}
+def _sampler_params(components, covariance, scale, sampler_option=()) -> dict:
+    params = {"components": components, "covariance": covariance, "scale": scale}
+    for item in sampler_option:  # KEY=VALUE: an int, a float, none, or a word
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise VaelabError(f"--sampler-option expects KEY=VALUE (e.g. epochs=50), got {item!r}")
+        if key in params:
+            raise VaelabError(f"--sampler-option {key}=... : give --{key} instead")
+        params[f"option:{key}"] = _option_value(raw.strip())
+    return params
+
+
+def _option_value(raw: str):
+    if raw.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _class_help() -> str:
@@ -41,6 +61,9 @@ _SAMPLER_OPTIONS = [  # the sampler's own parameters; each help names the sample
                  help=lambda: f"GMM covariance type ({takers(_SAMPLERS, 'covariance')})."),
     click.option("--scale", type=float, cls=RegistryHelp,
                  help=lambda: f"Covariance scale, < 1 trades variety for fidelity ({takers(_SAMPLERS, 'scale')})."),
+    click.option("--sampler-option", multiple=True, metavar="KEY=VALUE",
+                 help="Another setting of the sampler's own, repeatable (`vaelab parts samplers` lists them; "
+                      "e.g. two-stage's epochs=50, hidden=256)."),
 ]
 
 
@@ -68,11 +91,16 @@ def _only_used(name: str, params: dict) -> dict:
 
     if name not in SAMPLERS:
         raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
-    takes = set(inspect.signature(SAMPLERS[name].__init__).parameters)
-    unused = [k for k, v in params.items() if v is not None and k not in takes]
+    takes = set(inspect.signature(SAMPLERS[name].__init__).parameters) - {"self", "params", "model", "run_dir"}
+    def flag(k: str) -> str:
+        return f"--sampler-option {k[7:]}" if k.startswith("option:") else f"--{k}"
+
+    unused = [k for k, v in params.items() if (v is not None or k.startswith("option:"))
+              and k.removeprefix("option:") not in takes]
     if unused:
-        raise VaelabError(f"--{', --'.join(unused)} does not apply to --sampler {name}")
-    return {k: v for k, v in params.items() if v is not None}
+        raise VaelabError(f"{', '.join(map(flag, unused))} does not apply to --sampler {name}"
+                          + (f" (its settings: {', '.join(sorted(takes))})" if takes else ""))
+    return {k.removeprefix("option:"): v for k, v in params.items() if v is not None or k.startswith("option:")}
 
 
 @click.command()
@@ -107,7 +135,7 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
 @device_option
-def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, npz, device) -> None:
+def sample(run_dir, sampler, n, cls, components, covariance, scale, sampler_option, seed, out, npz, device) -> None:
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
@@ -120,7 +148,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo,
+                       **_only_used(sampler, _sampler_params(components, covariance, scale, sampler_option)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -226,8 +255,8 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
               help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
-def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out, features, reference,
-                 inception_weights) -> None:
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, sampler_option, seed, out, features,
+                 reference, inception_weights) -> None:
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
     with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
@@ -266,7 +295,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
                               reference=reference or "test", inception_weights=inception_weights,
                               extractor=extractor, log=_echo,
-                              **_only_used(sampler, _sampler_params(components, covariance, scale)))
+                              **_only_used(sampler, _sampler_params(components, covariance, scale, sampler_option)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
     _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")

@@ -239,11 +239,15 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
                                          ("--data-dir", data_dir)) if v is not None]
         if csv_only:
             raise VaelabError(f"{', '.join(csv_only)} applies to CSV exports, not to --onnx")
-        from vaelab.export.onnx import export_onnx
+        from vaelab.export.onnx import PARTS, export_onnx
+        from vaelab.latent.sampling import last_fitted
 
         names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
         run = Run.load(run_dir, device="cpu")
-        r = export_onnx(run, onnx_dir, parts=names, log=_echo)
+        # a part that exports a sampler fit on the codes (two-stage): the run's own, fit now if need be
+        fitted = {name: last_fitted(run, name, log=_echo).net for name in names or ()
+                  if name in PARTS and PARTS[name].fitted}
+        r = export_onnx(run, onnx_dir, parts=names, log=_echo, fitted=fitted)
         checked = r["checked"]
         if isinstance(checked, dict):
             worst = max(p["max_abs_diff"] for p in r["parts"].values())

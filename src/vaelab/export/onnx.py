@@ -18,7 +18,11 @@ is dynamic; everything else is fixed by the run's config.
   reconstructs with the most probable class, so the scorer needs no label;
 - ``sampler`` (models with a prior): noise (B, D) standard-normal draws [, label] -> image,
   the prior draw ``z = mean + std * noise`` decoded. The caller brings the randomness, so
-  the same noise gives the same images in every runtime.
+  the same noise gives the same images in every runtime;
+- ``two-stage`` (only when asked for): noise (B, U) standard-normal draws [, label] -> image,
+  through the run's fitted two-stage sampler (its stage-2 decoder maps the noise to codes),
+  then the decoder. The caller passes the fitted network (``fitted``; ``vaelab export`` fits
+  or reuses ``RUN/samplers/two-stage.*``).
 
 Conditional models take ``label`` (a class 0..K-1) wherever the PyTorch call takes one.
 ``DIR/onnx.json`` describes every file: inputs and outputs with dtypes and shapes ("batch"
@@ -119,6 +123,19 @@ class Sampler(nn.Module):
         return self.model.decode(NOISE_TO_CODE[type(p)](p, noise), label)
 
 
+class FittedSampler(nn.Module):
+    """noise [, label] -> image: a sampler fit on the run's codes (``net.decode``: standard-normal
+    noise (B, net.latent) -> codes), decoded by the model."""
+
+    def __init__(self, model: nn.Module, net: nn.Module):
+        super().__init__()
+        self.model, self.net = model, net
+        self.noise_dim = int(net.latent)
+
+    def forward(self, noise: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.decode(self.net.decode(noise), label)
+
+
 @dataclass(frozen=True)
 class Part:
     graph: type[nn.Module]
@@ -126,6 +143,7 @@ class Part:
     takes_label: bool
     needs: str | None  # model capability (vaelab.models.CAPABILITIES)
     what: str
+    fitted: bool = False  # its graph needs a network fit on the run's codes (export_onnx's ``fitted``); never a default
 
 
 # Registry: part name -> how to build and describe it. Default export: every part the model has.
@@ -137,15 +155,20 @@ PARTS: dict[str, Part] = {
                    "mean, per image; higher = more anomalous"),
     "sampler": Part(Sampler, "noise", True, "prior",
                     "images in [0, 1] decoded from prior draws z = mean + std * noise (noise: standard-normal draws)"),
+    "two-stage": Part(FittedSampler, "noise", True, "continuous",
+                      "images in [0, 1] from the run's two-stage sampler: noise (standard-normal draws) through its "
+                      "stage-2 decoder to codes, then the decoder", fitted=True),
 }
 
 
 def available_parts(model) -> list[str]:
-    return [name for name, p in PARTS.items() if p.needs is None or p.needs in model.capabilities]
+    """The parts exported by default: those the model has (a fitted sampler's only when asked for)."""
+    return [name for name, p in PARTS.items() if not p.fitted and (p.needs is None or p.needs in model.capabilities)]
 
 
-def resolve_parts(model, parts: list[str] | None) -> list[str]:
-    """The parts to export, checked: unknown names and parts the model lacks end in one line."""
+def resolve_parts(model, parts: list[str] | None, fitted: dict | None = None) -> list[str]:
+    """The parts to export, checked: unknown names, parts the model lacks and a fitted sampler's
+    part without its network (``fitted``) end in one line."""
     if not parts:
         return available_parts(model)
     for name in parts:
@@ -153,6 +176,10 @@ def resolve_parts(model, parts: list[str] | None) -> list[str]:
             raise VaelabError(f"unknown ONNX part {name!r}; known: {', '.join(PARTS)}")
         if PARTS[name].needs is not None:
             require(model, PARTS[name].needs, f"the ONNX {name}")
+        if PARTS[name].fitted and name not in (fitted or {}):
+            raise VaelabError(f"the ONNX {name} part is the run's fitted {name} sampler, and none was given: "
+                              f"`vaelab export RUN --onnx DIR --parts {name}` fits it or reuses RUN/samplers (from "
+                              f"Python: export_onnx(run, DIR, fitted={{'{name}': sampler.net}}))")
     if "sampler" in parts:
         p = model.prior(_labels(model, 1), 1)
         if type(p) not in NOISE_TO_CODE:
@@ -166,12 +193,13 @@ def _labels(model, n: int) -> torch.Tensor | None:
     return torch.arange(n) % model.cfg.num_classes if model.conditional else None
 
 
-def _inputs(model, part: Part, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Named example inputs of a part for a batch of n (images uniform in [0, 1], codes and noise normal)."""
+def _inputs(model, part: Part, n: int, gen: torch.Generator, dim: int | None = None) -> dict[str, torch.Tensor]:
+    """Named example inputs of a part for a batch of n (images uniform in [0, 1], codes and noise
+    normal, of ``dim`` values when the graph says: a fitted sampler's noise)."""
     if part.first_input == "image":
         first = torch.rand((n, *model.cfg.input_shape), generator=gen)
     else:
-        first = torch.randn((n, model.cfg.latent_dim), generator=gen)
+        first = torch.randn((n, dim or model.cfg.latent_dim), generator=gen)
     out = {part.first_input: first}
     if part.takes_label and model.conditional:
         out["label"] = _labels(model, n)
@@ -181,7 +209,7 @@ def _inputs(model, part: Part, n: int, gen: torch.Generator) -> dict[str, torch.
 def _output_names(model, name: str, example: dict[str, torch.Tensor]) -> list[str]:
     if name == "encoder":
         return list(model.posterior(*example.values()).params())
-    return {"decoder": ["image"], "scorer": ["score"], "sampler": ["image"]}[name]
+    return {"decoder": ["image"], "scorer": ["score"], "sampler": ["image"], "two-stage": ["image"]}[name]
 
 
 def _spec(name: str, t: torch.Tensor) -> dict:
@@ -190,14 +218,17 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------------------ export
 def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> dict:
+                log: Callable[[str], None] = lambda s: None, fitted: dict[str, nn.Module] | None = None) -> dict:
     """Write ``parts`` (default: every part the run's model has) of ``run`` (a ``vaelab.api.Run``)
     as ONNX into ``out_dir``, with ``onnx.json``; returns that description.
 
     ``check``: run each file with onnxruntime (when installed) on random inputs at two batch
-    sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``."""
+    sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``.
+    ``fitted``: part name -> the network of a sampler fit on the run's codes, for the parts
+    that export one (``two-stage``: its stage-2 network, with ``decode`` and ``latent``)."""
     model = copy.deepcopy(run.model).to("cpu").float().eval()
-    names = resolve_parts(model, parts)
+    names = resolve_parts(model, parts, fitted)
+    nets = {k: copy.deepcopy(v).to("cpu").float().eval() for k, v in (fitted or {}).items() if k in names}
     _need_exporter()
     ort = _onnxruntime() if check else None
     out_dir = Path(out_dir)
@@ -221,7 +252,7 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=out_dir))
     try:
         for name in names:
-            manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD])
+            manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD], nets.get(name))
             log(f"exported the {name}: {_signature(manifest['parts'][name])}")
         old = _old_files(out_dir)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no description while the files change
@@ -244,11 +275,12 @@ def _old_files(out_dir: Path) -> set[str]:
         return set()
 
 
-def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None) -> dict:
+def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None,
+                 net: nn.Module | None = None) -> dict:
     part = PARTS[name]
-    graph = part.graph(model).eval()
+    graph = (part.graph(model, net) if part.fitted else part.graph(model)).eval()
     gen = torch.Generator().manual_seed(0)
-    example = _inputs(model, part, EXAMPLE_BATCH, gen)
+    example = _inputs(model, part, EXAMPLE_BATCH, gen, getattr(graph, "noise_dim", None))
     outputs = _output_names(model, name, example)
     batch = torch.export.Dim("batch")
     path = folder / f"{name}.onnx"
@@ -275,7 +307,7 @@ def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None 
         entry["note"] = "a point posterior (autoencoder): mu is the code itself; there is no posterior variance"
     if name == "encoder" and getattr(model.posterior_head, "export_note", None):
         entry["note"] = model.posterior_head.export_note  # a flow posterior: what its outputs are, and are not
-    if name in ("encoder", "decoder", "sampler") and model.conditional:
+    if name in ("encoder", "decoder", "sampler", "two-stage") and model.conditional:
         entry["label"] = f"int64 class 0..{model.cfg.num_classes - 1}"
     if name == "scorer" and model.conditional:
         entry["note"] = "a conditional model: each image is reconstructed with its most probable class"
@@ -289,7 +321,7 @@ def _check(model, name: str, graph: nn.Module, path: Path, ort, gen: torch.Gener
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for n in CHECK_BATCHES:
-        inputs = _inputs(model, PARTS[name], n, gen)
+        inputs = _inputs(model, PARTS[name], n, gen, getattr(graph, "noise_dim", None))
         with torch.no_grad():
             ref = graph(*inputs.values())
         ref = ref if isinstance(ref, tuple) else (ref,)

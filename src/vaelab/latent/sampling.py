@@ -9,20 +9,30 @@ only) plus ``NAME.json`` (parameters): nothing is pickled, so a stranger's run i
 - ``gmm``: a Gaussian mixture (scikit-learn) fit on the training codes.
 - ``class-gaussian``: per class, N(mean_c, scale * cov_c) of that class's codes.
 - ``class-gmm``: a Gaussian mixture per class.
+- ``two-stage``: a second VAE fit on the training codes (Dai & Wipf 2019,
+  ``vaelab.latent.two_stage``); its weights are ``NAME.safetensors`` instead of ``.npz``.
 Every sampler but the prior takes ``scale``: covariances are multiplied by it when
 sampling, so a scale below 1 trades variety for fidelity.
+
+``NAME.json`` also records the SHA-256 of the fitted file: one changed after it was fit (or
+one that does not read: a pickle, a truncated file) is refused on load, and
+``fitted_sampler`` fits the sampler again, with a one-line note.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from vaelab.errors import ConfigError, DataError
+from vaelab.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
@@ -93,26 +103,53 @@ class Sampler:
     def sample(self, n: int, cls: int | None = None, seed: int = 0) -> np.ndarray:
         raise NotImplementedError
 
-    # -- persistence: arrays + JSON, never pickle
+    # -- persistence: arrays (or safetensors) + JSON, never pickle
+    suffix = ".npz"  # the fitted state's file: NAME + suffix
+
+    def _write(self, path: Path, checkpoint_id: str | None) -> dict:
+        """Write the fitted state to ``path`` atomically; return what NAME.json should add."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.arrays)
+        return {}
+
+    def _read(self, path: Path, meta: dict) -> None:
+        """Read the fitted state back from ``path`` (``meta``: NAME.json)."""
+        with np.load(path, allow_pickle=False) as z:
+            self.arrays = {k: z[k] for k in z.files}
+
     def save(self, folder: str | Path, checkpoint_id: str | None = None) -> Path:
-        """``NAME.npz`` (arrays), then ``NAME.json``: parameters, seed and the id of the weights
-        whose codes it was fit on (written last, so a half-saved pair is never reused)."""
+        """``NAME.npz`` (arrays), then ``NAME.json``: parameters, seed, the id of the weights
+        whose codes it was fit on and the file's SHA-256 (written last, so a half-saved pair is
+        never reused)."""
         folder = Path(folder)
-        path = folder / f"{self.name}.npz"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **self.arrays)
+        path = folder / f"{self.name}{self.suffix}"
+        extra = self._write(path, checkpoint_id)
         write_json(folder / f"{self.name}.json", {"sampler": self.name, "params": self.params,
-                                                  "seed": getattr(self, "fit_seed", None), ID_FIELD: checkpoint_id})
+                                                  "seed": getattr(self, "fit_seed", None), ID_FIELD: checkpoint_id,
+                                                  "sha256": file_sha256(path), **extra})
         return path
 
     @classmethod
     def load(cls, folder: str | Path, name: str) -> Sampler:
+        """The sampler ``name`` saved in ``folder``; a CheckpointError (one line) when its file
+        changed since (its SHA-256 is not the one NAME.json records) or does not read."""
         folder = Path(folder)
-        meta = json.loads((folder / f"{name}.json").read_text())
-        s = SAMPLERS[name](**meta["params"])
-        with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
-            s.arrays = {k: z[k] for k in z.files}
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+            s = SAMPLERS[name](**meta["params"])
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+            raise CheckpointError(f"{folder / name}.json does not read as a {name} sampler's settings "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        path = folder / f"{name}{s.suffix}"
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        recorded = meta.get("sha256")  # absent in files saved before it was recorded
+        if recorded is not None and file_sha256(path) != recorded:
+            raise CheckpointError(f"{path} changed after it was fit (its SHA-256 is not the one {name}.json records)")
+        try:
+            s._read(path, meta)
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path} does not read as a {name} sampler ({str(e).splitlines()[0]})") from None
         return s
 
     def _check_class(self, cls: int | None) -> int:
@@ -333,6 +370,94 @@ class ClassGMMSampler(GMMSampler):
                                np.random.default_rng(seed))
 
 
+def _help(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TwoStageOptions:
+    """The two-stage sampler's settings (``fitted_sampler(run, "two-stage", epochs=...)``)."""
+
+    epochs: int = _help(20, "epochs of stage 2 over the training codes")
+    hidden: int = _help(128, "width of stage 2's hidden layers (the authors' code: 1024)")
+    depth: int = _help(2, "hidden layers of stage 2's encoder and of its decoder (the authors' code: 3)")
+    latent: int | None = _help(None, "size of stage 2's latent u (default: the code size, as in the paper)")
+    batch_size: int = _help(128, "stage 2's batch size")
+    lr: float = _help(1e-3, "stage 2's Adam learning rate (constant)")
+    scale: float = _help(1.0, "variance of u when sampling: below 1 trades variety for fidelity")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "hidden", "depth", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sampler two-stage: {name} must be >= 1, got {getattr(self, name)}")
+        if self.latent is not None and self.latent < 1:
+            raise ConfigError(f"sampler two-stage: latent must be >= 1 (or unset: the code size), got {self.latent}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"sampler two-stage: lr must be positive, got {self.lr}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ConfigError(f"sampler two-stage: scale must be positive, got {self.scale}")
+
+
+class TwoStageSampler(Sampler):
+    """A second VAE fit on the training codes, decoded from N(0, I) (Dai & Wipf 2019)."""
+
+    name = "two-stage"
+    suffix = ".safetensors"
+    options = TwoStageOptions  # its settings, with help (`vaelab parts samplers`)
+
+    def __init__(self, epochs: int = 20, hidden: int = 128, depth: int = 2, latent: int | None = None,
+                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0):
+        o = TwoStageOptions(epochs=int(epochs), hidden=int(hidden), depth=int(depth),
+                            latent=None if latent is None else int(latent), batch_size=int(batch_size),
+                            lr=float(lr), scale=float(scale))
+        super().__init__(**o.__dict__)
+        self.opts, self.net, self.info = o, None, {}
+
+    def fit(self, codes, labels=None, seed=0):
+        from vaelab.latent.two_stage import fit_two_stage
+
+        self.net, self.info = fit_two_stage(codes, self.opts, seed)
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        from vaelab.latent.two_stage import sample_codes
+
+        if cls is not None:
+            raise ConfigError("the two-stage sampler is unconditional; use class-gmm for --class")
+        return sample_codes(self.net, n, self.opts.scale, seed)
+
+    def _write(self, path: Path, checkpoint_id: str | None) -> dict:
+        from vaelab.tensorfiles import save_tensors
+
+        # the weights it was fit on in the file too (vaelab.rundir.recorded_id reads safetensors' metadata)
+        save_tensors(path, self.net.state_dict(), {"sampler": self.name, ID_FIELD: checkpoint_id or ""})
+        return {"stage2": self.info}
+
+    def _read(self, path: Path, meta: dict) -> None:
+        from vaelab.latent.two_stage import build, config_of
+        from vaelab.tensorfiles import load_tensors
+
+        tensors, _ = load_tensors(path)  # safetensors only: a pickle is refused before it is parsed
+        try:
+            # the shapes of the weights, checked against the JSON, before a network is built
+            config = config_of(tensors)
+            if config != meta["stage2"]["config"]:
+                raise RuntimeError(f"its weights are a network of {config}, its JSON says {meta['stage2']['config']}")
+            net = build(config)
+            net.load_state_dict(tensors)
+        except (RuntimeError, DataError) as e:
+            raise CheckpointError(f"{path} does not match its own settings: {str(e).splitlines()[0]}") from None
+        self.net, self.info = net.eval(), meta["stage2"]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _classes(labels: np.ndarray | None) -> list[int]:
     if labels is None:
         raise DataError("class-conditional samplers need labelled training data")
@@ -340,7 +465,8 @@ def _classes(labels: np.ndarray | None) -> list[int]:
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler)
+    s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler,
+                        TwoStageSampler)
 }
 
 
@@ -361,7 +487,7 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters on the same weights (fit once, reuse). One fit
     on other weights (the run was retrained or resumed), or by a vaelab that recorded none,
-    is fit again, with a one-line note to ``log``."""
+    or whose files changed since or do not read, is fit again, with a one-line note to ``log``."""
     sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
     if sampler.from_model:
         return sampler
@@ -369,12 +495,20 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     folder = run.dir.samplers if run.run_dir else None
     current = run.checkpoint_id
     if folder and not refit and (folder / f"{name}.json").is_file():
-        meta = json.loads((folder / f"{name}.json").read_text())
-        if meta["params"] == sampler.params and meta.get("seed") == seed:
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+            log(f"note: refitting the {name} sampler: {folder / name}.json does not read as JSON")
+        if isinstance(meta, dict) and meta.get("params") == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
-                return Sampler.load(folder, name)
-            log(f"note: refitting the {name} sampler: {folder / name}.npz is stale ({stale})")
+                try:
+                    return Sampler.load(folder, name)
+                except CheckpointError as e:  # changed or unreadable: fit again, never trust it
+                    log(f"note: refitting the {name} sampler: {e}")
+            else:
+                log(f"note: refitting the {name} sampler: {folder / name}{sampler.suffix} is stale ({stale})")
     train = run.split("train")
     codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
@@ -383,6 +517,20 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     if folder:
         sampler.save(folder, current)
     return sampler
+
+
+def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
+    """The run's sampler ``name`` as it was last fit (the settings and seed its JSON records),
+    fit again if it is stale or its file changed, and fit with its defaults if it never was."""
+    path = run.dir.samplers / f"{name}.json" if run.run_dir else None
+    if path is not None and path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            meta = None  # fitted_sampler says so, and fits it again
+        if isinstance(meta, dict) and meta.get("sampler") == name and isinstance(meta.get("params"), dict):
+            return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
+    return fitted_sampler(run, name, log=log)
 
 
 def require_continuous(model, what: str) -> None:

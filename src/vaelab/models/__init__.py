@@ -68,6 +68,10 @@ MODELS: dict[str, Family] = {
                          "gaussian", "normal", "factorvae"),
     "vae-gan": Family("VAE-GAN: reconstruction in a discriminator's features, the decoder also a GAN generator",
                       "gaussian", "normal", "vaegan"),
+    "rae-l2": Family("RAE-L2: a deterministic autoencoder, a code penalty and weight decay on the decoder "
+                     "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-l2"),
+    "rae-gp": Family("RAE-GP: a deterministic autoencoder, a code penalty and a gradient penalty on the decoder "
+                     "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-gp"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
