@@ -68,6 +68,8 @@ MODELS: dict[str, Family] = {
                          "gaussian", "normal", "factorvae"),
     "vae-gan": Family("VAE-GAN: reconstruction in a discriminator's features, the decoder also a GAN generator",
                       "gaussian", "normal", "vaegan"),
+    "hamiltonian-vae": Family("Hamiltonian VAE: q(z|x)'s draws flowed by tempered leapfrog steps of log p(x, z) "
+                              "(Caterini et al. 2018; not hvae)", "gaussian", "normal", "hamiltonian"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.

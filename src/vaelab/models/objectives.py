@@ -35,6 +35,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   lambda - 1) MMD(q(z), p(z)).
 - ``factorvae``: FactorVAE (Kim & Mnih 2018): recon + KL + gamma TC, the TC estimated by a
   discriminator on permuted codes, trained by its own optimiser (``vaelab.models.factorvae``).
+- ``hamiltonian``: the Hamiltonian VAE (Caterini et al. 2018): the ELBO of q(z|x)'s draws
+  moved by tempered leapfrog steps along the gradient of log p(x, z) (``vaelab.models.hamiltonian``).
 - ``vq``: VQ-VAE (van den Oord et al. 2017): recon through the quantised code, plus the
   codebook term |sg(z_e) - e|^2 (unless the codebook follows an EMA) and the commitment
   term beta |z_e - sg(e)|^2, summed over the code's elements.
@@ -58,6 +60,7 @@ from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models.posteriors import VQOptions, check_vq
 from vaelab.models.factorvae import FACTORVAE
+from vaelab.models.hamiltonian import HAMILTONIAN
 from vaelab.models.iw_bounds import IW_OBJECTIVES
 from vaelab.models.vaegan import OBJECTIVE as VAEGAN
 
@@ -262,6 +265,7 @@ OBJECTIVES: dict[str, Objective] = {
     "aae": AAE,
     "factorvae": FACTORVAE,
     "vaegan": VAEGAN,
+    "hamiltonian": HAMILTONIAN,
 }
 
 __all__ = ["OBJECTIVES", "ElboOptions", "InfovaeOptions", "IwaeOptions", "MmdOptions", "Objective", "OptimStep",
