@@ -188,6 +188,24 @@ def _log_std_normal(v: torch.Tensor) -> torch.Tensor:
     return -0.5 * (v.square() + LOG_2PI).sum(-1)
 
 
+def potential_grad(model, x, y, prior: Distribution, create_graph: bool) -> Callable:
+    """grad_u(z) -> (grad U(z), (recon, log p(z))) for codes z (B, D) of images x, with
+    U(z) = -log p(x|z) - log p(z) (the reconstruction loss: -log p(x|z) up to its offset).
+    ``create_graph``: the gradient keeps its graph (training, Jacobians of the flow); else
+    it is taken in z alone, from z detached (under torch.no_grad too)."""
+
+    def grad_u(z: torch.Tensor):
+        with torch.enable_grad():
+            if not create_graph:
+                z = z.detach().requires_grad_()
+            recon = model.recon_loss(model.decode_logits(z, y), x)
+            log_pz = prior.log_prob(z)
+            g = torch.autograd.grad((recon - log_pz).sum(), z, create_graph=create_graph)[0]
+        return g, (recon, log_pz)
+
+    return grad_u
+
+
 def hamiltonian(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0, **_) -> Parts:
     flow: Leapfrog = model.critics[NAME]
     n_lf = model.cfg.opts(NAME).n_lf
@@ -197,18 +215,8 @@ def hamiltonian(model, x, y, q: Distribution, *, generator=None, progress: float
     gamma = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
     eps, beta0 = flow.eps().to(z0.dtype), flow.beta_zero().to(z0.dtype)
     rho0 = gamma / beta0.sqrt()
-
-    def grad_u(z: torch.Tensor):
-        with torch.enable_grad():
-            if not train:
-                z = z.detach().requires_grad_()
-            recon = model.recon_loss(model.decode_logits(z, y), x)  # -log p(x|z) up to the offset
-            log_pz = prior.log_prob(z)
-            g = torch.autograd.grad((recon - log_pz).sum(), z, create_graph=train)[0]
-        return g, (recon, log_pz)
-
     # the flow's arithmetic stays in q0's precision (z0 and the gradients in z are fp32 under autocast)
-    _, rhok, (recon, log_pz) = leapfrog_flow(z0, rho0, grad_u, eps, n_lf, beta0)
+    _, rhok, (recon, log_pz) = leapfrog_flow(z0, rho0, potential_grad(model, x, y, prior, train), eps, n_lf, beta0)
     if not train:
         recon, log_pz = recon.detach(), log_pz.detach()
     d = z0.shape[-1]
@@ -222,4 +230,5 @@ HAMILTONIAN = Objective(
     "Hamiltonian VAE (Caterini et al. 2018): the ELBO of q0's draws flowed by tempered leapfrog steps of -log p(x, z)",
     options=HamiltonianOptions, check=check, networks=networks)
 
-__all__ = ["HAMILTONIAN", "HamiltonianOptions", "Leapfrog", "hamiltonian", "leapfrog_flow", "log_det", "sqrt_betas"]
+__all__ = ["HAMILTONIAN", "HamiltonianOptions", "Leapfrog", "hamiltonian", "leapfrog_flow", "log_det",
+           "potential_grad", "sqrt_betas"]
