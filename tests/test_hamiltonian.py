@@ -7,6 +7,7 @@ refusals, and the tools on a 1-epoch run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -83,7 +84,7 @@ def test_leapfrog_is_volume_preserving_and_reversible():
         return z ** 3 + torch.stack([z[1], z[0], torch.zeros_like(z[2])]), None
 
     for grad in (oscillator, quartic):
-        def flow(state):
+        def flow(state, grad=grad):
             z, rho, _ = leapfrog_flow(state[:3], state[3:], grad, eps, 5, one)
             return torch.cat([z, rho])
 
@@ -102,7 +103,7 @@ def test_the_schedule_and_the_tempering_log_det_against_the_jacobian_of_the_whol
     # the paper's quadratic schedule in 1/sqrt(beta): 1/sqrt(beta_k) = (1 - 1/sqrt(beta_0)) k^2/K^2 + 1/sqrt(beta_0)
     for k in range(5):
         assert 1 / s[k].item() == pytest.approx((1 - 0.3 ** -0.5) * (k / 4) ** 2 + 0.3 ** -0.5)
-    assert all(a < b for a, b in zip(s, s[1:]))  # cooling: beta rises to 1
+    assert all(a < b for a, b in itertools.pairwise(s))  # cooling: beta rises to 1
     # a model's own potential (decoder and prior of a tiny model), D = 2, one image
     m = small_model(torch.float64)  # the potential alone (no posterior, whose head is fp32) in float64
     x = binary(1, dtype=torch.float64)
@@ -111,7 +112,7 @@ def test_the_schedule_and_the_tempering_log_det_against_the_jacobian_of_the_whol
     for beta0 in (0.3, 1.0):
         b = torch.tensor(beta0, dtype=torch.float64)
 
-        def flow(state):
+        def flow(state, b=b):
             z, rho, _ = leapfrog_flow(state[None, :2], state[None, 2:], grad_u, eps, 3, b)
             return torch.cat([z[0], rho[0]])
 
@@ -251,8 +252,8 @@ def test_conditional_and_vamp_priors_train():
     (["model.hamiltonian.beta_zero=1.5"], r"must be in \(0, 1\], got 1\.5"),
     (["model.hamiltonian.beta_zero=1", "model.hamiltonian.learn_beta_zero=true"],
      r"learn_beta_zero learns beta_0 in \(0, 1\) and cannot start at model\.hamiltonian\.beta_zero=1"),
-    (["model.posterior=point"], r"objective hamiltonian .* needs model\.posterior=gaussian and a prior .* got "
-                                r"model\.posterior=point and model\.prior=normal"),
+    (["model.posterior=point"], (r"objective hamiltonian .* needs model\.posterior=gaussian and a prior .* got "
+                                 r"model\.posterior=point and model\.prior=normal")),
     (["model.posterior=planar"], r"got model\.posterior=planar"),
     (["model.prior=none"], r"got model\.posterior=gaussian and model\.prior=none"),
     (["model.hamiltonian.steps=3"], r"unknown option\(s\) model\.hamiltonian\.steps of hamiltonian; its options: n_lf"),
