@@ -243,6 +243,24 @@ def test_conditional_and_vamp_priors_train():
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)  # the prior's gradient reaches it
 
 
+def test_the_same_numbers_with_gradients_without_them_and_with_frozen_weights():
+    """The flow takes grad U in z wherever it runs: training (through the graph), evaluation
+    (torch.no_grad) and a model whose weights are frozen (nothing upstream of z0 needs a gradient)."""
+    from vaelab.models import frozen
+
+    m = small_model(eps_lf=0.2, beta_zero=0.5)
+    x = binary(4)
+    train = m(x, generator=gen(7))
+    with torch.no_grad():
+        ev = m(x, generator=gen(7))
+    with frozen(m):
+        fz = m(x, generator=gen(7))
+    for k in ("loss", "recon", "kl"):
+        torch.testing.assert_close(ev[k], train[k].detach())
+        torch.testing.assert_close(fz[k].detach(), train[k].detach())
+    assert train["loss"].requires_grad and not ev["loss"].requires_grad
+
+
 # ---------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("overrides, match", [
     (["model.hamiltonian.n_lf=0"], r"model\.hamiltonian\.n_lf \(leapfrog steps\) must be at least 1, got 0"),

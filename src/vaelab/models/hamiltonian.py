@@ -192,11 +192,13 @@ def potential_grad(model, x, y, prior: Distribution, create_graph: bool) -> Call
     """grad_u(z) -> (grad U(z), (recon, log p(z))) for codes z (B, D) of images x, with
     U(z) = -log p(x|z) - log p(z) (the reconstruction loss: -log p(x|z) up to its offset).
     ``create_graph``: the gradient keeps its graph (training, Jacobians of the flow); else
-    it is taken in z alone, from z detached (under torch.no_grad too)."""
+    it is taken in z alone, from z detached (under torch.no_grad too). A decoder with batch
+    norm in training mode couples the images' potentials through the batch statistics (as in
+    Pythae); in evaluation it does not."""
 
     def grad_u(z: torch.Tensor):
         with torch.enable_grad():
-            if not create_graph:
+            if not (create_graph and z.requires_grad):  # a code nothing upstream needs: a leaf of its own
                 z = z.detach().requires_grad_()
             recon = model.recon_loss(model.decode_logits(z, y), x)
             log_pz = prior.log_prob(z)
