@@ -12,7 +12,8 @@ MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; no
 Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
 VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
 the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
-VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults.
+VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults; the
+Hamiltonian VAE with 3 leapfrog steps, eps from 0.01 and beta_0 from 0.3, both learned, on both sides.
 RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
 decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
 
@@ -85,6 +86,12 @@ FAMILIES: dict[str, list[str]] = {
     # no prior: scored by the GMM on their codes only (the paper's ex-post density)
     "rae-l2": [*MLP, "model.kind=rae-l2", "model.loss=euclidean"],
     "rae-gp": [*MLP, "model.kind=rae-gp", "model.loss=euclidean"],
+    # The Hamiltonian VAE (vaelab.models.hamiltonian): 3 leapfrog steps (Pythae's n_lf), the step
+    # size from 0.01 and beta_0 from 0.3 both learned (the paper's learned eps and tempering; Pythae's
+    # HVAE with the same n_lf, eps_lf, beta_zero, learn_eps_lf and learn_beta_zero)
+    "hamiltonian-vae": [*MLP, "model.kind=hamiltonian-vae", "model.hamiltonian.n_lf=3", "model.hamiltonian.eps_lf=0.01",
+                        "model.hamiltonian.beta_zero=0.3", "model.hamiltonian.learn_eps=true",
+                        "model.hamiltonian.learn_beta_zero=true"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

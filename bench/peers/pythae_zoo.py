@@ -37,7 +37,8 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   MLP families (all but vqvae): encoder Linear(784, 400) - ReLU - two heads
   Linear(400, latent) for the mean and the log-variance (wae, rae-l2, rae-gp: the mean
   head only, their encoder is deterministic); decoder Linear(latent, 400) - ReLU - Linear(400, 784) -
-  Sigmoid. This is the PyTorch examples VAE (there with latent 20). aae: the same
+  Sigmoid. This is the PyTorch examples VAE (there with latent 20); hamiltonian-vae's decoder
+  ends without the Sigmoid while it trains (Pythae's HVAE reads logits), with it for images. aae: the same
   encoder with both heads (Pythae's Adversarial_AE reads the log-variance even with
   ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
   is unused) and Pythae's default discriminator Linear(latent, 256) - ReLU -
@@ -59,12 +60,14 @@ import time
 T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
-                "vae-planar", "vae-radial", "vae-iaf",
+                "vae-planar", "vae-radial", "vae-iaf", "hamiltonian-vae",
                 "rae-l2", "rae-gp"]
 DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
+LOGIT_DECODER = ("hamiltonian-vae",)  # Pythae models whose "bce" reads the decoder's output as logits
+NEEDS_GRAD = ("hamiltonian-vae",)  # Pythae models whose forward takes gradients (HVAE: the leapfrog's)
 IMQ_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # Pythae's default kernel scales
 
 
@@ -139,6 +142,12 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
         "vae-radial": ("VAE_LinNF", "VAE_LinNF_Config", {"reconstruction_loss": "bce", "flows": ["Radial"] * 10}),
         "vae-iaf": ("VAE_IAF", "VAE_IAF_Config", {  # Pythae's defaults, as vaelab's model.iaf
             "reconstruction_loss": "bce", "n_made_blocks": 2, "n_hidden_in_made": 3, "hidden_size": 128,
+        }),
+        # Pythae's HVAE with vaelab's zoo settings (Pythae's defaults: eps_lf 1e-3, nothing learned). Its
+        # "bce" reads the decoder's output as logits: the decoder ends without its sigmoid (mlp-logits).
+        "hamiltonian-vae": ("HVAE", "HVAEConfig", {
+            "reconstruction_loss": "bce", "n_lf": 3, "eps_lf": 0.01, "beta_zero": 0.3,
+            "learn_eps_lf": True, "learn_beta_zero": True,
         }),
     }
 
@@ -349,16 +358,19 @@ class MLPEncoder(BaseEncoder):
 
 
 class MLPDecoder(BaseDecoder):
-    """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28)."""
+    """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28).
+    ``logits``: without the sigmoid (Pythae's HVAE trains on logits); set it to False after
+    training for images (reconstructions, samples)."""
 
-    def __init__(self, latent_dim: int):
+    def __init__(self, latent_dim: int, logits: bool = False):
         BaseDecoder.__init__(self)
         self.fc3 = nn.Linear(latent_dim, 400)
         self.fc4 = nn.Linear(400, 784)
+        self.logits = logits
 
     def forward(self, z):
-        h = F.relu(self.fc3(z))
-        return ModelOutput(reconstruction=torch.sigmoid(self.fc4(h)).reshape(-1, 1, 28, 28))
+        h = self.fc4(F.relu(self.fc3(z)))
+        return ModelOutput(reconstruction=(h if self.logits else torch.sigmoid(h)).reshape(-1, 1, 28, 28))
 
 
 class ConvEncoder(BaseEncoder):
@@ -394,6 +406,8 @@ class ConvDecoder(BaseDecoder):
 ARCH_TEXT = {
     "mlp": "encoder Linear(784,400)-ReLU-[Linear(400,L) mean, Linear(400,L) log-variance]; "
            "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
+    "mlp-logits": "encoder Linear(784,400)-ReLU-[Linear(400,L) mean, Linear(400,L) log-variance]; "
+                  "decoder Linear(L,400)-ReLU-Linear(400,784) (logits in training; the sigmoid for images)",
     "mlp-deterministic": "encoder Linear(784,400)-ReLU-Linear(400,L); "
                          "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
     "conv": "encoder Conv2d(1,32,4,2,1)-ReLU-Conv2d(32,64,4,2,1)-ReLU-Conv2d(64,D,1) -> (D,7,7); "
@@ -446,8 +460,11 @@ def build_model(family: str, args):
         config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
         variational = family not in DETERMINISTIC
         encoder = MLPEncoder(args.latent_dim, variational=variational)
-        decoder = MLPDecoder(args.latent_dim)
-        arch = "mlp" if variational else "mlp-deterministic"
+        logits = family in LOGIT_DECODER
+        if logits:  # its "bce" is torch's Bernoulli(logits).log_prob, which validates x as 0/1: the grey
+            torch.distributions.Distribution.set_default_validate_args(False)  # levels, as every other "bce"
+        decoder = MLPDecoder(args.latent_dim, logits=logits)
+        arch = "mlp-logits" if logits else "mlp" if variational else "mlp-deterministic"
     model = getattr(pm, model_name)(config, encoder=encoder, decoder=decoder)
     return model, config, arch
 
@@ -464,25 +481,31 @@ def reconstruct(model, family: str, x: np.ndarray, batch: int):
         else:
             rec = model.predict(xb).recon_x
         mean.append(to_uint8(rec))
-        with torch.enable_grad() if family == "rae-gp" else contextlib.nullcontext():  # its forward differentiates
-            sampled.append(to_uint8(model.reconstruct(xb)))
+        if family in NEEDS_GRAD:  # HVAE's reconstruct runs its flow: autograd on, the decoder's logits
+            model.decoder.logits = True
+            with torch.enable_grad():
+                rec = torch.sigmoid(model.reconstruct(xb)).detach()
+            model.decoder.logits = False
+        else:
+            with torch.enable_grad() if family == "rae-gp" else contextlib.nullcontext():  # its forward differentiates
+                rec = model.reconstruct(xb)
+        sampled.append(to_uint8(rec.detach()))
     return np.concatenate(mean), np.concatenate(sampled)
 
 
-@torch.no_grad()
 def loss_parts(model, x: np.ndarray, batch: int, grad: bool = False) -> dict:
     """Every scalar of the model's forward output (loss, recon_loss, reg_loss / mmd_loss /
     vq_loss), averaged over the batches of x in order, as Pythae's eval pass averages them.
-    ``grad``: the forward itself differentiates (RAE-GP's penalty; Pythae's trainer retries
-    its eval step with gradients on for it)."""
+    ``grad``: the forward takes gradients (HVAE, RAE-GP's penalty), so it runs with autograd on
+    (as Pythae's eval pass falls back to)."""
     model.eval()
     sums, n, counts = {}, 0, None
     for i in range(0, len(x), batch):
-        with torch.enable_grad() if grad else contextlib.nullcontext():
+        with torch.set_grad_enabled(grad):
             out = model(DatasetOutput(data=torch.from_numpy(x[i:i + batch])), dataset_size=len(x))
         for k, v in out.items():
             if torch.is_tensor(v) and v.numel() == 1:
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         if "quantized_indices" in out:  # VQ-VAE: codebook usage
             c = torch.bincount(out["quantized_indices"].flatten(), minlength=model.quantizer.num_embeddings)
             counts = c if counts is None else counts + c
@@ -573,7 +596,10 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         model.eval()
         seed_all(args.seed)
         t = time.perf_counter()
-        res["test_loss_parts"] = loss_parts(model, test_x, args.batch_size, grad=family == "rae-gp")
+        res["test_loss_parts"] = loss_parts(model, test_x, args.batch_size,
+                                            grad=family in NEEDS_GRAD or family == "rae-gp")
+        if family in LOGIT_DECODER:
+            model.decoder.logits = False  # images from here on: reconstructions and samples
         res["timings"]["test_loss_parts_seconds"] = round(time.perf_counter() - t, 3)
 
         # Reconstructions of the first n-recon test images.

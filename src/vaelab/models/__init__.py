@@ -72,6 +72,8 @@ MODELS: dict[str, Family] = {
                      "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-l2"),
     "rae-gp": Family("RAE-GP: a deterministic autoencoder, a code penalty and a gradient penalty on the decoder "
                      "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-gp"),
+    "hamiltonian-vae": Family("Hamiltonian VAE: q(z|x)'s draws flowed by tempered leapfrog steps of log p(x, z) "
+                              "(Caterini et al. 2018; not hvae)", "gaussian", "normal", "hamiltonian"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.

@@ -37,6 +37,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   discriminator on permuted codes, trained by its own optimiser (``vaelab.models.factorvae``).
 - ``rae-l2``, ``rae-gp``: regularised autoencoders (Ghosh et al. 2020): recon + beta 1/2 |z|^2
   + lambda times the decoder's squared weights or its gradient penalty (``vaelab.models.rae``).
+- ``hamiltonian``: the Hamiltonian VAE (Caterini et al. 2018): the ELBO of q(z|x)'s draws
+  moved by tempered leapfrog steps along the gradient of log p(x, z) (``vaelab.models.hamiltonian``).
 - ``vq``: VQ-VAE (van den Oord et al. 2017): recon through the quantised code, plus the
   codebook term |sg(z_e) - e|^2 (unless the codebook follows an EMA) and the commitment
   term beta |z_e - sg(e)|^2, summed over the code's elements.
@@ -60,6 +62,7 @@ from vaelab.models.contract import Objective, OptimStep, Parts
 from vaelab.models.estimators import mmd, tc_decomposition
 from vaelab.models.posteriors import VQOptions, check_vq
 from vaelab.models.factorvae import FACTORVAE
+from vaelab.models.hamiltonian import HAMILTONIAN
 from vaelab.models.iw_bounds import IW_OBJECTIVES
 from vaelab.models.rae import OBJECTIVES as RAE_OBJECTIVES
 from vaelab.models.vaegan import OBJECTIVE as VAEGAN
@@ -266,6 +269,7 @@ OBJECTIVES: dict[str, Objective] = {
     "factorvae": FACTORVAE,
     "vaegan": VAEGAN,
     **RAE_OBJECTIVES,  # rae-l2, rae-gp (Ghosh et al. 2020): vaelab.models.rae
+    "hamiltonian": HAMILTONIAN,
 }
 
 __all__ = ["OBJECTIVES", "ElboOptions", "InfovaeOptions", "IwaeOptions", "MmdOptions", "Objective", "OptimStep",
