@@ -20,8 +20,8 @@ from vaelab.cli.options import (
 from vaelab.errors import VaelabError
 
 
-def _sampler_params(components, covariance, scale) -> dict:
-    return {"components": components, "covariance": covariance, "scale": scale}
+def _sampler_params(components, covariance, scale, **more) -> dict:
+    return {"components": components, "covariance": covariance, "scale": scale, **more}
 
 
 def _class_help() -> str:
@@ -41,6 +41,14 @@ _SAMPLER_OPTIONS = [  # the sampler's own parameters; each help names the sample
                  help=lambda: f"GMM covariance type ({takers(_SAMPLERS, 'covariance')})."),
     click.option("--scale", type=float, cls=RegistryHelp,
                  help=lambda: f"Covariance scale, < 1 trades variety for fidelity ({takers(_SAMPLERS, 'scale')})."),
+    click.option("--blocks", type=int, cls=RegistryHelp,
+                 help=lambda: f"MADE blocks of the flow ({takers(_SAMPLERS, 'blocks')})."),
+    click.option("--hidden", type=int, cls=RegistryHelp,
+                 help=lambda: f"Units per hidden layer of each MADE ({takers(_SAMPLERS, 'hidden')})."),
+    click.option("--epochs", type=int, cls=RegistryHelp,
+                 help=lambda: f"Epochs of fitting on the training codes ({takers(_SAMPLERS, 'epochs')})."),
+    click.option("--lr", type=float, cls=RegistryHelp,
+                 help=lambda: f"Adam's learning rate when fitting ({takers(_SAMPLERS, 'lr')})."),
 ]
 
 
@@ -107,7 +115,8 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
 @device_option
-def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, npz, device) -> None:
+def sample(run_dir, sampler, n, cls, components, covariance, scale, blocks, hidden, epochs, lr, seed, out, npz,
+           device) -> None:
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
@@ -120,7 +129,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, seed, out, n
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(components, covariance, scale)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
+        components, covariance, scale, blocks=blocks, hidden=hidden, epochs=epochs, lr=lr)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -226,8 +236,8 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
               help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
-def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, seed, out, features, reference,
-                 inception_weights) -> None:
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, blocks, hidden, epochs, lr, seed, out,
+                 features, reference, inception_weights) -> None:
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
     with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
@@ -266,7 +276,8 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
                               reference=reference or "test", inception_weights=inception_weights,
                               extractor=extractor, log=_echo,
-                              **_only_used(sampler, _sampler_params(components, covariance, scale)))
+                              **_only_used(sampler, _sampler_params(components, covariance, scale, blocks=blocks,
+                                                                    hidden=hidden, epochs=epochs, lr=lr)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
     _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")

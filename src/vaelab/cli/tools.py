@@ -212,6 +212,13 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 
 
 # ------------------------------------------------------------------------------ export
+def _onnx_samplers() -> list[str]:
+    """The prior, and the samplers fit on codes that have an ONNX form (``onnx_codes``)."""
+    from vaelab.latent.sampling import SAMPLERS
+
+    return ["prior", *(name for name, s in SAMPLERS.items() if hasattr(s, "onnx_codes"))]
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"),
@@ -226,9 +233,12 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 @click.option("--parts", cls=RegistryHelp,
               help=lambda: f"With --onnx: comma-separated, of {', '.join(registry('vaelab.export.onnx:PARTS'))} "
                            "(default: every part the model has).")
+@click.option("--sampler", cls=RegistryHelp,
+              help=lambda: "With --onnx: the sampler part decodes draws of this sampler fit on the training codes "
+                           f"(of {', '.join(_onnx_samplers())}; default prior).")
 @run_data_dir_option
 @device_option
-def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, data_dir, device) -> None:
+def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, sampler, data_dir, device) -> None:
     """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV, or the
     encoder, decoder, anomaly scorer and sampler as ONNX (--onnx DIR)."""
     from vaelab.api import Run
@@ -242,8 +252,16 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
         from vaelab.export.onnx import export_onnx
 
         names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        if sampler is not None and sampler not in _onnx_samplers():
+            raise VaelabError(f"--sampler {sampler} cannot be exported to ONNX; exportable: "
+                              f"{', '.join(_onnx_samplers())}")
         run = Run.load(run_dir, device="cpu")
-        r = export_onnx(run, onnx_dir, parts=names, log=_echo)
+        fitted = None
+        if sampler not in (None, "prior"):
+            from vaelab.latent.sampling import fitted_sampler
+
+            fitted = fitted_sampler(run, sampler, log=_echo)
+        r = export_onnx(run, onnx_dir, parts=names, log=_echo, sampler=fitted)
         checked = r["checked"]
         if isinstance(checked, dict):
             worst = max(p["max_abs_diff"] for p in r["parts"].values())
@@ -253,8 +271,8 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
             _echo(checked)
         _echo(f"wrote {', '.join(p['file'] for p in r['parts'].values())} and onnx.json to {onnx_dir}")
         return
-    if parts is not None:
-        raise VaelabError("--parts applies to --onnx exports")
+    if parts is not None or sampler is not None:
+        raise VaelabError(f"{'--parts' if parts is not None else '--sampler'} applies to --onnx exports")
     what = what or "reconstructions"
     chunk_size = 1000 if chunk_size is None else chunk_size
     from vaelab.export.table import export as export_fn

@@ -18,7 +18,14 @@ is dynamic; everything else is fixed by the run's config.
   reconstructs with the most probable class, so the scorer needs no label;
 - ``sampler`` (models with a prior): noise (B, D) standard-normal draws [, label] -> image,
   the prior draw ``z = mean + std * noise`` decoded. The caller brings the randomness, so
-  the same noise gives the same images in every runtime.
+  the same noise gives the same images in every runtime. With ``sampler=`` (a fitted latent
+  sampler that has ``onnx_codes()``: ``vaelab export --onnx DIR --sampler maf|iaf``) the codes
+  are that sampler's draws for the noise instead, on any model with a continuous latent.
+
+By default every part the model has is exported, and a part that cannot be (the sampler of a
+VampPrior run: a mixture's draw is not a function of Gaussian noise) is left out with one
+line to ``log`` and its reason in ``onnx.json``'s ``not_exported``; parts asked by name are all
+exported or none is.
 
 Conditional models take ``label`` (a class 0..K-1) wherever the PyTorch call takes one.
 ``DIR/onnx.json`` describes every file: inputs and outputs with dtypes and shapes ("batch"
@@ -108,13 +115,15 @@ NOISE_TO_CODE: dict[type, Callable[[object, torch.Tensor], torch.Tensor]] = {
 
 
 class Sampler(nn.Module):
-    """noise [, label] -> image: a prior draw, decoded."""
+    """noise [, label] -> image: a prior draw, or ``codes(noise)`` (a fitted sampler's draw), decoded."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, codes: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.codes = model, codes
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if self.codes is not None:
+            return self.model.decode(self.codes(noise), label)
         p = self.model.prior(label, noise.shape[0])
         return self.model.decode(NOISE_TO_CODE[type(p)](p, noise), label)
 
@@ -144,21 +153,32 @@ def available_parts(model) -> list[str]:
     return [name for name, p in PARTS.items() if p.needs is None or p.needs in model.capabilities]
 
 
-def resolve_parts(model, parts: list[str] | None) -> list[str]:
-    """The parts to export, checked: unknown names and parts the model lacks end in one line."""
+def resolve_parts(model, parts: list[str] | None, fitted: bool = False) -> list[str]:
+    """The parts to export, checked: unknown names and parts the model lacks end in one line.
+    ``fitted``: the sampler part decodes a fitted sampler's draws (no prior needed)."""
     if not parts:
-        return available_parts(model)
+        names = available_parts(model)
+        return names + ["sampler"] if fitted and "sampler" not in names else names
     for name in parts:
         if name not in PARTS:
             raise VaelabError(f"unknown ONNX part {name!r}; known: {', '.join(PARTS)}")
-        if PARTS[name].needs is not None:
+        if PARTS[name].needs is not None and not (name == "sampler" and fitted):
             require(model, PARTS[name].needs, f"the ONNX {name}")
-    if "sampler" in parts:
-        p = model.prior(_labels(model, 1), 1)
-        if type(p) not in NOISE_TO_CODE:
-            raise VaelabError(f"the ONNX sampler needs a Gaussian prior draw per label; the {model.cfg.prior} prior of "
-                              f"{model.describe()} is a {type(p).__name__}")
+    if "sampler" in parts and not fitted:
+        problem = prior_problem(model)
+        if problem:
+            raise VaelabError(problem)
     return list(dict.fromkeys(parts))
+
+
+def prior_problem(model) -> str | None:
+    """Why the prior's draws cannot be an ONNX sampler (one phrase), or None."""
+    p = model.prior(_labels(model, 1), 1)
+    if type(p) in NOISE_TO_CODE:
+        return None
+    return (f"the ONNX sampler needs a Gaussian prior draw per label; the {model.cfg.prior} prior of "
+            f"{model.describe()} is a {type(p).__name__} (--sampler maf or iaf exports a flow fit on the codes "
+            "instead)")
 
 
 # ------------------------------------------------------------------------------ inputs and outputs
@@ -190,14 +210,22 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------------------ export
 def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> dict:
+                log: Callable[[str], None] = lambda s: None, sampler=None) -> dict:
     """Write ``parts`` (default: every part the run's model has) of ``run`` (a ``vaelab.api.Run``)
     as ONNX into ``out_dir``, with ``onnx.json``; returns that description.
 
     ``check``: run each file with onnxruntime (when installed) on random inputs at two batch
-    sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``."""
+    sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``.
+    ``sampler``: a fitted latent sampler (``vaelab.latent.sampling``) with ``onnx_codes()``,
+    whose draws the sampler part decodes instead of the prior's."""
     model = copy.deepcopy(run.model).to("cpu").float().eval()
-    names = resolve_parts(model, parts)
+    codes = None
+    if sampler is not None:
+        if not hasattr(sampler, "onnx_codes"):
+            raise VaelabError(f"the {sampler.name} sampler has no ONNX form (its draws are not a function of "
+                              "Gaussian noise); export the prior's or a flow's (--sampler maf or iaf)")
+        codes = copy.deepcopy(sampler.onnx_codes()).to("cpu").float().eval()
+    names = resolve_parts(model, parts, fitted=codes is not None)
     _need_exporter()
     ort = _onnxruntime() if check else None
     out_dir = Path(out_dir)
@@ -216,13 +244,31 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
                                              "batch_sizes": list(CHECK_BATCHES), "tolerance": TOLERANCE},
         "parts": {},
     }
+    if sampler is not None:
+        manifest["sampler"] = sampler.name
     if check and ort is None:
         manifest["checked"] = "not checked: onnxruntime is not installed"
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=out_dir))
     try:
         for name in names:
-            manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD])
+            try:
+                if name == "sampler" and codes is None and not parts and prior_problem(model):
+                    raise VaelabError(prior_problem(model))
+                manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD],
+                                                       codes if name == "sampler" else None)
+            except VaelabError as e:
+                if parts:  # asked for by name: all or nothing
+                    raise
+                manifest.setdefault("not_exported", {})[name] = str(e)
+                log(f"not exported: the {name}: {e}")
+                continue
+            if name == "sampler" and codes is not None:
+                manifest["parts"][name]["what"] = (f"images in [0, 1] decoded from the {sampler.name} sampler's draws "
+                                                   "(fit on the training codes) for noise: standard-normal draws")
             log(f"exported the {name}: {_signature(manifest['parts'][name])}")
+        if not manifest["parts"]:
+            raise VaelabError(f"no part of {model.describe()} could be exported to ONNX: "
+                              + "; ".join(manifest.get("not_exported", {}).values()))
         old = _old_files(out_dir)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no description while the files change
         for f in sorted(tmp.iterdir()):  # every part passed: move them in, then the description
@@ -244,9 +290,10 @@ def _old_files(out_dir: Path) -> set[str]:
         return set()
 
 
-def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None) -> dict:
+def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None,
+                 codes: nn.Module | None = None) -> dict:
     part = PARTS[name]
-    graph = part.graph(model).eval()
+    graph = (part.graph(model) if codes is None else Sampler(model, codes)).eval()
     gen = torch.Generator().manual_seed(0)
     example = _inputs(model, part, EXAMPLE_BATCH, gen)
     outputs = _output_names(model, name, example)
@@ -346,4 +393,4 @@ def _quiet():
 
 
 __all__ = ["MANIFEST", "NOISE_TO_CODE", "OPSET", "PARTS", "TOLERANCE", "available_parts", "export_onnx",
-           "resolve_parts"]
+           "prior_problem", "resolve_parts"]

@@ -9,6 +9,8 @@ only) plus ``NAME.json`` (parameters): nothing is pickled, so a stranger's run i
 - ``gmm``: a Gaussian mixture (scikit-learn) fit on the training codes.
 - ``class-gaussian``: per class, N(mean_c, scale * cov_c) of that class's codes.
 - ``class-gmm``: a Gaussian mixture per class.
+- ``maf``, ``iaf``: a masked / inverse autoregressive flow fit on the training codes
+  (``vaelab.latent.flow_samplers``; saved as safetensors).
 Every sampler but the prior takes ``scale``: covariances are multiplied by it when
 sampling, so a scale below 1 trades variety for fidelity.
 """
@@ -16,13 +18,14 @@ sampling, so a scale below 1 trades variety for fidelity.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from vaelab.errors import ConfigError, DataError
+from vaelab.errors import ConfigError, DataError, VaelabError
 
 if TYPE_CHECKING:
     import torch
@@ -342,6 +345,7 @@ def _classes(labels: np.ndarray | None) -> list[int]:
 SAMPLERS: dict[str, type[Sampler]] = {
     s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler)
 }
+import vaelab.latent.flow_samplers  # noqa: F401  (maf and iaf subclass Sampler, above, and join SAMPLERS)
 
 
 def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
@@ -369,15 +373,26 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     folder = run.dir.samplers if run.run_dir else None
     current = run.checkpoint_id
     if folder and not refit and (folder / f"{name}.json").is_file():
-        meta = json.loads((folder / f"{name}.json").read_text())
-        if meta["params"] == sampler.params and meta.get("seed") == seed:
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            meta = {"params": None}
+        if not isinstance(meta, dict) or meta.get("params") is None:
+            log(f"note: refitting the {name} sampler: {folder / name}.json cannot be read")
+        elif meta["params"] == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
-                return Sampler.load(folder, name)
-            log(f"note: refitting the {name} sampler: {folder / name}.npz is stale ({stale})")
+                try:
+                    return SAMPLERS[name].load(folder, name)
+                except (VaelabError, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                    log(f"note: refitting the {name} sampler: its saved file is refused ({e})")  # tampered, truncated
+            else:
+                log(f"note: refitting the {name} sampler: {folder / name}{getattr(SAMPLERS[name], 'suffix', '.npz')} is stale "
+                    f"({stale})")
     train = run.split("train")
     codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
+    sampler.log = log  # a long fit (the flows) announces itself
     sampler.fit(codes, labels, seed=seed)
     sampler.fit_seed = seed
     if folder:
