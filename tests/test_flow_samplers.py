@@ -288,3 +288,22 @@ def test_a_flow_sampler_exports_as_noise_to_images(vamp_run, tmp_path, capsys, n
     seeded = torch.randn((4, 3), generator=torch.Generator().manual_seed(7))
     (img,) = session.run(None, {"noise": seeded.numpy()})
     np.testing.assert_allclose(img, run.decode(torch.from_numpy(s.sample(4, seed=7)).float()).numpy(), atol=1e-4)
+
+
+def test_export_reuses_the_flow_that_sample_fit(run_copy, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    rc, out, err = run_main(capsys, "sample", run_copy.run_dir, "--sampler", "iaf", "--n", 4, "--epochs", 1,
+                            "--hidden", 8, "--seed", 3)
+    assert rc == 0 and "fitting the iaf sampler" in out, err
+    rc, out, err = run_main(capsys, "export", run_copy.run_dir, "--onnx", tmp_path / "o", "--sampler", "iaf",
+                            "--parts", "sampler")
+    assert rc == 0, err
+    assert "fitting" not in out and "wrote sampler.onnx and onnx.json" in out  # the saved fit, not a new one
+    s = fitted_sampler(run_copy, "iaf", seed=3, epochs=1, hidden=8)
+    noise = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(tmp_path / "o" / "sampler.onnx"), providers=["CPUExecutionProvider"])
+    (img,) = session.run(None, {"noise": noise.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(img, run_copy.decode(s.onnx_codes()(noise)).numpy(), atol=1e-4)
+    assert "--sampler applies to --onnx exports" in cli_error(capsys, "export", run_copy.run_dir, "--sampler", "iaf")

@@ -219,6 +219,18 @@ def _onnx_samplers() -> list[str]:
     return ["prior", *(name for name, s in SAMPLERS.items() if hasattr(s, "onnx_codes"))]
 
 
+def _saved_fit(run, name: str) -> dict:
+    """The settings and seed of the sampler ``name`` fit before (``vaelab sample --sampler NAME
+    --epochs ...``), so export reuses that fit rather than one with the defaults; {} when none."""
+    import json
+
+    try:
+        meta = json.loads((run.dir.samplers / f"{name}.json").read_text())
+        return {"seed": int(meta["seed"]), **dict(meta["params"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"),
@@ -260,7 +272,7 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
         if sampler not in (None, "prior"):
             from vaelab.latent.sampling import fitted_sampler
 
-            fitted = fitted_sampler(run, sampler, log=_echo)
+            fitted = fitted_sampler(run, sampler, log=_echo, **_saved_fit(run, sampler))
         r = export_onnx(run, onnx_dir, parts=names, log=_echo, sampler=fitted)
         checked = r["checked"]
         if isinstance(checked, dict):

@@ -157,6 +157,7 @@ class FlowSampler(Sampler):
     reads = ""
     suffix = ".safetensors"  # the weights file beside NAME.json
     log = staticmethod(lambda s: None)  # fitted_sampler sets its own: the fit's announcement
+    device = "cpu"  # where the fit runs (fitted_sampler: the run's device); the fitted flow then lives on the CPU
 
     def __init__(self, blocks: int = 2, hidden: int = 128, layers: int = 3, epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 256, scale: float = 1.0, **params):
@@ -191,21 +192,22 @@ class FlowSampler(Sampler):
         p, (n, d) = self.params, codes.shape
         std = codes.std(0)
         std = np.where(std > 1e-8 * max(float(std.max()), 1e-12), std, 1.0)  # a dead dimension: left unscaled
+        device = torch.device(self.device)
         torch.manual_seed(seed)
         flow = self._build(d)
         flow.mean.copy_(torch.from_numpy(codes.mean(0)).float())
         flow.std.copy_(torch.from_numpy(std).float())
-        passes = "1 pass" if self.reads == "data" else f"{d} passes"
+        passes = "1 pass" if self.reads == "data" else f"{d} passes (about {d} times a maf's fit)"
         announce(self.log, f"fitting the {self.name} sampler on {n:,} codes of {d} dimensions",
-                 why="maximum likelihood, Adam",
+                 why=f"maximum likelihood, Adam, on the {device.type.upper() if device.type != 'cpu' else 'CPU'}",
                  cost=f"{p['epochs']} epochs of {math.ceil(n / p['batch_size']):,} steps, {passes} per block "
                       "for the density (--epochs sets how many)")
         settings = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=seed,
-                               device="cpu", progress=False, precision="fp32")
-        trainer = Trainer(_NLL(flow), TensorSet(torch.from_numpy(codes).float()), settings, device="cpu",
-                          log=self.log).fit()
+                               device=str(device), progress=False, precision="fp32")
+        trainer = Trainer(_NLL(flow.to(device)), TensorSet(torch.from_numpy(codes).float()).to(device), settings,
+                          device=device, log=self.log).fit()
         self.train_nll = trainer.history[-1]["train_loss"] if trainer.history else None
-        self.flow = flow.eval()
+        self.flow = flow.to("cpu").eval()
         return self
 
     def _fitted(self) -> AutoregressiveFlow:

@@ -392,7 +392,7 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     train = run.split("train")
     codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
-    sampler.log = log  # a long fit (the flows) announces itself
+    sampler.log, sampler.device = log, run.device  # a long fit (the flows) announces itself, on the run's device
     sampler.fit(codes, labels, seed=seed)
     sampler.fit_seed = seed
     if folder:
