@@ -220,8 +220,13 @@ def test_the_explorer_lists_and_draws_the_flows(run_copy):
     pytest.importorskip("starlette")
     from vaelab.explore.explorer import Explorer
 
-    names = [s["name"] for s in Explorer(run_copy, n=16).supported_samplers()]
+    ex = Explorer(run_copy, n=16)
+    names = [s["name"] for s in ex.supported_samplers()]
     assert names[-2:] == ["maf", "iaf"] and {"prior", "gmm"} <= set(names)
+    r = ex.sample("maf", n=4, seed=1)  # the page's button: a fit with the defaults, saved in RUN/samplers
+    assert len(r["pngs"]) == 4 and r["classes"] is None
+    s = fitted_sampler(run_copy, "maf", log=lambda m: pytest.fail(f"refit: {m}"))  # loaded, the same draws
+    np.testing.assert_allclose(r["codes"], s.sample(4, seed=1).astype(np.float32), rtol=1e-6)
 
 
 def test_parts_lists_the_flow_options():
