@@ -312,3 +312,24 @@ def test_export_reuses_the_flow_that_sample_fit(run_copy, tmp_path, capsys):
     with torch.no_grad():
         np.testing.assert_allclose(img, run_copy.decode(s.onnx_codes()(noise)).numpy(), atol=1e-4)
     assert "--sampler applies to --onnx exports" in cli_error(capsys, "export", run_copy.run_dir, "--sampler", "iaf")
+
+
+def test_a_default_export_leaves_out_a_part_that_fails_its_check_file_and_all(vamp_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import vaelab.export.onnx as onnx_export
+    from vaelab.errors import VaelabError
+
+    real = onnx_export._check
+
+    def failing(model, name, *args):
+        if name == "scorer":  # written to the temporary folder, then refused
+            raise VaelabError("the exported scorer differs from PyTorch by 1 on random inputs")
+        return real(model, name, *args)
+
+    monkeypatch.setattr(onnx_export, "_check", failing)
+    lines = []
+    manifest = onnx_export.export_onnx(vamp_run, tmp_path / "o", log=lines.append)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["decoder.onnx", "encoder.onnx", "onnx.json"]
+    assert list(manifest["parts"]) == ["encoder", "decoder"] and sorted(manifest["not_exported"]) == ["sampler", "scorer"]
+    assert "not exported: the scorer: the exported scorer differs from PyTorch by 1 on random inputs" in lines

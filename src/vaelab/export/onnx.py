@@ -252,13 +252,15 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
     try:
         for name in names:
             try:
-                if name == "sampler" and codes is None and not parts and prior_problem(model):
-                    raise VaelabError(prior_problem(model))
+                problem = prior_problem(model) if name == "sampler" and codes is None else None
+                if problem:  # only by default: resolve_parts refused it when asked for by name
+                    raise VaelabError(problem)
                 manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD],
                                                        codes if name == "sampler" else None)
             except VaelabError as e:
                 if parts:  # asked for by name: all or nothing
                     raise
+                (tmp / f"{name}.onnx").unlink(missing_ok=True)  # written, then failed its check: not moved in
                 manifest.setdefault("not_exported", {})[name] = str(e)
                 log(f"not exported: the {name}: {e}")
                 continue
