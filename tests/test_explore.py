@@ -82,7 +82,7 @@ def test_info_holds_the_map_the_dimensions_and_what_applies(client, trained_run)
     codes = q.mean.double().numpy()
     assert (info["continuous"], info["conditional"], info["latent_dim"], info["n"]) == (True, False, 4, 64)
     assert info["labels"] == y.tolist() and info["classes"] == ["0", "1", "2", "3"]
-    assert [s["name"] for s in info["samplers"]] == ["prior", "gmm", "class-gaussian", "class-gmm", "two-stage"]
+    assert [s["name"] for s in info["samplers"]] == ["prior", "gmm", "class-gaussian", "class-gmm", "two-stage", "maf", "iaf"]
     assert info["interpolation"] == ["linear", "spherical"] and info["notes"] == []
     kl = kl_per_dim(q, trained_run.model.prior(None, 64)).mean(0).numpy()
     np.testing.assert_allclose([d["kl"] for d in info["dims"]], kl, rtol=1e-5)
@@ -319,7 +319,7 @@ def test_a_conditional_model_decodes_under_the_chosen_class(trained_cvae):
 def test_an_autoencoder_has_no_prior_sampler_no_kl_and_no_spherical_path(trained_ae):
     client = TestClient(make_app(Explorer(trained_ae, n=32)))
     info = client.get("/api/info").json()
-    assert [s["name"] for s in info["samplers"]] == ["gmm", "class-gaussian", "class-gmm", "two-stage"]
+    assert [s["name"] for s in info["samplers"]] == ["gmm", "class-gaussian", "class-gmm", "two-stage", "maf", "iaf"]
     assert all(d["kl"] is None for d in info["dims"]) and info["interpolation"] == ["linear"]
     assert any("lacks a prior p(z) to sample from" in n for n in info["notes"])
     codes = trained_ae.encode(trained_ae.split().batch(slice(0, 32))).double()

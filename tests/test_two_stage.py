@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -276,49 +277,57 @@ def test_onnx_export_of_the_two_stage_sampler(rae_run, tmp_path, capsys):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     from vaelab.errors import VaelabError
-    from vaelab.export.onnx import export_onnx, resolve_parts
+    from vaelab.export.onnx import export_onnx
 
-    assert resolve_parts(rae_run.model, None) == ["encoder", "decoder", "scorer"]  # only when asked for
-    with pytest.raises(VaelabError, match=r"the ONNX two-stage part is the run's fitted two-stage sampler, and none "
-                                          r"was given: `vaelab export RUN --onnx DIR --parts two-stage` fits it"):
-        export_onnx(rae_run, tmp_path / "none", parts=["two-stage"])
-    s = fitted_sampler(rae_run, "two-stage", seed=0, log=lambda *_: None, **SMALL)
-    rc, out, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "onnx", "--parts",
-                            "decoder,two-stage")
+    # a stage-2 latent of 2 for codes of 4 (noise U != code D), and a scale below 1
+    s = fitted_sampler(rae_run, "two-stage", seed=3, log=lambda *_: None, latent=2, scale=0.5, **SMALL)
+    rc, out, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "onnx", "--sampler", "two-stage")
     assert rc == 0, err
-    assert "refitting" not in out  # the saved fit (50 epochs) is the one exported
+    assert "fitting" not in out and "refitting" not in out  # the saved fit (its settings, its seed) is exported
     manifest = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
-    part = manifest["parts"]["two-stage"]
-    assert part["inputs"] == [{"name": "noise", "dtype": "float32", "shape": ["batch", 4]}]
+    assert manifest["sampler"] == "two-stage" and list(manifest["parts"]) == ["encoder", "decoder", "scorer", "sampler"]
+    part = manifest["parts"]["sampler"]
+    assert part["inputs"] == [{"name": "noise", "dtype": "float32", "shape": ["batch", 2]}]
     assert part["outputs"][0]["shape"] == ["batch", 1, 28, 28] and part["max_abs_diff"] <= 1e-4
-    noise = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-    got = ort.InferenceSession(str(tmp_path / "onnx" / "two-stage.onnx")).run(None, {"noise": noise.numpy()})[0]
+    assert "two-stage sampler's draws" in part["what"]
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    got = ort.InferenceSession(str(tmp_path / "onnx" / "sampler.onnx")).run(None, {"noise": noise.numpy()})[0]
     with torch.no_grad():
-        want = rae_run.decode(s.net.decode(noise))
+        want = rae_run.decode(s.onnx_codes()(noise))
+        # the same module as the sampler's own draws: u = sqrt(scale) noise through stage 2's decoder mean
+        np.testing.assert_allclose(s.onnx_codes()(noise).numpy(), s.net.decode(noise * 0.5 ** 0.5).numpy(), atol=1e-6)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
-    # the prior's sampler part is refused in one line: an RAE has no prior
+    # no separate part any more; and the prior's sampler part is refused in one line: an RAE has no prior
+    with pytest.raises(VaelabError, match="unknown ONNX part 'two-stage'"):
+        export_onnx(rae_run, tmp_path / "none", parts=["two-stage"])
     rc, _, err = run_main(capsys, "export", rae_run.run_dir, "--onnx", tmp_path / "p", "--parts", "sampler")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "the ONNX sampler needs a prior" in err, err
 
 
 def test_its_settings_from_the_command_line(rae_run, tmp_path, capsys):
-    rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "two-stage", "--sampler-option", "epochs=3",
-                          "--sampler-option", "hidden=16", "--sampler-option", "latent=none", "--n", 4,
+    rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "two-stage", "--epochs", 3, "--hidden", 16,
+                          "--depth", 1, "--latent", 2, "--batch-size", 32, "--lr", 0.002, "--n", 4,
                           "--out", tmp_path / "s.png")
     assert rc == 0, err
     meta = json.loads((rae_run.dir.samplers / "two-stage.json").read_text())
-    assert meta["params"]["epochs"] == 3 and meta["params"]["hidden"] == 16 and meta["params"]["latent"] is None
-    assert meta["stage2"]["config"] == {"dim": 4, "latent": 4, "hidden": 16, "depth": 2}
+    assert {k: meta["params"][k] for k in ("epochs", "hidden", "depth", "latent", "batch_size", "lr")} == {
+        "epochs": 3, "hidden": 16, "depth": 1, "latent": 2, "batch_size": 32, "lr": 0.002}
+    assert meta["stage2"]["config"] == {"dim": 4, "latent": 2, "hidden": 16, "depth": 1}
     for args, want in (
-        (["--sampler-option", "epochs"], "--sampler-option expects KEY=VALUE (e.g. epochs=50), got 'epochs'"),
-        (["--sampler-option", "epochs=0"], "sampler two-stage: epochs must be >= 1, got 0"),
-        (["--sampler-option", "scale=2"], "--sampler-option scale=... : give --scale instead"),
-        (["--sampler-option", "width=3"], ("--sampler-option width does not apply to --sampler two-stage (its "
-                                           "settings: batch_size, depth, epochs, hidden, latent, lr, scale)")),
+        (["--epochs", "0"], "sampler two-stage: epochs must be >= 1, got 0"),
+        (["--latent", "0"], "sampler two-stage: latent must be >= 1"),
+        (["--blocks", "3"], ("--blocks does not apply to --sampler two-stage (it takes --batch-size, --depth, "
+                             "--epochs, --hidden, --latent, --lr, --scale)")),
         (["--components", "3"], "--components does not apply to --sampler two-stage"),
     ):
         rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "two-stage", *args, "--n", 4,
                               "--out", tmp_path / "t.png")
         assert rc == 2 and len(err.strip().splitlines()) == 1 and want in err, (args, err)
-    rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", "gmm", "--sampler-option", "epochs=3")
-    assert rc == 2 and "--sampler-option epochs does not apply to --sampler gmm" in err, err
+    for sampler, flag in (("gmm", "--depth"), ("maf", "--latent")):
+        rc, _, err = run_main(capsys, "sample", rae_run.run_dir, "--sampler", sampler, flag, 3)
+        assert rc == 2 and f"{flag} does not apply to --sampler {sampler}" in err, err
+    # the help of each option names the samplers that take it, from the registry
+    rc, out, _ = run_main(capsys, "sample", "--help")
+    text = re.sub(r"-\s+", "-", " ".join(out.split()))  # click may wrap "two-stage" after its hyphen
+    assert rc == 0 and "(two-stage default 2)" in text and "(two-stage default None)" in text
+    assert "(two-stage default 128, maf default 256, iaf default 256)" in text  # --batch-size

@@ -20,28 +20,8 @@ from vaelab.cli.options import (
 from vaelab.errors import VaelabError
 
 
-def _sampler_params(components, covariance, scale, sampler_option=()) -> dict:
-    params = {"components": components, "covariance": covariance, "scale": scale}
-    for item in sampler_option:  # KEY=VALUE: an int, a float, none, or a word
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise VaelabError(f"--sampler-option expects KEY=VALUE (e.g. epochs=50), got {item!r}")
-        if key in params:
-            raise VaelabError(f"--sampler-option {key}=... : give --{key} instead")
-        params[f"option:{key}"] = _option_value(raw.strip())
-    return params
-
-
-def _option_value(raw: str):
-    if raw.lower() in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
+def _sampler_params(components, covariance, scale, **more) -> dict:
+    return {"components": components, "covariance": covariance, "scale": scale, **more}
 
 
 def _class_help() -> str:
@@ -61,9 +41,20 @@ _SAMPLER_OPTIONS = [  # the sampler's own parameters; each help names the sample
                  help=lambda: f"GMM covariance type ({takers(_SAMPLERS, 'covariance')})."),
     click.option("--scale", type=float, cls=RegistryHelp,
                  help=lambda: f"Covariance scale, < 1 trades variety for fidelity ({takers(_SAMPLERS, 'scale')})."),
-    click.option("--sampler-option", multiple=True, metavar="KEY=VALUE",
-                 help="Another setting of the sampler's own, repeatable (`vaelab parts samplers` lists them; "
-                      "e.g. two-stage's epochs=50, hidden=256)."),
+    click.option("--epochs", type=int, cls=RegistryHelp,
+                 help=lambda: f"Epochs of fitting on the training codes ({takers(_SAMPLERS, 'epochs')})."),
+    click.option("--lr", type=float, cls=RegistryHelp,
+                 help=lambda: f"Adam's learning rate when fitting ({takers(_SAMPLERS, 'lr')})."),
+    click.option("--batch-size", type=int, cls=RegistryHelp,
+                 help=lambda: f"Batch size when fitting on the training codes ({takers(_SAMPLERS, 'batch_size')})."),
+    click.option("--hidden", type=int, cls=RegistryHelp,
+                 help=lambda: f"Units per hidden layer of the fitted network ({takers(_SAMPLERS, 'hidden')})."),
+    click.option("--blocks", type=int, cls=RegistryHelp,
+                 help=lambda: f"MADE blocks of the flow ({takers(_SAMPLERS, 'blocks')})."),
+    click.option("--depth", type=int, cls=RegistryHelp,
+                 help=lambda: f"Hidden layers of stage 2's encoder and of its decoder ({takers(_SAMPLERS, 'depth')})."),
+    click.option("--latent", type=int, cls=RegistryHelp,
+                 help=lambda: f"Size of stage 2's latent u, unset: the code size ({takers(_SAMPLERS, 'latent')})."),
 ]
 
 
@@ -92,15 +83,12 @@ def _only_used(name: str, params: dict) -> dict:
     if name not in SAMPLERS:
         raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     takes = set(inspect.signature(SAMPLERS[name].__init__).parameters) - {"self", "params", "model", "run_dir"}
-    def flag(k: str) -> str:
-        return f"--sampler-option {k[7:]}" if k.startswith("option:") else f"--{k}"
-
-    unused = [k for k, v in params.items() if (v is not None or k.startswith("option:"))
-              and k.removeprefix("option:") not in takes]
+    unused = [k for k, v in params.items() if v is not None and k not in takes]
     if unused:
-        raise VaelabError(f"{', '.join(map(flag, unused))} does not apply to --sampler {name}"
-                          + (f" (its settings: {', '.join(sorted(takes))})" if takes else ""))
-    return {k.removeprefix("option:"): v for k, v in params.items() if v is not None or k.startswith("option:")}
+        raise VaelabError(f"--{', --'.join(k.replace('_', '-') for k in unused)} does not apply to --sampler {name}"
+                          + (f" (it takes {', '.join('--' + k.replace('_', '-') for k in sorted(takes & params.keys()))})"
+                             if takes & params.keys() else ""))
+    return {k: v for k, v in params.items() if v is not None}
 
 
 @click.command()
@@ -135,7 +123,8 @@ def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
 @device_option
-def sample(run_dir, sampler, n, cls, components, covariance, scale, sampler_option, seed, out, npz, device) -> None:
+def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, batch_size, hidden, blocks, depth,
+           latent, seed, out, npz, device) -> None:
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
@@ -148,8 +137,9 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, sampler_opti
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
-    s = fitted_sampler(run, sampler, seed=seed, log=_echo,
-                       **_only_used(sampler, _sampler_params(components, covariance, scale, sampler_option)))
+    s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
+        components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden, blocks=blocks,
+        depth=depth, latent=latent)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -255,8 +245,8 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
               help="The real images --features compares samples with, the whole split (default: test).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
-def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, sampler_option, seed, out, features,
-                 reference, inception_weights) -> None:
+def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, epochs, lr, batch_size, hidden, blocks,
+                 depth, latent, seed, out, features, reference, inception_weights) -> None:
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
     with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
@@ -295,7 +285,9 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     result = evaluate_samples(run, sampler, j, n=n, seed=seed, out_dir=out_dir, features=features,
                               reference=reference or "test", inception_weights=inception_weights,
                               extractor=extractor, log=_echo,
-                              **_only_used(sampler, _sampler_params(components, covariance, scale, sampler_option)))
+                              **_only_used(sampler, _sampler_params(
+                                  components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  hidden=hidden, blocks=blocks, depth=depth, latent=latent)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
     _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")

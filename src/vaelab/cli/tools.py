@@ -212,6 +212,13 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 
 
 # ------------------------------------------------------------------------------ export
+def _onnx_samplers() -> list[str]:
+    """The prior, and the samplers fit on codes that have an ONNX form (``onnx_codes``)."""
+    from vaelab.latent.sampling import SAMPLERS
+
+    return ["prior", *(name for name, s in SAMPLERS.items() if hasattr(s, "onnx_codes"))]
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--what", type=RegistryChoice("vaelab.export.table:EXPORTS"),
@@ -226,9 +233,12 @@ def anomaly_bench(data, normal, out, preset, epochs, score, overrides, holdout, 
 @click.option("--parts", cls=RegistryHelp,
               help=lambda: f"With --onnx: comma-separated, of {', '.join(registry('vaelab.export.onnx:PARTS'))} "
                            "(default: every part the model has).")
+@click.option("--sampler", cls=RegistryHelp,
+              help=lambda: "With --onnx: the sampler part decodes draws of this sampler fit on the training codes "
+                           f"(of {', '.join(_onnx_samplers())}; default prior).")
 @run_data_dir_option
 @device_option
-def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, data_dir, device) -> None:
+def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, sampler, data_dir, device) -> None:
     """Write reconstructions (row_id, orig_px0, recon_px0, ...) or latent codes as CSV, or the
     encoder, decoder, anomaly scorer and sampler as ONNX (--onnx DIR)."""
     from vaelab.api import Run
@@ -239,15 +249,17 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
                                          ("--data-dir", data_dir)) if v is not None]
         if csv_only:
             raise VaelabError(f"{', '.join(csv_only)} applies to CSV exports, not to --onnx")
-        from vaelab.export.onnx import PARTS, export_onnx
+        from vaelab.export.onnx import export_onnx
         from vaelab.latent.sampling import last_fitted
 
         names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        if sampler is not None and sampler not in _onnx_samplers():
+            raise VaelabError(f"--sampler {sampler} cannot be exported to ONNX; exportable: "
+                              f"{', '.join(_onnx_samplers())}")
         run = Run.load(run_dir, device="cpu")
-        # a part that exports a sampler fit on the codes (two-stage): the run's own, fit now if need be
-        fitted = {name: last_fitted(run, name, log=_echo).net for name in names or ()
-                  if name in PARTS and PARTS[name].fitted}
-        r = export_onnx(run, onnx_dir, parts=names, log=_echo, fitted=fitted)
+        # a sampler fit on the codes: the run's own, as last fit (its settings and seed), fit now if need be
+        fitted = last_fitted(run, sampler, log=_echo) if sampler not in (None, "prior") else None
+        r = export_onnx(run, onnx_dir, parts=names, log=_echo, sampler=fitted)
         checked = r["checked"]
         if isinstance(checked, dict):
             worst = max(p["max_abs_diff"] for p in r["parts"].values())
@@ -257,8 +269,8 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
             _echo(checked)
         _echo(f"wrote {', '.join(p['file'] for p in r['parts'].values())} and onnx.json to {onnx_dir}")
         return
-    if parts is not None:
-        raise VaelabError("--parts applies to --onnx exports")
+    if parts is not None or sampler is not None:
+        raise VaelabError(f"{'--parts' if parts is not None else '--sampler'} applies to --onnx exports")
     what = what or "reconstructions"
     chunk_size = 1000 if chunk_size is None else chunk_size
     from vaelab.export.table import export as export_fn

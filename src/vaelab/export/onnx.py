@@ -18,11 +18,16 @@ is dynamic; everything else is fixed by the run's config.
   reconstructs with the most probable class, so the scorer needs no label;
 - ``sampler`` (models with a prior): noise (B, D) standard-normal draws [, label] -> image,
   the prior draw ``z = mean + std * noise`` decoded. The caller brings the randomness, so
-  the same noise gives the same images in every runtime;
-- ``two-stage`` (only when asked for): noise (B, U) standard-normal draws [, label] -> image,
-  through the run's fitted two-stage sampler (its stage-2 decoder maps the noise to codes),
-  then the decoder. The caller passes the fitted network (``fitted``; ``vaelab export`` fits
-  or reuses ``RUN/samplers/two-stage.*``).
+  the same noise gives the same images in every runtime. With ``sampler=`` (a fitted latent
+  sampler that has ``onnx_codes()``: ``vaelab export --onnx DIR --sampler maf|iaf|two-stage``)
+  the codes are that sampler's draws for the noise instead, on any model with a continuous
+  latent; the noise then has the sampler's own size (``noise_dim`` of its module: the
+  two-stage sampler's stage-2 latent, which may differ from the code size).
+
+By default every part the model has is exported, and a part that cannot be (the sampler of a
+VampPrior run: a mixture's draw is not a function of Gaussian noise) is left out with one
+line to ``log`` and its reason in ``onnx.json``'s ``not_exported``; parts asked by name are all
+exported or none is.
 
 Conditional models take ``label`` (a class 0..K-1) wherever the PyTorch call takes one.
 ``DIR/onnx.json`` describes every file: inputs and outputs with dtypes and shapes ("batch"
@@ -112,28 +117,18 @@ NOISE_TO_CODE: dict[type, Callable[[object, torch.Tensor], torch.Tensor]] = {
 
 
 class Sampler(nn.Module):
-    """noise [, label] -> image: a prior draw, decoded."""
+    """noise [, label] -> image: a prior draw, or ``codes(noise)`` (a fitted sampler's draw), decoded."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, codes: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.codes = model, codes
+        self.noise_dim = getattr(codes, "noise_dim", None)  # None: the code size
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if self.codes is not None:
+            return self.model.decode(self.codes(noise), label)
         p = self.model.prior(label, noise.shape[0])
         return self.model.decode(NOISE_TO_CODE[type(p)](p, noise), label)
-
-
-class FittedSampler(nn.Module):
-    """noise [, label] -> image: a sampler fit on the run's codes (``net.decode``: standard-normal
-    noise (B, net.latent) -> codes), decoded by the model."""
-
-    def __init__(self, model: nn.Module, net: nn.Module):
-        super().__init__()
-        self.model, self.net = model, net
-        self.noise_dim = int(net.latent)
-
-    def forward(self, noise: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.decode(self.net.decode(noise), label)
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,6 @@ class Part:
     takes_label: bool
     needs: str | None  # model capability (vaelab.models.CAPABILITIES)
     what: str
-    fitted: bool = False  # its graph needs a network fit on the run's codes (export_onnx's ``fitted``); never a default
 
 
 # Registry: part name -> how to build and describe it. Default export: every part the model has.
@@ -155,37 +149,39 @@ PARTS: dict[str, Part] = {
                    "mean, per image; higher = more anomalous"),
     "sampler": Part(Sampler, "noise", True, "prior",
                     "images in [0, 1] decoded from prior draws z = mean + std * noise (noise: standard-normal draws)"),
-    "two-stage": Part(FittedSampler, "noise", True, "continuous",
-                      "images in [0, 1] from the run's two-stage sampler: noise (standard-normal draws) through its "
-                      "stage-2 decoder to codes, then the decoder", fitted=True),
 }
 
 
 def available_parts(model) -> list[str]:
-    """The parts exported by default: those the model has (a fitted sampler's only when asked for)."""
-    return [name for name, p in PARTS.items() if not p.fitted and (p.needs is None or p.needs in model.capabilities)]
+    return [name for name, p in PARTS.items() if p.needs is None or p.needs in model.capabilities]
 
 
-def resolve_parts(model, parts: list[str] | None, fitted: dict | None = None) -> list[str]:
-    """The parts to export, checked: unknown names, parts the model lacks and a fitted sampler's
-    part without its network (``fitted``) end in one line."""
+def resolve_parts(model, parts: list[str] | None, fitted: bool = False) -> list[str]:
+    """The parts to export, checked: unknown names and parts the model lacks end in one line.
+    ``fitted``: the sampler part decodes a fitted sampler's draws (no prior needed)."""
     if not parts:
-        return available_parts(model)
+        names = available_parts(model)
+        return names + ["sampler"] if fitted and "sampler" not in names else names
     for name in parts:
         if name not in PARTS:
             raise VaelabError(f"unknown ONNX part {name!r}; known: {', '.join(PARTS)}")
-        if PARTS[name].needs is not None:
+        if PARTS[name].needs is not None and not (name == "sampler" and fitted):
             require(model, PARTS[name].needs, f"the ONNX {name}")
-        if PARTS[name].fitted and name not in (fitted or {}):
-            raise VaelabError(f"the ONNX {name} part is the run's fitted {name} sampler, and none was given: "
-                              f"`vaelab export RUN --onnx DIR --parts {name}` fits it or reuses RUN/samplers (from "
-                              f"Python: export_onnx(run, DIR, fitted={{'{name}': sampler.net}}))")
-    if "sampler" in parts:
-        p = model.prior(_labels(model, 1), 1)
-        if type(p) not in NOISE_TO_CODE:
-            raise VaelabError(f"the ONNX sampler needs a Gaussian prior draw per label; the {model.cfg.prior} prior of "
-                              f"{model.describe()} is a {type(p).__name__}")
+    if "sampler" in parts and not fitted:
+        problem = prior_problem(model)
+        if problem:
+            raise VaelabError(problem)
     return list(dict.fromkeys(parts))
+
+
+def prior_problem(model) -> str | None:
+    """Why the prior's draws cannot be an ONNX sampler (one phrase), or None."""
+    p = model.prior(_labels(model, 1), 1)
+    if type(p) in NOISE_TO_CODE:
+        return None
+    return (f"the ONNX sampler needs a Gaussian prior draw per label; the {model.cfg.prior} prior of "
+            f"{model.describe()} is a {type(p).__name__} (--sampler maf, iaf or two-stage exports a sampler fit on "
+            "the codes instead)")
 
 
 # ------------------------------------------------------------------------------ inputs and outputs
@@ -209,7 +205,7 @@ def _inputs(model, part: Part, n: int, gen: torch.Generator, dim: int | None = N
 def _output_names(model, name: str, example: dict[str, torch.Tensor]) -> list[str]:
     if name == "encoder":
         return list(model.posterior(*example.values()).params())
-    return {"decoder": ["image"], "scorer": ["score"], "sampler": ["image"], "two-stage": ["image"]}[name]
+    return {"decoder": ["image"], "scorer": ["score"], "sampler": ["image"]}[name]
 
 
 def _spec(name: str, t: torch.Tensor) -> dict:
@@ -218,17 +214,23 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------------------ export
 def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check: bool = True,
-                log: Callable[[str], None] = lambda s: None, fitted: dict[str, nn.Module] | None = None) -> dict:
+                log: Callable[[str], None] = lambda s: None, sampler=None) -> dict:
     """Write ``parts`` (default: every part the run's model has) of ``run`` (a ``vaelab.api.Run``)
     as ONNX into ``out_dir``, with ``onnx.json``; returns that description.
 
     ``check``: run each file with onnxruntime (when installed) on random inputs at two batch
     sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``.
-    ``fitted``: part name -> the network of a sampler fit on the run's codes, for the parts
-    that export one (``two-stage``: its stage-2 network, with ``decode`` and ``latent``)."""
+    ``sampler``: a fitted latent sampler (``vaelab.latent.sampling``) with ``onnx_codes()``,
+    whose draws the sampler part decodes instead of the prior's."""
     model = copy.deepcopy(run.model).to("cpu").float().eval()
-    names = resolve_parts(model, parts, fitted)
-    nets = {k: copy.deepcopy(v).to("cpu").float().eval() for k, v in (fitted or {}).items() if k in names}
+    codes = None
+    if sampler is not None:
+        if not hasattr(sampler, "onnx_codes"):
+            raise VaelabError(f"the {sampler.name} sampler has no ONNX form (its draws are not a function of "
+                              "Gaussian noise); export the prior's or one fit on the codes (--sampler maf, iaf or "
+                              "two-stage)")
+        codes = copy.deepcopy(sampler.onnx_codes()).to("cpu").float().eval()
+    names = resolve_parts(model, parts, fitted=codes is not None)
     _need_exporter()
     ort = _onnxruntime() if check else None
     out_dir = Path(out_dir)
@@ -247,13 +249,33 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
                                              "batch_sizes": list(CHECK_BATCHES), "tolerance": TOLERANCE},
         "parts": {},
     }
+    if sampler is not None:
+        manifest["sampler"] = sampler.name
     if check and ort is None:
         manifest["checked"] = "not checked: onnxruntime is not installed"
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=out_dir))
     try:
         for name in names:
-            manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD], nets.get(name))
+            try:
+                problem = prior_problem(model) if name == "sampler" and codes is None else None
+                if problem:  # only by default: resolve_parts refused it when asked for by name
+                    raise VaelabError(problem)
+                manifest["parts"][name] = _export_part(model, name, tmp, ort, manifest[ID_FIELD],
+                                                       codes if name == "sampler" else None)
+            except VaelabError as e:
+                if parts:  # asked for by name: all or nothing
+                    raise
+                (tmp / f"{name}.onnx").unlink(missing_ok=True)  # written, then failed its check: not moved in
+                manifest.setdefault("not_exported", {})[name] = str(e)
+                log(f"not exported: the {name}: {e}")
+                continue
+            if name == "sampler" and codes is not None:
+                manifest["parts"][name]["what"] = (f"images in [0, 1] decoded from the {sampler.name} sampler's draws "
+                                                   "(fit on the training codes) for noise: standard-normal draws")
             log(f"exported the {name}: {_signature(manifest['parts'][name])}")
+        if not manifest["parts"]:
+            raise VaelabError(f"no part of {model.describe()} could be exported to ONNX: "
+                              + "; ".join(manifest.get("not_exported", {}).values()))
         old = _old_files(out_dir)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no description while the files change
         for f in sorted(tmp.iterdir()):  # every part passed: move them in, then the description
@@ -276,9 +298,9 @@ def _old_files(out_dir: Path) -> set[str]:
 
 
 def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None = None,
-                 net: nn.Module | None = None) -> dict:
+                 codes: nn.Module | None = None) -> dict:
     part = PARTS[name]
-    graph = (part.graph(model, net) if part.fitted else part.graph(model)).eval()
+    graph = (part.graph(model) if codes is None else Sampler(model, codes)).eval()
     gen = torch.Generator().manual_seed(0)
     example = _inputs(model, part, EXAMPLE_BATCH, gen, getattr(graph, "noise_dim", None))
     outputs = _output_names(model, name, example)
@@ -307,7 +329,7 @@ def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None 
         entry["note"] = "a point posterior (autoencoder): mu is the code itself; there is no posterior variance"
     if name == "encoder" and getattr(model.posterior_head, "export_note", None):
         entry["note"] = model.posterior_head.export_note  # a flow posterior: what its outputs are, and are not
-    if name in ("encoder", "decoder", "sampler", "two-stage") and model.conditional:
+    if name in ("encoder", "decoder", "sampler") and model.conditional:
         entry["label"] = f"int64 class 0..{model.cfg.num_classes - 1}"
     if name == "scorer" and model.conditional:
         entry["note"] = "a conditional model: each image is reconstructed with its most probable class"
@@ -378,4 +400,4 @@ def _quiet():
 
 
 __all__ = ["MANIFEST", "NOISE_TO_CODE", "OPSET", "PARTS", "TOLERANCE", "available_parts", "export_onnx",
-           "resolve_parts"]
+           "prior_problem", "resolve_parts"]

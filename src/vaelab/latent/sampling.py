@@ -11,6 +11,8 @@ only) plus ``NAME.json`` (parameters): nothing is pickled, so a stranger's run i
 - ``class-gmm``: a Gaussian mixture per class.
 - ``two-stage``: a second VAE fit on the training codes (Dai & Wipf 2019,
   ``vaelab.latent.two_stage``); its weights are ``NAME.safetensors`` instead of ``.npz``.
+- ``maf``, ``iaf``: a masked / inverse autoregressive flow fit on the training codes
+  (``vaelab.latent.flow_samplers``; saved as safetensors).
 Every sampler but the prior takes ``scale``: covariances are multiplied by it when
 sampling, so a scale below 1 trades variety for fidelity.
 
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from vaelab.errors import CheckpointError, ConfigError, DataError
+from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 
 if TYPE_CHECKING:
     import torch
@@ -426,6 +428,15 @@ class TwoStageSampler(Sampler):
             raise ConfigError("the two-stage sampler is unconditional; use class-gmm for --class")
         return sample_codes(self.net, n, self.opts.scale, seed)
 
+    def onnx_codes(self):
+        """The ONNX sampler's first half: standard-normal noise (B, U) -> codes (B, D), U the
+        stage-2 latent (``latent``, default D); ``noise_dim`` says U."""
+        from vaelab.latent.two_stage import NoiseToCode
+
+        if self.net is None:
+            raise ConfigError("the two-stage sampler is not fitted: use fitted_sampler(run, 'two-stage')")
+        return NoiseToCode(self.net, self.opts.scale).eval()
+
     def _write(self, path: Path, checkpoint_id: str | None) -> dict:
         from vaelab.tensorfiles import save_tensors
 
@@ -468,6 +479,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler,
                         TwoStageSampler)
 }
+import vaelab.latent.flow_samplers  # noqa: F401  (maf and iaf subclass Sampler, above, and join SAMPLERS)
 
 
 def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
@@ -498,20 +510,23 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
         try:
             meta = json.loads((folder / f"{name}.json").read_text())
         except (OSError, ValueError):
-            meta = {}
+            meta = None
             log(f"note: refitting the {name} sampler: {folder / name}.json does not read as JSON")
-        if isinstance(meta, dict) and meta.get("params") == sampler.params and meta.get("seed") == seed:
+        if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("params"), dict)):
+            log(f"note: refitting the {name} sampler: {folder / name}.json holds no sampler settings")
+        elif meta is not None and meta["params"] == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
-                try:
-                    return Sampler.load(folder, name)
-                except CheckpointError as e:  # changed or unreadable: fit again, never trust it
-                    log(f"note: refitting the {name} sampler: {e}")
+                try:  # every sampler's file: its SHA-256 checked, then read by its own class
+                    return SAMPLERS[name].load(folder, name)
+                except (VaelabError, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                    log(f"note: refitting the {name} sampler: its saved file is refused ({e})")  # tampered, truncated
             else:
                 log(f"note: refitting the {name} sampler: {folder / name}{sampler.suffix} is stale ({stale})")
     train = run.split("train")
     codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
+    sampler.log, sampler.device = log, run.device  # a long fit (the flows) announces itself, on the run's device
     sampler.fit(codes, labels, seed=seed)
     sampler.fit_seed = seed
     if folder:

@@ -120,12 +120,24 @@ def fit_two_stage(codes: np.ndarray, o: TwoStageOptions, seed: int = 0) -> tuple
     return net, info
 
 
+class NoiseToCode(nn.Module):
+    """Standard-normal noise (B, U) -> codes (B, D): u = sqrt(scale) noise through stage 2's decoder
+    mean, standardising undone (the sampler's draw, and its ONNX graph: ``onnx_codes``)."""
+
+    def __init__(self, net: TwoStageVAE, scale: float = 1.0):
+        super().__init__()
+        self.net, self.root = net, math.sqrt(scale)
+        self.noise_dim = int(net.latent)  # U: may differ from the code size D (--latent)
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.net.decode(noise * self.root)
+
+
 @torch.no_grad()
 def sample_codes(net: TwoStageVAE, n: int, scale: float = 1.0, seed: int = 0) -> np.ndarray:
     """n codes (n, D) float64: u ~ N(0, scale I) through stage 2's decoder mean."""
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn((n, net.latent), generator=g) * math.sqrt(scale)
-    return net.decode(u).double().numpy()
+    return NoiseToCode(net, scale)(torch.randn((n, net.latent), generator=g)).double().numpy()
 
 
-__all__ = ["TwoStageOptions", "TwoStageVAE", "build", "config_of", "fit_two_stage", "network_config", "sample_codes"]
+__all__ = ["NoiseToCode", "TwoStageOptions", "TwoStageVAE", "build", "config_of", "fit_two_stage", "network_config", "sample_codes"]
