@@ -68,6 +68,8 @@ MODELS: dict[str, Family] = {
                          "gaussian", "normal", "factorvae"),
     "vae-gan": Family("VAE-GAN: reconstruction in a discriminator's features, the decoder also a GAN generator",
                       "gaussian", "normal", "vaegan"),
+    "svae": Family("hyperspherical VAE: a von Mises-Fisher posterior, the uniform prior on the sphere "
+                   "(Davidson et al. 2018)", "vmf", "spherical-uniform", "elbo"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
@@ -81,6 +83,7 @@ CAPABILITIES: dict[str, str] = {
     "codebook": "a discrete codebook (a VQ-VAE)",
     "diagonal": "a diagonal-Gaussian posterior q(z|x) (a mean and a variance per dimension: model.posterior=gaussian)",
     "two_layers": "codes [z1, z2] from two stochastic layers (model.posterior=gaussian2)",
+    "spherical": "codes on the unit hypersphere (model.posterior=vmf)",
 }
 
 
