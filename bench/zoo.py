@@ -12,7 +12,9 @@ MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; no
 Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
 VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
 the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
-VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults.
+VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults; the
+hyperspherical VAE (svae) at vaelab's defaults, Pythae's SVAE beside it (its gradient without
+the paper's g_cor term).
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -79,6 +81,8 @@ FAMILIES: dict[str, list[str]] = {
     "vae-planar": [*MLP, "model.kind=vae", "model.posterior=planar"],
     "vae-radial": [*MLP, "model.kind=vae", "model.posterior=radial"],
     "vae-iaf": [*MLP, "model.kind=vae", "model.posterior=iaf"],
+    # The hyperspherical VAE (vaelab.models.svae): codes on S^15, a vMF posterior, the uniform prior
+    "svae": [*MLP, "model.kind=svae"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

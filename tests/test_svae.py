@@ -235,7 +235,7 @@ def svae_run(tmp_path_factory, shapes_npz):
 
 
 def test_eval_has_nll_iw_from_the_vmf_draws_and_the_closed_form_kl(capsys, svae_run):
-    rc, out, err = run_main(capsys, "eval", svae_run.dir.path, "--iw-samples", "16")
+    rc, _, err = run_main(capsys, "eval", svae_run.dir.path, "--iw-samples", "16")
     assert rc == 0, err
     ev = json.loads((svae_run.dir.path / "eval.json").read_text())
     assert ev["iw_samples"] == 16 and math.isfinite(ev["nll_iw"])

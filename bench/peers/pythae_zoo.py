@@ -18,7 +18,7 @@ reconstructs the test set. Per family, under ``OUT/<family>/``:
                              Pythae's per-epoch train/eval losses, the final model's loss
                              parts on the test set, parameter counts, configs, errors
     samples_prior.npz        images uint8 (N, 1, 28, 28): NormalSampler / VAMPSampler /
-                             PixelCNNSampler (vqvae)
+                             PixelCNNSampler (vqvae) / HypersphereUniformSampler (svae)
     samples_gmm.npz          images: GaussianMixtureSampler (10 components) fit on the
                              training codes (Pythae's sampler cannot take vqvae's
                              (N, D, 7, 7) codes: recorded as "unsupported")
@@ -41,6 +41,10 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
   is unused) and Pythae's default discriminator Linear(latent, 256) - ReLU -
   Linear(256, 1) - Sigmoid, trained by Pythae's AdversarialTrainer (its own Adam).
+  svae: the same body with the mean-direction head and Linear(400, 1) for the concentration
+  (Pythae's SVAE normalises the direction, kappa = softplus + 1); its reconstructions decode
+  the normalised direction (Pythae's predict would decode the raw head, off the sphere); its
+  GaussianMixtureSampler is fit on the raw head's codes, as Pythae does.
   vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
   Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
   ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
@@ -58,7 +62,7 @@ import time
 T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
-                "vae-planar", "vae-radial", "vae-iaf"]
+                "vae-planar", "vae-radial", "vae-iaf", "svae"]
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
@@ -130,6 +134,9 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
         "vae-iaf": ("VAE_IAF", "VAE_IAF_Config", {  # Pythae's defaults, as vaelab's model.iaf
             "reconstruction_loss": "bce", "n_made_blocks": 2, "n_hidden_in_made": 3, "hidden_size": 128,
         }),
+        # The hyperspherical VAE: kappa = softplus + 1, as vaelab's model.vmf.kappa_floor; Pythae's
+        # gradient is g_rep only (vaelab adds g_cor: model.vmf.correction=false matches Pythae).
+        "svae": ("SVAE", "SVAEConfig", {"reconstruction_loss": "bce"}),
     }
 
 
@@ -217,7 +224,7 @@ from pythae.models.base.base_utils import ModelOutput  # noqa: E402
 from pythae.models.nn import BaseDecoder, BaseEncoder  # noqa: E402
 from pythae.pipelines import TrainingPipeline  # noqa: E402
 from pythae.samplers import (  # noqa: E402
-    GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
+    GaussianMixtureSampler, GaussianMixtureSamplerConfig, HypersphereUniformSampler, NormalSampler, PixelCNNSampler,
     PixelCNNSamplerConfig, VAMPSampler,
 )
 from pythae.trainers import (  # noqa: E402
@@ -336,6 +343,19 @@ class MLPEncoder(BaseEncoder):
         return out
 
 
+class SphereMLPEncoder(MLPEncoder):
+    """MLPEncoder's body for Pythae's SVAE: the mean direction (unnormalised: SVAE normalises it)
+    and one raw concentration, Linear(400, 1), as Pythae's Encoder_SVAE_MLP and vaelab's vmf head."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim, variational=False)
+        self.fc_kappa = nn.Linear(400, 1)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
+        return ModelOutput(embedding=self.fc_mu(h), log_concentration=self.fc_kappa(h))
+
+
 class MLPDecoder(BaseDecoder):
     """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28)."""
 
@@ -433,7 +453,8 @@ def build_model(family: str, args):
     else:
         config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
         variational = family != "wae"
-        encoder = MLPEncoder(args.latent_dim, variational=variational)
+        encoder = (SphereMLPEncoder(args.latent_dim) if family == "svae"
+                   else MLPEncoder(args.latent_dim, variational=variational))
         decoder = MLPDecoder(args.latent_dim)
         arch = "mlp" if variational else "mlp-deterministic"
     model = getattr(pm, model_name)(config, encoder=encoder, decoder=decoder)
@@ -449,6 +470,9 @@ def reconstruct(model, family: str, x: np.ndarray, batch: int):
         xb = torch.from_numpy(x[i:i + batch])
         if family == "vqvae":  # BaseAE.predict would decode the unquantised encoder output
             rec = model(DatasetOutput(data=xb)).recon_x
+        elif family == "svae":  # predict would decode the unnormalised direction, off the sphere
+            loc = model.encoder(xb).embedding
+            rec = model.decoder(loc / loc.norm(dim=-1, keepdim=True))["reconstruction"]
         else:
             rec = model.predict(xb).recon_x
         mean.append(to_uint8(rec))
@@ -568,6 +592,8 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         try:
             if family == "vamp":
                 sampler, kind = VAMPSampler(model), "VAMPSampler"
+            elif family == "svae":
+                sampler, kind = HypersphereUniformSampler(model), "HypersphereUniformSampler"
             elif family == "vqvae":
                 pcfg = PixelCNNSamplerConfig(n_layers=args.pixelcnn_layers, kernel_size=args.pixelcnn_kernel)
                 sampler, kind = PixelCNNSampler(model, pcfg), "PixelCNNSampler"
