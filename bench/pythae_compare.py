@@ -35,7 +35,7 @@ from common import BENCH, OUT, REPO, child_env, data_root, pick
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
-          "vaegan": "vae-gan", "aae": "aae"}
+          "vaegan": "vae-gan", "aae": "aae", "svae": "svae"}
 
 
 def run_pythae(args, families: list[str]) -> None:
