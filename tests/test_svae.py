@@ -274,16 +274,29 @@ def test_the_sphere_sampler_is_refused_for_a_gaussian_vae_in_one_line(capsys, ti
     assert "sphere" in line
 
 
-def test_the_onnx_encoder_exports_mu_and_kappa(svae_run, tmp_path):
+def test_onnx_exports_the_encoders_mu_and_kappa_and_a_sampler_on_the_sphere(svae_run, tmp_path):
+    """Every part exports (the rejection sampler is in none: the encoder gives q's parameters);
+    the sampler's noise is normalised onto the sphere, as the prior's own draws are."""
     pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
     from vaelab.export.onnx import export_onnx
 
-    manifest = export_onnx(svae_run, tmp_path / "onnx", parts=["encoder", "decoder"])
+    manifest = export_onnx(svae_run, tmp_path / "onnx")
+    assert set(manifest["parts"]) == {"encoder", "decoder", "scorer", "sampler"}
     enc = manifest["parts"]["encoder"]
     assert [o["name"] for o in enc["outputs"]] == ["mu", "kappa"]
     assert "von Mises-Fisher" in enc["note"]
-    if "max_abs_diff" in enc:
-        assert enc["max_abs_diff"] <= 1e-4
+    noise = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "sampler.onnx"))
+    images = sess.run(None, {"noise": noise})[0]
+    with torch.no_grad():
+        z = torch.from_numpy(noise / np.linalg.norm(noise, axis=1, keepdims=True))
+        ref = svae_run.model.decode(z).numpy()
+    assert np.allclose(images, ref, atol=1e-5)
+    x = svae_run.split("val").batch(slice(0, 5)).numpy()
+    mu, kappa = ort.InferenceSession(str(tmp_path / "onnx" / "encoder.onnx")).run(None, {"image": x})
+    assert np.allclose(np.linalg.norm(mu, axis=1), 1, atol=1e-5) and (kappa >= 1).all()
+    assert np.allclose(kappa, kappa[:, :1])  # one concentration per image, in every column
 
 
 def test_the_explorer_and_latent_plots_run_on_an_svae(capsys, svae_run, tmp_path):
@@ -297,3 +310,14 @@ def test_the_explorer_and_latent_plots_run_on_an_svae(capsys, svae_run, tmp_path
     assert len(dims) == 3 and all(d["kl"] is None for d in dims)
     rc, _, err = run_main(capsys, "plot", svae_run.dir.path, "--kind", "scatter", "--out", tmp_path / "c.png")
     assert rc == 0, err
+
+
+def test_report_of_an_svae_run_is_written(capsys, svae_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(svae_run.dir.path, run)
+    rc, _, err = run_main(capsys, "report", run)
+    assert rc == 0, err
+    html = (run / "report.html").read_text()
+    assert "svae" in html and "vmf" in html
