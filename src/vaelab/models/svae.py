@@ -14,8 +14,11 @@ Variational Auto-Encoders", UAI, arXiv:1804.00891).
 - Family ``svae``: vmf, spherical-uniform, elbo.
 
 Gradients. The paper's reparameterisation of the rejection sampler (its section 3.2, after
-Naesseth et al. 2017) splits the gradient of E_q[f(z)] in kappa into g_rep, through the accepted
-w = h(eps, kappa), and g_cor = E[f(z) d/dkappa log pi(eps|kappa)]. g_rep flows through the draw;
+Naesseth et al. 2017, "Reparameterization Gradients through Acceptance-Rejection Sampling
+Algorithms", AISTATS) splits the gradient of E_q[f(z)] in kappa into g_rep, through the accepted
+w = h(eps, kappa), and g_cor = E[f(z) d/dkappa log pi(eps|kappa)], pi the density of an accepted
+eps (written out in ``VonMisesFisher``; tests/test_svae.py checks g_rep + g_cor against the
+analytic dA_m/dkappa, which g_rep alone misses by up to a third at small kappa). g_rep flows through the draw;
 the elbo adds g_cor for its reconstruction term (``vaelab.distributions.rejection_correction``,
 a term of value 0, with a leave-one-out baseline over the batch), unless ``model.vmf.correction
 =false`` (g_rep only, as the authors' PyTorch and TensorFlow code). Other objectives (iwae, the
@@ -28,6 +31,13 @@ refused), and no objective that builds codes off the sphere (factorvae permutes 
 across the batch: the permuted codes leave the sphere, so its discriminator would only learn
 their norm). spherical-uniform needs a spherical posterior (``requires`` the capability
 ``spherical``). The sphere S^0 of a 1-dimensional latent is two points: refused.
+
+Where Pythae's SVAE (clementchadebec/benchmark_VAE, src/pythae/models/svae/svae_model.py)
+differs: the same heads (mu normalised, kappa = softplus + 1) and closed-form KL, but its
+rejection loop stops after 100 rounds (a draw still rejected keeps w = 0), runs in float32,
+and its gradient is g_rep only (``model.vmf.correction=false`` here); its ``get_nll`` scores
+with kappa = softplus(.), without the + 1 it trains with; its default reconstruction loss is
+mse (bce here, as the paper's MNIST runs).
 
 Tools: ``encode``, reconstructions and the latent pictures use the mean direction mu, on the
 sphere; ``nll_iw`` is the importance-sampled log-likelihood with log q of the vMF draws (a
