@@ -397,20 +397,35 @@ class VonMisesFisher(Distribution):
     def mean(self) -> torch.Tensor:
         return self.loc
 
+    # The scalar maths runs in float64 and is cast back: at large kappa, log C_m(kappa) and
+    # kappa A_m(kappa) are both about kappa and cancel, and in float32 A_m (a ratio of two
+    # log-Bessel values near kappa) alone would put the KL nats off at kappa = 1e4.
+    def _log_c(self) -> torch.Tensor:
+        m, k = self.m, self.kappa.double()
+        return (m / 2 - 1) * torch.log(k) - m / 2 * LOG_2PI - log_bessel_iv(m / 2 - 1, k)
+
+    def _mean_length(self) -> torch.Tensor:
+        return vmf_mean_length(self.m, self.kappa.double())
+
     def mean_length(self) -> torch.Tensor:
         """A_m(kappa) (B,): |E[z]|."""
-        return vmf_mean_length(self.m, self.kappa)
+        return self._mean_length().to(self.kappa.dtype)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C_m(kappa) (B,)."""
-        m, k = self.m, self.kappa
-        return (m / 2 - 1) * torch.log(k) - m / 2 * LOG_2PI - log_bessel_iv(m / 2 - 1, k)
+        return self._log_c().to(self.kappa.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return self.log_normalizer() + self.kappa * (self.loc * z).sum(-1)
+        cos = (self.loc.double() * z.double()).sum(-1)
+        return (self._log_c() + self.kappa.double() * cos).to(z.dtype)
 
     def entropy(self) -> torch.Tensor:
-        return -self.log_normalizer() - self.kappa * self.mean_length()
+        return (-self._log_c() - self.kappa.double() * self._mean_length()).to(self.kappa.dtype)
+
+    def kl_to_uniform(self) -> torch.Tensor:
+        """KL(q || U(S^{m-1})) = log C_m(kappa) + kappa A_m(kappa) + log |S^{m-1}| (B,)."""
+        return (self._log_c() + self.kappa.double() * self._mean_length() + log_sphere_area(self.m)).to(
+            self.kappa.dtype)
 
     def params(self) -> dict[str, torch.Tensor]:
         # (B, D) each, as every posterior's: kappa repeated in every column
@@ -458,13 +473,14 @@ class VonMisesFisher(Distribution):
         (..., B), differentiable in kappa: g(w | kappa) = exp(kappa w) (1 - w^2)^((m-3)/2) / Z(kappa)
         is the density of w = mu.z, Z(kappa) = 1 / (C_m(kappa) |S^{m-2}|), and dh/deps = -2 b /
         (1 - (1-b) eps)^2."""
-        m, k = self.m, self.kappa
-        w, one_minus_w = self._w(eps)
+        m, k = self.m, self.kappa.double()  # float64, as log C (kappa w and log C cancel)
         b = self._b(k)
-        e = eps.to(b.dtype)
-        log_g = (k * w + (m - 3) / 2 * torch.log((one_minus_w * (1 + w)).clamp_min(1e-30))
-                 + self.log_normalizer() + log_sphere_area(m - 1))
-        return log_g + torch.log(2 * b) - 2 * torch.log(1 - (1 - b) * e)
+        e = eps.double()
+        den = 1 - (1 - b) * e
+        w, one_minus_w = (1 - (1 + b) * e) / den, 2 * b * e / den
+        log_g = (k * w + (m - 3) / 2 * torch.log((one_minus_w * (1 + w)).clamp_min(1e-300))
+                 + self._log_c() + log_sphere_area(m - 1))
+        return (log_g + torch.log(2 * b) - 2 * torch.log(den)).to(self.kappa.dtype)
 
     def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
         shape = _shape(sample_shape) + tuple(self.kappa.shape)
@@ -576,7 +592,7 @@ KL_RULES: dict[tuple[type, type], Callable[[Distribution, Distribution], torch.T
 def _kl_vmf_uniform(q: VonMisesFisher, p: HypersphericalUniform) -> torch.Tensor:
     # KL(vMF(mu, kappa) || U(S^{m-1})) = log C_m(kappa) + kappa A_m(kappa) + log |S^{m-1}|
     # (Davidson et al. 2018, eq. 7-8): minus q's entropy plus p's; it does not depend on mu.
-    return q.log_normalizer() + q.kappa * q.mean_length() + log_sphere_area(q.m)
+    return q.kl_to_uniform()
 
 
 # (type of q, type of p) -> KL per item (...,), closed forms that do not split by dimension.
