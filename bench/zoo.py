@@ -16,6 +16,8 @@ VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defa
 Hamiltonian VAE with 3 leapfrog steps, eps from 0.01 and beta_0 from 0.3, both learned, on both sides.
 RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
 decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
+The hyperspherical VAE (svae) at vaelab's defaults, Pythae's SVAE beside it (its gradient without
+the paper's g_cor term).
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -92,6 +94,8 @@ FAMILIES: dict[str, list[str]] = {
     "hamiltonian-vae": [*MLP, "model.kind=hamiltonian-vae", "model.hamiltonian.n_lf=3", "model.hamiltonian.eps_lf=0.01",
                         "model.hamiltonian.beta_zero=0.3", "model.hamiltonian.learn_eps=true",
                         "model.hamiltonian.learn_beta_zero=true"],
+    # The hyperspherical VAE (vaelab.models.svae): codes on S^15, a vMF posterior, the uniform prior
+    "svae": [*MLP, "model.kind=svae"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

@@ -18,7 +18,7 @@ reconstructs the test set. Per family, under ``OUT/<family>/``:
                              Pythae's per-epoch train/eval losses, the final model's loss
                              parts on the test set, parameter counts, configs, errors
     samples_prior.npz        images uint8 (N, 1, 28, 28): NormalSampler / VAMPSampler /
-                             PixelCNNSampler (vqvae); for rae-l2 / rae-gp (no prior)
+                             PixelCNNSampler (vqvae) / HypersphereUniformSampler (svae); for rae-l2 / rae-gp (no prior)
                              Pythae's NormalSampler draws N(0, I) all the same
     samples_gmm.npz          images: GaussianMixtureSampler (10 components) fit on the
                              training codes (Pythae's sampler cannot take vqvae's
@@ -43,6 +43,10 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   ``deterministic_posterior``, then multiplies its standard deviation by 0: that head
   is unused) and Pythae's default discriminator Linear(latent, 256) - ReLU -
   Linear(256, 1) - Sigmoid, trained by Pythae's AdversarialTrainer (its own Adam).
+  svae: the same body with the mean-direction head and Linear(400, 1) for the concentration
+  (Pythae's SVAE normalises the direction, kappa = softplus + 1); its reconstructions decode
+  the normalised direction (Pythae's predict would decode the raw head, off the sphere); its
+  GaussianMixtureSampler is fit on the raw head's codes, as Pythae does.
   vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
   Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
   ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
@@ -60,7 +64,7 @@ import time
 T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
-                "vae-planar", "vae-radial", "vae-iaf", "hamiltonian-vae",
+                "vae-planar", "vae-radial", "vae-iaf", "hamiltonian-vae", "svae",
                 "rae-l2", "rae-gp"]
 DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
@@ -149,6 +153,9 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
             "reconstruction_loss": "bce", "n_lf": 3, "eps_lf": 0.01, "beta_zero": 0.3,
             "learn_eps_lf": True, "learn_beta_zero": True,
         }),
+        # The hyperspherical VAE: kappa = softplus + 1, as vaelab's model.vmf.kappa_floor; Pythae's
+        # gradient is g_rep only (vaelab adds g_cor: model.vmf.correction=false matches Pythae).
+        "svae": ("SVAE", "SVAEConfig", {"reconstruction_loss": "bce"}),
     }
 
 
@@ -237,7 +244,7 @@ from pythae.models.base.base_utils import ModelOutput  # noqa: E402
 from pythae.models.nn import BaseDecoder, BaseEncoder  # noqa: E402
 from pythae.pipelines import TrainingPipeline  # noqa: E402
 from pythae.samplers import (  # noqa: E402
-    GaussianMixtureSampler, GaussianMixtureSamplerConfig, NormalSampler, PixelCNNSampler,
+    GaussianMixtureSampler, GaussianMixtureSamplerConfig, HypersphereUniformSampler, NormalSampler, PixelCNNSampler,
     PixelCNNSamplerConfig, VAMPSampler,
 )
 from pythae.trainers import (  # noqa: E402
@@ -357,6 +364,19 @@ class MLPEncoder(BaseEncoder):
         return out
 
 
+class SphereMLPEncoder(MLPEncoder):
+    """MLPEncoder's body for Pythae's SVAE: the mean direction (unnormalised: SVAE normalises it)
+    and one raw concentration, Linear(400, 1), as Pythae's Encoder_SVAE_MLP and vaelab's vmf head."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim, variational=False)
+        self.fc_kappa = nn.Linear(400, 1)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
+        return ModelOutput(embedding=self.fc_mu(h), log_concentration=self.fc_kappa(h))
+
+
 class MLPDecoder(BaseDecoder):
     """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28).
     ``logits``: without the sigmoid (Pythae's HVAE trains on logits); set it to False after
@@ -459,7 +479,8 @@ def build_model(family: str, args):
     else:
         config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
         variational = family not in DETERMINISTIC
-        encoder = MLPEncoder(args.latent_dim, variational=variational)
+        encoder = (SphereMLPEncoder(args.latent_dim) if family == "svae"
+                   else MLPEncoder(args.latent_dim, variational=variational))
         logits = family in LOGIT_DECODER
         if logits:  # its "bce" is torch's Bernoulli(logits).log_prob, which validates x as 0/1: the grey
             torch.distributions.Distribution.set_default_validate_args(False)  # levels, as every other "bce"
@@ -478,6 +499,9 @@ def reconstruct(model, family: str, x: np.ndarray, batch: int):
         xb = torch.from_numpy(x[i:i + batch])
         if family == "vqvae":  # BaseAE.predict would decode the unquantised encoder output
             rec = model(DatasetOutput(data=xb)).recon_x
+        elif family == "svae":  # predict would decode the unnormalised direction, off the sphere
+            loc = model.encoder(xb).embedding
+            rec = model.decoder(loc / loc.norm(dim=-1, keepdim=True))["reconstruction"]
         else:
             rec = model.predict(xb).recon_x
         mean.append(to_uint8(rec))
@@ -616,6 +640,8 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
         try:
             if family == "vamp":
                 sampler, kind = VAMPSampler(model), "VAMPSampler"
+            elif family == "svae":
+                sampler, kind = HypersphereUniformSampler(model), "HypersphereUniformSampler"
             elif family == "vqvae":
                 pcfg = PixelCNNSamplerConfig(n_layers=args.pixelcnn_layers, kernel_size=args.pixelcnn_kernel)
                 sampler, kind = PixelCNNSampler(model, pcfg), "PixelCNNSampler"

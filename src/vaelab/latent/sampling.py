@@ -13,6 +13,7 @@ only) plus ``NAME.json`` (parameters): nothing is pickled, so a stranger's run i
   ``vaelab.latent.two_stage``); its weights are ``NAME.safetensors`` instead of ``.npz``.
 - ``maf``, ``iaf``: a masked / inverse autoregressive flow fit on the training codes
   (``vaelab.latent.flow_samplers``; saved as safetensors).
+- ``sphere``: uniform on the unit hypersphere S^{D-1}, for models whose codes live there (the S-VAE).
 Every sampler but the prior takes ``scale``: covariances are multiplied by it when
 sampling, so a scale below 1 trades variety for fidelity.
 
@@ -475,9 +476,35 @@ def _classes(labels: np.ndarray | None) -> list[int]:
     return sorted(int(c) for c in np.unique(labels))
 
 
+class SphereSampler(Sampler):
+    """Uniform on the unit hypersphere S^{D-1} (an S-VAE's codes): normalised Gaussian draws; nothing to fit."""
+
+    name = "sphere"
+    needs = frozenset({"spherical"})
+    from_model = True
+
+    def __init__(self, model=None, run_dir=None, **params):  # run_dir: unused; the model gives D
+        super().__init__(**params)
+        if model is None:
+            raise ConfigError("the sphere sampler needs the model's latent size: build it with make_sampler(..., model=)")
+        from vaelab.models import require
+
+        require(model, "spherical", "the sphere sampler")
+        self.dim = int(model.cfg.latent_dim)
+
+    def save(self, folder):  # nothing fitted, nothing to save
+        return None
+
+    def sample(self, n, cls=None, seed=0):
+        if cls is not None:
+            raise ConfigError("the sphere sampler draws uniformly on the sphere, for no class; leave out --class")
+        g = np.random.default_rng(seed).standard_normal((n, self.dim))
+        return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
     s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler,
-                        TwoStageSampler)
+                        TwoStageSampler, SphereSampler)
 }
 import vaelab.latent.flow_samplers  # noqa: F401  (maf and iaf subclass Sampler, above, and join SAMPLERS)
 

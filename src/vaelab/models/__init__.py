@@ -74,6 +74,8 @@ MODELS: dict[str, Family] = {
                      "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-gp"),
     "hamiltonian-vae": Family("Hamiltonian VAE: q(z|x)'s draws flowed by tempered leapfrog steps of log p(x, z) "
                               "(Caterini et al. 2018; not hvae)", "gaussian", "normal", "hamiltonian"),
+    "svae": Family("hyperspherical VAE: a von Mises-Fisher posterior, the uniform prior on the sphere "
+                   "(Davidson et al. 2018)", "vmf", "spherical-uniform", "elbo"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
@@ -87,6 +89,7 @@ CAPABILITIES: dict[str, str] = {
     "codebook": "a discrete codebook (a VQ-VAE)",
     "diagonal": "a diagonal-Gaussian posterior q(z|x) (a mean and a variance per dimension: model.posterior=gaussian)",
     "two_layers": "codes [z1, z2] from two stochastic layers (model.posterior=gaussian2)",
+    "spherical": "codes on the unit hypersphere (model.posterior=vmf)",
 }
 
 

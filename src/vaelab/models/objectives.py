@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_mean_exp
+from vaelab.distributions import DiagNormal, Distribution, kl_divergence, log_mean_exp, rejection_correction
 from vaelab.errors import ConfigError
 from vaelab.models.aae import OBJECTIVE as AAE
 from vaelab.models.contract import Objective, OptimStep, Parts
@@ -186,6 +186,8 @@ def elbo(model, x, y, q: Distribution, *, generator=None, progress: float = 1.0,
         loss = r + o.capacity_gamma * (kl - o.capacity * progress).abs()
     else:
         loss = r + kl_weight(cfg, progress) * kl
+    # value 0; its gradient is a rejection sampler's score term (the vMF posterior's g_cor), 0 for others
+    loss = loss + rejection_correction(q, z, r)
     return {"loss": loss, "recon": r, "kl": kl}
 
 

@@ -33,6 +33,7 @@ from vaelab.distributions import (
 from vaelab.errors import ConfigError
 from vaelab.models.bodies import activation, conv_sizes, mlp
 from vaelab.models.flows import FLOW_POSTERIORS
+from vaelab.models.svae import VMFPosterior
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -231,6 +232,7 @@ class VQPosterior(nn.Module):
 POSTERIORS: dict[str, type[nn.Module]] = {
     "point": PointPosterior, "gaussian": GaussianPosterior, "gaussian2": TwoLayerPosterior, "vq": VQPosterior,
     **FLOW_POSTERIORS,  # planar, radial, iaf: a Gaussian through a normalizing flow (vaelab.models.flows)
+    "vmf": VMFPosterior,  # von Mises-Fisher on the unit sphere (vaelab.models.svae)
 }
 
 __all__ = ["POSTERIORS", "GaussianLayer", "GaussianPosterior", "PointPosterior", "TwoLayerOptions", "TwoLayerPosterior",

@@ -32,6 +32,7 @@ from vaelab.distributions import (
 )
 from vaelab.errors import ConfigError
 from vaelab.models.posteriors import GaussianLayer
+from vaelab.models.svae import SphericalUniformPrior
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -136,6 +137,7 @@ class HierarchicalPrior(nn.Module):
 PRIORS: dict[str, type[nn.Module] | None] = {
     "none": None, "normal": NormalPrior, "conditional": ConditionalPrior, "vamp": VampPrior,
     "hierarchical": HierarchicalPrior,
+    "spherical-uniform": SphericalUniformPrior,  # U(S^{D-1}), for the vmf posterior (vaelab.models.svae)
 }
 
 __all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampOptions", "VampPrior"]

@@ -1,0 +1,140 @@
+"""The S-VAE paper's MNIST comparison (Davidson et al. 2018, "Hyperspherical Variational
+Auto-Encoders", UAI, arXiv:1804.00891, Table 1): a Gaussian VAE (N-VAE: ``--kind vae``)
+against the hyperspherical VAE (S-VAE: ``--kind svae``) at small latent sizes, here.
+
+Every model is the authors' MNIST network (nicola-decao/s-vae-pytorch, examples/mnist.py:
+784-256-128 ReLU encoder, 128-256-784 decoder, Bernoulli likelihood, Adam 1e-3, batch 64) on
+dynamically binarised MNIST, the KL weight warmed up linearly over the first fifth of training
+(the paper's 100 of 500 epochs, as the independent reproduction raphaelrubrice/HVAE,
+paper_experiments/Table1_exp.ipynb, reads its appendix). ``model.latent_dim`` D is the size of
+the code vector for both: N-VAE codes in R^D, S-VAE codes on S^(D-1). Each run is scored on
+the test set: LL, the importance-weighted log-likelihood (``nll_iw`` with ``--eval-k``
+draws, 500 in the paper's table), and L[q], the ELBO (-(recon + kl)), with its RE and KL parts.
+
+    python bench/svae.py                                    # 500 epochs, D = 2, 5, 10: the paper's budget
+    python bench/svae.py --epochs 100 --out bench/out/svae-e100
+    python bench/svae.py --limit 2000 --epochs 1 --eval-k 50 --eval-n 500 --out bench/out/svae-tiny  # a check
+
+The published column: the paper's Table 1 (mean over 10 runs). Its numbers were not in the
+sources this script was written from, so the column stays empty (``PAPER``: None) until someone
+copies them from the paper; nothing here is filled in from memory. One seed per model here.
+A finished run is not trained again; its evaluation is cached beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common import OUT, REPO, child_env, data_root, pick
+
+FAMILIES = {"N-VAE": "vae", "S-VAE": "svae"}
+DIMS = (2, 5, 10)
+# (model, D) -> (LL, L[q]) of the paper's Table 1, or None: not copied yet (see the docstring).
+PAPER: dict[tuple[str, int], tuple[float, float] | None] = {(f, d): None for f in FAMILIES for d in DIMS}
+
+
+def run_dir(out: Path, name: str, d: int, args) -> Path:
+    return out / f"{FAMILIES[name]}-d{d}-e{args.epochs}{f'-n{args.limit}' if args.limit else ''}-s{args.seed}"
+
+
+def train_cmd(name: str, d: int, rd: Path, args) -> list[str] | None:
+    summary = rd / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("epochs") == args.epochs:
+        return None
+    sets = ["data.binarize=dynamic", "data.val=none", "model.arch=mlp", "model.hidden=[256,128]",
+            "model.activation=relu", "model.loss=bce", f"model.latent_dim={d}", "model.elbo.kl_warmup=0.2",
+            "train.batch_size=64", "train.lr=0.001", f"train.seed={args.seed}", "train.progress=false",
+            *(args.set or [])]
+    cmd = [sys.executable, "-m", "vaelab", "train", "--data", "mnist", "--kind", FAMILIES[name], "--epochs",
+           str(args.epochs), "--out", str(rd), "--no-eval", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    return cmd + (["--limit", str(args.limit)] if args.limit else [])
+
+
+def evaluate(rd: Path, args, env) -> dict:
+    cache = rd / f"svae_bench_k{args.eval_k}_n{args.eval_n or 'all'}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    code = (
+        "import json, sys, torch\n"
+        "torch.set_num_threads(int(sys.argv[4]))\n"
+        "from vaelab.api import Run\n"
+        "run = Run.load(sys.argv[1], device='cpu')\n"
+        "n = int(sys.argv[3])\n"
+        "if n:\n"
+        "    s = run.splits(); s.test = s.test.subset(torch.arange(min(n, len(s.test))))\n"
+        "print(json.dumps(run.evaluate(split='test', iw_samples=int(sys.argv[2]), seed=0)))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(rd), str(args.eval_k), str(args.eval_n or 0),
+                           str(args.threads)], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"evaluation of {rd} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", default=",".join(map(str, DIMS)), help="latent sizes D (comma-separated)")
+    ap.add_argument("--models", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    ap.add_argument("--epochs", type=int, default=500, help="epochs per model (the paper: 500)")
+    ap.add_argument("--limit", type=int, default=0, help="train on N training images only (0: all 60,000)")
+    ap.add_argument("--eval-k", type=int, default=500, help="importance samples for LL (the paper: 500)")
+    ap.add_argument("--eval-n", type=int, default=0, help="score only the first N test images (0: all 10,000)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--set", action="append", help="extra vaelab --set for every model")
+    ap.add_argument("--out", type=Path, default=OUT / "svae")
+    args = ap.parse_args()
+    names = pick(args.models, FAMILIES, "model(s)")
+    dims = [int(d) for d in args.dims.split(",")]
+    env = child_env(data_root("svae.py"))
+    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    procs = {}  # side by side: one process per model, each with its own thread(s)
+    for d in dims:
+        for name in names:
+            rd = run_dir(args.out, name, d, args)
+            cmd = train_cmd(name, d, rd, args)
+            if cmd is None:
+                print(f"{name} D={d}: trained ({rd})")
+                continue
+            log = open(rd.parent / f"{rd.name}.train.log", "a")  # noqa: SIM115 - closed once its process ends
+            print(f"{name} D={d}: training {args.epochs} epochs into {rd}")
+            procs[(name, d)] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for key, (p, log) in procs.items():
+        if p.wait() != 0:
+            sys.exit(f"{key[0]} D={key[1]}: training failed (exit {p.returncode}); see {log.name}")
+        log.close()
+
+    rows = []
+    for d in dims:
+        for name in names:
+            ev = evaluate(run_dir(args.out, name, d, args), args, env)
+            paper = PAPER.get((name, d))
+            rows.append({"model": name, "d": d, "LL": -ev["nll_iw"], "Lq": -(ev["recon"] + ev["kl"]),
+                         "RE": -ev["recon"], "KL": ev["kl"], "paper_LL": paper[0] if paper else None,
+                         "paper_Lq": paper[1] if paper else None, "n": ev["n"]})
+    result = {"epochs": args.epochs, "limit": args.limit or None, "eval_k": args.eval_k, "seed": args.seed,
+              "eval_n": rows[0]["n"] if rows else 0, "loadavg": os.getloadavg(), "rows": rows}
+    (args.out / f"svae-e{args.epochs}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nMNIST test set ({result['eval_n']:,} images), LL with k = {args.eval_k}; {args.epochs} epochs"
+          f"{f' on {args.limit:,} training images' if args.limit else ''}; seed {args.seed}\n")
+    print("| model | D | LL | L[q] | RE | KL | LL paper | L[q] paper |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['d']} | {r['LL']:.2f} | {r['Lq']:.2f} | {r['RE']:.2f} | {r['KL']:.2f} | "
+              f"{fmt(r['paper_LL'])} | {fmt(r['paper_Lq'])} |")
+
+
+if __name__ == "__main__":
+    main()
