@@ -7,12 +7,13 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 import yaml
 from conftest import cli_error, run_main
 
 from vaelab.config import load_preset, preset_names
-from vaelab.configure import build_config, config_from_dict
+from vaelab.configure import build_config, config_from_dict, config_from_layers
 from vaelab.errors import ConfigError
 from vaelab.models import BODIES
 from vaelab.models.bodies import ConvOptions, MlpOptions
@@ -180,3 +181,17 @@ def test_parts_bodies_lists_each_bodys_options_with_defaults_and_help(capsys):
     assert list(table["mlp"]) == ["hidden", "decoder_hidden"] and table["mlp"]["hidden"]["default"] == [400]
     assert {f.name for f in dataclasses.fields(ConvOptions)} == set(table["conv"])
     assert table["conv"]["padding"]["default"] == "symmetric" and table["conv"]["padding"]["help"]
+
+
+def test_a_program_layers_flat_names_over_a_presets_sections():
+    # the detector merges a preset (sections), its own values and overrides (old flat names): each a layer
+    from vaelab.anomaly.estimator import AnomalyDetector
+
+    x = np.zeros((8, 28, 28), dtype=np.uint8)
+    cfg = AnomalyDetector(preset="mlp-ae", hidden=32, overrides=["model.decoder_hidden=[8]"]).training_config(x)
+    assert (cfg.model.opts("mlp").hidden, cfg.model.opts("mlp").decoder_hidden) == ([32], [8])
+    cfg = AnomalyDetector(preset="mlp-ae", hidden=32, overrides=["model.hidden=[16]"]).training_config(x)
+    assert cfg.model.opts("mlp").hidden == [16]  # the overrides come last
+    layers = [load_preset("conv-vae"), {"model": {"channels": [8]}}, {"model": {"conv": {"channels": [4]}}}]
+    assert config_from_layers(layers).model.opts("conv").channels == [4]
+    assert config_from_layers(layers[:2]).model.opts("conv").channels == [8]
