@@ -152,10 +152,10 @@ def test_norm_and_leaky_slope_leave_other_presets_alone():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"norm": "layer"}, "model.norm must be one of batch, none"),
-    ({"final_layer": "dense"}, "model.final_layer must be one of conv, transpose"),
+    ({"norm": "layer"}, "model.conv.norm must be one of batch, none"),
+    ({"final_layer": "dense"}, "model.conv.final_layer must be one of conv, transpose"),
     ({"leaky_slope": -1}, "model.leaky_slope must be >= 0"),
-    ({"decoder_channels": [8, 8]}, "model.decoder_channels needs model.final_kernel"),
+    ({"decoder_channels": [8, 8]}, "model.conv.decoder_channels needs model.conv.final_kernel"),
     ({"decoder_channels": [8], "final_kernel": 3}, "needs 2 positive widths"),
 ])
 def test_body_option_errors(change, match):

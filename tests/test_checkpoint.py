@@ -137,7 +137,7 @@ def test_missing_weights(run_copy):
 
 def test_mismatched_weights_are_one_clear_error(run_copy):
     cfg = json.loads((run_copy / "config.json").read_text())
-    cfg["model"]["hidden"] = [16]  # the saved weights are for hidden=[32]
+    cfg["model"]["mlp"]["hidden"] = [16]  # the saved weights are for hidden=[32]
     (run_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
         Run.load(run_copy, device="cpu")
@@ -148,7 +148,7 @@ def test_mismatched_weights_are_one_clear_error(run_copy):
 
 def test_mismatched_weights_say_what_mismatches(run_copy):
     cfg = json.loads((run_copy / "config.json").read_text())
-    cfg["model"]["hidden"] = [16]
+    cfg["model"]["mlp"]["hidden"] = [16]
     (run_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
         Run.load(run_copy, device="cpu")

@@ -66,7 +66,7 @@ def test_train_writes_a_complete_run(cli_run):
                  "eval.json", "figures/loss.png", "figures/reconstructions.png", "figures/samples_prior.png"):
         assert (cli_run / name).is_file(), name
     cfg = json.loads((cli_run / "config.json").read_text())
-    assert cfg["data"]["name"] == "npz" and cfg["model"]["hidden"] == [32] and cfg["model"]["latent_dim"] == 2
+    assert cfg["data"]["name"] == "npz" and cfg["model"]["mlp"]["hidden"] == [32] and cfg["model"]["latent_dim"] == 2
     assert cfg["train"]["epochs"] == 1
     ev = json.loads((cli_run / "eval.json").read_text())
     assert ev["split"] == "train" and ev["n"] == 256 and ev["iw_samples"] == 5
@@ -190,7 +190,7 @@ def test_overwrite(run_copy, shapes_npz, capsys):
     (run_copy / "train.stdout").unlink()
     rc, _, err = run_main(capsys, *args)
     assert rc == 0, err
-    assert json.loads((run_copy / "config.json").read_text())["model"]["hidden"] == [16]
+    assert json.loads((run_copy / "config.json").read_text())["model"]["mlp"]["hidden"] == [16]
     assert not (run_copy / "figures").exists() and not (run_copy / "eval.json").exists()  # the old run's, gone
 
 

@@ -117,7 +117,11 @@ def test_a_run_with_flat_options_loads_into_sections_and_evaluates_to_its_number
     run = Run.load(flat_run(tmp_path, name), device="cpu")
     m = run.config.model
     assert run.config.to_dict()["model"].items() >= FLAT_RUNS[name].items()
-    assert set(m.options) == set(FLAT_RUNS[name])  # the options of parts the run does not use are gone
+    # the options of parts the run does not use are gone; its body's flat fields are its section
+    assert set(m.options) == set(FLAT_RUNS[name]) | {m.arch}
+    body = {f: saved[f] for f in ("hidden", "decoder_hidden", "channels", "kernel_size", "strides", "dense",
+                                  "final_kernel", "padding") if f in m.opts(m.arch).__dataclass_fields__}
+    assert len(body) >= 2 and run.config.to_dict()["model"][m.arch].items() >= body.items()
     new = run.evaluate(split="val", iw_samples=old.get("iw_samples") or 0, seed=old["seed"])
     numbers = {k for k, v in old.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "n"}
     assert numbers >= {"loss", "mse"} and len(numbers) >= 6

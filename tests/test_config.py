@@ -94,11 +94,11 @@ def test_presets_build_with_expected_parameter_counts(name):
 
 def test_reference_presets_match_their_tutorials():
     m = build_config("mlp-vae")
-    assert (m.model.hidden, m.model.latent_dim, m.model.loss, m.train.batch_size, m.train.lr, m.train.epochs) == \
-        ([400], 20, "bce", 128, 0.001, 10)
+    assert (m.model.opts("mlp").hidden, m.model.latent_dim, m.model.loss, m.train.batch_size, m.train.lr,
+            m.train.epochs) == ([400], 20, "bce", 128, 0.001, 10)
     c = build_config("conv-vae")
-    assert (c.model.channels, c.model.dense, c.model.latent_dim, c.model.final_kernel, c.train.epochs) == \
-        ([32, 64], [16], 2, 3, 30)
+    o = c.model.opts("conv")
+    assert (o.channels, o.dense, c.model.latent_dim, o.final_kernel, c.train.epochs) == ([32, 64], [16], 2, 3, 30)
     assert c.data.train_split == "train+test" and c.data.val == "none"
 
 
@@ -108,7 +108,8 @@ def test_reference_presets_match_their_tutorials():
     ("train.lr=0.0005", ("train", "lr", 0.0005)),
     ("model.hidden=512,256", ("model", "hidden", [512, 256])),
     ("model.hidden=[32, 64]", ("model", "hidden", [32, 64])),
-    ("model.hidden=32", ("model", "hidden", [32])),
+    ("model.hidden=32", ("model", "hidden", 32)),  # an alias: the body types it (test_body_options_typed)
+    ("model.mlp.hidden=32,16", ("model", "mlp.hidden", [32, 16])),
     ("data.classes=3", ("data", "classes", [3])),
     ("data.classes=3,5", ("data", "classes", [3, 5])),
     ("model.kernel_size=3", ("model", "kernel_size", 3)),
@@ -128,8 +129,8 @@ def test_parse_override(text, expected):
 def test_overrides_reach_the_config():
     cfg = build_config("mlp-vae", overrides=["model.latent_dim=16", "model.hidden=512,256", "data.classes=3",
                                              "model.decoder_hidden=null", "data.val=0.1", "train.epochs=2"])
-    assert cfg.model.latent_dim == 16 and cfg.model.hidden == [512, 256] and cfg.data.classes == [3]
-    assert cfg.model.decoder_hidden is None and cfg.data.val == "0.1" and cfg.train.epochs == 2
+    assert cfg.model.latent_dim == 16 and cfg.model.opts("mlp").hidden == [512, 256] and cfg.data.classes == [3]
+    assert cfg.model.opts("mlp").decoder_hidden is None and cfg.data.val == "0.1" and cfg.train.epochs == 2
     assert cfg.train.lr == 0.001  # untouched fields keep the preset's value
 
 
@@ -137,7 +138,7 @@ def test_precedence_preset_file_extra_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model: {latent_dim: 5, beta: 2.0}\ntrain: {epochs: 7, seed: 3}\n")
     cfg = build_config("mlp-vae", str(f), overrides=["train.epochs=9"], extra={"train": {"seed": 4}})
-    assert cfg.model.hidden == [400]  # preset
+    assert cfg.model.opts("mlp").hidden == [400]  # preset
     assert cfg.model.latent_dim == 5 and cfg.model.opts("elbo").beta == 2.0  # file over preset
     assert cfg.train.seed == 4  # extra over file
     assert cfg.train.epochs == 9  # override over everything
@@ -211,9 +212,9 @@ def test_bce_needs_sigmoid_output():
 
 
 def test_conv_list_lengths_must_match_channels():
-    with pytest.raises(ConfigError, match="kernel_size has 3 entries but model.channels has 2"):
+    with pytest.raises(ConfigError, match="kernel_size has 3 entries but model.conv.channels has 2"):
         build_config("conv-vae", overrides=["model.kernel_size=[3, 3, 3]"])
-    with pytest.raises(ConfigError, match="VAEs need a dense latent"):
+    with pytest.raises(ConfigError, match=r"VAEs need a dense latent \(model.conv.latent=dense\)"):
         build_config("conv-vae", overrides=["model.latent=conv"])
 
 
@@ -236,8 +237,8 @@ def test_unknown_sections_and_fields_in_dicts_and_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
         build_config(None, str(scalar))
-    with pytest.raises(ConfigError, match=r"model\.hidden must be a list of ints, got 5"):
-        RunConfig.from_dict({"model": {"hidden": 5}})  # not iterable
+    with pytest.raises(ConfigError, match=r"model\.mlp\.hidden must be a list of int, got 'x'"):
+        config_from_dict({"model": {"hidden": "x"}})  # not a width
 
 
 def test_unknown_preset():
@@ -288,11 +289,19 @@ ALIASES = {
     "codebook_size": ("vq", "codebook_size", 16), "commitment": ("vq", "commitment", 0.5),
     "vq_ema": ("vq", "ema", True), "latent_dims": ("gaussian2", "latent_dims", [3, 2]),
     "hidden2": ("gaussian2", "hidden2", [8]),
+    # the bodies' options (vaelab.models.bodies)
+    "hidden": ("mlp", "hidden", [8, 4]), "decoder_hidden": ("mlp", "decoder_hidden", [4, 8]),
+    "channels": ("conv", "channels", [4, 8]), "kernel_size": ("conv", "kernel_size", [3, 1]),
+    "strides": ("conv", "strides", 1), "dense": ("conv", "dense", [16]), "final_kernel": ("conv", "final_kernel", 3),
+    "padding": ("conv", "padding", "same"), "norm": ("conv", "norm", "batch"),
+    "decoder_input_activation": ("conv", "decoder_input_activation", False),
+    "final_layer": ("conv", "final_layer", "conv"),
 }
 USES = {"elbo": ["model.kind=vae"], "iwae": ["model.kind=iwae"], "tcvae": ["model.kind=beta-tcvae"],
         "wae-mmd": ["model.kind=wae"], "infovae": ["model.kind=infovae"], "vamp": ["model.kind=vamp"],
         "vq": ["model.kind=vq-vae", "model.arch=conv", "model.latent=conv"],
-        "gaussian2": ["model.kind=hvae", "model.gaussian2.latent_dims=[4,4]"]}
+        "gaussian2": ["model.kind=hvae", "model.gaussian2.latent_dims=[4,4]"], "mlp": ["model.arch=mlp"],
+        "conv": ["model.arch=conv", "model.conv.final_kernel=3"]}
 
 
 def _opt(cfg, part, option):
@@ -303,7 +312,7 @@ def _opt(cfg, part, option):
 def test_an_old_flat_name_is_an_alias_of_its_parts_option_everywhere(old, tmp_path):
     part, option, value = ALIASES[old]
     base = [u for u in USES[part] if not u.startswith(f"model.{part}.{option}=")]  # itself given below
-    base += ["model.hidden=8"] if "model.arch=conv" not in base else []
+    base += ["model.hidden=8"] if "model.arch=conv" not in base and part != "mlp" else []
     text = json.dumps(value)
     by_set = build_config(None, overrides=[*base, f"model.{old}={text}"])  # --set model.k=7
     assert _opt(by_set, part, option) == value
@@ -315,7 +324,7 @@ def test_an_old_flat_name_is_an_alias_of_its_parts_option_everywhere(old, tmp_pa
     flat = {(p, o): name for name, (p, o, _) in ALIASES.items()}
     saved["model"] = {k: v for k, v in saved["model"].items() if not isinstance(v, dict)} | {
         flat[p, o]: v for p, sec in saved["model"].items() if isinstance(sec, dict) for o, v in sec.items()
-        if (p, o) in flat}
+        if (p, o) in flat} | {"latent": saved["model"].get("conv", {}).get("latent", "dense")}
     assert _opt(config_from_dict(saved), part, option) == value
     # the new spelling, and the later layer wins whichever spelling each uses
     assert _opt(build_config(None, overrides=[*base, f"model.{part}.{option}={text}"]), part, option) == value
@@ -333,19 +342,19 @@ def test_an_old_name_for_a_part_not_used_is_refused_or_dropped():
         build_config("mlp-vae", overrides=["model.k=5"])
     # a saved run lists every old option at its default: dropped (and any value, for a run loaded to be used)
     cfg = config_from_dict({"model": {"kind": "ae", "k": 5, "beta": 1.0, "mmd_scales": [0.1]}}, strict=False)
-    assert cfg.model.options == {}
+    assert set(cfg.model.options) == {"mlp"}  # only the body's own
     with pytest.raises(ConfigError, match="model.mmd_scales=.* is not used"):
         config_from_dict({"model": {"kind": "ae", "k": 5, "mmd_scales": [0.1]}})
 
 
 def test_a_presets_section_of_a_part_swapped_out():
-    assert set(build_config("iwae-paper", overrides=["model.objective=elbo"]).model.options) == {"elbo"}
+    assert set(build_config("iwae-paper", overrides=["model.objective=elbo"]).model.options) == {"elbo", "mlp"}
     with pytest.raises(ConfigError, match=r"model.elbo holds options of the objective elbo, and model.objective is "
                                           r"recon; leave it out, or set model.objective=elbo \(model.elbo=null "
                                           r"clears a preset's\)"):
         build_config("celeba-vae", overrides=["model.kind=ae"])  # its elbo.beta=0.001 is no default
     cfg = build_config("celeba-vae", overrides=["model.kind=ae", "model.elbo=null"])
-    assert cfg.model.objective == "recon" and cfg.model.options == {}
+    assert cfg.model.objective == "recon" and set(cfg.model.options) == {"conv"}
     with pytest.raises(ConfigError, match="model.iwae holds options of the objective iwae"):  # the user's: refused
         build_config("iwae-paper", overrides=["model.objective=elbo", "model.iwae.k=5"])
 

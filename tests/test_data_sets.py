@@ -287,7 +287,7 @@ def test_training_on_the_memory_map_matches_training_in_memory(folder, tmp_path)
     def run(in_memory: str):
         cfg = RunConfig()
         cfg.data = _cfg(folder, in_memory=in_memory)
-        cfg.model.hidden, cfg.model.latent_dim = [8], 2
+        cfg.model.options["mlp"], cfg.model.latent_dim = {"hidden": [8]}, 2  # the mlp body's section
         cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 4, False
         out = tmp_path / f"run-{in_memory}"
         res = fit(cfg, out, log=lambda *_: None)

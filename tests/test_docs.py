@@ -251,22 +251,23 @@ def test_preset_table_row_matches_the_preset_file(name):
     # a conv body's channels, its Dense layer and latent size.
     chains = [[int(v) for v in c.split("-")] for c in re.findall(r"\b\d+(?:-\d+)+\b", model)]
     latent = re.search(r"latent (\d+)", model)
+    body = m.opts(m.arch)
     if m.arch == "mlp":
         if m.kind == "hvae":
             two = m.opts("gaussian2")
-            want = [[input_size(cfg), *m.hidden, two.latent_dims[0]], [two.latent_dims[0], *two.hidden2,
+            want = [[input_size(cfg), *body.hidden, two.latent_dims[0]], [two.latent_dims[0], *two.hidden2,
                                                                         two.latent_dims[1]]]
         else:
-            want = [[input_size(cfg), *m.hidden, m.latent_dim]]
+            want = [[input_size(cfg), *body.hidden, m.latent_dim]]
         assert chains[:len(want)] == want, f"{name}: the README says {model!r}"
-        if m.decoder_hidden:
-            assert re.search(r"decoder " + "-".join(map(str, m.decoder_hidden)) + r"\b", model), model
+        if body.decoder_hidden:
+            assert re.search(r"decoder " + "-".join(map(str, body.decoder_hidden)) + r"\b", model), model
     else:
         conv = re.search(r"Conv (\d+(?:[/-]\d+)*)", model)
         assert conv, f"{name}: the README names no conv channels: {model!r}"
-        assert [int(v) for v in re.split(r"[/-]", conv.group(1))] == list(m.channels), model
+        assert [int(v) for v in re.split(r"[/-]", conv.group(1))] == list(body.channels), model
         dense = re.search(r"Dense (\d+)", model)
-        assert (int(dense.group(1)) if dense else None) == (m.dense[0] if m.dense else None), model
+        assert (int(dense.group(1)) if dense else None) == (body.dense[0] if body.dense else None), model
         assert latent, f"{name}: the README gives no latent size: {model!r}"
     if latent:
         assert int(latent.group(1)) == m.latent_dim, model
@@ -324,7 +325,7 @@ def test_preset_descriptions_in_the_prose_match_the_preset_files():
             cfg = build_config(name)
             for chain in re.findall(r"\b\d+(?:-\d+){2,}\b", inside):
                 assert cfg.model.arch == "mlp", f"{path.relative_to(REPO)}: {name} is not an MLP: {inside!r}"
-                want = "-".join(map(str, [input_size(cfg), *cfg.model.hidden, cfg.model.latent_dim]))
+                want = "-".join(map(str, [input_size(cfg), *cfg.model.opts("mlp").hidden, cfg.model.latent_dim]))
                 assert chain == want, f"{path.relative_to(REPO)}: the {name} preset is {want}, not {chain}"
                 seen += 1
     assert seen >= 3  # mlp-vae, cvae, iwae-paper in bench/README.md

@@ -20,6 +20,8 @@ def model(**kw):
     torch.manual_seed(0)
     base = dict(arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3)
     base.update(kw)
+    if base["arch"] != "mlp":
+        del base["hidden"]  # the mlp body's option: refused for another body
     return build_model(model_config(**base))
 
 

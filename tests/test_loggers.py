@@ -198,7 +198,7 @@ def _client(uri):
 
 
 def _leaves(d, prefix=""):
-    """{"model.hidden": "[400]", ...}: a nested dict's leaves as MLflow params (strings as they are, the rest JSON)."""
+    """{"model.mlp.hidden": "[400]", ...}: a nested dict's leaves as MLflow params (strings as they are, the rest JSON)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -231,7 +231,7 @@ def test_mlflow_holds_params_metrics_per_epoch_the_evaluation_and_the_figures(ru
     assert run.info.run_name == "mlp-vae" and run.info.status == "FINISHED"
     assert run.data.tags["vaelab.run_dir"] == str(run_dir)
     params = run.data.params
-    assert params["model.latent_dim"] == "7" and params["model.hidden"] == "[400]"
+    assert params["model.latent_dim"] == "7" and params["model.mlp.hidden"] == "[400]"
     assert params["preset"] == "mlp-vae" and params["data.path"] == "null" and params["train.lr"] == "0.001"
     assert params == _leaves(trainer.config.to_dict())  # every value of the resolved config
     for key in ("train_loss", "seconds", "lr", "train_kl"):
@@ -392,7 +392,7 @@ def test_vaelab_train_logs_epochs_evaluation_and_figures_and_a_resume_continues(
     client = _client(saved["tracking_uri"])
     run = client.get_run(saved["run_id"])
     assert (run.info.run_name, run.info.status) == ("cli-run", "FINISHED")
-    assert run.data.params["model.hidden"] == "[32]" and run.data.params["data.limit"] == "256"
+    assert run.data.params["model.mlp.hidden"] == "[32]" and run.data.params["data.limit"] == "256"
     assert _history(client, run.info.run_id, "train_loss") == [(1, float(history[0]["train_loss"]))]
     assert run.data.metrics["eval/nll_iw"] == evaluation["nll_iw"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == [f"figures/{f}" for f in figures]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,8 @@ from vaelab.models import CAPABILITIES, MODELS, build_model, require
 
 
 def preset_model(name: str, **changes):
-    cfg = build_config(name)
+    cfg = build_config(name, overrides=[f"model.{k}={json.dumps(v)}" for k, v in changes.items()])
     cfg.model.input_shape = [3, cfg.data.image_size, cfg.data.image_size] if cfg.data.name == "folder" else [1, 28, 28]
-    for k, v in changes.items():
-        setattr(cfg.model, k, v)
     if cfg.model.uses_labels:
         cfg.model.num_classes = 10
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def test_conv_vae_layers_match_keras_tutorial():
     m = preset_model("conv-vae")
     convs = [(l.in_channels, l.out_channels, l.kernel_size, l.stride) for l in m.encoder if isinstance(l, nn.Conv2d)]
     assert convs == [(1, 32, (3, 3), (2, 2)), (32, 64, (3, 3), (2, 2))]
-    assert m.cfg.padding == "same"  # TensorFlow's (tested against its definition below)
+    assert m.cfg.opts("conv").padding == "same"  # TensorFlow's (tested against its definition below)
     assert [(l.in_features, l.out_features) for l in m.encoder if isinstance(l, nn.Linear)] == [(3136, 16)]
     assert sum(isinstance(l, nn.ReLU) for l in m.encoder) == 3  # after each conv and the dense layer
     assert (m.posterior_head.mu.in_features, m.posterior_head.mu.out_features) == (16, 2)
@@ -214,11 +214,11 @@ def test_conv_layers_equal_torchs_layers_in_values_and_gradients(padding):
 
 def test_padding_option_keeps_parameters_and_checks_its_value():
     same, sym = preset_model("conv-vae"), preset_model("conv-vae", padding="symmetric")
-    assert same.cfg.padding == "same"
+    assert same.cfg.opts("conv").padding == "same" and sym.cfg.opts("conv").padding == "symmetric"
     assert list(same.state_dict()) == list(sym.state_dict())
     assert all(a.shape == b.shape for a, b in zip(same.state_dict().values(), sym.state_dict().values()))
-    with pytest.raises(ConfigError, match="model.padding must be"):
-        model_config(padding="valid")
+    with pytest.raises(ConfigError, match="model.conv.padding must be"):
+        model_config(arch="conv", padding="valid")
     with pytest.raises(ConfigError, match="stride 1 needs an odd kernel"):
         build_model(model_config(arch="conv", input_shape=[1, 8, 8], channels=[4], kernel_size=4, strides=1,
                                 padding="same"))

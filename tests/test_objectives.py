@@ -20,6 +20,8 @@ def small(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(kind="vae", arch="mlp", input_shape=[1, 6, 6], hidden=[16], latent_dim=3)
     cfg.update(kw)
+    if cfg["arch"] != "mlp":
+        del cfg["hidden"]  # the mlp body's option: refused for another body
     return build_model(model_config(**cfg)).eval()
 
 

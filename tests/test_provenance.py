@@ -125,7 +125,7 @@ def test_cli_overwrite_removes_the_old_derived_files(mnist_run, mnist_dir, capsy
                             "--overwrite", "--no-eval")
     assert rc == 0, err
     assert not (mnist_run / "samplers").exists()
-    assert json.loads(RunDir(mnist_run).config.read_text())["model"]["hidden"] == [16]
+    assert json.loads(RunDir(mnist_run).config.read_text())["model"]["mlp"]["hidden"] == [16]
 
 
 # ------------------------------------------------------------------------------ stale derived files

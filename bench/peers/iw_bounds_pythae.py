@@ -69,8 +69,8 @@ def rel(a, b) -> float:
 def compare(kind: str, pythae_cls, pythae_cfg, eps_shape, to_vaelab, pairs, opts) -> list[float]:
     """``pairs``: (vaelab part, Pythae output key, network) to compare; ``opts``: vaelab's options."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind, arch="mlp", input_shape=list(SHAPE), hidden=[16], latent_dim=D,
-                                    output_activation="sigmoid", options={kind: opts}))
+    model = build_model(ModelConfig(kind=kind, arch="mlp", input_shape=list(SHAPE), latent_dim=D,
+                                    output_activation="sigmoid", options={kind: opts, "mlp": {"hidden": [16]}}))
     x = (torch.rand(B, *SHAPE, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     eps = torch.randn(*eps_shape, generator=torch.Generator().manual_seed(2))
     p = pythae_cls(model_config=pythae_cfg, encoder=Encoder(model), decoder=Decoder(model))

@@ -212,25 +212,12 @@ class ModelConfig:
     condition_dim: int = 16  # width of the learned label embedding (condition=embedding)
     input_shape: list[int] | None = None  # (C, H, W); filled in from the data when None
     latent_dim: int = 20
-    hidden: list[int] = field(default_factory=lambda: [400])  # mlp encoder widths
-    decoder_hidden: list[int] | None = None  # mlp decoder widths; default: hidden reversed
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv encoder channels
-    kernel_size: list[int] | int = 3  # per conv layer, or one for all
-    strides: list[int] | int = 2  # per conv layer, or one for all
-    dense: list[int] = field(default_factory=list)  # conv: dense widths between flatten and latent
-    latent: str = "dense"  # conv only: "dense" (a vector) or "conv" (the last feature map is the code)
-    final_kernel: int | None = None  # conv decoder: extra stride-1 ConvTranspose to C channels
-    # Conv padding: "symmetric" (PyTorch's (k-1)//2 on every side) or "same" (TensorFlow's:
-    # ceil(H/stride) outputs, an odd pad pixel goes after, so a stride-2 kernel-3 conv's
-    # windows start at pixel 0, not -1; transposed convs crop to match). The Keras presets
-    # use "same", as the Keras tutorial does. Both give the same shapes for the presets.
-    padding: str = "symmetric"
+    # What only one body reads is that body's option (vaelab.models.bodies: model.mlp.hidden,
+    # model.conv.channels, ...; the old flat names model.hidden, model.channels are aliases).
+    # These fields every body reads (activation, leaky_slope, init, the output activation),
+    # or the label predictor and the posterior heads do.
     activation: str = "relu"
     leaky_slope: float = 0.2  # negative slope of leaky_relu in the bodies (PyTorch's nn.LeakyReLU default: 0.01)
-    norm: str = "none"  # conv: after each hidden conv, before its activation: none | batch (BatchNorm2d)
-    decoder_channels: list[int] | None = None  # conv: outputs of the transposed convs; default mirrors channels
-    decoder_input_activation: bool = True  # conv, dense latent: activate the decoder's first dense layer
-    final_layer: str = "transpose"  # with final_kernel: transpose (ConvTranspose, Keras) | conv (Conv2d, PyTorch-VAE)
     decoder_activation: str | None = None  # default: activation
     latent_activation: str | None = None  # ae only, e.g. "tanh"
     output_activation: str = "sigmoid"  # sigmoid for [0,1] data, tanh for [-1,1]
@@ -286,18 +273,12 @@ class ModelConfig:
         if self.sparsity == "kl":
             _check(self.latent_activation == "sigmoid", "model.sparsity=kl compares activation rates and needs codes "
                    "in (0, 1): set model.latent_activation=sigmoid")
-        _check(self.latent in ("dense", "conv"), f"model.latent must be 'dense' or 'conv', got {self.latent!r}")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
         _check(math.isfinite(self.leaky_slope) and self.leaky_slope >= 0,
                f"model.leaky_slope must be >= 0, got {self.leaky_slope}")
-        _check(self.padding in ("symmetric", "same"),
-               f"model.padding must be 'symmetric' or 'same', got {self.padding!r}")
-        _check(all(c > 0 for c in self.channels), "model.channels must be positive")
         if self.input_shape is not None:
             _check(len(self.input_shape) == 3 and all(s > 0 for s in self.input_shape),
                    f"model.input_shape must be (C, H, W), got {self.input_shape}")
-        _check(self.final_kernel is None or (self.final_kernel > 0 and self.final_kernel % 2 == 1),
-               f"model.final_kernel must be an odd kernel size, got {self.final_kernel}")
         _check(math.isfinite(self.predictor_weight) and self.predictor_weight >= 0,
                f"model.predictor_weight must be >= 0 (0 = no label predictor), got {self.predictor_weight}")
         _check(len(self.predictor_hidden) >= 1 and all(h > 0 for h in self.predictor_hidden),
@@ -332,10 +313,6 @@ class ModelConfig:
     def uses_labels(self) -> bool:
         """Training needs the images' labels: a conditional model, or a label predictor."""
         return self.condition != "none" or self.predictor_weight > 0
-
-    def per_layer(self, name: str) -> list[int]:
-        v = getattr(self, name)
-        return list(v) if isinstance(v, list) else [v] * len(self.channels)
 
 
 @dataclass
@@ -433,9 +410,9 @@ def unused_options(config: RunConfig, parts: dict[str, str] | None = None) -> di
     here). Sampling tools read a model's prior, so model.prior is never listed. The options a
     part owns (model.PART.OPTION) are not here: a section of a part the config does not use
     is refused when the config is built (vaelab.models.options), and so is an old flat name
-    of one (``model.k`` on an elbo), as is train.kl_warmup_epochs for an objective with no
-    KL weight (vaelab.configure). The model fields a part declares it reads (``Body.reads``:
-    the mlp's hidden widths, the conv fields; ``PointPosterior.reads``) come in as ``parts``
+    of one (``model.k`` on an elbo, ``model.channels`` on an mlp body), as is
+    train.kl_warmup_epochs for an objective with no KL weight (vaelab.configure). The model
+    fields a part declares it reads (``PointPosterior.reads``: the code's activation) come in as ``parts``
     (``vaelab.models.unread_fields``; ``vaelab.configure.unused_options`` passes them)."""
     d, m, t = config.data, config.model, config.train
     out: dict[str, str] = {}
@@ -596,8 +573,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         return section, name, value
     if name not in names:
         raise ConfigError(f"unknown option {key!r}; valid {section} options: {', '.join(sorted(names))}")
-    # List fields also take comma lists (model.hidden=512,256) and single numbers
-    # (data.classes=3), except those that accept a plain int too (model.kernel_size=3).
+    # List fields also take comma lists (model.predictor_hidden=64,32) and single numbers
+    # (data.classes=3), except those that accept a plain int too.
     hint = str(_hints(_SECTIONS[section])[name])
     if hint.startswith("list"):
         if isinstance(value, str) and "," in value:

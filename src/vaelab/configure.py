@@ -99,6 +99,16 @@ def config_from_dict(d: dict[str, Any], extra: dict | None = None, overrides: li
     return _from_layers([d], extra, overrides, explicit_keys(extra, overrides), strict)
 
 
+def config_from_layers(layers: list[dict[str, Any]], strict: bool = True) -> RunConfig:
+    """The config of mappings merged in their order (a preset, then values a program sets),
+    built and checked as ``config_from_dict`` builds one. Each layer is folded on its own, so a
+    later layer wins whichever spelling each uses (``model.hidden`` or ``model.mlp.hidden``);
+    merged into one mapping first, the two spellings would be one layer setting both."""
+    if not layers or not all(isinstance(x, dict) for x in layers):
+        raise ConfigError("a config must be a mapping with keys data, model, train")
+    return _from_layers(list(layers), None, None, set(), strict)
+
+
 def resolve_run(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset(), strict: bool = True) -> RunConfig:
     """Check ``config`` and make it whole, in place (again on a built config: a no-op but for
     the checks), and return it: the model (``vaelab.models.resolve_model``), the KL warm-up in
@@ -163,5 +173,5 @@ def check_option_name(section: str, name: str) -> None:
                       + (", or a part's options as model.PART.OPTION" if section == "model" else ""))
 
 
-__all__ = ["build_config", "check_option_name", "check_options_used", "config_from_dict", "resolve_run",
-           "unused_options"]
+__all__ = ["build_config", "check_option_name", "check_options_used", "config_from_dict", "config_from_layers",
+           "resolve_run", "unused_options"]

@@ -133,7 +133,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _config(self, shape: list[int], table: bool):
         from vaelab.config import apply_overrides, load_preset, merge
-        from vaelab.configure import config_from_dict
+        from vaelab.configure import config_from_layers
 
         preset = self.preset or (None if table else d.DEFAULT_PRESET)
         extra = {"model": {}, "train": {"device": self.device, "progress": bool(self.verbose)}}
@@ -152,14 +152,15 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if self.hidden is not None:
             extra["model"]["hidden"] = [self.hidden] if isinstance(self.hidden, numbers.Integral) else list(self.hidden)
         overrides = (list(d.DEFAULT_OVERRIDES) if self.preset is None and not table else []) + list(self.overrides)
-        cfg = apply_overrides(load_preset(preset) if preset else {}, extra, overrides)
+        # The preset, then these values, then the overrides: each its own layer, in either spelling.
+        layers = [load_preset(preset) if preset else {}, apply_overrides({}, extra), apply_overrides({}, None, overrides)]
         # What the data decide comes last: the model's input and where the training data live.
         forced = {"data": {"name": "npz", "val": "none", "train_split": "train", "path": None}}
         if table:
             forced["model"] = {"arch": "mlp", "input_shape": shape}
         elif self.run_dir is not None:
             forced["data"]["path"] = str((Path(self.run_dir) / "train.npz").resolve())
-        return config_from_dict(merge(cfg, forced))
+        return config_from_layers([*layers, forced])
 
     # ------------------------------------------------------------------ wrap a trained run
     @classmethod

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.models.bodies import BODIES
+from vaelab.models.bodies import BODIES, feature_map_code
 from vaelab.models.likelihoods import LIKELIHOODS
 from vaelab.models.model import LatentModel, capabilities
 from vaelab.models.options import aliases, fold, option_fields, resolve
@@ -188,8 +188,8 @@ def _check_name(key: str, value: str, registry) -> None:
 
 
 def unread_fields(cfg: ModelConfig) -> dict[str, str]:
-    """The ModelConfig fields that a part declares it reads (``reads``: the mlp's widths, the
-    conv fields, the point posterior's code activation) and no chosen part of that role
+    """The ModelConfig fields that a part declares it reads (``reads``: the point posterior's
+    code activation) and no chosen part of that role
     reads: "model.FIELD" -> why, in words (for ``vaelab.config.unused_options``)."""
     out: dict[str, str] = {}
     for role, (field, registry) in PARTS.items():
@@ -209,10 +209,10 @@ def unread_fields(cfg: ModelConfig) -> dict[str, str]:
 def check_parts(cfg: ModelConfig) -> None:
     """Refuse, in one line naming both parts, an objective or a prior the other parts cannot serve."""
     have = capabilities(cfg)
-    if cfg.latent == "conv" and not getattr(POSTERIORS[cfg.posterior], "feature_map", False):
-        raise ConfigError(f"model.latent=conv (the feature map is the code) is for autoencoders and VQ-VAEs "
-                          f"(model.posterior=point or vq), and model.posterior is {cfg.posterior}; VAEs need a "
-                          "dense latent (model.latent=dense)")
+    if feature_map_code(cfg) and not getattr(POSTERIORS[cfg.posterior], "feature_map", False):
+        raise ConfigError(f"model.{cfg.arch}.latent=conv (the feature map is the code) is for autoencoders and "
+                          f"VQ-VAEs (model.posterior=point or vq), and model.posterior is {cfg.posterior}; VAEs need "
+                          f"a dense latent (model.{cfg.arch}.latent=dense)")
     prior = PRIORS[cfg.prior]
     missing = (getattr(prior, "requires", frozenset()) if prior is not None else frozenset()) - have
     if missing:

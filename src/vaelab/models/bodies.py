@@ -9,12 +9,19 @@ A conditional model feeds its label vector (B, E) in beside the data: ``BODIES[a
 .join(x, e)`` puts it where that body takes it (appended to the flattened image for
 an MLP, as E constant channels for a conv net), and the decoder reads [z, e].
 ``extra_in`` is that E.
+
+Each body owns its options (``MlpOptions``, ``ConvOptions``: the sections ``model.mlp`` and
+``model.conv``, read as ``cfg.opts(cfg.arch)``); their old flat names (``model.hidden``,
+``model.channels``, ...) are aliases. What every body reads (``model.latent_dim``,
+``activation``, ``decoder_activation``, ``leaky_slope``, ``init``, ``output_activation``) stays a
+model field, as does what the label predictor and the posteriors read.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -43,14 +50,14 @@ def activation(name: str | None, leaky_slope: float = LEAKY_SLOPE) -> nn.Module:
     return _ACT[name or "none"](leaky_slope)
 
 
-# Registry: model.norm -> the normalisation layer after each conv (channels -> module), or None.
+# Registry: model.conv.norm -> the normalisation layer after each conv (channels -> module), or None.
 # Batch norm keeps running mean and variance as buffers: used in eval mode, saved with the weights.
 NORMS: dict[str, Callable[[int], nn.Module] | None] = {"none": None, "batch": nn.BatchNorm2d}
 
 
 def post_conv(cfg: ModelConfig, channels: int, act: str | None) -> list[nn.Module]:
     """What follows a hidden conv layer: the normalisation (if any), then the activation."""
-    norm = NORMS[cfg.norm]
+    norm = NORMS[cfg.opts("conv").norm]
     return ([norm(channels)] if norm is not None else []) + [activation(act, cfg.leaky_slope)]
 
 
@@ -162,14 +169,14 @@ class ConvTranspose2d(_FlippedBiasAfter, nn.ConvTranspose2d):
 
 def conv_layer(cin: int, cout: int, k: int, s: int, hw: tuple[int, int], padding: str,
                flip_in: bool = False, flip_out: bool = False) -> nn.Conv2d:
-    """Encoder conv over an (H, W) map with model.padding 'symmetric' or 'same' (TensorFlow's).
+    """Encoder conv over an (H, W) map with model.conv.padding 'symmetric' or 'same' (TensorFlow's).
 
     'same' layers work on flipped maps; ``flip_in`` / ``flip_out`` mark the first and
     last of a stack (see ``Conv2d``)."""
     if padding == "symmetric":
         return Conv2d(cin, cout, k, s, conv_padding(k))
     if s == 1 and k % 2 == 0:
-        raise ConfigError(f"model.padding=same with stride 1 needs an odd kernel size, got {k}")
+        raise ConfigError(f"model.conv.padding=same with stride 1 needs an odd kernel size, got {k}")
     after = tuple(same_pads(n, k, s)[1] for n in hw)
     return Conv2d(cin, cout, k, s, after, flipped=True, flip_in=flip_in, flip_out=flip_out)
 
@@ -190,13 +197,13 @@ def conv_transpose_layer(cin: int, cout: int, k: int, s: int, ihw: tuple[int, in
     after = [tot - b for tot, b in zip(total, before)]
     if any(tot < 0 for tot in total) or any(a - b >= s for a, b in zip(after, before)):
         raise ConfigError(f"cannot mirror a conv layer (kernel {k}, stride {s}) for size {thw[0]}x{thw[1]} "
-                          "with model.padding=same; use model.padding=symmetric")
+                          "with model.conv.padding=same; use model.conv.padding=symmetric")
     return ConvTranspose2d(cin, cout, k, s, tuple(after), tuple(a - b for a, b in zip(after, before)),
                            flipped=True, flip_in=flip_in, flip_out=flip_out)
 
 
-# Registry: model.final_layer -> the decoder's stride-1 layer to the image channels (with
-# model.final_kernel): (cin, C, kernel, (H, W), padding) -> module; the last of a stack (flip_out).
+# Registry: model.conv.final_layer -> the decoder's stride-1 layer to the image channels (with
+# model.conv.final_kernel): (cin, C, kernel, (H, W), padding) -> module; the last of a stack (flip_out).
 FINAL_LAYERS: dict[str, Callable[..., nn.Module]] = {
     "transpose": lambda cin, c, k, hw, pad: conv_transpose_layer(cin, c, k, 1, hw, hw, pad, flip_out=True),
     "conv": lambda cin, c, k, hw, pad: conv_layer(cin, c, k, 1, hw, pad, flip_out=True),
@@ -205,16 +212,18 @@ FINAL_LAYERS: dict[str, Callable[..., nn.Module]] = {
 
 def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """Spatial size (H, W) before the first conv and after each conv layer."""
+    o = cfg.opts("conv")
     _, h, w = cfg.input_shape
     sizes = [(h, w)]
-    for k, s in zip(cfg.per_layer("kernel_size"), cfg.per_layer("strides")):
-        if cfg.padding == "same":
+    for k, s in zip(o.per_layer("kernel_size"), o.per_layer("strides")):
+        if o.padding == "same":
             h, w = -(-h // s), -(-w // s)
         else:
             p = conv_padding(k)
             h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         if h < 1 or w < 1:
-            raise ConfigError(f"model.channels has too many stride-{s} conv layers for {cfg.input_shape[1:]} images")
+            raise ConfigError(f"model.conv.channels has too many stride-{s} conv layers for {cfg.input_shape[1:]} "
+                              "images")
         sizes.append((h, w))
     return sizes
 
@@ -222,76 +231,79 @@ def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
 def mlp_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
     """MLP encoder body and the width of its output features."""
     c, h, w = cfg.input_shape
-    widths = [c * h * w + extra_in] + [int(x) for x in cfg.hidden]
+    widths = [c * h * w + extra_in] + [int(x) for x in cfg.opts("mlp").hidden]
     return nn.Sequential(nn.Flatten(), *mlp(widths, cfg.activation, leaky_slope=cfg.leaky_slope)), widths[-1]
 
 
 def conv_encoder(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
     """Conv encoder body (then flatten and the dense layers) and the width of its output."""
+    o = cfg.opts("conv")
     c, h, w = cfg.input_shape
     layers: list[nn.Module] = []
     sizes = conv_sizes(cfg)
-    n = len(cfg.channels)
-    for i, (cin, cout, k, s, hw) in enumerate(zip([c + extra_in] + cfg.channels[:-1], cfg.channels, cfg.per_layer("kernel_size"),
-                                                  cfg.per_layer("strides"), sizes)):
-        layers.append(conv_layer(cin, cout, k, s, hw, cfg.padding, flip_in=i == 0, flip_out=i == n - 1))
-        if cfg.latent != "conv" or i < n - 1:
+    n = len(o.channels)
+    for i, (cin, cout, k, s, hw) in enumerate(zip([c + extra_in] + o.channels[:-1], o.channels, o.per_layer("kernel_size"),
+                                                  o.per_layer("strides"), sizes)):
+        layers.append(conv_layer(cin, cout, k, s, hw, o.padding, flip_in=i == 0, flip_out=i == n - 1))
+        if o.latent != "conv" or i < n - 1:
             # The last conv map of a conv-latent AE is the code: nothing on it (latent_activation applies).
             layers += post_conv(cfg, cout, cfg.activation)
-    flat = cfg.channels[-1] * math.prod(sizes[-1])
+    flat = o.channels[-1] * math.prod(sizes[-1])
     layers.append(nn.Flatten())
-    if cfg.latent == "conv":
+    if o.latent == "conv":
         return nn.Sequential(*layers), flat
-    layers += mlp([flat] + [int(x) for x in cfg.dense], cfg.activation, leaky_slope=cfg.leaky_slope)
-    return nn.Sequential(*layers), ([flat] + [int(x) for x in cfg.dense])[-1]
+    layers += mlp([flat] + [int(x) for x in o.dense], cfg.activation, leaky_slope=cfg.leaky_slope)
+    return nn.Sequential(*layers), ([flat] + [int(x) for x in o.dense])[-1]
 
 
 def mlp_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
     """MLP decoder from [code, label vector] (B, latent_dim + extra_in) to logits (B, C, H, W)."""
+    o = cfg.opts("mlp")
     c, h, w = cfg.input_shape
     act = cfg.decoder_activation or cfg.activation
-    hidden = cfg.decoder_hidden if cfg.decoder_hidden is not None else list(reversed(cfg.hidden))
+    hidden = o.decoder_hidden if o.decoder_hidden is not None else list(reversed(o.hidden))
     widths = [cfg.latent_dim + extra_in] + [int(x) for x in hidden] + [c * h * w]
     return nn.Sequential(*mlp(widths, act, last_act=False, leaky_slope=cfg.leaky_slope), nn.Unflatten(1, (c, h, w)))
 
 
 def conv_decoder(cfg: ModelConfig, extra_in: int = 0) -> nn.Sequential:
     """Conv decoder mirroring the encoder, from (B, latent_dim + extra_in) to logits (B, C, H, W)."""
+    o = cfg.opts("conv")
     c, h, w = cfg.input_shape
     act = cfg.decoder_activation or cfg.activation
     sizes = conv_sizes(cfg)
-    kernels, strides = cfg.per_layer("kernel_size"), cfg.per_layer("strides")
-    last_c, (lh, lw) = cfg.channels[-1], sizes[-1]
+    kernels, strides = o.per_layer("kernel_size"), o.per_layer("strides")
+    last_c, (lh, lw) = o.channels[-1], sizes[-1]
     layers: list[nn.Module] = []
-    if cfg.latent == "dense":
+    if o.latent == "dense":
         # One dense layer from the code straight to the last feature map: activated in the Keras
-        # tutorial, linear in PyTorch-VAE (model.decoder_input_activation=false).
+        # tutorial, linear in PyTorch-VAE (model.conv.decoder_input_activation=false).
         layers.append(nn.Linear(cfg.latent_dim + extra_in, last_c * lh * lw))
-        if cfg.decoder_input_activation:
+        if o.decoder_input_activation:
             layers.append(activation(act, cfg.leaky_slope))
     elif extra_in:
-        raise ConfigError("a conditional model needs a vector code (model.latent=dense), not a conv feature map")
+        raise ConfigError("a conditional model needs a vector code (model.conv.latent=dense), not a conv feature map")
     layers.append(ChannelsLastUnflatten(1, (last_c, lh, lw)))
     # Mirror the encoder. With a final stride-1 layer (Keras), the transposed convs keep the
     # encoder's channels and the final layer maps to C; without it, the last one maps to C.
-    # model.decoder_channels names them instead (PyTorch-VAE: 512 -> 256, 128, 64, 32, 32).
-    outs = list(reversed(cfg.channels))
-    outs = outs if cfg.final_kernel else outs[1:] + [c]
-    outs = [int(o) for o in cfg.decoder_channels] if cfg.decoder_channels else outs
+    # model.conv.decoder_channels names them instead (PyTorch-VAE: 512 -> 256, 128, 64, 32, 32).
+    outs = list(reversed(o.channels))
+    outs = outs if o.final_kernel else outs[1:] + [c]
+    outs = [int(x) for x in o.decoder_channels] if o.decoder_channels else outs
     cin = last_c
-    n = len(cfg.channels)
+    n = len(o.channels)
     for i in range(n):
         j = n - 1 - i  # encoder layer this one mirrors
         # Each transposed conv lands exactly on the encoder's input size for that layer.
-        layers.append(conv_transpose_layer(cin, outs[i], kernels[j], strides[j], sizes[j + 1], sizes[j], cfg.padding,
-                                           flip_in=i == 0, flip_out=i == n - 1 and not cfg.final_kernel))
-        if cfg.final_kernel or i < n - 1:
+        layers.append(conv_transpose_layer(cin, outs[i], kernels[j], strides[j], sizes[j + 1], sizes[j], o.padding,
+                                           flip_in=i == 0, flip_out=i == n - 1 and not o.final_kernel))
+        if o.final_kernel or i < n - 1:
             layers += post_conv(cfg, outs[i], act)
         cin = outs[i]
-    if cfg.final_kernel:
+    if o.final_kernel:
         # The stride-1 layer to C channels: a transposed conv (Keras) or a conv (PyTorch-VAE's
         # final_layer); the same function class and parameter count, weights laid out as theirs.
-        layers.append(FINAL_LAYERS[cfg.final_layer](cin, c, int(cfg.final_kernel), (h, w), cfg.padding))
+        layers.append(FINAL_LAYERS[o.final_layer](cin, c, int(o.final_kernel), (h, w), o.padding))
     return nn.Sequential(*layers)
 
 
@@ -323,8 +335,7 @@ class Body(NamedTuple):
     channels_last: bool  # activations and weights in NHWC (oneDNN's fast conv kernels)
     description: str = ""  # one line, for `vaelab parts`
     check: Callable | None = None  # (cfg) -> None: refuse, in one line, what this body cannot build
-    reads: tuple[str, ...] = ()  # the ModelConfig fields only this kind of body reads (refused for another)
-
+    options: type | None = None  # its options dataclass: the section model.<arch> (vaelab.models.options)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -332,42 +343,107 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def check_mlp(cfg: ModelConfig) -> None:
-    _check(cfg.latent == "dense", "model.latent=conv (the last feature map is the code) needs model.arch=conv, and "
-           "model.arch is mlp")
-    _check(all(h > 0 for h in cfg.hidden), "model.hidden widths must be positive")
+def _opt(default, help: str, alias: str):
+    """An option field with its help and its old flat name (it was a model field)."""
+    return field(default=default, metadata=_meta(help, alias))
+
+
+def _meta(help: str, alias: str) -> dict[str, str]:
+    return {"help": help, "alias": alias}
+
+
+def _widths(name: str, v: list[int] | None) -> None:
+    _check(v is None or all(x > 0 for x in v), f"model.{name} widths must be positive, got {v}")
+
+
+@dataclass
+class MlpOptions:
+    hidden: list[int] = field(default_factory=lambda: [400], metadata=_meta("the encoder's hidden widths", "hidden"))
+    decoder_hidden: list[int] | None = field(default=None, metadata=_meta(
+        "the decoder's hidden widths (default: hidden reversed)", "decoder_hidden"))
+
+    def __post_init__(self) -> None:
+        _widths("mlp.hidden", self.hidden)
+        _widths("mlp.decoder_hidden", self.decoder_hidden)
+
+
+@dataclass
+class ConvOptions:
+    channels: list[int] = field(default_factory=lambda: [32, 64],
+                                metadata=_meta("the encoder's conv channels, one per layer", "channels"))
+    kernel_size: list[int] | int = field(default=3, metadata=_meta("kernel size per conv layer, or one for all",
+                                                                   "kernel_size"))
+    strides: list[int] | int = field(default=2, metadata=_meta("stride per conv layer, or one for all", "strides"))
+    dense: list[int] = field(default_factory=list,
+                             metadata=_meta("dense widths between the flattened maps and the code", "dense"))
+    latent: str = _opt("dense", "dense (a vector code) or conv (the last feature map is the code: point or vq "
+                       "posteriors)", "latent")
+    final_kernel: int | None = _opt(None, "the decoder's extra stride-1 layer to the image channels, of this odd "
+                                    "kernel size", "final_kernel")
+    # "symmetric" (PyTorch's (k-1)//2 on every side) or "same" (TensorFlow's: ceil(H/stride)
+    # outputs, an odd pad pixel goes after, so a stride-2 kernel-3 conv's windows start at pixel
+    # 0, not -1; transposed convs crop to match). The Keras presets use "same", as the Keras
+    # tutorial does. Both give the same shapes for the presets.
+    padding: str = _opt("symmetric", "symmetric (PyTorch's) or same (TensorFlow's)", "padding")
+    norm: str = _opt("none", "after each hidden conv, before its activation: " + " | ".join(NORMS), "norm")
+    decoder_channels: list[int] | None = field(default=None, metadata=_meta(
+        "outputs of the decoder's transposed convs (with final_kernel; default: channels mirrored)",
+        "decoder_channels"))
+    decoder_input_activation: bool = _opt(True, "activate the decoder's first dense layer (dense latent)",
+                                          "decoder_input_activation")
+    final_layer: str = _opt("transpose", "with final_kernel: transpose (ConvTranspose, Keras) | conv (Conv2d, "
+                            "PyTorch-VAE)", "final_layer")
+
+    def __post_init__(self) -> None:
+        _check(len(self.channels) >= 1, "model.conv.channels needs at least one conv layer")
+        _widths("conv.channels", self.channels)
+        _widths("conv.dense", self.dense)
+        for name in ("kernel_size", "strides"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                _check(len(v) == len(self.channels), f"model.conv.{name} has {len(v)} entries but model.conv.channels "
+                       f"has {len(self.channels)}")
+            _check(all(x > 0 for x in self.per_layer(name)), f"model.conv.{name} must be positive, got {v}")
+        _check(self.latent in ("dense", "conv"), f"model.conv.latent must be 'dense' or 'conv', got {self.latent!r}")
+        _check(self.final_kernel is None or (self.final_kernel > 0 and self.final_kernel % 2 == 1),
+               f"model.conv.final_kernel must be an odd kernel size, got {self.final_kernel}")
+        _check(self.padding in ("symmetric", "same"),
+               f"model.conv.padding must be 'symmetric' or 'same', got {self.padding!r}")
+        _check(self.norm in NORMS, f"model.conv.norm must be one of {', '.join(sorted(NORMS))}, got {self.norm!r}")
+        _check(self.final_layer in FINAL_LAYERS,
+               f"model.conv.final_layer must be one of {', '.join(sorted(FINAL_LAYERS))}, got {self.final_layer!r}")
+        if self.decoder_channels is not None:
+            _check(self.final_kernel is not None,
+                   "model.conv.decoder_channels needs model.conv.final_kernel (the layer to the image channels)")
+            _check(len(self.decoder_channels) == len(self.channels) and all(c > 0 for c in self.decoder_channels),
+                   f"model.conv.decoder_channels needs {len(self.channels)} positive widths (one per conv layer), "
+                   f"got {self.decoder_channels}")
+
+    def per_layer(self, name: str) -> list[int]:
+        """``kernel_size`` or ``strides`` as one value per conv layer."""
+        v = getattr(self, name)
+        return list(v) if isinstance(v, list) else [v] * len(self.channels)
+
+
+def feature_map_code(cfg: ModelConfig) -> bool:
+    """The encoder's last feature map is the code (``model.conv.latent=conv``), not a vector."""
+    return getattr(cfg.options.get(cfg.arch), "latent", "dense") == "conv"
 
 
 def check_conv(cfg: ModelConfig) -> None:
-    _check(cfg.norm in NORMS, f"model.norm must be one of {', '.join(sorted(NORMS))}, got {cfg.norm!r}")
-    _check(cfg.final_layer in FINAL_LAYERS,
-           f"model.final_layer must be one of {', '.join(sorted(FINAL_LAYERS))}, got {cfg.final_layer!r}")
-    _check(len(cfg.channels) >= 1, "model.channels needs at least one conv layer")
-    for name in ("kernel_size", "strides"):
-        v = getattr(cfg, name)
-        if isinstance(v, list):
-            _check(len(v) == len(cfg.channels), f"model.{name} has {len(v)} entries but model.channels has "
-                   f"{len(cfg.channels)}")
-    if cfg.decoder_channels is not None:
-        _check(cfg.final_kernel is not None,
-               "model.decoder_channels needs model.final_kernel (the layer to the image channels)")
-        _check(len(cfg.decoder_channels) == len(cfg.channels) and all(c > 0 for c in cfg.decoder_channels),
-               f"model.decoder_channels needs {len(cfg.channels)} positive widths (one per conv layer), "
-               f"got {cfg.decoder_channels}")
-    if cfg.latent == "conv":
+    if cfg.opts("conv").latent == "conv":
         _check(cfg.condition == "none", f"model.condition={cfg.condition} feeds labels to a vector code, and "
-               f"model.latent=conv makes the code a feature map (model.posterior={cfg.posterior}); "
-               "give model.latent=dense or model.condition=none")
+               f"model.conv.latent=conv makes the code a feature map (model.posterior={cfg.posterior}); "
+               "give model.conv.latent=dense or model.condition=none")
 
 
-# Registry: model.arch -> Body. Adding an architecture is three functions and one entry.
+# Registry: model.arch -> Body. Adding an architecture is three functions, its options and one entry.
 BODIES: dict[str, Body] = {
     "mlp": Body(mlp_encoder, mlp_decoder, _join_flat, channels_last=False,
-                description="fully connected layers of model.hidden widths; the decoder mirrors them",
-                check=check_mlp, reads=("hidden", "decoder_hidden")),
+                description="fully connected layers of model.mlp.hidden widths; the decoder mirrors them",
+                options=MlpOptions),
     "conv": Body(conv_encoder, conv_decoder, _join_channels, channels_last=True,
-                 description="convolutions of model.channels, then model.dense layers; the decoder mirrors them",
-                 check=check_conv,
-                 reads=("channels", "kernel_size", "strides", "dense", "latent", "final_kernel", "padding", "norm",
-                        "decoder_channels", "decoder_input_activation", "final_layer")),
+                 description="convolutions of model.conv.channels, then model.conv.dense layers; the decoder mirrors "
+                             "them",
+                 check=check_conv, options=ConvOptions),
 }

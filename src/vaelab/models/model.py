@@ -30,7 +30,7 @@ from torch import nn
 
 from vaelab.distributions import Distribution
 from vaelab.errors import ConfigError, DataError
-from vaelab.models.bodies import BODIES, build_predictor
+from vaelab.models.bodies import BODIES, build_predictor, feature_map_code
 from vaelab.models.likelihoods import build_likelihood, classification
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
@@ -120,7 +120,7 @@ class LatentModel(nn.Module):
             self.label_code = LabelCode(cfg.condition, cfg.num_classes, cfg.condition_dim)
         extra = self.label_code.dim if self.label_code is not None else 0
         self.encoder, features = body.encoder(cfg, extra)
-        if cfg.latent == "conv":
+        if feature_map_code(cfg):
             cfg.latent_dim = features  # the encoder's last feature map is the code
         head = POSTERIORS[cfg.posterior]
         self.posterior_head = head(cfg, features)

@@ -39,6 +39,9 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where} must be set (it has no 'none'), got null")
     base = text.replace(" | None", "").replace("typing.", "").strip()
+    if " | " in base:  # "list[int] | int" (a conv's kernel_size): a list as the list, else one value
+        whole, one = base.split(" | ", 1)
+        return _typed(value, whole if isinstance(value, (list, tuple)) else one, where)
     try:
         if base == "bool":
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):

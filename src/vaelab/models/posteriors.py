@@ -8,7 +8,7 @@ head offers (``vaelab.models.capabilities`` reads them): ``stochastic`` (draws d
 ``diagonal`` (q is one diagonal Gaussian, a ``DiagNormal``: a mean and a log-variance per
 dimension), ``two_layers`` (codes [z1, z2] from two stochastic layers), and ``decoder_dim``
 (how many leading code dimensions the decoder reads; all by default), ``feature_map`` (it
-takes the encoder's last feature map as the code: ``model.latent=conv``). A head may own
+takes the encoder's last feature map as the code: ``model.conv.latent=conv``). A head may own
 options (a dataclass, section ``model.<posterior>``) and a ``check(cfg)``. The flow
 posteriors planar, radial and iaf (``vaelab.models.flows``) are stochastic and continuous
 but not diagonal: their q has no closed-form KL (``vaelab.distributions.Flowed``).
@@ -31,7 +31,7 @@ from vaelab.distributions import (
     Quantized,
 )
 from vaelab.errors import ConfigError
-from vaelab.models.bodies import activation, conv_sizes, mlp
+from vaelab.models.bodies import activation, conv_sizes, feature_map_code, mlp
 from vaelab.models.flows import FLOW_POSTERIORS
 from vaelab.models.svae import VMFPosterior
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class PointPosterior(nn.Module):
-    """An autoencoder's code: z = act(W h), a point mass. ``model.latent=conv`` takes the
+    """An autoencoder's code: z = act(W h), a point mass. ``model.conv.latent=conv`` takes the
     encoder's last feature map itself as the code (no weights here)."""
 
     stochastic, continuous, codebook, diagonal, two_layers = False, True, False, False, False
@@ -49,7 +49,7 @@ class PointPosterior(nn.Module):
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
-        self.linear = nn.Identity() if cfg.latent == "conv" else nn.Linear(features, cfg.latent_dim)
+        self.linear = nn.Identity() if feature_map_code(cfg) else nn.Linear(features, cfg.latent_dim)
         self.act = activation(cfg.latent_activation)
 
     def forward(self, h: torch.Tensor) -> Distribution:
@@ -154,10 +154,10 @@ class VQOptions:
 
 def check_vq(cfg: ModelConfig) -> None:
     """The vq part (posterior and objective): a grid of codes from a conv encoder's last map."""
-    if cfg.posterior == "vq" and not (cfg.arch == "conv" and cfg.latent == "conv"):
+    if cfg.posterior == "vq" and not (cfg.arch == "conv" and feature_map_code(cfg)):
+        latent = f"model.conv.latent={cfg.opts('conv').latent}" if cfg.arch == "conv" else f"model.arch={cfg.arch}"
         raise ConfigError(f"model.posterior=vq quantises a grid of codes: it needs model.arch=conv and "
-                          f"model.latent=conv (the encoder's last feature map); got model.arch={cfg.arch}, "
-                          f"model.latent={cfg.latent}")
+                          f"model.conv.latent=conv (the encoder's last feature map); got {latent}")
     o = cfg.opts("vq")
     if not o.ema and o.decay != 0.99:
         raise ConfigError(f"model.vq.decay={o.decay} is not used: it is the EMA codebook's decay, and model.vq.ema "
@@ -179,7 +179,7 @@ class VQPosterior(nn.Module):
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
-        self.d = cfg.channels[-1]
+        self.d = cfg.opts("conv").channels[-1]
         self.hw = conv_sizes(cfg)[-1]
         o = cfg.opts("vq")
         k = o.codebook_size
