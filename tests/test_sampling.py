@@ -25,6 +25,9 @@ def test_registry_names():
     assert {"prior", "gmm", "class-gaussian", "class-gmm"} <= set(SAMPLERS)  # more may be added
     for name, cls in SAMPLERS.items():  # every entry is a Sampler under its own name
         assert issubclass(cls, Sampler) and cls.name == name
+        assert Sampler.named(name) is cls  # what Sampler.load(folder, name) builds
+    with pytest.raises(KeyError):
+        Sampler.named("flow")
     with pytest.raises(ConfigError, match="unknown sampler"):
         make_sampler("flow")
 

@@ -216,6 +216,13 @@ def test_what_cannot_go_with_a_sphere_is_refused_in_one_line(sets, names):
     assert all(n in msg for n in names), msg
 
 
+@pytest.mark.parametrize("prior", ["normal", "vamp", "hierarchical"])
+def test_a_prior_on_r_d_is_refused_with_the_vmf_posterior_in_these_words(prior):
+    with pytest.raises(ConfigError) as e:
+        build_config(None, None, [*BASE, "model.kind=svae", f"model.prior={prior}"])
+    assert one_line(e) == (f"model.posterior=vmf puts codes on the unit sphere, and model.prior={prior} is a density "
+                           "on R^D; use model.prior=spherical-uniform")
+
 def test_the_cli_refuses_a_one_dimensional_sphere_in_one_line_and_exit_2(capsys, tmp_path):
     line = cli_error(capsys, "train", "--set", "model.kind=svae", "--set", "model.latent_dim=1", "--out",
                      tmp_path / "r")

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from vaelab.errors import CheckpointError, ConfigError, DataError
-from vaelab.latent.sampling import SAMPLERS, Sampler
+from vaelab.latent.sampler_base import Sampler
 from vaelab.models.flows import MADE
 from vaelab.rundir import ID_FIELD
 from vaelab.tensorfiles import load_tensors, save_tensors
@@ -275,7 +275,5 @@ class IAFSampler(FlowSampler):
     name = "iaf"
     reads = "noise"
 
-
-SAMPLERS.update({s.name: s for s in (MAFSampler, IAFSampler)})  # after sampling's own, in this order
 
 __all__ = ["AutoregressiveFlow", "FlowSampler", "IAFSampler", "MAFSampler"]

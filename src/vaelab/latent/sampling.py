@@ -24,22 +24,21 @@ one that does not read: a pickle, a truncated file) is refused on load, and
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
+from vaelab.errors import ConfigError, DataError, VaelabError
 
 if TYPE_CHECKING:
     import torch
-from vaelab.io import atomic_path, write_json
+from vaelab.latent.flow_samplers import IAFSampler, MAFSampler
+from vaelab.latent.sampler_base import Sampler, file_sha256  # noqa: F401  (file_sha256: importable from here too)
+from vaelab.latent.two_stage import TwoStageOptions, TwoStageSampler  # noqa: F401  (TwoStageOptions: as above)
 from vaelab.rundir import ID_FIELD
 
 
@@ -71,97 +70,6 @@ def _full_covariances(gm) -> np.ndarray:
     return np.stack([np.eye(d) * v for v in c])  # spherical
 
 
-class Sampler:
-    """Base: parameters in ``params`` (JSON), fitted state in ``arrays`` (npz)."""
-
-    name = ""
-    conditional = False  # takes a class (a fitted one needs labelled training codes)
-    needs: frozenset[str] = frozenset({"continuous"})  # model capabilities it needs
-    from_model = False  # draws from something the model holds (built with model=, run_dir=); nothing fit on codes
-
-    @classmethod
-    def missing(cls, run) -> str | None:
-        """Why ``run`` cannot use this sampler (one phrase), or None when it can."""
-        from vaelab.models import CAPABILITIES
-
-        lacking = cls.needs - run.model.capabilities
-        if lacking:
-            return f"the model lacks {' and '.join(CAPABILITIES[c] for c in sorted(lacking))}"
-        if cls.conditional and not cls.from_model and run.split("train").y is None:
-            return "it is fit per class and the training images have no labels"
-        return None
-
-    @classmethod
-    def takes_class(cls, run) -> bool:
-        """Whether this sampler draws for a given class on ``run``."""
-        return bool(cls.conditional)
-
-    def __init__(self, **params):
-        self.params = params
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def fit(self, codes: np.ndarray, labels: np.ndarray | None = None, seed: int = 0) -> Sampler:
-        return self
-
-    def sample(self, n: int, cls: int | None = None, seed: int = 0) -> np.ndarray:
-        raise NotImplementedError
-
-    # -- persistence: arrays (or safetensors) + JSON, never pickle
-    suffix = ".npz"  # the fitted state's file: NAME + suffix
-
-    def _write(self, path: Path, checkpoint_id: str | None) -> dict:
-        """Write the fitted state to ``path`` atomically; return what NAME.json should add."""
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **self.arrays)
-        return {}
-
-    def _read(self, path: Path, meta: dict) -> None:
-        """Read the fitted state back from ``path`` (``meta``: NAME.json)."""
-        with np.load(path, allow_pickle=False) as z:
-            self.arrays = {k: z[k] for k in z.files}
-
-    def save(self, folder: str | Path, checkpoint_id: str | None = None) -> Path:
-        """``NAME.npz`` (arrays), then ``NAME.json``: parameters, seed, the id of the weights
-        whose codes it was fit on and the file's SHA-256 (written last, so a half-saved pair is
-        never reused)."""
-        folder = Path(folder)
-        path = folder / f"{self.name}{self.suffix}"
-        extra = self._write(path, checkpoint_id)
-        write_json(folder / f"{self.name}.json", {"sampler": self.name, "params": self.params,
-                                                  "seed": getattr(self, "fit_seed", None), ID_FIELD: checkpoint_id,
-                                                  "sha256": file_sha256(path), **extra})
-        return path
-
-    @classmethod
-    def load(cls, folder: str | Path, name: str) -> Sampler:
-        """The sampler ``name`` saved in ``folder``; a CheckpointError (one line) when its file
-        changed since (its SHA-256 is not the one NAME.json records) or does not read."""
-        folder = Path(folder)
-        try:
-            meta = json.loads((folder / f"{name}.json").read_text())
-            s = SAMPLERS[name](**meta["params"])
-        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
-            raise CheckpointError(f"{folder / name}.json does not read as a {name} sampler's settings "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        path = folder / f"{name}{s.suffix}"
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing")
-        recorded = meta.get("sha256")  # absent in files saved before it was recorded
-        if recorded is not None and file_sha256(path) != recorded:
-            raise CheckpointError(f"{path} changed after it was fit (its SHA-256 is not the one {name}.json records)")
-        try:
-            s._read(path, meta)
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise CheckpointError(f"{path} does not read as a {name} sampler ({str(e).splitlines()[0]})") from None
-        return s
-
-    def _check_class(self, cls: int | None) -> int:
-        classes = self.arrays["classes"].tolist()
-        if cls is None:
-            raise ConfigError(f"sampler {self.name} is class-conditional: pass --class C (one of {classes})")
-        if cls not in classes:
-            raise ConfigError(f"class {cls} was not in the training codes of sampler {self.name}; known: {classes}")
-        return classes.index(cls)
 
 
 class PriorSampler(Sampler):
@@ -373,103 +281,6 @@ class ClassGMMSampler(GMMSampler):
                                np.random.default_rng(seed))
 
 
-def _help(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TwoStageOptions:
-    """The two-stage sampler's settings (``fitted_sampler(run, "two-stage", epochs=...)``)."""
-
-    epochs: int = _help(20, "epochs of stage 2 over the training codes")
-    hidden: int = _help(128, "width of stage 2's hidden layers (the authors' code: 1024)")
-    depth: int = _help(2, "hidden layers of stage 2's encoder and of its decoder (the authors' code: 3)")
-    latent: int | None = _help(None, "size of stage 2's latent u (default: the code size, as in the paper)")
-    batch_size: int = _help(128, "stage 2's batch size")
-    lr: float = _help(1e-3, "stage 2's Adam learning rate (constant)")
-    scale: float = _help(1.0, "variance of u when sampling: below 1 trades variety for fidelity")
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "hidden", "depth", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"sampler two-stage: {name} must be >= 1, got {getattr(self, name)}")
-        if self.latent is not None and self.latent < 1:
-            raise ConfigError(f"sampler two-stage: latent must be >= 1 (or unset: the code size), got {self.latent}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"sampler two-stage: lr must be positive, got {self.lr}")
-        if not (self.scale > 0 and math.isfinite(self.scale)):
-            raise ConfigError(f"sampler two-stage: scale must be positive, got {self.scale}")
-
-
-class TwoStageSampler(Sampler):
-    """A second VAE fit on the training codes, decoded from N(0, I) (Dai & Wipf 2019)."""
-
-    name = "two-stage"
-    suffix = ".safetensors"
-    options = TwoStageOptions  # its settings, with help (`vaelab parts samplers`)
-
-    def __init__(self, epochs: int = 20, hidden: int = 128, depth: int = 2, latent: int | None = None,
-                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0):
-        o = TwoStageOptions(epochs=int(epochs), hidden=int(hidden), depth=int(depth),
-                            latent=None if latent is None else int(latent), batch_size=int(batch_size),
-                            lr=float(lr), scale=float(scale))
-        super().__init__(**o.__dict__)
-        self.opts, self.net, self.info = o, None, {}
-
-    def fit(self, codes, labels=None, seed=0):
-        from vaelab.latent.two_stage import fit_two_stage
-
-        self.net, self.info = fit_two_stage(codes, self.opts, seed)
-        return self
-
-    def sample(self, n, cls=None, seed=0):
-        from vaelab.latent.two_stage import sample_codes
-
-        if cls is not None:
-            raise ConfigError("the two-stage sampler is unconditional; use class-gmm for --class")
-        return sample_codes(self.net, n, self.opts.scale, seed)
-
-    def onnx_codes(self):
-        """The ONNX sampler's first half: standard-normal noise (B, U) -> codes (B, D), U the
-        stage-2 latent (``latent``, default D); ``noise_dim`` says U."""
-        from vaelab.latent.two_stage import NoiseToCode
-
-        if self.net is None:
-            raise ConfigError("the two-stage sampler is not fitted: use fitted_sampler(run, 'two-stage')")
-        return NoiseToCode(self.net, self.opts.scale).eval()
-
-    def _write(self, path: Path, checkpoint_id: str | None) -> dict:
-        from vaelab.tensorfiles import save_tensors
-
-        # the weights it was fit on in the file too (vaelab.rundir.recorded_id reads safetensors' metadata)
-        save_tensors(path, self.net.state_dict(), {"sampler": self.name, ID_FIELD: checkpoint_id or ""})
-        return {"stage2": self.info}
-
-    def _read(self, path: Path, meta: dict) -> None:
-        from vaelab.latent.two_stage import build, config_of
-        from vaelab.tensorfiles import load_tensors
-
-        tensors, _ = load_tensors(path)  # safetensors only: a pickle is refused before it is parsed
-        try:
-            # the shapes of the weights, checked against the JSON, before a network is built
-            config = config_of(tensors)
-            if config != meta["stage2"]["config"]:
-                raise RuntimeError(f"its weights are a network of {config}, its JSON says {meta['stage2']['config']}")
-            net = build(config)
-            net.load_state_dict(tensors)
-        except (RuntimeError, DataError) as e:
-            raise CheckpointError(f"{path} does not match its own settings: {str(e).splitlines()[0]}") from None
-        self.net, self.info = net.eval(), meta["stage2"]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _classes(labels: np.ndarray | None) -> list[int]:
     if labels is None:
         raise DataError("class-conditional samplers need labelled training data")
@@ -502,11 +313,12 @@ class SphereSampler(Sampler):
         return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
 
 
+# Every sampler, in the order the CLI lists them; the base (vaelab.latent.sampler_base), the
+# two-stage sampler and the flows live in their own modules, which import none of this one.
 SAMPLERS: dict[str, type[Sampler]] = {
     s.name: s for s in (PriorSampler, GMMSampler, ClassGaussianSampler, ClassGMMSampler, PixelCNNSampler,
-                        TwoStageSampler, SphereSampler)
+                        TwoStageSampler, SphereSampler, MAFSampler, IAFSampler)
 }
-import vaelab.latent.flow_samplers  # noqa: F401  (maf and iaf subclass Sampler, above, and join SAMPLERS)
 
 
 def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:

@@ -18,22 +18,54 @@ draws z ~ q(z|x) from a stage-1 VAE; a deterministic autoencoder has only the me
 trains through vaelab's one trainer (``vaelab.training.trainer.Trainer``) at a constant rate.
 
 ``fit_two_stage(codes, options, seed)`` returns the trained network; the sampler
-(``vaelab.latent.sampling.TwoStageSampler``) keeps its weights in
-``RUN/samplers/two-stage.safetensors`` and its settings in ``two-stage.json``: never a pickle.
+(``TwoStageSampler``, below; ``SAMPLERS["two-stage"]`` in ``vaelab.latent.sampling``) keeps
+its weights in ``RUN/samplers/two-stage.safetensors`` and its settings in ``two-stage.json``:
+never a pickle.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from vaelab.distributions import DiagNormal, StandardNormal, kl_divergence
-from vaelab.errors import DataError
-from vaelab.latent.sampling import TwoStageOptions
+from vaelab.errors import CheckpointError, ConfigError, DataError
+from vaelab.latent.sampler_base import Sampler
 from vaelab.models.bodies import mlp
+from vaelab.rundir import ID_FIELD
+
+
+def _help(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TwoStageOptions:
+    """The two-stage sampler's settings (``fitted_sampler(run, "two-stage", epochs=...)``)."""
+
+    epochs: int = _help(20, "epochs of stage 2 over the training codes")
+    hidden: int = _help(128, "width of stage 2's hidden layers (the authors' code: 1024)")
+    depth: int = _help(2, "hidden layers of stage 2's encoder and of its decoder (the authors' code: 3)")
+    latent: int | None = _help(None, "size of stage 2's latent u (default: the code size, as in the paper)")
+    batch_size: int = _help(128, "stage 2's batch size")
+    lr: float = _help(1e-3, "stage 2's Adam learning rate (constant)")
+    scale: float = _help(1.0, "variance of u when sampling: below 1 trades variety for fidelity")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "hidden", "depth", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sampler two-stage: {name} must be >= 1, got {getattr(self, name)}")
+        if self.latent is not None and self.latent < 1:
+            raise ConfigError(f"sampler two-stage: latent must be >= 1 (or unset: the code size), got {self.latent}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"sampler two-stage: lr must be positive, got {self.lr}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ConfigError(f"sampler two-stage: scale must be positive, got {self.scale}")
 
 
 class TwoStageVAE(nn.Module):
@@ -140,4 +172,58 @@ def sample_codes(net: TwoStageVAE, n: int, scale: float = 1.0, seed: int = 0) ->
     return NoiseToCode(net, scale)(torch.randn((n, net.latent), generator=g)).double().numpy()
 
 
-__all__ = ["NoiseToCode", "TwoStageOptions", "TwoStageVAE", "build", "config_of", "fit_two_stage", "network_config", "sample_codes"]
+class TwoStageSampler(Sampler):
+    """A second VAE fit on the training codes, decoded from N(0, I) (Dai & Wipf 2019)."""
+
+    name = "two-stage"
+    suffix = ".safetensors"
+    options = TwoStageOptions  # its settings, with help (`vaelab parts samplers`)
+
+    def __init__(self, epochs: int = 20, hidden: int = 128, depth: int = 2, latent: int | None = None,
+                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0):
+        o = TwoStageOptions(epochs=int(epochs), hidden=int(hidden), depth=int(depth),
+                            latent=None if latent is None else int(latent), batch_size=int(batch_size),
+                            lr=float(lr), scale=float(scale))
+        super().__init__(**o.__dict__)
+        self.opts, self.net, self.info = o, None, {}
+
+    def fit(self, codes, labels=None, seed=0):
+        self.net, self.info = fit_two_stage(codes, self.opts, seed)
+        return self
+
+    def sample(self, n, cls=None, seed=0):
+        if cls is not None:
+            raise ConfigError("the two-stage sampler is unconditional; use class-gmm for --class")
+        return sample_codes(self.net, n, self.opts.scale, seed)
+
+    def onnx_codes(self):
+        """The ONNX sampler's first half: standard-normal noise (B, U) -> codes (B, D), U the
+        stage-2 latent (``latent``, default D); ``noise_dim`` says U."""
+        if self.net is None:
+            raise ConfigError("the two-stage sampler is not fitted: use fitted_sampler(run, 'two-stage')")
+        return NoiseToCode(self.net, self.opts.scale).eval()
+
+    def _write(self, path: Path, checkpoint_id: str | None) -> dict:
+        from vaelab.tensorfiles import save_tensors
+
+        # the weights it was fit on in the file too (vaelab.rundir.recorded_id reads safetensors' metadata)
+        save_tensors(path, self.net.state_dict(), {"sampler": self.name, ID_FIELD: checkpoint_id or ""})
+        return {"stage2": self.info}
+
+    def _read(self, path: Path, meta: dict) -> None:
+        from vaelab.tensorfiles import load_tensors
+
+        tensors, _ = load_tensors(path)  # safetensors only: a pickle is refused before it is parsed
+        try:
+            # the shapes of the weights, checked against the JSON, before a network is built
+            config = config_of(tensors)
+            if config != meta["stage2"]["config"]:
+                raise RuntimeError(f"its weights are a network of {config}, its JSON says {meta['stage2']['config']}")
+            net = build(config)
+            net.load_state_dict(tensors)
+        except (RuntimeError, DataError) as e:
+            raise CheckpointError(f"{path} does not match its own settings: {str(e).splitlines()[0]}") from None
+        self.net, self.info = net.eval(), meta["stage2"]
+
+
+__all__ = ["NoiseToCode", "TwoStageOptions", "TwoStageSampler", "TwoStageVAE", "build", "config_of", "fit_two_stage", "network_config", "sample_codes"]

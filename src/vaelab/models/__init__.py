@@ -214,6 +214,11 @@ def check_parts(cfg: ModelConfig) -> None:
                           f"VQ-VAEs (model.posterior=point or vq), and model.posterior is {cfg.posterior}; VAEs need "
                           f"a dense latent (model.{cfg.arch}.latent=dense)")
     prior = PRIORS[cfg.prior]
+    if getattr(POSTERIORS[cfg.posterior], "spherical", False) and prior is not None and not getattr(
+            prior, "spherical", False):
+        on_sphere = ", ".join(n for n, p in PRIORS.items() if getattr(p, "spherical", False))
+        raise ConfigError(f"model.posterior={cfg.posterior} puts codes on the unit sphere, and model.prior={cfg.prior} "
+                          f"is a density on R^D; use model.prior={on_sphere}")
     missing = (getattr(prior, "requires", frozenset()) if prior is not None else frozenset()) - have
     if missing:
         raise ConfigError(f"model.prior={cfg.prior} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, and "

@@ -96,13 +96,8 @@ class VMFPosterior(nn.Module):
 
     @staticmethod
     def check(cfg: ModelConfig) -> None:
-        from vaelab.models.priors import PRIORS
-
+        # its prior must be on the sphere too: vaelab.models.check_parts, which knows the priors
         check_sphere_dim("posterior=vmf", cfg)
-        prior = PRIORS.get(cfg.prior)
-        if prior is not None and not getattr(prior, "spherical", False):
-            raise ConfigError(f"model.posterior=vmf puts codes on the unit sphere, and model.prior={cfg.prior} is a "
-                              "density on R^D; use model.prior=spherical-uniform")
         if cfg.objective in OFF_SPHERE_OBJECTIVES:
             raise ConfigError(f"model.objective={cfg.objective} {OFF_SPHERE_OBJECTIVES[cfg.objective]}, and "
                               "model.posterior=vmf puts codes on the unit sphere; choose another objective or "
