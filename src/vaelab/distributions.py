@@ -91,8 +91,9 @@ class DiagNormal(Distribution):
         return {"mu": self.loc, "logvar": self.logvar}
 
 
-class StandardNormal(Distribution):
-    """N(0, I) over D dimensions, for any batch: ``sample((n,))`` gives (n, D)."""
+class _Centred(Distribution):
+    """A parameter-free distribution over D dimensions centred at 0, for any batch: what N(0, I)
+    and the uniform distribution on the sphere share (their size, device, dtype and zero mean)."""
 
     def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  batch_shape: tuple[int, ...] = ()):
@@ -101,6 +102,10 @@ class StandardNormal(Distribution):
     @property
     def mean(self) -> torch.Tensor:
         return torch.zeros(self.batch_shape + (self.dim,), device=self.device, dtype=self.dtype)
+
+
+class StandardNormal(_Centred):
+    """N(0, I) over D dimensions, for any batch: ``sample((n,))`` gives (n, D)."""
 
     def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
         shape = _shape(sample_shape) + self.batch_shape + (self.dim,)
@@ -512,19 +517,11 @@ class VonMisesFisher(Distribution):
         return score if ref is not None and ref() is z else None
 
 
-class HypersphericalUniform(Distribution):
+class HypersphericalUniform(_Centred):
     """The uniform distribution on the unit sphere S^{D-1} in R^D: log p(z) = -log |S^{D-1}| for
     every z on it (a density with respect to the surface measure, as VonMisesFisher's)."""
 
     has_rsample = False  # no parameters to differentiate
-
-    def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 batch_shape: tuple[int, ...] = ()):
-        self.dim, self.device, self.dtype, self.batch_shape = dim, torch.device(device), dtype, tuple(batch_shape)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return torch.zeros(self.batch_shape + (self.dim,), device=self.device, dtype=self.dtype)
 
     def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
         shape = _shape(sample_shape) + self.batch_shape + (self.dim,)
