@@ -18,7 +18,8 @@ is dynamic; everything else is fixed by the run's config.
   reconstructs with the most probable class, so the scorer needs no label;
 - ``sampler`` (models with a prior): noise (B, D) standard-normal draws [, label] -> image,
   the prior draw ``z = mean + std * noise`` decoded (the uniform prior on the sphere of an
-  S-VAE: ``z = noise / |noise|``). The caller brings the randomness, so
+  S-VAE: ``z = noise / |noise|``; the wrapped normal prior of a P-VAE: ``z = exp_0(sigma noise / 2)``).
+  The caller brings the randomness, so
   the same noise gives the same images in every runtime. With ``sampler=`` (a fitted latent
   sampler that has ``onnx_codes()``: ``vaelab export --onnx DIR --sampler maf|iaf|two-stage``)
   the codes are that sampler's draws for the noise instead, on any model with a continuous
@@ -58,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaelab.distributions import DiagNormal, HypersphericalUniform, StandardNormal
+from vaelab.distributions import DiagNormal, HypersphericalUniform, StandardNormal, WrappedNormal
 from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics
 from vaelab.io import write_json
@@ -115,6 +116,7 @@ NOISE_TO_CODE: dict[type, Callable[[object, torch.Tensor], torch.Tensor]] = {
     StandardNormal: lambda p, noise: noise,
     DiagNormal: lambda p, noise: p.mean + p.std * noise,
     HypersphericalUniform: lambda p, noise: noise / torch.linalg.vector_norm(noise, dim=-1, keepdim=True),
+    WrappedNormal: lambda p, noise: p.from_noise(noise),
 }
 
 
@@ -151,7 +153,8 @@ PARTS: dict[str, Part] = {
                    "mean, per image; higher = more anomalous"),
     "sampler": Part(Sampler, "noise", True, "prior",
                     "images in [0, 1] decoded from prior draws z = mean + std * noise (noise: standard-normal draws; "
-                    "a uniform prior on the sphere: z = noise / |noise|)"),
+                    "a uniform prior on the sphere: z = noise / |noise|; a wrapped normal prior on the Poincaré "
+                    "ball: z = exp_0(sigma noise / 2))"),
 }
 
 

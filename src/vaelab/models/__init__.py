@@ -76,6 +76,8 @@ MODELS: dict[str, Family] = {
                               "(Caterini et al. 2018; not hvae)", "gaussian", "normal", "hamiltonian"),
     "svae": Family("hyperspherical VAE: a von Mises-Fisher posterior, the uniform prior on the sphere "
                    "(Davidson et al. 2018)", "vmf", "spherical-uniform", "elbo"),
+    "pvae": Family("Poincaré VAE: a wrapped normal posterior and prior in the Poincaré ball of curvature -c "
+                   "(Mathieu et al. 2019)", "wrapped-normal", "wrapped-normal-prior", "elbo"),
 }
 
 # What tools ask of a model (vaelab.models.require): capability -> what it is, in words.
@@ -90,7 +92,12 @@ CAPABILITIES: dict[str, str] = {
     "diagonal": "a diagonal-Gaussian posterior q(z|x) (a mean and a variance per dimension: model.posterior=gaussian)",
     "two_layers": "codes [z1, z2] from two stochastic layers (model.posterior=gaussian2)",
     "spherical": "codes on the unit hypersphere (model.posterior=vmf)",
+    "hyperbolic": "codes in the Poincaré ball (model.posterior=wrapped-normal)",
 }
+
+# Capabilities that put codes on a space other than R^D: a posterior that has one takes only a
+# prior that declares it too (models.check_parts); the space in words.
+GEOMETRIES: dict[str, str] = {"spherical": "on the unit sphere", "hyperbolic": "in the Poincaré ball"}
 
 
 # The parts a config chooses, by role: (the ModelConfig field that names it, its registry).
@@ -214,11 +221,13 @@ def check_parts(cfg: ModelConfig) -> None:
                           f"VQ-VAEs (model.posterior=point or vq), and model.posterior is {cfg.posterior}; VAEs need "
                           f"a dense latent (model.{cfg.arch}.latent=dense)")
     prior = PRIORS[cfg.prior]
-    if getattr(POSTERIORS[cfg.posterior], "spherical", False) and prior is not None and not getattr(
-            prior, "spherical", False):
-        on_sphere = ", ".join(n for n, p in PRIORS.items() if getattr(p, "spherical", False))
-        raise ConfigError(f"model.posterior={cfg.posterior} puts codes on the unit sphere, and model.prior={cfg.prior} "
-                          f"is a density on R^D; use model.prior={on_sphere}")
+    for geometry, where in GEOMETRIES.items():
+        if getattr(POSTERIORS[cfg.posterior], geometry, False) and prior is not None and not getattr(
+                prior, geometry, False):
+            there = ", ".join(n for n, p in PRIORS.items() if getattr(p, geometry, False))
+            other = next((w for g, w in GEOMETRIES.items() if getattr(prior, g, False)), "on R^D")
+            raise ConfigError(f"model.posterior={cfg.posterior} puts codes {where}, and model.prior={cfg.prior} "
+                              f"is a density {other}; use model.prior={there}")
     missing = (getattr(prior, "requires", frozenset()) if prior is not None else frozenset()) - have
     if missing:
         raise ConfigError(f"model.prior={cfg.prior} needs {'; '.join(CAPABILITIES[m] for m in sorted(missing))}, and "

@@ -44,7 +44,7 @@ def capabilities(cfg: ModelConfig) -> frozenset[str]:
     """What a model with these parts offers; tools and objectives ask for these by name
     (``vaelab.models.CAPABILITIES`` says what each means)."""
     head = POSTERIORS[cfg.posterior]
-    caps = {name for name in ("continuous", "codebook", "diagonal", "two_layers", "spherical")
+    caps = {name for name in ("continuous", "codebook", "diagonal", "two_layers", "spherical", "hyperbolic")
             if getattr(head, name, False)}
     stochastic = head.stochastic
     prior = PRIORS[cfg.prior] is not None

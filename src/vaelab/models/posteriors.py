@@ -33,6 +33,7 @@ from vaelab.distributions import (
 from vaelab.errors import ConfigError
 from vaelab.models.bodies import activation, conv_sizes, feature_map_code, mlp
 from vaelab.models.flows import FLOW_POSTERIORS
+from vaelab.models.poincare import WrappedNormalPosterior
 from vaelab.models.svae import VMFPosterior
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ POSTERIORS: dict[str, type[nn.Module]] = {
     "point": PointPosterior, "gaussian": GaussianPosterior, "gaussian2": TwoLayerPosterior, "vq": VQPosterior,
     **FLOW_POSTERIORS,  # planar, radial, iaf: a Gaussian through a normalizing flow (vaelab.models.flows)
     "vmf": VMFPosterior,  # von Mises-Fisher on the unit sphere (vaelab.models.svae)
+    "wrapped-normal": WrappedNormalPosterior,  # on the Poincaré ball (vaelab.models.poincare)
 }
 
 __all__ = ["POSTERIORS", "GaussianLayer", "GaussianPosterior", "PointPosterior", "TwoLayerOptions", "TwoLayerPosterior",

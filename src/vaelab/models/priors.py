@@ -32,6 +32,7 @@ from vaelab.distributions import (
 )
 from vaelab.errors import ConfigError
 from vaelab.models.posteriors import GaussianLayer
+from vaelab.models.poincare import WrappedNormalPrior
 from vaelab.models.svae import SphericalUniformPrior
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ PRIORS: dict[str, type[nn.Module] | None] = {
     "none": None, "normal": NormalPrior, "conditional": ConditionalPrior, "vamp": VampPrior,
     "hierarchical": HierarchicalPrior,
     "spherical-uniform": SphericalUniformPrior,  # U(S^{D-1}), for the vmf posterior (vaelab.models.svae)
+    "wrapped-normal-prior": WrappedNormalPrior,  # WN(0, sigma I) on the Poincaré ball (vaelab.models.poincare)
 }
 
 __all__ = ["PRIORS", "ConditionalPrior", "HierarchicalPrior", "NormalPrior", "VampOptions", "VampPrior"]
