@@ -622,8 +622,14 @@ def ball_distance(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def gyration(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c: float) -> torch.Tensor:
-    """gyr[a, b] w = -(a (+) b) (+) (a (+) (b (+) w))."""
-    return mobius_add(-mobius_add(a, b, c), mobius_add(a, mobius_add(b, w, c), c), c)
+    """gyr[a, b] w = -(a (+) b) (+) (a (+) (b (+) w)), in the closed form w + 2 (A a + B b) / D
+    (as geoopt's ``_gyration``): three Möbius additions near the boundary lose digits."""
+    ab, aw, bw = ((a * b).sum(-1, keepdim=True), (a * w).sum(-1, keepdim=True), (b * w).sum(-1, keepdim=True))
+    a2, b2 = a.square().sum(-1, keepdim=True), b.square().sum(-1, keepdim=True)
+    big_a = -c * c * aw * b2 + c * bw + 2 * c * c * ab * bw
+    big_b = -c * c * bw * a2 - c * aw
+    den = 1 + 2 * c * ab + c * c * a2 * b2
+    return w + 2 * (big_a * a + big_b * b) / den.clamp_min(_MIN_NORM)
 
 
 def ball_transport(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, c: float) -> torch.Tensor:
@@ -657,7 +663,7 @@ class WrappedNormal(Distribution):
     with r = d_c(mu, z) and v = lambda_0 PT_{mu->0}(log_mu(z)) = lambda_mu log_mu(z), the draw's
     Gaussian coordinates recovered (the volume grows as (sinh(sqrt(c) r) / (sqrt(c) r))^(D-1) in
     geodesic polar coordinates, hence the minus). As c -> 0 the ball flattens to R^D with the
-    metric 4 I: z = mu + v / 2 and log q(z) = log N(z; mu, scale^2 / 4) + D log 2, the Euclidean
+    metric 4 I: z = mu + v / 2 and log q(z) = log N(z; mu, scale^2 / 4) - D log 2, the Euclidean
     Gaussian's density over that metric's volume 2^D dz.
 
     ``loc`` (B, D) inside the ball, ``scale`` (B, D) > 0 (or shapes that broadcast). The maths
