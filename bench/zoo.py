@@ -99,6 +99,10 @@ FAMILIES: dict[str, list[str]] = {
                         "model.hamiltonian.learn_beta_zero=true"],
     # The hyperspherical VAE (vaelab.models.svae): codes on S^15, a vMF posterior, the uniform prior
     "svae": [*MLP, "model.kind=svae"],
+    # The Poincaré VAE (vaelab.models.poincare): codes in the 16-d ball of curvature -1 (the authors' --c
+    # default), wrapped normal posterior and prior (sigma 1), the decoder reading the ball's coordinates; no
+    # Pythae counterpart (Pythae has none)
+    "pvae": [*MLP, "model.kind=pvae"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}
 

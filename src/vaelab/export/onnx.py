@@ -59,7 +59,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaelab.distributions import DiagNormal, HypersphericalUniform, StandardNormal, WrappedNormal
+from vaelab.distributions import (
+    DiagNormal,
+    HypersphericalUniform,
+    StandardNormal,
+    WrappedNormal,
+)
 from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics
 from vaelab.io import write_json

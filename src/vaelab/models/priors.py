@@ -31,8 +31,8 @@ from vaelab.distributions import (
     StandardNormal,
 )
 from vaelab.errors import ConfigError
-from vaelab.models.posteriors import GaussianLayer
 from vaelab.models.poincare import WrappedNormalPrior
+from vaelab.models.posteriors import GaussianLayer
 from vaelab.models.svae import SphericalUniformPrior
 
 if TYPE_CHECKING:
