@@ -652,7 +652,7 @@ class WrappedNormal(Distribution):
     pvae/distributions/wrapped_normal.py): a Gaussian in the tangent space at the origin, carried
     to mu by parallel transport and wrapped onto the ball by the exponential map,
 
-        v ~ N(0, diag(scale^2)),   z = exp_mu(PT_{0->mu}(v / lambda_0)),   lambda_0 = 2,
+        v ~ N(0, diag(scale^2)),   z = exp_mu(PT_{0->mu}(v / lambda_0)) = exp_mu(v / lambda_mu),   lambda_0 = 2,
 
     so d_c(mu, z) = |v| (v / lambda_0 has Riemannian norm |v| at 0, and both maps keep it).
     Its density with respect to the ball's Riemannian volume (lambda_z^D dz), the paper's eq. 6
@@ -684,8 +684,8 @@ class WrappedNormal(Distribution):
     def mean(self) -> torch.Tensor:
         return self.loc
 
-    def _eps(self) -> float:
-        return torch.finfo(self.loc.dtype).eps if self.loc.dtype.is_floating_point else 1e-7
+    def _eps(self) -> float:  # how far inside the boundary a point of loc's dtype is kept
+        return torch.finfo(self.loc.dtype).eps
 
     def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """z for standard-normal ``noise`` (..., B, D): the reparameterisation (in float64)."""
