@@ -234,7 +234,7 @@ def figure(rows: list[dict], out: Path, args) -> Path:
     fig.suptitle(f"samples of every family ({args.data}, {args.epochs} epochs, seed {args.seed})", fontsize=10)
     fig.tight_layout()
     png = out / "zoo_samples.png"
-    fig.savefig(png)
+    fig.savefig(png, bbox_inches="tight")  # long family names (hamiltonian-vae) stay inside
     plt.close(fig)
     return png
 
