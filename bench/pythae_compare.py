@@ -36,7 +36,8 @@ from common import BENCH, OUT, REPO, child_env, data_root, pick
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
           "vaegan": "vae-gan", "aae": "aae", "rae-l2": "rae-l2", "rae-gp": "rae-gp",
-          "hamiltonian-vae": "hamiltonian-vae", "svae": "svae"}
+          "hamiltonian-vae": "hamiltonian-vae", "svae": "svae",
+          "vae-planar": "vae-planar", "vae-radial": "vae-radial", "vae-iaf": "vae-iaf"}
 NO_PRIOR = ("rae-l2", "rae-gp")  # vaelab's have no prior: scored by the GMM (Pythae's NormalSampler draws N(0, I))
 
 
