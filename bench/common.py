@@ -162,6 +162,35 @@ def run_vaelab(args: list[str], env: dict[str, str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+_EVALUATE = (
+    "import json, sys, time, torch\n"
+    "torch.set_num_threads(int(sys.argv[4]))\n"
+    "from vaelab.api import Run\n"
+    "run = Run.load(sys.argv[1], device='cpu')\n"
+    "n = int(sys.argv[3])\n"
+    "if n:\n"
+    "    s = run.splits(); s.test = s.test.subset(torch.arange(min(n, len(s.test))))\n"
+    "t0 = time.perf_counter()\n"
+    "r = run.evaluate(split='test', iw_samples=int(sys.argv[2]), seed=0)\n"
+    "r['eval_seconds'] = round(time.perf_counter() - t0, 1)\n"
+    "print(json.dumps(r))\n")
+
+
+def evaluate_test(run_dir: Path, cache: Path, k: int, n: int, threads: int, env: dict[str, str]) -> dict:
+    """``Run.evaluate`` of ``run_dir`` on its test split (its first ``n`` images; 0: all) with
+    ``k`` importance samples, in a child process of ``threads`` torch threads, with its
+    seconds as ``eval_seconds``; the result is cached in ``cache`` and read from it when there."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    proc = subprocess.run([sys.executable, "-c", _EVALUATE, str(run_dir), str(k), str(n), str(threads)],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"evaluation of {run_dir} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def pick(text: str, known, what: str) -> list[str]:
     """The comma-separated names in ``text``, each checked against ``known`` (an unknown one
     ends the benchmark with the list of known names)."""

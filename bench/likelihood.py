@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, pick
+from common import OUT, REPO, child_env, data_root, evaluate_test, pick
 
 # name -> (preset, overrides, paper NLL, independent re-implementation NLL or None); test NLL at k = 5000.
 # One stochastic layer (Table 1, first block) and two (its second architecture, 100 and 50 units).
@@ -83,27 +83,7 @@ def evaluate(rd: Path, args, env) -> dict:
     """nll_iw with k samples over the test split (or its first --eval-n images), cached
     per number of epochs trained (a resumed run is scored again)."""
     cache = rd / f"likelihood_k{args.eval_k}_n{args.eval_n or 'all'}_e{trained(rd)[0]}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    code = (
-        "import json, sys, time, torch\n"
-        "torch.set_num_threads(int(sys.argv[4]))\n"
-        "from vaelab.api import Run\n"
-        "run = Run.load(sys.argv[1], device='cpu')\n"
-        "n = int(sys.argv[3])\n"
-        "if n:\n"
-        "    s = run.splits(); s.test = s.test.subset(torch.arange(min(n, len(s.test))))\n"
-        "t0 = time.perf_counter()\n"
-        "r = run.evaluate(split='test', iw_samples=int(sys.argv[2]), seed=0)\n"
-        "r['eval_seconds'] = round(time.perf_counter() - t0, 1)\n"
-        "print(json.dumps(r))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(rd), str(args.eval_k), str(args.eval_n or 0),
-                           str(args.threads)], cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"evaluation of {rd} failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return evaluate_test(rd, cache, args.eval_k, args.eval_n or 0, args.threads, env)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, pick
+from common import OUT, REPO, child_env, data_root, evaluate_test, pick
 
 FAMILIES = {"N-VAE": "vae", "S-VAE": "svae"}
 DIMS = (2, 5, 10)
@@ -57,24 +57,7 @@ def train_cmd(name: str, d: int, rd: Path, args) -> list[str] | None:
 
 def evaluate(rd: Path, args, env) -> dict:
     cache = rd / f"svae_bench_k{args.eval_k}_n{args.eval_n or 'all'}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    code = (
-        "import json, sys, torch\n"
-        "torch.set_num_threads(int(sys.argv[4]))\n"
-        "from vaelab.api import Run\n"
-        "run = Run.load(sys.argv[1], device='cpu')\n"
-        "n = int(sys.argv[3])\n"
-        "if n:\n"
-        "    s = run.splits(); s.test = s.test.subset(torch.arange(min(n, len(s.test))))\n"
-        "print(json.dumps(run.evaluate(split='test', iw_samples=int(sys.argv[2]), seed=0)))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(rd), str(args.eval_k), str(args.eval_n or 0),
-                           str(args.threads)], cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"evaluation of {rd} failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return evaluate_test(rd, cache, args.eval_k, args.eval_n or 0, args.threads, env)
 
 
 def fmt(v: float | None) -> str:
