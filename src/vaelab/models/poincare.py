@@ -27,7 +27,8 @@ an adaptive rejection sampler for its radius) is not built either.
 Only parts that agree with the ball pair with wrapped-normal: a prior on the ball
 (wrapped-normal-prior; normal, vamp, conditional and hierarchical are densities on R^D and are
 refused in ``models.check_parts``), and no objective that builds codes off the ball (factorvae
-permutes each code dimension across the batch: the permuted codes may leave it); the prior needs
+permutes each code dimension across the batch: the permuted codes may leave it; its own check
+takes Gaussian posteriors only); the prior needs
 a posterior on the ball (``requires`` the capability ``hyperbolic``). tcvae and hamiltonian need a
 diagonal Gaussian posterior and are refused by their own ``requires``.
 
@@ -57,9 +58,6 @@ from vaelab.errors import ConfigError
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
-
-# Objectives whose codes leave the ball (see the module's docstring).
-OFF_BALL_OBJECTIVES = {"factorvae": "permutes each code dimension across the batch, so its codes may leave the ball"}
 
 # The authors' Constants.eta: the least posterior scale
 MIN_SCALE = 1e-5
@@ -98,14 +96,6 @@ class WrappedNormalPosterior(nn.Module):
     export_note = ("a wrapped normal posterior on the Poincaré ball: mu is the code (inside the ball of radius "
                    "1/sqrt(c)), sigma the scale of the Gaussian in the tangent space at the origin")
 
-    @staticmethod
-    def check(cfg: ModelConfig) -> None:
-        # its prior must be on the ball too: vaelab.models.check_parts, which knows the priors
-        if cfg.objective in OFF_BALL_OBJECTIVES:
-            raise ConfigError(f"model.objective={cfg.objective} {OFF_BALL_OBJECTIVES[cfg.objective]}, and "
-                              "model.posterior=wrapped-normal puts codes in the Poincaré ball; choose another "
-                              "objective or posterior")
-
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
         self.curvature = cfg.opts("wrapped-normal").curvature
@@ -138,5 +128,5 @@ class WrappedNormalPrior(nn.Module):
         return WrappedNormal(loc, torch.full_like(loc, self.sigma), model.posterior_head.curvature)
 
 
-__all__ = ["OFF_BALL_OBJECTIVES", "WrappedNormalOptions", "WrappedNormalPosterior", "WrappedNormalPrior",
+__all__ = ["WrappedNormalOptions", "WrappedNormalPosterior", "WrappedNormalPrior",
            "WrappedNormalPriorOptions"]

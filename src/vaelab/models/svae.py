@@ -29,7 +29,7 @@ The codes live on the sphere, and only parts that agree with that pair with vmf:
 sphere (spherical-uniform; normal, vamp, conditional and hierarchical are densities on R^D and are
 refused), and no objective that builds codes off the sphere (factorvae permutes each dimension
 across the batch: the permuted codes leave the sphere, so its discriminator would only learn
-their norm). spherical-uniform needs a spherical posterior (``requires`` the capability
+their norm; its own check takes Gaussian posteriors only). spherical-uniform needs a spherical posterior (``requires`` the capability
 ``spherical``). The sphere S^0 of a 1-dimensional latent is two points: refused.
 
 Where Pythae's SVAE (clementchadebec/benchmark_VAE, src/pythae/models/svae/svae_model.py)
@@ -60,9 +60,6 @@ from vaelab.errors import ConfigError
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
-
-# Objectives whose codes leave the sphere (see the module's docstring).
-OFF_SPHERE_OBJECTIVES = {"factorvae": "permutes each code dimension across the batch, so its codes leave the sphere"}
 
 
 @dataclass
@@ -98,10 +95,6 @@ class VMFPosterior(nn.Module):
     def check(cfg: ModelConfig) -> None:
         # its prior must be on the sphere too: vaelab.models.check_parts, which knows the priors
         check_sphere_dim("posterior=vmf", cfg)
-        if cfg.objective in OFF_SPHERE_OBJECTIVES:
-            raise ConfigError(f"model.objective={cfg.objective} {OFF_SPHERE_OBJECTIVES[cfg.objective]}, and "
-                              "model.posterior=vmf puts codes on the unit sphere; choose another objective or "
-                              "posterior")
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
@@ -137,4 +130,4 @@ class SphericalUniformPrior(nn.Module):
         return HypersphericalUniform(self.dim, self.anchor.device, torch.float32, () if batch is None else (batch,))
 
 
-__all__ = ["OFF_SPHERE_OBJECTIVES", "SphericalUniformPrior", "VMFPosterior", "VmfOptions", "check_sphere_dim"]
+__all__ = ["SphericalUniformPrior", "VMFPosterior", "VmfOptions", "check_sphere_dim"]
