@@ -3,6 +3,7 @@
     python bench/eval_cost.py                # mlp-vae (10 epochs) and conv-vae (train+test, 1 epoch)
     python bench/eval_cost.py --only conv    # one preset
     python bench/eval_cost.py --quick        # tiny runs on generated images: checks the script, not a measurement
+    python bench/eval_cost.py --set train.precision=fp32   # as `auto` runs on a CPU without native bf16
 
 Each run is timed as a whole process (time.perf_counter around subprocess.run) and split
 with what the run records: the epochs (history.csv ``seconds``, summed) and summary.json's
@@ -104,6 +105,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny runs on generated images (checks the script)")
     p.add_argument("--work", default=str(OUT / "eval-cost"), help="where the runs go (default bench/out/eval-cost)")
     p.add_argument("--out", default=str(OUT / "eval_cost.json"), help="results JSON (default bench/out/eval_cost.json)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable), e.g. train.precision=fp32")
     args = p.parse_args()
     work = Path(args.work).resolve()
     root = None if args.quick else data_root("eval_cost.py")
@@ -111,11 +114,13 @@ def main() -> None:
     data = quick_data(work / "quick.npz") if args.quick else None
     info = machine_info()
     load_start = loadavg1()
-    results: dict = {"machine": info, "quick": args.quick, "loadavg_1min_start": round(load_start, 2), "runs": {}}
+    results: dict = {"machine": info, "quick": args.quick, "sets": args.sets, "loadavg_1min_start": round(load_start, 2),
+                     "runs": {}}
     for key in [args.only] if args.only else list(PRESETS):
         spec = PRESETS[key]
         run_dir = work / spec["preset"]
-        extra = ["--data", "npz", "--data-path", str(data), *QUICK_ARGS] if args.quick else spec["args"]
+        extra = ["--data", "npz", "--data-path", str(data), *QUICK_ARGS] if args.quick else list(spec["args"])
+        extra += [a for kv in args.sets for a in ("--set", kv)]
         cmd = [PY, "-m", "vaelab", "train", "--preset", spec["preset"], "--out", str(run_dir), "--overwrite", *extra]
         print(f"[{key}] {' '.join(cmd[1:])}", flush=True)
         r = run_timed(cmd, env, work / "logs" / f"{key}.log")

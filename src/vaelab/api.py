@@ -39,6 +39,11 @@ from vaelab.training.precision import resolve_device
 
 DEFAULT_IW_SAMPLES = 50  # `vaelab eval` and Run.evaluate
 TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 4 s on MNIST
+# ... over this many test images, chosen at random with the run's seed; nll_iw is then the
+# difference estimate of the whole split's mean, with its standard error (evaluate's docstring).
+# conv-vae's final evaluation in fp32: 17.9 s over all 10,000 test images, of which nll_iw is most;
+# over 1,000 its standard error was about 0.05 nats (bench/README.md, issue 21). None: all of them.
+TRAIN_IW_IMAGES = 1000
 
 
 @dataclass
@@ -157,12 +162,14 @@ class Run:
 
     # -------------------------------------------------------------- evaluation and figures
     def evaluate(self, split: str | None = None, iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0,
-                 save: bool = False) -> dict:
-        """The evaluation as a dict; ``save=True`` also writes ``RUN/eval.json``."""
+                 save: bool = False, iw_images: int | None = None) -> dict:
+        """The evaluation as a dict; ``save=True`` also writes ``RUN/eval.json``.
+        ``iw_images``: estimate nll_iw from this many of the split's images (None: all of them)."""
         split = split or self.default_split()
         data = self.split(split)
         result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=seed,
-                          batch_size=self.config.train.eval_batch_size, device=self.device, split=split)
+                          batch_size=self.config.train.eval_batch_size, device=self.device, split=split,
+                          iw_images=iw_images)
         # Honest numbers: say when the images were part of training (the Keras recipe
         # trains on train+test, so its "test" numbers are not held-out numbers).
         result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
@@ -205,12 +212,14 @@ class Run:
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
           iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
-          overwrite: bool = False, keep: tuple[str, ...] = (), loggers: str | list[str] | None = None,
+          overwrite: bool = False, iw_images: int | None = TRAIN_IW_IMAGES, keep: tuple[str, ...] = (), loggers: str | list[str] | None = None,
           tracking_uri: str | None = None, experiment: str | None = None) -> Run:
     """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
     ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
     ``iw_samples``: importance samples for the final nll_iw; None gives 10 for a model with a
     density and none for the others (an autoencoder's eval.json then has no nll_iw to explain).
+    ``iw_images``: how many test images nll_iw is estimated from (default 1,000, chosen with the
+    run's seed; eval.json then has ``nll_iw_stderr``); None estimates it from all of them.
 
     ``run_dir`` must be new, empty, or a run: a trained run there is refused in one line
     unless ``resume=True`` (continue it with its saved config, plus overrides) or
@@ -248,7 +257,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         t_eval = time.perf_counter()
         if iw_samples is None:  # not asked for: nll_iw where the model has a density, else not at all
             iw_samples = TRAIN_IW_SAMPLES if "density" in run.capabilities else 0
-        run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True)
+        run.evaluate(iw_samples=iw_samples, seed=result.config.train.seed, save=True, iw_images=iw_images)
         t_figures = time.perf_counter()
         figures = run.figures(seed=result.config.train.seed)
         _add_timing(run.dir, t_fit, eval_s=t_figures - t_eval, figures_s=time.perf_counter() - t_figures)

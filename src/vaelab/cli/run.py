@@ -64,6 +64,9 @@ from vaelab.rundir import RunDir
 @click.option("--iw-samples", type=int,
               help="Importance samples for nll_iw in the final evaluation [default: 10 for models with a "
                    "density, none otherwise].")
+@click.option("--iw-images", metavar="N|all",
+              help="Estimate the final nll_iw from N test images chosen with the run's seed (eval.json then "
+                   "has nll_iw_stderr), or from all of them [default: 1000].")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation and figures.")
 @click.option("--nproc", type=int, help="Train with N processes on this node (torchrun's launcher; at most one per "
                                         "CPU core or GPU); --batch-size stays the global batch.")
@@ -74,7 +77,7 @@ from vaelab.rundir import RunDir
                                                     "mlflow.db, PARENT the folder holding the run].")
 @click.option("--experiment", metavar="NAME", help="--log mlflow: the experiment [default: vaelab].")
 @click.pass_context
-def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_samples, no_eval, classes, nproc,
+def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_samples, iw_images, no_eval, classes, nproc,
           log_to, tracking_uri, experiment, **flags) -> None:
     """Train a model; write the run directory, eval.json and figures.
 
@@ -98,6 +101,11 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         raise VaelabError("--iw-samples must be >= 0")
     if iw_given and no_eval:
         raise VaelabError("--iw-samples sets the final evaluation, and --no-eval skips it; give one of them")
+    if iw_images is not None and no_eval:
+        raise VaelabError("--iw-images sets the final evaluation, and --no-eval skips it; give one of them")
+    from vaelab.api import TRAIN_IW_IMAGES
+
+    iw_images = TRAIN_IW_IMAGES if iw_images is None else _iw_images(iw_images)
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     logging = {"loggers": log_to, "tracking_uri": tracking_uri, "experiment": experiment}
@@ -114,7 +122,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
                 return
         with _resumable(run_dir):
             api.train(None, run_dir, overrides=overrides, extra=extra, resume=True, evaluate_after=not no_eval,
-                      iw_samples=iw_samples, log=_echo, overwrite=overwrite, **logging)
+                      iw_samples=iw_samples, iw_images=iw_images, log=_echo, overwrite=overwrite, **logging)
     else:
         if not preset and not config_file and not overrides and not extra:
             raise VaelabError("say what to train: --preset NAME (see `vaelab presets`) or --config FILE.yaml")
@@ -129,8 +137,8 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
                 _open_loggers(run_dir, **logging), RunDir(run_dir).prepare_fresh(overwrite=overwrite))):
             return
         with _resumable(run_dir):
-            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, log=_echo, overwrite=overwrite,
-                      **logging)
+            api.train(config, run_dir, evaluate_after=not no_eval, iw_samples=iw_samples, iw_images=iw_images, log=_echo,
+                      overwrite=overwrite, **logging)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     _echo(f"run saved in {run_dir}")
@@ -144,6 +152,20 @@ def _open_loggers(run_dir: Path, loggers, tracking_uri, experiment) -> None:
 
     if loggers or tracking_uri or experiment:
         make_loggers(loggers or [], run_dir, tracking_uri, experiment)
+
+
+def _iw_images(value: str) -> int | None:
+    """--iw-images: "all" (None) or a count of 2 or more."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise VaelabError(f"--iw-images {value}: give a number of images, 2 or more (the estimate's standard "
+                          "error needs two), or 'all'")
+    return n
 
 
 def _check_iw_samples(iw_samples: int, model) -> None:
@@ -214,17 +236,21 @@ def _command_line(ctx: click.Context, skip: tuple[str, ...]) -> list[str]:
 @split_option
 @click.option("--iw-samples", type=int, default=50, show_default=True,
               help="Importance samples K for nll_iw (models with a density); 0 skips it.")
+@click.option("--iw-images", metavar="N|all", default="all", show_default=True,
+              help="Estimate nll_iw from N of the split's images chosen with --seed (eval.json then has "
+                   "nll_iw_stderr), or from all of them.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @run_data_dir_option
 @device_option
 @click.pass_context
-def eval_cmd(ctx, run_dir, split, iw_samples, seed, data_dir, device) -> None:
+def eval_cmd(ctx, run_dir, split, iw_samples, iw_images, seed, data_dir, device) -> None:
     """Evaluate a run: print a table and write RUN/eval.json."""
     from vaelab.api import Run
 
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     if iw_samples < 0:
         raise VaelabError("--iw-samples must be >= 0")
+    iw_images = _iw_images(iw_images)
     if ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT:
         _check_iw_samples(iw_samples, run.model)
     if iw_samples > 1 and "density" in run.capabilities:
@@ -232,9 +258,10 @@ def eval_cmd(ctx, run_dir, split, iw_samples, seed, data_dir, device) -> None:
 
         name = split or run.default_split()
         announce(_echo, f"evaluating {run_dir} on its {len(run.split(name)):,} {name} images",
-                 why=f"nll_iw decodes {iw_samples} posterior samples per image",
+                 why=f"nll_iw decodes {iw_samples} posterior samples per image"
+                     + (f" of {iw_images:,}" if iw_images else ""),
                  cost=f"about {iw_samples} times the work of one pass (a smaller --iw-samples is quicker)")
-    _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True))
+    _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True, iw_images=iw_images))
     _echo(f"wrote {run.dir.eval}")
 
 

@@ -187,9 +187,9 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
 
             if RunDir(run_dir).resume.is_file() and RunDir(run_dir).config.is_file():
                 # A trial killed mid-training continues from its last checkpoint.
-                run = api.train(None, run_dir, resume=True, iw_samples=s.iw_samples, log=log)
+                run = api.train(None, run_dir, resume=True, iw_samples=s.iw_samples, iw_images=None, log=log)
             else:
-                run = api.train(trial_config(s, t, threads), run_dir, iw_samples=s.iw_samples, log=log,
+                run = api.train(trial_config(s, t, threads), run_dir, iw_samples=s.iw_samples, iw_images=None, log=log,
                                 keep=(TRIAL_FILE, logfile.name))
         row = _row_from_run(run_dir, t)
         del run
