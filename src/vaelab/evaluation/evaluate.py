@@ -123,8 +123,8 @@ def evaluate(model: torch.nn.Module, data, iw_samples: int = 0, seed: int = 0,
         x = data.batch(slice(i, i + batch_size), device)
         y = None if labels is None else labels[i:i + batch_size].to(x.device)
         y_model = (y if y is not None else model.infer_labels(x)) if model.conditional else None
-        parts = dict(model(x, y_model, generator=gen, dataset_size=len(data)))
-        q = model.posterior(x, y_model)
+        q = model.posterior(x, y_model)  # once: the loss pass, the reconstructions and nll_iw share it
+        parts = dict(model(x, y_model, generator=gen, dataset_size=len(data), q=q))
         x_hat = model.decode(q.mean, y_model)
         parts["mse"] = metrics.mse(x_hat, x)
         parts["psnr"] = metrics.psnr(x_hat, x)

@@ -248,11 +248,15 @@ class LatentModel(nn.Module):
         return self.likelihood.nll_offset(self.cfg.input_shape, self.signed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
-                progress: float = 1.0, dataset_size: int | None = None) -> dict[str, torch.Tensor]:
+                progress: float = 1.0, dataset_size: int | None = None, q: Distribution | None = None
+                ) -> dict[str, torch.Tensor]:
         """Per-image (B,) loss and parts. ``dataset_size``: the size of the data set the batch
-        comes from, for objectives that estimate the aggregate posterior from a minibatch."""
-        x_in = corrupt(x, self.cfg.corrupt, self.cfg.corrupt_level, generator) if self.training else x
-        q = self.posterior(x_in, y)  # a denoising model encodes the corrupted image, decodes towards x
+        comes from, for objectives that estimate the aggregate posterior from a minibatch.
+        ``q``: q(z | x, y) when the caller has it already (the evaluation: one encoder pass
+        fewer); in training the model encodes its own, possibly corrupted, input."""
+        if q is None or self.training:
+            x_in = corrupt(x, self.cfg.corrupt, self.cfg.corrupt_level, generator) if self.training else x
+            q = self.posterior(x_in, y)  # a denoising model encodes the corrupted image, decodes towards x
         parts = self.objective.fn(self, x, y, q, generator=generator, progress=progress, dataset_size=dataset_size)
         if self.cfg.sparsity != "none" and self.cfg.sparsity_weight > 0:
             s = sparsity_penalty(q.mean, self.cfg.sparsity, self.cfg.sparsity_target)
