@@ -37,3 +37,17 @@ def test_eval_cost_quick_breakdown_adds_up_to_the_process(tmp_path):
     assert run["outside_epochs_s"] == pytest.approx(run["wall_s"] - run["epochs_s"], abs=2e-3)
     assert res["machine"]["vector_extensions"] is not None and "machine: " in proc.stdout
     assert "load average (1 min)" in proc.stdout
+
+
+def test_eval_cost_passes_set_to_every_run(tmp_path):
+    """--set KEY=VALUE reaches each `vaelab train` (the fp32 measurement of issue 21)."""
+    out = tmp_path / "eval_cost.json"
+    env = dict(os.environ, VAELAB_NO_PROGRESS="1")
+    proc = subprocess.run([sys.executable, "bench/eval_cost.py", "--quick", "--only", "mlp", "--work",
+                           str(tmp_path / "work"), "--out", str(out), "--set", "train.precision=fp32"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["sets"] == ["train.precision=fp32"] and res["runs"]["mlp"]["precision"] == "fp32"
+    assert "train.precision=fp32" in res["runs"]["mlp"]["command"]
+    assert json.loads((tmp_path / "work" / "mlp-vae" / "config.json").read_text())["train"]["precision"] == "fp32"
