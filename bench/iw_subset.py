@@ -12,7 +12,6 @@ under load. Output: the table, and bench/out/iw_subset.json.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common import OUT, data_root, write_json
