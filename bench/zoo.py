@@ -30,6 +30,7 @@ samples of every family.
     python bench/zoo.py --data mnist --epochs 10            # bench/out/zoo-mnist/
     python bench/zoo.py --data fashion-mnist --epochs 10
     python bench/zoo.py --epochs 1 --limit 5000 --n-samples 1000 --out bench/out/zoo-quick   # a quick look
+    python bench/zoo.py --families beta-vae,wae --set train.precision=fp32 --out bench/out/zoo-fp32   # one setting changed
 
 Resumable: a finished family is not trained or scored again.
 """
@@ -141,7 +142,7 @@ def family(name: str, args, env: dict, out: Path) -> dict:
         wall = old.get("train_process_seconds")  # trained before: keep its measured wall time
     else:
         sets = [*FAMILIES[name], *DATA[args.data], f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-                "train.progress=false"] + ([f"data.limit={args.limit}"] if args.limit else [])
+                "train.progress=false"] + ([f"data.limit={args.limit}"] if args.limit else []) + args.sets
         wall = round(run_vaelab(["train", "--preset", "mlp-vae", "--out", str(run), "--overwrite", "--no-eval",
                                  *[a for s in sets for a in ("--set", s)]], env, log), 1)
         (run / "eval.json").unlink(missing_ok=True)
@@ -252,6 +253,9 @@ def main() -> None:
     ap.add_argument("--judge", type=Path, help="judge folder (default: the user cache, trained on first use)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a vaelab override for every family, after the family's own (repeatable), e.g. "
+                         "train.precision=fp32; give it its own --out (a finished family is not retrained)")
     args = ap.parse_args()
     names = pick(args.families, FAMILIES, "families")
     out = args.out or OUT / f"zoo-{args.data}"
@@ -269,7 +273,8 @@ def main() -> None:
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"data": args.data, "epochs": args.epochs, "seed": args.seed,
                                                   "limit": args.limit, "iw_samples": args.iw_samples,
-                                                  "n_samples": args.n_samples, "loadavg": os.getloadavg(),
+                                                  "n_samples": args.n_samples, "sets": args.sets,
+                                                  "loadavg": os.getloadavg(),
                                                   "rows": rows}, indent=2) + "\n")
     print(text)
     print(f"wrote {out / 'results.md'} and {figure(rows, out, args)}")
