@@ -259,3 +259,26 @@ def test_limit_takes_a_seeded_random_subset_not_the_first_small_squares(monkeypa
     keep = torch.randperm(120, generator=torch.Generator().manual_seed(1))[:20].sort().values
     assert torch.equal(s.train.factors, torch.from_numpy(ds.index_factors(idx[keep.numpy()])))
     assert torch.equal(load_data(cfg, seed=1).train.factors, s.train.factors)  # reproducible
+
+
+def test_factor_names_and_sizes_come_with_the_data_not_its_name():
+    """A loader's FactorLabels reach ImageSet (names, sizes) through subset, to and concat;
+    bare classes (a loader that states no names) leave them None."""
+    import numpy as np
+    import torch
+
+    from vaelab.data.load import _to_set
+    from vaelab.data.sets import FactorLabels, concat
+
+    x = np.zeros((6, 1, 4, 4), np.uint8)
+    classes = np.array([[0, 1], [1, 0], [2, 1], [0, 0], [1, 1], [2, 0]])
+    a = _to_set((x, None, None, FactorLabels(classes, ("hue", "size"), (3, 2))), "train", False)
+    assert a.factor_names == ("hue", "size") and a.factor_sizes == (3, 2)
+    assert torch.equal(a.factors, torch.from_numpy(classes))
+    sub = a.subset([1, 3]).to("cpu")
+    assert sub.factor_names == ("hue", "size") and sub.factors.tolist() == [[1, 0], [0, 0]]
+    both = concat(a, sub, "all")
+    assert both.factor_sizes == (3, 2) and len(both.factors) == 8
+    bare = _to_set((x, None, None, classes), "train", False)
+    assert bare.factor_names is None and bare.factor_sizes is None and bare.factors.shape == (6, 2)
+    assert concat(a, bare, "mixed").factor_names is None  # the two disagree: names are not guessed

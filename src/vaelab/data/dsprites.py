@@ -50,6 +50,7 @@ import numpy as np
 
 from vaelab.data.download import cache_dir
 from vaelab.data.memory import size_text
+from vaelab.data.sets import FactorLabels
 from vaelab.errors import DataError
 from vaelab.io import atomic_path, write_json
 from vaelab.progress import announce
@@ -307,12 +308,14 @@ def load_for_config(cfg: DataConfig) -> tuple:
     As in the disentanglement literature, dSprites is evaluated on its training
     images (there is no held-out split; ``data.val`` may still carve one out).
     Labels are the shape (0 square, 1 ellipse, 2 heart) so class-based tools work;
-    the full factor classes (N, 6) ride along as ``ImageSet.factors``. The cache lives
+    the full factor classes (N, 6), their names and sizes ride along as ``ImageSet.factors``,
+    ``.factor_names`` and ``.factor_sizes``. The cache lives
     in ``data_dir/dsprites`` when a data_dir is given, else in ``cache_dir()/dsprites``.
     """
     root = Path(cfg.data_dir).expanduser() / "dsprites" if cfg.data_dir else None
     images, classes, _ = load_dsprites(root)
-    return (images, classes[:, 1], None, classes), None, list(SHAPE_NAMES)
+    labels = FactorLabels(classes, FACTOR_NAMES, FACTOR_SIZES)
+    return (images, classes[:, 1], None, labels), None, list(SHAPE_NAMES)
 
 
 __all__ = ["FACTOR_NAMES", "FACTOR_SIZES", "N_IMAGES", "SHAPE_NAMES", "factor_index", "factor_values",

@@ -20,7 +20,14 @@ from vaelab.data import memory
 from vaelab.data.download import locate
 from vaelab.data.idx import read_idx_pair
 from vaelab.data.images import load_array
-from vaelab.data.sets import ImageSet, MemmapImageSet, Splits, bernoulli_uint8, concat
+from vaelab.data.sets import (
+    FactorLabels,
+    ImageSet,
+    MemmapImageSet,
+    Splits,
+    bernoulli_uint8,
+    concat,
+)
 from vaelab.errors import DataError
 
 Log = Callable[[str], None]
@@ -94,14 +101,19 @@ def _keep_mapped(cfg: DataConfig, parts: list) -> bool:
 
 
 def _to_set(part, name: str, mapped: bool) -> ImageSet | MemmapImageSet:
-    x, y, paths, *more = part  # a loader may add a 4th item: (N, F) factor classes (dsprites)
+    x, y, paths, *more = part  # a loader may add a 4th item: FactorLabels, or bare (N, F) factor classes
     yt = None if y is None else torch.from_numpy(np.array(y, dtype=np.int64))
     if mapped and isinstance(x, np.memmap):
         return MemmapImageSet([x], yt, name, paths)
     # np.array copies a memmap into memory (np.ascontiguousarray would keep the mapping).
     x = np.array(x) if isinstance(x, np.memmap) else np.ascontiguousarray(x)
-    factors = torch.from_numpy(np.asarray(more[0], dtype=np.int64)) if more and more[0] is not None else None
-    return ImageSet(torch.from_numpy(x), yt, name, paths, factors=factors)
+    labels = more[0] if more else None
+    known = isinstance(labels, FactorLabels)
+    classes = labels.classes if known else labels
+    factors = None if classes is None else torch.from_numpy(np.asarray(classes, dtype=np.int64))
+    return ImageSet(torch.from_numpy(x), yt, name, paths, factors=factors,
+                    factor_names=tuple(labels.names) if known else None,
+                    factor_sizes=tuple(int(v) for v in labels.sizes) if known else None)
 
 
 def resolve_classes(wanted: list, names: list[str] | None, where: str) -> list[int]:

@@ -42,6 +42,17 @@ def _pick_paths(paths: list[str] | None, idx: np.ndarray) -> list[str] | None:
     return [paths[i] for i in idx.tolist()] if paths else None
 
 
+@dataclass(frozen=True)
+class FactorLabels:
+    """Ground-truth factors of a data source, as a loader hands them over (the 4th item of a
+    split): each image's class per factor, and what the factors are. The disentanglement
+    scores read the names and sizes from here, so no tool needs to know which data set it is."""
+
+    classes: np.ndarray  # (N, F) int: each image's class of each factor
+    names: tuple[str, ...]  # (F,) the factors' names
+    sizes: tuple[int, ...]  # (F,) how many classes each factor has in the whole data set
+
+
 @dataclass
 class ImageSet:
     x: torch.Tensor  # (N, C, H, W) uint8 images (or float rows (N, 1, 1, F), see ``batch``)
@@ -52,6 +63,10 @@ class ImageSet:
     # (``shuffled``); evaluation splits are binarised once when loaded ("none" here).
     binarize: str = "none"
     factors: torch.Tensor | None = None  # (N, F) int64 ground-truth factor classes (dsprites), or None
+    # With ``factors``, when the source says: the factors' names and their number of classes in
+    # the whole data set (``FactorLabels``); None where a loader gave bare classes.
+    factor_names: tuple[str, ...] | None = None
+    factor_sizes: tuple[int, ...] | None = None
     memory_mapped: ClassVar[bool] = False  # one tensor in memory
 
     def __len__(self) -> int:
@@ -267,7 +282,9 @@ def concat(a, b, name: str) -> ImageSet | MemmapImageSet:
         return MemmapImageSet(a.parts + b.parts, y, name, paths, rows, a.target)
     a = a.in_memory() if isinstance(a, MemmapImageSet) else a
     b = b.in_memory() if isinstance(b, MemmapImageSet) else b
-    return ImageSet(torch.cat([a.x, b.x.to(a.x.device)]), y, name, paths, factors=factors)
+    same = factors is not None and (a.factor_names, a.factor_sizes) == (b.factor_names, b.factor_sizes)
+    return ImageSet(torch.cat([a.x, b.x.to(a.x.device)]), y, name, paths, factors=factors,
+                    factor_names=a.factor_names if same else None, factor_sizes=a.factor_sizes if same else None)
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.data.dsprites import FACTOR_NAMES
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import disentanglement as scores
 from vaelab.evaluation.metrics import active_units as metrics_active_units
@@ -49,14 +48,14 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     codes = run.encode(x, None if data.y is None else data.y[rows]).double().numpy()
     factors = data.factors[rows].cpu().numpy()
     # How many values each factor has in the data: a factor the scored rows hold at one value
-    # is refused, not left out. dSprites' own sizes, so a split cut down to some values of a
-    # factor is caught too (its color has one value by design and is left out, as in the literature).
-    if run.config.data.name == "dsprites":
-        from vaelab.data.dsprites import FACTOR_NAMES, FACTOR_SIZES
-
-        known = {"n_values": list(FACTOR_SIZES), "names": list(FACTOR_NAMES)}
+    # is refused, not left out. The source's own sizes where it states them (dSprites), so a
+    # split cut down to some values of a factor is caught too (dSprites' color has one value by
+    # design and is left out, as in the literature); else the values the split holds.
+    if data.factor_sizes is not None:
+        known = {"n_values": list(data.factor_sizes), "names": list(data.factor_names or [])}
     else:
         known = {"n_values": [len(torch.unique(c)) for c in data.factors.T], "names": None}
+    names = list(data.factor_names) if data.factor_names else [str(k) for k in range(data.factors.shape[1])]
     result: dict = {"n": len(rows), "split": split, "seed": seed,
                     "active_units": metrics_active_units(torch.from_numpy(codes))}  # of the scored codes
     t0 = time.perf_counter()
@@ -64,7 +63,6 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
         m = scores.mig(codes, factors, **known)
         result["mig"] = m["mig"]
         # By factor name; a factor that never varies in the scored images has no gap (left out, said why).
-        names = FACTOR_NAMES if run.config.data.name == "dsprites" else [str(k) for k in range(len(m["gaps"]))]
         result["mig_per_factor"] = {k: float(g) for k, g in zip(names, m["gaps"]) if not np.isnan(g)}
         constant = [k for k, g in zip(names, m["gaps"]) if np.isnan(g)]
         if constant:
