@@ -1,19 +1,22 @@
 """vaelab beside Pythae, family by family, on one architecture and budget (issue 12).
 
-For every family both have (VAE, beta-VAE, beta-TCVAE, IWAE, WAE, InfoVAE, VampPrior,
-VQ-VAE, FactorVAE, VAE-GAN, adversarial AE, RAE-L2, RAE-GP): Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
+For every family both have (VAE, beta-VAE, beta-TCVAE, IWAE, MIWAE, PIWAE, CIWAE, WAE,
+InfoVAE, VampPrior, VQ-VAE, FactorVAE, VAE-GAN, adversarial AE, RAE-L2, RAE-GP, the
+normalizing-flow posteriors, the Hamiltonian VAE, the hyperspherical VAE, the Poincaré VAE):
+Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
 (bench/peers/README.md), vaelab with bench/zoo.py, the same layers (the PyTorch tutorial
-body 784-400-16, a small conv body for VQ-VAE), data, epochs, batch, optimiser and
-settings (PYTHAE.md lists them), one thread each, one after the other. Both sides' samples
-and test reconstructions are then scored by the same code here, with vaelab's judge: FCD
-of prior samples and of 10-component Gaussian-mixture samples against the test set, class
-entropy of prior samples, MSE and SSIM of the reconstructions of the 10,000 test digits.
-Time: Pythae's trainer (``trainer.train()``: the epochs, each with its test-set pass)
-beside vaelab's whole ``vaelab train`` process (start-up, data, the epochs, each with its
-test-set pass, checkpoints): vaelab's number includes more.
+body 784-400-16, a small conv body for VQ-VAE), data, epochs, batch, optimiser and settings
+(PYTHAE.md lists them), one thread each, one after the other. Both sides' samples and test
+reconstructions are then scored by the same code here, with vaelab's judge: FCD of prior
+samples and of 10-component Gaussian-mixture samples against the test set, class entropy of
+prior samples, MSE and SSIM of the reconstructions of the 10,000 test digits. Time: Pythae's
+trainer (``trainer.train()``: the epochs, each with its test-set pass) beside vaelab's whole
+``vaelab train`` process (start-up, data, the epochs, each with its test-set pass,
+checkpoints): vaelab's number includes more.
 
     python bench/pythae_compare.py --pythae-python /work/peers/pythae-venv/bin/python
-    python bench/pythae_compare.py --pythae-python ... --families vae,wae --epochs 1 --out bench/out/cmp-quick
+    python bench/pythae_compare.py --pythae-python ... --families vae,wae --epochs 1 --limit 2000 --n-samples 500 \\
+        --out bench/out/cmp-quick --vaelab-out bench/out/cmp-quick/vaelab      # a quick check, not a measurement
 
 Resumable: each side's finished families are reused (bench/out/pythae_compare/pythae/, and
 vaelab's from bench/zoo.py's own folder, bench/out/zoo-mnist/: run the zoo with
@@ -37,7 +40,8 @@ SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwa
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
           "vaegan": "vae-gan", "aae": "aae", "rae-l2": "rae-l2", "rae-gp": "rae-gp",
           "hamiltonian-vae": "hamiltonian-vae", "svae": "svae",
-          "vae-planar": "vae-planar", "vae-radial": "vae-radial", "vae-iaf": "vae-iaf"}
+          "vae-planar": "vae-planar", "vae-radial": "vae-radial", "vae-iaf": "vae-iaf",
+          "miwae": "miwae", "piwae": "piwae", "ciwae": "ciwae", "pvae": "pvae"}
 NO_PRIOR = ("rae-l2", "rae-gp")  # vaelab's have no prior: scored by the GMM (Pythae's NormalSampler draws N(0, I))
 
 
@@ -48,7 +52,7 @@ def run_pythae(args, families: list[str]) -> None:
         cmd = [args.pythae_python, str(BENCH / "peers" / "pythae_zoo.py"), "--families", fam, "--epochs",
                str(args.epochs), "--threads", str(args.threads), "--out", str(args.pythae_out), "--data-dir",
                str(data_root("pythae_compare.py")), "--pixelcnn-epochs", str(args.prior_epochs),
-               "--n-samples", str(args.n_samples)]
+               "--n-samples", str(args.n_samples)] + (["--limit", str(args.limit)] if args.limit else [])
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             sys.exit(f"pythae {fam} failed")
         (args.pythae_out / fam / "process_seconds.json").write_text(
@@ -61,6 +65,7 @@ def run_vaelab(args, families: list[str]) -> None:
     cmd = [sys.executable, str(BENCH / "zoo.py"), "--families", ",".join(SHARED[f] for f in families), "--epochs",
            str(args.epochs), "--threads", str(args.threads), "--out", str(args.vaelab_out), "--n-samples",
            str(args.n_samples), "--prior-epochs", str(args.prior_epochs)]
+    cmd += ["--limit", str(args.limit)] if args.limit else []
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         sys.exit("vaelab's zoo failed")
 
@@ -123,6 +128,9 @@ def main() -> None:
     ap.add_argument("--prior-epochs", type=int, default=10, help="PixelCNN epochs for both VQ-VAEs (zoo.py's default)")
     ap.add_argument("--n-samples", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0,
+                    help="both sides train on the first N training images only (quick checks: give --out and "
+                         "--vaelab-out folders of their own, as finished families are reused)")
     ap.add_argument("--out", type=Path, default=OUT / "pythae_compare")
     ap.add_argument("--vaelab-out", type=Path, default=OUT / "zoo-mnist", help="bench/zoo.py's folder (shared)")
     ap.add_argument("--pythae-only", action="store_true",

@@ -8,8 +8,8 @@ match the Pythae side of the comparison (bench/peers/pythae_zoo.py, bench/peers/
 beta-VAE beta 4, beta-TCVAE beta 6, FactorVAE gamma 35 (its discriminator 6 layers of
 1000 units, with Adam 1e-4, betas 0.5/0.9), IWAE k 10, WAE and InfoVAE lambda 10 (IMQ,
 seven scales), VampPrior 50 pseudo-inputs, squared-error reconstruction for WAE and VQ-VAE;
-MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; not on the
-Pythae side yet, whose MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
+MIWAE and PIWAE M 5, K 10 and CIWAE K 10, beta 0.5 (Pythae's config defaults; Pythae's
+MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
 VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
 the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
 VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults; the
@@ -17,7 +17,8 @@ Hamiltonian VAE with 3 leapfrog steps, eps from 0.01 and beta_0 from 0.3, both l
 RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
 decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
 The hyperspherical VAE (svae) at vaelab's defaults, Pythae's SVAE beside it (its gradient without
-the paper's g_cor term).
+the paper's g_cor term). The Poincaré VAE (pvae) at vaelab's defaults, Pythae's PoincareVAE beside it
+(wrapped normal posterior and prior, c = 1, the same head and decoder).
 
 Reported per family: test loss (the family's own objective), NLL (k importance samples,
 where a density exists), MSE and SSIM of reconstructions, FCD of 10,000 samples from the
@@ -101,8 +102,8 @@ FAMILIES: dict[str, list[str]] = {
     # The hyperspherical VAE (vaelab.models.svae): codes on S^15, a vMF posterior, the uniform prior
     "svae": [*MLP, "model.kind=svae"],
     # The Poincaré VAE (vaelab.models.poincare): codes in the 16-d ball of curvature -1 (the authors' --c
-    # default), wrapped normal posterior and prior (sigma 1), the decoder reading the ball's coordinates; no
-    # Pythae counterpart (Pythae has none)
+    # default), wrapped normal posterior and prior (sigma 1), the decoder reading the ball's coordinates; Pythae's
+    # PoincareVAE (wrapped_normal prior and posterior, curvature 1) beside it (bench/peers/PYTHAE.md)
     "pvae": [*MLP, "model.kind=pvae"],
 }
 DATA = {"mnist": [], "fashion-mnist": ["data.name=fashion-mnist"]}

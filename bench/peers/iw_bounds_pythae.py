@@ -6,18 +6,22 @@ encoder's and the decoder's weights are compared (Pythae's losses are self-norma
 surrogates with the bounds' gradients but not their values, bench/peers/PYTHAE.md; vaelab's
 are the bounds themselves, so only the gradients can agree). PIWAE: Pythae's ``encoder_loss``
 against vaelab's ``loss_encoder`` on the encoder, ``decoder_loss`` against ``loss`` on the
-decoder. Run with vaelab's venv, Pythae imported from its own venv's site-packages (appended,
-so vaelab's torch and the rest come first):
+decoder; and what Pythae's CoupledOptimizerTrainer (which its pipeline requires for PIWAE)
+steps the encoder on: the sum of both losses' gradients, not ``encoder_loss``'s alone. Run with
+vaelab's venv, Pythae imported from its own venv's site-packages (appended, so vaelab's torch and
+the rest come first):
 
     python bench/peers/iw_bounds_pythae.py --pythae-site /work/peers-venv/lib/python3.11/site-packages
 
-Prints the largest relative difference per objective and network; exits 1 above 1e-4.
+Prints the largest relative difference per objective and network; exits 1 above 1e-4 (or when
+Pythae's trainer steps PIWAE's encoder otherwise than found).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -34,6 +38,7 @@ if ARGS.pythae_site:
 from pythae.models import CIWAE, MIWAE, PIWAE, CIWAEConfig, MIWAEConfig, PIWAEConfig
 from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn import BaseDecoder, BaseEncoder
+from pythae.trainers import CoupledOptimizerTrainer
 
 M, K, B, D, SHAPE = 3, 4, 5, 3, (1, 6, 6)
 TOL = 1e-4
@@ -66,8 +71,11 @@ def rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def compare(kind: str, pythae_cls, pythae_cfg, eps_shape, to_vaelab, pairs, opts) -> list[float]:
-    """``pairs``: (vaelab part, Pythae output key, network) to compare; ``opts``: vaelab's options."""
+def compare(kind: str, pythae_cls, pythae_cfg, eps_shape, to_vaelab, pairs, opts, trainer=False) -> list[float]:
+    """``pairs``: (vaelab part, Pythae output key, network) to compare; ``opts``: vaelab's options.
+    ``trainer``: also run Pythae's CoupledOptimizerTrainer step (its two optimisers over these
+    networks' parameters) and return the encoder's gradient against ``encoder_loss``'s alone and
+    against that of ``encoder_loss + decoder_loss``."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind=kind, arch="mlp", input_shape=list(SHAPE), latent_dim=D,
                                     output_activation="sigmoid", options={kind: opts, "mlp": {"hidden": [16]}}))
@@ -90,6 +98,17 @@ def compare(kind: str, pythae_cls, pythae_cfg, eps_shape, to_vaelab, pairs, opts
         r = rel(grads(out_v[part].mean(), params), grads(out_p[key], params))
         print(f"{kind:6s} {part:13s} vs Pythae {key:13s} on the {net:8s}: max relative difference {r:.2e}")
         found.append(r)
+    if trainer:  # its step: zero the encoder's grads, backward encoder_loss, zero the decoder's, backward
+        # decoder_loss (through the encoder too), step both
+        g_enc, g_dec = grads(out_p["encoder_loss"], enc), grads(out_p["decoder_loss"], enc)
+        stub = SimpleNamespace(encoder_optimizer=torch.optim.SGD(enc, lr=0.0),
+                               decoder_optimizer=torch.optim.SGD(dec, lr=0.0))
+        CoupledOptimizerTrainer._optimizers_step(stub, out_p)
+        stepped = torch.cat([q.grad.flatten() for q in enc])
+        alone, both = rel(stepped, g_enc), rel(stepped, g_enc + g_dec)
+        print(f"{kind:6s} Pythae's CoupledOptimizerTrainer steps the encoder on: encoder_loss alone "
+              f"(max relative difference {alone:.2e}), encoder_loss + decoder_loss ({both:.2e})")
+        return found, alone, both
     return found
 
 
@@ -107,14 +126,17 @@ def main() -> None:
     print(f"... and against vaelab's MIWAE(m={K}, k={M}), M and K swapped:")
     diffs = compare("miwae", MIWAE, miwae_cfg, (B, M, K, D), swapped,
                     [("loss", "loss", "encoder"), ("loss", "loss", "decoder")], {"m": K, "k": M})
-    diffs += compare("piwae", PIWAE, piwae_cfg, (B, M, K, D), swapped,
-                     [("loss_encoder", "encoder_loss", "encoder"), ("loss", "decoder_loss", "decoder")],
-                     {"m": K, "k": M})
+    found, alone, both = compare("piwae", PIWAE, piwae_cfg, (B, M, K, D), swapped,
+                                 [("loss_encoder", "encoder_loss", "encoder"), ("loss", "decoder_loss", "decoder")],
+                                 {"m": K, "k": M}, trainer=True)
+    diffs += found
     diffs += compare("ciwae", CIWAE, CIWAEConfig(**common, number_samples=K, beta=0.3),
                      (B, K, D), lambda e: e.permute(1, 0, 2),
                      [("loss", "loss", "encoder"), ("loss", "loss", "decoder")], {"k": K, "beta": 0.3})
     if max(differs) <= TOL:
         sys.exit("Pythae's MIWAE(M, K) now agrees with vaelab's MIWAE(M, K): update this script and PYTHAE.md")
+    if both > TOL or alone <= TOL:
+        sys.exit("Pythae's trainer no longer steps PIWAE's encoder on both losses: update this script and PYTHAE.md")
     if max(diffs) > TOL:
         sys.exit(f"gradients differ from Pythae's by up to {max(diffs):.2e} (tolerance {TOL})")
     print(f"all gradients agree with Pythae's within {TOL}")

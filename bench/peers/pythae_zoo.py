@@ -18,7 +18,9 @@ reconstructs the test set. Per family, under ``OUT/<family>/``:
                              Pythae's per-epoch train/eval losses, the final model's loss
                              parts on the test set, parameter counts, configs, errors
     samples_prior.npz        images uint8 (N, 1, 28, 28): NormalSampler / VAMPSampler /
-                             PixelCNNSampler (vqvae) / HypersphereUniformSampler (svae); for rae-l2 / rae-gp (no prior)
+                             PixelCNNSampler (vqvae) / HypersphereUniformSampler (svae) /
+                             PoincareDiskSampler (pvae: its wrapped normal prior on the ball;
+                             result.json records the codes' largest norm); for rae-l2 / rae-gp (no prior)
                              Pythae's NormalSampler draws N(0, I) all the same
     samples_gmm.npz          images: GaussianMixtureSampler (10 components) fit on the
                              training codes (Pythae's sampler cannot take vqvae's
@@ -47,6 +49,10 @@ Architectures (fixed, layer for layer reproducible; PyTorch default initialisati
   (Pythae's SVAE normalises the direction, kappa = softplus + 1); its reconstructions decode
   the normalised direction (Pythae's predict would decode the raw head, off the sphere); its
   GaussianMixtureSampler is fit on the raw head's codes, as Pythae does.
+  pvae: the same body, the mean head mapped into the ball by exp_0 and the scale head
+  softplus + 1e-5 (vaelab's pvae head; Pythae's PoincareVAE reads it as log_covariance = 2 log
+  scale); the decoder reads the ball's coordinates. miwae, piwae, ciwae: the MLP body; piwae
+  trains with Pythae's CoupledOptimizerTrainer (an encoder and a decoder Adam, --lr each).
   vqvae: encoder Conv2d(1, 32, 4, 2, 1) - ReLU - Conv2d(32, 64, 4, 2, 1) - ReLU -
   Conv2d(64, D, 1) -> (B, D, 7, 7); decoder Conv2d(D, 64, 1) - ReLU -
   ConvTranspose2d(64, 32, 4, 2, 1) - ReLU - ConvTranspose2d(32, 1, 4, 2, 1) - Sigmoid;
@@ -65,13 +71,16 @@ T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
                 "vae-planar", "vae-radial", "vae-iaf", "hamiltonian-vae", "svae",
-                "rae-l2", "rae-gp"]
+                "rae-l2", "rae-gp", "miwae", "piwae", "ciwae", "pvae"]
 DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
 LOGIT_DECODER = ("hamiltonian-vae",)  # Pythae models whose "bce" reads the decoder's output as logits
 NEEDS_GRAD = ("hamiltonian-vae",)  # Pythae models whose forward takes gradients (HVAE: the leapfrog's)
+# PoincareVAE's posterior scale floor (the authors' Constants.eta, vaelab's models.poincare.MIN_SCALE) and the
+# margin its encoder keeps inside the ball (vaelab's ball_project: float32's spacing)
+PVAE_MIN_SCALE, BALL_MARGIN = 1e-5, 2.0 ** -23
 IMQ_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # Pythae's default kernel scales
 
 
@@ -156,6 +165,20 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
         # The hyperspherical VAE: kappa = softplus + 1, as vaelab's model.vmf.kappa_floor; Pythae's
         # gradient is g_rep only (vaelab adds g_cor: model.vmf.correction=false matches Pythae).
         "svae": ("SVAE", "SVAEConfig", {"reconstruction_loss": "bce"}),
+        # Rainforth et al. 2018 at Pythae's config defaults, as vaelab's zoo rows. Pythae's MIWAE and PIWAE
+        # normalise over the M axis: MIWAE(5, 10) is 10 groups of 5 draws (PYTHAE.md). PIWAE trains with
+        # Pythae's CoupledOptimizerTrainer (its pipeline requires it): an encoder and a decoder Adam.
+        "miwae": ("MIWAE", "MIWAEConfig", {"reconstruction_loss": "bce", "number_gradient_estimates": 5,
+                                          "number_samples": 10}),
+        "piwae": ("PIWAE", "PIWAEConfig", {"reconstruction_loss": "bce", "number_gradient_estimates": 5,
+                                          "number_samples": 10}),
+        "ciwae": ("CIWAE", "CIWAEConfig", {"reconstruction_loss": "bce", "number_samples": 10, "beta": 0.5}),
+        # The Poincaré VAE, as vaelab's pvae: wrapped normal posterior and prior (Pythae's prior scale is 1, fixed:
+        # vaelab's model.wrapped-normal-prior.sigma), ball of curvature -1 (Pythae's and vaelab's c = 1).
+        "pvae": ("PoincareVAE", "PoincareVAEConfig", {
+            "reconstruction_loss": "bce",  # Pythae's default "mse"
+            "prior_distribution": "wrapped_normal", "posterior_distribution": "wrapped_normal", "curvature": 1.0,
+        }),
     }
 
 
@@ -242,10 +265,11 @@ import pythae.models as pm  # noqa: E402
 from pythae.data.datasets import DatasetOutput  # noqa: E402
 from pythae.models.base.base_utils import ModelOutput  # noqa: E402
 from pythae.models.nn import BaseDecoder, BaseEncoder  # noqa: E402
+from pythae.models.pvae.pvae_utils import PoincareBall  # noqa: E402
 from pythae.pipelines import TrainingPipeline  # noqa: E402
 from pythae.samplers import (  # noqa: E402
     GaussianMixtureSampler, GaussianMixtureSamplerConfig, HypersphereUniformSampler, NormalSampler, PixelCNNSampler,
-    PixelCNNSamplerConfig, VAMPSampler,
+    PixelCNNSamplerConfig, PoincareDiskSampler, VAMPSampler,
 )
 from pythae.trainers import (  # noqa: E402
     AdversarialTrainerConfig,
@@ -377,6 +401,28 @@ class SphereMLPEncoder(MLPEncoder):
         return ModelOutput(embedding=self.fc_mu(h), log_concentration=self.fc_kappa(h))
 
 
+class BallMLPEncoder(MLPEncoder):
+    """MLPEncoder's body for Pythae's PoincareVAE, with vaelab's wrapped-normal head: the mean exp_0(W h + b),
+    in the ball (as Pythae's MNIST reproduction encoder and the authors' EncWrapped; kept BALL_MARGIN
+    inside as vaelab's ball_project, which acts only where tanh rounds to 1), and the scale
+    sigma = softplus(w h + b) + 1e-5 per dimension, handed to Pythae as log_covariance = 2 log sigma
+    (PoincareVAE takes std = exp(log_covariance / 2))."""
+
+    def __init__(self, latent_dim: int, curvature: float):
+        super().__init__(latent_dim, variational=False)
+        self.fc_scale = nn.Linear(400, latent_dim)
+        self.manifold = PoincareBall(dim=latent_dim, c=curvature)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
+        c = self.manifold.c
+        mu = self.manifold.expmap0(self.fc_mu(h))
+        norm, limit = mu.norm(dim=-1, keepdim=True), (1 - BALL_MARGIN) / c ** 0.5
+        mu = torch.where(norm > limit, mu / norm * limit, mu)
+        sigma = F.softplus(self.fc_scale(h)) + PVAE_MIN_SCALE
+        return ModelOutput(embedding=mu, log_covariance=2 * torch.log(sigma))
+
+
 class MLPDecoder(BaseDecoder):
     """Linear(latent, 400) - ReLU - Linear(400, 784) - Sigmoid, shaped (B, 1, 28, 28).
     ``logits``: without the sigmoid (Pythae's HVAE trains on logits); set it to False after
@@ -428,6 +474,8 @@ ARCH_TEXT = {
            "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
     "mlp-logits": "encoder Linear(784,400)-ReLU-[Linear(400,L) mean, Linear(400,L) log-variance]; "
                   "decoder Linear(L,400)-ReLU-Linear(400,784) (logits in training; the sigmoid for images)",
+    "mlp-ball": "encoder Linear(784,400)-ReLU-[exp_0(Linear(400,L)) mean in the ball, softplus(Linear(400,L)) + 1e-5 "
+                "scale]; decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid on the ball's coordinates",
     "mlp-deterministic": "encoder Linear(784,400)-ReLU-Linear(400,L); "
                          "decoder Linear(L,400)-ReLU-Linear(400,784)-Sigmoid",
     "conv": "encoder Conv2d(1,32,4,2,1)-ReLU-Conv2d(32,64,4,2,1)-ReLU-Conv2d(64,D,1) -> (D,7,7); "
@@ -480,12 +528,14 @@ def build_model(family: str, args):
         config = config_cls(input_dim=(1, 28, 28), latent_dim=args.latent_dim, **fields)
         variational = family not in DETERMINISTIC
         encoder = (SphereMLPEncoder(args.latent_dim) if family == "svae"
+                   else BallMLPEncoder(args.latent_dim, config.curvature) if family == "pvae"
                    else MLPEncoder(args.latent_dim, variational=variational))
         logits = family in LOGIT_DECODER
         if logits:  # its "bce" is torch's Bernoulli(logits).log_prob, which validates x as 0/1: the grey
             torch.distributions.Distribution.set_default_validate_args(False)  # levels, as every other "bce"
         decoder = MLPDecoder(args.latent_dim, logits=logits)
-        arch = "mlp-logits" if logits else "mlp" if variational else "mlp-deterministic"
+        arch = ("mlp-logits" if logits else "mlp-ball" if family == "pvae" else "mlp" if variational
+                else "mlp-deterministic")
     model = getattr(pm, model_name)(config, encoder=encoder, decoder=decoder)
     return model, config, arch
 
@@ -589,6 +639,11 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
             train_config = AdversarialTrainerConfig(
                 **common, autoencoder_optimizer_cls="Adam", autoencoder_learning_rate=args.lr,
                 discriminator_optimizer_cls="Adam", discriminator_learning_rate=args.lr)
+        elif family == "piwae":  # Pythae's pipeline requires its CoupledOptimizerTrainer (as its reproduction
+            # script trains it): an encoder Adam and a decoder Adam, one rate
+            train_config = CoupledOptimizerTrainerConfig(
+                **common, encoder_optimizer_cls="Adam", encoder_learning_rate=args.lr,
+                decoder_optimizer_cls="Adam", decoder_learning_rate=args.lr)
         elif family == "rae-l2":  # Pythae's pipeline requires its CoupledOptimizerTrainer and sets the
             # decoder's weight decay to the config's reg_weight; the encoder has none
             train_config = CoupledOptimizerTrainerConfig(
@@ -642,6 +697,8 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
                 sampler, kind = VAMPSampler(model), "VAMPSampler"
             elif family == "svae":
                 sampler, kind = HypersphereUniformSampler(model), "HypersphereUniformSampler"
+            elif family == "pvae":  # the model's own wrapped normal prior on the ball
+                sampler, kind = PoincareDiskSampler(model), "PoincareDiskSampler"
             elif family == "vqvae":
                 pcfg = PixelCNNSamplerConfig(n_layers=args.pixelcnn_layers, kernel_size=args.pixelcnn_kernel)
                 sampler, kind = PixelCNNSampler(model, pcfg), "PixelCNNSampler"
@@ -663,6 +720,11 @@ def run_family(family: str, args, train_x, test_x, data_root, out_root: Path) ->
             res["timings"]["prior_sample_seconds"] = round(time.perf_counter() - t_s, 3)
             np.savez_compressed(fam_dir / "samples_prior.npz", images=imgs)
             res["samples_prior"] = {"sampler": kind, "n": int(len(imgs))}
+            if family == "pvae":  # where the prior's codes lie: inside the ball of radius 1/sqrt(c)
+                codes = sampler.gen_distribution.rsample(torch.Size([args.n_samples])).reshape(args.n_samples, -1)
+                res["samples_prior"].update(ball_radius=model.latent_manifold.c ** -0.5,
+                                            code_norm_max=float(codes.norm(dim=-1).max()),
+                                            code_norm_mean=float(codes.norm(dim=-1).mean()))
         except Exception as e:  # noqa: BLE001 - record and go on to the next sampler
             res["errors"]["samples_prior"] = f"{type(e).__name__}: {e}"
             res["errors"]["samples_prior_traceback"] = traceback.format_exc()

@@ -32,8 +32,8 @@ takes Gaussian posteriors only); the prior needs
 a posterior on the ball (``requires`` the capability ``hyperbolic``). tcvae and hamiltonian need a
 diagonal Gaussian posterior and are refused by their own ``requires``.
 
-Pythae has no Poincaré VAE (clementchadebec/benchmark_VAE has the S-VAE, not this one), so there
-is no Pythae side. Where this follows the authors' code and where it differs: their maps come
+Pythae 0.1.2 has one (``PoincareVAE``, from the authors' code; bench/peers/PYTHAE.md sets it beside
+this, the same head and decoder). Where this follows the authors' code and where it differs: their maps come
 from geoopt in float32 with a projection 4e-3 inside the boundary; here the few maps are by hand
 (``vaelab.distributions``, ``ball_*``), in float64, the boundary kept at float32's spacing.
 
