@@ -104,3 +104,17 @@ def test_iw_images_with_no_eval_is_refused(tmp_path, shapes_npz, capsys):
                             "--set", "data.name=npz", "--set", f"data.path={shapes_npz}")
     assert "--no-eval" in assert_one_line_error(rc, out, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_iw_images_where_no_nll_iw_is_estimated_is_refused(tmp_path, shapes_npz, capsys, trained_run):
+    """No option ignored: --iw-images on a model without a density, or beside --iw-samples 0."""
+    data = ["--set", "data.name=npz", "--set", f"data.path={shapes_npz}"]
+    rc, out, err = run_main(capsys, "train", "--preset", "mlp-ae", "--out", tmp_path / "ae", "--iw-images", "50",
+                            *data)
+    assert "--iw-images sets nll_iw, and the ae model has no density" in assert_one_line_error(rc, out, err)
+    rc, out, err = run_main(capsys, "train", "--preset", "mlp-vae", "--out", tmp_path / "v", "--iw-images", "50",
+                            "--iw-samples", "0", *data)
+    assert "--iw-samples 0 skips nll_iw" in assert_one_line_error(rc, out, err)
+    assert not (tmp_path / "ae").exists() and not (tmp_path / "v").exists()
+    rc, out, err = run_main(capsys, "eval", trained_run.run_dir, "--iw-images", "50", "--iw-samples", "0")
+    assert "--iw-samples 0 skips nll_iw" in assert_one_line_error(rc, out, err)

@@ -41,7 +41,8 @@ def test_every_train_flag_maps_to_a_config_field():
         assert flag in params, f"--{flag} is in COMMON_FLAGS but not an option of train"
         assert name in sections[section], f"--{flag} maps to {section}.{name}, which is no config field"
     # the train options that are not config fields are handled by the command itself
-    own = {"preset", "config_file", "overrides", "out", "resume", "overwrite", "iw_samples", "no_eval", "classes",
+    own = {"preset", "config_file", "overrides", "out", "resume", "overwrite", "iw_samples", "iw_images", "no_eval",
+           "classes",
            "nproc", "log_to", "tracking_uri", "experiment"}  # the loggers: callbacks, not config
     assert params - set(COMMON_FLAGS) == own
 
