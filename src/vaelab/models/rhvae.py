@@ -192,7 +192,11 @@ class MetricAt:
         self.metric, self.z = metric, z
         self.w = metric.weights(z)
         self.inv = metric.inverse(z, self.w)
-        self.chol = torch.linalg.cholesky(self.inv)  # C C^T = G^{-1}
+        # C C^T = G^{-1}. It is positive definite wherever z is finite; a flow whose fixed-point
+        # iterations diverged (eps_lf too large for the metric) gets NaNs, which the trainer's check
+        # reports, not a linear-algebra error in the middle of a batch.
+        chol, info = torch.linalg.cholesky_ex(self.inv)
+        self.chol = torch.where((info > 0)[..., None, None], torch.nan, chol)
         self._trace_term: torch.Tensor | None = None
 
     def log_det_g(self) -> torch.Tensor:
