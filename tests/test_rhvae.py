@@ -20,7 +20,12 @@ from vaelab.distributions import log_mean_exp
 from vaelab.errors import ConfigError
 from vaelab.models import MODELS, build_model
 from vaelab.models.hamiltonian import leapfrog_flow, potential_grad
-from vaelab.models.rhvae import Metric, generalized_leapfrog, momentum_half_step, position_step
+from vaelab.models.rhvae import (
+    Metric,
+    generalized_leapfrog,
+    momentum_half_step,
+    position_step,
+)
 from vaelab.training import checkpoint
 from vaelab.training.loop import fit
 
@@ -166,7 +171,7 @@ def test_a_constant_metric_is_the_ordinary_leapfrog_of_the_hamiltonian_vae():
     v0 = torch.tensor([[0.3, 1.0, -0.4], [2.0, -1.0, 0.5]], dtype=F64) / math.sqrt(lam)
     for beta0 in (0.3, 1.0):
         b = torch.tensor(beta0, dtype=F64)
-        zk, vk, atk, _ = generalized_leapfrog(z0, v0, quartic, metric, eps, 4, b, 3)
+        zk, vk, _, _ = generalized_leapfrog(z0, v0, quartic, metric, eps, 4, b, 3)
         zh, rh, _ = leapfrog_flow(z0, math.sqrt(lam) * v0, quartic, torch.full((3,), eps * math.sqrt(lam),
                                                                                   dtype=F64), 4, b)
         torch.testing.assert_close(zk, zh, rtol=1e-12, atol=1e-12)
@@ -381,6 +386,7 @@ def test_eval_and_tools_on_a_one_epoch_run(tiny_config, tmp_path, capsys):
     fit(tiny_config(*SMALL, "train.epochs=1", "data.val=0.25"), run_dir, log=quiet)
     rc, out, err = run_main(capsys, "eval", run_dir, "--iw-samples", "20", "--seed", "0")
     assert rc == 0, err
+    assert all(f"\n  {k} " in out for k in ("recon", "kl", "nll_iw"))
     ev = json.loads((run_dir / "eval.json").read_text())
     for k in ("loss", "recon", "kl", "nll_iw", "mse", "active_units"):
         assert math.isfinite(ev[k]), k
