@@ -122,6 +122,21 @@ def test_the_kinetic_energys_closed_form_gradient_is_autograds():
     assert got.abs().min() > 1e-6  # the metric's gradient is not trivially zero here
 
 
+def test_the_metric_keeps_the_codes_precision_under_mixed_precision():
+    """Under bf16 autocast (train.precision=mixed on CPU) the metric's products stay fp32."""
+    c, f, t, lam = random_metric(6, 3, seed=12)
+    metric = Metric(c.float(), f.float(), t, lam)
+    z = torch.randn(4, 3, generator=gen(13))
+    v = torch.randn(4, 3, generator=gen(14))
+    plain = metric.at(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = Metric(c.float(), f.float(), t, lam).at(z)
+        out = [mixed.inv, mixed.chol, mixed.grad_kinetic(v), mixed.draw(v), metric.inverse_times(z, v)]
+    want = [plain.inv, plain.chol, plain.grad_kinetic(v), plain.draw(v), metric.inverse_times(z, v)]
+    for a, b in zip(out, want):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------- the integrator
 def quartic(z):  # U = sum z^4 / 4 + z_0 z_1 (B, 2 or 3): a non-quadratic potential
     extra = torch.zeros_like(z)

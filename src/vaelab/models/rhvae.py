@@ -97,6 +97,7 @@ training batches):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,19 @@ def check(cfg) -> None:
 
 
 # ------------------------------------------------------------------------------ the metric
+def _exact(fn: Callable) -> Callable:
+    """The metric's arithmetic in the codes' precision: outside autocast (fp32 under mixed
+    precision, where products of matrices would run in bf16), as the flow's other arithmetic."""
+
+    @functools.wraps(fn)
+    def run(self, *args):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device
+        with torch.autocast(device.type, enabled=False):
+            return fn(self, *args)
+
+    return run
+
+
 class Metric:
     """G^{-1}(z) = sum_i L_i L_i^T exp(-|z - c_i|^2 / T^2) + lambda I for centroids (N, D) and
     lower-triangular factors (N, D, D) (N may be 0: G^{-1} = lambda I)."""
@@ -165,20 +179,28 @@ class Metric:
     def __init__(self, centroids: torch.Tensor, factors: torch.Tensor, temperature: float, regularization: float):
         self.c = centroids
         self.dim = centroids.shape[-1]
-        self.m = (factors @ factors.mT).flatten(1)  # M_i = L_i L_i^T, (N, D * D)
+        with torch.autocast(factors.device.type, enabled=False):
+            self.m = (factors @ factors.mT).flatten(1)  # M_i = L_i L_i^T, (N, D * D)
         self.t2 = temperature ** 2
         self.lam = regularization
 
+    @_exact
     def weights(self, z: torch.Tensor) -> torch.Tensor:
         """w_i(z) = exp(-|z - c_i|^2 / T^2), (B, N)."""
         d2 = z.square().sum(-1, keepdim=True) - 2 * z @ self.c.T + self.c.square().sum(-1)
         return torch.exp(-d2.clamp_min(0) / self.t2)
 
+    @_exact
     def inverse(self, z: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """G^{-1}(z), (B, D, D)."""
         w = self.weights(z) if w is None else w
         eye = torch.eye(self.dim, dtype=z.dtype, device=z.device)
         return (w @ self.m).view(-1, self.dim, self.dim) + self.lam * eye
+
+    @_exact
+    def inverse_times(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """G^{-1}(z) v, (B, D)."""
+        return (self.inverse(z) @ v.unsqueeze(-1)).squeeze(-1)
 
     def at(self, z: torch.Tensor) -> MetricAt:
         return MetricAt(self, z)
@@ -188,6 +210,7 @@ class MetricAt:
     """The metric at codes z (B, D): G^{-1}, its Cholesky factor, and the kinetic energy's
     terms and their gradients in z."""
 
+    @_exact
     def __init__(self, metric: Metric, z: torch.Tensor):
         self.metric, self.z = metric, z
         self.w = metric.weights(z)
@@ -203,10 +226,12 @@ class MetricAt:
         """log det G(z) = -log det G^{-1}(z), (B,)."""
         return -2 * self.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
+    @_exact
     def inv_times(self, v: torch.Tensor) -> torch.Tensor:
         """G^{-1}(z) v, (B, D)."""
         return (self.inv @ v.unsqueeze(-1)).squeeze(-1)
 
+    @_exact
     def draw(self, noise: torch.Tensor) -> torch.Tensor:
         """C^{-T} noise: standard-normal noise (B, D) made a draw of N(0, G(z))."""
         return torch.linalg.solve_triangular(self.chol.mT, noise.unsqueeze(-1), upper=True).squeeze(-1)
@@ -223,6 +248,7 @@ class MetricAt:
         """1/T^2 sum_i a_i (z - c_i) for coefficients a (B, N)."""
         return (self.z * a.sum(-1, keepdim=True) - a @ self.metric.c) / self.metric.t2
 
+    @_exact
     def grad_kinetic(self, v: torch.Tensor) -> torch.Tensor:
         """grad_z [1/2 log det G(z) + 1/2 v^T G^{-1}(z) v] = 1/T^2 sum_i w_i (tr(G M_i) - v^T M_i v) (z - c_i),
         (B, D): the part of grad_z H(z, v) beside grad U(z)."""
@@ -248,7 +274,7 @@ def position_step(z: torch.Tensor, v: torch.Tensor, at: MetricAt, metric: Metric
     start = at.inv_times(v)
     out = z
     for _ in range(steps):
-        out = z + eps / 2 * (start + (metric.inverse(out) @ v.unsqueeze(-1)).squeeze(-1))
+        out = z + eps / 2 * (start + metric.inverse_times(out, v))
     return out
 
 
