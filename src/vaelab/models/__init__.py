@@ -74,6 +74,8 @@ MODELS: dict[str, Family] = {
                      "(Ghosh et al. 2020); sampled by a density fit on its codes", "point", "none", "rae-gp"),
     "hamiltonian-vae": Family("Hamiltonian VAE: q(z|x)'s draws flowed by tempered leapfrog steps of log p(x, z) "
                               "(Caterini et al. 2018; not hvae)", "gaussian", "normal", "hamiltonian"),
+    "rhvae": Family("Riemannian Hamiltonian VAE: the Hamiltonian VAE's flow with a learned latent metric G(z) "
+                    "(Chadebec et al. 2020)", "gaussian", "normal", "rhvae"),
     "svae": Family("hyperspherical VAE: a von Mises-Fisher posterior, the uniform prior on the sphere "
                    "(Davidson et al. 2018)", "vmf", "spherical-uniform", "elbo"),
     "pvae": Family("Poincaré VAE: a wrapped normal posterior and prior in the Poincaré ball of curvature -c "

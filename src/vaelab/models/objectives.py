@@ -39,6 +39,8 @@ what an objective ``requires`` can be trained with it, and a sweep can grid over
   + lambda times the decoder's squared weights or its gradient penalty (``vaelab.models.rae``).
 - ``hamiltonian``: the Hamiltonian VAE (Caterini et al. 2018): the ELBO of q(z|x)'s draws
   moved by tempered leapfrog steps along the gradient of log p(x, z) (``vaelab.models.hamiltonian``).
+- ``rhvae``: the Riemannian Hamiltonian VAE (Chadebec et al. 2020): the same with a learned latent
+  metric G(z) and generalised leapfrog steps (``vaelab.models.rhvae``).
 - ``vq``: VQ-VAE (van den Oord et al. 2017): recon through the quantised code, plus the
   codebook term |sg(z_e) - e|^2 (unless the codebook follows an EMA) and the commitment
   term beta |z_e - sg(e)|^2, summed over the code's elements.
@@ -65,6 +67,7 @@ from vaelab.models.factorvae import FACTORVAE
 from vaelab.models.hamiltonian import HAMILTONIAN
 from vaelab.models.iw_bounds import IW_OBJECTIVES
 from vaelab.models.rae import OBJECTIVES as RAE_OBJECTIVES
+from vaelab.models.rhvae import RHVAE
 from vaelab.models.vaegan import OBJECTIVE as VAEGAN
 
 
@@ -272,6 +275,7 @@ OBJECTIVES: dict[str, Objective] = {
     "vaegan": VAEGAN,
     **RAE_OBJECTIVES,  # rae-l2, rae-gp (Ghosh et al. 2020): vaelab.models.rae
     "hamiltonian": HAMILTONIAN,
+    "rhvae": RHVAE,
 }
 
 __all__ = ["OBJECTIVES", "ElboOptions", "InfovaeOptions", "IwaeOptions", "MmdOptions", "Objective", "OptimStep",
