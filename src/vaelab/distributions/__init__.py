@@ -35,6 +35,7 @@ from vaelab.distributions.ball import (
     ball_transport,
     conformal_factor,
     gyration,
+    gyroplane_distance,
     mobius_add,
 )
 from vaelab.distributions.base import (
@@ -92,6 +93,7 @@ __all__ = [
     "cat",
     "conformal_factor",
     "gyration",
+    "gyroplane_distance",
     "importance_weights",
     "kl_divergence",
     "kl_per_dim",

@@ -1,7 +1,7 @@
 """The Poincaré ball: its maps (``mobius_add``, ``conformal_factor``, ``ball_expmap0``,
 ``ball_logmap0``, ``ball_expmap``, ``ball_logmap``, ``ball_distance``, ``gyration``,
-``ball_transport``, ``ball_project``) and the wrapped normal on it (``WrappedNormal``, the
-Poincaré VAE's posterior)."""
+``ball_transport``, ``ball_project``, ``gyroplane_distance``) and the wrapped normal on it
+(``WrappedNormal``, the Poincaré VAE's posterior)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,14 @@ from vaelab.distributions.base import Distribution, _shape, log_normal
 # pvae/manifolds/poincareball.py): each is a line of torch, and geoopt (a dependency of its own,
 # its last release mid-2025) would add nothing here but its float32 projection eps of 4e-3. Every
 # map broadcasts over leading dimensions, points and tangent vectors in the last one; callers
-# that need the digits (``WrappedNormal``) run them in float64.
+# that need the digits (``WrappedNormal``) run them in float64. c is a number or a 0-d float64
+# tensor: torch.onnx writes a Python number into its graph rounded to float32 (c = 0.7 becomes
+# 0.699999988, which moves the boundary), a float64 tensor as it is (the P-VAE's decoders pass one).
 _MIN_NORM = 1e-15
+
+
+def _sqrt(c: float | torch.Tensor) -> float | torch.Tensor:
+    return c.sqrt() if isinstance(c, torch.Tensor) else math.sqrt(c)
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +37,7 @@ def ball_project(x: torch.Tensor, c: float, eps: float | None = None) -> torch.T
     """x pulled inside the ball: |x| <= (1 - eps) / sqrt(c) (eps: the float32 spacing by default,
     so a point rounded onto the boundary keeps a finite distance to the origin)."""
     eps = torch.finfo(torch.float32).eps if eps is None else eps
-    limit = (1 - eps) / math.sqrt(c)
+    limit = (1 - eps) / _sqrt(c)
     n = _norm(x)
     return torch.where(n > limit, x / n * limit, x)
 
@@ -50,34 +56,50 @@ def conformal_factor(x: torch.Tensor, c: float) -> torch.Tensor:
 
 def ball_expmap0(u: torch.Tensor, c: float) -> torch.Tensor:
     """exp_0(u) = tanh(sqrt(c) |u|) u / (sqrt(c) |u|)."""
-    sc, n = math.sqrt(c), _norm(u)
+    sc, n = _sqrt(c), _norm(u)
     return torch.tanh(sc * n) * u / (sc * n)
+
+
+def _artanh(x: torch.Tensor) -> torch.Tensor:
+    # artanh(x) = log1p(2x / (1 - x)) / 2 for 0 <= x < 1: torch.atanh's digits, and onnxruntime
+    # has no float64 Atanh kernel (the P-VAE's ONNX graphs run the log maps: the wrapped decoder,
+    # a conditional model's scorer through log q). The floor keeps it finite at x = 1, where the
+    # callers' clamp_max(1 - 1e-15) lands in an ONNX graph (1 - 1e-15 rounded to float32 is 1).
+    return 0.5 * torch.log1p(2 * x / (1 - x).clamp_min(1e-16))
+
+
+def _arsinh(x: torch.Tensor) -> torch.Tensor:
+    # arsinh(x) = sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))), for the same reason (no float64
+    # Asinh kernel in onnxruntime); odd by construction, so no cancellation for x << 0. Its
+    # gradient at exactly x = 0 is 0 (that of |x|), as a ReLU's at 0, not 1.
+    ax = x.abs()
+    return torch.sign(x) * torch.log1p(ax + ax * ax / (1 + torch.sqrt(1 + ax * ax)))
 
 
 def ball_logmap0(y: torch.Tensor, c: float) -> torch.Tensor:
     """log_0(y) = artanh(sqrt(c) |y|) y / (sqrt(c) |y|), the inverse of ``ball_expmap0``."""
-    sc, n = math.sqrt(c), _norm(y)
-    return torch.atanh((sc * n).clamp_max(1 - 1e-15)) * y / (sc * n)
+    sc, n = _sqrt(c), _norm(y)
+    return _artanh((sc * n).clamp_max(1 - 1e-15)) * y / (sc * n)
 
 
 def ball_expmap(x: torch.Tensor, u: torch.Tensor, c: float) -> torch.Tensor:
     """exp_x(u) = x (+) (tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c) |u|))."""
-    sc, n = math.sqrt(c), _norm(u)
+    sc, n = _sqrt(c), _norm(u)
     return mobius_add(x, torch.tanh(sc * conformal_factor(x, c) * n / 2) * u / (sc * n), c)
 
 
 def ball_logmap(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     """log_x(y) = 2 / (sqrt(c) lambda_x) artanh(sqrt(c) |w|) w / |w|, w = (-x) (+) y."""
-    sc = math.sqrt(c)
+    sc = _sqrt(c)
     w = mobius_add(-x, y, c)
     n = _norm(w)
-    return 2 / (sc * conformal_factor(x, c)) * torch.atanh((sc * n).clamp_max(1 - 1e-15)) * w / n
+    return 2 / (sc * conformal_factor(x, c)) * _artanh((sc * n).clamp_max(1 - 1e-15)) * w / n
 
 
 def ball_distance(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     """d_c(x, y) = 2 / sqrt(c) artanh(sqrt(c) |(-x) (+) y|) (...,)."""
-    sc = math.sqrt(c)
-    return 2 / sc * torch.atanh((sc * _norm(mobius_add(-x, y, c))).clamp_max(1 - 1e-15)).squeeze(-1)
+    sc = _sqrt(c)
+    return 2 / sc * _artanh((sc * _norm(mobius_add(-x, y, c))).clamp_max(1 - 1e-15)).squeeze(-1)
 
 
 def gyration(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c: float) -> torch.Tensor:
@@ -95,6 +117,34 @@ def ball_transport(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, c: float) 
     """Parallel transport of u in T_x along the geodesic to y: (lambda_x / lambda_y) gyr[y, -x] u;
     from the origin the gyration is the identity, PT_{0->y}(u) = (1 - c |y|^2) u."""
     return conformal_factor(x, c) / conformal_factor(y, c) * gyration(y, -x, u, c)
+
+
+def gyroplane_distance(z: torch.Tensor, p: torch.Tensor, a: torch.Tensor, c: float) -> torch.Tensor:
+    """The gyroplane layer's units at points z (B, D) (Mathieu et al. 2019, section 3.3; Ganea et
+    al. 2018, section 3.1): for each gyroplane H_{a_k, p_k} = {w : <(-p_k) (+) w, a_k> = 0}, p_k in
+    the ball and a_k in the tangent space at p_k (p, a: (H, D)), the signed distance scaled by
+    a_k's Riemannian norm, (B, H):
+
+        f_k(z) = sign(<(-p_k) (+) z, a_k>) ||a_k||_{p_k} d_c(z, H_k),   ||a||_p = lambda_p |a|,
+        d_c(z, H_{a,p}) = arsinh( 2 sqrt(c) |<(-p) (+) z, a>| / ((1 - c |(-p) (+) z|^2) |a|) ) / sqrt(c).
+
+    With (-p) (+) z = (-A p + beta z) / D (A = 1 - 2c<p,z> + c|z|^2, beta = 1 - c|p|^2) and
+    1 - c |x (+) y|^2 = (1 - c|x|^2)(1 - c|y|^2) / D(x, y), D cancels:
+
+        f_k(z) = lambda_p |a| / sqrt(c) arsinh( 2 sqrt(c) (beta <z,a> - A <p,a>) / (beta (1 - c|z|^2) |a|) ),
+
+    which needs only <z, p_k> and <z, a_k>, two (B, D) x (D, H) products, not the (B, H, D) Möbius
+    sums, and no 1 - c |(-p) (+) z|^2 that cancels near the boundary. As c -> 0 it tends to
+    4 <z - p, a>: |a| times the Euclidean signed distance, times lambda_0 = 2 (the norm of a) and 2
+    (the ball's metric is 4 I at c -> 0). Callers that need the digits run it in float64."""
+    sc = _sqrt(c)
+    zp, za = z @ p.transpose(-1, -2), z @ a.transpose(-1, -2)  # (B, H)
+    z2 = z.square().sum(-1, keepdim=True)  # (B, 1)
+    p2, pa, an = p.square().sum(-1), (p * a).sum(-1), _norm(a).squeeze(-1)  # (H,)
+    beta = 1 - c * p2
+    big_a = 1 - 2 * c * zp + c * z2
+    x = 2 * sc * (beta * za - big_a * pa) / (beta * (1 - c * z2) * an).clamp_min(_MIN_NORM)
+    return 2 / beta.clamp_min(_MIN_NORM) * an / sc * _arsinh(x)
 
 
 def _log_sinhc(a: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,8 @@ class LatentModel(nn.Module):
         self.decoder_dim = head.decoder_dim(cfg) if hasattr(head, "decoder_dim") else cfg.latent_dim
         dec_cfg = cfg if self.decoder_dim == cfg.latent_dim else replace(cfg, latent_dim=self.decoder_dim)
         self.decoder = body.decoder(dec_cfg, extra)
+        if hasattr(self.posterior_head, "adapt_decoder"):  # its first layer made for the codes (the ball's)
+            self.decoder = self.posterior_head.adapt_decoder(self.decoder, self.decoder_dim)
         prior = PRIORS[cfg.prior]
         self.prior_net = prior(cfg) if prior is not None else None
         self.likelihood = build_likelihood(cfg.loss, cfg.output_activation, cfg.input_shape)

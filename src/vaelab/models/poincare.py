@@ -18,11 +18,22 @@ code: emilemathieu/pvae).
   same log-densities (both with respect to the ball's Riemannian volume, so their ratio is the
   density ratio whatever the base measure).
 
-The decoder reads the ball's coordinates directly: the paper's "linear" decoder (``DecLinear``).
-The authors' default ``Wrapped`` decoder (log_0 first) and the gyroplane layer of the paper's
-section 3.3 (``DecGeo``, its MNIST runs) are not built: either needs a decoder of its own, and
-vaelab's bodies read the code as it is. The Riemannian normal (the paper's other distribution,
-an adaptive rejection sampler for its radius) is not built either.
+- ``model.wrapped-normal.decoder``: the decoder's first layer, the one that reads the code (the
+  authors' ``--dec``). ``linear`` (the default, and what a run written before the option has):
+  the body's linear layer reads the ball's coordinates (``DecLinear``). ``wrapped``: the same
+  layer reads log_0(z) (``DecWrapped``, the authors' default ``--dec``). ``gyroplane``: the
+  paper's gyroplane layer (section 3.3; ``DecGeo`` with their ``GeodesicLayer``, their MNIST
+  command) takes the place of that layer, one unit per width it had, f_k(z) = sign(<(-p_k) (+) z,
+  a_k>) ||a_k||_{p_k} d_c(z, H_{a_k, p_k}) (``distributions.gyroplane_distance``, in closed form,
+  float64), then the body's activation and remaining layers; p_k = exp_0(b_k w_k) and a_k =
+  PT_{0->p_k}(w_k) from a free w_k and b_k, as their ``RiemannianLayer``. The head swaps the
+  layer in (``adapt_decoder``), so either body (mlp, or conv's dense layer from the code) and
+  its options serve every decoder. Where this differs from their code: their ``GeodesicLayer``
+  leaves out the factor ||a_k||_{p_k} (``normdist2plane(..., norm=False)``), which the paper's
+  formula has and this keeps; and it passes (bias, weight) to ``normdist2plane(x, a, p)``, whose
+  body takes its third argument as the point, so as written the roles of p_k and a_k are
+  exchanged there; this follows the paper. Their Möbius layer (``DecMob``) is not built, nor the
+  Riemannian normal (the paper's other distribution, an adaptive rejection sampler for its radius).
 
 Only parts that agree with the ball pair with wrapped-normal: a prior on the ball
 (wrapped-normal-prior; normal, vamp, conditional and hierarchical are densities on R^D and are
@@ -40,7 +51,8 @@ from geoopt in float32 with a projection 4e-3 inside the boundary; here the few 
 Tools: ``encode``, reconstructions and the latent pictures use mu (in the ball); ``sample
 --sampler prior`` draws from the wrapped normal prior (codes inside the ball); the ONNX encoder
 exports ``mu`` and ``sigma``, the sampler maps standard-normal noise to the ball as ``rsample``
-does.
+does; the decoder exports with each first layer (a code off the ball is pulled inside it first,
+in PyTorch and in the graph alike).
 """
 
 from __future__ import annotations
@@ -53,7 +65,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vaelab.distributions import Distribution, WrappedNormal, ball_expmap0, ball_project
+from vaelab.distributions import (
+    Distribution,
+    WrappedNormal,
+    ball_expmap0,
+    ball_logmap0,
+    ball_project,
+    gyroplane_distance,
+)
 from vaelab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -61,6 +80,10 @@ if TYPE_CHECKING:
 
 # The authors' Constants.eta: the least posterior scale
 MIN_SCALE = 1e-5
+# model.wrapped-normal.decoder: the decoder's first layer (the authors' --dec Linear, Wrapped, Geo)
+DECODERS = {"linear": "reads the ball's coordinates (DecLinear)",
+            "wrapped": "log_0 first, then the body (DecWrapped, the authors' default)",
+            "gyroplane": "a gyroplane layer in place of the body's first linear layer (DecGeo, their MNIST runs)"}
 
 
 def _positive(value: float, where: str, what: str) -> None:
@@ -74,8 +97,15 @@ class WrappedNormalOptions:
         "help": "c > 0: the ball has curvature -c and radius 1/sqrt(c) (the authors' --c); the prior "
                 "wrapped-normal-prior lives on the same ball"})
 
+    # linear by default: a run written before this option (its config.json has none) is linear
+    decoder: str = field(default="linear", metadata={
+        "help": "the decoder's first layer: " + "; ".join(f"{k}: {v}" for k, v in DECODERS.items())})
+
     def __post_init__(self) -> None:
         _positive(self.curvature, "model.wrapped-normal.curvature", "c, the Poincaré ball's curvature is -c")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"model.wrapped-normal.decoder must be one of {', '.join(DECODERS)}, got "
+                              f"{self.decoder!r}; set model.wrapped-normal.decoder=linear, wrapped or gyroplane")
 
 
 @dataclass
@@ -98,7 +128,8 @@ class WrappedNormalPosterior(nn.Module):
 
     def __init__(self, cfg: ModelConfig, features: int):
         super().__init__()
-        self.curvature = cfg.opts("wrapped-normal").curvature
+        opts = cfg.opts("wrapped-normal")
+        self.curvature, self.decoder_kind = opts.curvature, opts.decoder
         self.mu = nn.Linear(features, cfg.latent_dim)
         self.scale = nn.Linear(features, cfg.latent_dim)
 
@@ -106,6 +137,102 @@ class WrappedNormalPosterior(nn.Module):
         c = self.curvature
         mu = ball_project(ball_expmap0(self.mu(h).float(), c), c)
         return WrappedNormal(mu, F.softplus(self.scale(h).float()) + MIN_SCALE, c)
+
+    def adapt_decoder(self, decoder: nn.Sequential, dim: int) -> nn.Sequential:
+        """The body's decoder with its first layer, the linear map that reads the code (B, dim) [and
+        a label vector after it], made the chosen one (``model.wrapped-normal.decoder``).
+
+        Why the first layer is swapped rather than a layer put before the body: the gyroplane
+        layer is the ball's analogue of an affine layer (its units tend to 4 <z - p_k, a_k> as
+        c -> 0, ``gyroplane_distance``), so it takes the place of the affine map that reads the
+        code, followed by the body's activation and remaining layers, as the authors' DecGeo
+        (GeodesicLayer, non-linearity, Linear layers). The body keeps its widths and options (the
+        first hidden width, ``model.mlp.decoder_hidden``, the conv body's dense layer from the code)
+        and both bodies get it. ``wrapped`` keeps the very layer (its weights, their init and names)
+        and maps the code by log_0 first; ``linear`` leaves the decoder as it is."""
+        if self.decoder_kind == "linear":
+            return decoder
+        first = decoder[0] if isinstance(decoder, nn.Sequential) and len(decoder) else None
+        if type(first) is not nn.Linear or first.in_features < dim:  # every body's decoder of a dense code has it
+            raise ConfigError(f"model.wrapped-normal.decoder={self.decoder_kind} replaces the decoder's first "
+                              f"linear layer, and this body's decoder starts with {type(first).__name__}; "
+                              "use model.wrapped-normal.decoder=linear")
+        if self.decoder_kind == "wrapped":
+            # the same weights, and no draw from the RNG (the parts built after start as with linear)
+            layer = nn.utils.skip_init(LogMapLinear, first.in_features, first.out_features, dim, self.curvature)
+            layer.load_state_dict(first.state_dict())
+        else:
+            layer = GyroplaneLayer(dim, first.out_features, self.curvature, labels=first.in_features - dim)
+        decoder[0] = layer
+        return decoder
+
+
+def _exact(c: float, like: torch.Tensor) -> torch.Tensor:
+    # c as a float64 tensor: an ONNX graph keeps its digits (a Python number is written rounded to
+    # float32 there, and near the boundary 1 - c |z|^2 is then another number); made per call, as a
+    # buffer would be cast by the exporter's model.float()
+    return torch.tensor(c, dtype=torch.float64, device=like.device)
+
+
+class LogMapLinear(nn.Linear):
+    """nn.Linear (its parameters and names) reading [log_0(z), e] for codes z in the ball (the first
+    ``dim`` inputs) and a label vector e: the authors' DecWrapped. log_0 in float64."""
+
+    def __init__(self, in_features: int, out_features: int, dim: int, c: float, device=None):
+        super().__init__(in_features, out_features, device=device)
+        self.dim, self.c = dim, c
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, log_0 of the first {self.dim} in the ball of c={self.c:g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = _exact(self.c, x)
+        z = ball_logmap0(ball_project(x[:, :self.dim].double(), c), c).to(x.dtype)
+        return super().forward(torch.cat([z, x[:, self.dim:]], 1))
+
+
+class GyroplaneLayer(nn.Module):
+    """H gyroplane units on codes z (B, dim) in the ball of curvature -c (Mathieu et al. 2019,
+    section 3.3; the authors' GeodesicLayer): f_k(z) = sign(<(-p_k) (+) z, a_k>) ||a_k||_{p_k}
+    d_c(z, H_{a_k, p_k}) (``vaelab.distributions.gyroplane_distance``), (B, H).
+
+    Parameters as the authors' RiemannianLayer: a free tangent vector w_k at the origin
+    (``weight``, (H, dim)) and a scalar ``offset`` b_k; p_k = exp_0(b_k w_k), inside the ball for
+    any w_k, b_k (and kept inside by ``ball_project``, float32's spacing from the boundary),
+    and a_k = PT_{0->p_k}(w_k) = (1 - c |p_k|^2) w_k, so ||a_k||_{p_k} = 2 |w_k| and the gyroplane
+    is orthogonal to the geodesic from the origin through p_k: dim + 1 numbers a unit, as a
+    Euclidean affine unit (f_k -> 4 (<w_k, z> - b_k |w_k|^2) as c -> 0). Their init: w Kaiming-normal (a =
+    sqrt(5)), b uniform in +-4 / sqrt(dim). The maths runs in float64 (the points near the
+    boundary lose digits in float32), the units come back in the input's dtype.
+
+    A conditional decoder's label vector (B, ``labels``), which is not in the ball, adds a linear
+    term (``labels.weight``, no bias) to each unit."""
+
+    def __init__(self, dim: int, units: int, c: float, labels: int = 0):
+        super().__init__()
+        self.dim, self.c = dim, c
+        self.weight = nn.Parameter(torch.empty(units, dim))
+        self.offset = nn.Parameter(torch.empty(units))
+        nn.init.kaiming_normal_(self.weight, a=math.sqrt(5))
+        nn.init.uniform_(self.offset, -4 / math.sqrt(dim), 4 / math.sqrt(dim))
+        self.labels = nn.Linear(labels, units, bias=False) if labels else None
+
+    def extra_repr(self) -> str:
+        labels = f", labels={self.labels.in_features}" if self.labels is not None else ""
+        return f"dim={self.dim}, units={self.weight.shape[0]}, c={self.c:g}{labels}"
+
+    def planes(self, c: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, a), each (H, dim) float64: the points and normals of the gyroplanes."""
+        c = self.c if c is None else c
+        w = self.weight.double()
+        p = ball_project(ball_expmap0(self.offset.double()[:, None] * w, c), c)
+        return p, (1 - c * p.square().sum(-1, keepdim=True)) * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = _exact(self.c, x)
+        z = ball_project(x[:, :self.dim].double(), c)  # a code off the ball (a picture's grid) is pulled in
+        out = gyroplane_distance(z, *self.planes(c), c).to(x.dtype)
+        return out if self.labels is None else out + self.labels(x[:, self.dim:])
 
 
 class WrappedNormalPrior(nn.Module):
@@ -128,5 +255,5 @@ class WrappedNormalPrior(nn.Module):
         return WrappedNormal(loc, torch.full_like(loc, self.sigma), model.posterior_head.curvature)
 
 
-__all__ = ["WrappedNormalOptions", "WrappedNormalPosterior", "WrappedNormalPrior",
-           "WrappedNormalPriorOptions"]
+__all__ = ["DECODERS", "GyroplaneLayer", "LogMapLinear", "WrappedNormalOptions", "WrappedNormalPosterior",
+           "WrappedNormalPrior", "WrappedNormalPriorOptions"]

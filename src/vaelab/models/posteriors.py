@@ -9,7 +9,8 @@ head offers (``vaelab.models.capabilities`` reads them): ``stochastic`` (draws d
 dimension), ``two_layers`` (codes [z1, z2] from two stochastic layers), and ``decoder_dim``
 (how many leading code dimensions the decoder reads; all by default), ``feature_map`` (it
 takes the encoder's last feature map as the code: ``model.conv.latent=conv``). A head may own
-options (a dataclass, section ``model.<posterior>``) and a ``check(cfg)``. The flow
+options (a dataclass, section ``model.<posterior>``) and a ``check(cfg)``, and make the decoder's
+first layer its own (``adapt_decoder(decoder, dim)``: wrapped-normal's log_0 or gyroplane layer). The flow
 posteriors planar, radial and iaf (``vaelab.models.flows``) are stochastic and continuous
 but not diagonal: their q has no closed-form KL (``vaelab.distributions.Flowed``).
 """
