@@ -2,7 +2,7 @@
 
 For every family both have (VAE, beta-VAE, beta-TCVAE, IWAE, MIWAE, PIWAE, CIWAE, WAE,
 InfoVAE, VampPrior, VQ-VAE, FactorVAE, VAE-GAN, adversarial AE, RAE-L2, RAE-GP, the
-normalizing-flow posteriors, the Hamiltonian VAE, the hyperspherical VAE, the Poincaré VAE):
+normalizing-flow posteriors, the Hamiltonian VAE and its Riemannian version, the hyperspherical VAE, the Poincaré VAE):
 Pythae trains with bench/peers/pythae_zoo.py in its own virtual environment
 (bench/peers/README.md), vaelab with bench/zoo.py, the same layers (the PyTorch tutorial
 body 784-400-16, a small conv body for VQ-VAE), data, epochs, batch, optimiser and settings
@@ -39,7 +39,7 @@ from common import BENCH, OUT, REPO, child_env, data_root, pick
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
           "infovae": "infovae", "vamp": "vamp", "vqvae": "vq-vae", "factor-vae": "factor-vae",
           "vaegan": "vae-gan", "aae": "aae", "rae-l2": "rae-l2", "rae-gp": "rae-gp",
-          "hamiltonian-vae": "hamiltonian-vae", "svae": "svae",
+          "hamiltonian-vae": "hamiltonian-vae", "rhvae": "rhvae", "svae": "svae",
           "vae-planar": "vae-planar", "vae-radial": "vae-radial", "vae-iaf": "vae-iaf",
           "miwae": "miwae", "piwae": "piwae", "ciwae": "ciwae", "pvae": "pvae"}
 NO_PRIOR = ("rae-l2", "rae-gp")  # vaelab's have no prior: scored by the GMM (Pythae's NormalSampler draws N(0, I))

@@ -99,6 +99,11 @@ FAMILIES: dict[str, list[str]] = {
     "hamiltonian-vae": [*MLP, "model.kind=hamiltonian-vae", "model.hamiltonian.n_lf=3", "model.hamiltonian.eps_lf=0.01",
                         "model.hamiltonian.beta_zero=0.3", "model.hamiltonian.learn_eps=true",
                         "model.hamiltonian.learn_beta_zero=true"],
+    # The Riemannian Hamiltonian VAE (vaelab.models.rhvae) at Pythae's RHVAE defaults: 3 generalised leapfrog
+    # steps of 1e-3, beta_0 0.3 (fixed), temperature 1.5, regularisation 0.01, the metric from the last 100
+    # batches' codes (12,800 at batch 128)
+    "rhvae": [*MLP, "model.kind=rhvae", "model.rhvae.n_lf=3", "model.rhvae.eps_lf=0.001", "model.rhvae.beta_zero=0.3",
+              "model.rhvae.centroids=12800"],
     # The hyperspherical VAE (vaelab.models.svae): codes on S^15, a vMF posterior, the uniform prior
     "svae": [*MLP, "model.kind=svae"],
     # The Poincaré VAE (vaelab.models.poincare): codes in the 16-d ball of curvature -1 (the authors' --c

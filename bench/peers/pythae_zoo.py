@@ -71,13 +71,13 @@ T_START = time.perf_counter()
 
 FAMILY_NAMES = ["vae", "beta-vae", "beta-tcvae", "iwae", "wae", "infovae", "vamp", "vqvae", "factor-vae", "vaegan", "aae",
                 "vae-planar", "vae-radial", "vae-iaf", "hamiltonian-vae", "svae",
-                "rae-l2", "rae-gp", "miwae", "piwae", "ciwae", "pvae"]
+                "rae-l2", "rae-gp", "miwae", "piwae", "ciwae", "pvae", "rhvae"]
 DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 # FactorVAE's discriminator optimiser (Kim & Mnih 2018; vaelab's model.factorvae defaults): Pythae's
 # AdversarialTrainer defaults are lr 1e-4 with Adam's betas (0.9, 0.999).
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
 LOGIT_DECODER = ("hamiltonian-vae",)  # Pythae models whose "bce" reads the decoder's output as logits
-NEEDS_GRAD = ("hamiltonian-vae",)  # Pythae models whose forward takes gradients (HVAE: the leapfrog's)
+NEEDS_GRAD = ("hamiltonian-vae", "rhvae")  # Pythae models whose forward takes gradients (their leapfrogs')
 # PoincareVAE's posterior scale floor (the authors' Constants.eta, vaelab's models.poincare.MIN_SCALE) and the
 # margin its encoder keeps inside the ball (vaelab's ball_project: float32's spacing)
 PVAE_MIN_SCALE, BALL_MARGIN = 1e-5, 2.0 ** -23
@@ -165,6 +165,14 @@ def family_table(latent_dim: int, codebook_size: int, code_dim: int) -> dict:
         # The hyperspherical VAE: kappa = softplus + 1, as vaelab's model.vmf.kappa_floor; Pythae's
         # gradient is g_rep only (vaelab adds g_cor: model.vmf.correction=false matches Pythae).
         "svae": ("SVAE", "SVAEConfig", {"reconstruction_loss": "bce"}),
+        # The Riemannian Hamiltonian VAE at Pythae's defaults but beta_zero: Pythae's RHVAE uses its beta_zero
+        # as sqrt(beta_0) (its HVAE takes the root itself), so sqrt(0.3) here matches vaelab's model.rhvae.beta_zero
+        # 0.3 (vaelab.models.rhvae's docstring); its metric keeps the last 100 batches (vaelab's centroids 12,800
+        # at batch 128).
+        "rhvae": ("RHVAE", "RHVAEConfig", {
+            "reconstruction_loss": "bce", "n_lf": 3, "eps_lf": 0.001, "beta_zero": 0.3 ** 0.5,
+            "temperature": 1.5, "regularization": 0.01,
+        }),
         # Rainforth et al. 2018 at Pythae's config defaults, as vaelab's zoo rows. Pythae's MIWAE and PIWAE
         # normalise over the M axis: MIWAE(5, 10) is 10 groups of 5 draws (PYTHAE.md). PIWAE trains with
         # Pythae's CoupledOptimizerTrainer (its pipeline requires it): an encoder and a decoder Adam.
