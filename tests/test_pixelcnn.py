@@ -172,3 +172,50 @@ def test_a_tensor_set_hands_out_rows_as_they_are():
     view = s.shuffled(torch.tensor([5, 0, 3, 1, 2, 4]))
     assert view.batch(slice(0, 2)).tolist() == [[10, 11], [0, 1]] and view.y.tolist() == [2, 0, 1, 1, 0, 2]
     assert view.batch(slice(0, 1)).dtype == torch.long and TensorSet(s.x).shuffled(torch.tensor([1, 0])).y is None
+
+
+def test_a_killed_fit_continues_from_its_last_epoch(vq_run, tmp_path):
+    """Every epoch of a run's PixelCNN fit is checkpointed in RUN/priors/pixelcnn-fit/; a fit
+    stopped after epoch 2 of 3 and asked again continues there and ends on the weights of an
+    uninterrupted fit; saving the prior removes the checkpoint; other settings start afresh."""
+    import shutil
+
+    from vaelab.api import Run
+    from vaelab.latent import pixelcnn
+    from vaelab.training.callbacks import Callback
+
+    run_dir = tmp_path / "vq"
+    shutil.copytree(vq_run.run_dir, run_dir)
+    run = Run.load(run_dir, device="cpu")
+    kw = dict(epochs=3, channels=8, layers=2, log=lambda *_: None)
+    straight, _ = pixelcnn.fit_pixelcnn(run, **kw)
+    fit_dir = run_dir / "priors" / pixelcnn.FIT_DIR
+    shutil.rmtree(fit_dir)
+
+    class Kill(Callback):
+        def on_epoch_end(self, trainer, row):
+            if row["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pixelcnn.fit_pixelcnn(run, callbacks=[Kill()], **kw)
+    assert (fit_dir / "checkpoint.safetensors").is_file()
+    lines: list[str] = []
+    epochs: list[int] = []
+
+    class Seen(Callback):
+        def on_epoch_end(self, trainer, row):
+            epochs.append(row["epoch"])
+
+    resumed, info = pixelcnn.fit_pixelcnn(run, callbacks=[Seen()], **{**kw, "log": lines.append})
+    assert epochs == [3] and any("resuming the PixelCNN fit from epoch 2" in ln for ln in lines)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    pixelcnn.save(resumed, info, run_dir)
+    assert not fit_dir.exists() and (run_dir / "priors" / pixelcnn.FILE).is_file()
+    # a checkpoint of other settings is not continued
+    with pytest.raises(KeyboardInterrupt):
+        pixelcnn.fit_pixelcnn(run, callbacks=[Kill()], **kw)
+    lines.clear()
+    pixelcnn.fit_pixelcnn(run, **{**kw, "lr": 5e-4, "log": lines.append})
+    assert any("other settings" in ln for ln in lines) and not any("resuming" in ln for ln in lines)

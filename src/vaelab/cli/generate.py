@@ -307,7 +307,10 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_conditional, seed, device) -> None:
-    """Fit a learned prior (a gated PixelCNN) over a finished VQ-VAE run's codes; save it in RUN/priors/."""
+    """Fit a learned prior (a gated PixelCNN) over a finished VQ-VAE run's codes; save it in RUN/priors/.
+
+    Every epoch is checkpointed in RUN/priors/pixelcnn-fit/: a killed fit, asked again with the
+    same settings, continues from its last epoch."""
     from vaelab.api import Run
     from vaelab.latent import pixelcnn
 

@@ -32,10 +32,15 @@ from vaelab.errors import CheckpointError, VaelabError
 from vaelab.progress import announce
 from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.tensorfiles import load_tensors, save_tensors
-from vaelab.training.callbacks import Progress
+from vaelab.training import checkpoint
+from vaelab.training.callbacks import Callback, Progress
 from vaelab.training.trainer import Trainer
 
 FILE = "pixelcnn.safetensors"
+# A fit in progress: RUN/priors/pixelcnn-fit/checkpoint.safetensors after every epoch (the network,
+# Adam's state, the epoch and the settings), removed once the prior is saved. A killed
+# `vaelab fit-prior` run again with the same settings continues from it.
+FIT_DIR = "pixelcnn-fit"
 
 
 @dataclass
@@ -163,13 +168,48 @@ class PriorFit(nn.Module):
         return {"loss": self.net.nll(idx, y)}
 
 
+class _FitCheckpoint(Callback):
+    """After every epoch: the fit's state in ``folder`` (``checkpoint.save_resume``: the
+    network, Adam's state, and the trainer's state with the fit's ``settings``)."""
+
+    def __init__(self, folder: Path, settings: dict):
+        self.folder, self.settings = folder, settings
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_resume(self.folder, trainer.model, trainer.optimizers,
+                               {**trainer.state(), "settings": self.settings})
+
+
+def _resume_fit(trainer: Trainer, folder: Path | None, settings: dict, log: Callable[[str], None]) -> None:
+    """Continue a killed fit from ``folder`` when its settings are these (the epochs may differ:
+    a fit asked for more goes on); a checkpoint of other settings or weights is left to be
+    overwritten, and said so."""
+    if folder is None or checkpoint.saved_epoch(folder) is None:
+        return
+    try:
+        _, meta = load_tensors(folder / RunDir.RESUME)
+        saved = json.loads(meta["state"]).get("settings")
+    except (CheckpointError, KeyError, ValueError):
+        saved = None
+    if saved != settings:
+        log(f"note: {folder} holds a PixelCNN fit with other settings or of other weights; starting afresh")
+        return
+    state = checkpoint.load_resume(folder, trainer.model, trainer.optimizers)
+    state.pop("settings", None)
+    trainer.restore(state)
+    log(f"resuming the PixelCNN fit from epoch {trainer.epoch} ({folder})")
+
+
 def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, channels: int = 64,
                  layers: int = 8, kernel: int = 5, conditional: bool = False, seed: int = 0,
                  log: Callable[[str], None] = print, callbacks: Sequence = ()) -> tuple[GatedPixelCNN, dict]:
     """Train a PixelCNN on the run's training codes; report its NLL on the test split.
 
     It trains through the one trainer (``vaelab.training.trainer.Trainer``: Adam at a constant
-    ``lr``), a line per epoch; ``callbacks`` run after the progress one."""
+    ``lr``), a line per epoch; ``callbacks`` run after the progress one. For a run with a
+    folder, every epoch is checkpointed in ``RUN/priors/pixelcnn-fit/`` (``FIT_DIR``), and a
+    fit with the same settings continues from there; ``save`` removes it."""
     from vaelab.models import require
 
     require(run.model, "codebook", "a PixelCNN prior")
@@ -191,8 +231,14 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     settings = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision="fp32")
     progress = Progress(log, name="pixelcnn", losses=lambda row: f"nll {row['train_loss']:.3f} nats per code grid")
     codes = TensorSet(idx, labels if conditional else None).to(run.device)
+    folder = RunDir(run.run_dir).priors / FIT_DIR if run.run_dir is not None else None
+    # What must agree for a fit to continue another: the network, the optimisation, the weights it reads.
+    same = {"config": asdict(cfg), "batch_size": batch_size, "lr": lr, "seed": seed, ID_FIELD: run.checkpoint_id}
+    saving = [_FitCheckpoint(folder, same)] if folder is not None else []
     trainer = Trainer(PriorFit(net), codes, settings, device=run.device, labels=conditional,
-                      callbacks=[progress, *callbacks], log=log).fit()
+                      callbacks=[progress, *saving, *callbacks], log=log)
+    _resume_fit(trainer, folder, same, log)
+    trainer.fit()
     train_nll = trainer.history[-1]["train_loss"] if trainer.history else None
     net.eval()
     info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size,
@@ -217,6 +263,10 @@ def save(net: GatedPixelCNN, info: dict, run_dir: str | Path) -> Path:
     (``info["checkpoint_id"]``, from ``fit_pixelcnn``)."""
     path = RunDir(run_dir).priors / FILE
     save_tensors(path, net.state_dict(), {"info": json.dumps(info), ID_FIELD: info.get(ID_FIELD) or ""})
+    fit = RunDir(run_dir).priors / FIT_DIR  # the finished fit's checkpoint: no longer needed
+    (fit / RunDir.RESUME).unlink(missing_ok=True)
+    if fit.is_dir() and not any(fit.iterdir()):
+        fit.rmdir()
     return path
 
 
