@@ -187,7 +187,7 @@ def test_a_killed_fit_continues_from_its_last_epoch(vq_run, tmp_path):
     run_dir = tmp_path / "vq"
     shutil.copytree(vq_run.run_dir, run_dir)
     run = Run.load(run_dir, device="cpu")
-    kw = dict(epochs=3, channels=8, layers=2, log=lambda *_: None)
+    kw = {"epochs": 3, "channels": 8, "layers": 2, "log": lambda *_: None}
     straight, _ = pixelcnn.fit_pixelcnn(run, **kw)
     fit_dir = run_dir / "priors" / pixelcnn.FIT_DIR
     shutil.rmtree(fit_dir)
