@@ -13,7 +13,8 @@ MIWAE(5, 10) is 10 groups of 5 draws: bench/peers/PYTHAE.md);
 VAE-GAN trains with Adam 3e-4, beta1 0.5 on both sides (Pythae: its own VAEGAN as it is);
 the normalizing-flow posteriors (vae-planar, vae-radial, vae-iaf) at vaelab's defaults, Pythae's
 VAE_LinNF with as many (shared, not amortised) steps and its VAE_IAF at its defaults; the
-Hamiltonian VAE with 3 leapfrog steps, eps from 0.01 and beta_0 from 0.3, both learned, on both sides.
+Hamiltonian VAE with 3 leapfrog steps, eps from 0.01 and beta_0 from 0.3, both learned, on both sides;
+the Riemannian Hamiltonian VAE at Pythae's RHVAE defaults (beta_0 0.3, Pythae's beta_zero its root).
 RAE-L2 and RAE-GP at Pythae's MNIST configs (code weight 1e-2, lambda 1e-4: for RAE-L2 the
 decoder's weight decay there, 5e-5 on ||theta||^2 here), squared-error reconstruction.
 The hyperspherical VAE (svae) at vaelab's defaults, Pythae's SVAE beside it (its gradient without
