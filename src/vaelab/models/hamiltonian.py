@@ -119,13 +119,18 @@ class HamiltonianOptions:
                               f"model.{NAME}.beta_zero=1; start it below 1 (e.g. 0.3)")
 
 
-def check(cfg) -> None:
-    """The flow starts from a reparameterised diagonal Gaussian q0 and needs the gradient of
-    log p(z): refuse other posteriors and a model without a prior."""
+def check_flow_parts(cfg, name: str) -> None:
+    """A Hamiltonian flow (objective ``name``: this one, rhvae's) starts from a reparameterised
+    diagonal Gaussian q0 and needs the gradient of log p(z): refuse other posteriors and a model
+    without a prior."""
     if cfg.posterior not in POSTERIORS_OK or cfg.prior == "none":
-        raise ConfigError(f"objective {NAME} flows draws of a diagonal Gaussian posterior along the gradient of "
+        raise ConfigError(f"objective {name} flows draws of a diagonal Gaussian posterior along the gradient of "
                           f"log p(x, z): it needs model.posterior=gaussian and a prior (model.prior=normal, "
                           f"conditional or vamp), got model.posterior={cfg.posterior} and model.prior={cfg.prior}")
+
+
+def check(cfg) -> None:
+    check_flow_parts(cfg, NAME)
 
 
 # ------------------------------------------------------------------------------ the flow

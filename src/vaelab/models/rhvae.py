@@ -111,10 +111,9 @@ from torch import nn
 from vaelab.distributions import LOG_2PI, Distribution
 from vaelab.errors import ConfigError
 from vaelab.models.contract import Objective, Parts
-from vaelab.models.hamiltonian import potential_grad, sqrt_betas
+from vaelab.models.hamiltonian import check_flow_parts, potential_grad, sqrt_betas
 
 NAME = "rhvae"  # the objective's registry name and its options section (model.rhvae.*)
-POSTERIORS_OK = ("gaussian",)
 
 
 @dataclass
@@ -153,12 +152,7 @@ class RhvaeOptions:
 
 
 def check(cfg) -> None:
-    """The flow starts from a reparameterised diagonal Gaussian q0 and needs the gradient of
-    log p(z): refuse other posteriors and a model without a prior."""
-    if cfg.posterior not in POSTERIORS_OK or cfg.prior == "none":
-        raise ConfigError(f"objective {NAME} flows draws of a diagonal Gaussian posterior along the gradient of "
-                          f"log p(x, z): it needs model.posterior=gaussian and a prior (model.prior=normal, "
-                          f"conditional or vamp), got model.posterior={cfg.posterior} and model.prior={cfg.prior}")
+    check_flow_parts(cfg, NAME)  # the Hamiltonian VAE's parts: a diagonal Gaussian q0 and a prior
 
 
 # ------------------------------------------------------------------------------ the metric
