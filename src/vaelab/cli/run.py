@@ -107,9 +107,8 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
 
     images_given = iw_images is not None
     iw_images = TRAIN_IW_IMAGES if iw_images is None else _iw_images(iw_images)
-    if images_given and iw_given and iw_samples == 0:
-        raise VaelabError("--iw-images sets how many images nll_iw is estimated from, and --iw-samples 0 skips "
-                          "nll_iw; give one of them")
+    if images_given:
+        _check_iw_images(iw_samples)
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise VaelabError("--nproc starts the processes itself; under torchrun leave it out")
     logging = {"loggers": log_to, "tracking_uri": tracking_uri, "experiment": experiment}
@@ -136,7 +135,7 @@ def train(ctx, preset, config_file, overrides, out, resume, overwrite, iw_sample
         config = build_config(preset, config_file, overrides, extra)
         _check_iw_samples(iw_samples or 0, config.model)
         if images_given:
-            _check_iw_samples(1, config.model, flag="--iw-images")
+            _check_iw_images(iw_samples, config.model)
         # api.train checks the folder (an old run needs --resume or --overwrite); --nproc checks
         # and clears it here, with the same function, before the processes start.
         if nproc is not None and _launched(ctx, nproc, config.train.device, run_dir, prepare=lambda: (
@@ -174,17 +173,31 @@ def _iw_images(value: str) -> int | None:
     return n
 
 
-def _check_iw_samples(iw_samples: int, model, flag: str = "--iw-samples") -> None:
-    """--iw-samples K > 0 (or --iw-images) given for a model without a density (nll_iw would be
-    skipped) is an error."""
+def _without_density(model) -> str | None:
+    """The kind of ``model`` (a model or its ModelConfig) when it has no density, else None."""
     from vaelab.models import capabilities
 
     caps = capabilities(model) if not hasattr(model, "capabilities") else model.capabilities
-    if iw_samples > 0 and "density" not in caps:
-        kind = getattr(getattr(model, "cfg", model), "kind", "this")
-        raise VaelabError(f"{flag} {'estimates' if flag == '--iw-samples' else 'sets'} nll_iw, and the {kind} "
-                          "model has no density to estimate; leave it out" + (" (or give 0)" if flag == "--iw-samples"
-                                                                               else ""))
+    return None if "density" in caps else getattr(getattr(model, "cfg", model), "kind", "this")
+
+
+def _check_iw_samples(iw_samples: int, model) -> None:
+    """--iw-samples K > 0 given for a model without a density (nll_iw would be skipped) is an error."""
+    kind = _without_density(model) if iw_samples > 0 else None
+    if kind is not None:
+        raise VaelabError(f"--iw-samples estimates nll_iw, and the {kind} model has no density to estimate; "
+                          "leave it out (or give 0)")
+
+
+def _check_iw_images(iw_samples: int | None, model=None) -> None:
+    """--iw-images given where no nll_iw is estimated (--iw-samples 0; with ``model``, a model
+    without a density) is an error: the option would be ignored."""
+    if iw_samples == 0:
+        raise VaelabError("--iw-images sets how many images nll_iw is estimated from, and --iw-samples 0 skips "
+                          "nll_iw; give one of them")
+    kind = _without_density(model) if model is not None else None
+    if kind is not None:
+        raise VaelabError(f"--iw-images sets nll_iw, and the {kind} model has no density to estimate; leave it out")
 
 
 def _launched(ctx: click.Context, nproc: int, device: str, run_dir: Path, prepare=None) -> bool:
@@ -262,10 +275,7 @@ def eval_cmd(ctx, run_dir, split, iw_samples, iw_images, seed, data_dir, device)
     if ctx.get_parameter_source("iw_samples") is not ParameterSource.DEFAULT:
         _check_iw_samples(iw_samples, run.model)
     if ctx.get_parameter_source("iw_images") is not ParameterSource.DEFAULT:
-        if iw_samples == 0:
-            raise VaelabError("--iw-images sets how many images nll_iw is estimated from, and --iw-samples 0 "
-                              "skips nll_iw; give one of them")
-        _check_iw_samples(1, run.model, flag="--iw-images")
+        _check_iw_images(iw_samples, run.model)
     if iw_samples > 1 and "density" in run.capabilities:
         from vaelab.progress import announce
 

@@ -27,7 +27,6 @@ PyTorch ``.pth`` file; nothing else is unpickled).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from vaelab.errors import CheckpointError, VaelabError
+from vaelab.io import file_sha256
 
 FEATURES = ("inception", "judge")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -66,21 +66,13 @@ def check_sizes(dim: int, n_samples: int, n_reference: int | None = None) -> Non
 
 
 # ----------------------------------------------------------------------------- weights
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def inception_cache() -> Path:
     """Where torch.hub keeps downloaded weights ($TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def _check(path: Path) -> Path:
-    got = sha256_of(path)
+    got = file_sha256(path)
     if got != INCEPTION_SHA256:
         raise CheckpointError(f"{path} is not the Inception weights file {INCEPTION_FILE}: its sha256 is {got}, "
                               f"expected {INCEPTION_SHA256}; download it again from {INCEPTION_URL}")

@@ -31,7 +31,7 @@ from vaelab.data import TensorSet
 from vaelab.errors import CheckpointError, VaelabError
 from vaelab.progress import announce
 from vaelab.rundir import ID_FIELD, RunDir
-from vaelab.tensorfiles import load_tensors, save_tensors
+from vaelab.tensorfiles import load_tensors, read_metadata, save_tensors
 from vaelab.training import checkpoint
 from vaelab.training.callbacks import Callback, Progress
 from vaelab.training.trainer import Trainer
@@ -188,8 +188,7 @@ def _resume_fit(trainer: Trainer, folder: Path | None, settings: dict, log: Call
     if folder is None or checkpoint.saved_epoch(folder) is None:
         return
     try:
-        _, meta = load_tensors(folder / RunDir.RESUME)
-        saved = json.loads(meta["state"]).get("settings")
+        saved = json.loads(read_metadata(folder / RunDir.RESUME)["state"]).get("settings")
     except (CheckpointError, KeyError, ValueError):
         saved = None
     if saved != settings:

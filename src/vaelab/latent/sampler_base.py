@@ -5,7 +5,6 @@ file checked on load. It imports no sampler: the samplers import it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.io import atomic_path, write_json
+from vaelab.io import atomic_path, file_sha256, write_json
 from vaelab.rundir import ID_FIELD
 
 
@@ -122,12 +121,4 @@ class Sampler:
         return classes.index(cls)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-__all__ = ["Sampler", "file_sha256"]
+__all__ = ["Sampler"]

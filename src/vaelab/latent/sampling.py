@@ -36,8 +36,9 @@ from vaelab.errors import ConfigError, DataError, VaelabError
 
 if TYPE_CHECKING:
     import torch
+from vaelab.io import file_sha256  # noqa: F401  (importable from here too)
 from vaelab.latent.flow_samplers import IAFSampler, MAFSampler
-from vaelab.latent.sampler_base import Sampler, file_sha256  # noqa: F401  (file_sha256: importable from here too)
+from vaelab.latent.sampler_base import Sampler
 from vaelab.latent.two_stage import TwoStageOptions, TwoStageSampler  # noqa: F401  (TwoStageOptions: as above)
 from vaelab.rundir import ID_FIELD
 
