@@ -51,11 +51,9 @@ def score_disentanglement(run, n: int = 10_000, metrics: tuple[str, ...] = ("mig
     # is refused, not left out. The source's own sizes where it states them (dSprites), so a
     # split cut down to some values of a factor is caught too (dSprites' color has one value by
     # design and is left out, as in the literature); else the values the split holds.
-    if data.factor_sizes is not None:
-        known = {"n_values": list(data.factor_sizes), "names": list(data.factor_names or [])}
-    else:
-        known = {"n_values": [len(torch.unique(c)) for c in data.factors.T], "names": None}
     names = list(data.factor_names) if data.factor_names else [str(k) for k in range(data.factors.shape[1])]
+    sizes = list(data.factor_sizes) if data.factor_sizes is not None else [len(torch.unique(c)) for c in data.factors.T]
+    known = {"n_values": sizes, "names": names}
     result: dict = {"n": len(rows), "split": split, "seed": seed,
                     "active_units": metrics_active_units(torch.from_numpy(codes))}  # of the scored codes
     t0 = time.perf_counter()
