@@ -10,33 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (the only way is to set it and restore it)
-
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    On any exception, Ctrl+C included, the temporary file is removed and the target is
+    left as it was. The temporary file is made here rather than by ``tempfile.mkstemp``
+    so that its name is known before it exists: a Ctrl+C landing inside mkstemp, or at
+    the chmod its private 0600 mode needs, would leave a file nobody removes.
+    ``os.open`` applies the umask, as a plain ``open()`` does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    tmp = _fresh_name(path)
     try:
-        yield Path(tmp)
+        while True:  # one try from before the file exists to after the rename
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:  # another writer's name (1 in 2**64): draw again
+                tmp = _fresh_name(path)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _fresh_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
