@@ -392,3 +392,23 @@ def test_resume_with_a_new_learning_rate_trains_at_it(tmp_path, tiny_config):
     # the Adam moments carried over: not a fresh optimizer
     tensors, _ = checkpoint._load(run / "checkpoint.safetensors")
     assert int(tensors["optim.0.step"]) == 8  # 4 steps per epoch, 2 epochs
+
+
+def test_a_minibatch_objective_is_validated_on_batches_of_the_training_size(tmp_path, tiny_config):
+    """beta-TCVAE estimates q(z) from the batch, so its loss depends on the batch size: val_loss is
+    computed on batches of train.batch_size (the estimator train_loss uses), not eval_batch_size."""
+    from vaelab.training.callbacks import evaluate_losses
+
+    cfg = tiny_config("model.kind=beta-tcvae", "model.tcvae.beta=6", "model.tcvae.estimator=mws", "data.val=0.25",
+                      "train.epochs=2", "train.batch_size=16", "train.lr=0.01")
+    run = vaelab.train(cfg, tmp_path / "run", evaluate_after=False, log=quiet)
+    val_loss = float(run.history()[-1]["val_loss"])
+    val = run.split("val")
+    assert len(val) == 64 and cfg.train.eval_batch_size == 128
+    seed = cfg.train.seed
+    at_train = evaluate_losses(run.model, val, 16, torch.device("cpu"), seed)["loss"]
+    at_eval = evaluate_losses(run.model, val, 128, torch.device("cpu"), seed)["loss"]
+    assert abs(at_train - at_eval) > 1e-2  # the batch size changes the estimate ...
+    assert val_loss == pytest.approx(at_train, abs=1e-4)  # ... and val_loss is the training-size one
+    assert run.model.objective.minibatch and not vaelab.train(
+        tiny_config("train.epochs=1"), tmp_path / "vae", evaluate_after=False, log=quiet).model.objective.minibatch

@@ -33,7 +33,12 @@ class Objective:
     holds (a discriminator: ``model.critics[name]``, saved with the weights); ``steps(model)
     -> [OptimStep, ...]``, several optimisation steps per batch, each over its own parameter
     group (default: one over every parameter, on ``loss``); ``drops``: capabilities a model
-    trained this way no longer has (a density its loss does not bound)."""
+    trained this way no longer has (a density its loss does not bound); ``minibatch``: its
+    per-image values are estimates whose expectation depends on the batch size (beta-TCVAE's
+    q(z) from the minibatch), so the per-epoch validation uses the training batch size:
+    ``val_loss`` then estimates what ``train_loss`` does, and costs what an epoch's batches do
+    rather than (1000 / batch) times more. eval.json keeps the larger evaluation batch, the
+    closer estimate."""
 
     fn: Callable[..., Parts]
     requires: frozenset[str]  # model capabilities it needs (see vaelab.models.CAPABILITIES)
@@ -43,6 +48,7 @@ class Objective:
     networks: Callable[..., dict] | None = None
     steps: Callable[..., list[OptimStep]] | None = None
     drops: frozenset[str] = frozenset()
+    minibatch: bool = False
 
 
 def other_parameters(model: torch.nn.Module, *groups: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

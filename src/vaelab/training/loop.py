@@ -112,7 +112,11 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     precision = resolve_precision(t.precision, device)
     n, bs = len(train), t.batch_size
     _check_shares(n, bs, ranks)
-    runs: list = [Validation(val, t.eval_batch_size, seed=t.seed, labels=labels is not None)] if val is not None else []
+    # An objective estimated from the minibatch is validated on batches of the training size
+    # (Objective.minibatch; a rank's share of it under torchrun): the same estimator as
+    # train_loss, at an epoch's cost.
+    val_batch = -(-bs // ranks.world) if model.objective.minibatch else t.eval_batch_size
+    runs: list = [Validation(val, val_batch, seed=t.seed, labels=labels is not None)] if val is not None else []
     runs.append(Progress(log, bar=t.progress))
     if out is not None:
         runs += [Checkpoint(out), Summary(out, {
