@@ -52,7 +52,7 @@ def run_pythae(args, families: list[str]) -> None:
         cmd = [args.pythae_python, str(BENCH / "peers" / "pythae_zoo.py"), "--families", fam, "--epochs",
                str(args.epochs), "--threads", str(args.threads), "--out", str(args.pythae_out), "--data-dir",
                str(data_root("pythae_compare.py")), "--pixelcnn-epochs", str(args.prior_epochs),
-               "--n-samples", str(args.n_samples)] + (["--limit", str(args.limit)] if args.limit else [])
+               "--n-samples", str(args.n_samples), "--seed", str(args.seed)] + (["--limit", str(args.limit)] if args.limit else [])
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             sys.exit(f"pythae {fam} failed")
         (args.pythae_out / fam / "process_seconds.json").write_text(
@@ -64,7 +64,7 @@ def run_vaelab(args, families: list[str]) -> None:
         return  # the zoo has them all
     cmd = [sys.executable, str(BENCH / "zoo.py"), "--families", ",".join(SHARED[f] for f in families), "--epochs",
            str(args.epochs), "--threads", str(args.threads), "--out", str(args.vaelab_out), "--n-samples",
-           str(args.n_samples), "--prior-epochs", str(args.prior_epochs)]
+           str(args.n_samples), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed)]
     cmd += ["--limit", str(args.limit)] if args.limit else []
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         sys.exit("vaelab's zoo failed")
@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--prior-epochs", type=int, default=10, help="PixelCNN epochs for both VQ-VAEs (zoo.py's default)")
     ap.add_argument("--n-samples", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1,
+                    help="both sides' training seed (Pythae's trainer and bench/zoo.py); another seed needs --out and "
+                         "--vaelab-out folders of their own, as finished families are reused")
     ap.add_argument("--limit", type=int, default=0,
                     help="both sides train on the first N training images only (quick checks: give --out and "
                          "--vaelab-out folders of their own, as finished families are reused)")
