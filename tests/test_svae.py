@@ -70,6 +70,24 @@ def test_log_bessel_iv_and_its_derivative_match_scipy(v):
     assert torch.autograd.gradcheck(lambda t: log_bessel_iv(v, t), (k.detach()[1:4].clone().requires_grad_(),))
 
 
+@pytest.mark.parametrize("v", [0.0, 0.5, 7.0, 31.0])
+def test_log_bessel_iv_past_scipys_range_matches_mpmath(v):
+    """scipy's ive is nan from k = 2^31 on; there Hankel's expansion takes over (the concentrations
+    up to the sampler's cap, 1e10, and beyond). Checked on log I_v(k) - k, the part that does not
+    cancel in the KL, against 50-digit mpmath; float64 holds log I_v(k) itself to k * 1e-16."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    ks = [1e9, 2.2e9, 5e9, 1e10, 1e13]
+    got = log_bessel_iv(v, torch.tensor(ks, dtype=torch.float64)).numpy()
+    for k, g in zip(ks, got):
+        ref = float(mpmath.log(mpmath.besseli(v, k)) - k)
+        assert abs((g - k) - ref) <= 4 * k * 2.2e-16, (v, k)
+    # the derivative, I_{v+1} / I_v + v / k = 1 - 1 / (2k) + O(1 / k^2), to what float64 resolves
+    k = torch.tensor(ks, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(log_bessel_iv(v, k).sum(), k)
+    assert torch.allclose(grad, 1 - 0.5 / k.detach(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("m", DIMS)
 @pytest.mark.parametrize("kappa", KAPPAS)
 def test_log_prob_matches_scipys_von_mises_fisher(m, kappa):
@@ -349,3 +367,46 @@ def test_report_of_an_svae_run_is_written(capsys, svae_run, tmp_path):
     assert rc == 0, err
     html = (run / "report.html").read_text()
     assert "svae" in html and "vmf" in html
+
+
+@pytest.mark.parametrize("m", (2, 3, 16))
+def test_the_sampler_refuses_what_it_cannot_draw_in_one_line_instead_of_looping_forever(m):
+    """Wood's loop never accepted a draw at a non-finite kappa or one past float64's resolution
+    (about 1e16; an S-VAE with a 2-D latent hung in its first epoch): such kappas are refused."""
+    import signal
+
+    from vaelab.distributions.sphere import KAPPA_MAX
+    from vaelab.errors import TrainingDiverged
+
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the sampler looped"))
+    signal.alarm(20)
+    try:
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(TrainingDiverged, match=f"kappa is {bad} for 1 of 1 codes: .*diverged") as e:
+                vmf(m, bad).rsample(generator=torch.Generator().manual_seed(0))
+            assert "\n" not in str(e.value)
+        with pytest.raises(ValueError, match="kappa 1e\\+16 is above 1e\\+10"):
+            vmf(m, 1e16).rsample(generator=torch.Generator().manual_seed(0))
+        # at the cap a draw is a point to within the spread sqrt((m - 1) / kappa) of the mean direction
+        z = vmf(m, KAPPA_MAX).sample((2000,), generator=torch.Generator().manual_seed(1))[:, 0]
+        angle = torch.arccos((z @ unit(m)).clamp(-1, 1))
+        assert float(angle.max()) < 10 * math.sqrt((m - 1) / KAPPA_MAX)
+        assert float(angle.mean()) > 0.1 * math.sqrt((m - 1) / KAPPA_MAX)  # not collapsed onto mu
+    finally:
+        signal.alarm(0)
+
+
+def test_the_vmf_head_caps_kappa_where_draws_still_resolve():
+    from vaelab.distributions.sphere import KAPPA_MAX
+    from vaelab.models import build_model
+
+    from conftest import model_config
+
+    model = build_model(model_config(kind="svae", latent_dim=3, input_shape=(1, 28, 28)))
+    head = model.posterior_head
+    with torch.no_grad():
+        head.kappa.bias.fill_(1e30)  # a concentration far past what float64 can draw from
+        q = model.posterior(torch.rand(4, 1, 28, 28))
+        assert torch.equal(q.kappa, torch.full((4,), KAPPA_MAX))
+        z = q.rsample(generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-5)

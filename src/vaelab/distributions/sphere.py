@@ -11,6 +11,17 @@ import weakref
 import torch
 
 from vaelab.distributions.base import LOG_2PI, Distribution, _Centred, _shape
+from vaelab.errors import TrainingDiverged
+
+# The largest concentration the sampler takes. Its acceptance test compares kappa w + ... - c,
+# terms of size kappa whose difference is O(1), so float64 (16 digits) resolves it to about
+# kappa * 1e-16: 1e-6 at 1e10, while at 1e16 the test can no longer accept and the loop never
+# ended. The distribution is then a point to 1e-5 radians (its angular spread ~ 1 / sqrt(kappa)),
+# so the vmf head caps kappa here (vaelab.models.svae), and larger values are refused.
+KAPPA_MAX = 1e10
+# Wood's sampler accepts with probability above 1/2 at every kappa and m: 200 rounds that leave
+# a draw unaccepted mean broken numbers, not bad luck (2^-200).
+MAX_ROUNDS = 200
 
 
 def _log_iv_numpy(v: float, k):
@@ -25,6 +36,18 @@ def _log_iv_numpy(v: float, k):
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.log(special.ive(v, k)) + k
     bad = ~np.isfinite(out) | (special.ive(v, k) < 1e-280)
+    # ive gives nan from k = 2^31 on (scipy 1.x): there, Hankel's large-argument expansion,
+    # log I_v(k) = k - log(2 pi k) / 2 + log(1 - (4v^2 - 1) / (8k) + (4v^2 - 1)(4v^2 - 9) / (2! (8k)^2) - ...),
+    # whose terms at k >= 1e8 fall below float64's digits after a few (for orders v << sqrt(k)).
+    large = bad & (k >= 1e8)
+    if large.any():
+        kl, mu = k[large], 4.0 * v * v
+        term, total = np.ones_like(kl), np.ones_like(kl)
+        for j in range(1, 8):
+            term = -term * (mu - (2 * j - 1) ** 2) / (j * 8 * kl)
+            total = total + term
+        out[large] = kl - 0.5 * np.log(2 * np.pi * kl) + np.log(total)
+        bad = bad & ~large
     if bad.any():
         kb = np.maximum(k[bad], 1e-300)
         q = kb * kb / 4
@@ -159,13 +182,16 @@ class VonMisesFisher(Distribution):
         no gradient), ``shape`` = sample shape + batch shape."""
         m1 = self.m - 1
         dev = self.loc.device
+        _check_kappa(self.kappa.detach())
         k = self.kappa.detach().double().expand(shape)
         b = self._b(k)
         x0 = (1 - b) / (1 + b)
         c = k * x0 + m1 * torch.log1p(-x0.square())
         eps = torch.empty(shape, dtype=torch.float64, device=dev)
         todo = torch.ones(shape, dtype=torch.bool, device=dev)
-        while bool(todo.any()):
+        for _ in range(MAX_ROUNDS):
+            if not bool(todo.any()):
+                return eps
             n = int(todo.sum())
             g = torch.randn((2, n, m1), generator=generator, device=dev, dtype=torch.float64).square().sum(-1)
             e = g[0] / (g[0] + g[1])  # Beta((m-1)/2, (m-1)/2): a ratio of chi-squares with m-1 degrees each
@@ -177,7 +203,11 @@ class VonMisesFisher(Distribution):
             keep = tuple(i[ok] for i in idx)
             eps[keep] = e[ok]
             todo[keep] = False
-        return eps
+        if not bool(todo.any()):
+            return eps
+        raise RuntimeError(f"the von Mises-Fisher rejection sampler accepted no draw in {MAX_ROUNDS} rounds for "
+                           f"{int(todo.sum())} of {todo.numel()} (kappa {float(k[todo].min()):.4g} to "
+                           f"{float(k[todo].max()):.4g}): a numerical fault, please report it")
 
     def _w(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w = h(eps, kappa) and 1 - w, differentiable in kappa (eps held)."""
@@ -263,3 +293,17 @@ def rejection_correction(q: Distribution, z: torch.Tensor, f: torch.Tensor) -> t
     n = f.shape[-1]
     base = (f.sum(-1, keepdim=True) - f) / (n - 1) if n > 1 else torch.zeros_like(f)
     return (f - base) * (score - score.detach())
+
+
+def _check_kappa(kappa: torch.Tensor) -> None:
+    """Refuse concentrations the sampler cannot draw from, in one line: not finite (the weights
+    or inputs that made them are not: a diverged training), or above ``KAPPA_MAX``."""
+    bad = ~torch.isfinite(kappa)
+    if bool(bad.any()):
+        raise TrainingDiverged(f"the von Mises-Fisher posterior's concentration kappa is {float(kappa[bad][0])} for "
+                               f"{int(bad.sum())} of {kappa.numel()} codes: the model's weights or inputs are not "
+                               "finite (a diverged training: lower --lr or set --set train.grad_clip=1.0)")
+    if bool((kappa > KAPPA_MAX).any()):
+        raise ValueError(f"von Mises-Fisher concentration kappa {float(kappa.max()):.4g} is above {KAPPA_MAX:g}, "
+                         "the largest whose draws float64 resolves (vaelab.distributions.sphere.KAPPA_MAX); "
+                         "clamp it to that")

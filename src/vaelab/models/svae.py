@@ -56,6 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vaelab.distributions import Distribution, HypersphericalUniform, VonMisesFisher
+from vaelab.distributions.sphere import KAPPA_MAX
 from vaelab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -107,7 +108,8 @@ class VMFPosterior(nn.Module):
         mu = self.mu(h).float()
         mu = mu / torch.linalg.vector_norm(mu, dim=-1, keepdim=True).clamp_min(1e-12)
         kappa = F.softplus(self.kappa(h).float()).squeeze(-1) + self.floor
-        return VonMisesFisher(mu, kappa.clamp_min(1e-6), correction=self.correction)
+        # capped where float64 still resolves a draw (KAPPA_MAX, 1e10: a point to 1e-5 radians)
+        return VonMisesFisher(mu, kappa.clamp(1e-6, KAPPA_MAX), correction=self.correction)
 
 
 class SphericalUniformPrior(nn.Module):
