@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import cli_error, one_line, run_main
+from conftest import cli_error, model_config, one_line, run_main
 
 from vaelab.configure import build_config
 from vaelab.distributions import (
@@ -399,8 +399,6 @@ def test_the_sampler_refuses_what_it_cannot_draw_in_one_line_instead_of_looping_
 def test_the_vmf_head_caps_kappa_where_draws_still_resolve():
     from vaelab.distributions.sphere import KAPPA_MAX
     from vaelab.models import build_model
-
-    from conftest import model_config
 
     model = build_model(model_config(kind="svae", latent_dim=3, input_shape=(1, 28, 28)))
     head = model.posterior_head
