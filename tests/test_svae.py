@@ -408,3 +408,20 @@ def test_the_vmf_head_caps_kappa_where_draws_still_resolve():
         assert torch.equal(q.kappa, torch.full((4,), KAPPA_MAX))
         z = q.rsample(generator=torch.Generator().manual_seed(0))
     assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("edge", [1 - 1e-9, 1.0, 0.0])
+def test_a_draw_at_a_pole_keeps_finite_gradients_in_float32(monkeypatch, edge):
+    """At m = 2 the accepted eps is Beta(1/2, 1/2), with mass at 0 and 1: in float32 an eps near 1
+    rounded to 1, w became -1, and sqrt(1 - w^2)'s infinite gradient at 0 turned a 2-D S-VAE's
+    weights to nan in its first epoch. Draws there now give finite gradients, and stay on the circle."""
+    loc = torch.nn.functional.normalize(torch.tensor([[0.6, -0.8], [0.3, 0.9]]), dim=-1).requires_grad_()
+    kappa = torch.tensor([3.0, 50.0], requires_grad=True)
+    q = VonMisesFisher(loc, kappa)
+    monkeypatch.setattr(q, "_accepted_eps", lambda shape, gen: torch.full(shape, edge, dtype=torch.float64))
+    z = q.rsample(generator=torch.Generator().manual_seed(0))
+    (z * torch.tensor([1.0, 2.0])).sum().backward()
+    assert torch.isfinite(kappa.grad).all() and torch.isfinite(loc.grad).all()
+    assert torch.allclose(z.norm(dim=-1), torch.ones(2), atol=1e-6)
+    w = (z * loc.detach()).sum(-1)  # mu . z: -1 at eps = 1, +1 at eps = 0
+    assert torch.allclose(w, torch.full((2,), -1.0 if edge > 0.5 else 1.0), atol=1e-4)

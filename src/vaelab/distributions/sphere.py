@@ -209,12 +209,16 @@ class VonMisesFisher(Distribution):
                            f"{int(todo.sum())} of {todo.numel()} (kappa {float(k[todo].min()):.4g} to "
                            f"{float(k[todo].max()):.4g}): a numerical fault, please report it")
 
-    def _w(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """w = h(eps, kappa) and 1 - w, differentiable in kappa (eps held)."""
+    def _w(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """w = h(eps, kappa), 1 - w and 1 + w, differentiable in kappa (eps held). Both sides of w
+        are computed directly, 1 - w = 2 b eps / den and 1 + w = 2 (1 - eps) / den, with 1 - eps
+        taken in float64 before any cast: at m = 2 eps is Beta(1/2, 1/2), whose mass piles up at 0
+        and 1, and in float32 an eps within 6e-8 of 1 became 1, w exactly -1, and the gradient of
+        sqrt(1 - w^2) at 0 turned the weights to nan within the first epoch."""
         b = self._b(self.kappa)
         e = eps.to(b.dtype)
         den = 1 - (1 - b) * e
-        return (1 - (1 + b) * e) / den, 2 * b * e / den
+        return (1 - (1 + b) * e) / den, 2 * b * e / den, 2 * (1 - eps.double()).to(b.dtype) / den
 
     def log_pi(self, eps: torch.Tensor) -> torch.Tensor:
         """log pi(eps | kappa) = log g(h(eps, kappa) | kappa) + log |dh/deps| for accepted eps
@@ -225,18 +229,18 @@ class VonMisesFisher(Distribution):
         b = self._b(k)
         e = eps.double()
         den = 1 - (1 - b) * e
-        w, one_minus_w = (1 - (1 + b) * e) / den, 2 * b * e / den
-        log_g = (k * w + (m - 3) / 2 * torch.log((one_minus_w * (1 + w)).clamp_min(1e-300))
+        w, one_minus_w, one_plus_w = (1 - (1 + b) * e) / den, 2 * b * e / den, 2 * (1 - e) / den
+        log_g = (k * w + (m - 3) / 2 * torch.log((one_minus_w * one_plus_w).clamp_min(1e-300))
                  + self._log_c() + log_sphere_area(m - 1))
         return (log_g + torch.log(2 * b) - 2 * torch.log(den)).to(self.kappa.dtype)
 
     def rsample(self, sample_shape=(), generator=None) -> torch.Tensor:
         shape = _shape(sample_shape) + tuple(self.kappa.shape)
         eps = self._accepted_eps(shape, generator)
-        w, one_minus_w = self._w(eps)
+        w, one_minus_w, one_plus_w = self._w(eps)
         v = torch.randn(shape + (self.m - 1,), generator=generator, device=self.loc.device, dtype=self.loc.dtype)
         v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-30)
-        r = torch.sqrt((one_minus_w * (1 + w)).clamp_min(0))
+        r = _sqrt0(one_minus_w * one_plus_w)
         x = torch.cat([w.unsqueeze(-1), r.unsqueeze(-1) * v], -1)  # a draw around e1
         # the Householder reflection that maps e1 to mu: z = x - 2 (x.u) u, u = (e1 - mu) / |e1 - mu|
         u = -self.loc.clone()
@@ -307,3 +311,10 @@ def _check_kappa(kappa: torch.Tensor) -> None:
         raise ValueError(f"von Mises-Fisher concentration kappa {float(kappa.max()):.4g} is above {KAPPA_MAX:g}, "
                          "the largest whose draws float64 resolves (vaelab.distributions.sphere.KAPPA_MAX); "
                          "clamp it to that")
+
+
+def _sqrt0(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(x) for x >= 0 whose gradient at 0 is 0, not inf (sqrt's own; inf times a zero upstream
+    is nan). At a pole of the sphere (1 - w^2 = 0 for every kappa) 0 is the derivative's value."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
