@@ -248,7 +248,7 @@ def parse_args(argv=None):
     return args
 
 
-ARGS = parse_args()
+ARGS = parse_args() if __name__ == "__main__" else parse_args([])  # imported (gmm_cross.py): the defaults
 # Threads first: the environment before numpy/torch/sklearn load their thread pools.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = str(ARGS.threads)
