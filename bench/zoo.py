@@ -225,22 +225,26 @@ def figure(rows: list[dict], out: Path, args) -> Path:
         run = out / r["family"]
         sampler = "pixelcnn" if r["perplexity"] is not None else ("prior" if r["fcd_prior"] is not None else "gmm")
         path = out / f"{r['family']}-fig.npy"
-        subprocess.run([sys.executable, "-c", code, str(run), sampler, str(path)], cwd=REPO, check=True,
-                       env=child_env(data_root("zoo.py")))
+        newest = max((f.stat().st_mtime for f in run.rglob("*") if f.is_file()), default=float("inf"))
+        if not (path.is_file() and path.stat().st_mtime > newest):  # drawn again unless newer than the whole
+            # run (its weights, fitted samplers and priors), as the drawing's seed is fixed
+            subprocess.run([sys.executable, "-c", code, str(run), sampler, str(path)], cwd=REPO, check=True,
+                           env=child_env(data_root("zoo.py")))
         tiles.append((r["family"], sampler, np.load(path)[:, 0]))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, 0.95 * len(tiles) + 0.5), dpi=110, squeeze=False)
+    height = 0.95 * len(tiles) + 0.5
+    fig, axes = plt.subplots(len(tiles), 1, figsize=(9, height), dpi=110, squeeze=False)
     for ax, (name, sampler, imgs) in zip(axes[:, 0], tiles):  # one family: still a column of axes
         ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(f"{name}\n({sampler})", rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"samples of every family ({args.data}, {args.epochs} epochs, seed {args.seed})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the top 0.4 inch for the title, above the first row
     png = out / "zoo_samples.png"
     fig.savefig(png, bbox_inches="tight")  # long family names (hamiltonian-vae) stay inside
     plt.close(fig)
