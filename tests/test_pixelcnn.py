@@ -36,6 +36,35 @@ def test_no_logit_sees_its_own_or_a_later_position(conditional):
                 assert seen.any()  # and it does see the past
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sampling_passes_only_the_rows_drawn_so_far_and_draws_what_the_whole_grid_would(conditional):
+    """sample() runs row i's passes on rows 0..i: their logits are the whole grid's there (the
+    convolutions look up and left only), and the draws are those of passing the whole grid."""
+    torch.manual_seed(0)
+    cfg = PixelCNNConfig(codes=6, height=5, width=4, channels=8, layers=3, kernel=5,
+                         num_classes=3 if conditional else None)
+    net = GatedPixelCNN(cfg).eval()
+    idx = torch.randint(0, 6, (7, 5, 4))
+    y = torch.tensor([0, 2, 1, 0, 1, 2, 0]) if conditional else None
+    with torch.no_grad():
+        full = net(idx, y)
+        for i in range(5):
+            torch.testing.assert_close(net(idx[:, :i + 1], y), full[:, :, :i + 1], rtol=1e-5, atol=1e-6)
+
+    def whole_grid_sample(n, y, generator):  # the sampler as it was: every pass over the whole grid
+        out = torch.zeros(n, 5, 4, dtype=torch.long)
+        for i in range(5):
+            for j in range(4):
+                p = torch.softmax(net(out, y)[:, :, i, j].float(), 1)
+                out[:, i, j] = torch.multinomial(p, 1, generator=generator)[:, 0]
+        return out
+
+    with torch.no_grad():
+        got = net.sample(7, y, generator=torch.Generator().manual_seed(3))
+        ref = whole_grid_sample(7, y, torch.Generator().manual_seed(3))
+    assert torch.equal(got, ref)
+
+
 @pytest.fixture(scope="module")
 def vq_run(tmp_path_factory, shapes_npz):
     """A tiny VQ-VAE (7x7 grid of 4-d codes, 16 codes) trained 2 epochs on the labelled shapes."""

@@ -125,8 +125,11 @@ class GatedPixelCNN(nn.Module):
         device = self.embed.weight.device
         idx = torch.zeros(n, self.cfg.height, self.cfg.width, dtype=torch.long, device=device)
         for i in range(self.cfg.height):
+            # Row i's logits depend on rows 0..i only (every convolution here is masked to look up
+            # and left), so the pass runs on those rows: the same numbers, about 1.75x less work
+            # over a 7 x 7 grid than passing the whole grid every time.
             for j in range(self.cfg.width):
-                p = torch.softmax(self(idx, y)[:, :, i, j].float(), 1)
+                p = torch.softmax(self(idx[:, :i + 1], y)[:, :, i, j].float(), 1)
                 idx[:, i, j] = torch.multinomial(p, 1, generator=generator)[:, 0]
         return idx
 
