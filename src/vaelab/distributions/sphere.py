@@ -191,7 +191,7 @@ class VonMisesFisher(Distribution):
         todo = torch.ones(shape, dtype=torch.bool, device=dev)
         for _ in range(MAX_ROUNDS):
             if not bool(todo.any()):
-                return eps
+                break
             n = int(todo.sum())
             g = torch.randn((2, n, m1), generator=generator, device=dev, dtype=torch.float64).square().sum(-1)
             e = g[0] / (g[0] + g[1])  # Beta((m-1)/2, (m-1)/2): a ratio of chi-squares with m-1 degrees each
@@ -203,11 +203,11 @@ class VonMisesFisher(Distribution):
             keep = tuple(i[ok] for i in idx)
             eps[keep] = e[ok]
             todo[keep] = False
-        if not bool(todo.any()):
-            return eps
-        raise RuntimeError(f"the von Mises-Fisher rejection sampler accepted no draw in {MAX_ROUNDS} rounds for "
-                           f"{int(todo.sum())} of {todo.numel()} (kappa {float(k[todo].min()):.4g} to "
-                           f"{float(k[todo].max()):.4g}): a numerical fault, please report it")
+        if bool(todo.any()):
+            raise RuntimeError(f"the von Mises-Fisher rejection sampler accepted no draw in {MAX_ROUNDS} rounds "
+                               f"for {int(todo.sum())} of {todo.numel()} (kappa {float(k[todo].min()):.4g} to "
+                               f"{float(k[todo].max()):.4g}): a numerical fault, please report it")
+        return eps
 
     def _w(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """w = h(eps, kappa), 1 - w and 1 + w, differentiable in kappa (eps held). Both sides of w
