@@ -36,6 +36,21 @@ def _bad_folder(root: Path) -> Path:
     return root
 
 
+def test_the_bad_file_errors_advice_works_as_written_on_train(tmp_path, capsys):
+    """The one line names an option that `vaelab train` takes, and following it trains."""
+    root = _bad_folder(tmp_path / "d")
+    (root / "b" / "cut.png").unlink()
+    common = ("train", "--data", "folder", "--data-path", root, "--image-size", 8, "--epochs", 1, "--no-eval",
+              "--set", "model.latent_dim=2", "--set", "model.hidden=[8]")
+    line = cli_error(capsys, *common, "--out", tmp_path / "r0")
+    assert "a/junk.png" in line and "--set data.skip_bad=true" in line
+    assert not (tmp_path / "r0").exists()
+    rc, out, err = run_main(capsys, *common, "--set", "data.skip_bad=true", "--out", tmp_path / "r1")
+    assert rc == 0, err
+    assert "skipped 1 unreadable file(s)" in out + err and "a/junk.png" in out + err
+    assert json.loads((tmp_path / "r1" / "summary.json").read_text())["epochs"] == 1
+
+
 def test_bad_files_raise_or_are_skipped_and_listed(tmp_path):
     root = _bad_folder(tmp_path / "d")
     with pytest.raises(DataError) as e:
