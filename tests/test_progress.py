@@ -121,6 +121,17 @@ def test_a_tsne_plot_says_it_may_take_a_while(capsys, trained_run, tmp_path):
     assert (tmp_path / "tsne.png").is_file()
 
 
+def test_a_tsne_plot_announces_the_codes_it_has_not_2000(capsys, trained_run, tmp_path):
+    from vaelab.api import Run
+
+    held = len(Run.load(trained_run.run_dir, device="cpu").split(None))
+    assert held < 2000
+    rc, out, err = run_main(capsys, "plot", trained_run.run_dir, "--kind", "tsne", "--device", "cpu",
+                            "--out", tmp_path / "tsne.png")
+    assert rc == 0, err
+    assert out.splitlines()[0].startswith(f"t-SNE of {held:,} codes onto a plane")
+
+
 def test_a_bar_goes_through_each_item_only_on_a_terminal(monkeypatch):
     monkeypatch.delenv("VAELAB_NO_PROGRESS", raising=False)
     items = range(0, 10, 3)

@@ -192,17 +192,20 @@ def check_shape(x: torch.Tensor, expected, where: str) -> None:
                         f"found {tuple(x.shape[1:])}")
 
 
-def load_input(path: str | Path, channels: int | None = None) -> dict:
+def load_input(path: str | Path, channels: int | None = None, folder_options: dict | None = None,
+               skip_bad: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Images to score from an IDX images file (labels from the matching labels file if
     present), an image folder, or a .npz/.npy array. Returns {x uint8 (N, C, H, W),
-    labels (N,) or None, paths or None}."""
+    labels (N,) or None, paths or None}. A folder is decoded with ``folder_options``
+    (image_size, crop, background: ``vaelab.data.cache.prepare_folder``'s), and ``skip_bad``
+    leaves its unreadable files out (named through ``log``)."""
     from vaelab.data.cache import load_folder
     from vaelab.data.idx import read_idx
     from vaelab.data.images import load_array
 
     p = Path(path)
     if p.is_dir():
-        x, y, classes, paths = load_folder(p, channels=channels)
+        x, y, classes, paths = load_folder(p, channels=channels, skip_bad=skip_bad, log=log, **(folder_options or {}))
         labels = [classes[i] for i in y] if y is not None else None
         return {"x": x, "labels": labels, "paths": paths}
     if not p.exists():
@@ -229,13 +232,15 @@ def load_input(path: str | Path, channels: int | None = None) -> dict:
 # ------------------------------------------------------------------------------------ detect (CLI)
 def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contamination: float = 0.05,
            out: str | Path = "scores.csv", samples: int = 10, seed: int = 0, top: int = 64, maps: bool = False,
-           smooth: float | None = None) -> dict:
+           smooth: float | None = None, skip_bad: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Score the images in ``input_path`` with a trained run and write ``out`` (CSV: index or
     path, score, anomaly, label when known) with ``scores_hist.png`` and ``most_anomalous.png``
     beside it. The threshold is the (1 - contamination) quantile of the scores of the run's
     own training split, so ``contamination`` is the fraction of *training* images it flags.
     ``maps``: also ``anomaly_maps.npy`` and ``anomaly_maps.png`` (``vaelab.anomaly.maps``),
-    smoothed by a Gaussian of ``smooth`` pixels if given."""
+    smoothed by a Gaussian of ``smooth`` pixels if given. A folder's images are decoded as the
+    run's training folder was (its image size, crop and background), so a score compares like
+    with like; ``skip_bad`` leaves unreadable files out of the CSV, named through ``log``."""
     from vaelab import plots
     from vaelab.io import write_text
 
@@ -243,7 +248,9 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     check_contamination(contamination)
     check_smoothing(maps, smooth)
     shape = run.config.model.input_shape
-    data = load_input(input_path, channels=shape[0])
+    d = run.config.data
+    as_trained = {k: getattr(d, k) for k in ("image_size", "crop", "background")} if d.name == "folder" else {}
+    data = load_input(input_path, channels=shape[0], folder_options=as_trained, skip_bad=skip_bad, log=log)
     x = as_images(data["x"], str(input_path))
     check_shape(x, shape, f"--input {input_path}")
     check_score(score, run.model, x.shape)

@@ -216,7 +216,7 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     if kind == "tsne" and run.config.model.latent_dim > 2:
         from vaelab.progress import announce
 
-        announce(_echo, f"t-SNE of {n or 2000:,} codes onto a plane",
+        announce(_echo, f"t-SNE of {min(n or 2000, len(run.split(split))):,} codes onto a plane",
                  cost="this can take minutes on a CPU (a smaller --n is quicker)")
     options = {"split": split, "n": n, "dims": dims_t, "pairs": pairs, "radius": radius, "steps": steps,
                "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,

@@ -127,10 +127,13 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
               help="Also write per-pixel anomaly maps (squared error summed over channels): anomaly_maps.npy "
                    "(N, H, W) float32 and anomaly_maps.png (heat maps of the most anomalous images).")
 @click.option("--smooth", type=float, metavar="SIGMA", help="With --maps: Gaussian smoothing of the maps, in pixels.")
+@click.option("--skip-bad", is_flag=True,
+              help="An --input folder: leave unreadable images out of the CSV (named in a note) instead of stopping.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
 @device_option
-def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, seed, data_dir, device) -> None:
+def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, skip_bad, seed, data_dir,
+           device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
     from vaelab.anomaly.scores import SCORES, check_contamination, check_score, check_smoothing
     from vaelab.anomaly.scores import detect as detect_fn
@@ -144,9 +147,11 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
     samples = 10 if samples is None else samples
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
+    if skip_bad and not Path(input_path).is_dir():
+        raise VaelabError(f"--skip-bad applies to an --input folder of images, and {input_path} is not a folder")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     r = detect_fn(run, input_path, score=score, contamination=contamination, out=out, samples=samples, seed=seed,
-                  maps=maps, smooth=smooth)
+                  maps=maps, smooth=smooth, skip_bad=skip_bad, log=_echo)
     _echo(f"{r['anomalies']} of {r['n']} images above the threshold {r['threshold']:.6g} "
           f"({score}; {contamination:g} of the training images lie above it)")
     parent = Path(out).parent

@@ -204,7 +204,8 @@ def open_cache(d: Path, m: dict, folder: Path) -> FolderCache:
 # Errors name a file by its path relative to the data folder (a/0.png and b/0.png differ).
 def _bad_file(folder: Path, rel: str, error: str) -> DataError:
     return DataError(f"cannot read image {rel} in {folder}: {error}; remove or replace it, or leave unreadable "
-                     "files out with --set data.skip_bad=true (`vaelab data prepare`: --skip-bad)")
+                     "files out: --set data.skip_bad=true (train, sweep, anomaly-bench) or --skip-bad (data prepare, "
+                     "detect)")
 
 
 def _chunks(folder: Path, rels: list[str]) -> list[list[str]]:

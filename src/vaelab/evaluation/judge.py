@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import DataConfig, TrainConfig
+from vaelab.config import FOLDER_OPTIONS, DataConfig, TrainConfig
 from vaelab.data import Splits, load_data
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError, VaelabError
@@ -135,7 +135,7 @@ def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 12
     judge = Judge(net.eval(), {"dataset": name, "classes": classes, "shape": [c, h, w], "epochs": epochs,
                                "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
     judge.meta["accuracy"] = float((judge.predict(test.float()) == test.y).float().mean())
-    judge.meta["n_test"] = len(test)
+    judge.meta["n_train"], judge.meta["n_test"] = len(train), len(test)
     return judge
 
 
@@ -166,6 +166,10 @@ def judge_key(data: DataConfig) -> str:
     if data.name in ("mnist", "fashion-mnist"):
         return data.name
     raw = f"{data.name}:{Path(data.path or '').resolve()}:{data.image_size}:{data.channels}"
+    # A crop or background changes the images; at their defaults the key is what it was before
+    # they counted, so a cached judge stays valid.
+    raw += "".join(f":{k}={getattr(data, k)}" for k, default in (("crop", None), ("background", "white"))
+                   if getattr(data, k) != default)
     return f"{data.name}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
@@ -185,9 +189,10 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
         raise VaelabError(f"{folder} is a run directory, not a judge folder; pass another folder to --judge/--out "
                           "(or leave it out for the cached judge)")
     # The judge trains on the standard split of the data set, whatever the run used.
-    judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, image_size=data.image_size,
-                            channels=data.channels, val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
-                            download=data.download)
+    # The images are the run's (every folder option: size, channels, crop, background, skip_bad).
+    judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, download=data.download,
+                            val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
+                            **{k: getattr(data, k) for k, _ in FOLDER_OPTIONS})
     announce(log, f"training the judge for {judge_key(data)}",
              why="a small CNN classifier that scores generated, inpainted and steered images; once per data set",
              cost=f"{epochs} epochs over its training images, a few minutes on a CPU for MNIST",

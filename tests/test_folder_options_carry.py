@@ -1,0 +1,108 @@
+"""A run trained on an image folder decodes it with options (image size, crop, background,
+skip_bad). Everything that later reads images for that run, `detect`'s --input folder and the
+judge that `inpaint`, `steer` and `eval-samples` train, decodes them the same way, and a bad
+file's advice names an option the command takes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_error, run_main
+from conftest import prep_folder as prep
+from conftest import save_image as save
+from PIL import Image
+
+RNG = np.random.default_rng(3)
+
+
+def _rgba_folder(root: Path, n: int = 6) -> Path:
+    """Two classes of 12x12 RGBA images, half of each transparent: the background shows."""
+    for cls in ("a", "b"):
+        for i in range(n):
+            a = RNG.integers(0, 256, (12, 12, 4), dtype=np.uint8)
+            a[..., 3] = 0
+            a[3:9, 3:9, 3] = 255
+            save(root / cls / f"{i}.png", Image.fromarray(a, "RGBA"))
+    return root
+
+
+def _train(capsys, root: Path, out: Path, *extra) -> Path:
+    rc, _, err = run_main(capsys, "train", "--data", "folder", "--data-path", root, "--image-size", 8, "--epochs", 1,
+                          "--no-eval", "--set", "model.latent_dim=2", "--set", "model.hidden=[8]",
+                          "--set", "data.val=none", *extra, "--out", out)
+    assert rc == 0, err
+    return out
+
+
+def _csv_scores(path: Path) -> dict[str, float]:
+    with open(path) as f:
+        return {Path(r["path"]).name + r["path"].split("/")[-2]: float(r["score"]) for r in csv.DictReader(f)}
+
+
+def test_detect_decodes_an_input_folder_as_the_run_was_trained(tmp_path, capsys):
+    from vaelab.anomaly.scores import score_images
+    from vaelab.api import Run
+
+    root = _rgba_folder(tmp_path / "imgs")
+    run_dir = _train(capsys, root, tmp_path / "run", "--set", "data.background=black")
+    rc, _, err = run_main(capsys, "detect", run_dir, "--input", root, "--out", tmp_path / "s.csv")
+    assert rc == 0, err  # before: the 12x12 input against the model's 8x8 was refused
+    got = _csv_scores(tmp_path / "s.csv")
+    run = Run.load(run_dir, device="cpu")
+
+    def scores(background: str) -> dict[str, float]:
+        c = prep(root, image_size=8, background=background, channels=3)
+        s = score_images(run.model, torch.from_numpy(np.array(c.images)).float() / 255, "mse", 1, 0)
+        return {Path(p).name + p.split("/")[-2]: float(v) for p, v in zip(c.paths, s)}
+
+    black, white = scores("black"), scores("white")
+    assert len(got) == 12 and got.keys() == black.keys()
+    assert all(got[k] == pytest.approx(black[k], rel=1e-5) for k in got)
+    assert any(abs(got[k] - white[k]) > 1e-3 * abs(white[k]) for k in got)  # the background matters
+
+
+def test_detect_skips_bad_input_files_only_when_asked(tmp_path, capsys):
+    root = _rgba_folder(tmp_path / "imgs", n=3)
+    run_dir = _train(capsys, root, tmp_path / "run")
+    new = _rgba_folder(tmp_path / "new", n=3)  # images to score, one of them unreadable
+    (new / "b" / "junk.png").write_bytes(b"not an image")
+    line = cli_error(capsys, "detect", run_dir, "--input", new, "--out", tmp_path / "s.csv")
+    assert "b/junk.png" in line and "--skip-bad" in line
+    rc, out, err = run_main(capsys, "detect", run_dir, "--input", new, "--skip-bad", "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    assert "b/junk.png" in out + err  # named, not silently dropped
+    with open(tmp_path / "s.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and not any("junk" in r["path"] for r in rows)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.zeros((2, 8, 8, 3), np.uint8))
+    assert "not a folder" in cli_error(capsys, "detect", run_dir, "--input", npz, "--skip-bad")
+
+
+def test_the_judge_reads_the_runs_folder_with_its_options(tmp_path, capsys):
+    from vaelab.api import Run
+    from vaelab.evaluation.judge import get_judge
+
+    root = _rgba_folder(tmp_path / "imgs", n=8)
+    (root / "a" / "junk.png").write_bytes(b"not an image")
+    run_dir = _train(capsys, root, tmp_path / "run", "--set", "data.skip_bad=true")
+    data = Run.load(run_dir, device="cpu").config.data
+    judge = get_judge(data, tmp_path / "judge", epochs=1, log=lambda _: None)  # before: stopped at junk.png
+    assert judge.meta["n_train"] + judge.meta["n_test"] == 16 and judge.meta["shape"] == [3, 8, 8]
+
+
+def test_the_judges_cache_key_counts_crop_and_background_and_keeps_old_keys(tmp_path):
+    from vaelab.config import DataConfig
+    from vaelab.evaluation.judge import judge_key
+
+    d = DataConfig(name="folder", path=str(tmp_path), image_size=8)
+    old = hashlib.sha256(f"folder:{tmp_path.resolve()}:8:None".encode()).hexdigest()[:12]
+    assert judge_key(d) == f"folder-{old}"  # a judge cached before crop and background counted is still found
+    keys = {judge_key(d), judge_key(DataConfig(name="folder", path=str(tmp_path), image_size=8, background="black")),
+            judge_key(DataConfig(name="folder", path=str(tmp_path), image_size=8, crop="center:6"))}
+    assert len(keys) == 3
