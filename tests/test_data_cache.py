@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -260,13 +261,17 @@ def test_parallel_decode_equals_serial_byte_for_byte(tmp_path):
     assert json.loads((parallel.path / "manifest.json").read_text()) == serial_manifest
 
 
-def test_progress_bar_follows_vaelab_no_progress(tmp_path, monkeypatch, capsys):
+def test_progress_bar_follows_vaelab_no_progress_and_shows_on_a_terminal_only(tmp_path, monkeypatch, capsys):
     _folder(tmp_path / "d")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     prepare_folder(tmp_path / "d", workers=0)  # VAELAB_NO_PROGRESS=1 (conftest): no bar
     assert capsys.readouterr().err == ""
     monkeypatch.delenv("VAELAB_NO_PROGRESS")
     prepare_folder(tmp_path / "d", image_size=3, workers=0)
     assert "decoding d" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file or a pipe: no bar in it
+    prepare_folder(tmp_path / "d", image_size=4, workers=0)
+    assert capsys.readouterr().err == ""
 
 
 # ============================================================================ vaelab data prepare

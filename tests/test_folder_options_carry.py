@@ -106,3 +106,38 @@ def test_the_judges_cache_key_counts_crop_and_background_and_keeps_old_keys(tmp_
     keys = {judge_key(d), judge_key(DataConfig(name="folder", path=str(tmp_path), image_size=8, background="black")),
             judge_key(DataConfig(name="folder", path=str(tmp_path), image_size=8, crop="center:6"))}
     assert len(keys) == 3
+
+
+def test_detect_resizes_an_input_folder_to_a_runs_square_input(tmp_path, capsys, trained_run):
+    from vaelab.anomaly.scores import score_images
+    from vaelab.api import Run
+
+    run = Run.load(trained_run.run_dir, device="cpu")
+    c, h, w = run.config.model.input_shape
+    for i in range(3):
+        save(tmp_path / "in" / f"{i}.png", Image.fromarray(RNG.integers(0, 256, (2 * h, 2 * w), dtype=np.uint8)))
+    rc, _, err = run_main(capsys, "detect", trained_run.run_dir, "--input", tmp_path / "in",
+                          "--out", tmp_path / "s.csv")
+    assert rc == 0, err  # before: refused, the images being twice the model's size
+    with open(tmp_path / "s.csv") as f:
+        got = [float(r["score"]) for r in csv.DictReader(f)]
+    x = torch.from_numpy(np.array(prep(tmp_path / "in", image_size=h, channels=c).images)).float() / 255
+    assert got == pytest.approx(score_images(run.model, x, "mse", 1, 0).tolist(), rel=1e-5)
+
+
+def test_vaelab_judge_takes_a_folders_options_and_refuses_what_it_does_not_read(tmp_path, capsys):
+    from vaelab.api import Run
+    from vaelab.evaluation.judge import judge_key, load_judge
+
+    root = _rgba_folder(tmp_path / "imgs", n=4)
+    run_dir = _train(capsys, root, tmp_path / "run", "--set", "data.background=black")
+    rc, _, err = run_main(capsys, "judge", "--data", "folder", "--data-path", root, "--image-size", 8,
+                            "--set", "data.background=black", "--epochs", 1, "--out", tmp_path / "j")
+    assert rc == 0, err
+    # the judge a run of the same folder and options would train for itself
+    assert load_judge(tmp_path / "j").meta["dataset"] == judge_key(Run.load(run_dir, device="cpu").config.data)
+    assert load_judge(tmp_path / "j").meta["shape"] == [3, 8, 8]
+    common = ("judge", "--data", "folder", "--data-path", root, "--out", tmp_path / "j2")
+    assert "does not read data.classes" in cli_error(capsys, *common, "--set", "data.classes=[a]")
+    assert "data.* options only" in cli_error(capsys, *common, "--set", "train.epochs=1")
+    assert not (tmp_path / "j2").exists()

@@ -239,8 +239,9 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     own training split, so ``contamination`` is the fraction of *training* images it flags.
     ``maps``: also ``anomaly_maps.npy`` and ``anomaly_maps.png`` (``vaelab.anomaly.maps``),
     smoothed by a Gaussian of ``smooth`` pixels if given. A folder's images are decoded as the
-    run's training folder was (its image size, crop and background), so a score compares like
-    with like; ``skip_bad`` leaves unreadable files out of the CSV, named through ``log``."""
+    run's training folder was (its crop and background), resized to the model's square input,
+    so a score compares like with like; ``skip_bad`` leaves unreadable files out of the CSV,
+    named through ``log``."""
     from vaelab import plots
     from vaelab.io import write_text
 
@@ -249,7 +250,9 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     check_smoothing(maps, smooth)
     shape = run.config.model.input_shape
     d = run.config.data
-    as_trained = {k: getattr(d, k) for k in ("image_size", "crop", "background")} if d.name == "folder" else {}
+    as_trained = {k: getattr(d, k) for k in ("crop", "background")} if d.name == "folder" else {}
+    if shape[1] == shape[2]:  # a folder's images are resized to the model's (square) input
+        as_trained["image_size"] = shape[1]
     data = load_input(input_path, channels=shape[0], folder_options=as_trained, skip_bad=skip_bad, log=log)
     x = as_images(data["x"], str(input_path))
     check_shape(x, shape, f"--input {input_path}")

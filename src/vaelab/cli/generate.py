@@ -97,15 +97,28 @@ def _only_used(name: str, params: dict) -> dict:
 @click.option("--data-dir", cls=RegistryHelp, help=data_dir_help)
 @click.option("--data-path", help="Image folder or .npz for --data folder/npz.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the judge (default: the user cache).")
+@click.option("--image-size", type=int, help="A folder: resize every image to this square size (as train's).")
+@click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
+              help="A data option, as train takes it (repeatable): data.crop=center:148, data.background=black, "
+                   "data.channels=3, data.skip_bad=true. A run's own judge (eval-samples, inpaint, steer) uses "
+                   "the run's.")
 @click.option("--epochs", type=int, default=6, show_default=True)
 @click.option("--retrain", is_flag=True, help="Train again even if a cached judge exists.")
-def judge(data, data_dir, data_path, out, epochs, retrain) -> None:
+def judge(data, data_dir, data_path, image_size, overrides, out, epochs, retrain) -> None:
     """Train (or reuse) the judge classifier; print and save its test accuracy."""
-    from vaelab.config import DataConfig
+    from vaelab.config import FOLDER_OPTIONS, DataConfig, apply_overrides
     from vaelab.data.download import cache_dir
     from vaelab.evaluation.judge import get_judge, judge_key
 
-    cfg = DataConfig(name=data, data_dir=data_dir, path=data_path)
+    given = apply_overrides({"data": {"name": data, "data_dir": data_dir, "path": data_path,
+                                      "image_size": image_size}}, overrides=list(overrides))
+    if set(given) != {"data"}:
+        raise VaelabError(f"vaelab judge reads data.* options only, not {', '.join(sorted(set(given) - {'data'}))}.*")
+    cfg = DataConfig(**given["data"])
+    reads = {"name", "path", "data_dir", "download", *(k for k, _ in FOLDER_OPTIONS)}  # get_judge's
+    if unread := sorted(set(given["data"]) - reads):
+        raise VaelabError(f"vaelab judge does not read data.{', data.'.join(unread)}: it trains on every class of "
+                          f"the standard split; leave {'it' if len(unread) == 1 else 'them'} out")
     cfg.check_used()  # --data-path for mnist, --data-dir for a folder: refused, not ignored
     j = get_judge(cfg, out, retrain=retrain, log=_echo, epochs=epochs)
     folder = out or cache_dir() / "judge" / judge_key(cfg)

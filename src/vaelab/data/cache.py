@@ -353,8 +353,7 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
                 log(f"cache {d} is stale ({why}); rebuilding it")
     d = beside if _writable(beside) else user
     workers = default_workers(len(rels)) if workers is None else workers
-    if progress is None:
-        progress = os.environ.get("VAELAB_NO_PROGRESS") != "1"
+    progress = True if progress is None else progress  # the bar itself follows VAELAB_NO_PROGRESS and the terminal
     if log:
         how = f"{workers} worker processes" if workers else "in this process"
         announce(log, f"decoding the {len(rels):,} images of {folder}", why=f"{reason}; once: later runs read the cache",

@@ -66,12 +66,12 @@ def ordered_map(pool: Executor | None, fn: Callable, items: Iterable, arg: Any) 
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr, or a do-nothing stand-in when progress is off."""
-    if not enabled:
-        return nullcontext(_NoBar())
-    from tqdm.auto import tqdm
+    """``vaelab.progress.bar`` over images (on stderr, on a terminal only, unless
+    VAELAB_NO_PROGRESS), or a do-nothing stand-in, as a context manager either way."""
+    from vaelab.progress import bar
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    b = bar(total, desc, on=enabled, unit="img")
+    return nullcontext(_NoBar()) if b is None else b
 
 
 class _NoBar:
