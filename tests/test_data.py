@@ -566,6 +566,57 @@ def test_array_labels(tmp_path, key):
     assert y.dtype == np.int64 and y.tolist() == [3, 1, 2, 0]
 
 
+def test_array_labels_as_strings_one_hot_whole_floats_or_bools(tmp_path):
+    from vaelab.data.images import read_array
+
+    cases = {"str": (np.array(["dog", "cat", "owl", "cat"]), [1, 0, 2, 0], ["cat", "dog", "owl"]),
+             "bytes": (np.array([b"dog", b"cat", b"owl", b"cat"]), [1, 0, 2, 0], ["cat", "dog", "owl"]),
+             "one-hot": (np.eye(3, dtype=np.float32)[[2, 0, 1, 1]], [2, 0, 1, 1], None),
+             "floats": (np.array([2.0, 0.0, 1.0, 1.0]), [2, 0, 1, 1], None),
+             "bools": (np.array([True, False, False, True]), [1, 0, 0, 1], None)}
+    for name, (labels, want, classes) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, x=_grey(n=4), y=labels)
+        _, y, names = read_array(path)
+        assert (y.dtype, y.tolist(), names) == (np.int64, want, classes), name
+
+
+@pytest.mark.parametrize("labels, says", [
+    (np.array([0, -1, 1]), "found -1"), (np.array([0.5, 1.0, 0.0]), "found 0.5"), (np.array([0, np.nan, 1]), "nan"),
+    (np.ones((3, 2)), "not one-hot"), (np.zeros((3, 2, 2)), "3 images but 12 labels")])
+def test_array_labels_that_name_no_class_are_refused(tmp_path, labels, says):
+    path = tmp_path / "a.npz"
+    np.savez(path, x=_grey(n=3), y=labels)
+    with pytest.raises(DataError) as e:
+        load_array(path)
+    assert says in one_line(e) and str(path) in one_line(e)
+
+
+def test_an_npz_with_two_candidate_image_or_label_arrays_is_refused_not_guessed(tmp_path):
+    for extra, says in (({"x": _grey(), "images": _grey(seed=1)}, "(x, images); keep one"),
+                        ({"x": _grey(), "y": np.zeros(3), "labels": np.ones(3)}, "(y, labels); keep one")):
+        np.savez(tmp_path / "a.npz", **extra)
+        with pytest.raises(DataError) as e:
+            load_array(tmp_path / "a.npz")
+        assert says in one_line(e)
+
+
+def test_bool_images_are_black_and_white(tmp_path):
+    np.save(tmp_path / "b.npy", np.array([[[True, False], [False, True]]]))
+    x, _ = load_array(tmp_path / "b.npy")
+    assert x.tolist() == [[[[255, 0], [0, 255]]]]
+
+
+def test_string_labels_name_the_classes_of_an_npz_run(tmp_path):
+    from vaelab.config import DataConfig
+    from vaelab.data import load_data
+
+    path = tmp_path / "a.npz"
+    np.savez(path, x=_grey(n=6), y=np.array(["owl", "cat", "owl", "dog", "cat", "owl"]))
+    splits = load_data(DataConfig(name="npz", path=str(path), val="none", classes=["owl"]))
+    assert splits.classes == ["cat", "dog", "owl"] and splits.train.y.tolist() == [2, 2, 2]
+
+
 BAD_ARRAYS = {
     "float-above-1": lambda: np.full((2, 4, 4), 1.5, np.float32),
     "float-negative": lambda: np.full((2, 4, 4), -0.1, np.float32),

@@ -201,7 +201,7 @@ def load_input(path: str | Path, channels: int | None = None, folder_options: di
     leaves its unreadable files out (named through ``log``)."""
     from vaelab.data.cache import load_folder
     from vaelab.data.idx import read_idx
-    from vaelab.data.images import load_array
+    from vaelab.data.images import read_array
 
     p = Path(path)
     if p.is_dir():
@@ -211,8 +211,9 @@ def load_input(path: str | Path, channels: int | None = None, folder_options: di
     if not p.exists():
         raise DataError(f"input {p} does not exist")
     if p.suffix.lower() in (".npz", ".npy"):
-        x, y = load_array(p)
-        return {"x": x, "labels": None if y is None else y.tolist(), "paths": None}
+        x, y, names = read_array(p)
+        labels = None if y is None else [names[i] for i in y] if names else y.tolist()
+        return {"x": x, "labels": labels, "paths": None}
     if p.suffix == ".gz" or "ubyte" in p.name or "idx" in p.name:
         x = read_idx(p)
         if x.ndim != 3:

@@ -70,18 +70,22 @@ def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: images must have 1 or 3 channels, got shape {a.shape}")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
+    if a.dtype == np.bool_:  # binary images (binarised MNIST, masks): True is white
+        return np.ascontiguousarray(a.astype(np.uint8) * 255)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g})")
         return np.ascontiguousarray(np.rint(a * 255).astype(np.uint8))
     if np.issubdtype(a.dtype, np.integer):
         if a.min() < 0 or a.max() > 255:
-            raise DataError(f"{where}: integer images must lie in 0..255")
+            raise DataError(f"{where}: integer images must lie in 0..255 (got {a.min()}..{a.max()}); scale them to "
+                            "uint8, or to floats in [0, 1]")
         return np.ascontiguousarray(a.astype(np.uint8))
     raise DataError(f"{where}: unsupported image dtype {a.dtype}")
 
 
 X_KEYS = ("x", "images", "x_train", "arr_0")
+Y_KEYS = ("y", "labels", "y_train")
 
 
 def _stored_header(path: Path) -> tuple[tuple, np.dtype] | None:
@@ -127,8 +131,40 @@ def _check_fits(path: Path) -> None:
                         "`vaelab data prepare DIR` to train from a memory-mapped cache")
 
 
+def read_labels(a: np.ndarray, n: int, where: str) -> tuple[np.ndarray, list[str] | None]:
+    """Labels as class numbers (N,) int64, and the class names when they are strings.
+
+    Accepted: non-negative integers (also as whole floats, or (N, 1)); one-hot rows (N, K); strings
+    or bytes, numbered in sorted order (as folder names are). Anything else is refused in one line:
+    a negative or fractional label would index a class that does not exist."""
+    if a.ndim == 2 and a.shape[0] == n and a.shape[1] > 1:
+        if np.isin(a, (0, 1)).all() and (a.sum(axis=1) == 1).all():
+            return a.argmax(axis=1).astype(np.int64), None
+        raise DataError(f"{where}: labels of shape {a.shape} are not one-hot rows; give one class per image, (N,)")
+    a = a.reshape(-1)
+    if a.dtype.kind in "US":
+        names = a.astype(str)
+        classes = sorted(set(names.tolist()))
+        return np.searchsorted(np.array(classes), names).astype(np.int64), classes
+    if a.dtype.kind == "b":
+        return a.astype(np.int64), None
+    if a.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels of dtype {a.dtype} cannot be read; give integers or strings")
+    if a.size and not (np.isfinite(a).all() and (a == np.round(a)).all() and a.min() >= 0):
+        bad = a[~(np.isfinite(a) & (a == np.round(a)) & (a >= 0))][0]
+        raise DataError(f"{where}: labels must be class numbers 0, 1, 2, ... (found {bad}); renumber them, or give "
+                        "class names as strings")
+    return a.astype(np.int64), None
+
+
 def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Load ``.npz`` (keys x/images and optional y/labels) or ``.npy`` (images only)."""
+    x, y, _ = read_array(path)
+    return x, y
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """``load_array``, and the class names when the labels are strings (else None)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"array file {path} does not exist")
@@ -139,20 +175,24 @@ def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"cannot read {path} as .npy/.npz: {str(e).splitlines()[0]}") from None
     if isinstance(obj, np.ndarray):
-        return to_uint8_nchw(obj, str(path)), None
+        return to_uint8_nchw(obj, str(path)), None, None
     with obj:
         keys = set(obj.files)
-        xkey = next((k for k in X_KEYS if k in keys), None)
-        if xkey is None:
+        xkeys, ykeys = [k for k in X_KEYS if k in keys], [k for k in Y_KEYS if k in keys]
+        if not xkeys:
             raise DataError(f"{path} has no image array; name it 'x' or 'images' (found {sorted(keys)})")
-        ykey = next((k for k in ("y", "labels", "y_train") if k in keys), None)
+        for found, what in ((xkeys, "images"), (ykeys, "labels")):
+            if len(found) > 1:
+                raise DataError(f"{path} holds {len(found)} arrays that could be its {what} ({', '.join(found)}); "
+                                "keep one")
+        xkey, ykey = xkeys[0], (ykeys or [None])[0]
         try:  # .npz members are read lazily: a pickled member is refused here
             xa = obj[xkey]
             ya = obj[ykey] if ykey else None
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
         x = to_uint8_nchw(xa, f"{path}[{xkey}]")
-        y = ya.astype(np.int64).reshape(-1) if ya is not None else None
+        y, classes = read_labels(ya, len(x), f"{path}[{ykey}]") if ya is not None else (None, None)
     if y is not None and len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
-    return x, y
+    return x, y, classes

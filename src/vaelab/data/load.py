@@ -19,7 +19,7 @@ from vaelab.config import DataConfig
 from vaelab.data import memory
 from vaelab.data.download import locate
 from vaelab.data.idx import read_idx_pair
-from vaelab.data.images import load_array
+from vaelab.data.images import read_array
 from vaelab.data.sets import (
     FactorLabels,
     ImageSet,
@@ -60,8 +60,8 @@ def _array_loader(cfg: DataConfig, log: Log):
     """Images from a .npz (x or images, labels from y or labels) or .npy file (--data-path)."""
     if not cfg.path:
         raise DataError("data.name=npz needs --data-path (data.path) pointing at a .npz or .npy file")
-    x, y = load_array(cfg.path)
-    return (x, y, None), None, None
+    x, y, classes = read_array(cfg.path)
+    return (x, y, None), None, classes
 
 
 def _dsprites(cfg: DataConfig, log: Log | None = None):
@@ -128,7 +128,8 @@ def resolve_classes(wanted: list, names: list[str] | None, where: str) -> list[i
             out.append(int(text))
         elif names is None:
             raise DataError(f"data.classes (--classes) names class {text!r}, but {where} has no class names "
-                            "(only image folders with class sub-folders do); give label numbers such as 3,5")
+                            "(image folders with class sub-folders and .npz files with string labels do); give "
+                            "label numbers such as 3,5")
         else:
             raise DataError(f"unknown class {text!r} in data.classes (--classes); {where} has: {', '.join(names)}")
     return out
