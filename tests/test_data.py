@@ -876,3 +876,12 @@ def test_default_val_without_a_test_split_says_so(indexed_npz):
     expected = f"no validation split: {path} has no test split (data.val=test); --val 0.1 holds out a tenth"
     assert notes == [expected + " of the training images"]
     assert load_data(DataConfig(path=str(path), val="none")).notes == []
+
+
+def test_train_plus_test_without_a_test_split_says_what_to_pass(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, x=_grey(n=4))
+    with pytest.raises(DataError) as e:
+        load_data(DataConfig(name="npz", path=str(path), train_split="train+test"))
+    assert f"npz {path} has none" in one_line(e) and "pass --set data.train_split=train" in one_line(e)
+    assert len(load_data(DataConfig(name="npz", path=str(path), train_split="train", val="none")).train) == 4

@@ -158,7 +158,9 @@ def load_data(cfg: DataConfig, log: Log | None = None, seed: int = 0) -> Splits:
         # The test set keeps every class: one-class models are judged on all of it.
     if cfg.train_split == "train+test":
         if test is None:
-            raise DataError(f"data.train_split=train+test needs a test split, and {cfg.name} has none")
+            where = f"{cfg.name} {cfg.path}" if cfg.path else cfg.name
+            raise DataError(f"data.train_split=train+test (a preset's, or yours) trains on the test split too, and "
+                            f"{where} has none (a folder has one in test/); pass --set data.train_split=train")
         extra = _keep_classes(test, wanted) if wanted is not None else test
         train = concat(train, extra, "train")
     if cfg.limit is not None and cfg.limit < len(train):
