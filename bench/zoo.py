@@ -243,7 +243,8 @@ def figure(rows: list[dict], out: Path, args) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(f"{name}\n({sampler})", rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"samples of every family ({args.data}, {args.epochs} epochs, seed {args.seed})", fontsize=10)
+    which = "every family" if len(rows) == len(FAMILIES) else f"the {len(rows)} of {len(FAMILIES)} families finished"
+    fig.suptitle(f"samples of {which} ({args.data}, {args.epochs} epochs, seed {args.seed})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the top 0.4 inch for the title, above the first row
     png = out / "zoo_samples.png"
     fig.savefig(png, bbox_inches="tight")  # long family names (hamiltonian-vae) stay inside
