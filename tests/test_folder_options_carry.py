@@ -141,3 +141,30 @@ def test_vaelab_judge_takes_a_folders_options_and_refuses_what_it_does_not_read(
     assert "does not read data.classes" in cli_error(capsys, *common, "--set", "data.classes=[a]")
     assert "data.* options only" in cli_error(capsys, *common, "--set", "train.epochs=1")
     assert not (tmp_path / "j2").exists()
+
+
+def test_classes_are_taken_by_name_where_a_command_takes_a_class(tmp_path, capsys):
+    import json
+
+    root = _rgba_folder(tmp_path / "imgs", n=4)
+    run_dir = _train(capsys, root, tmp_path / "run", "--kind", "cvae")
+    assert json.loads((run_dir / "summary.json").read_text())["classes"] == ["a", "b"]
+    got = {}
+    for c in ("b", "1"):
+        rc, _, err = run_main(capsys, "sample", run_dir, "--sampler", "prior", "--class", c, "--n", 4,
+                              "--out", tmp_path / f"{c}.png", "--npz", tmp_path / f"{c}.npz")
+        assert rc == 0, err
+        got[c] = np.load(tmp_path / f"{c}.npz")["labels"].tolist()
+    assert got["b"] == got["1"] == [1, 1, 1, 1]
+    line = cli_error(capsys, "sample", run_dir, "--sampler", "prior", "--class", "zebra", "--n", 4)
+    assert "'zebra'" in line and "a, b" in line
+    rc, _, err = run_main(capsys, "plot", run_dir, "--kind", "interpolate", "--from", "a", "--to", "b",
+                          "--out", tmp_path / "i.png")
+    assert rc == 0, err
+    assert "a number" in cli_error(capsys, "plot", run_dir, "--kind", "interpolate", "--between", "images",
+                                   "--from", "a", "--to", "1")
+    steered = _train(capsys, root, tmp_path / "steered", "--set", "model.predictor_weight=1")
+    rc, out, err = run_main(capsys, "steer", steered, "--from", 0, "--to", "b", "--steps", 2, "--split", "train",
+                            "--out", tmp_path / "s.png")
+    assert rc == 0, err
+    assert "predictor p(class 1)" in out

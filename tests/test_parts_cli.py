@@ -139,7 +139,7 @@ def test_sampler_and_score_help_name_every_entry_that_reads_them(capsys):
     assert f"[{'|'.join(COVARIANCES)}]" in text
     assert "Mixture components (gmm default 10, class-gmm default 3)" in text
     conditional = [n for n, s in SAMPLERS.items() if s.conditional]
-    assert f"Class to sample: {', '.join(conditional)} need one" in text
+    assert f"Class to sample, by name or number: {', '.join(conditional)} need one" in text
     rc, out, _ = run_main(capsys, "detect", "--help")
     text = " ".join(out.split())
     for name, score in SCORES.items():

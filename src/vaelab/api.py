@@ -93,6 +93,25 @@ class Run:
         """A split by name; None picks the default (test, else val, else train)."""
         return self.splits().get(name or self.default_split())
 
+    def class_names(self) -> list[str] | None:
+        """The classes' names by label number (folders, .npz string labels, MNIST's digits):
+        summary.json's, recorded at training, else the data's."""
+        if self.run_dir is not None and self.dir.summary.is_file():
+            names = json.loads(self.dir.summary.read_text()).get("classes")
+            if names is not None:
+                return names
+        return self.splits().classes
+
+    def class_index(self, value: int | str | None, option: str = "--class") -> int | None:
+        """A class given by name or number -> its label number, by ``data.classes``' rule: a name
+        picks its class; a number picks the class of that name when there is one, else that label."""
+        if value is None:
+            return None
+        from vaelab.data.load import resolve_classes
+
+        return resolve_classes([value], self.class_names(), f"run {self.run_dir}" if self.run_dir else "this run",
+                               option)[0]
+
     def default_split(self) -> str:
         s = self.splits()
         return "test" if s.test is not None else "val" if s.val is not None else "train"

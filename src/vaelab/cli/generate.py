@@ -29,8 +29,8 @@ def _class_help() -> str:
 
     always = [n for n, s in SAMPLERS.items() if s.conditional]
     maybe = [n for n, s in SAMPLERS.items() if not s.conditional and s.takes_class.__func__ is not Sampler.takes_class.__func__]
-    return (f"Class to sample: {', '.join(always)} need one; {', '.join(maybe)} take one when the model (or its "
-            "prior) is class-conditional.")
+    return (f"Class to sample, by name or number: {', '.join(always)} need one; {', '.join(maybe)} take one when "
+            "the model (or its prior) is class-conditional.")
 
 
 _SAMPLERS = "vaelab.latent.sampling:SAMPLERS"
@@ -130,7 +130,7 @@ def judge(data, data_dir, data_path, image_size, overrides, out, epochs, retrain
 @click.option("--sampler", default="prior", show_default=True, type=RegistryChoice("vaelab.latent.sampling:SAMPLERS"),
               help="Where codes come from: the model's prior, or a density fit on the training codes.")
 @click.option("--n", type=int, default=100, show_default=True)
-@click.option("--class", "cls", type=int, cls=RegistryHelp, help=_class_help)
+@click.option("--class", "cls", cls=RegistryHelp, help=_class_help)
 @_sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG grid (default RUN/figures/samples_SAMPLER.png).")
@@ -150,13 +150,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     if n < 1:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device)
+    asked_as, cls = cls, run.class_index(cls)
     s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
         components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden, blocks=blocks,
         depth=depth, latent=latent)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
-    title = f"{sampler} samples" + (f" of class {cls}" if cls is not None else
+    title = f"{sampler} samples" + (f" of class {asked_as}" if cls is not None else
                                     " (one class per position, cycling)" if asked is not None else "")
     path = plots.plot_grid(images, out or run.dir.figure(f"samples_{sampler}"), title=title)
     _echo(f"wrote {path}")
@@ -170,6 +171,15 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
         if RunDir.owning(npz) is not None:  # inside a run: NPZ.json records the weights (vaelab.rundir)
             write_json(sidecar(npz), {"file": Path(npz).name, ID_FIELD: run.checkpoint_id})
         _echo(f"wrote {npz}")
+
+
+def _image_index(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise VaelabError(f"{option} {value!r}: with --between images it is an image's index, a number") from None
 
 
 @click.command()
@@ -190,14 +200,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
               help=_plot_help("index", "vary around this image's code (default z = 0)."))
 @click.option("--between", type=click.Choice(["class", "images"]), default="class", show_default=True,
               cls=RegistryHelp, help=_plot_help("mode", "between two class means or two images."))
-@click.option("--from", "source", type=int, cls=RegistryHelp,
-              help=_plot_help("source", "first class (default 1 if present) or image index."))
-@click.option("--to", "target", type=int, cls=RegistryHelp,
-              help=_plot_help("target", "second class (default 7 if present) or image index."))
+@click.option("--from", "source", cls=RegistryHelp,
+              help=_plot_help("source", "first class, by name or number (default 1 if present), or image index."))
+@click.option("--to", "target", cls=RegistryHelp,
+              help=_plot_help("target", "second class, by name or number (default 7 if present), or image index."))
 @click.option("--scale", type=float, cls=RegistryHelp,
               help=_plot_help("scale", "length of the basis vectors (default 3)."))
-@click.option("--class", "cls", type=int, cls=RegistryHelp,
-              help=_plot_help("cls", "the class a conditional model decodes codes under (default: the image's "
+@click.option("--class", "cls", cls=RegistryHelp,
+              help=_plot_help("cls", "the class, by name or number, a conditional model decodes codes under (default: the image's "
                                      "class, else 0)."))
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
@@ -226,6 +236,11 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     except ValueError:
         raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
     run = Run.load(run_dir, device=device)
+    cls = run.class_index(cls)
+    if between == "class":
+        source, target = run.class_index(source, "--from"), run.class_index(target, "--to")
+    else:
+        source, target = (_image_index(v, o) for v, o in ((source, "--from"), (target, "--to")))
     if kind == "tsne" and run.config.model.latent_dim > 2:
         from vaelab.progress import announce
 

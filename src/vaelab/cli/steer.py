@@ -53,7 +53,7 @@ def _objective_options(command):
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--from", "index", type=int, required=True, help="Index of the image in the split.")
-@click.option("--to", "target", type=int, required=True, help="Target class.")
+@click.option("--to", "target", required=True, help="Target class, by name or number.")
 @_objective_options
 @click.option("--frames", type=int, default=DEFAULT_FRAMES, show_default=True,
               help="Images shown along the path (start and end included).")
@@ -72,6 +72,7 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
     if frames < 2:
         raise VaelabError("--frames must be at least 2")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
+    target = run.class_index(target, "--to")  # names from summary.json: no data read for a run that has them
     check_target(target, check_predictor(run.model))  # before any data is read
     data = run.split(split)
     if not 0 <= index < len(data):

@@ -116,9 +116,10 @@ def _to_set(part, name: str, mapped: bool) -> ImageSet | MemmapImageSet:
                     factor_sizes=tuple(int(v) for v in labels.sizes) if known else None)
 
 
-def resolve_classes(wanted: list, names: list[str] | None, where: str) -> list[int]:
-    """``data.classes`` entries -> label indices. A class folder's name picks it; a number
-    picks the class of that name when there is one (folders 0..9), else that label."""
+def resolve_classes(wanted: list, names: list[str] | None, where: str,
+                    option: str = "data.classes (--classes)") -> list[int]:
+    """``data.classes`` entries (or another ``option``'s) -> label indices. A class's name picks
+    it; a number picks the class of that name when there is one (folders 0..9), else that label."""
     out = []
     for c in wanted:
         text = str(c)
@@ -127,11 +128,11 @@ def resolve_classes(wanted: list, names: list[str] | None, where: str) -> list[i
         elif text.lstrip("-").isdigit():
             out.append(int(text))
         elif names is None:
-            raise DataError(f"data.classes (--classes) names class {text!r}, but {where} has no class names "
+            raise DataError(f"{option} names class {text!r}, but {where} has no class names "
                             "(image folders with class sub-folders and .npz files with string labels do); give "
                             "label numbers such as 3,5")
         else:
-            raise DataError(f"unknown class {text!r} in data.classes (--classes); {where} has: {', '.join(names)}")
+            raise DataError(f"unknown class {text!r} in {option}; {where} has: {', '.join(names)}")
     return out
 
 

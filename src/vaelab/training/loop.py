@@ -121,6 +121,8 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     if out is not None:
         runs += [Checkpoint(out), Summary(out, {
             "preset": config.preset, "data_memory_mapped": train.memory_mapped,
+            # class names (folders, .npz string labels): commands take --class NAME by them
+            **({"classes": list(splits.classes)} if splits.classes else {}),
             **({"processes": ranks.world} if ranks.world > 1 else {})})]
     trainer = Trainer(model, train, t, device=device, callbacks=[*runs, *callbacks], labels=labels is not None,
                       precision=precision, ranks=ranks, config=config, run_dir=rd.path if rd else None, log=log)
