@@ -144,8 +144,11 @@ def machine_line(info: dict, precision: str | None = None, threads: int | None =
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Atomically (vaelab.io's): a benchmark killed mid-write leaves the old file, not half a new one."""
+    from vaelab.io import write_json as atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic(path, data)
 
 
 def run_vaelab(args: list[str], env: dict[str, str], log: Path) -> float:
@@ -187,7 +190,7 @@ def evaluate_test(run_dir: Path, cache: Path, k: int, n: int, threads: int, env:
     if proc.returncode != 0:
         sys.exit(f"evaluation of {run_dir} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(cache, result)  # atomic: a kill mid-write leaves no half file to read next time
     return result
 
 

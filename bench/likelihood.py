@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, evaluate_test, pick
+from common import OUT, REPO, child_env, data_root, evaluate_test, pick, write_json
 
 # name -> (preset, overrides, paper NLL, independent re-implementation NLL or None); test NLL at k = 5000.
 # One stochastic layer (Table 1, first block) and two (its second architecture, 100 and 50 units).
@@ -84,6 +84,16 @@ def evaluate(rd: Path, args, env) -> dict:
     per number of epochs trained (a resumed run is scored again)."""
     cache = rd / f"likelihood_k{args.eval_k}_n{args.eval_n or 'all'}_e{trained(rd)[0]}.json"
     return evaluate_test(rd, cache, args.eval_k, args.eval_n or 0, args.threads, env)
+
+
+def merged_rows(old: dict, new: dict) -> list[dict]:
+    """The table's rows: ``new``'s, after those of ``old`` (the file already there) for models
+    ``new`` did not run, when both were scored with the same settings. `--models vae-2l,iwae5-2l`
+    then adds to the one-layer rows instead of replacing them."""
+    if any(old.get(k) != new[k] for k in ("stages", "beta1", "seed", "eval_k")):
+        return new["rows"]
+    ran = {r["model"] for r in new["rows"]}
+    return [r for r in old.get("rows", []) if r["model"] not in ran] + new["rows"]
 
 
 def main() -> None:
@@ -142,8 +152,9 @@ def main() -> None:
     result = {"stages": args.stages, "epochs": stage_epochs(args.stages), "beta1": args.beta1, "seed": args.seed,
               "eval_k": args.eval_k, "eval_n": rows[0]["n"] if rows else 0, "threads": args.threads,
               "loadavg": os.getloadavg(), "rows": rows}
-    (args.out / f"likelihood-s{args.stages}{'-' + args.tag if args.tag else ''}.json").write_text(
-        json.dumps(result, indent=2) + "\n")
+    path = args.out / f"likelihood-s{args.stages}{'-' + args.tag if args.tag else ''}.json"
+    rows = result["rows"] = merged_rows(json.loads(path.read_text()) if path.is_file() else {}, result)
+    write_json(path, result)
     print(f"\nTest NLL (k = {args.eval_k}, {result['eval_n']:,} test images), stages 0..{args.stages - 1} "
           f"({result['epochs']} epochs), Adam beta1 {args.beta1}\n")
     print("| model | NLL here | NLL paper | NLL re-implementation | active units | epochs | train hours | eval s |")
