@@ -168,3 +168,22 @@ def test_classes_are_taken_by_name_where_a_command_takes_a_class(tmp_path, capsy
                             "--out", tmp_path / "s.png")
     assert rc == 0, err
     assert "predictor p(class 1)" in out
+
+
+def test_csv_exports_of_a_folder_run_name_each_rows_file_and_class(tmp_path, capsys):
+    root = _rgba_folder(tmp_path / "imgs", n=2)
+    (root / "b" / "1.png").rename(root / "b" / 'odd, "name".png')  # a comma and quotes: quoted in the CSV
+    run_dir = _train(capsys, root, tmp_path / "run")
+    for what in ("latents", "reconstructions"):
+        rc, _, err = run_main(capsys, "export", run_dir, "--what", what, "--split", "train",
+                              "--out", tmp_path / f"{what}.csv")
+        assert rc == 0, err
+    with open(tmp_path / "latents.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:5] == ["row_id", "path", "label", "class", "mu0"]
+    assert [(Path(r["path"]).relative_to(root).as_posix(), r["label"], r["class"]) for r in rows] == [
+        ("a/0.png", "0", "a"), ("a/1.png", "0", "a"), ("b/0.png", "1", "b"), ('b/odd, "name".png', "1", "b")]
+    with open(tmp_path / "reconstructions.csv", newline="") as f:
+        rec = list(csv.reader(f))
+    assert rec[0][:3] == ["row_id", "path", "orig_px0"] and len({len(r) for r in rec}) == 1
+    assert rec[4][1].endswith('odd, "name".png')

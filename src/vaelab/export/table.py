@@ -8,7 +8,9 @@ Layouts (the ones users already exchange):
   means, and log-variances for Gaussian posteriors; ``label`` is empty when the data
   has no labels.
 
-``row_id`` is the image's index in the split. Rows are computed and written one chunk
+``row_id`` is the image's index in the split. An image folder's rows also name their file
+(``path``, after ``row_id``), and latents name their class (``class``, after ``label``) when the
+classes have names other than their numbers (folders, .npz string labels). Rows are computed and written one chunk
 at a time into a temporary file that is renamed over the target at the end, so memory
 stays bounded by one chunk and a crash never leaves a half-written CSV.
 """
@@ -38,7 +40,28 @@ def latent_header(latent_dim: int, params: list[str]) -> list[str]:
     return ["row_id", "label"] + [f"{p}{i}" for p in params for i in range(latent_dim)]
 
 
-def _write_rows(f, first_cols: list[np.ndarray], values: np.ndarray, decimals: int) -> None:
+def _quoted(text: str) -> str:
+    """A CSV field as RFC 4180 writes it: quoted when it holds a comma, quote or line break."""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
+def _leading(data, sl: slice, names: list[str] | None = None, labels: bool = False) -> tuple[list[str], list]:
+    """The columns before the values: row_id, path (a folder's), then with ``labels`` label
+    and class (the class names, when they are more than the numbers)."""
+    head, cols = ["row_id"], [np.arange(sl.start, sl.stop)]
+    if data.paths:
+        head.append("path")
+        cols.append([_quoted(p) for p in data.paths[sl]])
+    if labels:
+        head.append("label")
+        cols.append(data.y[sl].numpy() if data.y is not None else [""] * (sl.stop - sl.start))
+        if data.y is not None and names and names != [str(i) for i in range(len(names))]:
+            head.append("class")
+            cols.append([_quoted(names[i]) if 0 <= i < len(names) else "" for i in data.y[sl].tolist()])
+    return head, cols
+
+
+def _write_rows(f, first_cols: list, values: np.ndarray, decimals: int) -> None:
     """Write rows of integer/str leading columns then floats (B, K) with fixed decimals.
 
     One ``%`` format per row over a preformatted template: several times faster than the
@@ -64,15 +87,16 @@ def export_reconstructions(run, out: str | Path, split: str | None = None, n: in
     data = run.split(split)
     n = len(data) if n is None else min(_check_n(n), len(data))
     pixels = int(np.prod(data.shape))
+    header = _leading(data, slice(0, 0))[0] + reconstruction_header(pixels)[1:]
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        f.write(",".join(reconstruction_header(pixels)) + "\n")
+        f.write(",".join(header) + "\n")
         for sl in _chunks(n, chunk_size):
             x = data.batch(sl)  # (B, C, H, W) in [0, 1]
             r = run.reconstruct(x, None if data.y is None else data.y[sl])
             # (B, P, 2) -> (B, 2P): orig_px0, recon_px0, orig_px1, ... as the header says
             values = torch.stack([x.flatten(1), r.flatten(1)], dim=2).flatten(1).double().numpy()
-            _write_rows(f, [np.arange(sl.start, sl.stop)], values, decimals)
-    return {"what": "reconstructions", "rows": n, "columns": 1 + 2 * pixels, "out": str(out)}
+            _write_rows(f, _leading(data, sl)[1], values, decimals)
+    return {"what": "reconstructions", "rows": n, "columns": len(header), "out": str(out)}
 
 
 def export_latents(run, out: str | Path, split: str | None = None, n: int | None = None,
@@ -80,16 +104,17 @@ def export_latents(run, out: str | Path, split: str | None = None, n: int | None
     """Write the posterior parameters (means; log-variances for Gaussian posteriors) of a split's images."""
     data = run.split(split)
     n = len(data) if n is None else min(_check_n(n), len(data))
+    names = run.class_names() if data.y is not None else None
     header = None
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         for sl in _chunks(n, chunk_size):
             params = run.posterior(data.batch(sl), None if data.y is None else data.y[sl]).params()  # name -> (B, D)
+            head, lead = _leading(data, sl, names, labels=True)
             if header is None:  # each parameter's own width (a VQ-VAE's code grid is not latent_dim wide)
-                header = ["row_id", "label"] + [f"{p}{i}" for p, v in params.items() for i in range(v.shape[1])]
+                header = head + [f"{p}{i}" for p, v in params.items() for i in range(v.shape[1])]
                 f.write(",".join(header) + "\n")
             values = torch.cat(list(params.values()), 1)
-            labels = data.y[sl].numpy() if data.y is not None else np.array([""] * (sl.stop - sl.start))
-            _write_rows(f, [np.arange(sl.start, sl.stop), labels], values.double().numpy(), decimals)
+            _write_rows(f, lead, values.double().numpy(), decimals)
     return {"what": "latents", "rows": n, "columns": len(header or []), "out": str(out)}
 
 
