@@ -13,6 +13,7 @@ from conftest import prep_folder as prep
 from conftest import save_image as save
 from PIL import Image
 
+from vaelab.data import decode as dec
 from vaelab.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
@@ -183,3 +184,19 @@ def test_decompression_bomb_limit_stays_on(tmp_path, monkeypatch):
     save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8), np.uint8)))
     with pytest.raises(DataError, match="DecompressionBomb"):
         prep(tmp_path)
+
+
+def test_a_large_image_decodes_quietly_and_one_past_pils_limit_is_a_bad_file(tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the warning from 100 pixels, PIL's error from 200
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((12, 12), 9, np.uint8)).save(big)  # 144 pixels: in the warning zone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail here
+        assert dec.decode(str(big), dec.DecodeOptions(channels=1)).shape == (1, 12, 12)
+        assert dec.probe(str(big), (255, 255, 255)) == (True, None)
+    huge = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((15, 15), np.uint8)).save(huge)  # 225 pixels: PIL refuses it
+    grey, error = dec.probe(str(huge), (255, 255, 255))
+    assert grey is None and "DecompressionBombError" in error

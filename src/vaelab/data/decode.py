@@ -15,14 +15,19 @@ What "the way a model should see it" means here:
   converted to grey or RGB.
 - Then an optional centre crop, then an optional square resize (bilinear, antialiased).
 
-PIL's decompression-bomb limit stays on: an absurdly large image is a bad file.
+PIL's decompression-bomb limit stays on: an absurdly large image (past PIL's error limit,
+about 179 megapixels) is a bad file. Between its warning and error limits (89-179 megapixels:
+a panorama) the image is decoded without PIL's two-line warning, which would only interrupt
+the run's one-line notes about a user's own files.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,10 +90,19 @@ def is_grey(im: Image.Image, background: tuple[int, int, int]) -> bool:
     return grey
 
 
+@contextmanager
+def _open(path: str):
+    """``Image.open`` without PIL's DecompressionBombWarning (its error limit still applies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
+
+
 def probe(path: str, background: tuple[int, int, int]) -> tuple[bool | None, str | None]:
     """(is_grey, None) for a readable header, or (None, error) for a file PIL cannot open."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             return is_grey(im, background), None
     except BAD_FILE_ERRORS as e:
         return None, _describe(e)
@@ -181,7 +195,7 @@ def _centre_crop(im: Image.Image, crop: tuple[int, int], name: str) -> Image.Ima
 def decode(path: str, opts: DecodeOptions) -> np.ndarray:
     """The image at ``path`` as uint8 (C, H, W). PIL's errors for a bad file propagate;
     a crop larger than the image is a DataError (a wrong option, not a bad file)."""
-    with Image.open(path) as im:
+    with _open(path) as im:
         im.load()
         if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
             im = ImageOps.exif_transpose(im)
