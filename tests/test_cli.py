@@ -179,6 +179,17 @@ def test_resume_continues_a_run(run_copy, capsys):
     assert json.loads((run_copy / "summary.json").read_text())["epochs"] == 2
 
 
+def test_resume_that_reshapes_the_model_names_the_change_and_keeps_the_run(run_copy, capsys):
+    before = {f: (run_copy / f).read_bytes() for f in ("config.json", "checkpoint.safetensors", "model.safetensors")}
+    latent = json.loads(before["config.json"])["model"]["latent_dim"]
+    msg = cli_error(capsys, "train", "--resume", run_copy, "--epochs", "2", "--no-eval",
+                    "--set", f"model.latent_dim={latent + 1}")
+    assert f"cannot resume with model.latent_dim {latent} -> {latent + 1}" in msg and "--out" in msg
+    assert {f: (run_copy / f).read_bytes() for f in before} == before
+    rc, _, err = run_main(capsys, "train", "--resume", run_copy, "--epochs", "2", "--no-eval")
+    assert rc == 0, err
+
+
 def test_overwrite(run_copy, shapes_npz, capsys):
     msg = cli_error(capsys, "train", "--data", "npz", "--data-path", shapes_npz, *TRAIN_TINY, "--out", run_copy)
     assert "already holds a run" in msg and "--overwrite" in msg and "--resume" in msg

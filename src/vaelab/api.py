@@ -28,7 +28,7 @@ from vaelab import distributions
 from vaelab.config import DATA_DIR_SOURCES, RunConfig
 from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import ConfigError, VaelabError
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
@@ -228,6 +228,18 @@ class Run:
         return paths
 
 
+def _changed(old: dict, new: dict, prefix: str) -> list[str]:
+    """``prefix.field old -> new`` for every field (nested dicts by their dotted names) that differs."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}.{k}")
+        elif a != b:
+            out.append(f"{prefix}.{k} {a} -> {b}")
+    return out
+
+
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
           iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
@@ -255,11 +267,14 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
 
     if resume and overwrite:
         raise VaelabError("resume continues the run and overwrite replaces it: ask for one of them")
+    changed: list[str] = []  # model options an override changed on resume
     if resume:
         if preset is not None or config_file is not None:
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
-        config = config_from_dict(checkpoint.load_config(run_dir).to_dict(), extra, overrides)
+        saved = checkpoint.load_config(run_dir)
+        config = config_from_dict(saved.to_dict(), extra, overrides)
+        changed = _changed(saved.to_dict()["model"], config.to_dict()["model"], "model")
     elif isinstance(preset, RunConfig):
         config = preset
     else:
@@ -269,7 +284,13 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     if not resume and distributed.is_main():  # a valid config first; under torchrun rank 0 checks and clears
         RunDir(run_dir).prepare_fresh(overwrite=overwrite, keep=keep)
     t_fit = time.perf_counter()
-    result = fit(config, run_dir, resume=resume, log=log, callbacks=callbacks)
+    try:
+        result = fit(config, run_dir, resume=resume, log=log, callbacks=callbacks)
+    except CheckpointError as e:
+        if resume and changed and "does not match this model" in str(e):  # an override reshaped the model
+            raise CheckpointError(f"{run_dir} cannot resume with {', '.join(changed)}: its saved weights have the "
+                                  "old shapes; resume without that change, or train a new run (--out)") from None
+        raise
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
