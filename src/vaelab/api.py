@@ -33,7 +33,7 @@ from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.training import checkpoint
-from vaelab.training.loggers import make_loggers
+from vaelab.training.loggers import flatten, make_loggers
 from vaelab.training.loop import fit
 from vaelab.training.precision import resolve_device
 
@@ -228,18 +228,6 @@ class Run:
         return paths
 
 
-def _changed(old: dict, new: dict, prefix: str) -> list[str]:
-    """``prefix.field old -> new`` for every field (nested dicts by their dotted names) that differs."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed(a, b, f"{prefix}.{k}")
-        elif a != b:
-            out.append(f"{prefix}.{k} {a} -> {b}")
-    return out
-
-
 def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[str] | None = None,
           config_file: str | None = None, resume: bool = False, evaluate_after: bool = True,
           iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
@@ -272,9 +260,11 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         if preset is not None or config_file is not None:
             raise VaelabError("resume continues a run with its saved config; give no preset or config file "
                               "(change settings with overrides, e.g. train.epochs=20)")
-        saved = checkpoint.load_config(run_dir)
-        config = config_from_dict(saved.to_dict(), extra, overrides)
-        changed = _changed(saved.to_dict()["model"], config.to_dict()["model"], "model")
+        saved = checkpoint.load_config(run_dir).to_dict()
+        config = config_from_dict(saved, extra, overrides)
+        was, now = flatten(saved["model"], ".", "model"), flatten(config.to_dict()["model"], ".", "model")
+        changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
+                   if was.get(k) != now.get(k)]
     elif isinstance(preset, RunConfig):
         config = preset
     else:

@@ -106,17 +106,16 @@ def _only_used(name: str, params: dict) -> dict:
 @click.option("--retrain", is_flag=True, help="Train again even if a cached judge exists.")
 def judge(data, data_dir, data_path, image_size, overrides, out, epochs, retrain) -> None:
     """Train (or reuse) the judge classifier; print and save its test accuracy."""
-    from vaelab.config import FOLDER_OPTIONS, DataConfig, apply_overrides
+    from vaelab.config import DataConfig, apply_overrides
     from vaelab.data.download import cache_dir
-    from vaelab.evaluation.judge import get_judge, judge_key
+    from vaelab.evaluation.judge import DATA_READ, get_judge, judge_key
 
     given = apply_overrides({"data": {"name": data, "data_dir": data_dir, "path": data_path,
                                       "image_size": image_size}}, overrides=list(overrides))
     if set(given) != {"data"}:
         raise VaelabError(f"vaelab judge reads data.* options only, not {', '.join(sorted(set(given) - {'data'}))}.*")
     cfg = DataConfig(**given["data"])
-    reads = {"name", "path", "data_dir", "download", *(k for k, _ in FOLDER_OPTIONS)}  # get_judge's
-    if unread := sorted(set(given["data"]) - reads):
+    if unread := sorted(set(given["data"]) - set(DATA_READ)):
         raise VaelabError(f"vaelab judge does not read data.{', data.'.join(unread)}: it trains on every class of "
                           f"the standard split; leave {'it' if len(unread) == 1 else 'them'} out")
     cfg.check_used()  # --data-path for mnist, --data-dir for a folder: refused, not ignored

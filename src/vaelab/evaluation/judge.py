@@ -161,6 +161,10 @@ def load_judge(folder: str | Path) -> Judge:
     return Judge(net.eval(), meta)
 
 
+# The data options a judge reads (get_judge); the others (classes, val, limit, ...) are a run's own.
+DATA_READ = ("name", "path", "data_dir", "download", *(k for k, _ in FOLDER_OPTIONS))
+
+
 def judge_key(data: DataConfig) -> str:
     """Cache key: the data set name, plus a hash of the path for user data."""
     if data.name in ("mnist", "fashion-mnist"):
@@ -190,9 +194,8 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
                           "(or leave it out for the cached judge)")
     # The judge trains on the standard split of the data set, whatever the run used.
     # The images are the run's (every folder option: size, channels, crop, background, skip_bad).
-    judge_data = DataConfig(name=data.name, path=data.path, data_dir=data.data_dir, download=data.download,
-                            val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
-                            **{k: getattr(data, k) for k, _ in FOLDER_OPTIONS})
+    judge_data = DataConfig(val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
+                            **{k: getattr(data, k) for k in DATA_READ})
     announce(log, f"training the judge for {judge_key(data)}",
              why="a small CNN classifier that scores generated, inpainted and steered images; once per data set",
              cost=f"{epochs} epochs over its training images, a few minutes on a CPU for MNIST",
