@@ -14,7 +14,7 @@ fit on the training set's codes two ways:
 
 Both decode with Pythae's decoder and are written as uint8 ``.npz`` for the same judge:
 
-    /work/peers-venv/bin/python bench/peers/gmm_cross.py bench/out/pythae_compare-all/pythae/beta-vae \\
+    /work/peers/pythae-venv/bin/python bench/peers/gmm_cross.py bench/out/pythae_compare-all/pythae/beta-vae \\
         --data-dir ../shared/data --out bench/out/gmm_cross/beta-vae-s1
     python bench/peers/score_npz.py bench/out/gmm_cross/beta-vae-s1/*.npz       # vaelab's venv: FCD of each
 """

@@ -11,7 +11,7 @@ steps the encoder on: the sum of both losses' gradients, not ``encoder_loss``'s 
 vaelab's venv, Pythae imported from its own venv's site-packages (appended, so vaelab's torch and
 the rest come first):
 
-    python bench/peers/iw_bounds_pythae.py --pythae-site /work/peers-venv/lib/python3.11/site-packages
+    python bench/peers/iw_bounds_pythae.py --pythae-site /work/peers/pythae-venv/lib/python3.11/site-packages
 
 Prints the largest relative difference per objective and network; exits 1 above 1e-4 (or when
 Pythae's trainer steps PIWAE's encoder otherwise than found).
