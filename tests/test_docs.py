@@ -485,4 +485,47 @@ def test_every_test_the_promises_name_exists():
             named.append((current, m.group(2)[2:]))
     assert len(named) >= 10
     for path, test in named:
-        assert re.search(rf"^def {test}\(", (README.parent / path).read_text(), re.M), f"{path} has no {test}"
+        assert re.search(rf"^def {test}\(", (README.parent / path).read_text(), re.MULTILINE), f"{path} has no {test}"
+
+
+def script_options(path: Path) -> set[str]:
+    """The option strings a bench script's argparse parser defines (read from its source:
+    ``add_argument("--x", ...)``), so the check imports no script."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")}
+    return found
+
+
+def test_every_bench_script_the_docs_run_exists_with_its_options():
+    """`python bench/X.py --opt ...` in the READMEs: the script is there and defines each option
+    (a renamed option or an --out that moved would leave a command that fails as written)."""
+    docs = [README, BENCH_README, REPO / "bench" / "peers" / "README.md", REPO / "bench" / "peers" / "PYTHAE.md"]
+    checked = 0
+    for md in docs:
+        text = md.read_text()
+        found = [(c, f"{md.relative_to(REPO)}:{b.line}") for b in code_blocks(text)
+                 if b.lang in ("sh", "bash", "console") for c in commands(b)]
+        found += [(s, f"{md.relative_to(REPO)} `{s}`") for s in inline_code(text) if re.search(r"bench/[\w/]+\.py", s)]
+        for command, where in found:
+            lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            tokens = list(lexer)
+            starts = [0] + [i + 1 for i, w in enumerate(tokens) if w and set(w) <= set(";&|")]
+            for begin, end in zip(starts, starts[1:] + [len(tokens) + 1]):
+                words = tokens[begin:end - 1] if end <= len(tokens) else tokens[begin:]
+                at = next((i for i, w in enumerate(words) if re.search(r"(^|/)bench/[\w/]+\.py$", w)), None)
+                if at is None:
+                    continue
+                script = REPO / words[at][words[at].index("bench/"):]
+                assert script.is_file(), f"{where}: no script {script.relative_to(REPO)}"
+                options = script_options(script)
+                for word in words[at + 1:]:
+                    if word.startswith("--"):
+                        name = word.split("=", 1)[0]
+                        assert name in options, f"{where}: {script.relative_to(REPO)} has no option {name}"
+                checked += 1
+    assert checked > 100
