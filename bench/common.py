@@ -182,14 +182,27 @@ _EVALUATE = (
 def evaluate_test(run_dir: Path, cache: Path, k: int, n: int, threads: int, env: dict[str, str]) -> dict:
     """``Run.evaluate`` of ``run_dir`` on its test split (its first ``n`` images; 0: all) with
     ``k`` importance samples, in a child process of ``threads`` torch threads, with its
-    seconds as ``eval_seconds``; the result is cached in ``cache`` and read from it when there."""
+    seconds as ``eval_seconds``; the result is cached in ``cache`` with the weights' checkpoint id,
+    and read from it while the run holds those weights (a run trained again is evaluated again)."""
+    from vaelab.rundir import ID_FIELD, RunDir
+
+    weights = RunDir(run_dir).weights
+    now = RunDir(run_dir).checkpoint_id()
     if cache.is_file():
-        return json.loads(cache.read_text())
+        result = json.loads(cache.read_text())
+        saved = result.get(ID_FIELD)
+        # A cache written before ids were recorded counts when it is newer than the weights.
+        if saved is None and weights.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+            saved = now
+            write_json(cache, {**result, ID_FIELD: now})
+        if saved == now:
+            return result
+        print(f"{cache} was made from other weights than {weights} now holds; evaluating again", flush=True)
     proc = subprocess.run([sys.executable, "-c", _EVALUATE, str(run_dir), str(k), str(n), str(threads)],
                           cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"evaluation of {run_dir} failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = {**json.loads(proc.stdout.strip().splitlines()[-1]), ID_FIELD: now}
     write_json(cache, result)  # atomic: a kill mid-write leaves no half file to read next time
     return result
 
