@@ -240,7 +240,7 @@ def test_parts_lists_the_flow_options():
     rows = {r["name"]: r for r in parts_table(["samplers"])["samplers"]}
     opts = {o["name"]: o["default"] for o in rows["iaf"]["options"]}
     assert opts == {"blocks": 2, "hidden": 128, "layers": 3, "epochs": 20, "lr": 1e-3, "batch_size": 256,
-                    "scale": 1.0}
+                    "scale": 1.0, "codes": "mean"}
     assert "inverse autoregressive flow" in rows["iaf"]["help"]
 
 

@@ -155,3 +155,86 @@ def test_fitted_sampler_is_reused_from_the_run(trained_run):
     labels = trained_run.split("train").y.numpy()
     np.testing.assert_allclose(s3.arrays["means"][0], codes[labels == 0].mean(0), rtol=1e-5, atol=1e-6)
     assert torch.is_tensor(trained_run.decode(torch.from_numpy(s3.sample(4, cls=1)).float()))
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """The session's trained VAE in a folder of its own (fits saved here touch no other test)."""
+    import shutil
+
+    from vaelab.api import Run
+
+    shutil.copytree(trained_run.run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("samplers"))
+    return Run.load(tmp_path / "run", device="cpu")
+
+
+def test_posterior_draws_are_seeded_and_spread_as_the_posterior_says(run_copy):
+    x = run_copy.split("train").float()
+    q = run_copy.posterior(x)
+    a, b = run_copy.draw_codes(x, seed=3), run_copy.draw_codes(x, seed=3)
+    torch.testing.assert_close(a, b)  # the same seed, the same draws
+    assert not torch.equal(a, run_copy.draw_codes(x, seed=4))
+    # oracle: (z - mu) / sigma is standard normal for a diagonal Gaussian posterior
+    r = ((a - q.mean) / q.std).flatten()
+    assert abs(float(r.mean())) < 0.1 and abs(float(r.std()) - 1) < 0.1
+
+
+def test_a_mixture_fit_on_draws_has_the_aggregate_posteriors_spread(run_copy):
+    """codes=draw fits on one posterior draw per image: a one-component full Gaussian then has the
+    aggregate posterior's covariance, cov(mu) + E[diag sigma^2] (the law of total variance), where
+    the fit on means has cov(mu) alone."""
+    from vaelab.latent.sampling import fitted_sampler
+
+    x = run_copy.split("train").float()
+    q = run_copy.posterior(x)
+    mu, var = q.mean.double().numpy(), (q.std.double() ** 2).numpy()
+    on_means = fitted_sampler(run_copy, "gmm", components=1, log=lambda m: None)
+    on_draws = fitted_sampler(run_copy, "gmm", components=1, codes="draw", seed=1, log=lambda m: None)
+    cov = lambda s: s.arrays["chols"][0] @ s.arrays["chols"][0].T
+    # one full component is the codes' own covariance: the means', and the seeded draws'
+    np.testing.assert_allclose(cov(on_means), np.cov(mu, rowvar=False, bias=True), atol=1e-4)
+    draws = run_copy.draw_codes(x, seed=1).double().numpy()
+    np.testing.assert_allclose(cov(on_draws), np.cov(draws, rowvar=False, bias=True), atol=1e-4)
+    # and the draws spread as the aggregate posterior: the total variance adds E[sigma^2]
+    total = np.trace(np.cov(mu, rowvar=False, bias=True)) + var.mean(0).sum()
+    assert abs(np.trace(cov(on_draws)) - total) < 0.1 * total
+    assert np.trace(cov(on_draws)) > np.trace(cov(on_means)) + 0.5 * var.mean(0).sum()
+    # the fit records what it was fit on; asked again it is reused, and a fit on means is another fit
+    meta = json.loads((run_copy.run_dir / "samplers" / "gmm.json").read_text())
+    assert meta["params"]["codes"] == "draw"
+    again = fitted_sampler(run_copy, "gmm", components=1, codes="draw", seed=1,
+                           log=lambda m: pytest.fail(f"refit: {m}"))
+    np.testing.assert_array_equal(again.arrays["chols"], on_draws.arrays["chols"])
+
+
+def test_a_fit_saved_before_codes_existed_is_still_reused(run_copy):
+    """Fits saved before the option have no "codes" in their parameters: they were fit on means,
+    which is the default, so they match and are reused, not fit again."""
+    from vaelab.latent.sampling import fitted_sampler
+
+    first = fitted_sampler(run_copy, "gmm", components=2, log=lambda m: None)
+    path = run_copy.run_dir / "samplers" / "gmm.json"
+    assert "codes" not in json.loads(path.read_text())["params"]
+    stamp = (run_copy.run_dir / "samplers" / "gmm.npz").stat().st_mtime_ns
+    again = fitted_sampler(run_copy, "gmm", components=2, codes="mean", log=lambda m: pytest.fail(f"refit: {m}"))
+    assert (run_copy.run_dir / "samplers" / "gmm.npz").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.arrays["means"], first.arrays["means"])
+
+
+def test_codes_from_the_command_line(capsys, run_copy, tmp_path, tiny_config):
+    from conftest import cli_error, run_main
+
+    rc, out, err = run_main(capsys, "sample", str(run_copy.run_dir), "--sampler", "class-gmm", "--class", "1",
+                            "--codes", "draw", "--n", "4")
+    assert rc == 0, err
+    meta = json.loads((run_copy.run_dir / "samplers" / "class-gmm.json").read_text())
+    assert meta["params"]["codes"] == "draw"
+    assert "--codes does not apply to --sampler prior" in cli_error(
+        capsys, "sample", str(run_copy.run_dir), "--sampler", "prior", "--codes", "draw")
+    # an autoencoder has no posterior to draw from: one line, before anything is fit
+    from vaelab.api import train
+
+    ae = train(tiny_config("model.kind=ae"), tmp_path / "ae", evaluate_after=False, log=lambda *_: None)
+    msg = cli_error(capsys, "sample", str(ae.run_dir), "--sampler", "gmm", "--codes", "draw")
+    assert "needs a stochastic posterior" in msg
+    assert not (ae.run_dir / "samplers" / "gmm.json").exists()

@@ -192,7 +192,7 @@ def test_settings_are_checked_and_listed():
 
     row = next(r for r in parts_table(["samplers"])["samplers"] if r["name"] == "two-stage")
     listed = {o["name"]: o for o in row["options"]}
-    assert list(listed) == ["epochs", "hidden", "depth", "latent", "batch_size", "lr", "scale"]
+    assert list(listed) == ["epochs", "hidden", "depth", "latent", "batch_size", "lr", "scale", "codes"]
     assert listed["hidden"]["default"] == 128 and "1024" in listed["hidden"]["help"]
 
 
@@ -316,7 +316,7 @@ def test_its_settings_from_the_command_line(rae_run, tmp_path, capsys):
     for args, want in (
         (["--epochs", "0"], "sampler two-stage: epochs must be >= 1, got 0"),
         (["--latent", "0"], "sampler two-stage: latent must be >= 1"),
-        (["--blocks", "3"], ("--blocks does not apply to --sampler two-stage (it takes --batch-size, --depth, "
+        (["--blocks", "3"], ("--blocks does not apply to --sampler two-stage (it takes --batch-size, --codes, --depth, "
                              "--epochs, --hidden, --latent, --lr, --scale)")),
         (["--components", "3"], "--components does not apply to --sampler two-stage"),
     ):

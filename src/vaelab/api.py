@@ -139,6 +139,22 @@ class Run:
         return self.posterior(x, y, batch_size).mean
 
     @torch.no_grad()
+    def draw_codes(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0,
+                   batch_size: int = 1000) -> torch.Tensor:
+        """One draw z ~ q(z|x, y) per image (N, D), seeded: the same seed gives the same draws.
+        Drawn chunk by chunk on the model's device (a two-layer posterior draws z2 given its z1)."""
+        from vaelab.models import require
+
+        require(self.model, "stochastic", "drawing codes from the posterior")
+        self.model.eval()
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        for a, b in self._chunks(len(x), batch_size):
+            xb = x[a:b].to(self.device)
+            out.append(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))).sample(generator=g).cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
         """Images in [0, 1] from codes (N, D); a conditional model needs classes ``y`` (N,) or one int."""
         self.model.eval()

@@ -55,6 +55,9 @@ _SAMPLER_OPTIONS = [  # the sampler's own parameters; each help names the sample
                  help=lambda: f"Hidden layers of stage 2's encoder and of its decoder ({takers(_SAMPLERS, 'depth')})."),
     click.option("--latent", type=int, cls=RegistryHelp,
                  help=lambda: f"Size of stage 2's latent u, unset: the code size ({takers(_SAMPLERS, 'latent')})."),
+    click.option("--codes", type=RegistryChoice("vaelab.latent.sampler_base:CODES"), cls=RegistryHelp,
+                 help=lambda: "The training codes a sampler is fit on: the posterior means, or one posterior draw "
+                              f"per image (a stochastic posterior only) ({takers(_SAMPLERS, 'codes')})."),
 ]
 
 
@@ -76,13 +79,11 @@ def _plot_help(param: str, text: str):
 def _only_used(name: str, params: dict) -> dict:
     """The options a sampler's constructor takes; one it does not take is an error (a --scale
     given to the prior sampler would otherwise be silently ignored)."""
-    import inspect
-
     from vaelab.latent.sampling import SAMPLERS
 
     if name not in SAMPLERS:
         raise VaelabError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
-    takes = set(inspect.signature(SAMPLERS[name].__init__).parameters) - {"self", "params", "model", "run_dir"}
+    takes = set(SAMPLERS[name].settings())
     unused = [k for k, v in params.items() if v is not None and k not in takes]
     if unused:
         raise VaelabError(f"--{', --'.join(k.replace('_', '-') for k in unused)} does not apply to --sampler {name}"
@@ -136,7 +137,7 @@ def judge(data, data_dir, data_path, image_size, overrides, out, epochs, retrain
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also save the images and codes as .npz.")
 @device_option
 def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, batch_size, hidden, blocks, depth,
-           latent, seed, out, npz, device) -> None:
+           latent, codes, seed, out, npz, device) -> None:
     """Decode samples from a latent sampler into a PNG grid (and optionally .npz)."""
     import numpy as np
 
@@ -152,7 +153,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     asked_as, cls = cls, run.class_index(cls)
     s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
         components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden, blocks=blocks,
-        depth=depth, latent=latent)))
+        depth=depth, latent=latent, codes=codes)))
     if s.conditional and cls is None and sampler != "prior":
         raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
@@ -273,7 +274,7 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="A local copy of the Inception weights (default: downloaded once into torch.hub's cache).")
 def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, epochs, lr, batch_size, hidden, blocks,
-                 depth, latent, seed, out, features, reference, inception_weights) -> None:
+                 depth, latent, codes, seed, out, features, reference, inception_weights) -> None:
     """Score generated images: FCD vs its floor, class accuracy or coverage, nearest-neighbour distances;
     with --features, FID, KID and precision/recall."""
     from vaelab.api import Run
@@ -314,7 +315,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
                               extractor=extractor, log=_echo,
                               **_only_used(sampler, _sampler_params(
                                   components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size,
-                                  hidden=hidden, blocks=blocks, depth=depth, latent=latent)))
+                                  hidden=hidden, blocks=blocks, depth=depth, latent=latent, codes=codes)))
     for k, v in _summary(result):
         _echo(f"  {k:<16} {v}")
     _echo(f"wrote {out_dir / RunDir.SAMPLES_EVAL}")

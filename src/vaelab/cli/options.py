@@ -78,7 +78,9 @@ def takers(source: str, param: str) -> str:
 
     found = []
     for name, entry in registry(source).items():
-        p = inspect.signature(entry.__init__ if isinstance(entry, type) else entry).parameters.get(param)
+        params = (entry.settings() if hasattr(entry, "settings") else  # a sampler: with its bases' settings
+                  inspect.signature(entry.__init__ if isinstance(entry, type) else entry).parameters)
+        p = params.get(param)
         if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             found.append(name if p.default is p.empty else f"{name} default {p.default}")
     return ", ".join(found)

@@ -11,7 +11,6 @@ the parameters their constructor takes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 
 import click
@@ -56,16 +55,19 @@ def options(entry) -> list[dict]:
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             out.append({"name": f.name, "type": kind, "default": _json_value(default),
                         "help": f.metadata.get("help", "")})
-        return out
+        return out + [o for o in _sampler_settings(entry) if o["name"] not in {f.name for f in dataclasses.fields(declared)}]
+    return _sampler_settings(entry)
+
+
+def _sampler_settings(entry) -> list[dict]:
+    """A sampler's constructor settings (with those of its bases: ``codes``), each {name, type, default, help}."""
     from vaelab.latent.sampling import Sampler
 
-    if isinstance(entry, type) and issubclass(entry, Sampler):
-        params = list(inspect.signature(entry.__init__).parameters.values())[1:]
-        return [{"name": p.name, "type": p.annotation if isinstance(p.annotation, str) else
-                 getattr(p.annotation, "__name__", ""), "default": _json_value(p.default), "help": ""}
-                for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
-                and p.name not in ("model", "run_dir")]
-    return []
+    if not (isinstance(entry, type) and issubclass(entry, Sampler)):
+        return []
+    return [{"name": p.name, "type": p.annotation if isinstance(p.annotation, str) else
+             getattr(p.annotation, "__name__", ""), "default": _json_value(p.default), "help": ""}
+            for p in entry.settings().values() if p.default is not p.empty]
 
 
 def _details(entry) -> dict:

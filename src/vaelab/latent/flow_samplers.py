@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from vaelab.errors import CheckpointError, ConfigError, DataError
-from vaelab.latent.sampler_base import Sampler
+from vaelab.latent.sampler_base import FittedSampler
 from vaelab.models.flows import MADE
 from vaelab.rundir import ID_FIELD
 from vaelab.tensorfiles import load_tensors, save_tensors
@@ -152,7 +152,7 @@ class _Noise(nn.Module):
         return self.flow(noise * self.root)
 
 
-class FlowSampler(Sampler):
+class FlowSampler(FittedSampler):
     """Base of the flow samplers: ``reads`` names the side each MADE reads."""
 
     reads = ""

@@ -5,6 +5,7 @@ file checked on load. It imports no sampler: the samplers import it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import zipfile
 from pathlib import Path
@@ -23,6 +24,20 @@ class Sampler:
     conditional = False  # takes a class (a fitted one needs labelled training codes)
     needs: frozenset[str] = frozenset({"continuous"})  # model capabilities it needs
     from_model = False  # draws from something the model holds (built with model=, run_dir=); nothing fit on codes
+
+    @classmethod
+    def settings(cls) -> dict[str, inspect.Parameter]:
+        """The keyword settings its constructor takes, with those its bases' constructors take
+        through ``**params`` (``codes``, from ``FittedSampler``): name -> parameter, the most
+        derived class's default first. The CLI's sampler options and ``vaelab parts`` read this."""
+        out: dict[str, inspect.Parameter] = {}
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass is object:
+                continue
+            for name, p in inspect.signature(klass.__init__).parameters.items():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", "model", "run_dir"):
+                    out.setdefault(name, p)
+        return out
 
     @classmethod
     def missing(cls, run) -> str | None:
@@ -122,3 +137,30 @@ class Sampler:
 
 
 __all__ = ["Sampler"]
+
+
+# What a fitted sampler is fit on (``--codes``): the training images' posterior means, or one
+# posterior draw per image.
+CODES = ("mean", "draw")
+
+
+class FittedSampler(Sampler):
+    """Base of the samplers fit on a run's training codes (``fitted_sampler`` encodes them).
+
+    ``codes`` says which codes: ``mean``, the posterior means (what ``encode`` gives; the default),
+    or ``draw``, one posterior draw per training image, seeded by the fit's seed: a sample of the
+    aggregate posterior q(z) = E_x q(z|x), the codes the decoder was trained on (Pythae's samplers
+    fit on draws). The two agree where the posterior is narrow against the spread of the means;
+    for a Poincaré VAE, whose means lie in a thin shell, they do not (bench/README.md)."""
+
+    def __init__(self, codes: str = "mean", **params):
+        if codes not in CODES:
+            raise ConfigError(f"codes must be one of {', '.join(CODES)}, got {codes!r}")
+        # "mean" is what every fit before the option used: it stays out of the parameters, so a fit
+        # saved then still matches (and is reused) rather than being fit again
+        super().__init__(**params, **({"codes": codes} if codes != "mean" else {}))
+
+    @property
+    def codes(self) -> str:
+        return self.params.get("codes", "mean")
+

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 from vaelab.io import file_sha256  # noqa: F401  (importable from here too)
 from vaelab.latent.flow_samplers import IAFSampler, MAFSampler
-from vaelab.latent.sampler_base import Sampler
+from vaelab.latent.sampler_base import FittedSampler, Sampler
 from vaelab.latent.two_stage import TwoStageOptions, TwoStageSampler  # noqa: F401  (TwoStageOptions: as above)
 from vaelab.rundir import ID_FIELD
 
@@ -188,7 +188,7 @@ class PixelCNNSampler(Sampler):
 COVARIANCES = ("full", "tied", "diag", "spherical")
 
 
-class GMMSampler(Sampler):
+class GMMSampler(FittedSampler):
     """A Gaussian mixture (scikit-learn) fit on the training codes."""
 
     name = "gmm"
@@ -226,7 +226,7 @@ class GMMSampler(Sampler):
         return float(np.sqrt(self.params.get("scale", 1.0)))
 
 
-class ClassGaussianSampler(Sampler):
+class ClassGaussianSampler(FittedSampler):
     """One full-covariance Gaussian per class, fit on that class's training codes."""
 
     name = "class-gaussian"
@@ -364,7 +364,10 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
             else:
                 log(f"note: refitting the {name} sampler: {folder / name}{sampler.suffix} is stale ({stale})")
     train = run.split("train")
-    codes = run.encode(train.float(), train.y).double().numpy()
+    if getattr(sampler, "codes", "mean") == "draw":
+        codes = run.draw_codes(train.float(), train.y, seed=seed).double().numpy()
+    else:
+        codes = run.encode(train.float(), train.y).double().numpy()
     labels = train.y.numpy() if train.y is not None else None
     sampler.log, sampler.device = log, run.device  # a long fit (the flows) announces itself, on the run's device
     sampler.fit(codes, labels, seed=seed)

@@ -35,7 +35,7 @@ from torch import nn
 
 from vaelab.distributions import DiagNormal, StandardNormal, kl_divergence
 from vaelab.errors import CheckpointError, ConfigError, DataError
-from vaelab.latent.sampler_base import Sampler
+from vaelab.latent.sampler_base import FittedSampler
 from vaelab.models.bodies import mlp
 from vaelab.rundir import ID_FIELD
 
@@ -172,7 +172,7 @@ def sample_codes(net: TwoStageVAE, n: int, scale: float = 1.0, seed: int = 0) ->
     return NoiseToCode(net, scale)(torch.randn((n, net.latent), generator=g)).double().numpy()
 
 
-class TwoStageSampler(Sampler):
+class TwoStageSampler(FittedSampler):
     """A second VAE fit on the training codes, decoded from N(0, I) (Dai & Wipf 2019)."""
 
     name = "two-stage"
@@ -180,11 +180,11 @@ class TwoStageSampler(Sampler):
     options = TwoStageOptions  # its settings, with help (`vaelab parts samplers`)
 
     def __init__(self, epochs: int = 20, hidden: int = 128, depth: int = 2, latent: int | None = None,
-                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0):
+                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0, codes: str = "mean"):
         o = TwoStageOptions(epochs=int(epochs), hidden=int(hidden), depth=int(depth),
                             latent=None if latent is None else int(latent), batch_size=int(batch_size),
                             lr=float(lr), scale=float(scale))
-        super().__init__(**o.__dict__)
+        super().__init__(codes=codes, **o.__dict__)
         self.opts, self.net, self.info = o, None, {}
 
     def fit(self, codes, labels=None, seed=0):
