@@ -151,6 +151,17 @@ def write_json(path: Path, data: dict) -> None:
     atomic(path, data)
 
 
+def merged_rows(old: dict, new: dict, settings: tuple[str, ...], key) -> list[dict]:
+    """A results table's rows after a call: ``new``'s, after those of ``old`` (the file already
+    there) whose ``key(row)`` the call did not produce, when both tables were made with the same
+    ``settings`` (else ``new``'s alone). A call that scores some models (or one more seed) then
+    adds its rows to the table instead of replacing the others'."""
+    if any(old.get(k) != new.get(k) for k in settings):
+        return new["rows"]
+    ran = {key(r) for r in new["rows"]}
+    return [r for r in old.get("rows", []) if key(r) not in ran] + new["rows"]
+
+
 def run_vaelab(args: list[str], env: dict[str, str], log: Path) -> float:
     """``python -m vaelab ARGS`` from the repository root, its output appended to ``log``;
     its wall time in seconds. A failure ends the benchmark with the command and the log."""

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import common
 from common import OUT, REPO, child_env, data_root, evaluate_test, pick, write_json
 
 # name -> (preset, overrides, paper NLL, independent re-implementation NLL or None); test NLL at k = 5000.
@@ -90,10 +91,7 @@ def merged_rows(old: dict, new: dict) -> list[dict]:
     """The table's rows: ``new``'s, after those of ``old`` (the file already there) for models
     ``new`` did not run, when both were scored with the same settings. `--models vae-2l,iwae5-2l`
     then adds to the one-layer rows instead of replacing them."""
-    if any(old.get(k) != new[k] for k in ("stages", "beta1", "seed", "eval_k")):
-        return new["rows"]
-    ran = {r["model"] for r in new["rows"]}
-    return [r for r in old.get("rows", []) if r["model"] not in ran] + new["rows"]
+    return common.merged_rows(old, new, ("stages", "beta1", "seed", "eval_k"), key=lambda r: r["model"])
 
 
 def main() -> None:

@@ -36,7 +36,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import OUT, REPO, child_env, data_root, evaluate_test, pick
+from common import (
+    OUT,
+    REPO,
+    child_env,
+    data_root,
+    evaluate_test,
+    merged_rows,
+    pick,
+    write_json,
+)
 
 FAMILIES = {"N-VAE": "vae", "S-VAE": "svae"}
 DIMS = (2, 5, 10)
@@ -81,6 +90,16 @@ def train_cmd(name: str, d: int, rd: Path, args) -> list[str] | None:
 def evaluate(rd: Path, args, env) -> dict:
     cache = rd / f"svae_bench_k{args.eval_k}_n{args.eval_n or 'all'}.json"
     return evaluate_test(rd, cache, args.eval_k, args.eval_n or 0, args.threads, env)
+
+
+def table_rows(old: dict, new: dict) -> list[dict]:
+    """The rows of svae-eE.json after a call: this call's, with those already there for other
+    (model, d, seed) scored the same way (a call for one more seed adds to the table, not
+    replaces it), ordered by d, model and seed."""
+    for r in old.get("rows", []):  # a table written before rows carried their seed: its one seed
+        r.setdefault("seed", old.get("seed"))
+    rows = merged_rows(old, new, ("epochs", "limit", "eval_k", "eval_n"), key=lambda r: (r["model"], r["d"], r["seed"]))
+    return sorted(rows, key=lambda r: (r["d"], list(FAMILIES).index(r["model"]), r["seed"]))
 
 
 def fmt(v: float | None) -> str:
@@ -128,22 +147,30 @@ def main() -> None:
         for name in names:
             ev = evaluate(run_dir(args.out, name, d, args), args, env)
             ll, sd, re, kl = PAPER.get((name, d), (None,) * 4)
-            rows.append({"model": name, "d": d, "latent_dim": code_size(name, d), "LL": -ev["nll_iw"], "Lq": -(ev["recon"] + ev["kl"]),
+            rows.append({"model": name, "d": d, "seed": args.seed, "latent_dim": code_size(name, d),
+                         "LL": -ev["nll_iw"], "Lq": -(ev["recon"] + ev["kl"]),
                          "RE": -ev["recon"], "KL": ev["kl"], "paper_LL": ll, "paper_LL_sd": sd,
                          "paper_Lq": re - kl if re is not None else None, "paper_RE": re, "paper_KL": kl,
                          "n": ev["n"]})
-    result = {"epochs": args.epochs, "limit": args.limit or None, "eval_k": args.eval_k, "seed": args.seed,
+    result = {"epochs": args.epochs, "limit": args.limit or None, "eval_k": args.eval_k,
               "eval_n": rows[0]["n"] if rows else 0, "loadavg": os.getloadavg(), "rows": rows}
-    (args.out / f"svae-e{args.epochs}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = args.out / f"svae-e{args.epochs}.json"
+    result["rows"] = rows = table_rows(json.loads(path.read_text()) if path.is_file() else {}, result)
+    write_json(path, result)
     print(f"\nMNIST test set ({result['eval_n']:,} images), LL with k = {args.eval_k}; {args.epochs} epochs"
-          f"{f' on {args.limit:,} training images' if args.limit else ''}; seed {args.seed}\n")
-    print("| model | d | LL | L[q] | RE | KL | paper: LL | L[q] | RE | KL |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"{f' on {args.limit:,} training images' if args.limit else ''}; every seed scored so far in {path}\n")
+    print("| model | d | seed | LL | L[q] | RE | KL | paper: LL | L[q] | RE | KL |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sd = f" ± {r['paper_LL_sd']:.2f}" if r["paper_LL_sd"] is not None else ""
-        print(f"| {r['model']} | {r['d']} | {r['LL']:.2f} | {r['Lq']:.2f} | {r['RE']:.2f} | {r['KL']:.2f} | "
+        print(f"| {r['model']} | {r['d']} | {r['seed']} | {r['LL']:.2f} | {r['Lq']:.2f} | {r['RE']:.2f} | {r['KL']:.2f} | "
               f"{fmt(r['paper_LL'])}{sd} | {fmt(r['paper_Lq'])} | {fmt(r['paper_RE'])} | {fmt(r['paper_KL'])} |")
-
+    means = {}
+    for r in rows:
+        means.setdefault((r["model"], r["d"]), []).append(r["LL"])
+    if any(len(v) > 1 for v in means.values()):
+        print("\nLL, mean over seeds: " + "; ".join(f"{m} d={d}: {sum(v) / len(v):.2f} ({len(v)} seeds)"
+                                                 for (m, d), v in means.items()))
 
 if __name__ == "__main__":
     main()

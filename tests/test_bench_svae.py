@@ -39,3 +39,17 @@ def test_a_finished_run_is_reused_only_with_the_same_code_size_and_epochs(tmp_pa
     assert svae.train_cmd("S-VAE", 2, tmp_path / "circle", args) is not None
     assert svae.train_cmd("S-VAE", 2, tmp_path / "sphere", args) is None
     assert svae.train_cmd("S-VAE", 2, tmp_path / "short", args) is not None
+
+
+def test_a_call_for_another_seed_adds_its_rows_to_the_table():
+    old = {"epochs": 20, "limit": None, "eval_k": 500, "eval_n": 10000, "seed": 1,  # before rows had seeds
+           "rows": [{"model": m, "d": d, "LL": -100.0} for d in (2, 10) for m in ("N-VAE", "S-VAE")]}
+    new = {"epochs": 20, "limit": None, "eval_k": 500, "eval_n": 10000,
+           "rows": [{"model": m, "d": 10, "seed": 2, "LL": -99.0} for m in ("N-VAE", "S-VAE")]}
+    rows = svae.table_rows(old, new)
+    assert [(r["model"], r["d"], r["seed"]) for r in rows] == [
+        ("N-VAE", 2, 1), ("S-VAE", 2, 1), ("N-VAE", 10, 1), ("N-VAE", 10, 2), ("S-VAE", 10, 1), ("S-VAE", 10, 2)]
+    # the same (model, d, seed) scored again replaces its row; other settings start a new table
+    again = {**new, "rows": [{"model": "S-VAE", "d": 2, "seed": 1, "LL": -98.0}]}
+    assert [r["LL"] for r in svae.table_rows({**old, "rows": rows}, again) if r["d"] == 2] == [-100.0, -98.0]
+    assert svae.table_rows(old, {**new, "eval_k": 50}) == new["rows"]
