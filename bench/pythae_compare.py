@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, OUT, REPO, child_env, data_root, pick
+from common import BENCH, OUT, REPO, child_env, data_root, merged_rows, pick, write_json
 
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
@@ -120,6 +120,28 @@ def vaelab_arrays(run: Path, sampler: str, n: int, env: dict) -> Path:
     return path
 
 
+def input_hashes(paths: dict) -> dict:
+    """The SHA-256 of each array file a family's scores are computed from (None: absent)."""
+    from vaelab.io import file_sha256
+
+    return {k: file_sha256(v) if v and os.path.isfile(v) else None for k, v in paths.items()}
+
+
+def cached_scores(path: Path, paths: dict) -> dict | None:
+    """The scores saved in ``path`` when they were computed from these very arrays (their
+    SHA-256s as recorded), else None: a side trained again is scored again, not read stale."""
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text())
+    now = input_hashes(paths)
+    if "inputs" not in s:  # scored before inputs were recorded: it counts if newer than every input
+        newest = max((os.path.getmtime(v) for v in paths.values() if v and os.path.isfile(v)), default=0)
+        if path.stat().st_mtime < newest:
+            return None
+        write_json(path, s := {**s, "inputs": now})
+    return s if s["inputs"] == now else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pythae-python", required=True, help="the python of the Pythae venv (bench/peers/README.md)")
@@ -161,18 +183,23 @@ def main() -> None:
                  "v_gmm": None if fam == "vqvae" else str(vaelab_arrays(vdir, "gmm", args.n_samples, env)),
                  "v_recon": str(vaelab_arrays(vdir, "recon", args.n_samples, env))}
         scored_path = args.out / f"{fam}_scores.json"
-        if not scored_path.is_file():  # scored once; delete it to score again
+        s = cached_scores(scored_path, paths)
+        if s is None:  # never scored, or either side's arrays changed since (a side trained again)
             subprocess.run([sys.executable, "-c", SCORE, json.dumps(paths), str(scored_path), str(args.threads)],
                            cwd=REPO, env=env, check=True)
-        s = json.loads(scored_path.read_text())
+            s = json.loads(scored_path.read_text())
+            write_json(scored_path, {**s, "inputs": input_hashes(paths)})
         rows.append({"family": fam,
                      "pythae_seconds": json.loads((pdir / "process_seconds.json").read_text())["seconds"],
                      "vaelab_seconds": vrow["train_process_seconds"],
                      "pythae_train_seconds": pres["timings"]["train_seconds"], "vaelab_train_seconds": vrow["train_seconds"],
                      **{f"{side}_{k}": (s[f"{side[0]}_{k}"] or {}) for side in ("pythae", "vaelab")
                         for k in ("prior", "gmm", "recon")}})
-    (args.out / "compare.json").write_text(json.dumps({"epochs": args.epochs, "threads": args.threads,
-                                                      "loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")
+    table = {"epochs": args.epochs, "threads": args.threads, "loadavg": os.getloadavg(), "rows": rows}
+    path = args.out / "compare.json"  # a call for some families adds their rows to the others'
+    table["rows"] = rows = merged_rows(json.loads(path.read_text()) if path.is_file() else {}, table, ("epochs",),
+                                       key=lambda r: r["family"])
+    write_json(path, table)
     g = lambda d, k, f="{:.1f}": "" if not d or d.get(k) is None else f.format(d[k])
     print("| family | training s (Pythae trainer / vaelab process) | FCD prior | FCD GMM | MSE | SSIM |")
     print("|---|---:|---:|---:|---:|---:|")
