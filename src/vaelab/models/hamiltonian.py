@@ -66,10 +66,15 @@ Where this follows the paper and where Pythae differs (clementchadebec/benchmark
   rho__``), so its flow does no tempering; here the paper's update and cooling.
 - Pythae takes grad U without ``create_graph``: no gradient flows through the flow's
   gradient terms. Here it does (the paper's reparameterised gradient of the bound).
-- Pythae's loss leaves out log q0's quadratic term and the beta_0 terms (its log q0 is
-  -1/2 sum log var: the entropy up to a constant), and its encoder's std is softplus(log
-  var); its ``get_nll`` uses exp(log var / 2). Here log w is the paper's full weight, q0's
-  std exp(logvar / 2), every log-density normalised.
+- Pythae's loss leaves out log q0's quadratic term and the beta_0 terms, and its log q0 term
+  does not match the q0 it draws from: it draws with std softplus(a) from its encoder's second
+  head a, and its log q0 is -1/2 sum a, which would be the entropy (up to a constant) if a were
+  a log-variance; for large a it rewards a std s by about s / 2 where the bound rewards it by
+  log s. Its ``get_nll`` uses exp(a / 2). Here log w is the paper's full weight, q0's std
+  exp(logvar / 2), every log-density normalised. That entropy term is why Pythae's prior samples
+  are closer than these at the zoo's budget (bench/peers/hvae_variant.py: with it made its own
+  q0's entropy, Pythae's HVAE scores FCD 268.6 from the prior, against 221.6 as it is and 265.8
+  here).
 - Pythae's eps is one scalar (and its beta_0 is learned as sqrt(beta_0) unconstrained);
   the paper's eps is a vector (the elementwise products of Algorithm 1), as here.
 - The paper's potential is -log p(x, z); Pythae adds z to the likelihood's gradient (a
