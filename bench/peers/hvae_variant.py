@@ -31,6 +31,7 @@ ap.add_argument("--data-dir", default="/work/shared/data")
 ap.add_argument("--seed", type=int, default=1)
 ours = ap.parse_args()
 
+# imported after our arguments are read: pythae_zoo parses its own defaults on import
 import pythae_zoo
 import torch
 import torch.nn.functional as F
