@@ -169,7 +169,7 @@ def main() -> None:
     for r in rows:
         means.setdefault((r["model"], r["d"]), []).append(r["LL"])
     if any(len(v) > 1 for v in means.values()):
-        print("\nLL, mean over seeds: " + "; ".join(f"{m} d={d}: {sum(v) / len(v):.2f} ({len(v)} seeds)"
+        print("\nLL, mean over seeds: " + "; ".join(f"{m} d={d}: {sum(v) / len(v):.2f} ({len(v)} seed{'s' if len(v) > 1 else ''})"
                                                  for (m, d), v in means.items()))
 
 if __name__ == "__main__":

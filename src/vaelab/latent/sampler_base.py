@@ -136,8 +136,6 @@ class Sampler:
         return classes.index(cls)
 
 
-__all__ = ["Sampler"]
-
 
 # What a fitted sampler is fit on (``--codes``): the training images' posterior means, or one
 # posterior draw per image.
@@ -164,3 +162,5 @@ class FittedSampler(Sampler):
     def codes(self) -> str:
         return self.params.get("codes", "mean")
 
+
+__all__ = ["CODES", "FittedSampler", "Sampler"]
