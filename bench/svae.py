@@ -23,7 +23,7 @@ The published columns: the paper's Table 1, the mean over its runs (with the sta
 of its LL, 0.09-0.83 nats). The paper's PDF could not be read here; the numbers are
 copied from the transcription of Table 1 in a public reproduction's comparison script (found
 with the tool library's code search; its (LL, RE, KL) per arm and D), and L[q] is RE - KL.
-One seed per model here.
+One seed per call (`--seed`); the table (svae-eE.json) keeps every seed scored, and prints their means.
 A finished run is not trained again; its evaluation is cached beside it.
 """
 
