@@ -28,7 +28,7 @@ from vaelab import distributions
 from vaelab.config import DATA_DIR_SOURCES, RunConfig
 from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.errors import CheckpointMismatch, ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
@@ -292,10 +292,10 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     t_fit = time.perf_counter()
     try:
         result = fit(config, run_dir, resume=resume, log=log, callbacks=callbacks)
-    except CheckpointError as e:
-        if resume and changed and "does not match this model" in str(e):  # an override reshaped the model
-            raise CheckpointError(f"{run_dir} cannot resume with {', '.join(changed)}: its saved weights have the "
-                                  "old shapes; resume without that change, or train a new run (--out)") from None
+    except CheckpointMismatch:
+        if resume and changed:  # an override reshaped the model
+            raise CheckpointMismatch(f"{run_dir} cannot resume with {', '.join(changed)}: its saved weights have the "
+                                     "old shapes; resume without that change, or train a new run (--out)") from None
         raise
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
               device=next(result.model.parameters()).device, _splits=result.splits)

@@ -22,6 +22,11 @@ class CheckpointError(VaelabError):
     """A run directory or checkpoint cannot be read."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint that reads, but whose tensors or optimizers do not fit the model built for it
+    (a resume whose overrides reshaped the model, say)."""
+
+
 class TrainingDiverged(VaelabError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from vaelab.config import RunConfig
 from vaelab.configure import config_from_dict
-from vaelab.errors import CheckpointError, ConfigError
+from vaelab.errors import CheckpointError, CheckpointMismatch, ConfigError
 from vaelab.rundir import RunDir
 from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
 
@@ -91,7 +91,7 @@ def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer) -> dict[
             opt.load_state_dict({"state": state, "param_groups": json.loads(meta[f"param_groups{mkey}"])})
         return json.loads(meta["state"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
+        raise CheckpointMismatch(f"{Path(run_dir) / RESUME} does not match this model: {_torch_reason(e)}") from None
 
 
 def saved_epoch(run_dir: str | Path) -> int | None:
