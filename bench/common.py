@@ -151,6 +151,21 @@ def write_json(path: Path, data: dict) -> None:
     atomic(path, data)
 
 
+def cached_json(path: Path, field: str, now, sources: list[Path]) -> dict | None:
+    """The JSON cached in ``path`` while it was made from what ``now`` identifies (its ``field``
+    records that: a checkpoint id, input hashes), else None. One written before the field was
+    recorded counts when it is newer than every one of ``sources``, and gets the field."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if field not in saved:
+        newest = max((s.stat().st_mtime for s in sources if s.is_file()), default=0)
+        if path.stat().st_mtime < newest:
+            return None
+        write_json(path, saved := {**saved, field: now})
+    return saved if saved[field] == now else None
+
+
 def merged_rows(old: dict, new: dict, settings: tuple[str, ...], key) -> list[dict]:
     """A results table's rows after a call: ``new``'s, after those of ``old`` (the file already
     there) whose ``key(row)`` the call did not produce, when both tables were made with the same
@@ -197,18 +212,12 @@ def evaluate_test(run_dir: Path, cache: Path, k: int, n: int, threads: int, env:
     and read from it while the run holds those weights (a run trained again is evaluated again)."""
     from vaelab.rundir import ID_FIELD, RunDir
 
-    weights = RunDir(run_dir).weights
-    now = RunDir(run_dir).checkpoint_id()
+    rd = RunDir(run_dir)
+    now = rd.checkpoint_id()
+    if (result := cached_json(cache, ID_FIELD, now, [rd.weights])) is not None:
+        return result
     if cache.is_file():
-        result = json.loads(cache.read_text())
-        saved = result.get(ID_FIELD)
-        # A cache written before ids were recorded counts when it is newer than the weights.
-        if saved is None and weights.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
-            saved = now
-            write_json(cache, {**result, ID_FIELD: now})
-        if saved == now:
-            return result
-        print(f"{cache} was made from other weights than {weights} now holds; evaluating again", flush=True)
+        print(f"{cache} was made from other weights than {rd.weights} now holds; evaluating again", flush=True)
     proc = subprocess.run([sys.executable, "-c", _EVALUATE, str(run_dir), str(k), str(n), str(threads)],
                           cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

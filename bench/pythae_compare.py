@@ -33,7 +33,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, OUT, REPO, child_env, data_root, merged_rows, pick, write_json
+from common import (
+    BENCH,
+    OUT,
+    REPO,
+    cached_json,
+    child_env,
+    data_root,
+    merged_rows,
+    pick,
+    write_json,
+)
 
 # Pythae's family name -> vaelab's (bench/zoo.py)
 SHARED = {"vae": "vae", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "iwae": "iwae", "wae": "wae",
@@ -130,16 +140,7 @@ def input_hashes(paths: dict) -> dict:
 def cached_scores(path: Path, paths: dict) -> dict | None:
     """The scores saved in ``path`` when they were computed from these very arrays (their
     SHA-256s as recorded), else None: a side trained again is scored again, not read stale."""
-    if not path.is_file():
-        return None
-    s = json.loads(path.read_text())
-    now = input_hashes(paths)
-    if "inputs" not in s:  # scored before inputs were recorded: it counts if newer than every input
-        newest = max((os.path.getmtime(v) for v in paths.values() if v and os.path.isfile(v)), default=0)
-        if path.stat().st_mtime < newest:
-            return None
-        write_json(path, s := {**s, "inputs": now})
-    return s if s["inputs"] == now else None
+    return cached_json(path, "inputs", input_hashes(paths), [Path(v) for v in paths.values() if v])
 
 
 def main() -> None:
