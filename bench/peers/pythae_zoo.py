@@ -26,7 +26,8 @@ reconstructs the test set. Per family, under ``OUT/<family>/``:
                              training codes (Pythae's sampler cannot take vqvae's
                              (N, D, 7, 7) codes: recorded as "unsupported")
     recon_test.npz           images: the first 10,000 test images reconstructed through the
-                             posterior mean (decoder(encoder mean); vqvae: decoder(quantised))
+                             posterior mean (decoder(encoder mean); vqvae: decoder(quantised);
+                             svae: the normalised direction; the flows: decoder(flow(mean)))
     recon_test_sampled.npz   images: Pythae's model.reconstruct() (one posterior sample)
     pythae/                  Pythae's own training folder (final_model/, training config)
 
@@ -78,6 +79,18 @@ DETERMINISTIC = ("wae", "rae-l2", "rae-gp")  # an encoder of one head: the code
 DISC_LR, DISC_BETAS = 1e-4, [0.5, 0.9]
 LOGIT_DECODER = ("hamiltonian-vae",)  # Pythae models whose "bce" reads the decoder's output as logits
 NEEDS_GRAD = ("hamiltonian-vae", "rhvae")  # Pythae models whose forward takes gradients (their leapfrogs')
+FLOWS = ("vae-planar", "vae-radial", "vae-iaf")  # posteriors z = flow(z0): their code for x is flow(mu)
+
+
+def flow_of_mean(model, family: str, mu: torch.Tensor) -> torch.Tensor:
+    """The flow's image of the base mean, flow(mu): the code a flow family's forward would decode for
+    a zero noise draw, and the point vaelab's Flowed posterior calls its mean (its docstring says so)."""
+    if family == "vae-iaf":
+        return model.iaf_flow.inverse(mu).out  # Pythae's VAE_IAF forward samples through .inverse
+    z = mu
+    for layer in model.net:  # VAE_LinNF: the planar or radial steps, in order
+        z = layer(z).out
+    return z
 # PoincareVAE's posterior scale floor (the authors' Constants.eta, vaelab's models.poincare.MIN_SCALE) and the
 # margin its encoder keeps inside the ball (vaelab's ball_project: float32's spacing)
 PVAE_MIN_SCALE, BALL_MARGIN = 1e-5, 2.0 ** -23
@@ -560,6 +573,8 @@ def reconstruct(model, family: str, x: np.ndarray, batch: int):
         elif family == "svae":  # predict would decode the unnormalised direction, off the sphere
             loc = model.encoder(xb).embedding
             rec = model.decoder(loc / loc.norm(dim=-1, keepdim=True))["reconstruction"]
+        elif family in FLOWS:  # predict would decode the base mean mu, a code the decoder never sees in training
+            rec = model.decoder(flow_of_mean(model, family, model.encoder(xb).embedding))["reconstruction"]
         else:
             rec = model.predict(xb).recon_x
         mean.append(to_uint8(rec))
