@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
+from vaelab import api
 from vaelab.training import checkpoint
 from vaelab.configure import config_from_dict
 from vaelab.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -88,6 +89,20 @@ def test_fit_writes_the_run_directory(tmp_path, tiny_config):
         out = res.model(val.float(), generator=torch.Generator().manual_seed(cfg.train.seed))
     assert float(rows[-1]["val_loss"]) == pytest.approx(float(out["loss"].double().mean()), rel=1e-5)
     assert any("epoch 2/2" in line for line in logs)
+
+
+def test_train_applies_overrides_and_flags_to_a_given_config(tmp_path, tiny_config):
+    """api.train(RunConfig, overrides=..., extra=...) trains what they say: neither is dropped
+    because the config came built (it once used the RunConfig as it was, silently)."""
+    cfg = tiny_config()  # 2 epochs, batch 64
+    run = api.train(cfg, tmp_path / "run", overrides=["train.epochs=1"], extra={"train": {"batch_size": 32}},
+                           evaluate_after=False, log=quiet)
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "run")] == [1]
+    assert (run.config.train.epochs, run.config.train.batch_size) == (1, 32)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 1
+    assert cfg.train.epochs == 2  # the caller's config is not changed
+    with pytest.raises(ConfigError, match="model.iwae"):  # and an override is checked as on the command line
+        api.train(cfg, tmp_path / "bad", overrides=["model.iwae.k=5"], evaluate_after=False, log=quiet)
 
 
 def test_training_reduces_the_loss(tmp_path, tiny_config):

@@ -249,8 +249,9 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
           iw_samples: int | None = None, log: Callable[[str], None] = print, extra: dict | None = None,
           overwrite: bool = False, iw_images: int | None = TRAIN_IW_IMAGES, keep: tuple[str, ...] = (), loggers: str | list[str] | None = None,
           tracking_uri: str | None = None, experiment: str | None = None) -> Run:
-    """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig;
-    ``extra`` holds typed values by section ({"train": {"epochs": 4}}), applied before ``overrides``.
+    """Train, then write ``eval.json`` and figures. ``preset`` may be a name or a RunConfig; either
+    way ``config_file``, then ``extra`` (typed values by section, {"train": {"epochs": 4}}), then
+    ``overrides`` go on top of it.
     ``iw_samples``: importance samples for the final nll_iw; None gives 10 for a model with a
     density and none for the others (an autoencoder's eval.json then has no nll_iw to explain).
     ``iw_images``: how many test images nll_iw is estimated from (default 1,000, chosen with the
@@ -281,9 +282,9 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
         was, now = flatten(saved["model"], ".", "model"), flatten(config.to_dict()["model"], ".", "model")
         changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
                    if was.get(k) != now.get(k)]
-    elif isinstance(preset, RunConfig):
+    elif isinstance(preset, RunConfig) and not (config_file or extra or overrides):
         config = preset
-    else:
+    else:  # a preset name, or a RunConfig with a file, flags or overrides on top (none dropped)
         config = build_config(preset, config_file, overrides, extra)
     # Under torchrun rank 0 alone logs: the others make no logger (nor open the store at once).
     callbacks = make_loggers(loggers or [], run_dir, tracking_uri, experiment) if distributed.is_main() else []

@@ -78,12 +78,13 @@ def _from_layers(layers: list[dict[str, Any]], extra: dict | None, overrides: li
     return resolve_run(RunConfig.from_dict(d), explicit, strict)
 
 
-def build_config(preset: str | None = None, config_file: str | None = None,
+def build_config(preset: str | RunConfig | None = None, config_file: str | None = None,
                  overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then dotted overrides, built and
-    checked (``resolve_run``). An option the chosen parts do not read is refused; what the
-    user set (not the preset) even where it equals its default."""
-    base: dict[str, Any] = load_preset(preset) if preset else {}
+    """Preset (a name, or a RunConfig to start from), then YAML file, then ``extra`` (CLI flags),
+    then dotted overrides, built and checked (``resolve_run``). An option the chosen parts do not
+    read is refused; what the user set (not the preset) even where it equals its default."""
+    base: dict[str, Any] = (preset.to_dict() if isinstance(preset, RunConfig)
+                            else load_preset(preset) if preset else {})
     user = load_yaml(config_file) if config_file else {}
     return _from_layers([base, user], extra, overrides, explicit_keys(extra, overrides) | _keys(user))
 
