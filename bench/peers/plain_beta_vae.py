@@ -80,10 +80,13 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def one_seed(seed: int, train: torch.Tensor, test: torch.Tensor, args, folder: Path) -> dict:
     torch.manual_seed(seed)
-    model = BetaVAE()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = BetaVAE()  # the same layers in the same order as vaelab's and Pythae's: the same initial weights
+    vaelab_stream = args.stream == "vaelab"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=vaelab_stream or None)
     t0 = time.perf_counter()
-    for _ in range(args.epochs):
+    for epoch in range(1, args.epochs + 1):
+        if vaelab_stream:  # vaelab's trainer reseeds each epoch (vaelab.training.trainer.epoch_seed)
+            torch.manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(train))
         for i in range(0, len(train), 128):
             loss = loss_per_image(model, train[order[i:i + 128]], args.beta, args.bce).mean()
@@ -111,7 +114,7 @@ def one_seed(seed: int, train: torch.Tensor, test: torch.Tensor, args, folder: P
     for name, a in arrays.items():
         np.savez_compressed(folder / f"{name}.npz", images=a)
     kl_dim = (-0.5 * (1 + test_logvar - test_mu.square() - test_logvar.exp())).mean(0)
-    return {"seed": seed, "bce": args.bce, "beta": args.beta, "epochs": args.epochs, "train_seconds": round(seconds, 1),
+    return {"seed": seed, "bce": args.bce, "stream": args.stream, "beta": args.beta, "epochs": args.epochs, "train_seconds": round(seconds, 1),
             "test_loss": test_loss, "kl_per_dim": [round(float(v), 4) for v in kl_dim],
             "active_units": int((test_mu.var(0) > 0.01).sum()), "gmm_em_iterations": int(gm.n_iter_)}
 
@@ -120,6 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--bce", choices=["sigmoid", "logits"], default="sigmoid")
+    ap.add_argument("--stream", choices=["plain", "vaelab"], default="plain",
+                    help="vaelab: reseed each epoch as vaelab's trainer does, and its fused Adam (a check that "
+                         "vaelab's loop is this one: with --bce logits it follows vaelab's fp32 run of the seed)")
     ap.add_argument("--beta", type=float, default=4.0)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--n", type=int, default=10000, help="samples per sampler")
@@ -136,7 +142,8 @@ def main() -> None:
     judge = get_judge(DataConfig(name="mnist"))
     rows = []
     for seed in seeds:
-        folder = args.out / f"{args.bce}-beta{args.beta:g}-e{args.epochs}-s{seed}"
+        stream = "" if args.stream == "plain" else f"-{args.stream}"
+        folder = args.out / f"{args.bce}{stream}-beta{args.beta:g}-e{args.epochs}-s{seed}"
         done = folder / "scores.json"
         if done.is_file():
             rows.append(json.loads(done.read_text()))
