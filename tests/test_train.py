@@ -96,7 +96,7 @@ def test_train_applies_overrides_and_flags_to_a_given_config(tmp_path, tiny_conf
     because the config came built (it once used the RunConfig as it was, silently)."""
     cfg = tiny_config()  # 2 epochs, batch 64
     run = api.train(cfg, tmp_path / "run", overrides=["train.epochs=1"], extra={"train": {"batch_size": 32}},
-                           evaluate_after=False, log=quiet)
+                    evaluate_after=False, log=quiet)
     assert [int(r["epoch"]) for r in read_history(tmp_path / "run")] == [1]
     assert (run.config.train.epochs, run.config.train.batch_size) == (1, 32)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 1
