@@ -41,9 +41,9 @@ ours = ap.parse_args()
 import numpy as np
 import pythae_zoo
 import torch
+from arrays import mixture_codes
 from gmm_cross import codes, decode
 from pythae.data.datasets import DatasetOutput
-from sklearn.mixture import GaussianMixture
 
 
 def main() -> None:
@@ -79,12 +79,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(seed)
         np.savez_compressed(folder / "prior.npz", images=decode(model, torch.randn(ours.n, 16, generator=g)))
         mu = codes(model, train_x).double().numpy()
-        gm = GaussianMixture(10, covariance_type="full", random_state=seed, reg_covar=1e-5).fit(mu)
-        rng = np.random.default_rng(seed)
-        comp = rng.choice(10, size=ours.n, p=gm.weights_)
-        eps = rng.standard_normal((ours.n, mu.shape[1]))
-        z = gm.means_[comp] + np.einsum("nij,nj->ni", np.linalg.cholesky(gm.covariances_)[comp], eps)
-        np.savez_compressed(folder / "gmm.npz", images=decode(model, torch.from_numpy(z).float()))
+        np.savez_compressed(folder / "gmm.npz", images=decode(model, mixture_codes(mu, ours.n, seed)[0]))
         np.savez_compressed(folder / "recon.npz", images=decode(model, codes(model, test_x[:ours.n])))
         (folder / "result.json").write_text(json.dumps({"seed": seed, "train_losses": losses,
                                                          "train_seconds": round(seconds, 1)}, indent=1))

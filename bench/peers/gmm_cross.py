@@ -30,7 +30,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pythae_zoo import load_mnist, to_uint8  # noqa: E402
+from pythae_zoo import load_mnist  # noqa: E402  (first: it sizes the thread pools before numpy loads)
+
+# isort: split
+from arrays import mixture_codes, to_uint8
 
 
 def codes(model, x: np.ndarray, batch: int = 500) -> torch.Tensor:
@@ -47,7 +50,6 @@ def decode(model, z: torch.Tensor, batch: int = 500) -> np.ndarray:
 def main() -> None:
     from pythae.models import AutoModel
     from pythae.samplers import GaussianMixtureSampler, GaussianMixtureSamplerConfig
-    from sklearn.mixture import GaussianMixture
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("family_dir", type=Path, help="pythae_zoo.py's folder of one family (holds pythae/*/final_model)")
@@ -75,13 +77,8 @@ def main() -> None:
         print(f"pythae sampler, draw {r}: {len(imgs)} images", flush=True)
 
     mu = codes(model, train_x).double().numpy()
-    gm = GaussianMixture(10, covariance_type="full", random_state=args.seed, reg_covar=1e-5).fit(mu)
-    rng = np.random.default_rng(args.seed)
-    comp = rng.choice(10, size=args.n, p=gm.weights_)
-    chols = np.linalg.cholesky(gm.covariances_)
-    eps = rng.standard_normal((args.n, mu.shape[1]))
-    z = gm.means_[comp] + np.einsum("nij,nj->ni", chols[comp], eps)
-    np.savez_compressed(args.out / "vaelab.npz", images=decode(model, torch.from_numpy(z).float()))
+    z, gm = mixture_codes(mu, args.n, args.seed)
+    np.savez_compressed(args.out / "vaelab.npz", images=decode(model, z))
     print(f"vaelab recipe: {args.n} images (EM converged in {gm.n_iter_} iterations)", flush=True)
 
 

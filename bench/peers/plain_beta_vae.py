@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from vaelab.config import DataConfig
@@ -44,6 +43,9 @@ from vaelab.data import load_data
 from vaelab.evaluation import metrics
 from vaelab.evaluation.judge import get_judge
 from vaelab.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arrays import mixture_codes, to_uint8
 
 LATENT = 16
 
@@ -74,10 +76,6 @@ def loss_per_image(model: BetaVAE, x: torch.Tensor, beta: float, bce: str) -> to
     return r + beta * kl
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.reshape(-1, 1, 28, 28).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
 def one_seed(seed: int, train: torch.Tensor, test: torch.Tensor, args, folder: Path) -> dict:
     torch.manual_seed(seed)
     model = BetaVAE()  # the same layers in the same order as vaelab's and Pythae's: the same initial weights
@@ -104,12 +102,8 @@ def one_seed(seed: int, train: torch.Tensor, test: torch.Tensor, args, folder: P
                                                               for i in range(0, len(test), 1000)]))
         g = torch.Generator().manual_seed(seed)
         arrays = {"prior": to_uint8(decode(torch.randn(args.n, LATENT, generator=g)))}
-        gm = GaussianMixture(10, covariance_type="full", random_state=seed, reg_covar=1e-5).fit(mu.double().numpy())
-        rng = np.random.default_rng(seed)
-        comp = rng.choice(10, size=args.n, p=gm.weights_)
-        eps = rng.standard_normal((args.n, LATENT))
-        z = gm.means_[comp] + np.einsum("nij,nj->ni", np.linalg.cholesky(gm.covariances_)[comp], eps)
-        arrays["gmm"] = to_uint8(decode(torch.from_numpy(z).float()))
+        z, gm = mixture_codes(mu.double().numpy(), args.n, seed)
+        arrays["gmm"] = to_uint8(decode(z))
         arrays["recon"] = to_uint8(decode(test_mu))
     for name, a in arrays.items():
         np.savez_compressed(folder / f"{name}.npz", images=a)

@@ -283,6 +283,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import pythae.models as pm  # noqa: E402
+from arrays import to_uint8  # the peer scripts' shared uint8 conversion
 from pythae.data.datasets import DatasetOutput  # noqa: E402
 from pythae.models.base.base_utils import ModelOutput  # noqa: E402
 from pythae.models.nn import BaseDecoder, BaseEncoder  # noqa: E402
@@ -373,11 +374,6 @@ def load_mnist(data_dir: str):
         x = read_idx(root / name)
         out[split] = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     return out["train"], out["test"], str(root)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    x = x.detach().reshape(-1, 1, 28, 28).clamp(0, 1)
-    return (x * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def n_params(module: nn.Module) -> int:

@@ -136,7 +136,6 @@ class Sampler:
         return classes.index(cls)
 
 
-
 # What a fitted sampler is fit on (``--codes``): the training images' posterior means, or one
 # posterior draw per image.
 CODES = ("mean", "draw")
