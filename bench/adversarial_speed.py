@@ -10,6 +10,10 @@ multiply-adds; the AAE's and the VAE-GAN's are smaller (their defaults).
 
     python bench/adversarial_speed.py                          # 2 threads, 2 repeats
     python bench/adversarial_speed.py --families vae,factor-vae --repeat 1 --threads 1
+    python bench/adversarial_speed.py --families vae,factor-vae,factor-vae:model.factorvae.disc_fp32=false --repeat 3
+
+A family may carry settings of its own after colons (``KIND:KEY=VALUE:KEY=VALUE``), to time
+one option against its default; its run folder is named after the whole entry.
 
 Measure alone: the load average is printed before every run and stored with the result.
 """
@@ -29,7 +33,8 @@ DEFAULT = "vae,factor-vae,aae,vae-gan"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default=DEFAULT, help=f"comma-separated --kind values (default {DEFAULT})")
+    ap.add_argument("--families", default=DEFAULT,
+                    help=f"comma-separated --kind values, each optionally KIND:KEY=VALUE:... (default {DEFAULT})")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", help="train.precision (auto: bf16 where the CPU has it)")
@@ -48,11 +53,13 @@ def main() -> None:
     runs = []
     for r in range(args.repeat):
         for fam in families:
-            run = out / fam
-            cmd = [sys.executable, "-m", "vaelab", "train", "--preset", "mlp-vae", "--kind", fam, "--epochs", "1",
+            kind, *sets = fam.split(":")
+            run = out / fam.replace(":", "__")
+            cmd = [sys.executable, "-m", "vaelab", "train", "--preset", "mlp-vae", "--kind", kind, "--epochs", "1",
                    "--no-eval", "--out", str(run), "--overwrite", "--set", f"train.threads={args.threads}",
-                   "--set", f"train.precision={args.precision}"] + (["--limit", str(args.limit)] if args.limit else [])
-            res = run_timed(cmd, env, out / f"{fam}-{r}.log")
+                   "--set", f"train.precision={args.precision}", *[a for s in sets for a in ("--set", s)]
+                   ] + (["--limit", str(args.limit)] if args.limit else [])
+            res = run_timed(cmd, env, out / f"{fam.replace(':', '__')}-{r}.log")
             epoch = read_history(run)[-1]["seconds"]
             precision = json.loads((run / "summary.json").read_text()).get("precision")
             seconds[fam].append(epoch)

@@ -141,7 +141,7 @@ def test_mlp_option_values_are_checked_in_one_line(given, says):
     ("model.padding=valid", "model.conv.padding must be 'symmetric' or 'same', got 'valid'"),
     ("model.latent=grid", "model.conv.latent must be 'dense' or 'conv', got 'grid'"),
     ("model.kernel_size=big", "model.conv.kernel_size must be int, got 'big'"),
-    ("model.conv.decoder_input_activation=maybe", "model.conv.decoder_input_activation must be bool"),
+    ("model.conv.decoder_input_activation=maybe", "model.conv.decoder_input_activation must be true or false"),
     ("model.latent=conv", "model.conv.latent=conv (the feature map is the code) is for autoencoders"),
 ])
 def test_conv_option_values_are_checked_in_one_line(given, says):

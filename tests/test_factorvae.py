@@ -139,6 +139,41 @@ def test_the_loss_is_the_elbo_plus_gamma_times_the_discriminators_estimate():
     assert all(mod.negative_slope == 0.2 for mod in d if isinstance(mod, torch.nn.LeakyReLU))
 
 
+def test_under_bf16_autocast_the_discriminator_follows_the_run_unless_disc_fp32():
+    """Mixed precision on CPU wraps the forward pass in bf16 autocast. By default the
+    discriminator runs under it too (its logits bf16-rounded, returned as fp32); with
+    disc_fp32 its pass leaves autocast, and the TC term comes from fp32 logits."""
+    x = torch.rand(10, 1, 6, 6, generator=gen(0))
+    m = small_model()
+    assert m.cfg.opts("factorvae").disc_fp32 is False
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, generator=gen(1))
+        z = m.posterior(x).rsample(generator=gen(1))
+        logits = m.critics["disc"](z)
+    assert logits.dtype == torch.bfloat16 and out["tc"].dtype == torch.float32
+    torch.testing.assert_close(out["tc"], tc_estimate(logits.float()), rtol=0, atol=0)
+    on = small_model(options={"factorvae": {"disc_hidden": [8, 8], "gamma": 7.0, "disc_fp32": True}})
+    with torch.no_grad():
+        ref = on(x, generator=gen(1))  # no autocast: fp32 throughout, either way
+        torch.testing.assert_close(ref["tc"], tc_estimate(on.critics["disc"](on.posterior(x).rsample(generator=gen(1)))))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = on(x, generator=gen(1))
+            z_on = on.posterior(x).rsample(generator=gen(1))
+            bf16 = on.critics["disc"](z_on)
+        want = tc_estimate(on.critics["disc"](z_on.float()))  # the same codes, the discriminator in fp32
+    torch.testing.assert_close(mixed["tc"], want, rtol=0, atol=0)
+    torch.testing.assert_close(mixed["disc"], discriminator_loss(on.critics["disc"], z_on, gen_after_rsample(on, x))[0],
+                               rtol=0, atol=0)
+    assert not torch.equal(tc_estimate(bf16.float()), want)  # bf16 would have rounded them
+
+
+def gen_after_rsample(m, x) -> torch.Generator:
+    """gen(1) after the objective's one posterior draw (its permutation comes next)."""
+    g = gen(1)
+    m.posterior(x).rsample(generator=g)
+    return g
+
+
 def test_the_paper_defaults_and_other_posteriors_and_priors():
     cfg = model_config(kind="factor-vae", latent_dim=10)
     o = cfg.opts("factorvae")

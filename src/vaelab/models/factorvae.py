@@ -99,6 +99,9 @@ class FactorVAEOptions:
     disc_lr: float = field(default=1e-4, metadata={"help": "the discriminator's Adam learning rate (paper: 1e-4)"})
     disc_beta1: float = field(default=0.5, metadata={"help": "the discriminator's Adam beta1 (paper: 0.5)"})
     disc_beta2: float = field(default=0.9, metadata={"help": "the discriminator's Adam beta2 (paper: 0.9)"})
+    disc_fp32: bool = field(default=False, metadata={
+        "help": "run the discriminator in fp32 under mixed precision (false: under the run's autocast; true: "
+                "epochs 1.7x as long here, samples within the seeds' spread: bench/README)"})
 
     def __post_init__(self):
         if self.gamma < 0:
@@ -128,18 +131,31 @@ def build_discriminator(latent_dim: int, hidden: list[int]) -> nn.Sequential:
     return nn.Sequential(*mlp([latent_dim, *hidden, 2], "leaky_relu", last_act=False, leaky_slope=SLOPE))
 
 
+def discriminate(disc: nn.Module, z: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+    """The discriminator's logits (B, 2) of codes z, as fp32 tensors. With ``fp32`` the pass
+    also computes in fp32, outside any autocast region (the TC term is gamma times a difference
+    of two logits, which bf16 rounds to 8 significant bits); without, under the run's autocast.
+    Measured at the zoo's budget over three seeds, the rounding did not move the samples beyond
+    the seeds' spread, and fp32 made an epoch 1.7x as long (bench/README, "FactorVAE and
+    precision")."""
+    if fp32 and torch.is_autocast_enabled(z.device.type):
+        with torch.autocast(z.device.type, enabled=False):
+            return disc(z.float())
+    return disc(z).float()
+
+
 def tc_estimate(logits: torch.Tensor) -> torch.Tensor:
     """log q(z) / prod_j q(z_j) per code, from the discriminator's logits (B, 2): D_0 - D_1."""
     return logits[:, 0] - logits[:, 1]
 
 
-def discriminator_loss(disc: nn.Module, z: torch.Tensor, generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def discriminator_loss(disc: nn.Module, z: torch.Tensor, generator: torch.Generator | None = None,
+                       fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The discriminator's per-image loss (B,) on codes z (B, D), detached here, and its
     accuracy (B,): 1/2 [CE(D(z), 0) + CE(D(permute_dims(z)), 1)]."""
     z = z.detach()
     n = len(z)
-    logits = disc(torch.cat([z, permute_dims(z, generator)])).float()  # (2B, 2): one pass for both classes
+    logits = discriminate(disc, torch.cat([z, permute_dims(z, generator)]), fp32)  # (2B, 2): both classes at once
     labels = torch.cat([torch.zeros(n, dtype=torch.long, device=z.device),
                         torch.ones(n, dtype=torch.long, device=z.device)])
     ce = F.cross_entropy(logits, labels, reduction="none")
@@ -151,10 +167,10 @@ def factorvae(model, x, y, q: Distribution, *, generator=None, progress: float =
     z = q.rsample(generator=generator)  # (B, D), reparameterised
     r = model.recon_loss(model.decode_logits(z, y), x)
     kl = kl_divergence(q, model.prior(y, len(x)), z)
-    disc = model.critics["disc"]
-    tc = tc_estimate(disc(z).float())  # gradient to the model (the trainer's disc step leaves this term out)
-    d_loss, d_acc = discriminator_loss(disc, z, generator)
-    loss = r + kl + model.cfg.opts(NAME).gamma * tc
+    disc, o = model.critics["disc"], model.cfg.opts(NAME)
+    tc = tc_estimate(discriminate(disc, z, o.disc_fp32))  # gradient to the model (the disc step leaves it out)
+    d_loss, d_acc = discriminator_loss(disc, z, generator, o.disc_fp32)
+    loss = r + kl + o.gamma * tc
     return {"loss": loss, "recon": r, "kl": kl, "tc": tc, "disc": d_loss, "disc_acc": d_acc}
 
 
@@ -183,5 +199,5 @@ FACTORVAE = Objective(
     "FactorVAE: recon + KL + gamma * TC, the TC estimated by a discriminator (density-ratio trick)",
     options=FactorVAEOptions, check=check, networks=networks, steps=steps)
 
-__all__ = ["FACTORVAE", "FactorVAEOptions", "build_discriminator", "discriminator_loss", "factorvae", "permute_dims",
-           "tc_estimate"]
+__all__ = ["FACTORVAE", "FactorVAEOptions", "build_discriminator", "discriminate", "discriminator_loss", "factorvae",
+           "permute_dims", "tc_estimate"]

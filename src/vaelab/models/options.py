@@ -48,6 +48,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
                 return value.lower() in ("true", "yes", "1")
             if isinstance(value, bool):
                 return value
+            if isinstance(value, int) and value in (0, 1):  # the CLI reads "--set x=0" as the int 0
+                return bool(value)
             raise TypeError
         if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -70,8 +72,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
                 raise TypeError
             return value
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {base.replace('list[', 'a list of ').rstrip(']')}, got {value!r}") \
-            from None
+        kind = "true or false" if base == "bool" else base.replace("list[", "a list of ").rstrip("]")
+        raise ConfigError(f"{where} must be {kind}, got {value!r}") from None
     return value
 
 
