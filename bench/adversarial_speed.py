@@ -69,7 +69,9 @@ def main() -> None:
                   f"load before {res['loadavg_1min_before']:.2f})", flush=True)
     med = {f: statistics.median(v) for f, v in seconds.items()}
     info = machine_info()
-    print(machine_line(info, threads=args.threads, load=(load_start, loadavg1())))
+    used = sorted({r["precision"] for r in runs})  # what the runs trained in (summary.json), not the machine's auto
+    print(machine_line(info, precision=f"{'/'.join(used)} (--precision {args.precision})", threads=args.threads,
+                       load=(load_start, loadavg1())))
     print("| family | epoch s (median) | x the VAE's |\n|---|---:|---:|")
     for f in families:
         print(f"| {f} | {med[f]:.2f} | {med[f] / med['vae']:.2f} |")
