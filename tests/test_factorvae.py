@@ -165,6 +165,13 @@ def test_under_bf16_autocast_the_discriminator_follows_the_run_unless_disc_fp32(
     torch.testing.assert_close(mixed["disc"], discriminator_loss(on.critics["disc"], z_on, gen_after_rsample(on, x))[0],
                                rtol=0, atol=0)
     assert not torch.equal(tc_estimate(bf16.float()), want)  # bf16 would have rounded them
+    from vaelab.configure import build_config
+
+    for text, value in (("true", True), ("1", True), ("0", False), ("no", False)):  # the CLI gives "0" as an int
+        cfg = build_config(None, overrides=["model.kind=factor-vae", f"model.factorvae.disc_fp32={text}"])
+        assert cfg.model.opts("factorvae").disc_fp32 is value
+    with pytest.raises(ConfigError, match="disc_fp32 must be true or false, got 2"):
+        build_config(None, overrides=["model.kind=factor-vae", "model.factorvae.disc_fp32=2"])
 
 
 def gen_after_rsample(m, x) -> torch.Generator:

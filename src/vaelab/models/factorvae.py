@@ -135,9 +135,9 @@ def discriminate(disc: nn.Module, z: torch.Tensor, fp32: bool = False) -> torch.
     """The discriminator's logits (B, 2) of codes z, as fp32 tensors. With ``fp32`` the pass
     also computes in fp32, outside any autocast region (the TC term is gamma times a difference
     of two logits, which bf16 rounds to 8 significant bits); without, under the run's autocast.
-    Measured at the zoo's budget over three seeds, the rounding did not move the samples beyond
-    the seeds' spread, and fp32 made an epoch 1.7x as long (bench/README, "FactorVAE and
-    precision")."""
+    Measured at the zoo's budget over six seeds, this rounding did not move the samples beyond
+    the seeds' spread, and fp32 made an epoch 1.7x as long; the whole model in fp32 did move
+    the prior samples (bench/README, "FactorVAE over seeds")."""
     if fp32 and torch.is_autocast_enabled(z.device.type):
         with torch.autocast(z.device.type, enabled=False):
             return disc(z.float())
