@@ -54,12 +54,13 @@ def main() -> None:
     for r in range(args.repeat):
         for fam in families:
             kind, *sets = fam.split(":")
-            run = out / fam.replace(":", "__")
+            name = fam.replace(":", "__")  # a folder and log name without the colons
+            run = out / name
             cmd = [sys.executable, "-m", "vaelab", "train", "--preset", "mlp-vae", "--kind", kind, "--epochs", "1",
                    "--no-eval", "--out", str(run), "--overwrite", "--set", f"train.threads={args.threads}",
                    "--set", f"train.precision={args.precision}", *[a for s in sets for a in ("--set", s)]
                    ] + (["--limit", str(args.limit)] if args.limit else [])
-            res = run_timed(cmd, env, out / f"{fam.replace(':', '__')}-{r}.log")
+            res = run_timed(cmd, env, out / f"{name}-{r}.log")
             epoch = read_history(run)[-1]["seconds"]
             precision = json.loads((run / "summary.json").read_text()).get("precision")
             seconds[fam].append(epoch)

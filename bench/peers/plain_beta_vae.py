@@ -43,6 +43,7 @@ from vaelab.data import load_data
 from vaelab.evaluation import metrics
 from vaelab.evaluation.judge import get_judge
 from vaelab.io import write_json
+from vaelab.training.trainer import epoch_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arrays import mixture_codes, to_uint8
@@ -83,8 +84,8 @@ def one_seed(seed: int, train: torch.Tensor, test: torch.Tensor, args, folder: P
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=vaelab_stream or None)
     t0 = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        if vaelab_stream:  # vaelab's trainer reseeds each epoch (vaelab.training.trainer.epoch_seed)
-            torch.manual_seed(seed * 1_000_003 + epoch)
+        if vaelab_stream:  # vaelab's trainer reseeds each epoch
+            torch.manual_seed(epoch_seed(seed, epoch))
         order = torch.randperm(len(train))
         for i in range(0, len(train), 128):
             loss = loss_per_image(model, train[order[i:i + 128]], args.beta, args.bce).mean()
