@@ -187,7 +187,7 @@ def test_images_decision_function_ranks_anomalies_above_normals(shapes_arrays):
     assert d.input_shape_ == (1, 28, 28) and d.n_features_in_ == 784
     with pytest.raises(ValueError, match="Input contains NaN"):
         d.decision_function(np.full((2, 28, 28), np.nan, np.float32))
-    with pytest.raises(DataError, match="images must have shape"):
+    with pytest.raises(DataError, match="the model takes images of shape"):
         d.decision_function(x.reshape(len(x), -1))  # a table given to an image detector
 
 

@@ -12,6 +12,7 @@ import torch
 from conftest import assert_one_line_error, run_main
 
 from vaelab.data.sets import ImageSet
+from vaelab.errors import ConfigError
 from vaelab.evaluation.evaluate import evaluate, iw_log_likelihood, iw_subset
 
 
@@ -30,7 +31,7 @@ def test_the_subset_is_seeded_and_has_its_size():
     assert a.dtype == torch.bool and int(a.sum()) == 30
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert iw_subset(100, None, 1) is None and iw_subset(100, 100, 1) is None and iw_subset(100, 500, 1) is None
-    with pytest.raises(ValueError, match="2 or more"):
+    with pytest.raises(ConfigError, match="2 or more"):
         iw_subset(100, 1, 0)
 
 

@@ -28,7 +28,8 @@ def _mnist_config(mnist_dir, *extra: str):
 def _train(mnist_dir, run_dir, *extra: str, **kw):
     from vaelab.api import train
 
-    return train(_mnist_config(mnist_dir, *extra), run_dir, iw_samples=1, log=QUIET, **kw)
+    iw = {} if kw.get("evaluate_after") is False else {"iw_samples": 1}  # no evaluation: nothing to set
+    return train(_mnist_config(mnist_dir, *extra), run_dir, log=QUIET, **iw, **kw)
 
 
 @pytest.fixture

@@ -330,7 +330,7 @@ def test_api_train_writes_eval_and_figures(tmp_path, tiny_config):
     assert ev["split"] == "val" and ev["n"] == 64 and ev["iw_samples"] == 3 and "nll_iw" in ev
     for name in ("loss.png", "reconstructions.png", "samples_prior.png"):
         assert (tmp_path / "run" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert run.history()[0]["epoch"] == "1"
+    assert run.history()[0]["epoch"] == 1
     # summary.json's timing: the parts of the process, adding up to its age at the end
     t = json.loads((tmp_path / "run" / "summary.json").read_text())["timing"]
     assert t["epochs_s"] == pytest.approx(float(run.history()[0]["seconds"]), abs=0.002)

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vaelab import distributions
 from vaelab.config import DATA_DIR_SOURCES, RunConfig
 from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.errors import CheckpointMismatch, ConfigError, VaelabError
+from vaelab.data.images import as_float_images
+from vaelab.errors import CheckpointMismatch, ConfigError, DataError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
@@ -44,6 +48,30 @@ TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 
 # conv-vae's final evaluation in fp32: 17.9 s over all 10,000 test images, of which nll_iw is most;
 # over 1,000 its standard error was about 0.05 nats (bench/README.md, issue 21). None: all of them.
 TRAIN_IW_IMAGES = 1000
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_eval_args(iw_samples: int | None, iw_images: int | None) -> None:
+    """The evaluation's own arguments, refused in one line before anything runs: importance
+    samples (None or >= 0) and how many images estimate nll_iw (None for all, or >= 2)."""
+    for name, value, least in (("iw_samples", iw_samples, 0), ("iw_images", iw_images, 2)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+            raise ConfigError(f"{name} must be None or a whole number >= {least}, got {value!r}")
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be a whole number, got {seed!r}")
+    return int(seed)
 
 
 @dataclass
@@ -55,9 +83,13 @@ class Run:
     run_dir: Path | None = None
     device: torch.device = torch.device("cpu")
     _splits: Splits | None = None
+    _code_shape: tuple[int, ...] | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> Run:
+    def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None,
+             splits: Splits | None = None) -> Run:
+        """A run from its folder. ``splits``: the images a run trained by ``vaelab.fit(config,
+        splits=...)`` was given (its folder does not hold them), for ``split`` and ``evaluate``."""
         dev = resolve_device(device)
         config, model = checkpoint.load_model(run_dir, dev)
         if data_dir is not None:
@@ -65,7 +97,7 @@ class Run:
                 raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={config.data.name}, which "
                                   f"reads data.path ({config.data.path}); leave it out")
             config.data.data_dir = data_dir
-        return cls(config=config, model=model, run_dir=Path(run_dir), device=dev)
+        return cls(config=config, model=model, run_dir=Path(run_dir), device=dev, _splits=splits)
 
     @property
     def dir(self) -> RunDir:
@@ -86,6 +118,11 @@ class Run:
     # -------------------------------------------------------------- data
     def splits(self) -> Splits:
         if self._splits is None:
+            if self.run_dir is not None and self.dir.summary.is_file() \
+                    and json.loads(self.dir.summary.read_text()).get("data_given"):
+                raise DataError(f"{self.run_dir} was trained on images given to vaelab.fit() in Python, which its "
+                                f"folder does not hold (config.json's data section, {self.config.data.name}, is not "
+                                f"them); pass them: vaelab.Run.load({str(self.run_dir)!r}, splits=...)")
             self._splits = load_data(self.config.data, seed=self.config.train.seed)
         return self._splits
 
@@ -117,94 +154,212 @@ class Run:
         return "test" if s.test is not None else "val" if s.val is not None else "train"
 
     # -------------------------------------------------------------- model use
+    # What a caller hands these methods is checked here, once, into what the model takes:
+    # images through the data layer's reader (layouts, grey levels, the model's shape), codes
+    # and labels below; each refusal is one line. The model is put in eval mode for the call
+    # and given back in the mode the caller left it in.
+    @contextmanager
+    def _inference(self):
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.model.train(was)
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def _chunks(self, n: int, batch_size: int):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive number of images, got {batch_size!r}")
         return ((i, min(i + batch_size, n)) for i in range(0, n, batch_size))
 
-    def _y(self, y, a: int, b: int):
-        return None if y is None else torch.as_tensor(y)[a:b].to(self.device)
+    def _images(self, x, where: str = "x") -> torch.Tensor:
+        """``x`` as float (N, C, H, W) images of the model's shape, in the model's dtype (on the CPU)."""
+        shape = tuple(self.config.model.input_shape)
+        if len(shape) == 3 and shape[:2] == (1, 1):  # rows of features (N, 1, 1, F), any finite value
+            t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+            t = t.reshape(len(t), *shape) if t.dim() == 2 and t.shape[1:] == shape[2:] else t
+            if tuple(t.shape[1:]) != shape or not torch.is_floating_point(t) or not torch.isfinite(t).all():
+                raise DataError(f"{where}: the model takes finite rows of {shape[2]} features, (N, {shape[2]}), "
+                                f"got {tuple(t.shape)} {t.dtype}")
+            return t.to(self._dtype())
+        if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape[1:]) == shape
+                and x.dim() == 4 and len(x)):  # the common case, a batch as ImageSet gives it: no copy
+            lo, hi = torch.aminmax(x)
+            if not (torch.isfinite(lo) and torch.isfinite(hi) and lo >= 0 and hi <= 1):
+                raise DataError(f"{where}: float images must lie in [0, 1] (got {lo:.3g}..{hi:.3g}); divide "
+                                "0..255 grey levels by 255")
+            return x.to(self._dtype())
+        return as_float_images(x, where, shape, flat=True).to(self._dtype())
 
-    @torch.no_grad()
-    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000):
+    def _empty(self, x) -> bool:
+        try:
+            return len(x) == 0
+        except TypeError:  # a scalar: the reader says what it should be
+            return False
+
+    def code_shape(self) -> tuple[int, ...]:
+        """The shape of one code, as ``encode`` returns it and ``decode`` takes it: (D,), or a
+        feature map (D, h, w) for the VQ-VAE."""
+        if self._code_shape is None:
+            with self._inference():
+                probe = torch.zeros(1, *self.config.model.input_shape, dtype=self._dtype(), device=self.device)
+                self._code_shape = tuple(self.model.posterior(probe, self._labels_for(probe, None)).mean.shape[1:])
+        return self._code_shape
+
+    def _codes(self, z, where: str = "z") -> torch.Tensor:
+        shape = self.code_shape()
+        t = z if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z, dtype=np.float64))
+        if tuple(t.shape) == shape:
+            raise DataError(f"{where} has shape {tuple(t.shape)}: one code without its batch axis; give a batch "
+                            f"of codes, e.g. z[None]")
+        if tuple(t.shape[1:]) != shape:
+            raise DataError(f"{where}: this model's codes have shape (N, {', '.join(map(str, shape))}), got "
+                            f"{tuple(t.shape)}")
+        if not torch.is_floating_point(t):
+            t = t.double()
+        if not torch.isfinite(t).all():
+            raise DataError(f"{where}: codes must be finite numbers; it holds NaN or infinity")
+        return t.to(self._dtype())
+
+    def _labels(self, y, n: int, where: str) -> torch.Tensor | None:
+        """Labels for n images: None; one class for all of them (a label number, or a class
+        name); or n of them (numbers or names). A conditional model reads them; the others take
+        a split's labels as they are and do not read them."""
+        if y is None:
+            return None
+        if isinstance(y, str):
+            y = self.class_index(y, where)
+        elif isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
+            y = [self.class_index(v, where) if isinstance(v, str) else v for v in y]
+        try:
+            t = (y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))).detach().cpu()
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise DataError(f"{where}: labels must be class numbers, got {type(y).__name__} "
+                            f"({str(e).splitlines()[0]})") from None
+        if t.dim() == 0:  # one class for every image
+            t = t.reshape(1).expand(n)
+        whole = torch.is_floating_point(t) and bool(torch.isfinite(t).all() and (t == t.round()).all())
+        if t.dim() != 1 or not (whole or t.dtype in _LABEL_DTYPES):
+            raise DataError(f"{where}: labels must be whole class numbers, one per image (N,), got "
+                            f"{tuple(t.shape)} {t.dtype}")
+        if len(t) != n:
+            raise DataError(f"{where}: {len(t)} labels for {n} images; give one label per image, or one class for all")
+        return t.long()
+
+    def _y(self, y, a: int, b: int):
+        return None if y is None else y[a:b].to(self.device)
+
+    def posterior(self, x, y=None, batch_size: int = 1000):
         """q(z|x, y) for images (N, C, H, W) in [0, 1], as one distribution on the CPU
         (``.mean``, ``.params()``; a conditional model without ``y`` uses the most probable class)."""
-        self.model.eval()
-        parts = []
-        for a, b in self._chunks(len(x), batch_size):
-            xb = x[a:b].to(self.device)
-            parts.append(distributions.to(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))), "cpu"))
-        return distributions.cat(parts)
+        x = self._images(x)
+        y = self._labels(y, len(x), "y")
+        with self._inference():
+            parts = []
+            for a, b in self._chunks(len(x), batch_size):
+                xb = x[a:b].to(self.device)
+                parts.append(distributions.to(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))), "cpu"))
+            return distributions.cat(parts)
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
-        """Latent codes (posterior means) (N, D) for images (N, C, H, W) in [0, 1]."""
+    def encode(self, x, y=None, batch_size: int = 1000) -> torch.Tensor:
+        """Latent codes (posterior means) (N, D) for images (N, C, H, W) in [0, 1] (or (N, H, W, C),
+        uint8, bool: as ``vaelab.data.images.as_float_images`` reads them)."""
+        if self._empty(x):
+            return torch.empty(0, *self.code_shape())
         return self.posterior(x, y, batch_size).mean
 
-    @torch.no_grad()
-    def draw_codes(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0,
-                   batch_size: int = 1000) -> torch.Tensor:
+    def draw_codes(self, x, y=None, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
         """One draw z ~ q(z|x, y) per image (N, D), seeded: the same seed gives the same draws.
         Drawn chunk by chunk on the model's device (a two-layer posterior draws z2 given its z1)."""
         from vaelab.models import require
 
         require(self.model, "stochastic", "drawing codes from the posterior")
-        self.model.eval()
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        out = []
-        for a, b in self._chunks(len(x), batch_size):
-            xb = x[a:b].to(self.device)
-            out.append(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))).sample(generator=g).cpu())
-        return torch.cat(out) if out else torch.empty(0)
+        if self._empty(x):
+            return torch.empty(0, *self.code_shape())
+        x = self._images(x)
+        y = self._labels(y, len(x), "y")
+        with self._inference():
+            g = torch.Generator(device=self.device).manual_seed(_seed(seed))
+            out = []
+            for a, b in self._chunks(len(x), batch_size):
+                xb = x[a:b].to(self.device)
+                out.append(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))).sample(generator=g).cpu())
+            return torch.cat(out)
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
-        """Images in [0, 1] from codes (N, D); a conditional model needs classes ``y`` (N,) or one int."""
-        self.model.eval()
-        if self.model.conditional:
-            if y is None:
-                raise VaelabError("this run's model is conditional: decoding needs a class for every code "
-                                  f"(classes 0..{self.model.cfg.num_classes - 1})")
-            y = torch.as_tensor(y, dtype=torch.long).expand(len(z)) if torch.as_tensor(y).dim() == 0 else y
-        out = [self.model.decode(z[a:b].to(self.device), self._y(y, a, b)).cpu()
-               for a, b in self._chunks(len(z), batch_size)]
-        return torch.cat(out) if out else torch.empty(0)
+    def decode(self, z, y=None, batch_size: int = 1000) -> torch.Tensor:
+        """Images in [0, 1] (N, C, H, W) from codes (N, D); a conditional model needs classes ``y``
+        ((N,) labels, or one class by number or name), and a model without classes takes none."""
+        if self._empty(z):
+            return torch.empty(0, *self.config.model.input_shape)
+        z = self._codes(z)
+        if self.model.conditional and y is None:
+            raise VaelabError("this run's model is conditional: decoding needs a class for every code "
+                              f"(classes 0..{self.model.cfg.num_classes - 1})")
+        if not self.model.conditional and y is not None:
+            raise VaelabError("this run's model is not conditional: its decoder reads no class; leave y out")
+        y = self._labels(y, len(z), "y")
+        with self._inference():
+            out = [self.model.decode(z[a:b].to(self.device), self._y(y, a, b)).cpu()
+                   for a, b in self._chunks(len(z), batch_size)]
+            return torch.cat(out)
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
-        self.model.eval()
-        out = []
-        for a, b in self._chunks(len(x), batch_size):
-            xb = x[a:b].to(self.device)
-            out.append(self.model.reconstruct(xb, self._labels_for(xb, self._y(y, a, b))).cpu())
-        return torch.cat(out)
+    def reconstruct(self, x, y=None, batch_size: int = 1000) -> torch.Tensor:
+        """Reconstructions (N, C, H, W) in [0, 1] through the posterior mean."""
+        if self._empty(x):
+            return torch.empty(0, *self.config.model.input_shape)
+        x = self._images(x)
+        y = self._labels(y, len(x), "y")
+        with self._inference():
+            out = []
+            for a, b in self._chunks(len(x), batch_size):
+                xb = x[a:b].to(self.device)
+                out.append(self.model.reconstruct(xb, self._labels_for(xb, self._y(y, a, b))).cpu())
+            return torch.cat(out)
 
     def _labels_for(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
         if not self.model.conditional:
             return None
         return y if y is not None else self.model.infer_labels(x)
 
-    @torch.no_grad()
-    def sample_prior(self, n: int, seed: int = 0, y: torch.Tensor | int | None = None) -> torch.Tensor:
+    def sample_prior(self, n: int, seed: int = 0, y=None) -> torch.Tensor:
         """Images decoded from n prior draws; a conditional model draws for class ``y``
-        (an int or (n,) labels), or cycles through the classes when it is None."""
+        (one class by number or name, or (n,) labels), or cycles through the classes when it is None."""
         from vaelab.models import require
 
         require(self.model, "prior", "sampling from the prior")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ConfigError(f"n must be a number of samples >= 0, got {n!r}")
+        if not self.model.conditional and y is not None:
+            raise VaelabError("this run's model is not conditional: its prior has no classes; leave y out")
+        if n == 0:
+            return torch.empty(0, *self.config.model.input_shape)
         if self.model.conditional and y is None:
             y = torch.arange(n) % self.model.cfg.num_classes
-        yy = None if y is None else torch.as_tensor(y, dtype=torch.long).expand(n).to(self.device)
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        z = self.model.prior(yy, n).sample(generator=g)
-        return self.decode(z.cpu(), None if yy is None else yy.cpu())
+        yy = self._labels(y, n, "y")
+        with self._inference():
+            g = torch.Generator(device=self.device).manual_seed(_seed(seed))
+            z = self.model.prior(None if yy is None else yy.to(self.device), n).sample(generator=g)
+        return self.decode(z.cpu(), yy)
 
     # -------------------------------------------------------------- evaluation and figures
     def evaluate(self, split: str | None = None, iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0,
                  save: bool = False, iw_images: int | None = None) -> dict:
         """The evaluation as a dict; ``save=True`` also writes ``RUN/eval.json``.
         ``iw_images``: estimate nll_iw from this many of the split's images (None: all of them)."""
+        check_eval_args(iw_samples, iw_images)
+        if self._dtype() != torch.float32:
+            raise VaelabError(f"this run's model holds {self._dtype()} weights, and evaluate runs in float32 (its "
+                              "numbers must not depend on a cast); call run.model.float() first")
         split = split or self.default_split()
         data = self.split(split)
-        result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=seed,
-                          batch_size=self.config.train.eval_batch_size, device=self.device, split=split,
-                          iw_images=iw_images)
+        with self._inference():  # the caller's train/eval mode comes back afterwards
+            result = evaluate(self.model, data.to(self.device), iw_samples=iw_samples, seed=_seed(seed),
+                              batch_size=self.config.train.eval_batch_size, device=self.device, split=split,
+                              iw_images=iw_images)
         # Honest numbers: say when the images were part of training (the Keras recipe
         # trains on train+test, so its "test" numbers are not held-out numbers).
         result["seen_in_training"] = split == "train" or (split == "test" and self.config.data.train_split == "train+test")
@@ -216,8 +371,8 @@ class Run:
         path = self.dir.history if self.run_dir else None
         if path is None or not path.is_file():
             return []
-        with open(path) as f:
-            return list(csv.DictReader(f))
+        with open(path) as f:  # numbers as numbers; a value an epoch did not record is left out
+            return [{k: _number(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
 
     def figures(self, n: int = 16, seed: int = 0) -> list[Path]:
         """Write the standard figures into ``RUN/figures``: loss curves, reconstructions, prior samples."""
@@ -272,6 +427,9 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
 
     if resume and overwrite:
         raise VaelabError("resume continues the run and overwrite replaces it: ask for one of them")
+    check_eval_args(iw_samples, iw_images)
+    if not evaluate_after and iw_samples is not None:
+        raise VaelabError("iw_samples sets the final evaluation, and evaluate_after=False skips it; give one of them")
     changed: list[str] = []  # model options an override changed on resume
     if resume:
         if preset is not None or config_file is not None:

@@ -259,7 +259,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             X = X.detach().cpu().numpy()
         if images:
             # NaN / inf / sparse / complex raise scikit-learn's ValueError; layout and range vaelab's DataError.
-            x = d.as_images(check_array(X, allow_nd=True, ensure_min_samples=0))
+            x = d.as_images(check_array(X, allow_nd=True, ensure_min_samples=0), "X",
+                            self.input_shape_ if fitting is False else None)
             if fitting:
                 self.input_shape_, self.n_features_in_ = tuple(x.shape[1:]), math.prod(x.shape[1:])
             elif fitting is False:
@@ -316,7 +317,9 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             with atomic_path(Path(self.run_dir) / "train.npz") as tmp, open(tmp, "wb") as f:
                 np.savez(f, x=x8.numpy())
         splits = Splits(train=ImageSet(x8, None, "train"), val=None, test=None)
-        result = fit(config, self.run_dir, splits=splits, log=print if self.verbose else (lambda s: None))
+        # With a run_dir, config.data reads the train.npz just written: the run can reload its images.
+        result = fit(config, self.run_dir, splits=splits, log=print if self.verbose else (lambda s: None),
+                     splits_from_config=self.run_dir is not None)
         return result.model, result.config
 
     def _train_table(self, config, x: torch.Tensor):

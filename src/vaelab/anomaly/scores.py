@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vaelab.data.images import as_float_images
 from vaelab.distributions import kl_per_dim
 from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import metrics
@@ -160,30 +161,11 @@ def check_contamination(c: float) -> None:
 
 
 # ------------------------------------------------------------------------------------ inputs
-def as_images(X, where: str = "X") -> torch.Tensor:
+def as_images(X, where: str = "X", expected: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Images as float (N, C, H, W) in [0, 1] from an array or tensor of shape (N, H, W),
-    (N, H, W, C) or (N, C, H, W): uint8 / integers 0..255, or floats in [0, 1]."""
-    a = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-    if a.ndim == 3:
-        a = a[:, None]
-    elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
-        a = a.transpose(0, 3, 1, 2)
-    if a.ndim != 4 or a.shape[1] not in (1, 3):
-        raise DataError(f"{where}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) "
-                        f"with 1 or 3 channels, got {a.shape}")
-    if len(a) == 0:
-        raise DataError(f"{where} holds no images")
-    if a.dtype == np.uint8 or a.dtype == np.bool_:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / (255.0 if a.dtype == np.uint8 else 1.0))
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g})")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    if np.issubdtype(a.dtype, np.integer):
-        if a.min() < 0 or a.max() > 255:
-            raise DataError(f"{where}: integer images must lie in 0..255")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)
-    raise DataError(f"{where}: unsupported image dtype {a.dtype}")
+    (N, H, W, C) or (N, C, H, W): uint8 / integers 0..255, bool, or floats in [0, 1]
+    (``vaelab.data.images.as_float_images``; ``expected``, the model's (C, H, W), settles the layout)."""
+    return as_float_images(X, where, expected)
 
 
 def check_shape(x: torch.Tensor, expected, where: str) -> None:
@@ -249,6 +231,14 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     check_score(score, run.model)
     check_contamination(contamination)
     check_smoothing(maps, smooth)
+    out = Path(out)
+    # The figures (and maps) go beside ``out``: an ``out`` that is one of them would be replaced by it.
+    beside = ["scores_hist.png", "most_anomalous.png"] + (
+        ["anomaly_maps.npy", "anomaly_maps.png", "anomaly_maps.npy.json"] if maps else [])
+    clash = [name for name in beside if (out.parent / name).resolve() == out.resolve()]
+    if clash:
+        raise VaelabError(f"--out {out} is the {clash[0]} that detect writes beside the CSV, and the CSV would be "
+                          f"replaced by it; give the CSV another name (e.g. {out.parent / 'scores.csv'})")
     shape = run.config.model.input_shape
     d = run.config.data
     as_trained = {k: getattr(d, k) for k in ("crop", "background")} if d.name == "folder" else {}
@@ -270,7 +260,6 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     for i in range(len(scores)):
         w.writerow([data["paths"][i] if data["paths"] else i, f"{scores[i]:.6g}", int(flags[i])]
                    + ([data["labels"][i]] if data["labels"] is not None else []))
-    out = Path(out)
     write_text(out, buf.getvalue())
     plots.plot_score_histogram(scores, threshold, out.parent / "scores_hist.png",
                                title=f"{score} scores of {len(scores)} images",

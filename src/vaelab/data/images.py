@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vaelab.data import memory
 from vaelab.errors import DataError
@@ -55,21 +56,62 @@ def list_images(folder: Path) -> tuple[list[Path], list[str] | None]:
     return [Path(folder) / r for r in rels], classes
 
 
-def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
-    """Accept (N, H, W), (N, H, W, C) or (N, C, H, W); uint8 0-255 or float 0-1."""
-    if a.ndim >= 1 and a.shape[0] == 0:
+def nchw(a: np.ndarray, where: str, expected: tuple[int, int, int] | None = None, flat: bool = False) -> np.ndarray:
+    """The images of ``a`` as (N, C, H, W) (a view where it can be), from (N, H, W), (N, H, W, C)
+    or (N, C, H, W) with 1 or 3 channels; ``expected`` (C, H, W), the shape a model takes,
+    settles which axis holds the channels (and with ``flat``, reads grey rows (N, H * W)). What could be
+    one image without its batch axis, such as (64, 64, 3), is refused rather than read as 64
+    grey images 3 pixels wide."""
+    shape = tuple(a.shape)
+    if a.ndim >= 1 and shape[0] == 0:
         raise DataError(f"{where} holds no images")
+    if expected is not None:
+        c, h, w = expected
+        if a.ndim == 4 and shape[1:] == (c, h, w):
+            return a
+        if a.ndim == 4 and shape[1:] == (h, w, c):
+            return a.transpose(0, 3, 1, 2)
+        if a.ndim == 3 and c == 1 and shape[1:] == (h, w):
+            return a[:, None]
+        if flat and a.ndim == 2 and c == 1 and shape[1] == h * w:
+            return a.reshape(-1, 1, h, w)
+        if shape in ((c, h, w), (h, w, c), (h, w)):
+            raise DataError(f"{where} has shape {shape}: one image without its batch axis; give a batch of "
+                            f"images, e.g. x[None] (shape (1, {', '.join(map(str, shape))}))")
+        raise DataError(f"{where}: the model takes images of shape (C, H, W) = {tuple(expected)} (or (H, W, C)"
+                        f"{', or (H, W)' if c == 1 else ''}{' or flat rows of H * W' if flat and c == 1 else ''}), "
+                        f"given as a batch: got {shape}")
     if a.ndim == 3:
+        if shape[-1] in (3, 4) and shape[0] not in (3, 4) and min(shape[:2]) >= 8:
+            raise DataError(f"{where} has shape {shape}: one colour image (H, W, C)? Give a batch of images "
+                            "(N, H, W, C), e.g. x[None]; grey images (N, H, W) are not 3 or 4 pixels wide")
         a = a[:, None]
     elif a.ndim == 4:
-        if a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+        if shape[-1] in (1, 3) and shape[1] not in (1, 3):
             a = a.transpose(0, 3, 1, 2)
     else:
-        raise DataError(f"{where}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {a.shape}")
+        raise DataError(f"{where}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {shape}")
     if a.shape[1] not in (1, 3):
-        raise DataError(f"{where}: images must have 1 or 3 channels, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
+        raise DataError(f"{where}: images must have 1 or 3 channels, got shape {shape}")
+    return a
+
+
+def _check_levels(a: np.ndarray, where: str) -> None:
+    """Integer images are grey levels 0..255. Integers that are all 0 or 1 are a mask or
+    binarised images given the wrong type: as grey levels they would be black, without a word."""
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi > 255:
+        raise DataError(f"{where}: integer images must lie in 0..255 (got {lo}..{hi}); scale them to "
+                        "uint8, or to floats in [0, 1]")
+    if hi == 1:
+        raise DataError(f"{where}: integer images hold only 0 and 1, which as grey levels 0..255 are black; "
+                        "give them as bool or floats in [0, 1] (white = 1), or multiply by 255")
+
+
+def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
+    """Accept (N, H, W), (N, H, W, C) or (N, C, H, W) (``nchw``); uint8 or integers 0-255,
+    bool (True is white) or float 0-1."""
+    a = nchw(a, where)
     if a.dtype == np.bool_:  # binary images (binarised MNIST, masks): True is white
         return np.ascontiguousarray(a.astype(np.uint8) * 255)
     if np.issubdtype(a.dtype, np.floating):
@@ -77,11 +119,37 @@ def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
             raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g})")
         return np.ascontiguousarray(np.rint(a * 255).astype(np.uint8))
     if np.issubdtype(a.dtype, np.integer):
-        if a.min() < 0 or a.max() > 255:
-            raise DataError(f"{where}: integer images must lie in 0..255 (got {a.min()}..{a.max()}); scale them to "
-                            "uint8, or to floats in [0, 1]")
+        _check_levels(a, where)
         return np.ascontiguousarray(a.astype(np.uint8))
     raise DataError(f"{where}: unsupported image dtype {a.dtype}")
+
+
+def as_float_images(X, where: str = "x", expected: tuple[int, int, int] | None = None,
+                    flat: bool = False) -> torch.Tensor:
+    """Images a user hands over (a tensor, an array, a list of arrays or PIL images) as float32
+    (N, C, H, W) in [0, 1] on the CPU, read as ``nchw`` reads layouts: uint8 and integers are
+    grey levels 0..255, bool is black and white, floats must already lie in [0, 1]. Anything
+    else (NaN, 0..255 floats, a shape the model does not take) is refused in one line."""
+    if isinstance(X, torch.Tensor):
+        t = X.detach().cpu()
+        a = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+    else:
+        try:
+            a = np.asarray(X)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{where}: cannot read it as an array of images ({str(e).splitlines()[0]})") from None
+    a = nchw(a, where, expected, flat)
+    if a.dtype == np.bool_:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g}); "
+                            "divide 0..255 grey levels by 255")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if np.issubdtype(a.dtype, np.integer):
+        _check_levels(a, where)
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)
+    raise DataError(f"{where}: unsupported image dtype {a.dtype} (give uint8, bool or floats in [0, 1])")
 
 
 X_KEYS = ("x", "images", "x_train", "arr_0")

@@ -287,6 +287,52 @@ def concat(a, b, name: str) -> ImageSet | MemmapImageSet:
                     factor_names=a.factor_names if same else None, factor_sizes=a.factor_sizes if same else None)
 
 
+def check_given(splits: Splits) -> None:
+    """Splits a caller built in Python (``vaelab.fit(config, splits=...)``), checked once before
+    training as the loaders' data are checked: ``ImageSet`` holds uint8 (or bool, or float in
+    [0, 1]) images (N, C, H, W) with 1 or 3 channels, or float feature rows (N, 1, 1, F), and
+    labels (N,) of whole numbers. A layout read the wrong way (channels last, say) would train
+    a model of the wrong images to the end without a word."""
+    if not isinstance(splits, Splits):
+        raise DataError(f"splits must be a vaelab.Splits(train, val, test), got {type(splits).__name__}")
+    for name in ("train", "val", "test"):
+        s = getattr(splits, name)
+        if s is None and name != "train":
+            continue
+        where = f"splits.{name}"
+        if not isinstance(s, (ImageSet, MemmapImageSet)):
+            raise DataError(f"{where} must be a vaelab.ImageSet, got {type(s).__name__}")
+        if isinstance(s, MemmapImageSet):
+            continue  # built by the folder cache, which checked it
+        x = s.x
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"{where}.x must be a torch tensor (N, C, H, W), got {type(x).__name__} "
+                            "(torch.from_numpy(x), or vaelab.data.images.to_uint8_nchw for other layouts)")
+        if x.dim() != 4 or len(x) == 0:
+            raise DataError(f"{where}.x must hold images (N, C, H, W), N >= 1, got shape {tuple(x.shape)}")
+        rows = torch.is_floating_point(x) and tuple(x.shape[1:3]) == (1, 1)  # feature rows (N, 1, 1, F)
+        if not rows and x.shape[1] not in (1, 3):
+            last = " (channels last? ImageSet holds (N, C, H, W): x.permute(0, 3, 1, 2))" \
+                if x.shape[-1] in (1, 3) else ""
+            raise DataError(f"{where}.x has shape {tuple(x.shape)}: images need 1 or 3 channels on axis 1{last}")
+        if torch.is_floating_point(x):
+            lo, hi = torch.aminmax(x.float())
+            if not (torch.isfinite(lo) and torch.isfinite(hi)) or (not rows and (lo < 0 or hi > 1)):
+                raise DataError(f"{where}.x: float images must be finite and lie in [0, 1] (got {lo:.3g}..{hi:.3g}); "
+                                "give uint8 grey levels, or divide them by 255")
+        elif x.dtype not in (torch.uint8, torch.bool):
+            raise DataError(f"{where}.x is {x.dtype}: give uint8 grey levels 0..255, bool, or floats in [0, 1]")
+        y = s.y
+        if y is not None:
+            if not isinstance(y, torch.Tensor) or y.dim() != 1 or torch.is_floating_point(y) or y.dtype == torch.bool:
+                raise DataError(f"{where}.y must be a 1-D torch tensor of class numbers (int64), got "
+                                f"{type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+            if len(y) != len(x):
+                raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+            if len(y) and y.min() < 0:
+                raise DataError(f"{where}.y: class numbers must be >= 0, got {int(y.min())}")
+
+
 @dataclass
 class Splits:
     train: ImageSet | MemmapImageSet

@@ -12,6 +12,7 @@ import math
 import torch
 
 from vaelab.distributions import kl_per_dim
+from vaelab.errors import ConfigError
 from vaelab.evaluation import metrics
 from vaelab.models.likelihoods import classification
 from vaelab.progress import each
@@ -64,8 +65,8 @@ def iw_subset(n: int, iw_images: int | None, seed: int) -> torch.Tensor | None:
     if iw_images is None or iw_images >= n:
         return None
     if iw_images < 2:
-        raise ValueError(f"iw_images={iw_images}: the subset estimate of nll_iw needs 2 or more images "
-                         "(its standard error is a sample deviation)")
+        raise ConfigError(f"iw_images={iw_images}: the subset estimate of nll_iw needs 2 or more images "
+                          "(its standard error is a sample deviation)")
     chosen = torch.zeros(n, dtype=torch.bool)
     chosen[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:iw_images]] = True
     return chosen

@@ -23,6 +23,7 @@ import torch
 from vaelab.config import RunConfig
 from vaelab.configure import resolve_run
 from vaelab.data import ImageSet, Splits, load_data
+from vaelab.data.sets import check_given
 from vaelab.errors import CheckpointError, ConfigError, DataError
 from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
@@ -60,8 +61,15 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Opt
 
 
 def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | None = None,
-        resume: bool = False, log: Callable[[str], None] = print, callbacks: Sequence = ()) -> FitResult:
+        resume: bool = False, log: Callable[[str], None] = print, callbacks: Sequence = (),
+        splits_from_config: bool = False) -> FitResult:
     """Train the model ``config`` describes; checkpoint into ``run_dir`` each epoch.
+
+    ``splits``: train on these images instead of loading ``config.data``. They are checked
+    first (``vaelab.data.sets.check_given``), and the run records that its data came from the
+    caller (summary.json ``data_given``), so ``Run.load`` asks for them rather than reading
+    ``config.data`` as if the run had been trained on it. ``splits_from_config=True`` says they
+    are what ``config.data`` loads (the caller loaded them already), so the run can reload them.
 
     ``config`` is not changed: the resolved copy (input shape and classes filled in from
     the data) is ``FitResult.config`` and ``RUN/config.json``. The loop seeds torch's random
@@ -77,7 +85,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, splits: Splits | N
         with session(config.train.device) as (ranks, device), \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             return _fit(config.copy(), device, ranks, run_dir, splits, resume, log if ranks.main else _silent,
-                        callbacks)
+                        callbacks, given=splits is not None and not splits_from_config)
     except RankFailed as e:  # a multi-process run that another process ended: where to continue from
         raise RankFailed(f"{e}{checkpoint.resume_note(run_dir)}") from e.__cause__
 
@@ -87,13 +95,15 @@ def _silent(msg: str) -> None:
 
 
 def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits: Splits | None, resume: bool,
-         log: Callable[[str], None], callbacks: Sequence) -> FitResult:
+         log: Callable[[str], None], callbacks: Sequence, given: bool) -> FitResult:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
     out = rd if ranks.main else None  # where this process writes: rank 0 alone
     start = time.perf_counter()
+    if given:
+        check_given(splits)
     splits = splits if splits is not None else ranks.main_first(lambda: load_data(config.data, log=log, seed=t.seed))
     train = splits.train.to(device)
     val = splits.val.to(device) if splits.val is not None else None
@@ -123,6 +133,7 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
             "preset": config.preset, "data_memory_mapped": train.memory_mapped,
             # class names (folders, .npz string labels): commands take --class NAME by them
             **({"classes": list(splits.classes)} if splits.classes else {}),
+            **({"data_given": True} if given else {}),
             **({"processes": ranks.world} if ranks.world > 1 else {})})]
     trainer = Trainer(model, train, t, device=device, callbacks=[*runs, *callbacks], labels=labels is not None,
                       precision=precision, ranks=ranks, config=config, run_dir=rd.path if rd else None, log=log)
@@ -134,7 +145,8 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
     procs = f"; {ranks.world} processes" if ranks.world > 1 else ""
     mapped = " (read per batch from the memory-mapped cache)" if train.memory_mapped else ""
     d = config.data
-    source = f"data {d.name}" + (f" {d.path}" if d.path else "") + (" (data.limit: a seeded random subset)" if d.limit else "")
+    source = ("data given to fit()" if given else f"data {d.name}" + (f" {d.path}" if d.path else "")
+              + (" (data.limit: a seeded random subset)" if d.limit else ""))
     log(f"model {config.model.kind}/{config.model.arch}: {count_params(model):,} parameters; {source}: "
         f"{n:,} training images {tuple(shape)}{mapped}; device {device}; precision {precision}{procs}")
     trainer.clock.update(start=start, data_s=data_s, setup_s=time.perf_counter() - start - data_s)
