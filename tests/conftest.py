@@ -124,6 +124,21 @@ def save_shapes(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def train_tiny(root: Path, *extra: str) -> Path:
+    """A 1-epoch VAE (mlp 784-8-2, bce) on 64 labelled synthetic shapes, trained into ROOT/run
+    (``extra``: more overrides); for tests that change a run's files, each on its own copy."""
+    from vaelab.api import train
+    from vaelab.configure import build_config
+
+    npz = save_shapes(root / "shapes.npz", 64, seed=0)
+    cfg = build_config(None, None, [
+        "data.name=npz", f"data.path={npz}", "data.val=none", "model.kind=vae", "model.arch=mlp",
+        "model.hidden=8", "model.latent_dim=2", "train.epochs=1", "train.batch_size=64", "train.device=cpu",
+        "train.progress=false", *extra])
+    train(cfg, root / "run", evaluate_after=False, log=lambda *_: None)
+    return root / "run"
+
+
 # ----------------------------------------------------------------------------- small configs
 @pytest.fixture
 def tiny_config(shapes_npz):

@@ -130,8 +130,12 @@ def test_garbage_checkpoints_are_refused(run_copy, kind, which):
 
 
 def test_missing_weights(run_copy):
-    (run_copy / checkpoint.WEIGHTS).unlink()
-    with pytest.raises(CheckpointError, match="not found"):
+    (run_copy / checkpoint.WEIGHTS).unlink()  # its resume checkpoint is there: a training that stopped
+    with pytest.raises(CheckpointError, match=r"has no model.safetensors: its training stopped before it saved "
+                                              r"them .*vaelab train --resume"):
+        Run.load(run_copy, device="cpu")
+    (run_copy / checkpoint.RESUME).unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors not found"):
         Run.load(run_copy, device="cpu")
 
 
@@ -232,7 +236,7 @@ def test_run_evaluate_and_history(run_copy):
     assert not (run_copy / "eval.json").exists()  # evaluating writes nothing unless asked
     assert run.evaluate(split="val", iw_samples=4, save=True) == r  # the same seed, the same numbers
     assert json.loads((run_copy / "eval.json").read_text()) == {**r, "checkpoint_id": run.checkpoint_id}
-    assert [row["epoch"] for row in run.history()] == ["1"]
+    assert [row["epoch"] for row in run.history()] == [1]  # numbers, as fit's own history
     with pytest.raises(Exception, match="no test split"):
         run.evaluate(split="test")
 

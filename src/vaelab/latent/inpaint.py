@@ -12,6 +12,7 @@ and a mask, and returns the filled images, with every known pixel kept exactly::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,7 +125,14 @@ def parse_mask(spec: str, shape) -> MaskBuilder:
     kind = kind.lower().replace("centre", "center")
     if kind not in MASKS:
         raise VaelabError(f"unknown mask {spec!r}; use {MASK_HELP}")
-    return MaskBuilder(spec, size, MASKS[kind](arg or None, spec, size))
+    builder = MaskBuilder(spec, size, MASKS[kind](arg or None, spec, size))
+    if not builder(1).any():  # nothing to fill: every inpainting number would be a mean over no pixel
+        if kind == "file":
+            raise DataError(f"mask image {arg} hides no pixel (white, > 50% grey, = hidden; it is all dark): "
+                            "paint the region to fill white")
+        raise VaelabError(f"mask {spec!r} hides no pixel of the {size[0]}x{size[1]} images; use another mask "
+                          f"({MASK_HELP})")
+    return builder
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -149,6 +157,8 @@ def iterative(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor | None
     """Start from the zero-filled image; each pass replaces the hidden pixels by the
     reconstruction and keeps the known ones, so the code drifts towards an image whose
     known part agrees with ``x`` (a fixed-point iteration of the autoencoder)."""
+    if iterations < 0:
+        raise VaelabError(f"iterations must be >= 0, got {iterations}")
     cur = x.masked_fill(mask, 0.0)
     for _ in range(iterations):
         cur = _fill(x, mask, model.reconstruct(cur, y))
@@ -169,6 +179,12 @@ def optimise_codes(model, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor |
     image's code is optimised independently even though the whole batch is one tensor.
     """
     require(model, "continuous", "latent-opt inpainting")
+    if steps < 0:
+        raise VaelabError(f"steps must be >= 0, got {steps}")
+    if not (math.isfinite(lr) and lr > 0):  # ``lr <= 0`` is False for NaN, which Adam would meet
+        raise VaelabError(f"the step size (lr) must be positive and finite, got {lr}")
+    if init_iterations < 0:
+        raise VaelabError(f"init_iterations must be >= 0, got {init_iterations}")
     start = iterative(model, x, mask, y, init_iterations) if init_iterations else x.masked_fill(mask, 0.0)
     with torch.no_grad():
         z = model.encode(start, y).float().clone()
@@ -238,9 +254,12 @@ def inpaint(run_or_model, x: torch.Tensor, mask, method: str = "latent-opt", bat
 
 # ------------------------------------------------------------------------------------ evaluation
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean squared error over the hidden pixels only (all channels, all images)."""
+    """Mean squared error over the hidden pixels only (all channels, all images); a mask that
+    hides no pixel has no such mean, and is refused."""
     m = mask.expand_as(x)
-    return float((x - y)[m].double().square().mean()) if m.any() else 0.0
+    if not m.any():
+        raise DataError("masked_mse: the mask hides no pixel, so there is no hidden pixel to average over")
+    return float((x - y)[m].double().square().mean())
 
 
 def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str = "latent-opt",
@@ -268,6 +287,10 @@ def evaluate_inpainting(run, mask: str = "center:10", n: int = 1000, method: str
     n = min(n, len(data))
     x = data.batch(slice(0, n))  # (n, C, H, W) in [0, 1]
     m = builder(n, seed)  # (n, 1, H, W), True = hidden
+    if bool(m.all()):
+        log(f"note: mask {mask} hides every pixel: nothing of the images is known, so the inpainted images are the "
+            "model's guess from nothing" + (" but their labels" if _model(run).conditional and data.y is not None else "")
+            + ", and the numbers measure that guess")
     masked = x.masked_fill(m, 0.0)
     t0 = time.perf_counter()
     filled = inpaint(run, x, m, method=method, y=None if data.y is None else data.y[:n], **kw)

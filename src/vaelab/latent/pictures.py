@@ -10,6 +10,8 @@ image involved, else 0), and ``styles`` decodes one code under every class.
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,11 @@ from vaelab.models import require
 
 def codes_and_labels(run, split: str | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     data = run.split(split)
-    idx = slice(0, min(n, len(data))) if n else slice(None)
+    idx = slice(0, min(n, len(data))) if n is not None else slice(None)
     x = data.batch(idx)
     y = data.y[idx] if data.y is not None else None
-    return run.encode(x, y).double().numpy(), None if y is None else y.numpy()
+    z = run.encode(x, y).double().numpy()
+    return z.reshape(len(z), -1), None if y is None else y.numpy()  # a code grid (VQ-VAE): its values, flat
 
 
 def _decode_class(run, cls, default: int | None = None) -> int | None:
@@ -80,7 +83,7 @@ def plot_tsne(run, out, split=None, n=2000, seed=0, **_) -> Path:
     """t-SNE of the latent means, coloured by label."""
     from sklearn.manifold import TSNE
 
-    z, y = codes_and_labels(run, split, n or 2000)
+    z, y = codes_and_labels(run, split, 2000 if n is None else n)
     pts = z if z.shape[1] <= 2 else TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1)).fit_transform(z)
     plt = plots._plt()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
@@ -170,7 +173,7 @@ def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, cls
     c_dec = _decode_class(run, cls, label)
     if d == 2:
         # The Keras tutorial's manifold: decode a grid over [-r, r]^2.
-        steps, radius = steps or 30, radius or 1.0
+        steps, radius = 30 if steps is None else steps, 1.0 if radius is None else radius
         grid = np.linspace(-radius, radius, steps)
         zz = torch.tensor([[xv, yv] for yv in grid[::-1] for xv in grid], dtype=torch.float32)
         img = plots.image_grid(run.decode(zz, c_dec), nrow=steps, pad=0)
@@ -180,7 +183,7 @@ def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, cls
         ax.set_ylabel("z[1]")
         ax.set_title(f"decoded latent grid over [-{radius:g}, {radius:g}]^2" + _under(c_dec))
         return plots.save_figure(fig, out)
-    steps, radius = steps or 11, radius or 3.0
+    steps, radius = 11 if steps is None else steps, 3.0 if radius is None else radius
     if index is not None:
         base = run.encode(data.batch(slice(int(index), int(index) + 1)), data.y[int(index):int(index) + 1]
                           if data.y is not None else None)[0]
@@ -194,7 +197,7 @@ def plot_traverse(run, out, split=None, radius=None, steps=None, index=None, cls
         z[i * steps:(i + 1) * steps, i] = base[i] + offsets
     imgs = run.decode(z, c_dec)
     kl = _kl_per_dim(run, split)
-    c, h, w = imgs.shape[1:]
+    c = imgs.shape[1]
     fig, axes = plt.subplots(d, 1, figsize=(steps * 0.55 + 1.6, d * 0.6 + 0.8), dpi=120, squeeze=False)
     for i in range(d):
         ax = axes[i, 0]
@@ -222,7 +225,7 @@ def _under(cls: int | None) -> str:
 def plot_interpolate(run, out, split=None, steps=None, source=None, target=None, mode="class", cls=None, **_) -> Path:
     """Decoded path between two class means or two images."""
     require(run.model, "continuous", "an interpolation")
-    steps = steps or 10
+    steps = 10 if steps is None else steps
     data = run.split(split)
     if mode == "class":
         if data.y is None:
@@ -241,7 +244,7 @@ def plot_interpolate(run, out, split=None, steps=None, source=None, target=None,
         title = f"decoded interpolation between the mean codes of classes {a} and {b}"
         first = a
     else:
-        a, b = int(source or 0), int(target or 1)
+        a, b = int(0 if source is None else source), int(1 if target is None else target)
         if max(a, b) >= len(data):
             raise ConfigError(f"image index out of range (the split has {len(data)} images)")
         ab = torch.tensor([a, b])
@@ -257,7 +260,7 @@ def plot_basis(run, out, scale=None, cls=None, **_) -> Path:
     """Decoded standard basis vectors."""
     require(run.model, "continuous", "decoded basis vectors")
     d = run.config.model.latent_dim
-    scale = scale or 3.0
+    scale = 3.0 if scale is None else scale
     z = torch.eye(d) * scale
     c_dec = _decode_class(run, cls)
     imgs = run.decode(torch.cat([torch.zeros(1, d), z]), c_dec)
@@ -281,7 +284,7 @@ def plot_styles(run, out, split=None, n=None, **_) -> Path:
     data = run.split(split)
     if data.y is None:
         raise ConfigError("plot styles encodes images with their labels, and this split has none")
-    m = min(n or 8, len(data))
+    m = min(8 if n is None else n, len(data))
     x, y = data.batch(slice(0, m)), data.y[:m]
     grid = style_grid(run, x, y)
     names = _class_names(run, np.arange(run.model.cfg.num_classes))
@@ -293,7 +296,7 @@ def plot_styles(run, out, split=None, n=None, **_) -> Path:
 def plot_recon(run, out, split=None, n=None, **_) -> Path:
     """Originals above their reconstructions."""
     data = run.split(split)
-    m = min(n or 16, len(data))
+    m = min(16 if n is None else n, len(data))
     x = data.batch(slice(0, m))
     return plots.plot_reconstructions(x, run.reconstruct(x, None if data.y is None else data.y[:m]), out)
 
@@ -323,10 +326,123 @@ def plot_options(kind: str) -> frozenset[str]:
     return frozenset(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("run", "out"))
 
 
+# The ranges of the options whose size the picture grows with (see ``check_options``).
+MAX_STEPS = 100  # decoded images per traversal row or interpolation path (the 2-D grid decodes steps x steps)
+MAX_N = {"styles": 100, "recon": 1000}  # styles: one figure row per image; recon: two rows per 16 images
+MIN_N = {"tsne": 2, "pca": 2}  # a projection, a covariance: two codes at least
+MAX_PAIRS = 10  # one 5-inch panel per pair, side by side
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (t-SNE's random_state)
+_FLAG = {"source": "--from", "target": "--to", "mode": "--between", "cls": "--class"}  # parameter -> CLI option
+
+
+def _flag(name: str) -> str:
+    return _FLAG.get(name, f"--{name}")
+
+
+def _whole(name: str, value, low: int, high: int | None = None, why: str = "") -> int:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+        raise ConfigError(f"{_flag(name)} must be a whole number {span}{why}, got {value!r}")
+    return int(value)
+
+
+def _positive(name: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{_flag(name)} must be a positive finite number ({what}), got {value!r}")
+    return float(value)
+
+
+def _dims(spec) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in (spec.split(",") if isinstance(spec, str) else spec))
+    except (TypeError, ValueError):
+        raise ConfigError(f"--dims must look like 0,1 (two latent dimensions), got {spec!r}") from None
+
+
+def check_options(run, kind: str, **options) -> dict:
+    """The options of plot ``kind`` checked in one place, before any picture is computed: each
+    number in its range, with an upper bound where the picture grows with it (a refusal is one
+    line naming the option, its range and why); ``--dims`` and ``--pairs`` parsed. Returns the
+    options, parsed. The data is loaded (for ``--index``, image ``--from``/``--to``, ``--pairs``)."""
+    o = dict(options)
+    given = {k: v for k, v in o.items() if v is not None}
+    if "n" in given:
+        low, high = MIN_N.get(kind, 1), MAX_N.get(kind)
+        why = {"tsne": " (t-SNE needs two codes)", "pca": " (a covariance needs two codes)",
+               "styles": " (the figure has a row per image)", "recon": " (the figure has two rows per 16 images)"}
+        why = why.get(kind, "")
+        _whole("n", given["n"], low, high, why)
+    if "steps" in given:
+        _whole("steps", given["steps"], 2, MAX_STEPS,
+               f" (images per {'row' if kind == 'traverse' else 'path'}, both ends included: more are too small to "
+               "tell apart, and a 2-D latent's grid decodes steps x steps)")
+    if "radius" in given:
+        _positive("radius", given["radius"], "codes run from -radius to +radius")
+    if "scale" in given:
+        _positive("scale", given["scale"], "the length of the decoded basis vectors")
+    if "seed" in given:
+        _whole("seed", given["seed"], 0, MAX_SEED, " (numpy's and scikit-learn's seeds)")
+    if "dims" in o:
+        dims = _dims("0,1" if o["dims"] is None else o["dims"])
+        d = math.prod(run.code_shape())
+        if len(dims) != 2:
+            raise ConfigError(f"--dims needs two latent dimensions, as 0,1, got {len(dims)} ({o['dims']!r})")
+        if d == 1 and dims != (0, 1):
+            raise ConfigError("--dims: this run's latent space is 1-D, so the scatter draws z[0] against 0; "
+                              "leave --dims out")
+        if d > 1 and (dims[0] == dims[1] or min(dims) < 0 or max(dims) >= d):
+            raise ConfigError(f"--dims {dims[0]},{dims[1]} out of range: give two different dimensions of the "
+                              f"{d}-D latent space, 0..{d - 1}")
+        o["dims"] = dims
+    data = run.split(o.get("split")) if {"index", "pairs", "source", "target"} & set(given) or \
+        kind == "interpolate" else None
+    where = f"the {data.name} split" if data is not None else ""
+    if "index" in given:
+        _whole("index", given["index"], 0, len(data) - 1, f" (an image of {where}, which holds {len(data):,})")
+    if kind == "interpolate":
+        if o.get("mode", "class") == "images":
+            for k in ("source", "target"):
+                if given.get(k) is not None:
+                    _whole(k, given[k], 0, len(data) - 1, f" (an image of {where}, which holds {len(data):,})")
+            ends = (0 if o.get("source") is None else o["source"], 1 if o.get("target") is None else o["target"])
+        else:
+            if data.y is None:
+                raise ConfigError(f"class interpolation needs labels, and {where} has none; use --between images")
+            present = sorted(data.y.unique().tolist())
+            for k in ("source", "target"):
+                if given.get(k) is not None and given[k] not in present:
+                    raise ConfigError(f"{_flag(k)}: class {given[k]} has no images in {where}; it has classes "
+                                      f"{', '.join(str(c) for c in present)}")
+            ends = (given.get("source"), given.get("target"))
+        if ends[0] is not None and ends[0] == ends[1]:
+            raise ConfigError(f"--from and --to are the same ({ends[0]}): the path would not move; give two "
+                              "different ones")
+    if "pairs" in given:
+        if data.y is None:
+            raise ConfigError(f"--pairs projects pairs of classes, and {where} has no labels; leave --pairs out")
+        pairs = _pairs(given["pairs"])
+        names = run.class_names()
+        known = list(range(len(names))) if names else sorted(data.y.unique().tolist())
+        if not 1 <= len(pairs) <= MAX_PAIRS:
+            raise ConfigError(f"--pairs needs 1 to {MAX_PAIRS} class pairs (one 5-inch panel each), got {len(pairs)}")
+        for p in pairs:
+            if len(p) != 2 or p[0] == p[1]:
+                raise ConfigError(f"--pairs: {'-'.join(map(str, p))} is not a pair of two different classes, as 4-9")
+            for c in p:
+                if c not in known:
+                    raise ConfigError(f"--pairs {p[0]}-{p[1]}: class {c} is not one of this run's classes "
+                                      f"({', '.join(map(str, known))})")
+        o["pairs"] = pairs
+    return o
+
+
 def plot(run, kind: str, out: str | Path, **options) -> Path:
-    """Draw plot ``kind``; an option it does not read (not None) is an error, not ignored."""
+    """Draw plot ``kind``; an option it does not read (not None) is an error, not ignored, and
+    each one it reads is checked (``check_options``) before anything is drawn."""
     takes = plot_options(kind)
     unused = sorted(k for k, v in options.items() if v is not None and k not in takes)
     if unused:
         raise ConfigError(f"plot {kind} does not use {', '.join(unused)}; it reads {', '.join(sorted(takes)) or 'none'}")
-    return PLOTS[kind](run, out, **options)
+    plots.check_figure_path(out)
+    return PLOTS[kind](run, out, **check_options(run, kind, **options))

@@ -120,7 +120,8 @@ def evaluate_samples(run, sampler_name: str, judge, n: int = 10000, seed: int = 
         hist = torch.bincount(pred, minlength=judge.meta["classes"]).double()
         p = hist / hist.sum()
         result["class_histogram"] = hist.long().tolist()
-        result["class_entropy"] = float(-(p[p > 0] * p[p > 0].log2()).sum())
+        # + 0.0: one class alone gives -(1 * log2 1) = -0.0, printed "-0.000"; the entropy is 0
+        result["class_entropy"] = float(-(p[p > 0] * p[p > 0].log2()).sum()) + 0.0
         result["class_entropy_max"] = math.log2(judge.meta["classes"])
     k = min(nn_samples, len(samples), len(test))
     train_x = train.float()

@@ -56,7 +56,23 @@ class Sampler:
         """Whether this sampler draws for a given class on ``run``."""
         return bool(cls.conditional)
 
+    @classmethod
+    def check_params(cls, params) -> None:
+        """Refuse, in one line, a parameter this sampler does not take (one its ``settings``
+        lack), naming the ones it takes and the samplers that take it: stored in ``params``
+        (and RUN/samplers/NAME.json) it would be read by nothing."""
+        takes = cls.settings()
+        unknown = [k for k in params if k not in takes]
+        if not unknown:
+            return
+        others = {k: sorted(c.name for c in _named_samplers() if c is not cls and k in c.settings()) for k in unknown}
+        where = "; ".join(f"{k} is taken by {', '.join(v)}" for k, v in others.items() if v)
+        raise ConfigError(f"sampler {cls.name} does not take {'the parameter' if len(unknown) == 1 else 'the parameters'} "
+                          f"{', '.join(unknown)} (it takes {', '.join(takes) if takes else 'no parameters'}"
+                          f"{'; ' + where if where else ''}): leave {'it' if len(unknown) == 1 else 'them'} out")
+
     def __init__(self, **params):
+        type(self).check_params(params)
         self.params = params
         self.arrays: dict[str, np.ndarray] = {}
 
@@ -134,6 +150,18 @@ class Sampler:
         if cls not in classes:
             raise ConfigError(f"class {cls} was not in the training codes of sampler {self.name}; known: {classes}")
         return classes.index(cls)
+
+
+def _named_samplers() -> list[type[Sampler]]:
+    """Every sampler class with a name, the first to take each name (as ``Sampler.named``)."""
+    out: dict[str, type[Sampler]] = {}
+    todo = [Sampler]
+    while todo:
+        c = todo.pop(0)
+        if c.name:
+            out.setdefault(c.name, c)
+        todo.extend(c.__subclasses__())
+    return list(out.values())
 
 
 # What a fitted sampler is fit on (``--codes``): the training images' posterior means, or one

@@ -25,6 +25,7 @@ one that does not read: a pickle, a truncated file) is refused on load, and
 from __future__ import annotations
 
 import json
+import numbers
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -202,13 +203,33 @@ class GMMSampler(FittedSampler):
             raise ConfigError(f"scale must be positive, got {scale}")
         super().__init__(components=int(components), covariance=covariance, scale=float(scale), **params)
 
+    def _check_components(self, n_codes: int, of: str = "training codes") -> None:
+        """Refuse more mixture components than the codes they are fit on (a mixture has at most
+        one per code): fit with fewer, the recorded ``components`` would not be the mixture's."""
+        k = self.params["components"]
+        if k > n_codes:
+            raise ConfigError(f"sampler {self.name}: components (--components) {k:,} is more than the {n_codes:,} "
+                              f"{of} it is fit on (a mixture has at most one component per code); use {n_codes:,} "
+                              "or fewer")
+
     def _fit_gmm(self, codes: np.ndarray, seed: int):
         from sklearn.mixture import GaussianMixture
 
-        k = min(self.params["components"], len(codes))
-        gm = GaussianMixture(k, covariance_type=self.params["covariance"], random_state=seed, reg_covar=1e-5)
+        self._check_components(len(codes))
+        gm = GaussianMixture(self.params["components"], covariance_type=self.params["covariance"],
+                             random_state=seed, reg_covar=1e-5)
         gm.fit(codes.astype(np.float64))
         return gm.weights_, gm.means_, np.stack([_chol(c) for c in _full_covariances(gm)])
+
+    def _read(self, path, meta):
+        super()._read(path, meta)
+        # A file fit before more components than codes were refused holds fewer than its settings
+        # record (a class-gmm's unused slots have weight 0): refused, so it is fit again (and refused).
+        w = self.arrays["weights"]
+        fitted = len(w) if w.ndim == 1 else int((w > 0).sum(1).min())
+        if fitted != self.params["components"]:
+            raise ValueError(f"it holds {fitted} components, not the {self.params['components']} its settings "
+                             "record")
 
     def fit(self, codes, labels=None, seed=0):
         w, m, l = self._fit_gmm(codes, seed)
@@ -266,12 +287,15 @@ class ClassGMMSampler(GMMSampler):
 
     def fit(self, codes, labels=None, seed=0):
         classes = _classes(labels)
+        counts = {c: int((labels == c).sum()) for c in classes}
+        fewest = min(counts, key=counts.get)
+        self._check_components(counts[fewest], f"training codes of class {fewest}, its smallest class,")
         k = self.params["components"]
         d = codes.shape[1]
         weights, means, chols = np.zeros((len(classes), k)), np.zeros((len(classes), k, d)), np.zeros((len(classes), k, d, d))
         for i, c in enumerate(classes):
             w, m, l = self._fit_gmm(codes[labels == c], seed)
-            weights[i, :len(w)], means[i, :len(w)], chols[i, :len(w)] = w, m, l  # unused slots keep weight 0
+            weights[i], means[i], chols[i] = w, m, l
         self.arrays = {"classes": np.array(classes), "weights": weights, "means": means, "chols": chols}
         return self
 
@@ -325,7 +349,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
 def make_sampler(name: str, model=None, run_dir=None, **params) -> Sampler:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None}  # None: unset (the CLI's options)
+    SAMPLERS[name].check_params(params)  # one it does not take: refused in one line, before anything is built
     if SAMPLERS[name].from_model:
         params.update(model=model, run_dir=run_dir)
     try:
@@ -339,7 +364,9 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
     """The run's sampler ``name`` fit on its training codes, loaded from RUN/samplers when
     it was fit before with the same parameters on the same weights (fit once, reuse). One fit
     on other weights (the run was retrained or resumed), or by a vaelab that recorded none,
-    or whose files changed since or do not read, is fit again, with a one-line note to ``log``."""
+    or whose files changed since or do not read, or whose JSON records a parameter the sampler
+    does not take (a file edited by hand), is fit again, with a one-line note to ``log``. A
+    parameter of ``params`` the sampler does not take is refused (``Sampler.check_params``)."""
     sampler = make_sampler(name, model=run.model, run_dir=run.run_dir, **params)
     if sampler.from_model:
         return sampler
@@ -354,6 +381,9 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
             log(f"note: refitting the {name} sampler: {folder / name}.json does not read as JSON")
         if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("params"), dict)):
             log(f"note: refitting the {name} sampler: {folder / name}.json holds no sampler settings")
+        elif meta is not None and _not_taken(name, meta["params"]):
+            log(f"note: refitting the {name} sampler: {folder / name}.json records a parameter it does not take "
+                f"({', '.join(_not_taken(name, meta['params']))})")
         elif meta is not None and meta["params"] == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
@@ -387,8 +417,20 @@ def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
         except (OSError, ValueError):
             meta = None  # fitted_sampler says so, and fits it again
         if isinstance(meta, dict) and meta.get("sampler") == name and isinstance(meta.get("params"), dict):
-            return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
+            bad = _not_taken(name, meta["params"])
+            if not bad:
+                return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
+            # a file edited by hand: its settings are not ones this sampler was fit with
+            log(f"note: fitting the {name} sampler with its defaults: {path} records a parameter it does not take "
+                f"({', '.join(bad)})")
+            return fitted_sampler(run, name, refit=True, log=log)
     return fitted_sampler(run, name, log=log)
+
+
+def _not_taken(name: str, params: dict) -> list[str]:
+    """The keys of ``params`` (a saved NAME.json's) that the sampler ``name`` does not take."""
+    takes = SAMPLERS[name].settings()
+    return [k for k in params if k not in takes]
 
 
 def require_continuous(model, what: str) -> None:
@@ -414,6 +456,9 @@ def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: i
 
     import torch
 
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ConfigError(f"n must be a number of samples >= 1, got {n!r}")
+
     if sampler.conditional:
         classes = ([int(cls)] if cls is not None else
                    sampler.arrays["classes"].tolist() if "classes" in sampler.arrays
@@ -425,7 +470,7 @@ def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: i
         if cls is not None:
             raise ConfigError(f"sampler {sampler.name} is unconditional; use class-gaussian or class-gmm for --class")
         z, asked = sampler.sample(n, seed=seed), None
-    y = asked
+    y = asked if run.model.conditional else None  # a class sampler on a model without classes: codes only
     if run.model.conditional and y is None:
         g = torch.Generator().manual_seed(seed)
         y = torch.multinomial(run.model.class_log_prior.exp().cpu(), n, replacement=True, generator=g)

@@ -24,6 +24,7 @@ images show the target class::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,19 @@ def check_target(target: int, num_classes: int) -> None:
                           f"0..{num_classes - 1}")
 
 
+def check_objective(steps: int, lr: float, prior_weight: float, temperature: float) -> None:
+    """The steering objective's settings, in one line each when wrong. NaN and inf are refused
+    by name: a comparison such as ``lr <= 0`` is False for NaN, which Adam or the result would meet."""
+    if steps < 0:
+        raise VaelabError(f"steps must be >= 0, got {steps}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise VaelabError(f"the step size (lr) must be positive and finite, got {lr}")
+    if not (math.isfinite(prior_weight) and prior_weight >= 0):
+        raise VaelabError(f"prior_weight must be >= 0 and finite, got {prior_weight}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise VaelabError(f"temperature must be positive and finite, got {temperature}")
+
+
 def _targets(target, n: int, num_classes: int) -> torch.Tensor:
     t = torch.as_tensor(target, dtype=torch.long).flatten()
     if t.numel() == 1:
@@ -136,29 +150,29 @@ def _steer_chunk(model, x: torch.Tensor, target: torch.Tensor, steps: int, lr: f
 
 def steer(run_or_model, x: torch.Tensor, target, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
           prior_weight: float = DEFAULT_PRIOR_WEIGHT, temperature: float = DEFAULT_TEMPERATURE,
-          frames: int = DEFAULT_FRAMES, batch_size: int = 2000) -> SteerResult:
+          frames: int | None = None, batch_size: int = 2000) -> SteerResult:
     """Steer the codes of images ``x`` (N, C, H, W) in [0, 1] towards ``target`` (one class,
     or one per image) for ``steps`` Adam steps of size ``lr``; results on the CPU.
 
     ``prior_weight`` scales the -0.5 ||z||^2 prior term (0 lets codes wander off the data;
     larger values keep them nearer the origin); ``temperature`` softens the predictor in
-    the objective (1 = its own log-probability). Images go in chunks of ``batch_size``;
-    each image moves independently, so the chunk size does not change the result.
+    the objective (1 = its own log-probability). ``frames``: the codes kept along the path,
+    start and end included, at most ``steps + 1`` (one per step count); None: ``DEFAULT_FRAMES``,
+    or ``steps + 1`` when that is fewer. Images go in chunks of ``batch_size``; each image
+    moves independently, so the chunk size does not change the result.
     """
     model = _model(run_or_model)
     num_classes = check_predictor(model)
     if x.dim() != 4:
         raise DataError(f"steer needs images (N, C, H, W), got shape {tuple(x.shape)}")
-    if steps < 0:
-        raise VaelabError(f"steps must be >= 0, got {steps}")
-    if lr <= 0:
-        raise VaelabError(f"the step size (lr) must be positive, got {lr}")
-    if prior_weight < 0:
-        raise VaelabError(f"prior_weight must be >= 0, got {prior_weight}")
-    if temperature <= 0:
-        raise VaelabError(f"temperature must be positive, got {temperature}")
-    if frames < 2:
+    check_objective(steps, lr, prior_weight, temperature)
+    if frames is None:
+        frames = min(DEFAULT_FRAMES, steps + 1)
+    elif frames < 2:
         raise VaelabError(f"frames must be at least 2 (start and end), got {frames}")
+    elif frames > steps + 1:
+        raise VaelabError(f"frames ({frames}) must be at most steps + 1 ({steps + 1}): the path holds one code per "
+                          "step count, 0..steps")
     target = _targets(target, len(x), num_classes)
     keep = frame_steps(steps, frames)
     model.eval()
@@ -217,6 +231,7 @@ def steer_benchmark(run, pairs: int = 100, judge=None, seed: int = 0, split: str
 
     model = run.model
     num_classes = check_predictor(model)
+    check_objective(steps, lr, prior_weight, temperature)  # before the data and the judge
     split = split or run.default_split()
     data = run.split(split)
     if data.y is None:
@@ -285,4 +300,5 @@ def plot_examples(x: torch.Tensor, r: SteerResult, judged: torch.Tensor | None, 
     return plots.plot_image_rows(rows, path, title=title)
 
 
-__all__ = ["SteerResult", "draw_pairs", "frame_steps", "plot_examples", "steer", "steer_benchmark", "success_rate"]
+__all__ = ["SteerResult", "check_objective", "draw_pairs", "frame_steps", "plot_examples", "steer", "steer_benchmark",
+           "success_rate"]

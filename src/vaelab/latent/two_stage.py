@@ -180,7 +180,8 @@ class TwoStageSampler(FittedSampler):
     options = TwoStageOptions  # its settings, with help (`vaelab parts samplers`)
 
     def __init__(self, epochs: int = 20, hidden: int = 128, depth: int = 2, latent: int | None = None,
-                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0, codes: str = "mean"):
+                 batch_size: int = 128, lr: float = 1e-3, scale: float = 1.0, codes: str = "mean", **params):
+        self.check_params(params)  # one it does not take: refused in one line (Sampler.check_params) first
         o = TwoStageOptions(epochs=int(epochs), hidden=int(hidden), depth=int(depth),
                             latent=None if latent is None else int(latent), batch_size=int(batch_size),
                             lr=float(lr), scale=float(scale))

@@ -4,6 +4,8 @@ A run directory holds ``model.safetensors`` (weights, with the config that rebui
 the model in its metadata), ``config.json``, and ``checkpoint.safetensors`` (weights,
 optimizer state and the training state as JSON metadata) used to resume. Nothing is
 ever unpickled: a pickle, or any file that is not safetensors, is refused unread.
+``load_model`` refuses a ``config.json`` whose model section is not the one embedded in the
+weights (an edit that keeps the tensors' shapes, ``loss`` say, would load and give wrong numbers).
 All writes are atomic, and the resume checkpoint is one file, so weights, optimizer
 and epoch counter can never disagree after a crash.
 """
@@ -140,25 +142,98 @@ def _torch_reason(e: Exception) -> str:
 
 def load_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; pass the run's folder (the one holding "
+                              f"{CONFIG} and {WEIGHTS})")
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train`")
     try:
-        return config_from_dict(json.loads(path.read_text()), strict=False)  # training it again checks all
-    except (json.JSONDecodeError, ConfigError) as e:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not a valid run config: {e}") from None
+    if isinstance(raw, dict) and not isinstance(raw.get("model"), dict):
+        what = "has no model section" if raw.get("model") is None else "has a model section that is not a mapping"
+        raise CheckpointError(f"{path} {what}; restore the file (every run's {CONFIG} has one, and {WEIGHTS} "
+                              "cannot be rebuilt without it) or train the run again")
+    try:
+        return config_from_dict(raw, strict=False)  # training it again checks all
+    except ConfigError as e:
         raise CheckpointError(f"{path} is not a valid run config: {e}") from None
 
 
+def _flat(d: dict, prefix: str) -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: {"iwae": {"k": 5}} -> {"model.iwae.k": 5}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
+def saved_model_config(meta: dict[str, str], config: RunConfig) -> dict[str, Any] | None:
+    """The model section of the config a weights file embeds (``save_weights``), built through
+    the same loading as ``config`` (the run's config.json) and with its data and training
+    sections, so both have today's defaults and layout, and what the model section derives from
+    training (``elbo.kl_warmup`` from ``train.kl_warmup_epochs``) is derived alike. None when the
+    file embeds none (an older or a foreign writer) or one this vaelab cannot build."""
+    text = meta.get("config")
+    if text is None:
+        return None
+    try:
+        saved = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        return None
+    for d in ({**config.to_dict(), "model": saved["model"]}, saved):  # with its own sections if not with these
+        try:
+            return config_from_dict(d, strict=False).to_dict()["model"]
+        except ConfigError:
+            pass
+    return None
+
+
+def check_config_matches(run_dir: str | Path, config: RunConfig, meta: dict[str, str]) -> None:
+    """Refuse, in one line, a ``config.json`` whose model section is not the one the weights were
+    saved with: an edit that keeps the tensors' shapes (``loss``, ``input_shape``, an output
+    activation) would load and then give wrong numbers. Only the model section is compared: the
+    data and training sections (data paths, say) may be edited."""
+    saved = saved_model_config(meta, config)
+    if saved is None:
+        return
+    now, was = _flat(config.to_dict()["model"], "model"), _flat(saved, "model")
+    for key in [*now, *(k for k in was if k not in now)]:
+        a, b = now.get(key, "(unset)"), was.get(key, "(unset)")
+        if a != b:
+            raise CheckpointError(
+                f"{Path(run_dir) / CONFIG} does not match the config {WEIGHTS} was saved with: {key} is {a!r} "
+                f"in {CONFIG} but {b!r} in {WEIGHTS}; set it back to {b!r} (restore {CONFIG}) or train a new run "
+                "with the change")
+
+
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from a run directory: (RunConfig, model in eval mode)."""
+    """Rebuild a trained model from a run directory: (RunConfig, model in eval mode). A
+    ``config.json`` whose model section is not the one the weights were saved with (embedded in
+    ``model.safetensors``) is refused, even where the tensors' shapes agree."""
     from vaelab.models import build_model
 
     config = load_config(run_dir)
-    model = build_model(config.model)
+    try:
+        model = build_model(config.model)
+    except ConfigError as e:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG} does not rebuild the run's model ({e}); restore the file "
+                              "or train the run again") from None
+    if not (Path(run_dir) / WEIGHTS).is_file() and RunDir(run_dir).resume.is_file():
+        raise CheckpointError(f"{run_dir} has no {WEIGHTS}: its training stopped before it saved them (its resume "
+                              f"checkpoint is there); continue it: vaelab train --resume {run_dir}")
     tensors, meta = _load(Path(run_dir) / WEIGHTS)
     try:
         model.load_state_dict(migrate(tensors, meta))
     except RuntimeError as e:
         raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {_torch_reason(e)}") from None
+    check_config_matches(run_dir, config, meta)
     return config, model.to(device).eval()
