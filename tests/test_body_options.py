@@ -66,7 +66,10 @@ def test_the_readme_spelling_model_hidden_is_model_mlp_hidden():
     b = build_config("mlp-vae", overrides=["model.mlp.hidden=512,256"])
     assert a == b and a.model.opts("mlp").hidden == [512, 256]
     assert build_config("mlp-vae", overrides=["model.hidden=32"]).model.opts("mlp").hidden == [32]  # one number
-    c = build_config("deep-ae", extra={"model": {"mlp": {"hidden": [64]}}}, overrides=["model.hidden=[16]"])
+    # a flag and a --set of one field in the two spellings are one field given twice: refused, not settled by order
+    with pytest.raises(ConfigError, match=r"model.mlp.hidden is given twice, as \[64\] .* and as \[16\]"):
+        build_config("deep-ae", extra={"model": {"mlp": {"hidden": [64]}}}, overrides=["model.hidden=[16]"])
+    c = build_config("deep-ae", extra={"model": {"mlp": {"hidden": [16]}}}, overrides=["model.hidden=[16]"])
     assert c.model.opts("mlp").hidden == [16]
 
 

@@ -371,3 +371,22 @@ def test_config_knows_no_model():
     assert not {m for m in imported if m and m.startswith(("vaelab.models", "vaelab.configure"))}, imported
     with pytest.raises(AttributeError, match="cfg.opts"):
         build_config("mlp-vae").model.beta  # noqa: B018  (an option a part owns now)
+
+
+def test_a_set_value_starting_with_hash_is_a_colour_not_a_yaml_comment(tmp_path):
+    # YAML reads "#ff0000" as a comment (None); the README's data.background=#rrggbb must arrive whole.
+    cfg = build_config(None, None, ["data.name=folder", f"data.path={tmp_path}", "data.background=#ff0000"])
+    assert cfg.data.background == "#ff0000"
+    with pytest.raises(ConfigError, match="got '#zz'"):
+        build_config(None, None, ["data.name=folder", f"data.path={tmp_path}", "data.background=#zz"])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["model.kind=ae", "model.corrupt=gaussian"], "model.corrupt=gaussian with model.corrupt_level=0 corrupts nothing"),
+    (["model.kind=ae", "model.sparsity=l1"], "model.sparsity=l1 with model.sparsity_weight=0 adds no penalty"),
+])
+def test_a_corruption_or_penalty_of_strength_zero_is_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(None, None, overrides)
+    strength = "model.corrupt_level=0.2" if "corrupt" in overrides[1] else "model.sparsity_weight=0.5"
+    assert build_config(None, None, [*overrides, strength]).model.kind == "ae"

@@ -171,15 +171,22 @@ def test_locate_search_order(tmp_path, no_data_env, monkeypatch):
     assert where(dl.locate("mnist", None, download=False)) == cache_root
 
 
-def test_locate_falls_through_incomplete_roots(tmp_path, no_data_env, monkeypatch):
+def test_locate_falls_through_incomplete_roots_but_not_past_an_explicit_one(tmp_path, no_data_env, monkeypatch):
     explicit, env_root = tmp_path / "explicit", tmp_path / "env"
     _touch_dataset(explicit)
     (explicit / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()  # only 3 of 4 here
     _touch_dataset(env_root, gz=False)  # raw files count too
     monkeypatch.setenv("VAELAB_DATA", str(env_root))
-    found = dl.locate("mnist", str(explicit), download=False)
+    # a data_dir given is the only place looked in: not quietly $VAELAB_DATA instead
+    with pytest.raises(DataError, match=f"mnist not found; place .* in {explicit / 'mnist'}"):
+        dl.locate("mnist", str(explicit), download=False)
+    found = dl.locate("mnist", None, download=False)  # without one: $VAELAB_DATA
     assert all(p.parent == env_root / "mnist" for p in found.values())
     assert found["train-images-idx3-ubyte"].name == "train-images-idx3-ubyte"
+    monkeypatch.setenv("VAELAB_DATA", str(explicit))  # an incomplete $VAELAB_DATA falls through to the cache
+    _touch_dataset(no_data_env / "vaelab")
+    found = dl.locate("mnist", None, download=False)
+    assert all(p.parent == no_data_env / "vaelab" / "mnist" for p in found.values())
 
 
 def test_locate_prefers_gz_over_raw(tmp_path, no_data_env):

@@ -463,7 +463,8 @@ def test_experiment_table_matches_the_experiments():
     text = " ".join(prose(md).split())
     epochs = int(re.search(r"\(held out\), (\d+) epochs per trial", text).group(1))
     assert {e.epochs for e in EXPERIMENTS.values()} == {epochs}
-    digits, quick_epochs = re.search(r"`--quick` uses the first ([\d,]+) digits for (\d+) epochs", text).groups()
+    digits, quick_epochs = re.search(r"`--quick` uses a seeded random ([\d,]+) of the training digits for (\d+) epochs",
+                                     text).groups()
     assert (QUICK, QUICK_EPOCHS) == ([f"data.limit={digits.replace(',', '')}"], int(quick_epochs))
     for r in rows:
         exp = EXPERIMENTS[ticked(r["experiment"])[0]]

@@ -94,8 +94,8 @@ def test_eval_with_importance_samples_says_what_it_costs(capsys, trained_run, tm
     name = trained_run.default_split()
     n = len(trained_run.split(name))
     assert out.splitlines()[0] == (f"evaluating {run} on its {n:,} {name} images (nll_iw decodes 3 "
-                                   "posterior samples per image): about 3 times the work of one pass (a smaller "
-                                   "--iw-samples is quicker)")
+                                   f"posterior samples for each of {n:,} images): about 4 times the work of one "
+                                   "pass (a smaller --iw-samples or --iw-images is quicker)")  # 1 + 3
     rc, out, err = run_main(capsys, "eval", run, "--iw-samples", 0, "--device", "cpu")
     assert rc == 0 and not out.startswith("evaluating")  # quick: nothing to announce
 

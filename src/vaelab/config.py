@@ -267,12 +267,18 @@ class ModelConfig:
                f"model.corrupt must be none, gaussian, salt_pepper or mask, got {self.corrupt!r}")
         _check(self.corrupt_level >= 0 and (self.corrupt in ("none", "gaussian") or self.corrupt_level <= 1),
                f"model.corrupt_level must be >= 0 (a fraction <= 1 for {self.corrupt}), got {self.corrupt_level}")
+        _check(self.corrupt == "none" or self.corrupt_level > 0,
+               f"model.corrupt={self.corrupt} with model.corrupt_level=0 corrupts nothing; give model.corrupt_level "
+               "(e.g. 0.25), or leave model.corrupt out")
         _check(self.sparsity in ("none", "l1", "kl"), f"model.sparsity must be none, l1 or kl, got {self.sparsity!r}")
         _check(self.sparsity_weight >= 0, f"model.sparsity_weight must be >= 0, got {self.sparsity_weight}")
         _check(0 < self.sparsity_target < 1, f"model.sparsity_target must be in (0, 1), got {self.sparsity_target}")
         if self.sparsity == "kl":
             _check(self.latent_activation == "sigmoid", "model.sparsity=kl compares activation rates and needs codes "
                    "in (0, 1): set model.latent_activation=sigmoid")
+        _check(self.sparsity == "none" or self.sparsity_weight > 0,
+               f"model.sparsity={self.sparsity} with model.sparsity_weight=0 adds no penalty; give "
+               "model.sparsity_weight (e.g. 1.0), or leave model.sparsity out")
         _check(self.init in ("torch", "glorot"), f"model.init must be 'torch' or 'glorot', got {self.init!r}")
         _check(math.isfinite(self.leaky_slope) and self.leaky_slope >= 0,
                f"model.leaky_slope must be >= 0, got {self.leaky_slope}")
@@ -346,7 +352,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _coerce(self, "train")
-        _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
+        # 0 epochs would evaluate and draw an untrained model and save no weights to load it by.
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
@@ -550,10 +557,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) == 3 and parts[0] == "model" and all(parts):  # model.<part>.<option>: a part's own option
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = _yaml_value(raw)
         if isinstance(value, str) and "," in value:
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         return "model", f"{parts[1]}.{parts[2]}", value
@@ -561,10 +565,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override key {key!r} must be data.X, model.X, train.X or model.PART.X")
     section, name = parts
     names = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
+    value = _yaml_value(raw)
     if name not in names and section == "model" and name != "options":
         # An old flat name of a part's option (model.k), or a typo: the parts judge when the
         # config is built (vaelab.models.resolve_model). Comma lists read as lists.
@@ -582,6 +583,18 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         elif isinstance(value, (int, float)) and "| int" not in hint:
             value = [value]
     return section, name, value
+
+
+def _yaml_value(raw: str) -> Any:
+    """An override's value as YAML reads it (numbers, true/false, null, [lists]), except that a
+    text starting with # is the text (a colour such as #808080), where YAML would read a comment
+    and give None."""
+    if raw.lstrip().startswith("#"):
+        return raw.strip()
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def typed_value(section: str, name: str, value: Any) -> Any:

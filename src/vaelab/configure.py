@@ -16,6 +16,7 @@ the merged config before the layers merge, so a later layer wins whichever spell
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from vaelab import config as _config
@@ -31,7 +32,14 @@ from vaelab.config import (
     merge,
 )
 from vaelab.errors import ConfigError
-from vaelab.models import OBJECTIVES, PARTS, chosen_parts, fold_section, resolve_model, unread_fields
+from vaelab.models import (
+    OBJECTIVES,
+    PARTS,
+    chosen_parts,
+    fold_section,
+    resolve_model,
+    unread_fields,
+)
 from vaelab.models.options import aliases, build_options, option_fields
 
 
@@ -63,7 +71,8 @@ def _unused_defaults(layer: dict[str, Any], chosen: dict[str, str]) -> dict[str,
 
 
 def _from_layers(layers: list[dict[str, Any]], extra: dict | None, overrides: list[str] | None,
-                 explicit: set[str], strict: bool = True) -> RunConfig:
+                 explicit: set[str], strict: bool = True, fresh: bool = False) -> RunConfig:
+    """``fresh``: a config being made (not a saved run's): its data paths become absolute."""
     update = apply_overrides({}, extra, overrides)  # flags and --set texts as one nested mapping
     merged = apply_overrides(functools.reduce(merge, layers), extra, overrides)
     model = merged.get("model")
@@ -72,10 +81,54 @@ def _from_layers(layers: list[dict[str, Any]], extra: dict | None, overrides: li
     base[0] = _unused_defaults(base[0], chosen)
     # The flags, then the --set texts, each folded on its own: a later one wins in either spelling.
     flags, texts = (_folded(apply_overrides({}, e, o), chosen) for e, o in ((extra, None), (None, overrides)))
+    _refuse_clashes(flags, texts)
     if "model" in update:
         update = {**update, "model": merge(flags.get("model") or {}, texts.get("model") or {})}
     d = apply_overrides(functools.reduce(merge, base), update)
-    return resolve_run(RunConfig.from_dict(d), explicit, strict)
+    config = RunConfig.from_dict(d)
+    for key in ("path", "data_dir"):
+        if fresh or f"data.{key}" in explicit:
+            _absolute(config.data, key)
+    return resolve_run(config, explicit, strict)
+
+
+def _absolute(data, key: str) -> None:
+    """A data path as the user gave it, made absolute against the folder they gave it in: a
+    run's config.json then names the files it was trained on, wherever it is loaded from (a
+    relative path would read another folder's file of that name, without a word)."""
+    value = getattr(data, key)
+    if value is not None and not os.path.isabs(os.path.expanduser(value)):
+        setattr(data, key, os.path.abspath(value))
+    elif value is not None:
+        setattr(data, key, os.path.expanduser(value))
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_dotted(v, key + ".") if isinstance(v, dict) and key != "model.options" else {key: v})
+    return out
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    section, _, name = key.partition(".")
+    if a == b:
+        return True
+    try:  # "1e-3" given as text and 0.001 as a number are one value
+        return _config.typed_value(section, name, a) == _config.typed_value(section, name, b)
+    except (ConfigError, KeyError):
+        return False
+
+
+def _refuse_clashes(flags: dict[str, Any], texts: dict[str, Any]) -> None:
+    """A field that a flag (or a sweep's grid value) and a --set text both give, with two
+    values, is refused in one line: one of the two would be dropped without a word."""
+    a, b = _dotted(flags), _dotted(texts)
+    for key in sorted(a.keys() & b.keys()):
+        if not _same(key, a[key], b[key]):
+            raise ConfigError(f"{key} is given twice, as {a[key]!r} (a flag, or a sweep's grid value) and as "
+                              f"{b[key]!r} (--set {key}=...); give it once")
 
 
 def build_config(preset: str | RunConfig | None = None, config_file: str | None = None,
@@ -86,7 +139,7 @@ def build_config(preset: str | RunConfig | None = None, config_file: str | None 
     base: dict[str, Any] = (preset.to_dict() if isinstance(preset, RunConfig)
                             else load_preset(preset) if preset else {})
     user = load_yaml(config_file) if config_file else {}
-    return _from_layers([base, user], extra, overrides, explicit_keys(extra, overrides) | _keys(user))
+    return _from_layers([base, user], extra, overrides, explicit_keys(extra, overrides) | _keys(user), fresh=True)
 
 
 def config_from_dict(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None,
@@ -107,7 +160,7 @@ def config_from_layers(layers: list[dict[str, Any]], strict: bool = True) -> Run
     merged into one mapping first, the two spellings would be one layer setting both."""
     if not layers or not all(isinstance(x, dict) for x in layers):
         raise ConfigError("a config must be a mapping with keys data, model, train")
-    return _from_layers(list(layers), None, None, set(), strict)
+    return _from_layers(list(layers), None, None, set(), strict, fresh=True)
 
 
 def resolve_run(config: RunConfig, explicit: set[str] | frozenset[str] = frozenset(), strict: bool = True) -> RunConfig:

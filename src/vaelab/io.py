@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vaelab.errors import VaelabError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -26,7 +28,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     the chmod its private 0600 mode needs, would leave a file nobody removes.
     ``os.open`` applies the umask, as a plain ``open()`` does."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a part of the path is a file
+        blocker = next((p for p in [path.parent, *path.parent.parents] if p.is_file()), path.parent)
+        raise VaelabError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path") from None
+    except OSError as e:
+        raise VaelabError(f"cannot write {path}: cannot make its folder ({e.strerror})") from None
     tmp = _fresh_name(path)
     try:
         while True:  # one try from before the file exists to after the rename
@@ -35,6 +43,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 break
             except FileExistsError:  # another writer's name (1 in 2**64): draw again
                 tmp = _fresh_name(path)
+            except OSError as e:  # named by the user's path, not the temporary file's
+                raise VaelabError(f"cannot write {path}: {e.strerror}") from None
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.errors import ConfigError
 from vaelab.io import atomic_path
 from vaelab.rundir import ID_TEXT, RunDir
+
+MAX_PIXELS = 2**16  # matplotlib's Agg draws figures less than this many pixels a side
 
 
 def _plt():
@@ -25,16 +28,45 @@ def _plt():
     return plt
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save and close ``fig``. A PNG saved inside a run directory records the id of that run's
-    weights (a tEXt chunk, ``vaelab.rundir``): the figure is of the weights there now."""
+def figure_formats() -> tuple[str, ...]:
+    """The extensions (formats) matplotlib writes a figure as, sorted: png, pdf, svg, ..."""
+    _plt()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return tuple(sorted(FigureCanvasAgg.get_supported_filetypes()))
+
+
+def check_figure_path(path: str | Path, option: str | None = "--out") -> str:
+    """The format a figure saved at ``path`` is written in: its extension, png when it has none.
+    An extension matplotlib cannot write is refused in one line naming the ones it can (commands
+    call this before any work; ``save_figure`` again before writing)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    run = RunDir.owning(path) if fmt == "png" else None
-    meta = {ID_TEXT: run.checkpoint_id()} if run is not None else None
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", metadata=meta)
-    _plt().close(fig)
+    formats = figure_formats()
+    if fmt not in formats:
+        raise ConfigError(f"{option + ' ' if option else ''}{path}: matplotlib cannot write a figure as .{fmt}; "
+                          f"give the file one of the extensions {', '.join('.' + f for f in formats)}")
+    return fmt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save and close ``fig``. A PNG saved inside a run directory records the id of that run's
+    weights (a tEXt chunk, ``vaelab.rundir``): the figure is of the weights there now. A format
+    matplotlib cannot write, or a figure larger than it draws, is refused in one line and
+    nothing is written."""
+    path = Path(path)
+    try:
+        fmt = check_figure_path(path, None)
+        run = RunDir.owning(path) if fmt == "png" else None
+        meta = {ID_TEXT: run.checkpoint_id()} if run is not None else None
+        width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+        if max(width, height) >= MAX_PIXELS:
+            raise ConfigError(f"{path}: the figure would be {width:,} x {height:,} pixels, more than matplotlib "
+                              f"draws ({MAX_PIXELS:,} a side); ask for fewer images")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", metadata=meta)
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -104,6 +104,13 @@ def sidecar(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _reads_as_mapping(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def recorded_id(path: str | Path) -> str | None:
     """The checkpoint id a derived file records (see the module docstring), or None."""
     path = Path(path)
@@ -255,6 +262,8 @@ class RunDir:
         recorded = recorded_id(path) if recorded is None else recorded
         current = self.checkpoint_id()
         if not recorded:
+            if Path(path).suffix.lower() == ".json" and not _reads_as_mapping(Path(path)):
+                return "it does not read as a JSON mapping (a damaged file)"
             return "it records no checkpoint id (made by an older vaelab)"
         if current is None:
             return f"{self.path} has no {self.WEIGHTS}"

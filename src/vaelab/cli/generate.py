@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -22,6 +23,35 @@ from vaelab.errors import VaelabError
 
 def _sampler_params(components, covariance, scale, **more) -> dict:
     return {"components": components, "covariance": covariance, "scale": scale, **more}
+
+
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (a GMM's random_state)
+# The decoded images a command holds in memory at once, as float32: `sample` copies them a few
+# times more to draw its grid; `eval-samples` keeps room for 50,000 64x64 RGB images (FID's usual count).
+SAMPLE_MEMORY = {"sample": 2**30, "eval-samples": 4 * 2**30}
+
+
+def _check_sampling(scale, seed) -> None:
+    """The sampling options every sampler reads, refused in one line before any work."""
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise VaelabError(f"--scale must be a positive finite number (it multiplies the sampler's covariance; "
+                          f"below 1 trades variety for fidelity), got {scale}")
+    if not 0 <= seed <= MAX_SEED:
+        raise VaelabError(f"--seed must be a whole number from 0 to {MAX_SEED:,} (numpy's and scikit-learn's "
+                          f"seeds), got {seed}")
+
+
+def _check_n_fits(run, n: int, command: str) -> None:
+    """Refuse an ``--n`` whose decoded images would not fit the memory ``command`` allows them."""
+    shape = tuple(run.config.model.input_shape)
+    each = math.prod(shape) * 4  # bytes, float32
+    budget = SAMPLE_MEMORY[command]
+    most = budget // each
+    if n > most:
+        raise VaelabError(f"--n {n:,} is too many: {command} holds the images in memory at once, at most "
+                          f"{budget / 2**30:g} GiB of them as float32, which is {most:,} of this run's "
+                          f"{'x'.join(map(str, shape))} images (these would take {n * each / 2**30:,.1f} GiB); "
+                          f"use --n {most:,} or fewer")
 
 
 def _class_help() -> str:
@@ -149,7 +179,15 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
+    _check_sampling(scale, seed)
+    if out:
+        plots.check_figure_path(out)
     run = Run.load(run_dir, device=device)
+    _check_n_fits(run, n, "sample")
+    grid = Path(out) if out else run.dir.figure(f"samples_{sampler}")
+    if npz and Path(npz).resolve() == grid.resolve():  # before anything is written: neither is lost
+        raise VaelabError(f"--npz {npz} is the same file as the PNG grid ({'--out ' if out else 'the default --out, '}"
+                          f"{grid}): the one would overwrite the other; give them different paths")
     asked_as, cls = cls, run.class_index(cls)
     s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
         components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden, blocks=blocks,
@@ -159,15 +197,14 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     images, asked, codes = sample_images(run, s, n, cls=cls, seed=seed)
     title = f"{sampler} samples" + (f" of class {asked_as}" if cls is not None else
                                     " (one class per position, cycling)" if asked is not None else "")
-    path = plots.plot_grid(images, out or run.dir.figure(f"samples_{sampler}"), title=title)
+    path = plots.plot_grid(images, grid, title=title)
     _echo(f"wrote {path}")
     if npz:
-        with atomic_path(npz) as tmp:
-            with open(tmp, "wb") as f:
-                arrays = {"images": (images.numpy() * 255).round().astype(np.uint8), "codes": codes.numpy()}
-                if asked is not None:
-                    arrays["labels"] = asked.numpy()
-                np.savez_compressed(f, **arrays)
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+            arrays = {"images": (images.numpy() * 255).round().astype(np.uint8), "codes": codes.numpy()}
+            if asked is not None:
+                arrays["labels"] = asked.numpy()
+            np.savez_compressed(f, **arrays)
         if RunDir.owning(npz) is not None:  # inside a run: NPZ.json records the weights (vaelab.rundir)
             write_json(sidecar(npz), {"file": Path(npz).name, ID_FIELD: run.checkpoint_id})
         _echo(f"wrote {npz}")
@@ -216,9 +253,10 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     """Pictures of a run: latent scatter, t-SNE, PCA, traversals, interpolations, basis, styles, recon, loss."""
     from click.core import ParameterSource
 
+    from vaelab import plots
     from vaelab.api import Run
+    from vaelab.latent.pictures import check_options, plot_options
     from vaelab.latent.pictures import plot as draw
-    from vaelab.latent.pictures import plot_options
 
     # Each kind reads some of the options: one given to a kind that does not read it is refused.
     takes = plot_options(kind)
@@ -231,25 +269,25 @@ def plot(run_dir, kind, out, split, n, dims, pairs, radius, steps, index, betwee
     if unused:
         raise VaelabError(f"{', '.join(unused)} does not apply to --kind {kind} (it reads "
                           f"{', '.join(sorted(takes)) or 'no options'})")
-    try:
-        dims_t = tuple(int(d) for d in dims.split(","))
-    except ValueError:
-        raise VaelabError(f"--dims must look like 0,1, got {dims!r}") from None
+    if out:
+        plots.check_figure_path(out)
     run = Run.load(run_dir, device=device)
     cls = run.class_index(cls)
     if between == "class":
         source, target = run.class_index(source, "--from"), run.class_index(target, "--to")
     else:
         source, target = (_image_index(v, o) for v, o in ((source, "--from"), (target, "--to")))
+    options = {"split": split, "n": n, "dims": dims, "pairs": pairs, "radius": radius, "steps": steps,
+               "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,
+               "seed": seed}
+    # every number in its range (one place: vaelab.latent.pictures), before any work
+    options = check_options(run, kind, **{k: v for k, v in options.items() if k in takes})
     if kind == "tsne" and run.config.model.latent_dim > 2:
         from vaelab.progress import announce
 
-        announce(_echo, f"t-SNE of {min(n or 2000, len(run.split(split))):,} codes onto a plane",
+        announce(_echo, f"t-SNE of {min(2000 if n is None else n, len(run.split(split))):,} codes onto a plane",
                  cost="this can take minutes on a CPU (a smaller --n is quicker)")
-    options = {"split": split, "n": n, "dims": dims_t, "pairs": pairs, "radius": radius, "steps": steps,
-               "index": index, "mode": between, "source": source, "target": target, "scale": scale, "cls": cls,
-               "seed": seed}
-    path = draw(run, kind, out or run.dir.figure(kind), **{k: v for k, v in options.items() if k in takes})
+    path = draw(run, kind, out or run.dir.figure(kind), **options)
     if n is not None and n > len(run.split(split)):
         _echo(f"note: the {split or run.default_split()} split holds {len(run.split(split))} images; "
               f"plotted all of them, not {n}")
@@ -287,6 +325,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
 
     if n < 2:
         raise VaelabError("--n must be at least 2")
+    _check_sampling(scale, seed)
     if features is not None and features not in FEATURES:
         raise VaelabError(f"unknown --features {features!r}; available: {', '.join(FEATURES)}")
     if inception_weights and features != "inception":
@@ -296,6 +335,7 @@ def eval_samples(run_dir, sampler, n, judge_dir, components, covariance, scale, 
     if features is not None:  # before the judge, which may train for minutes: fail fast
         check_sizes(InceptionFeatures.dim if features == "inception" else JUDGE_FEATURES, n)
     run = Run.load(run_dir, device="cpu")
+    _check_n_fits(run, n, "eval-samples")  # before the judge, which may train for minutes
     extractor = None
     if features == "inception":  # likewise without torch-fidelity or the weights
         import os
@@ -346,8 +386,8 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
                     ("--layers", layers)):
         if v < 1:
             raise VaelabError(f"{name} must be at least 1")
-    if lr <= 0:
-        raise VaelabError("--lr must be positive")
+    if not (math.isfinite(lr) and lr > 0):
+        raise VaelabError(f"--lr must be positive and finite (Adam's step size), got {lr}")
     pixelcnn.check_finished(Path(run_dir))
     run = Run.load(run_dir, device=device)
     net, info = pixelcnn.LEARNED_PRIORS[prior](run, epochs=epochs, batch_size=batch_size, lr=lr, channels=channels,
@@ -370,9 +410,12 @@ def fit_prior(run_dir, prior, epochs, batch_size, lr, channels, layers, class_co
 def disentanglement(run_dir, n, metrics, split, seed, data_dir, device) -> None:
     """MIG, DCI and the FactorVAE score of a run's codes against its data's factors (dSprites)."""
     from vaelab.api import Run
-    from vaelab.latent.factors import FILE, score_disentanglement
+    from vaelab.latent.factors import FILE, METRICS, score_disentanglement
 
+    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if not names:  # nothing to score, and the saved scores would be overwritten with none
+        raise VaelabError(f"--metrics {metrics!r} names no score; give one or more of {', '.join(METRICS)}, "
+                          "comma-separated")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
-    score_disentanglement(run, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), seed=seed,
-                          split=split, out=run_dir, log=_echo)
+    score_disentanglement(run, n=n, metrics=names, seed=seed, split=split, out=run_dir, log=_echo)
     _echo(f"wrote {Path(run_dir) / FILE}")

@@ -24,7 +24,7 @@ from vaelab.cli.options import (
     run_data_dir_option,
     split_option,
 )
-from vaelab.errors import Interrupted, VaelabError
+from vaelab.errors import DataError, Interrupted, VaelabError
 from vaelab.rundir import RunDir
 
 
@@ -276,19 +276,27 @@ def eval_cmd(ctx, run_dir, split, iw_samples, iw_images, seed, data_dir, device)
         _check_iw_samples(iw_samples, run.model)
     if ctx.get_parameter_source("iw_images") is not ParameterSource.DEFAULT:
         _check_iw_images(iw_samples, run.model)
+    name = split or run.default_split()
+    n_split = len(run.split(name))
+    if iw_images is not None and iw_images >= n_split:
+        _echo(f"note: --iw-images {iw_images:,} is not fewer than the {n_split:,} {name} images: nll_iw is "
+              "estimated from all of them")
+        iw_images = None
     if iw_samples > 1 and "density" in run.capabilities:
         from vaelab.progress import announce
 
-        name = split or run.default_split()
-        announce(_echo, f"evaluating {run_dir} on its {len(run.split(name)):,} {name} images",
-                 why=f"nll_iw decodes {iw_samples} posterior samples per image"
-                     + (f" of {iw_images:,}" if iw_images else ""),
-                 cost=f"about {iw_samples} times the work of one pass (a smaller --iw-samples is quicker)")
+        m = n_split if iw_images is None else iw_images
+        announce(_echo, f"evaluating {run_dir} on its {n_split:,} {name} images",
+                 why=f"nll_iw decodes {iw_samples} posterior samples for each of {m:,} images",
+                 # one pass: the loss over every image; nll_iw adds K decodes of m images
+                 cost=f"about {1 + iw_samples * m / n_split:.2g} times the work of one pass "
+                      "(a smaller --iw-samples or --iw-images is quicker)")
     _print_eval(run.evaluate(split=split, iw_samples=iw_samples, seed=seed, save=True, iw_images=iw_images))
     _echo(f"wrote {run.dir.eval}")
 
 
 # ------------------------------------------------------------------------------ reconstruct
+RECONSTRUCT_MAX = 256  # pairs in one figure: 16 to a row, 16 rows of originals over reconstructions
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
@@ -305,9 +313,14 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
         raise VaelabError("--n must be at least 1")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     data = run.split(split)
-    m = min(n, len(data))
-    x = data.batch(slice(0, m))
-    path = plots.plot_reconstructions(x, run.reconstruct(x, None if data.y is None else data.y[:m]),
+    if n > len(data):
+        raise VaelabError(f"--n {n:,}: the {split or run.default_split()} split holds {len(data):,} images; "
+                          f"give --n {len(data):,} or fewer")
+    if n > RECONSTRUCT_MAX:
+        raise VaelabError(f"--n {n:,}: a grid of more than {RECONSTRUCT_MAX:,} pairs is too tall to look at; "
+                          "export the reconstructions with `vaelab export` instead")
+    x = data.batch(slice(0, n))
+    path = plots.plot_reconstructions(x, run.reconstruct(x, None if data.y is None else data.y[:n]),
                                       out or run.dir.figure("reconstructions"))
     _echo(f"wrote {path}")
 
@@ -347,8 +360,16 @@ def info(run_dir) -> None:
         if stale:
             _echo(f"{name}: not shown, {stale}; `vaelab eval {run_dir}` evaluates the weights there now")
         elif p.is_file():
+            try:
+                shown = json.loads(p.read_text())
+            except (OSError, ValueError) as e:
+                raise DataError(f"{p} does not read as JSON ({str(e).splitlines()[0]}); it is damaged: "
+                                f"`vaelab eval {run_dir}` writes eval.json again, training writes summary.json") from None
+            if not isinstance(shown, dict):
+                raise DataError(f"{p} holds a JSON {type(shown).__name__}, not the mapping vaelab writes; it is "
+                                "damaged")
             _echo(f"{name}:")
-            _print_eval(json.loads(p.read_text()))
+            _print_eval(shown)
 
 
 @click.command()
@@ -358,5 +379,7 @@ def download(data, data_dir) -> None:
     """Download a data set (SHA-256 checked) or confirm it is in place."""
     from vaelab.data.download import locate
 
+    if data_dir is not None and not Path(data_dir).expanduser().exists():
+        Path(data_dir).expanduser().mkdir(parents=True)  # where the user asked the download to go
     for stem, path in locate(data, data_dir).items():
         _echo(f"{stem:<24} {path}")

@@ -6,6 +6,7 @@ Thin, as the rest of the CLI: parse, call a function of vaelab.steer, print. Imp
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -23,14 +24,32 @@ from vaelab.rundir import RunDir
 
 
 def _check_options(steps: int, lr: float, prior_weight: float, temperature: float) -> None:
+    """The steering objective's options, before any work. NaN and inf are refused by name: a
+    comparison such as ``lr <= 0`` is False for NaN, which would reach Adam or the result."""
     if steps < 1:
-        raise VaelabError("--steps must be at least 1")
-    if lr <= 0:
-        raise VaelabError("--lr must be positive")
-    if prior_weight < 0:
-        raise VaelabError("--prior-weight must be >= 0")
-    if temperature <= 0:
-        raise VaelabError("--temperature must be positive")
+        raise VaelabError(f"--steps must be at least 1, got {steps}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise VaelabError(f"--lr must be positive and finite (Adam's step size, default {DEFAULT_LR:g}), got {lr:g}")
+    if not (math.isfinite(prior_weight) and prior_weight >= 0):
+        raise VaelabError(f"--prior-weight must be >= 0 and finite (0 turns the prior term off; default "
+                          f"{DEFAULT_PRIOR_WEIGHT:g}), got {prior_weight:g}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise VaelabError(f"--temperature must be positive and finite (1 = the predictor's own probability; "
+                          f"default {DEFAULT_TEMPERATURE:g}), got {temperature:g}")
+
+
+def _check_frames(frames: int | None, steps: int) -> int:
+    """``--frames``, checked against ``--steps``: a frame is the code after a whole number of
+    steps (0..steps), so there are at most steps + 1 distinct ones. Not given: the default,
+    or steps + 1 when that is fewer."""
+    if frames is None:
+        return min(DEFAULT_FRAMES, steps + 1)
+    if frames < 2:
+        raise VaelabError(f"--frames must be at least 2 (the start and the end), got {frames}")
+    if frames > steps + 1:
+        raise VaelabError(f"--frames {frames} is more than the {steps + 1} codes that --steps {steps} passes "
+                          f"through (the start and one per step); give --frames {steps + 1} or fewer, or more --steps")
+    return frames
 
 
 _STEPS = click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Adam steps on the code.")
@@ -55,8 +74,9 @@ def _objective_options(command):
 @click.option("--from", "index", type=int, required=True, help="Index of the image in the split.")
 @click.option("--to", "target", required=True, help="Target class, by name or number.")
 @_objective_options
-@click.option("--frames", type=int, default=DEFAULT_FRAMES, show_default=True,
-              help="Images shown along the path (start and end included).")
+@click.option("--frames", type=int,
+              help=f"Images shown along the path (start and end included), at most --steps + 1 (default "
+                   f"{DEFAULT_FRAMES}, or --steps + 1 when that is fewer).")
 @split_option
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG strip (default RUN/figures/steer_INDEX_to_CLASS.png).")
 @run_data_dir_option
@@ -69,8 +89,7 @@ def steer(run_dir, index, target, steps, lr, prior_weight, temperature, frames, 
     from vaelab.latent.steer import steer as steer_fn
 
     _check_options(steps, lr, prior_weight, temperature)
-    if frames < 2:
-        raise VaelabError("--frames must be at least 2")
+    frames = _check_frames(frames, steps)
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     target = run.class_index(target, "--to")  # names from summary.json: no data read for a run that has them
     check_target(target, check_predictor(run.model))  # before any data is read

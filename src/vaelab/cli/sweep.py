@@ -36,7 +36,7 @@ def _base(overrides, data_dir, limit) -> list[str]:
     base = list(overrides)
     if data_dir:
         base.append(f"data.data_dir={data_dir}")
-    if limit:
+    if limit is not None:  # 0 too: data.limit refuses it, as train does
         base.append(f"data.limit={limit}")
     return base
 

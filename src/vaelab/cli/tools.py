@@ -6,6 +6,7 @@ vaelab.export, print. Importing ``vaelab.cli`` adds these commands to its group.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -94,6 +95,12 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
     unused = [k for k in given if k.lstrip("-") not in options]
     if unused:
         raise VaelabError(f"{', '.join(unused)} does not apply to --method {method}")
+    for name, v in (("--iterations", iterations), ("--steps", steps)):
+        if v is not None and v < 1:
+            raise VaelabError(f"{name} must be at least 1, got {v} (leave it out for the method's default)")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):  # `lr <= 0` is False for NaN
+        raise VaelabError(f"--lr must be positive and finite (Adam's step size; leave it out for the default), "
+                          f"got {lr:g}")
     run = Run.load(run_dir, device=device, data_dir=data_dir)
     parse_mask(mask, run.config.model.input_shape)  # a bad mask fails before any data is read
     out = Path(out or Path(run_dir) / f"inpaint-{method}")
@@ -135,7 +142,12 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, skip_bad, seed, data_dir,
            device) -> None:
     """Score images for anomalies; write a CSV (score, anomaly 0/1, label) and two figures (and maps)."""
-    from vaelab.anomaly.scores import SCORES, check_contamination, check_score, check_smoothing
+    from vaelab.anomaly.scores import (
+        SCORES,
+        check_contamination,
+        check_score,
+        check_smoothing,
+    )
     from vaelab.anomaly.scores import detect as detect_fn
     from vaelab.api import Run
 
@@ -257,10 +269,17 @@ def export(run_dir, what, split, n, out, decimals, chunk_size, onnx_dir, parts, 
         from vaelab.export.onnx import export_onnx
         from vaelab.latent.sampling import last_fitted
 
-        names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        names = [p.strip() for p in parts.split(",") if p.strip()] if parts is not None else None
+        if names == []:
+            raise VaelabError(f"--parts {parts!r} names no part; give a comma-separated list of "
+                              f"{', '.join(registry('vaelab.export.onnx:PARTS'))}, or leave --parts out for every "
+                              "part the model has")
         if sampler is not None and sampler not in _onnx_samplers():
             raise VaelabError(f"--sampler {sampler} cannot be exported to ONNX; exportable: "
                               f"{', '.join(_onnx_samplers())}")
+        if sampler is not None and names is not None and "sampler" not in names:
+            raise VaelabError(f"--sampler {sampler} chooses what the sampler part decodes, and --parts {parts} "
+                              "leaves the sampler part out; add sampler to --parts, or drop --sampler")
         run = Run.load(run_dir, device="cpu")
         # a sampler fit on the codes: the run's own, as last fit (its settings and seed), fit now if need be
         fitted = last_fitted(run, sampler, log=_echo) if sampler not in (None, "prior") else None

@@ -1,8 +1,9 @@
 """Download with SHA-256 verification and atomic writes.
 
-Data sets are found in this order: an explicit ``data_dir``, ``$VAELAB_DATA``,
-then the user cache ``~/.cache/vaelab`` (``$XDG_CACHE_HOME/vaelab``). Each root
-holds one folder per data set with the standard file names.
+Data sets are found in an explicit ``data_dir`` alone when one is given (read there or
+downloaded there), else in ``$VAELAB_DATA``, then the user cache ``~/.cache/vaelab``
+(``$XDG_CACHE_HOME/vaelab``). Each root holds one folder per data set with the standard
+file names.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ def cache_dir() -> Path:
 
 
 def data_roots(data_dir: str | None = None) -> list[Path]:
-    """Candidate roots in search order."""
-    roots = []
+    """Candidate roots in search order. A ``data_dir`` given (--data-dir, data.data_dir) is the
+    only one: the data are read from it or downloaded into it, never quietly from elsewhere; it
+    must be a folder that exists."""
     if data_dir:
-        roots.append(Path(data_dir).expanduser())
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DataError(f"data.data_dir (--data-dir) {data_dir} {what}; give the folder that holds mnist/ "
+                            "(or fashion-mnist/), create it to download into it, or leave it out ($VAELAB_DATA, "
+                            "then the cache)")
+        return [root]
+    roots = []
     if os.environ.get("VAELAB_DATA"):
         roots.append(Path(os.environ["VAELAB_DATA"]).expanduser())
     roots.append(cache_dir())
@@ -78,7 +87,7 @@ def locate(name: str, data_dir: str | None = None, download: bool = True) -> dic
         found = {stem: find_file(root, name, stem) for stem in FILES}
         if all(found.values()):
             return found  # type: ignore[return-value]
-    # An explicit data_dir wins; else download into the first writable root.
+    # An explicit data_dir is the only root; else download into the first one ($VAELAB_DATA, the cache).
     target = roots[0] / name
     if not download:
         raise DataError(f"{name} not found; place {', '.join(f + '.gz' for f in FILES)} in {target}")

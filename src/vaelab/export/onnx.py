@@ -168,9 +168,13 @@ def available_parts(model) -> list[str]:
 
 
 def resolve_parts(model, parts: list[str] | None, fitted: bool = False) -> list[str]:
-    """The parts to export, checked: unknown names and parts the model lacks end in one line.
-    ``fitted``: the sampler part decodes a fitted sampler's draws (no prior needed)."""
-    if not parts:
+    """The parts to export (None: every part the model has), checked: unknown names, parts the
+    model lacks and an empty list end in one line. ``fitted``: the sampler part decodes a fitted
+    sampler's draws (no prior needed)."""
+    if parts is not None and not list(parts):
+        raise VaelabError(f"the list of ONNX parts is empty; name some of {', '.join(PARTS)}, or pass None for "
+                          "every part the model has")
+    if parts is None:
         names = available_parts(model)
         return names + ["sampler"] if fitted and "sampler" not in names else names
     for name in parts:
@@ -232,7 +236,7 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
     ``check``: run each file with onnxruntime (when installed) on random inputs at two batch
     sizes and refuse to write it when it differs from PyTorch by more than ``TOLERANCE``.
     ``sampler``: a fitted latent sampler (``vaelab.latent.sampling``) with ``onnx_codes()``,
-    whose draws the sampler part decodes instead of the prior's."""
+    whose draws the sampler part decodes instead of the prior's (``parts`` must then include the sampler)."""
     model = copy.deepcopy(run.model).to("cpu").float().eval()
     codes = None
     if sampler is not None:
@@ -242,6 +246,9 @@ def export_onnx(run, out_dir: str | Path, parts: list[str] | None = None, check:
                               "two-stage)")
         codes = copy.deepcopy(sampler.onnx_codes()).to("cpu").float().eval()
     names = resolve_parts(model, parts, fitted=codes is not None)
+    if sampler is not None and "sampler" not in names:  # fit for nothing: say so, not drop it
+        raise VaelabError(f"a {sampler.name} sampler was given for the ONNX sampler part, and the parts asked for "
+                          f"({', '.join(names)}) leave that part out; add sampler to the parts, or give no sampler")
     _need_exporter()
     ort = _onnxruntime() if check else None
     out_dir = Path(out_dir)

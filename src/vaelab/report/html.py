@@ -441,11 +441,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise VaelabError(f"cannot read {path} as JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise VaelabError(f"{path} holds a JSON {type(d).__name__}, not the mapping vaelab writes; it is damaged")
+    return d
 
 
 def _read_csv(path: Path) -> list[dict]:

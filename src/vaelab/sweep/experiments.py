@@ -4,7 +4,7 @@
 
 Every experiment trains on the 60,000 MNIST training digits and reports metrics on
 the 10,000 test digits (never seen in training), so the numbers are held-out numbers.
-``--quick`` trains on the first 10,000 digits for 2 epochs: a few minutes on two CPU
+``--quick`` trains on a seeded random 10,000 of the digits for 2 epochs: a few minutes on two CPU
 cores, enough to see the pipeline work, not to draw conclusions.
 """
 
