@@ -126,3 +126,22 @@ def test_a_run_that_stopped_before_its_weights_says_how_to_continue(capsys, run_
 def test_fit_prior_names_a_bad_lr_before_anything(capsys, tmp_path, lr):
     err = cli_error(capsys, "fit-prior", str(tmp_path / "no-run"), "--lr", lr)
     assert f"--lr must be positive and finite (Adam's step size), got {float(lr)}" in err
+
+
+@pytest.mark.parametrize("args,twice", [
+    (["train", "--preset", "mlp-ae", "--epochs", "1", "--epochs", "2"], "--epochs"),
+    (["sample", "RUN", "--n", "2", "--n=5"], "--n"),
+    (["data", "prepare", "DIR", "--image-size", "8", "--image-size=9"], "--image-size"),
+])
+def test_an_option_given_twice_is_refused_not_settled_by_order(capsys, tmp_path, args, twice):
+    args = [str(tmp_path) if a in ("RUN", "DIR") else a for a in args]
+    assert cli_error(capsys, *args) == f"vaelab: error: {twice} is given twice; give it once"
+
+
+def test_options_meant_to_repeat_and_values_that_look_like_options_pass():
+    from vaelab.cli import repeated_option
+
+    assert repeated_option(["train", "--set", "train.lr=0.1", "--set", "train.epochs=1", "--no-eval"]) is None
+    assert repeated_option(["sweep", "--grid", "model.latent_dim=2,4", "--grid", "train.lr=0.1,0.01"]) is None
+    assert repeated_option(["sample", "run", "--out", "--n", "--n", "3"]) is None  # "--n" as --out's value
+    assert repeated_option(["nosuchcommand", "--n", "1", "--n", "2"]) is None  # click names the command

@@ -36,8 +36,41 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+def repeated_option(args: list[str]) -> str | None:
+    """The first option taking one value that ``args`` give twice (``--epochs 1 ... --epochs 2``),
+    or None. click keeps the last of them without a word; vaelab refuses instead. Options meant
+    to repeat (``--set``, ``--grid``) and flags are left alone."""
+    cmd: click.Command = cli
+    i = 0
+    while isinstance(cmd, click.Group) and i < len(args) and not args[i].startswith("-"):
+        cmd = cmd.commands.get(args[i])
+        if cmd is None:
+            return None  # click says what is wrong with the name
+        i += 1
+    takes: dict[str, click.Option] = {}  # option string -> the option, for those taking a value
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.is_flag and not p.count:
+            takes.update(dict.fromkeys(p.opts + p.secondary_opts, p))
+    seen: dict[str, str] = {}  # the option's name -> the string first used for it
+    while i < len(args) and args[i] != "--":
+        name, has_value = args[i].split("=", 1)[0], "=" in args[i]
+        p = takes.get(name) if args[i].startswith("-") else None
+        if p is not None:
+            if not p.multiple and p.name in seen:
+                also = "" if seen[p.name] == name else f" (also as {seen[p.name]})"
+                return f"{name} is given twice{also}; give it once"
+            seen.setdefault(p.name, name)
+            i += 0 if has_value else 1  # its value is the next word
+        i += 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("VAELAB_DEBUG"))
+    twice = repeated_option(list(sys.argv[1:] if argv is None else argv))
+    if twice is not None:
+        click.echo(f"vaelab: error: {twice}", err=True)
+        sys.exit(2)
     # At exit, keep the interpreter's last garbage collection off the million objects that
     # torch (and torch._dynamo, which torch.optim imports) leave behind: after `vaelab train`
     # that pass took longer than the data loading. atexit handlers still run, and objects are
@@ -74,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-__all__ = ["COMMANDS", "cli", "main"]
+__all__ = ["COMMANDS", "cli", "main", "repeated_option"]
