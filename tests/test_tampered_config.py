@@ -140,3 +140,13 @@ def test_a_file_is_not_a_run_directory(run_dir, tmp_path):
                                     "config.json and model.safetensors)")
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.load_config(tmp_path / "nowhere")
+
+
+def test_a_shape_changing_edit_names_the_edited_key_and_the_fix(run_dir):
+    edit(run_dir, lambda c: c["model"]["mlp"].__setitem__("hidden", [16]))
+    with pytest.raises(CheckpointError) as e:
+        Run.load(run_dir, device="cpu")
+    msg = one_line(e)
+    assert "size mismatch" in msg
+    assert msg.endswith("config.json has model.mlp.hidden=[16] where they were saved with [8]; restore config.json "
+                        "or train the run again")

@@ -197,22 +197,33 @@ def saved_model_config(meta: dict[str, str], config: RunConfig) -> dict[str, Any
     return None
 
 
+def config_difference(config: RunConfig, meta: dict[str, str]) -> tuple[str, object, object] | None:
+    """The first model option on which ``config`` (config.json) and the config embedded in the
+    weights' metadata differ, as (key, config.json's value, the weights'), or None (they agree,
+    or the weights embed none)."""
+    saved = saved_model_config(meta, config)
+    if saved is None:
+        return None
+    now, was = _flat(config.to_dict()["model"], "model"), _flat(saved, "model")
+    for key in [*now, *(k for k in was if k not in now)]:
+        a, b = now.get(key, "(unset)"), was.get(key, "(unset)")
+        if a != b:
+            return key, a, b
+    return None
+
+
 def check_config_matches(run_dir: str | Path, config: RunConfig, meta: dict[str, str]) -> None:
     """Refuse, in one line, a ``config.json`` whose model section is not the one the weights were
     saved with: an edit that keeps the tensors' shapes (``loss``, ``input_shape``, an output
     activation) would load and then give wrong numbers. Only the model section is compared: the
     data and training sections (data paths, say) may be edited."""
-    saved = saved_model_config(meta, config)
-    if saved is None:
-        return
-    now, was = _flat(config.to_dict()["model"], "model"), _flat(saved, "model")
-    for key in [*now, *(k for k in was if k not in now)]:
-        a, b = now.get(key, "(unset)"), was.get(key, "(unset)")
-        if a != b:
-            raise CheckpointError(
-                f"{Path(run_dir) / CONFIG} does not match the config {WEIGHTS} was saved with: {key} is {a!r} "
-                f"in {CONFIG} but {b!r} in {WEIGHTS}; set it back to {b!r} (restore {CONFIG}) or train a new run "
-                "with the change")
+    diff = config_difference(config, meta)
+    if diff is not None:
+        key, a, b = diff
+        raise CheckpointError(
+            f"{Path(run_dir) / CONFIG} does not match the config {WEIGHTS} was saved with: {key} is {a!r} "
+            f"in {CONFIG} but {b!r} in {WEIGHTS}; set it back to {b!r} (restore {CONFIG}) or train a new run "
+            "with the change")
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -233,7 +244,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     tensors, meta = _load(Path(run_dir) / WEIGHTS)
     try:
         model.load_state_dict(migrate(tensors, meta))
-    except RuntimeError as e:
-        raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {_torch_reason(e)}") from None
+    except RuntimeError as e:  # the tensors' shapes: and, where the weights record their config, which edit
+        diff = config_difference(config, meta)
+        edited = f"; {CONFIG} has {diff[0]}={diff[1]!r} where they were saved with {diff[2]!r}" if diff else ""
+        raise CheckpointError(f"{Path(run_dir) / WEIGHTS} does not match {CONFIG}: {_torch_reason(e)}{edited}; "
+                              f"restore {CONFIG} or train the run again") from None
     check_config_matches(run_dir, config, meta)
     return config, model.to(device).eval()
