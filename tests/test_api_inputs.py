@@ -266,3 +266,15 @@ def test_sample_images_refuses_a_count_that_is_not_one(trained_run):
     for n in (-2, 0, 2.5, True):
         with pytest.raises(ConfigError, match=f"n must be a number of samples >= 1, got {n!r}"):
             sample_images(trained_run, prior, n)
+
+
+def test_a_damaged_history_is_named_not_read_as_no_history(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run.run_dir, tmp_path / "run")
+    run = Run.load(tmp_path / "run", device="cpu")
+    assert len(run.history()) == 3
+    (tmp_path / "run" / "history.csv").write_bytes(b"\x00garbage,\x01\nnot,a history\n")
+    with pytest.raises(DataError, match=r"history.csv is not a history vaelab wrote .*; it is damaged") as e:
+        run.history()
+    one_line(e)

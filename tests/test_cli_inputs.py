@@ -145,3 +145,13 @@ def test_options_meant_to_repeat_and_values_that_look_like_options_pass():
     assert repeated_option(["sweep", "--grid", "model.latent_dim=2,4", "--grid", "train.lr=0.1,0.01"]) is None
     assert repeated_option(["sample", "run", "--out", "--n", "--n", "3"]) is None  # "--n" as --out's value
     assert repeated_option(["nosuchcommand", "--n", "1", "--n", "2"]) is None  # click names the command
+
+
+def test_info_says_damaged_weights_are_damaged_not_retrained(capsys, run_copy):
+    rc, out, err = run_main(capsys, "eval", str(run_copy), "--iw-samples", "0")
+    assert rc == 0, err
+    w = run_copy / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    rc, out, err = run_main(capsys, "info", str(run_copy))
+    assert rc == 0, err
+    assert f"eval.json: not shown, {w} does not read as safetensors (a damaged file)" in out

@@ -371,8 +371,17 @@ class Run:
         path = self.dir.history if self.run_dir else None
         if path is None or not path.is_file():
             return []
-        with open(path) as f:  # numbers as numbers; a value an epoch did not record is left out
-            return [{k: _number(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
+        try:
+            with open(path, newline="") as f:  # numbers as numbers; a value an epoch did not record is left out
+                reader = csv.DictReader(f)
+                rows = [{k: _number(v) for k, v in row.items() if k is not None and v not in (None, "")}
+                        for row in reader]
+                fields = reader.fieldnames or []
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"cannot read {path} as CSV ({e}); it is damaged") from None
+        if "epoch" not in fields or any(not isinstance(r.get("epoch"), int) for r in rows):
+            raise DataError(f"{path} is not a history vaelab wrote (an epoch column of whole numbers); it is damaged")
+        return rows
 
     def figures(self, n: int = 16, seed: int = 0) -> list[Path]:
         """Write the standard figures into ``RUN/figures``: loss curves, reconstructions, prior samples."""

@@ -111,6 +111,18 @@ def _reads_as_mapping(path: Path) -> bool:
         return False
 
 
+def _reads_as_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: a header length, then that JSON header."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= path.stat().st_size - 8:
+                return False
+            return isinstance(json.loads(f.read(n)), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def recorded_id(path: str | Path) -> str | None:
     """The checkpoint id a derived file records (see the module docstring), or None."""
     path = Path(path)
@@ -268,6 +280,8 @@ class RunDir:
         if current is None:
             return f"{self.path} has no {self.WEIGHTS}"
         if recorded != current:
+            if not _reads_as_safetensors(self.weights):  # not retrained: the weights file itself is damaged
+                return f"{self.weights} does not read as safetensors (a damaged file), so nothing is made from it"
             return f"it was made from other weights (checkpoint {recorded}, now {current})"
         return None
 

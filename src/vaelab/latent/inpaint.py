@@ -104,8 +104,10 @@ def _file(arg, spec, size) -> Callable:
             a = np.asarray(im.convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"mask image {arg} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read mask image {arg}: {e.__class__.__name__}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"mask image {arg} is not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
+    except (OSError, ValueError) as e:  # truncated, a folder, ...: the reason in its own words
+        raise DataError(f"cannot read mask image {arg}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if a.shape != tuple(size):
         raise DataError(f"mask image {arg} is {a.shape[1]}x{a.shape[0]} but the images are {size[1]}x{size[0]}")
     m = torch.from_numpy(a > 127)[None, None]  # (1, 1, H, W); white (> 50% grey) = hidden
