@@ -155,3 +155,17 @@ def test_info_says_damaged_weights_are_damaged_not_retrained(capsys, run_copy):
     rc, out, err = run_main(capsys, "info", str(run_copy))
     assert rc == 0, err
     assert f"eval.json: not shown, {w} does not read as safetensors (a damaged file)" in out
+
+
+def test_detect_refuses_a_seed_for_a_score_that_draws_nothing(capsys, run_copy, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 28, 28), np.uint8))
+    err = cli_error(capsys, "detect", str(run_copy), "--input", str(tmp_path / "x.npy"), "--score", "mse", "--seed", "3",
+                    "--out", str(tmp_path / "s.csv"))
+    assert "--seed seeds the posterior draws of the elbo and iwnll scores; --score mse draws nothing" in err
+    assert not (tmp_path / "s.csv").exists()
+    rc, out, err = run_main(capsys, "detect", str(run_copy), "--input", str(tmp_path / "x.npy"), "--score", "elbo",
+                            "--seed", "3", "--out", str(tmp_path / "s.csv"))
+    assert rc == 0, err
+    assert (tmp_path / "s.csv").read_text().startswith("index,score,anomaly")

@@ -136,7 +136,7 @@ def inpaint(run_dir, mask, method, n, split, iterations, steps, lr, judge_dir, n
 @click.option("--smooth", type=float, metavar="SIGMA", help="With --maps: Gaussian smoothing of the maps, in pixels.")
 @click.option("--skip-bad", is_flag=True,
               help="An --input folder: leave unreadable images out of the CSV (named in a note) instead of stopping.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, help="Seed of the posterior draws of the elbo and iwnll scores (default 0).")
 @click.option("--data-dir", help="Where the run's training data lives, if not where it was at training time.")
 @device_option
 def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth, skip_bad, seed, data_dir,
@@ -156,7 +156,11 @@ def detect(run_dir, input_path, score, contamination, samples, out, maps, smooth
     check_smoothing(maps, smooth)
     if samples is not None and SCORES[score].needs is None:
         raise VaelabError(f"--samples (posterior draws) applies to the elbo and iwnll scores, not to --score {score}")
+    if seed is not None and SCORES[score].needs is None:  # mse, bce, ssim ...: nothing random to seed
+        raise VaelabError(f"--seed seeds the posterior draws of the elbo and iwnll scores; --score {score} draws "
+                          "nothing: leave it out")
     samples = 10 if samples is None else samples
+    seed = 0 if seed is None else seed
     if samples < 1:
         raise VaelabError("--samples must be at least 1")
     if skip_bad and not Path(input_path).is_dir():
