@@ -165,7 +165,7 @@ def test_detect_refuses_a_seed_for_a_score_that_draws_nothing(capsys, run_copy, 
                     "--out", str(tmp_path / "s.csv"))
     assert "--seed seeds the posterior draws of the elbo and iwnll scores; --score mse draws nothing" in err
     assert not (tmp_path / "s.csv").exists()
-    rc, out, err = run_main(capsys, "detect", str(run_copy), "--input", str(tmp_path / "x.npy"), "--score", "elbo",
+    rc, _, err = run_main(capsys, "detect", str(run_copy), "--input", str(tmp_path / "x.npy"), "--score", "elbo",
                             "--seed", "3", "--out", str(tmp_path / "s.csv"))
     assert rc == 0, err
     assert (tmp_path / "s.csv").read_text().startswith("index,score,anomaly")
