@@ -334,8 +334,9 @@ def _export_part(model, name: str, folder: Path, ort, checkpoint_id: str | None 
             raise VaelabError(f"the {name} of {model.describe()} could not be exported to ONNX: {first[:300]}") from e
         fixed = [i.name for i in program.model_proto.graph.input if i.type.tensor_type.shape.dim[0].dim_param == ""]
         if fixed:  # torch.export fixed the batch size instead of failing: say so rather than ship it
-            raise VaelabError(f"the {name} of {model.describe()} could not be exported with a dynamic batch "
-                              f"({', '.join(fixed)} fixed at {EXAMPLE_BATCH}); nothing was written")
+            raise VaelabError(f"the {name} of {model.describe()} could not be exported for any batch size: "
+                              f"torch.export fixed the batch of its input {', '.join(fixed)} at the {EXAMPLE_BATCH} "
+                              "images it was traced with; nothing was written")
         if checkpoint_id:  # the weights it was made from, inside the file too (vaelab.rundir.ID_TEXT)
             program.model.metadata_props[ID_TEXT] = checkpoint_id
         program.save(path)
