@@ -169,3 +169,12 @@ def test_detect_refuses_a_seed_for_a_score_that_draws_nothing(capsys, run_copy, 
                             "--seed", "3", "--out", str(tmp_path / "s.csv"))
     assert rc == 0, err
     assert (tmp_path / "s.csv").read_text().startswith("index,score,anomaly")
+
+
+def test_a_class_sampler_without_class_is_refused_before_it_is_fit(capsys, run_copy):
+    import shutil as sh
+
+    sh.rmtree(run_copy / "samplers", ignore_errors=True)
+    err = cli_error(capsys, "sample", str(run_copy), "--sampler", "class-gaussian", "--n", "4")
+    assert "sampler class-gaussian is class-conditional: pass --class C" in err
+    assert not (run_copy / "samplers" / "class-gaussian.json").exists()

@@ -174,7 +174,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     from vaelab import plots
     from vaelab.api import Run
     from vaelab.io import atomic_path, write_json
-    from vaelab.latent.sampling import fitted_sampler, sample_images
+    from vaelab.latent.sampling import SAMPLERS, fitted_sampler, sample_images
     from vaelab.rundir import ID_FIELD, RunDir, sidecar
 
     if n < 1:
@@ -189,6 +189,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
         raise VaelabError(f"--npz {npz} is the same file as the PNG grid ({'--out ' if out else 'the default --out, '}"
                           f"{grid}): the one would overwrite the other; give them different paths")
     asked_as, cls = cls, run.class_index(cls)
+    if cls is None and not SAMPLERS[sampler].from_model and SAMPLERS[sampler].takes_class(run):
+        raise VaelabError(f"sampler {sampler} is class-conditional: pass --class C")  # before it is fit
     s = fitted_sampler(run, sampler, seed=seed, log=_echo, **_only_used(sampler, _sampler_params(
         components, covariance, scale, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden, blocks=blocks,
         depth=depth, latent=latent, codes=codes)))
