@@ -64,14 +64,19 @@ BAD_OBJECTIVE = [
 ]
 
 
+def _steps(args) -> list:
+    """--steps 5 (quick), unless the case gives --steps itself (an option given twice is refused)."""
+    return [] if "--steps" in args else ["--steps", 5]
+
+
 @pytest.mark.parametrize("args, words", BAD_OBJECTIVE)
 def test_steer_refuses_bad_objective_values(pred_run, capsys, args, words):
-    assert words in cli_error(capsys, "steer", pred_run.run_dir, "--from", 0, "--to", 1, "--steps", 5, *args)
+    assert words in cli_error(capsys, "steer", pred_run.run_dir, "--from", 0, "--to", 1, *_steps(args), *args)
 
 
 @pytest.mark.parametrize("args, words", BAD_OBJECTIVE[::2])
 def test_steer_bench_refuses_bad_objective_values(pred_run, capsys, tmp_path, args, words):
-    assert words in cli_error(capsys, "steer-bench", pred_run.run_dir, "--pairs", 2, "--steps", 5,
+    assert words in cli_error(capsys, "steer-bench", pred_run.run_dir, "--pairs", 2, *_steps(args),
                               "--out", tmp_path / "b", *args)
     assert not (tmp_path / "b").exists()
 
