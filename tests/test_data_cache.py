@@ -57,6 +57,7 @@ def test_bad_files_raise_or_are_skipped_and_listed(tmp_path):
     with pytest.raises(DataError) as e:
         prep(root)
     assert f"image a/junk.png in {root}:" in one_line(e) and "--skip-bad" in str(e.value)
+    assert not (root / cache_mod.CACHE_DIRNAME).exists()  # a failed build leaves no empty cache folder behind
     (root / "a" / "junk.png").unlink()
     with pytest.raises(DataError) as e:
         prep(root)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -351,6 +352,7 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
             reason = why
             if log:
                 log(f"cache {d} is stale ({why}); rebuilding it")
+    made = [p for p in (beside.parent, beside, user) if not p.exists()]  # what a failed build takes away again
     d = beside if _writable(beside) else user
     workers = default_workers(len(rels)) if workers is None else workers
     progress = True if progress is None else progress  # the bar itself follows VAELAB_NO_PROGRESS and the terminal
@@ -358,7 +360,15 @@ def prepare_folder(folder: str | Path, image_size: int | None = None, crop: str 
         how = f"{workers} worker processes" if workers else "in this process"
         announce(log, f"decoding the {len(rels):,} images of {folder}", why=f"{reason}; once: later runs read the cache",
                  cost=f"{how}, a bar on a terminal", where=f"cached in {d}")
-    m, notes = _build(d, folder, rels, classes, listing, o, skip_bad, workers, progress)
+    try:
+        m, notes = _build(d, folder, rels, classes, listing, o, skip_bad, workers, progress)
+    except BaseException:  # a bad file, Ctrl-C, a full disk: leave no empty cache folder in the user's folder
+        for p in reversed(made):  # the deepest first; a folder made now holds nothing of the user's
+            if p == d:
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     for note in notes:
         if log:
             log(note)
