@@ -123,6 +123,9 @@ def test_fit_prior_then_sample_through_the_codebook(vq_run, tmp_path, capsys):
         assert np.abs(f["images"] / 255.0 - expect).max() <= 0.5 / 255 + 1e-6
     # a prior that fits the codes beats a uniform one: under log K per position
     assert info["test_nll"] < 49 * np.log(16)
+    err = cli_error(capsys, "sample", vq_run.run_dir, "--sampler", "pixelcnn", "--class", 2)
+    assert f"this run's pixelcnn prior is unconditional; for --class fit a class-conditional one: vaelab fit-prior " \
+           f"{vq_run.run_dir} --class-conditional" in err
 
 
 def test_class_conditional_prior(vq_run, tmp_path, capsys):

@@ -468,6 +468,9 @@ def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: i
         asked = torch.tensor(classes).repeat_interleave(per)[:n]
     else:
         if cls is not None:
+            if sampler.name == "pixelcnn":  # a VQ-VAE's fitted prior: its class-conditional twin serves --class
+                raise ConfigError(f"this run's {sampler.name} prior is unconditional; for --class fit a "
+                                  f"class-conditional one: vaelab fit-prior {run.run_dir} --class-conditional")
             raise ConfigError(f"sampler {sampler.name} is unconditional; use class-gaussian or class-gmm for --class")
         z, asked = sampler.sample(n, seed=seed), None
     y = asked if run.model.conditional else None  # a class sampler on a model without classes: codes only
