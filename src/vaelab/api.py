@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import numbers
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from vaelab import distributions
-from vaelab.config import DATA_DIR_SOURCES, RunConfig
+from vaelab.config import DATA_DIR_SOURCES, RunConfig, flatten, is_whole
 from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.data.images import as_float_images
@@ -37,7 +36,7 @@ from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
 from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.training import checkpoint
-from vaelab.training.loggers import flatten, make_loggers
+from vaelab.training.loggers import make_loggers
 from vaelab.training.loop import fit
 from vaelab.training.precision import resolve_device
 
@@ -64,12 +63,12 @@ def check_eval_args(iw_samples: int | None, iw_images: int | None) -> None:
     """The evaluation's own arguments, refused in one line before anything runs: importance
     samples (None or >= 0) and how many images estimate nll_iw (None for all, or >= 2)."""
     for name, value, least in (("iw_samples", iw_samples, 0), ("iw_images", iw_images, 2)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+        if value is not None and not (is_whole(value) and value >= least):
             raise ConfigError(f"{name} must be None or a whole number >= {least}, got {value!r}")
 
 
 def _seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise ConfigError(f"seed must be a whole number, got {seed!r}")
     return int(seed)
 
@@ -172,12 +171,13 @@ class Run:
         return next(self.model.parameters()).dtype
 
     def _chunks(self, n: int, batch_size: int):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not (is_whole(batch_size) and batch_size >= 1):
             raise ConfigError(f"batch_size must be a positive number of images, got {batch_size!r}")
         return ((i, min(i + batch_size, n)) for i in range(0, n, batch_size))
 
     def _images(self, x, where: str = "x") -> torch.Tensor:
-        """``x`` as float (N, C, H, W) images of the model's shape, in the model's dtype (on the CPU)."""
+        """``x`` as float (N, C, H, W) images of the model's shape, in the model's dtype (a float32 batch of that
+        shape where it is, anything else read on the CPU)."""
         shape = tuple(self.config.model.input_shape)
         if len(shape) == 3 and shape[:2] == (1, 1):  # rows of features (N, 1, 1, F), any finite value
             t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
@@ -187,7 +187,8 @@ class Run:
                                 f"got {tuple(t.shape)} {t.dtype}")
             return t.to(self._dtype())
         if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape[1:]) == shape
-                and x.dim() == 4 and len(x)):  # the common case, a batch as ImageSet gives it: no copy
+                and x.dim() == 4 and len(x)):  # a batch as ImageSet gives it: checked where it is (a CUDA
+            # batch is not copied to the CPU and back), in one pass
             lo, hi = torch.aminmax(x)
             if not (torch.isfinite(lo) and torch.isfinite(hi) and lo >= 0 and hi <= 1):
                 raise DataError(f"{where}: float images must lie in [0, 1] (got {lo:.3g}..{hi:.3g}); divide "
@@ -253,17 +254,21 @@ class Run:
     def _y(self, y, a: int, b: int):
         return None if y is None else y[a:b].to(self.device)
 
+    def _batches(self, x: torch.Tensor, y: torch.Tensor | None, batch_size: int):
+        """Chunks of checked images on the model's device, each with the labels the model reads
+        (None for a model without classes; a conditional one's most probable class without ``y``)."""
+        for a, b in self._chunks(len(x), batch_size):
+            xb = x[a:b].to(self.device)
+            yield xb, self._labels_for(xb, self._y(y, a, b))
+
     def posterior(self, x, y=None, batch_size: int = 1000):
         """q(z|x, y) for images (N, C, H, W) in [0, 1], as one distribution on the CPU
         (``.mean``, ``.params()``; a conditional model without ``y`` uses the most probable class)."""
         x = self._images(x)
         y = self._labels(y, len(x), "y")
         with self._inference():
-            parts = []
-            for a, b in self._chunks(len(x), batch_size):
-                xb = x[a:b].to(self.device)
-                parts.append(distributions.to(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))), "cpu"))
-            return distributions.cat(parts)
+            return distributions.cat([distributions.to(self.model.posterior(xb, yb), "cpu")
+                                      for xb, yb in self._batches(x, y, batch_size)])
 
     def encode(self, x, y=None, batch_size: int = 1000) -> torch.Tensor:
         """Latent codes (posterior means) (N, D) for images (N, C, H, W) in [0, 1] (or (N, H, W, C),
@@ -284,11 +289,8 @@ class Run:
         y = self._labels(y, len(x), "y")
         with self._inference():
             g = torch.Generator(device=self.device).manual_seed(_seed(seed))
-            out = []
-            for a, b in self._chunks(len(x), batch_size):
-                xb = x[a:b].to(self.device)
-                out.append(self.model.posterior(xb, self._labels_for(xb, self._y(y, a, b))).sample(generator=g).cpu())
-            return torch.cat(out)
+            return torch.cat([self.model.posterior(xb, yb).sample(generator=g).cpu()
+                              for xb, yb in self._batches(x, y, batch_size)])
 
     def decode(self, z, y=None, batch_size: int = 1000) -> torch.Tensor:
         """Images in [0, 1] (N, C, H, W) from codes (N, D); a conditional model needs classes ``y``
@@ -314,11 +316,7 @@ class Run:
         x = self._images(x)
         y = self._labels(y, len(x), "y")
         with self._inference():
-            out = []
-            for a, b in self._chunks(len(x), batch_size):
-                xb = x[a:b].to(self.device)
-                out.append(self.model.reconstruct(xb, self._labels_for(xb, self._y(y, a, b))).cpu())
-            return torch.cat(out)
+            return torch.cat([self.model.reconstruct(xb, yb).cpu() for xb, yb in self._batches(x, y, batch_size)])
 
     def _labels_for(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
         if not self.model.conditional:
@@ -331,7 +329,7 @@ class Run:
         from vaelab.models import require
 
         require(self.model, "prior", "sampling from the prior")
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        if not (is_whole(n) and n >= 0):
             raise ConfigError(f"n must be a number of samples >= 0, got {n!r}")
         if not self.model.conditional and y is not None:
             raise VaelabError("this run's model is not conditional: its prior has no classes; leave y out")

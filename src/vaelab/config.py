@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -617,6 +618,30 @@ def nested(name: str, value: Any) -> dict[str, Any]:
     return {head: nested(rest, value)} if rest else {name: value}
 
 
+MAX_SEED = 2**32 - 1  # the largest seed numpy and scikit-learn take (a GMM's or t-SNE's random_state)
+
+
+def is_whole(value) -> bool:
+    """Whether ``value`` is a whole number (a Python or numpy int), and not a bool: what counts,
+    sizes and seeds given in Python must be (True would pass for 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def flatten(d: dict, sep: str, prefix: str = "", lists: bool = False) -> dict:
+    """Nested dicts as one level (``nested``'s inverse): {"a": {"b": 1}} -> {"a<sep>b": 1}; with
+    ``lists``, lists too ({"kl_per_dim": [0.1, 0.2]} -> {"kl_per_dim<sep>0": 0.1, ...})."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if lists and isinstance(v, (list, tuple)):
+            v = {str(i): x for i, x in enumerate(v)}
+        if isinstance(v, dict):
+            out.update(flatten(v, sep, key, lists))
+        else:
+            out[key] = v
+    return out
+
+
 def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: list[str] | None = None) -> dict:
     """Merge typed values (``extra``, e.g. CLI flags), then dotted ``section.field=value`` texts.
 
@@ -633,7 +658,7 @@ def apply_overrides(d: dict[str, Any], extra: dict | None = None, overrides: lis
 
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "apply_overrides", "check_options_used",
-           "explicit_keys", "load_preset", "load_yaml", "merge", "parse_override", "preset_names", "source_of",
+           "explicit_keys", "flatten", "is_whole", "load_preset", "load_yaml", "merge", "parse_override", "preset_names", "source_of",
            "typed_value", "unused_options"]
 
 # Names that moved to vaelab.configure (building a config needs the model registries, which

@@ -27,6 +27,7 @@ from vaelab.config import (
     _keys,
     apply_overrides,
     explicit_keys,
+    flatten,
     load_preset,
     load_yaml,
     merge,
@@ -103,14 +104,6 @@ def _absolute(data, key: str) -> None:
         setattr(data, key, os.path.expanduser(value))
 
 
-def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_dotted(v, key + ".") if isinstance(v, dict) and key != "model.options" else {key: v})
-    return out
-
-
 def _same(key: str, a: Any, b: Any) -> bool:
     section, _, name = key.partition(".")
     if a == b:
@@ -124,7 +117,7 @@ def _same(key: str, a: Any, b: Any) -> bool:
 def _refuse_clashes(flags: dict[str, Any], texts: dict[str, Any]) -> None:
     """A field that a flag (or a sweep's grid value) and a --set text both give, with two
     values, is refused in one line: one of the two would be dropped without a word."""
-    a, b = _dotted(flags), _dotted(texts)
+    a, b = flatten(flags, "."), flatten(texts, ".")
     for key in sorted(a.keys() & b.keys()):
         if not _same(key, a[key], b[key]):
             raise ConfigError(f"{key} is given twice, as {a[key]!r} (a flag, or a sweep's grid value) and as "

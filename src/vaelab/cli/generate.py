@@ -18,6 +18,7 @@ from vaelab.cli.options import (
     split_option,
     takers,
 )
+from vaelab.config import MAX_SEED
 from vaelab.errors import VaelabError
 
 
@@ -25,7 +26,6 @@ def _sampler_params(components, covariance, scale, **more) -> dict:
     return {"components": components, "covariance": covariance, "scale": scale, **more}
 
 
-MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (a GMM's random_state)
 # The decoded images a command holds in memory at once, as float32: `sample` copies them a few
 # times more to draw its grid; `eval-samples` keeps room for 50,000 64x64 RGB images (FID's usual count).
 SAMPLE_MEMORY = {"sample": 2**30, "eval-samples": 4 * 2**30}

@@ -96,6 +96,12 @@ def nchw(a: np.ndarray, where: str, expected: tuple[int, int, int] | None = None
     return a
 
 
+def _check_unit(a: np.ndarray, where: str, hint: str = "") -> None:
+    """Float images are intensities in [0, 1], finite."""
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g}){hint}")
+
+
 def _check_levels(a: np.ndarray, where: str) -> None:
     """Integer images are grey levels 0..255. Integers that are all 0 or 1 are a mask or
     binarised images given the wrong type: as grey levels they would be black, without a word."""
@@ -115,8 +121,7 @@ def to_uint8_nchw(a: np.ndarray, where: str) -> np.ndarray:
     if a.dtype == np.bool_:  # binary images (binarised MNIST, masks): True is white
         return np.ascontiguousarray(a.astype(np.uint8) * 255)
     if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g})")
+        _check_unit(a, where)
         return np.ascontiguousarray(np.rint(a * 255).astype(np.uint8))
     if np.issubdtype(a.dtype, np.integer):
         _check_levels(a, where)
@@ -142,9 +147,7 @@ def as_float_images(X, where: str = "x", expected: tuple[int, int, int] | None =
     if a.dtype == np.bool_:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise DataError(f"{where}: float images must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g}); "
-                            "divide 0..255 grey levels by 255")
+        _check_unit(a, where, "; divide 0..255 grey levels by 255")
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if np.issubdtype(a.dtype, np.integer):
         _check_levels(a, where)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vaelab import distributions, plots
+from vaelab.config import MAX_SEED, is_whole
 from vaelab.distributions import kl_per_dim
 from vaelab.errors import ConfigError
 from vaelab.models import require
@@ -331,7 +332,6 @@ MAX_STEPS = 100  # decoded images per traversal row or interpolation path (the 2
 MAX_N = {"styles": 100, "recon": 1000}  # styles: one figure row per image; recon: two rows per 16 images
 MIN_N = {"tsne": 2, "pca": 2}  # a projection, a covariance: two codes at least
 MAX_PAIRS = 10  # one 5-inch panel per pair, side by side
-MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (t-SNE's random_state)
 _FLAG = {"source": "--from", "target": "--to", "mode": "--between", "cls": "--class"}  # parameter -> CLI option
 
 
@@ -340,8 +340,7 @@ def _flag(name: str) -> str:
 
 
 def _whole(name: str, value, low: int, high: int | None = None, why: str = "") -> int:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
-            or (high is not None and value > high)):
+    if not is_whole(value) or value < low or (high is not None and value > high):
         span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
         raise ConfigError(f"{_flag(name)} must be a whole number {span}{why}, got {value!r}")
     return int(value)

@@ -57,12 +57,17 @@ class Sampler:
         return bool(cls.conditional)
 
     @classmethod
-    def check_params(cls, params) -> None:
-        """Refuse, in one line, a parameter this sampler does not take (one its ``settings``
-        lack), naming the ones it takes and the samplers that take it: stored in ``params``
-        (and RUN/samplers/NAME.json) it would be read by nothing."""
+    def not_taken(cls, params) -> list[str]:
+        """The names in ``params`` that are none of this sampler's ``settings``."""
         takes = cls.settings()
-        unknown = [k for k in params if k not in takes]
+        return [k for k in params if k not in takes]
+
+    @classmethod
+    def check_params(cls, params) -> None:
+        """Refuse, in one line, a parameter this sampler does not take (``not_taken``), naming
+        the ones it takes and the samplers that take it: stored in ``params`` (and
+        RUN/samplers/NAME.json) it would be read by nothing."""
+        takes, unknown = cls.settings(), cls.not_taken(params)
         if not unknown:
             return
         others = {k: sorted(c.name for c in _named_samplers() if c is not cls and k in c.settings()) for k in unknown}
@@ -112,12 +117,9 @@ class Sampler:
     def named(name: str) -> type[Sampler]:
         """The sampler class called ``name`` among those defined (``vaelab.latent.sampling``
         defines them all and lists them in ``SAMPLERS``); a KeyError when there is none."""
-        todo = [Sampler]
-        while todo:  # parents before their subclasses: the class that took the name first
-            c = todo.pop(0)
+        for c in _named_samplers():
             if c.name == name:
                 return c
-            todo.extend(c.__subclasses__())
         raise KeyError(name)
 
     @classmethod
@@ -153,7 +155,8 @@ class Sampler:
 
 
 def _named_samplers() -> list[type[Sampler]]:
-    """Every sampler class with a name, the first to take each name (as ``Sampler.named``)."""
+    """Every sampler class with a name, the first to take each name: parents before their
+    subclasses (``Sampler.named`` looks a name up here)."""
     out: dict[str, type[Sampler]] = {}
     todo = [Sampler]
     while todo:

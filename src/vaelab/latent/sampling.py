@@ -25,7 +25,6 @@ one that does not read: a pickle, a truncated file) is refused on load, and
 from __future__ import annotations
 
 import json
-import numbers
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from vaelab.config import is_whole
 from vaelab.errors import ConfigError, DataError, VaelabError
 
 if TYPE_CHECKING:
@@ -381,9 +381,9 @@ def fitted_sampler(run, name: str, seed: int = 0, refit: bool = False, log: Call
             log(f"note: refitting the {name} sampler: {folder / name}.json does not read as JSON")
         if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("params"), dict)):
             log(f"note: refitting the {name} sampler: {folder / name}.json holds no sampler settings")
-        elif meta is not None and _not_taken(name, meta["params"]):
+        elif meta is not None and SAMPLERS[name].not_taken(meta["params"]):
             log(f"note: refitting the {name} sampler: {folder / name}.json records a parameter it does not take "
-                f"({', '.join(_not_taken(name, meta['params']))})")
+                f"({', '.join(SAMPLERS[name].not_taken(meta['params']))})")
         elif meta is not None and meta["params"] == sampler.params and meta.get("seed") == seed:
             stale = run.dir.stale(folder / f"{name}.json", meta.get(ID_FIELD) or "")
             if stale is None:
@@ -417,7 +417,7 @@ def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
         except (OSError, ValueError):
             meta = None  # fitted_sampler says so, and fits it again
         if isinstance(meta, dict) and meta.get("sampler") == name and isinstance(meta.get("params"), dict):
-            bad = _not_taken(name, meta["params"])
+            bad = SAMPLERS[name].not_taken(meta["params"])
             if not bad:
                 return fitted_sampler(run, name, seed=meta.get("seed") or 0, log=log, **meta["params"])
             # a file edited by hand: its settings are not ones this sampler was fit with
@@ -425,12 +425,6 @@ def last_fitted(run, name: str, log: Callable[[str], None] = print) -> Sampler:
                 f"({', '.join(bad)})")
             return fitted_sampler(run, name, refit=True, log=log)
     return fitted_sampler(run, name, log=log)
-
-
-def _not_taken(name: str, params: dict) -> list[str]:
-    """The keys of ``params`` (a saved NAME.json's) that the sampler ``name`` does not take."""
-    takes = SAMPLERS[name].settings()
-    return [k for k in params if k not in takes]
 
 
 def require_continuous(model, what: str) -> None:
@@ -456,7 +450,7 @@ def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: i
 
     import torch
 
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+    if not (is_whole(n) and n >= 1):
         raise ConfigError(f"n must be a number of samples >= 1, got {n!r}")
 
     if sampler.conditional:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vaelab.config import RunConfig
+from vaelab.config import RunConfig, flatten
 from vaelab.configure import config_from_dict
 from vaelab.errors import CheckpointError, CheckpointMismatch, ConfigError
 from vaelab.rundir import RunDir
@@ -163,17 +163,6 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{path} is not a valid run config: {e}") from None
 
 
-def _flat(d: dict, prefix: str) -> dict[str, Any]:
-    """Nested mappings as one level of dotted keys: {"iwae": {"k": 5}} -> {"model.iwae.k": 5}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}.{k}"))
-        else:
-            out[f"{prefix}.{k}"] = v
-    return out
-
-
 def saved_model_config(meta: dict[str, str], config: RunConfig) -> dict[str, Any] | None:
     """The model section of the config a weights file embeds (``save_weights``), built through
     the same loading as ``config`` (the run's config.json) and with its data and training
@@ -204,7 +193,7 @@ def config_difference(config: RunConfig, meta: dict[str, str]) -> tuple[str, obj
     saved = saved_model_config(meta, config)
     if saved is None:
         return None
-    now, was = _flat(config.to_dict()["model"], "model"), _flat(saved, "model")
+    now, was = flatten(config.to_dict()["model"], ".", "model"), flatten(saved, ".", "model")
     for key in [*now, *(k for k in was if k not in now)]:
         a, b = now.get(key, "(unset)"), was.get(key, "(unset)")
         if a != b:

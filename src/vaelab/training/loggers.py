@@ -32,25 +32,11 @@ import sys
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from vaelab.config import flatten
 from vaelab.errors import ConfigError, Interrupted
 from vaelab.io import write_json
 from vaelab.rundir import RunDir
 from vaelab.training.callbacks import Callback
-
-
-def flatten(d: dict, sep: str, prefix: str = "", lists: bool = False) -> dict:
-    """Nested dicts as one level: {"a": {"b": 1}} -> {"a<sep>b": 1}; with ``lists``, lists too
-    ({"kl_per_dim": [0.1, 0.2]} -> {"kl_per_dim<sep>0": 0.1, ...})."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if lists and isinstance(v, (list, tuple)):
-            v = {str(i): x for i, x in enumerate(v)}
-        if isinstance(v, dict):
-            out.update(flatten(v, sep, key, lists))
-        else:
-            out[key] = v
-    return out
 
 
 def numeric(d: dict) -> dict[str, float]:
