@@ -24,6 +24,9 @@ class Sampler:
     conditional = False  # takes a class (a fitted one needs labelled training codes)
     needs: frozenset[str] = frozenset({"continuous"})  # model capabilities it needs
     from_model = False  # draws from something the model holds (built with model=, run_dir=); nothing fit on codes
+    # The refusal when an unconditional one is asked for a class: what serves --class instead
+    # ({name}: the sampler's, {run}: the run's folder).
+    no_class = "sampler {name} is unconditional; use class-gaussian or class-gmm for --class"
 
     @classmethod
     def settings(cls) -> dict[str, inspect.Parameter]:

@@ -128,6 +128,9 @@ class PixelCNNSampler(Sampler):
     name = "pixelcnn"
     needs = frozenset({"codebook"})
     from_model = True
+    # class-gaussian and class-gmm cannot serve a VQ-VAE: its class-conditional twin does
+    no_class = ("this run's {name} prior is unconditional; for --class fit a class-conditional one: "
+                "vaelab fit-prior {run} --class-conditional")
 
     @classmethod
     def missing(cls, run) -> str | None:
@@ -462,10 +465,7 @@ def sample_images(run, sampler: Sampler, n: int, cls: int | None = None, seed: i
         asked = torch.tensor(classes).repeat_interleave(per)[:n]
     else:
         if cls is not None:
-            if sampler.name == "pixelcnn":  # a VQ-VAE's fitted prior: its class-conditional twin serves --class
-                raise ConfigError(f"this run's {sampler.name} prior is unconditional; for --class fit a "
-                                  f"class-conditional one: vaelab fit-prior {run.run_dir} --class-conditional")
-            raise ConfigError(f"sampler {sampler.name} is unconditional; use class-gaussian or class-gmm for --class")
+            raise ConfigError(sampler.no_class.format(name=sampler.name, run=run.run_dir))
         z, asked = sampler.sample(n, seed=seed), None
     y = asked if run.model.conditional else None  # a class sampler on a model without classes: codes only
     if run.model.conditional and y is None:
