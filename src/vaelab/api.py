@@ -23,14 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vaelab import distributions
 from vaelab.config import DATA_DIR_SOURCES, RunConfig, flatten, is_whole
 from vaelab.configure import build_config, config_from_dict
 from vaelab.data import ImageSet, Splits, load_data
-from vaelab.data.images import as_float_images
+from vaelab.data.inputs import chunks, is_empty, read_codes, read_images, read_labels
 from vaelab.errors import CheckpointMismatch, ConfigError, DataError, VaelabError
 from vaelab.evaluation.evaluate import evaluate
 from vaelab.io import write_json
@@ -47,7 +46,6 @@ TRAIN_IW_SAMPLES = 10  # the evaluation `train` runs at the end: 1 s instead of 
 # conv-vae's final evaluation in fp32: 17.9 s over all 10,000 test images, of which nll_iw is most;
 # over 1,000 its standard error was about 0.05 nats (bench/README.md, issue 21). None: all of them.
 TRAIN_IW_IMAGES = 1000
-_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _number(text: str) -> int | float | str:
@@ -153,9 +151,9 @@ class Run:
         return "test" if s.test is not None else "val" if s.val is not None else "train"
 
     # -------------------------------------------------------------- model use
-    # What a caller hands these methods is checked here, once, into what the model takes:
-    # images through the data layer's reader (layouts, grey levels, the model's shape), codes
-    # and labels below; each refusal is one line. The model is put in eval mode for the call
+    # What a caller hands these methods is read once into what the model takes, by the data
+    # layer's readers (vaelab.data.inputs: images in any layout and grey levels, codes, labels by
+    # number or class name), each refusal in one line. The model is put in eval mode for the call
     # and given back in the mode the caller left it in.
     @contextmanager
     def _inference(self):
@@ -170,37 +168,8 @@ class Run:
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _chunks(self, n: int, batch_size: int):
-        if not (is_whole(batch_size) and batch_size >= 1):
-            raise ConfigError(f"batch_size must be a positive number of images, got {batch_size!r}")
-        return ((i, min(i + batch_size, n)) for i in range(0, n, batch_size))
-
     def _images(self, x, where: str = "x") -> torch.Tensor:
-        """``x`` as float (N, C, H, W) images of the model's shape, in the model's dtype (a float32 batch of that
-        shape where it is, anything else read on the CPU)."""
-        shape = tuple(self.config.model.input_shape)
-        if len(shape) == 3 and shape[:2] == (1, 1):  # rows of features (N, 1, 1, F), any finite value
-            t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
-            t = t.reshape(len(t), *shape) if t.dim() == 2 and t.shape[1:] == shape[2:] else t
-            if tuple(t.shape[1:]) != shape or not torch.is_floating_point(t) or not torch.isfinite(t).all():
-                raise DataError(f"{where}: the model takes finite rows of {shape[2]} features, (N, {shape[2]}), "
-                                f"got {tuple(t.shape)} {t.dtype}")
-            return t.to(self._dtype())
-        if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape[1:]) == shape
-                and x.dim() == 4 and len(x)):  # a batch as ImageSet gives it: checked where it is (a CUDA
-            # batch is not copied to the CPU and back), in one pass
-            lo, hi = torch.aminmax(x)
-            if not (torch.isfinite(lo) and torch.isfinite(hi) and lo >= 0 and hi <= 1):
-                raise DataError(f"{where}: float images must lie in [0, 1] (got {lo:.3g}..{hi:.3g}); divide "
-                                "0..255 grey levels by 255")
-            return x.to(self._dtype())
-        return as_float_images(x, where, shape, flat=True).to(self._dtype())
-
-    def _empty(self, x) -> bool:
-        try:
-            return len(x) == 0
-        except TypeError:  # a scalar: the reader says what it should be
-            return False
+        return read_images(x, tuple(self.config.model.input_shape), self._dtype(), where)
 
     def code_shape(self) -> tuple[int, ...]:
         """The shape of one code, as ``encode`` returns it and ``decode`` takes it: (D,), or a
@@ -211,45 +180,9 @@ class Run:
                 self._code_shape = tuple(self.model.posterior(probe, self._labels_for(probe, None)).mean.shape[1:])
         return self._code_shape
 
-    def _codes(self, z, where: str = "z") -> torch.Tensor:
-        shape = self.code_shape()
-        t = z if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z, dtype=np.float64))
-        if tuple(t.shape) == shape:
-            raise DataError(f"{where} has shape {tuple(t.shape)}: one code without its batch axis; give a batch "
-                            f"of codes, e.g. z[None]")
-        if tuple(t.shape[1:]) != shape:
-            raise DataError(f"{where}: this model's codes have shape (N, {', '.join(map(str, shape))}), got "
-                            f"{tuple(t.shape)}")
-        if not torch.is_floating_point(t):
-            t = t.double()
-        if not torch.isfinite(t).all():
-            raise DataError(f"{where}: codes must be finite numbers; it holds NaN or infinity")
-        return t.to(self._dtype())
-
     def _labels(self, y, n: int, where: str) -> torch.Tensor | None:
-        """Labels for n images: None; one class for all of them (a label number, or a class
-        name); or n of them (numbers or names). A conditional model reads them; the others take
-        a split's labels as they are and do not read them."""
-        if y is None:
-            return None
-        if isinstance(y, str):
-            y = self.class_index(y, where)
-        elif isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
-            y = [self.class_index(v, where) if isinstance(v, str) else v for v in y]
-        try:
-            t = (y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))).detach().cpu()
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise DataError(f"{where}: labels must be class numbers, got {type(y).__name__} "
-                            f"({str(e).splitlines()[0]})") from None
-        if t.dim() == 0:  # one class for every image
-            t = t.reshape(1).expand(n)
-        whole = torch.is_floating_point(t) and bool(torch.isfinite(t).all() and (t == t.round()).all())
-        if t.dim() != 1 or not (whole or t.dtype in _LABEL_DTYPES):
-            raise DataError(f"{where}: labels must be whole class numbers, one per image (N,), got "
-                            f"{tuple(t.shape)} {t.dtype}")
-        if len(t) != n:
-            raise DataError(f"{where}: {len(t)} labels for {n} images; give one label per image, or one class for all")
-        return t.long()
+        """A conditional model reads them; the others take a split's labels as they are and do not read them."""
+        return read_labels(y, n, where, self.class_index)
 
     def _y(self, y, a: int, b: int):
         return None if y is None else y[a:b].to(self.device)
@@ -257,7 +190,7 @@ class Run:
     def _batches(self, x: torch.Tensor, y: torch.Tensor | None, batch_size: int):
         """Chunks of checked images on the model's device, each with the labels the model reads
         (None for a model without classes; a conditional one's most probable class without ``y``)."""
-        for a, b in self._chunks(len(x), batch_size):
+        for a, b in chunks(len(x), batch_size):
             xb = x[a:b].to(self.device)
             yield xb, self._labels_for(xb, self._y(y, a, b))
 
@@ -273,7 +206,7 @@ class Run:
     def encode(self, x, y=None, batch_size: int = 1000) -> torch.Tensor:
         """Latent codes (posterior means) (N, D) for images (N, C, H, W) in [0, 1] (or (N, H, W, C),
         uint8, bool: as ``vaelab.data.images.as_float_images`` reads them)."""
-        if self._empty(x):
+        if is_empty(x):
             return torch.empty(0, *self.code_shape())
         return self.posterior(x, y, batch_size).mean
 
@@ -283,7 +216,7 @@ class Run:
         from vaelab.models import require
 
         require(self.model, "stochastic", "drawing codes from the posterior")
-        if self._empty(x):
+        if is_empty(x):
             return torch.empty(0, *self.code_shape())
         x = self._images(x)
         y = self._labels(y, len(x), "y")
@@ -295,9 +228,9 @@ class Run:
     def decode(self, z, y=None, batch_size: int = 1000) -> torch.Tensor:
         """Images in [0, 1] (N, C, H, W) from codes (N, D); a conditional model needs classes ``y``
         ((N,) labels, or one class by number or name), and a model without classes takes none."""
-        if self._empty(z):
+        if is_empty(z):
             return torch.empty(0, *self.config.model.input_shape)
-        z = self._codes(z)
+        z = read_codes(z, self.code_shape(), self._dtype())
         if self.model.conditional and y is None:
             raise VaelabError("this run's model is conditional: decoding needs a class for every code "
                               f"(classes 0..{self.model.cfg.num_classes - 1})")
@@ -306,12 +239,12 @@ class Run:
         y = self._labels(y, len(z), "y")
         with self._inference():
             out = [self.model.decode(z[a:b].to(self.device), self._y(y, a, b)).cpu()
-                   for a, b in self._chunks(len(z), batch_size)]
+                   for a, b in chunks(len(z), batch_size)]
             return torch.cat(out)
 
     def reconstruct(self, x, y=None, batch_size: int = 1000) -> torch.Tensor:
         """Reconstructions (N, C, H, W) in [0, 1] through the posterior mean."""
-        if self._empty(x):
+        if is_empty(x):
             return torch.empty(0, *self.config.model.input_shape)
         x = self._images(x)
         y = self._labels(y, len(x), "y")
