@@ -86,3 +86,28 @@ def test_bad_options(trained_run, tmp_path):
         plot(trained_run, "pca", tmp_path / "x.png", pairs="a-b")
     with pytest.raises(ConfigError, match="no images"):
         plot(trained_run, "interpolate", tmp_path / "x.png", source=0, target=7)
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (["model.kind=vae", "model.arch=mlp", "model.hidden=8"], "latent means"),
+    (["model.kind=ae", "model.arch=mlp", "model.hidden=8"], "latent codes"),
+    (["model.kind=vq-vae", "model.arch=conv", "model.latent=conv", "model.channels=4,4", "model.codebook_size=8"],
+     "quantised code grids (flattened)"),
+])
+def test_scatter_and_tsne_titles_name_the_codes_they_draw(tmp_path, shapes_npz, monkeypatch, overrides, name):
+    """A VQ-VAE's codes are quantised grids and an autoencoder's have no posterior: neither is titled
+    "latent means"."""
+    from vaelab import plots
+    from vaelab.api import train
+    from vaelab.configure import build_config
+
+    cfg = build_config(None, None, ["data.name=npz", f"data.path={shapes_npz}", "data.val=0.25", "model.latent_dim=2",
+                                    "train.epochs=1", "train.batch_size=64", "train.device=cpu",
+                                    "train.progress=false", *overrides])
+    run = train(cfg, tmp_path / "run", evaluate_after=False, log=lambda *_: None)
+    titles = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: titles.append(fig.axes[0].get_title()) or save(fig, out))
+    plot(run, "scatter", tmp_path / "s.png", n=64)
+    plot(run, "tsne", tmp_path / "t.png", n=64)
+    assert titles[0].startswith(f"{name} of 64 images") and titles[1] == f"t-SNE of the {name} (64 images)"

@@ -33,6 +33,15 @@ def codes_and_labels(run, split: str | None = None, n: int | None = None) -> tup
     return z.reshape(len(z), -1), None if y is None else y.numpy()  # a code grid (VQ-VAE): its values, flat
 
 
+def codes_name(run) -> str:
+    """What ``codes_and_labels`` gives for this run, as picture titles name it: the posterior's
+    means, a deterministic encoder's codes, or a VQ-VAE's quantised code grids laid flat."""
+    caps = run.capabilities
+    if "codebook" in caps:
+        return "quantised code grids (flattened)"
+    return "latent means" if "stochastic" in caps else "latent codes"
+
+
 def _decode_class(run, cls, default: int | None = None) -> int | None:
     """The class a conditional model decodes a picture's codes under (None for other models)."""
     if not run.model.conditional:
@@ -63,7 +72,7 @@ def _scatter_by_class(ax, pts: np.ndarray, labels: np.ndarray | None, names: dic
 
 
 def plot_scatter(run, out, split=None, n=None, dims=(0, 1), **_) -> Path:
-    """Latent means coloured by label, two dimensions at a time (--dims)."""
+    """The images' codes (``codes_name``) coloured by label, two dimensions at a time (--dims)."""
     z, y = codes_and_labels(run, split, n)
     d = z.shape[1]
     if d == 1:
@@ -76,12 +85,12 @@ def plot_scatter(run, out, split=None, n=None, dims=(0, 1), **_) -> Path:
     _scatter_by_class(ax, z[:, list(dims)], y, _class_names(run, y) if y is not None else None)
     ax.set_xlabel(f"z[{dims[0]}]")
     ax.set_ylabel(f"z[{dims[1]}]" if d > 1 else "")
-    ax.set_title(f"latent means of {len(z):,} images" + (f" (dims {dims[0]}, {dims[1]} of {d})" if d > 2 else ""))
+    ax.set_title(f"{codes_name(run)} of {len(z):,} images" + (f" (dims {dims[0]}, {dims[1]} of {d})" if d > 2 else ""))
     return plots.save_figure(fig, out)
 
 
 def plot_tsne(run, out, split=None, n=2000, seed=0, **_) -> Path:
-    """t-SNE of the latent means, coloured by label."""
+    """t-SNE of the images' codes (``codes_name``), coloured by label."""
     from sklearn.manifold import TSNE
 
     z, y = codes_and_labels(run, split, 2000 if n is None else n)
@@ -91,7 +100,7 @@ def plot_tsne(run, out, split=None, n=2000, seed=0, **_) -> Path:
     _scatter_by_class(ax, pts, y, _class_names(run, y) if y is not None else None)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
-    ax.set_title(f"t-SNE of the latent means ({len(z):,} images)")
+    ax.set_title(f"t-SNE of the {codes_name(run)} ({len(z):,} images)")
     return plots.save_figure(fig, out)
 
 

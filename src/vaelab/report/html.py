@@ -27,9 +27,9 @@ REPORT = "report.html"
 FIGURE_CAPTIONS = {
     "loss": "loss per image, per epoch (train and validation)",
     "reconstructions": "originals (top) and their reconstructions (bottom)",
-    "samples_prior": "images decoded from codes drawn from the prior N(0, I)",
-    "scatter": "latent means of the images, coloured by class",
-    "tsne": "t-SNE of the latent means, coloured by class",
+    "samples_prior": "images decoded from codes drawn from the model's prior (its title names the prior)",
+    "scatter": "the images' codes (the title says which), two dimensions at a time, coloured by class",
+    "tsne": "t-SNE of the images' codes, coloured by class",
     "pca": "spectrum of the latent covariance and PCA projections of class pairs",
     "traverse": "decoded images along each latent dimension",
     "interpolate": "decoded interpolation between two codes",
