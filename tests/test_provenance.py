@@ -259,3 +259,26 @@ def test_every_file_commands_write_into_a_run_is_primary_or_records_the_weights(
     assert {"eval.json", "figures/samples_gmm.png", "samplers/gmm.npz", "onnx/onnx.json", "onnx/encoder.onnx",
             "inpaint-single/inpaint.png", "report.html", "latents.csv", "samples.npz"} <= set(derived)
     assert {f: recorded_id(run_dir / f) for f in derived} == {f: current for f in derived}
+
+
+def test_a_run_stamps_what_it_derives_with_the_weights_it_holds_not_those_on_disk(tmp_path):
+    """A Run loaded before its training went on (an explorer left open, a notebook) derives from
+    the weights it holds: its files record those, so they read as stale against the new weights."""
+    from tests.conftest import train_tiny
+    from vaelab.api import Run, train
+    from vaelab.latent.sampling import fitted_sampler
+
+    rd = RunDir(train_tiny(tmp_path))
+    run = Run.load(rd)
+    held = run.checkpoint_id
+    assert held == rd.checkpoint_id()
+    train(None, rd, resume=True, overrides=["train.epochs=2"], evaluate_after=False, log=lambda *_: None)
+    assert rd.checkpoint_id() != held and run.checkpoint_id == held
+    run.evaluate(save=True, iw_samples=0)
+    assert json.loads(rd.eval.read_text())[ID_FIELD] == held and "other weights" in rd.stale(rd.eval)
+    fitted_sampler(run, "gmm", components=2)
+    saved = next(rd.samplers.glob("gmm*.json"))
+    assert json.loads(saved.read_text())[ID_FIELD] == held and rd.stale(saved) is not None
+    with pytest.raises(VaelabError, match="holds other weights than this Run"):
+        run.figures()
+    assert Run.load(rd).checkpoint_id == rd.checkpoint_id()  # loaded again: the new weights

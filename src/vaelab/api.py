@@ -81,6 +81,8 @@ class Run:
     device: torch.device = torch.device("cpu")
     _splits: Splits | None = None
     _code_shape: tuple[int, ...] | None = field(default=None, repr=False)
+    # The id of the weights this Run holds (Run.load and train record it); None: the weights file's now.
+    _checkpoint_id: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: str | None = None,
@@ -88,13 +90,14 @@ class Run:
         """A run from its folder. ``splits``: the images a run trained by ``vaelab.fit(config,
         splits=...)`` was given (its folder does not hold them), for ``split`` and ``evaluate``."""
         dev = resolve_device(device)
-        config, model = checkpoint.load_model(run_dir, dev)
+        config, model, loaded = checkpoint.load_model_and_id(run_dir, dev)
         if data_dir is not None:
             if config.data.name not in DATA_DIR_SOURCES:
                 raise ConfigError(f"data.data_dir (--data-dir) is not read by data.name={config.data.name}, which "
                                   f"reads data.path ({config.data.path}); leave it out")
             config.data.data_dir = data_dir
-        return cls(config=config, model=model, run_dir=Path(run_dir), device=dev, _splits=splits)
+        return cls(config=config, model=model, run_dir=Path(run_dir), device=dev, _splits=splits,
+                   _checkpoint_id=loaded)
 
     @property
     def dir(self) -> RunDir:
@@ -104,8 +107,12 @@ class Run:
 
     @property
     def checkpoint_id(self) -> str | None:
-        """The id of this run's weights file (``vaelab.rundir.checkpoint_id``), which every file
-        derived from them records; None without a run directory."""
+        """The id (``vaelab.rundir.checkpoint_id``) of the weights this Run holds, which every file
+        derived from them records: those it loaded or trained, even where the run's weights file has
+        changed since (a training went on): what it derives then reads as stale, as it is. None
+        without a run directory."""
+        if self._checkpoint_id is not None:
+            return self._checkpoint_id
         return self.dir.checkpoint_id() if self.run_dir is not None else None
 
     @property
@@ -319,6 +326,9 @@ class Run:
         from vaelab import plots
 
         rd = self.dir
+        if self.checkpoint_id != rd.checkpoint_id():  # a figure in a run is stamped with the weights there now
+            raise VaelabError(f"{rd.weights} holds other weights than this Run (checkpoint {rd.checkpoint_id()}, "
+                              f"loaded {self.checkpoint_id}): load the run again, vaelab.Run.load({str(rd)!r})")
         paths = []
         history = self.history()
         if history:
@@ -397,7 +407,8 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
                                      "old shapes; resume without that change, or train a new run (--out)") from None
         raise
     run = Run(config=result.config, model=result.model, run_dir=Path(run_dir),
-              device=next(result.model.parameters()).device, _splits=result.splits)
+              device=next(result.model.parameters()).device, _splits=result.splits,
+              _checkpoint_id=RunDir(run_dir).checkpoint_id() if result.main else None)  # the weights just saved
     if evaluate_after and result.main:  # one process of a multi-process run evaluates and draws
         t_eval = time.perf_counter()
         if iw_samples is None:  # not asked for: nll_iw where the model has a density, else not at all

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from vaelab.config import RunConfig, flatten
 from vaelab.configure import config_from_dict
 from vaelab.errors import CheckpointError, CheckpointMismatch, ConfigError
-from vaelab.rundir import RunDir
+from vaelab.rundir import RunDir, checkpoint_id
 from vaelab.tensorfiles import check_safetensors, load_tensors, save_tensors
 
 WEIGHTS, RESUME, CONFIG = RunDir.WEIGHTS, RunDir.RESUME, RunDir.CONFIG
@@ -213,6 +213,20 @@ def check_config_matches(run_dir: str | Path, config: RunConfig, meta: dict[str,
             f"{Path(run_dir) / CONFIG} does not match the config {WEIGHTS} was saved with: {key} is {a!r} "
             f"in {CONFIG} but {b!r} in {WEIGHTS}; set it back to {b!r} (restore {CONFIG}) or train a new run "
             "with the change")
+
+
+def load_model_and_id(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """``load_model``, with the checkpoint id of the very weights it read: (RunConfig, model,
+    id). The file is hashed before and after the read; one replaced meanwhile (a training saving
+    its next epoch there) is read again, so the id never names other weights than the model's."""
+    weights = Path(run_dir) / WEIGHTS
+    for _ in range(3):
+        before = checkpoint_id(weights) if weights.is_file() else None
+        config, model = load_model(run_dir, device)
+        if before is not None and weights.is_file() and checkpoint_id(weights) == before:
+            return config, model, before
+    raise CheckpointError(f"{weights} was replaced while it was read, three times over: a training is saving "
+                          "there; load the run when it has finished")
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
