@@ -56,7 +56,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 
 ID_FIELD = "checkpoint_id"  # JSON field and safetensors metadata key
 ID_TEXT = "vaelab-checkpoint-id"  # PNG tEXt key, ONNX metadata_props key, HTML <meta> name
@@ -159,6 +159,19 @@ def recorded_id(path: str | Path) -> str | None:
     except (OSError, ValueError, ImportError, AttributeError):
         return None
     return None
+
+
+def refuse_run_file(path: str | Path, option: str) -> None:
+    """Refuse, in one line, an output ``path`` that is, or whose record (``sidecar``) would be, a
+    run's own training file (its config.json, model.safetensors, checkpoint, history.csv or
+    summary.json): writing there would lose the run."""
+    p = Path(path)
+    if not RunDir(p.absolute().parent).is_run():
+        return
+    for name, what in ((p.name, f"{option} {path} is"), (sidecar(p).name, f"the record of {option} {path} would be")):
+        if name in RunDir.PRIMARY:
+            raise ConfigError(f"{what} the run's own {name}, which its training wrote; writing there would lose the "
+                              "run: give another path")
 
 
 class RunDir:

@@ -175,7 +175,7 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     from vaelab.api import Run
     from vaelab.io import atomic_path, write_json
     from vaelab.latent.sampling import SAMPLERS, fitted_sampler, sample_images
-    from vaelab.rundir import ID_FIELD, RunDir, sidecar
+    from vaelab.rundir import ID_FIELD, RunDir, refuse_run_file, sidecar
 
     if n < 1:
         raise VaelabError("--n must be at least 1")
@@ -185,6 +185,8 @@ def sample(run_dir, sampler, n, cls, components, covariance, scale, epochs, lr, 
     run = Run.load(run_dir, device=device)
     _check_n_fits(run, n, "sample")
     grid = Path(out) if out else run.dir.figure(f"samples_{sampler}")
+    if npz:
+        refuse_run_file(npz, "--npz")
     if npz and Path(npz).resolve() == grid.resolve():  # before anything is written: neither is lost
         raise VaelabError(f"--npz {npz} is the same file as the PNG grid ({'--out ' if out else 'the default --out, '}"
                           f"{grid}): the one would overwrite the other; give them different paths")

@@ -25,7 +25,7 @@ import torch
 
 from vaelab.errors import VaelabError
 from vaelab.io import atomic_path, write_json
-from vaelab.rundir import ID_FIELD, RunDir, sidecar
+from vaelab.rundir import ID_FIELD, RunDir, refuse_run_file, sidecar
 
 DEFAULT_DECIMALS = 4  # 1/255 = 0.0039, so 4 decimals still tell all 256 grey levels apart
 DEFAULT_CHUNK = 1000
@@ -133,6 +133,7 @@ def export(run, what: str, out: str | Path, split: str | None = None, n: int | N
     """Dispatch on ``what``; ``n`` None means 100 reconstructions or every latent code."""
     if what not in EXPORTS:
         raise VaelabError(f"unknown export {what!r}; known: {', '.join(EXPORTS)}")
+    refuse_run_file(out, "--out")
     if n is None and what == "reconstructions":
         n = 100
     result = EXPORTS[what](run, out, split=split, n=n, chunk_size=chunk_size, **kw)

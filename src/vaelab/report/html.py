@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vaelab.errors import VaelabError
 from vaelab.io import write_text
-from vaelab.rundir import ID_TEXT, RunDir
+from vaelab.rundir import ID_TEXT, RunDir, refuse_run_file
 
 REPORT = "report.html"
 # Figures in this order first, then any other PNG by name.
@@ -97,6 +97,7 @@ def write_report(path: str | Path, out: str | Path | None = None, generate: bool
     target = Path(out) if out else folder / REPORT
     if target.is_dir():
         target = target / REPORT
+    refuse_run_file(target, "--out")
     if kind == "run":
         if generate:
             generate_figures(folder, data_dir=data_dir, log=log)
