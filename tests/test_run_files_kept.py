@@ -33,3 +33,16 @@ def test_an_output_path_that_is_a_run_s_own_file_is_refused_and_the_run_kept(tin
     assert said.format(run=tiny_run) in msg and "give another path" in msg
     assert _files(tiny_run) == before
     assert not (tiny_run.path / "config").exists()
+
+
+def test_a_resume_with_nothing_to_train_is_refused_and_leaves_the_run_as_it_is(tmp_path, capsys):
+    """Before, `train --resume R --set data.limit=100` on a finished run trained nothing yet wrote the
+    new settings into config.json, and `--epochs 1` on a 2-epoch run made config.json say 1."""
+    rd = RunDir(train_tiny(tmp_path, "train.epochs=2"))
+    before = _files(rd)
+    msg = cli_error(capsys, "train", "--resume", rd, "--set", "data.limit=10", "--no-eval")
+    assert f"{rd} has trained 2 epochs and train.epochs is 2: there is nothing to train" in msg
+    assert "give --epochs above 2 to train more" in msg
+    msg = cli_error(capsys, "train", "--resume", rd, "--epochs", "1", "--no-eval")
+    assert "has trained 2 epochs and train.epochs is 1" in msg
+    assert _files(rd) == before

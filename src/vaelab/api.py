@@ -387,6 +387,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
                               "(change settings with overrides, e.g. train.epochs=20)")
         saved = checkpoint.load_config(run_dir).to_dict()
         config = config_from_dict(saved, extra, overrides)
+        _check_more_epochs(run_dir, config.train.epochs)
         was, now = flatten(saved["model"], ".", "model"), flatten(config.to_dict()["model"], ".", "model")
         changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
                    if was.get(k) != now.get(k)]
@@ -423,6 +424,20 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     elif result.main and run_dir is not None:
         _add_timing(run.dir, t_fit)
     return run
+
+
+def _check_more_epochs(run_dir: str | Path, epochs: int) -> None:
+    """A resume must have epochs to train, or a finish to complete (a run killed after its last
+    epoch, before its summary): otherwise nothing would be trained while its config.json took the
+    new settings, and the config would no longer describe the weights. Refused in one line."""
+    done = checkpoint.saved_epoch(run_dir)
+    if done is None:
+        return
+    finished = RunDir(run_dir).summary.is_file()
+    if epochs < done or (epochs == done and finished):
+        raise VaelabError(f"{run_dir} has trained {done} epochs and train.epochs is {epochs}: there is nothing to "
+                          f"train, and the run is left as it is; give --epochs above {done} to train more "
+                          f"(vaelab eval {run_dir} scores it as it is)")
 
 
 def _add_timing(rd: RunDir, t_fit: float, **parts: float) -> None:
