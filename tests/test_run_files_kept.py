@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import cli_error, train_tiny
+from tests.conftest import cli_error, run_main, train_tiny
 from vaelab.rundir import RunDir
 
 
@@ -40,9 +40,14 @@ def test_a_resume_with_nothing_to_train_is_refused_and_leaves_the_run_as_it_is(t
     new settings into config.json, and `--epochs 1` on a 2-epoch run made config.json say 1."""
     rd = RunDir(train_tiny(tmp_path, "train.epochs=2"))
     before = _files(rd)
-    msg = cli_error(capsys, "train", "--resume", rd, "--set", "data.limit=10", "--no-eval")
-    assert f"{rd} has trained 2 epochs and train.epochs is 2: there is nothing to train" in msg
+    msg = cli_error(capsys, "train", "--resume", rd, "--set", "data.limit=10", "--lr", "0.5", "--no-eval")
+    assert f"{rd} has trained 2 epochs and no epoch is left to train with data.limit, train.lr: the run is left" in msg
     assert "give --epochs above 2 to train more" in msg
     msg = cli_error(capsys, "train", "--resume", rd, "--epochs", "1", "--no-eval")
     assert "has trained 2 epochs and train.epochs is 1" in msg
     assert _files(rd) == before
+    # As it is, a resume of a run that has done its epochs finishes it again (a run killed in its
+    # evaluation), and its config stays the same.
+    rc, out, err = run_main(capsys, "train", "--resume", rd, "--iw-samples", "0")
+    assert rc == 0, err
+    assert rd.config.read_bytes() == before["config.json"] and rd.eval.is_file()

@@ -387,7 +387,7 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
                               "(change settings with overrides, e.g. train.epochs=20)")
         saved = checkpoint.load_config(run_dir).to_dict()
         config = config_from_dict(saved, extra, overrides)
-        _check_more_epochs(run_dir, config.train.epochs)
+        _check_more_epochs(run_dir, config.train.epochs, flatten(saved, ".", ""), flatten(config.to_dict(), ".", ""))
         was, now = flatten(saved["model"], ".", "model"), flatten(config.to_dict()["model"], ".", "model")
         changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
                    if was.get(k) != now.get(k)]
@@ -426,18 +426,19 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
     return run
 
 
-def _check_more_epochs(run_dir: str | Path, epochs: int) -> None:
-    """A resume must have epochs to train, or a finish to complete (a run killed after its last
-    epoch, before its summary): otherwise nothing would be trained while its config.json took the
-    new settings, and the config would no longer describe the weights. Refused in one line."""
+def _check_more_epochs(run_dir: str | Path, epochs: int, saved: dict, now: dict) -> None:
+    """A resume must have epochs to train, or resume as it is a run killed before it finished
+    (its summary, its evaluation): fewer epochs than done, or settings changed where no epoch
+    is left to train, would leave config.json describing no epoch of the weights. Refused in
+    one line. ``saved``, ``now``: the saved and the resumed config, flat."""
     done = checkpoint.saved_epoch(run_dir)
-    if done is None:
+    if done is None or epochs > done:
         return
-    finished = RunDir(run_dir).summary.is_file()
-    if epochs < done or (epochs == done and finished):
-        raise VaelabError(f"{run_dir} has trained {done} epochs and train.epochs is {epochs}: there is nothing to "
-                          f"train, and the run is left as it is; give --epochs above {done} to train more "
-                          f"(vaelab eval {run_dir} scores it as it is)")
+    changed = [k.lstrip(".") for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    if epochs < done or changed:
+        why = f"train.epochs is {epochs}" if epochs < done else f"no epoch is left to train with {', '.join(changed)}"
+        raise VaelabError(f"{run_dir} has trained {done} epochs and {why}: the run is left as it is; give --epochs "
+                          f"above {done} to train more (vaelab eval {run_dir} scores it as it is)")
 
 
 def _add_timing(rd: RunDir, t_fit: float, **parts: float) -> None:
