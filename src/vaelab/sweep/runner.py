@@ -10,7 +10,11 @@ A sweep directory holds::
 
 Re-running the same sweep skips finished trials, retries failed ones, and resumes a
 trial that was killed mid-training from its last checkpoint. A failing trial is
-recorded in its row and does not stop the others.
+recorded in its row and does not stop the others. A finished trial's trial.json records the
+checkpoint id of the weights its numbers describe (``vaelab.rundir``); when the trial's weights
+changed since (``vaelab train --resume`` on it), a re-run never reports the old numbers: it reads
+them again from the trial's eval.json when that belongs to the current weights, else evaluates
+the trial again, and says so in a note per trial.
 
 Trials run in this process (one worker), in local worker processes (``workers > 1``,
 torch threads split so that workers x threads <= cores), or as Ray tasks
@@ -34,7 +38,7 @@ from vaelab.config import merge, nested, parse_override, typed_value
 from vaelab.configure import build_config, check_option_name
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.io import write_json
-from vaelab.rundir import RunDir
+from vaelab.rundir import ID_FIELD, RunDir
 from vaelab.sweep import executors
 from vaelab.sweep.results import METRICS, read_results, write_figures, write_results
 
@@ -204,6 +208,9 @@ def run_trial(spec: dict, trial: dict, out: str, threads: int | None = None) -> 
 
 
 def _row_from_run(run_dir: Path, trial: Trial) -> dict:
+    """The results row of a trained trial, from its eval.json and summary.json. It records the
+    checkpoint id of the weights its numbers describe (eval.json's) and the split they were
+    measured on, so that a re-run of the sweep can tell when the trial's weights changed."""
     ev = json.loads(RunDir(run_dir).eval.read_text())
     summary = json.loads(RunDir(run_dir).summary.read_text())
     row: dict[str, Any] = {"trial": trial.id, **trial.params, "status": "done"}
@@ -212,6 +219,8 @@ def _row_from_run(run_dir: Path, trial: Trial) -> dict:
     row["params"] = summary.get("params")
     row["train_seconds"] = summary.get("train_seconds")
     row["error"] = ""
+    row[ID_FIELD] = ev.get(ID_FIELD)
+    row["eval_split"] = ev.get("split")
     return row
 
 
@@ -231,6 +240,64 @@ def trial_status(out: Path, trial: Trial) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def weights_changed(out: Path, trial: Trial, saved: dict) -> str | None:
+    """Why the numbers of a finished trial's ``trial.json`` (``saved``) may not describe the trial's
+    weights now (one phrase), or None when they do: its weights changed since (a ``vaelab train
+    --resume``, a file copied in) or it records no checkpoint id (made by an older vaelab)."""
+    recorded = saved.get(ID_FIELD)
+    current = RunDir(out / trial.dir).checkpoint_id()
+    if not recorded:
+        return "its trial.json records no checkpoint id (made by an older vaelab)"
+    if current is None:
+        return f"its {RunDir.WEIGHTS} is gone"
+    if recorded != current:
+        return f"its weights changed since the sweep recorded it (checkpoint {recorded}, now {current})"
+    return None
+
+
+def refresh_trial(spec: SweepSpec, out: Path, trial: Trial, saved: dict, why: str) -> tuple[dict, str]:
+    """The row of a finished trial whose weights changed (``weights_changed``), and one note line
+    saying what was done: its numbers read again from its eval.json when that belongs to the
+    current weights (and measures the same split), else the trial evaluated again as the sweep
+    evaluates (``iw_samples``, the run's seed; eval.json and its figures rewritten). A trial that
+    cannot be evaluated is failed, with the reason, rather than shown with the old numbers."""
+    rd = RunDir(out / trial.dir)
+    split = saved.get("eval_split")
+    how = ""
+    try:
+        ev = json.loads(rd.eval.read_text()) if rd.eval.is_file() else None
+    except (OSError, ValueError):
+        ev = None
+    try:
+        if rd.weights.is_file() and isinstance(ev, dict) and rd.stale(rd.eval) is None and (
+                split is None or ev.get("split") == split):
+            how = f"numbers read again from its {rd.EVAL} (of the current weights)"
+        else:
+            from vaelab.api import Run
+
+            run = Run.load(rd.path)
+            run.evaluate(split=split, iw_samples=spec.iw_samples, seed=run.config.train.seed, save=True)
+            run.figures(seed=run.config.train.seed)
+            how = f"evaluated again ({rd.EVAL} did not belong to the current weights)"
+            del run
+        row = _row_from_run(rd.path, trial)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, VaelabError):
+            msg = f"{type(e).__name__}: {msg}"
+        row = {"trial": trial.id, **trial.params, "status": "failed",
+               "error": f"{why}, and evaluating it failed: {msg}; to train this trial again, remove {rd.path} "
+                        "and re-run the sweep"}
+        write_json(rd.path / TRIAL_FILE, row)
+        return row, f"note: trial {trial.id}: {row['error']}"
+    if "seconds" in saved:
+        row["seconds"] = saved["seconds"]
+    write_json(rd.path / TRIAL_FILE, row)
+    numbers = ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "ssim") if isinstance(row.get(k), float))
+    was = f" (was loss {saved['loss']:.4g})" if isinstance(saved.get("loss"), float) else ""
+    return row, f"note: trial {trial.id}: {why}; {how}: {numbers}{was}"
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -291,12 +358,20 @@ def _run(spec: SweepSpec, out: Path, workers: int, executor: str, ray_address: s
          log: Callable[[str], None]) -> list[dict]:
     rows: dict[str, dict] = {}
     pending = []
+    changed: list[tuple[Trial, dict, str]] = []  # finished trials whose weights changed since
     for t in spec.trials:
         saved = trial_status(out, t)
         if saved is not None and saved.get("status") == "done":
-            rows[t.id] = saved
+            why = weights_changed(out, t, saved)
+            if why is None:
+                rows[t.id] = saved
+            else:
+                changed.append((t, saved, why))
         else:
             pending.append(t)
+    for t, saved, why in changed:  # never the old numbers for other weights
+        rows[t.id], note = refresh_trial(spec, out, t, saved, why)
+        log(note)
     skipped = len(spec.trials) - len(pending)
     cores = cpu_cores()
     if executor == "local" and workers > cores:
