@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from vaelab.errors import DataError, VaelabError
 from vaelab.evaluation import metrics
 from vaelab.evaluation.evaluate import iw_log_likelihood
 from vaelab.models import require
-from vaelab.rundir import ID_FIELD, RunDir, sidecar
+from vaelab.rundir import ID_FIELD, RunDir, refuse_run_file, sidecar
 
 # The default model of the detector and of `vaelab anomaly-bench`: the mlp-vae preset
 # (784-400-20, BCE + KL) for 30 epochs, scored by the MSE of its reconstruction through the
@@ -224,7 +225,10 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     smoothed by a Gaussian of ``smooth`` pixels if given. A folder's images are decoded as the
     run's training folder was (its crop and background), resized to the model's square input,
     so a score compares like with like; ``skip_bad`` leaves unreadable files out of the CSV,
-    named through ``log``."""
+    named through ``log``. Rewriting an earlier detect's ``out`` removes the files that detect
+    wrote beside it and this one does not (its maps, without ``maps``), in one note through
+    ``log`` (``earlier_companions``); an ``out`` whose files would replace a run's own training
+    files (history.csv, summary.json, ...) is refused before any work."""
     from vaelab import plots
     from vaelab.io import write_text
 
@@ -233,12 +237,13 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     check_smoothing(maps, smooth)
     out = Path(out)
     # The figures (and maps) go beside ``out``: an ``out`` that is one of them would be replaced by it.
-    beside = ["scores_hist.png", "most_anomalous.png"] + (
-        ["anomaly_maps.npy", "anomaly_maps.png", "anomaly_maps.npy.json"] if maps else [])
+    beside = list(FIGURES) + (list(MAPS) if maps else [])
     clash = [name for name in beside if (out.parent / name).resolve() == out.resolve()]
     if clash:
         raise VaelabError(f"--out {out} is the {clash[0]} that detect writes beside the CSV, and the CSV would be "
                           f"replaced by it; give the CSV another name (e.g. {out.parent / 'scores.csv'})")
+    _refuse_run_files(out, beside)  # never a run's own history.csv, summary.json, ... (before any work)
+    leftovers = earlier_companions(out, maps)
     shape = run.config.model.input_shape
     d = run.config.data
     as_trained = {k: getattr(d, k) for k in ("crop", "background")} if d.name == "folder" else {}
@@ -260,6 +265,12 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
     for i in range(len(scores)):
         w.writerow([data["paths"][i] if data["paths"] else i, f"{scores[i]:.6g}", int(flags[i])]
                    + ([data["labels"][i]] if data["labels"] is not None else []))
+    if leftovers:  # files of an earlier detect at ``out`` that this one does not write again
+        for f in leftovers:
+            f.unlink(missing_ok=True)
+        no_maps = not maps and any(f.name in MAPS[:2] for f in leftovers)
+        (log or print)(f"note: removed {', '.join(str(f) for f in leftovers)}, left beside {out} by the earlier detect "
+                       f"that this one replaces{' (this one writes no maps; add --maps for new ones)' if no_maps else ''}")
     write_text(out, buf.getvalue())
     plots.plot_score_histogram(scores, threshold, out.parent / "scores_hist.png",
                                title=f"{score} scores of {len(scores)} images",
@@ -279,6 +290,54 @@ def detect(run, input_path: str | Path, score: str = DEFAULT_SCORE, contaminatio
         for f in [out] + ([Path(result["maps"]["npy"])] if maps else []):
             write_json(sidecar(f), {"file": f.name, ID_FIELD: run.checkpoint_id})
     return result
+
+
+FIGURES = ("scores_hist.png", "most_anomalous.png")  # detect's figures, beside its CSV
+MAPS = ("anomaly_maps.npy", "anomaly_maps.png", "anomaly_maps.npy.json")  # detect --maps: the maps, figure, record
+
+
+def _refuse_run_files(out: Path, beside: list[str]) -> None:
+    """One line when a file detect would write is, or its record would be, a run's own training
+    file (``refuse_run_file``): the CSV and the files beside it."""
+    refuse_run_file(out, "--out")
+    for name in beside:
+        refuse_run_file(out.parent / name, "--out")
+
+
+def _is_detect_csv(path: Path) -> bool:
+    """Whether ``path`` holds a CSV that detect wrote (its header: index or path, score, anomaly)."""
+    try:
+        with open(path, newline="") as f:
+            head = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.split(",")[1:3] == ["score", "anomaly"] and head.split(",")[0] in ("index", "path")
+
+
+def _is_record_of(record: Path, out: Path) -> bool:
+    """Whether ``record`` is the record detect wrote for the CSV ``out`` ({"file": its name, checkpoint id})."""
+    try:
+        d = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and set(d) == {"file", ID_FIELD} and d["file"] == out.name
+
+
+def earlier_companions(out: str | Path, maps: bool) -> list[Path]:
+    """The files an earlier detect wrote beside the CSV ``out`` that a detect with ``maps`` does not
+    write again: its maps (anomaly_maps.npy, .png and the .npy's record) when ``maps`` is off, and
+    the CSV's record (``sidecar``) when ``out`` no longer lies in a run. Only when ``out`` holds an
+    earlier detect's CSV, and only files of the names detect gives them; never ``out`` itself."""
+    out = Path(out)
+    if not out.is_file() or not _is_detect_csv(out):
+        return []
+    found = [] if maps else [out.parent / n for n in MAPS]
+    if RunDir.owning(out) is None:  # no records are written outside a run: an earlier one's would be stale
+        for f in (out, out.parent / MAPS[0]) if maps else (out,):
+            if _is_record_of(sidecar(f), f):
+                found.append(sidecar(f))
+    target = out.resolve()
+    return [f for f in found if f.is_file() and not f.is_symlink() and f.resolve() != target]
 
 
 def check_smoothing(maps: bool, smooth: float | None) -> None:
