@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch import nn
 
 from vaelab.config import FOLDER_OPTIONS, DataConfig, TrainConfig
 from vaelab.data import Splits, load_data
+from vaelab.data.cache import cache_options, scan
 from vaelab.data.download import cache_dir
 from vaelab.errors import CheckpointError, DataError, VaelabError
 from vaelab.evaluation.metrics import frechet_distance
@@ -133,7 +135,7 @@ def train_judge(splits: Splits, name: str, epochs: int = 6, batch_size: int = 12
     progress = Progress(log, name="judge", losses=lambda row: f"loss {row['train_loss']:.4f}")
     Trainer(JudgeFit(net), train.to("cpu"), settings, labels=True, callbacks=[progress, *callbacks], log=log).fit()
     judge = Judge(net.eval(), {"dataset": name, "classes": classes, "shape": [c, h, w], "epochs": epochs,
-                               "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
+                               "batch_size": batch_size, "lr": lr, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)})
     judge.meta["accuracy"] = float((judge.predict(test.float()) == test.y).float().mean())
     judge.meta["n_train"], judge.meta["n_test"] = len(train), len(test)
     return judge
@@ -177,21 +179,118 @@ def judge_key(data: DataConfig) -> str:
     return f"{data.name}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
+# ------------------------------------------------------------------------- what a judge was trained on
+IMAGE_OPTIONS = (("image_size", "image size", "original"), ("channels", "channels", "auto"),
+                 ("crop", "crop", "none"), ("background", "background", "white"))
+
+
+def _content(data: DataConfig) -> dict:
+    """What identifies user data cheaply, without decoding it: for a folder (its train/ and test/
+    when it has both, as ``load_data`` reads it) the class names, the number of image files and a
+    hash of each one's relative path, size and mtime (the listing the folder cache checks on every
+    use, ``vaelab.data.cache.scan``); for an .npz/.npy file its size and mtime. Nothing for the
+    standard data sets, and nothing when the data cannot be listed (loading it then says why)."""
+    try:
+        if data.name == "folder" and data.path:
+            root = Path(os.path.abspath(data.path))
+            parts = ["train", "test"] if (root / "train").is_dir() and (root / "test").is_dir() else [""]
+            h, classes, n = hashlib.sha256(), None, 0
+            for part in parts:
+                _, names, listing = scan(root / part if part else root)
+                classes = names if part in ("", "train") else classes
+                h.update(json.dumps([part, listing]).encode())
+                n += len(listing)
+            return {"classes": classes, "files": n, "fingerprint": h.hexdigest()[:16]}
+        if data.name == "npz" and data.path:
+            st = os.stat(data.path)
+            raw = json.dumps([st.st_size, st.st_mtime_ns]).encode()
+            return {"files": 1, "fingerprint": hashlib.sha256(raw).hexdigest()[:16]}
+    except (OSError, VaelabError):
+        pass
+    return {}
+
+
+def trained_on(data: DataConfig) -> dict:
+    """The record a judge keeps of what it was trained on (``meta["trained_on"]`` in its eval.json
+    and safetensors metadata): the data set, its path, its image options, and for user data the
+    class names and a fingerprint of its files (``_content``). None values are left out."""
+    o = cache_options(data.image_size, data.crop, data.background, data.channels)
+    rec = {"data": data.name, "path": os.path.abspath(data.path) if data.path else None,
+           **{k: o[k] for k, _, _ in IMAGE_OPTIONS}, **_content(data)}
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def _differences(meta: dict, want: dict, epochs: int | None) -> list[str]:
+    """How a judge's record differs from ``want`` (``trained_on`` now) and ``epochs`` (None: any)."""
+    rec, diffs = meta.get("trained_on") or {}, []
+    if rec.get("data", want["data"]) != want["data"]:
+        return [f"trained on {rec['data']}, not {want['data']}"]
+    if "fingerprint" in want and rec:
+        if rec.get("classes") != want.get("classes"):
+            names = [", ".join(c) if c else "none" for c in (rec.get("classes"), want.get("classes"))]
+            diffs.append(f"classes {names[0]}, not {names[1]} as now")
+        elif rec.get("fingerprint") != want["fingerprint"]:
+            diffs.append(f"{rec.get('files', 0):,} files that have changed since ({want['files']:,} now: "
+                         "added, removed or modified)")
+    if rec:
+        for k, label, default in IMAGE_OPTIONS:
+            if rec.get(k) != want.get(k):
+                diffs.append(f"{label} {rec.get(k, default)}, not {want.get(k, default)}")
+    if epochs is not None and meta.get("epochs") != epochs:
+        diffs.append(f"{meta.get('epochs')} training epochs, not {epochs}")
+    return diffs
+
+
+def _judge_command(data: DataConfig, folder: Path, epochs: int | None) -> str:
+    """The `vaelab judge` command that trains ``data``'s judge into ``folder``."""
+    parts = ["vaelab judge --data", data.name]
+    if data.path:
+        parts += ["--data-path", str(data.path)]
+    if data.image_size is not None:
+        parts += ["--image-size", str(data.image_size)]
+    for k, default in FOLDER_OPTIONS:
+        if k != "image_size" and getattr(data, k) != default:
+            parts.append(f"--set data.{k}={str(getattr(data, k)).lower() if k == 'skip_bad' else getattr(data, k)}")
+    if epochs is not None:
+        parts += ["--epochs", str(epochs)]
+    return " ".join([*parts, "--out", str(folder), "--retrain"])
+
+
 def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool = False,
-              log: Callable[[str], None] = print, epochs: int = 6) -> Judge:
-    """Load the judge from ``folder`` (default: the user cache, keyed by data set) or train it."""
+              log: Callable[[str], None] = print, epochs: int | None = None) -> Judge:
+    """Load the judge from ``folder`` (default: the user cache, keyed by data set) or train it.
+
+    A judge records what it was trained on (``trained_on``: the data set, its image options, for a
+    folder or .npz a fingerprint of its files and the class names) and its epochs. One whose record
+    does not match ``data`` now (or ``epochs``, when given: None takes a judge of any epochs and
+    trains a new one for 6) is trained again when it is the cached default, with a note, and
+    refused in one line when ``folder`` was given (``--judge``/``--out``), saying what differs and
+    what to do. A cached judge of a folder or .npz made before judges kept this record is trained
+    again too; one in a given folder is taken as it is (only its data set's name can be checked)."""
+    given = folder is not None
     folder = Path(folder) if folder else cache_dir() / "judge" / judge_key(data)
+    want = trained_on(data)
     if not retrain and (folder / "judge.safetensors").is_file():
-        judge, want = load_judge(folder), judge_key(data)
+        judge, key = load_judge(folder), judge_key(data)
         # A judge of another data set would give meaningless accuracies (a user folder's key also
         # hashes its path, so only a standard data set's name is held against it).
-        if judge.meta.get("dataset") != want and {judge.meta.get("dataset"), want} & {"mnist", "fashion-mnist"}:
-            raise VaelabError(f"the judge in {folder} was trained on {judge.meta.get('dataset')}, not {want}; "
+        if judge.meta.get("dataset") != key and {judge.meta.get("dataset"), key} & {"mnist", "fashion-mnist"}:
+            raise VaelabError(f"the judge in {folder} was trained on {judge.meta.get('dataset')}, not {key}; "
                               f"pass another judge folder, or train one with `vaelab judge --data {data.name} --out DIR`")
-        return judge
+        diffs = _differences(judge.meta, want, epochs)
+        if not given and "trained_on" not in judge.meta and data.name in ("folder", "npz"):
+            diffs.insert(0, "it does not record which files it was trained on (an older vaelab made it)")
+        what = data.name + (f" {data.path}" if data.path else "")
+        if not diffs:
+            return judge
+        if given:
+            raise VaelabError(f"the judge in {folder} does not fit {what}: {'; '.join(diffs)}; train it again there "
+                              f"with `{_judge_command(data, folder, epochs)}`, or pass another judge folder")
+        log(f"note: the cached judge in {folder} does not fit {what} ({'; '.join(diffs)}); training it again")
     if RunDir(folder).config.is_file():  # its eval.json would replace the run's
         raise VaelabError(f"{folder} is a run directory, not a judge folder; pass another folder to --judge/--out "
                           "(or leave it out for the cached judge)")
+    epochs = 6 if epochs is None else epochs
     # The judge trains on the standard split of the data set, whatever the run used.
     # The images are the run's (every folder option: size, channels, crop, background, skip_bad).
     judge_data = DataConfig(val="test" if data.name in ("mnist", "fashion-mnist") else "0.1",
@@ -201,6 +300,7 @@ def get_judge(data: DataConfig, folder: str | Path | None = None, retrain: bool 
              cost=f"{epochs} epochs over its training images, a few minutes on a CPU for MNIST",
              where=f"cached in {folder} for every later use")
     judge = train_judge(load_data(judge_data), judge_key(data), epochs=epochs, log=log)
+    judge.meta["trained_on"] = want  # listed before training: a file changed meanwhile makes it stale, not trusted
     save_judge(judge, folder)
     log(f"judge test accuracy {judge.accuracy:.4f}; saved in {folder}")
     return judge
