@@ -184,23 +184,34 @@ class _FitCheckpoint(Callback):
                                {**trainer.state(), "settings": self.settings})
 
 
-def _resume_fit(trainer: Trainer, folder: Path | None, settings: dict, log: Callable[[str], None]) -> None:
-    """Continue a killed fit from ``folder`` when its settings are these (the epochs may differ:
-    a fit asked for more goes on); a checkpoint of other settings or weights is left to be
-    overwritten, and said so."""
-    if folder is None or checkpoint.saved_epoch(folder) is None:
-        return
+def _resumable(folder: Path | None, settings: dict, epochs: int, log: Callable[[str], None]) -> int | None:
+    """The epochs a killed fit in ``folder`` has done, when it can go on to ``epochs`` (None: start
+    afresh). A checkpoint of other settings or weights is left to be overwritten, and said so; one
+    of these settings that has done more epochs than ``epochs`` is refused (continuing it would
+    train nothing and save a prior labelled with fewer epochs than its network had)."""
+    if folder is None or (done := checkpoint.saved_epoch(folder)) is None:
+        return None
     try:
         saved = json.loads(read_metadata(folder / RunDir.RESUME)["state"]).get("settings")
     except (CheckpointError, KeyError, ValueError):
         saved = None
     if saved != settings:
         log(f"note: {folder} holds a PixelCNN fit with other settings or of other weights; starting afresh")
-        return
+        return None
+    if done > epochs:
+        raise VaelabError(f"{folder} holds a killed PixelCNN fit with these settings that has done {done} epochs, "
+                          f"more than the {epochs} asked; ask --epochs {done} or more to continue it, or delete "
+                          f"{folder} to start afresh with {epochs}")
+    return done
+
+
+def _resume_fit(trainer: Trainer, folder: Path, log: Callable[[str], None]) -> None:
+    """Continue a killed fit from ``folder`` (``_resumable`` said it may)."""
     state = checkpoint.load_resume(folder, trainer.model, trainer.optimizers)
     state.pop("settings", None)
     trainer.restore(state)
-    log(f"resuming the PixelCNN fit from epoch {trainer.epoch} ({folder})")
+    done = "" if trainer.epoch < trainer.train.epochs else f"; all {trainer.epoch} epochs are done, saving it"
+    log(f"resuming the PixelCNN fit from epoch {trainer.epoch} ({folder}){done}")
 
 
 def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, channels: int = 64,
@@ -211,7 +222,14 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     It trains through the one trainer (``vaelab.training.trainer.Trainer``: Adam at a constant
     ``lr``), a line per epoch; ``callbacks`` run after the progress one. For a run with a
     folder, every epoch is checkpointed in ``RUN/priors/pixelcnn-fit/`` (``FIT_DIR``), and a
-    fit with the same settings continues from there; ``save`` removes it."""
+    fit with the same settings continues from there; ``save`` removes it.
+
+    A continued fit may be asked for more epochs than its checkpoint has done (it goes on) or
+    as many (it is returned as it is: a fit killed after its last epoch). Asked for fewer, it
+    is refused (``VaelabError``: ask for at least as many, or delete ``RUN/priors/pixelcnn-fit/``
+    to start afresh), not continued, since it would train nothing and the prior would claim
+    fewer epochs than its network had; the work done is kept rather than silently thrown away.
+    ``info["epochs"]`` is always the epochs the returned network was trained for."""
     from vaelab.models import require
 
     require(run.model, "codebook", "a PixelCNN prior")
@@ -222,6 +240,10 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     k = run.model.cfg.opts("vq").codebook_size
     cfg = PixelCNNConfig(k, idx.shape[1], idx.shape[2], channels, layers, kernel,
                          int(labels.max()) + 1 if conditional else None)
+    folder = RunDir(run.run_dir).priors / FIT_DIR if run.run_dir is not None else None
+    # What must agree for a fit to continue another: the network, the optimisation, the weights it reads.
+    same = {"config": asdict(cfg), "batch_size": batch_size, "lr": lr, "seed": seed, ID_FIELD: run.checkpoint_id}
+    done = _resumable(folder, same, epochs, log)  # before the announcement: a refusal says nothing else
     torch.manual_seed(seed)
     net = GatedPixelCNN(cfg).to(run.device)
     steps = math.ceil(len(idx) / batch_size)
@@ -233,17 +255,16 @@ def fit_pixelcnn(run, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, 
     settings = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision="fp32")
     progress = Progress(log, name="pixelcnn", losses=lambda row: f"nll {row['train_loss']:.3f} nats per code grid")
     codes = TensorSet(idx, labels if conditional else None).to(run.device)
-    folder = RunDir(run.run_dir).priors / FIT_DIR if run.run_dir is not None else None
-    # What must agree for a fit to continue another: the network, the optimisation, the weights it reads.
-    same = {"config": asdict(cfg), "batch_size": batch_size, "lr": lr, "seed": seed, ID_FIELD: run.checkpoint_id}
     saving = [_FitCheckpoint(folder, same)] if folder is not None else []
     trainer = Trainer(PriorFit(net), codes, settings, device=run.device, labels=conditional,
                       callbacks=[progress, *saving, *callbacks], log=log)
-    _resume_fit(trainer, folder, same, log)
+    if done is not None:
+        _resume_fit(trainer, folder, log)
     trainer.fit()
     train_nll = trainer.history[-1]["train_loss"] if trainer.history else None
     net.eval()
-    info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": epochs, "batch_size": batch_size,
+    # "epochs": what the network was trained for (a resumed fit's too), which the refusal above keeps equal to ``epochs``
+    info = {"config": asdict(cfg), ID_FIELD: run.checkpoint_id, "epochs": trainer.epoch, "batch_size": batch_size,
             "lr": lr, "seed": seed, "train_nll": train_nll, "train_seconds": round(time.perf_counter() - t0, 1)}
     split = run.default_split()
     if split != "train":
