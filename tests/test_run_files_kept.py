@@ -51,3 +51,38 @@ def test_a_resume_with_nothing_to_train_is_refused_and_leaves_the_run_as_it_is(t
     rc, out, err = run_main(capsys, "train", "--resume", rd, "--iw-samples", "0")
     assert rc == 0, err
     assert rd.config.read_bytes() == before["config.json"] and rd.eval.is_file()
+
+
+def test_vaelab_fit_into_a_trained_run_is_refused_and_keeps_it(tmp_path):
+    """vaelab.fit replaced a trained run silently (a latent-20 run became latent 4, its eval.json and
+    samplers left behind); vaelab.train(..., overwrite=True) is the way to replace one."""
+    import vaelab
+    from vaelab.configure import build_config
+    from vaelab.errors import VaelabError
+
+    rd = RunDir(train_tiny(tmp_path))
+    before = _files(rd)
+    cfg = build_config(None, None, ["data.name=npz", f"data.path={tmp_path / 'shapes.npz'}", "data.val=none",
+                                    "model.kind=vae", "model.arch=mlp", "model.hidden=8", "model.latent_dim=4",
+                                    "train.epochs=1", "train.device=cpu", "train.progress=false"])
+    with pytest.raises(VaelabError, match="already holds a trained run; resume=True continues it"):
+        vaelab.fit(cfg, rd.path, log=lambda *_: None)
+    assert _files(rd) == before
+
+
+def test_an_anomaly_detector_refit_into_its_run_dir_replaces_its_run_and_what_was_derived(tmp_path, shapes_npz):
+    import numpy as np
+
+    from vaelab.anomaly.estimator import AnomalyDetector
+    from vaelab.errors import VaelabError
+
+    x = np.load(shapes_npz)["x"][:64]
+    det = AnomalyDetector(epochs=1, hidden=[8], latent_dim=2, run_dir=tmp_path / "det", device="cpu").fit(x)
+    rd = RunDir(tmp_path / "det")
+    (rd.path / "eval.json").write_text('{"loss": 1.0, "checkpoint_id": "0123456789abcdef"}')
+    det.set_params(latent_dim=3).fit(x)
+    assert not rd.eval.exists() and det.run_.config.model.latent_dim == 3  # the old run's file is gone
+    (rd.path / "notes.txt").write_text("mine")
+    with pytest.raises(VaelabError, match="files vaelab did not write \\(notes.txt\\)"):
+        det.fit(x)
+    assert (rd.path / "notes.txt").read_text() == "mine" and rd.weights.is_file()

@@ -69,7 +69,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         contamination: fraction of the training data above ``threshold_``, in (0, 0.5].
         epochs, hidden, latent_dim, batch_size, lr: None keeps the preset's (or default) value.
         overrides: more ``section.field=value`` config settings; applied after the above.
-        run_dir: where ``fit`` saves the trained run (replacing one already there; images also
+        run_dir: where ``fit`` saves the trained run (replacing one an earlier fit left there, with
+            what was derived from it; a folder holding files vaelab did not write is refused; images also
             as ``train.npz``, so ``vaelab detect RUN`` can recompute the threshold). It is
             never read: ``from_run`` uses a trained run without training.
         samples: posterior draws for elbo / iwnll.
@@ -113,6 +114,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             delattr(self, name)  # a refit starts unfitted: no attribute of an earlier fit survives
         images = _ndim(X) >= 3
         self._check_params(images)
+        self._prepare_run_dir()
         x = self._input(X, fitting=True, images=images)
         config = self._config(list(x.shape[1:]), table=not images)
         model, config = (self._train_images if images else self._train_table)(config, x)
@@ -298,6 +300,20 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         self.threshold_ = float(np.percentile(scores, 100 * (1 - self.contamination)))
         self.labels_ = (scores > self.threshold_).astype(int)
         return self
+
+    def _prepare_run_dir(self) -> None:
+        """``run_dir`` emptied of an earlier fit's run (its derived files too, and the detector's own
+        train.npz and features.json), as ``vaelab.train(..., overwrite=True)`` does; a folder that
+        holds files vaelab did not write is refused in one line and left whole."""
+        if self.run_dir is None:
+            return
+        from vaelab.rundir import RunDir
+
+        rd = RunDir(self.run_dir)
+        own = ("train.npz", FEATURES)
+        rd.prepare_fresh(overwrite=True, keep=own)
+        for name in own:
+            (rd.path / name).unlink(missing_ok=True)
 
     def _confidence(self, scores: np.ndarray) -> np.ndarray:
         from scipy.stats import binom

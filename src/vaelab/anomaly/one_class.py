@@ -126,6 +126,7 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
     from vaelab import plots
     from vaelab.configure import build_config
     from vaelab.data import Splits, load_data
+    from vaelab.rundir import RunDir
     from vaelab.training.loop import fit
 
     recipe = default_recipe(data)
@@ -178,6 +179,8 @@ def one_class_benchmark(data: str = "mnist", normal: list[int | str] | None = No
         config_c = build_config(preset or recipe.preset, overrides=base + [f"data.classes=[{c}]"] + extra
                                 + list(overrides))
         run_dir = Path(out) / "runs" / f"class-{c}" if keep_runs and out else None
+        if run_dir is not None:  # a re-run's kept run replaces the last one's, as its results do
+            RunDir(run_dir).prepare_fresh(overwrite=True)
         t0 = time.perf_counter()
         model = fit(config_c, run_dir, splits=Splits(train, None, None, classes=splits.classes), log=quiet).model
         t1 = time.perf_counter()

@@ -24,7 +24,7 @@ from vaelab.config import RunConfig
 from vaelab.configure import resolve_run
 from vaelab.data import ImageSet, Splits, load_data
 from vaelab.data.sets import check_given
-from vaelab.errors import CheckpointError, ConfigError, DataError
+from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.models import build_model, count_params
 from vaelab.rundir import RunDir
 from vaelab.training import checkpoint
@@ -101,6 +101,9 @@ def _fit(config: RunConfig, device: torch.device, ranks: Ranks, run_dir, splits:
         torch.set_num_threads(t.threads)
     rd = RunDir(run_dir) if run_dir is not None else None
     out = rd if ranks.main else None  # where this process writes: rank 0 alone
+    if out is not None and not resume and out.trained():  # vaelab.train cleared it first when asked to overwrite
+        raise VaelabError(f"{out} already holds a trained run; resume=True continues it, vaelab.train(..., "
+                          "overwrite=True) replaces it, or give another run_dir")
     start = time.perf_counter()
     if given:
         check_given(splits)
