@@ -86,3 +86,25 @@ def test_an_anomaly_detector_refit_into_its_run_dir_replaces_its_run_and_what_wa
     with pytest.raises(VaelabError, match="files vaelab did not write \\(notes.txt\\)"):
         det.fit(x)
     assert (rd.path / "notes.txt").read_text() == "mine" and rd.weights.is_file()
+
+
+def test_info_and_report_leave_out_a_summary_of_an_earlier_training(tmp_path, capsys):
+    """A resume killed after epoch 2 of a 1-epoch run left summary.json saying 1 epoch for epoch-2
+    weights, shown by info and report as the run's."""
+    import csv
+
+    rd = RunDir(train_tiny(tmp_path))
+    rc, out, _ = run_main(capsys, "info", rd)
+    assert rc == 0 and "summary.json:" in out and "not shown" not in out
+    with open(rd.history, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(rd.history, "a", newline="") as f:  # what the stopped resume wrote: its epoch 2
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow({**rows[-1], "epoch": 2})
+    rc, out, _ = run_main(capsys, "info", rd)
+    assert rc == 0 and ("summary.json: not shown, it is of the training that ended at epoch 1, and history.csv goes "
+                        f"on to epoch 2 (a resumed training stopped part-way: `vaelab train --resume {rd}`") in out
+    rc, out, err = run_main(capsys, "report", rd, "--no-generate")
+    assert rc == 0, err
+    page = (rd.path / "report.html").read_text()
+    assert "summary.json left out: it is of the training that ended at epoch 1" in page
+    assert "Training summary" not in page

@@ -48,6 +48,7 @@ run's content and refuses a folder holding anything else.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -297,6 +298,26 @@ class RunDir:
                 return f"{self.weights} does not read as safetensors (a damaged file), so nothing is made from it"
             return f"it was made from other weights (checkpoint {recorded}, now {current})"
         return None
+
+    def summary_stale(self) -> str | None:
+        """Why summary.json does not describe the training as it stands (one phrase), or None: a
+        resumed training that stopped part-way has written epochs to history.csv after the summary
+        of the training before it."""
+        import csv
+
+        try:
+            epochs = json.loads(self.summary.read_text()).get("epochs")
+            with open(self.history, newline="") as f:
+                last = None
+                for row in csv.DictReader(f):
+                    last = row.get("epoch")
+            last = int(last) if last is not None else None
+        except (OSError, ValueError, TypeError, AttributeError, csv.Error):
+            return None  # no summary or history to hold against each other (a damaged one says so where it is read)
+        if last is None or epochs == last:
+            return None
+        return (f"it is of the training that ended at epoch {epochs}, and {self.HISTORY} goes on to epoch {last} "
+                f"(a resumed training stopped part-way: `vaelab train --resume {self.path}` finishes it)")
 
     # -------------------------------------------------------------- a fresh run
     def _is_content(self, entry: Path) -> bool:

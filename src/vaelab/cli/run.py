@@ -357,8 +357,11 @@ def info(run_dir) -> None:
     for name in (RunDir.SUMMARY, RunDir.EVAL):
         p = Path(run_dir) / name
         stale = RunDir(run_dir).stale(p) if name == RunDir.EVAL and p.is_file() else None
+        old = RunDir(run_dir).summary_stale() if name == RunDir.SUMMARY else None
         if stale:
             _echo(f"{name}: not shown, {stale}; `vaelab eval {run_dir}` evaluates the weights there now")
+        elif old:
+            _echo(f"{name}: not shown, {old}")
         elif p.is_file():
             try:
                 shown = json.loads(p.read_text())

@@ -199,7 +199,8 @@ def run_report_html(run_dir: Path, out_dir: Path, log: Callable[[str], None] = l
     rd = RunDir(run_dir)
     config = _read_json(rd.config)
     stale = _stale_files(rd)
-    summary = _read_json(rd.summary) if rd.summary.is_file() else None
+    old_summary = rd.summary_stale()
+    summary = _read_json(rd.summary) if rd.summary.is_file() and not old_summary else None
     result = _read_json(rd.eval) if rd.eval.is_file() and rd.eval not in stale else None
     model, data = config.get("model", {}), config.get("data", {})
     sub = (f"{model.get('kind', '?')} / {model.get('arch', '?')}, latent {model.get('latent_dim', '?')}, "
@@ -216,6 +217,9 @@ def run_report_html(run_dir: Path, out_dir: Path, log: Callable[[str], None] = l
     parts += ["<h2>Configuration</h2>", _config_table(config),
               _details("full config.json", _pre(json.dumps(config, indent=2)))]
     parts.append("<h2>Metrics</h2>")
+    if old_summary:
+        log(f"note: {RunDir.SUMMARY} left out of the report: {old_summary}")
+        parts.append(f"<p class=note>{_e(RunDir.SUMMARY)} left out: {_e(old_summary)}</p>")
     if summary is not None:
         parts += ["<h3>Training summary <small>(summary.json)</small></h3>", _kv_table(summary)]
     if result is not None:
@@ -225,7 +229,7 @@ def run_report_html(run_dir: Path, out_dir: Path, log: Callable[[str], None] = l
             parts.append("<p class=note>These images were part of the training data: not held-out numbers.</p>")
         if result.get("kl_per_dim"):
             parts += ["<h3>KL per latent dimension</h3>", _kl_bars(result["kl_per_dim"])]
-    if summary is None and result is None:
+    if summary is None and result is None and not old_summary:
         parts.append("<p class=note>No summary.json or eval.json yet (train, then `vaelab eval RUN`).</p>")
     parts += _history_section(run_dir, stale)
     figs = [p for p in figure_paths(rd.figures) if p.stem != "loss" and p not in stale]
