@@ -108,3 +108,17 @@ def test_info_and_report_leave_out_a_summary_of_an_earlier_training(tmp_path, ca
     page = (rd.path / "report.html").read_text()
     assert "summary.json left out: it is of the training that ended at epoch 1" in page
     assert "Training summary" not in page
+
+
+def test_overwrite_takes_a_detect_folder_inside_the_run_as_the_run_s_own(tmp_path, capsys, shapes_npz):
+    """`detect --out R/detect/scores.csv` made a later `train --overwrite R` refuse the run as holding
+    "files vaelab did not write (detect)"."""
+    rd = RunDir(train_tiny(tmp_path))
+    rc, _, err = run_main(capsys, "detect", rd, "--input", shapes_npz, "--out", rd.path / "detect" / "scores.csv")
+    assert rc == 0, err and (rd.path / "detect" / "scores_hist.png").is_file()
+    rc, _, err = run_main(capsys, "train", "--data", "npz", "--data-path", tmp_path / "shapes.npz", "--set",
+                          "data.val=none", "--set", "model.kind=vae", "--set", "model.arch=mlp", "--set",
+                          "model.hidden=8", "--latent-dim", "2", "--epochs", "1", "--device", "cpu", "--out", rd,
+                          "--overwrite", "--no-eval")
+    assert rc == 0, err
+    assert not (rd.path / "detect").exists() and rd.weights.is_file()

@@ -192,11 +192,11 @@ class RunDir:
     MLFLOW = "mlflow.json"
     LOGS = (TENSORBOARD, MLFLOW)  # the training's logs (train --log): its own too, never stamped
     # Entries other vaelab commands write into a run (besides any file that records a checkpoint
-    # id, and folders holding one of OUTPUT_FILES: an ONNX export, an inpainting folder).
+    # id, and folders holding one of OUTPUT_FILES: an ONNX export, an inpainting folder, a detect --out folder).
     DERIVED = (EVAL, SAMPLES_EVAL, STEER_EVAL, FIGURES, SAMPLERS, PRIORS, "report.html", "inpaint_eval.json",
                "disentanglement.json", "reconstructions.csv", "latents.csv", "onnx")
     OUTPUT_FILES = ("onnx.json", "inpaint_eval.json", "inpaint.png", "samples_eval.json", "steer_eval.json",
-                    "eval.json", "anomaly_maps.npy", "anomaly_maps.png", "disentanglement.json")
+                    "eval.json", "anomaly_maps.npy", "anomaly_maps.png", "disentanglement.json", "scores_hist.png")
     TRASH = ".vaelab-replaced-"  # prefix of the hidden folder an overwrite empties the old run into
 
     def __init__(self, path: str | Path):
