@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     OUT,
-    REPO,
     child_env,
+    emoji_dir,
+    load_note,
     loadavg1,
     machine_info,
     machine_line,
+    pick,
     read_history,
     run_vaelab,
     write_json,
@@ -40,13 +41,6 @@ from common import (
 MODELS = {"conv-ae-rgb64": 20, "fc-ae-rgb64": 20, "celeba-vae": 15}
 
 
-def emoji_root() -> Path:
-    root = Path(os.environ.get("VAELAB_DATA") or REPO.parent / "shared" / "data").resolve()
-    if not (root / "emoji-google-64").is_dir():
-        sys.exit(f"colour_presets: {root} has no emoji-google-64/; set VAELAB_DATA to the folder that holds it")
-    return root
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
@@ -54,11 +48,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", type=Path, default=OUT / "colour-presets")
     args = ap.parse_args()
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in MODELS]:
-        sys.exit(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    root = emoji_root()
-    env = child_env(root)
+    names = pick(args.models, MODELS, "model(s)")
+    emoji = emoji_dir("colour_presets")
+    env = child_env(emoji.parent)
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), VAELAB_NO_PROGRESS="1")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "commands.log"
@@ -67,7 +59,7 @@ def main() -> None:
     for name in names:
         epochs = args.epochs or MODELS[name]
         rd = args.out / name
-        run_vaelab(["train", "--preset", name, "--data-path", str(root / "emoji-google-64"), "--epochs", str(epochs),
+        run_vaelab(["train", "--preset", name, "--data-path", str(emoji), "--epochs", str(epochs),
                     "--out", str(rd), "--overwrite", "--no-eval"], env, log)
         run_vaelab(["eval", str(rd), "--split", "val", "--iw-samples", "0"], env, log)
         ev = json.loads((rd / "eval.json").read_text())
@@ -84,7 +76,7 @@ def main() -> None:
               "loadavg_1min_end": loadavg1(), "rows": rows}
     write_json(args.out / "colour_presets.json", result)
     print(f"\n{machine_line(info, rows[0]['precision'] if rows else None, args.threads, (load_start, loadavg1()))}"
-          + ("" if load_start < 0.3 else " (under load: the seconds are not a timing)") + "\n")
+          + load_note(load_start) + "\n")
     print("| preset | parameters | epochs | val mse | val SSIM | val PSNR | KL | active units | train loss | "
           "val loss | training (s) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

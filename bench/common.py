@@ -32,6 +32,23 @@ def data_root(prog: str) -> Path:
     return root
 
 
+def emoji_dir(prog: str, holds: str = "smileys-emotion") -> Path:
+    """$VAELAB_DATA/emoji-google-64 (else ../shared/data's); exit with a message where it lacks
+    the category folder ``holds``."""
+    root = Path(os.environ.get("VAELAB_DATA") or REPO.parent / "shared" / "data").resolve() / "emoji-google-64"
+    if not (root / holds).is_dir():
+        sys.exit(f"{prog}: {root} has no {holds}/; set VAELAB_DATA to the folder holding emoji-google-64/")
+    return root
+
+
+QUIET_LOAD = 0.3  # a timing counts only when the 1-minute load average at its start is below this
+
+
+def load_note(load_start: float) -> str:
+    """What to print after the machine line: nothing, or that the seconds are not a timing."""
+    return "" if load_start < QUIET_LOAD else " (under load: the seconds are not a timing)"
+
+
 def child_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["VAELAB_DATA"] = str(root)

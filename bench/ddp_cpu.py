@@ -23,6 +23,7 @@ from common import (
     OUT,
     child_env,
     data_root,
+    load_note,
     loadavg1,
     machine_info,
     machine_line,
@@ -64,7 +65,7 @@ def main() -> None:
               "loadavg_1min_start": load_start, "loadavg_1min_end": loadavg1(), "rows": rows}
     write_json(args.out / "ddp_cpu.json", result)
     print(f"\n{machine_line(info, rows[0]['precision'], 'cores / processes', (load_start, loadavg1()))}"
-          + ("" if load_start < 0.3 else " (under load: the seconds are not a timing)") + "\n")
+          + load_note(load_start) + "\n")
     print("| processes | threads each | repeat | epoch seconds | final train loss |")
     print("|---:|---:|---:|---|---:|")
     for r in rows:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, REPO, machine_info, machine_line, write_json  # noqa: E402
+from common import OUT, REPO, emoji_dir, machine_info, machine_line, write_json  # noqa: E402
 
 NORMAL = "smileys-emotion"
 HOLDOUT = 0.2
@@ -39,13 +39,6 @@ MODELS = {
     "fc-ae-rgb64, 20 epochs": ("fc-ae-rgb64", ["train.epochs=20"]),
 }
 SCORES = ("mse", "ssim", "msssim", "elbo")
-
-
-def emoji_root() -> Path:
-    root = Path(os.environ.get("VAELAB_DATA") or REPO.parent / "shared" / "data").resolve() / "emoji-google-64"
-    if not (root / NORMAL).is_dir():
-        sys.exit(f"emoji_anomaly: {root} has no {NORMAL}/; set VAELAB_DATA to the folder holding emoji-google-64/")
-    return root
 
 
 def run_one(name: str, seed: int, images, classes: list[str], epochs: int, root: Path) -> dict:
@@ -124,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = 2 if args.quick else args.epochs
     names = list(MODELS) if not args.only else [n.strip() for n in args.only.split(",")]
     out = OUT / ("emoji-anomaly-quick" if args.quick else "emoji-anomaly")
-    root = emoji_root()
+    root = emoji_dir("emoji_anomaly", NORMAL)
     splits = load_data(DataConfig(name="folder", path=str(root), image_size=64, channels=3, val="none"))
     images, classes = splits.train, splits.classes
     report = {"machine": machine_info(), "data": str(root), "normal": NORMAL, "holdout": HOLDOUT, "epochs": epochs,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from common import (
     OUT,
+    QUIET_LOAD,
     REPO,
     child_env,
     data_root,
@@ -39,7 +40,6 @@ from common import (
 )
 
 PY = sys.executable
-QUIET_LOAD = 0.3
 PRESETS = {
     "mlp": {"preset": "mlp-vae", "args": [], "target": "outside_fraction_le_0.10"},
     "conv": {"preset": "conv-vae", "args": ["--train-split", "train+test", "--epochs", "1"],

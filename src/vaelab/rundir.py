@@ -303,8 +303,6 @@ class RunDir:
         """Why summary.json does not describe the training as it stands (one phrase), or None: a
         resumed training that stopped part-way has written epochs to history.csv after the summary
         of the training before it."""
-        import csv
-
         try:
             epochs = json.loads(self.summary.read_text()).get("epochs")
             with open(self.history, newline="") as f:
