@@ -387,10 +387,10 @@ def train(preset: str | RunConfig | None, run_dir: str | Path, overrides: list[s
                               "(change settings with overrides, e.g. train.epochs=20)")
         saved = checkpoint.load_config(run_dir).to_dict()
         config = config_from_dict(saved, extra, overrides)
-        _check_more_epochs(run_dir, config.train.epochs, flatten(saved, ".", ""), flatten(config.to_dict(), ".", ""))
-        was, now = flatten(saved["model"], ".", "model"), flatten(config.to_dict()["model"], ".", "model")
+        was, now = flatten(saved, "."), flatten(config.to_dict(), ".")
+        _check_more_epochs(run_dir, config.train.epochs, was, now)
         changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
-                   if was.get(k) != now.get(k)]
+                   if k.startswith("model.") and was.get(k) != now.get(k)]
     elif isinstance(preset, RunConfig) and not (config_file or extra or overrides):
         config = preset
     else:  # a preset name, or a RunConfig with a file, flags or overrides on top (none dropped)
@@ -434,7 +434,7 @@ def _check_more_epochs(run_dir: str | Path, epochs: int, saved: dict, now: dict)
     done = checkpoint.saved_epoch(run_dir)
     if done is None or epochs > done:
         return
-    changed = [k.lstrip(".") for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
     if epochs < done or changed:
         why = f"train.epochs is {epochs}" if epochs < done else f"no epoch is left to train with {', '.join(changed)}"
         raise VaelabError(f"{run_dir} has trained {done} epochs and {why}: the run is left as it is; give --epochs "
